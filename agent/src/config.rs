@@ -1,0 +1,263 @@
+//! The agent's settings, and where they come from.
+//!
+//! Precedence, highest first: command-line flags, `VIGIL_…` environment variables, the
+//! TOML config file (`--config`), built-in defaults. [`AgentFile`] is the file's shape;
+//! [`AgentConfig`] is the resolved result the agent runs with.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use vigil_shared::broker_url::{BrokerUrl, BrokerUrlError};
+use vigil_shared::validate::{self, FieldError};
+use vigil_shared::wire::Tag;
+
+/// Default sampling interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default broker: the coordinator's embedded broker on this machine.
+pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
+
+/// The settings an agent runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// The name this host reports under.
+    pub host: String,
+    /// Labels attached to every sample and to the host (`role=web`).
+    pub labels: Vec<Tag>,
+    /// The MQTT broker to publish to.
+    pub broker: BrokerUrl,
+    /// MQTT user name, if the broker wants one.
+    pub mqtt_username: Option<String>,
+    /// MQTT password, if the broker wants one.
+    pub mqtt_password: Option<String>,
+    /// How often to sample the host.
+    pub interval: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for `host`, with the default broker and interval and no labels.
+    pub fn for_host(host: impl Into<String>) -> Self {
+        AgentConfig {
+            host: host.into(),
+            labels: Vec::new(),
+            broker: BrokerUrl {
+                host: "127.0.0.1".into(),
+                port: 1883,
+            },
+            mqtt_username: None,
+            mqtt_password: None,
+            interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
+/// The config file's shape (`agent.toml`). Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// See [`AgentConfig::host`].
+    pub host: Option<String>,
+    /// Labels as a table: `[labels]` `role = "web"`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Broker URL.
+    pub broker: Option<String>,
+    /// MQTT user name.
+    pub mqtt_username: Option<String>,
+    /// MQTT password.
+    pub mqtt_password: Option<String>,
+    /// Sampling interval, e.g. `"5s"`.
+    pub interval: Option<String>,
+}
+
+/// Why the settings could not be resolved.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML of the expected shape.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said (with line and column).
+        message: String,
+    },
+    /// A setting has a value that cannot be used.
+    #[error("setting `{setting}`: {problem}")]
+    Invalid {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The broker URL is malformed.
+    #[error(transparent)]
+    Broker(#[from] BrokerUrlError),
+    /// The host name could not be determined.
+    #[error("cannot determine this machine's host name ({0}); give one with --host")]
+    NoHostName(String),
+}
+
+impl ConfigError {
+    fn invalid(setting: &'static str, e: impl std::fmt::Display) -> Self {
+        ConfigError::Invalid {
+            setting,
+            problem: e.to_string(),
+        }
+    }
+}
+
+impl AgentFile {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Settings given on the command line or in the environment (each `None` when absent).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--host` / `VIGIL_HOST`.
+    pub host: Option<String>,
+    /// `--label` / `VIGIL_LABELS`.
+    pub labels: Vec<String>,
+    /// `--broker` / `VIGIL_BROKER`.
+    pub broker: Option<String>,
+    /// `--mqtt-username` / `VIGIL_MQTT_USERNAME`.
+    pub mqtt_username: Option<String>,
+    /// `--mqtt-password` / `VIGIL_MQTT_PASSWORD`.
+    pub mqtt_password: Option<String>,
+    /// `--interval` / `VIGIL_INTERVAL`.
+    pub interval: Option<String>,
+}
+
+/// Resolves the settings: overrides beat the file, the file beats the defaults.
+pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, ConfigError> {
+    let host = match overrides.host.or(file.host) {
+        Some(h) => h,
+        None => local_host_name()?,
+    };
+    validate::host_name(&host).map_err(|e| ConfigError::invalid("host", e.problem))?;
+
+    let mut labels: Vec<Tag> = file.labels.into_iter().collect();
+    for text in &overrides.labels {
+        let (k, v) = validate::parse_label(text)
+            .map_err(|e: FieldError| ConfigError::invalid("label", e.problem))?;
+        labels.retain(|(key, _)| *key != k);
+        labels.push((k, v));
+    }
+    validate::tags(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| ConfigError::invalid("labels", e.problem))?;
+    labels.sort();
+
+    let broker: BrokerUrl = overrides
+        .broker
+        .or(file.broker)
+        .unwrap_or_else(|| DEFAULT_BROKER.to_string())
+        .parse()?;
+
+    let interval = match overrides.interval.or(file.interval) {
+        Some(text) => vigil_shared::time::parse_duration(&text)
+            .map_err(|e| ConfigError::invalid("interval", e))?,
+        None => DEFAULT_INTERVAL,
+    };
+    if interval < Duration::from_millis(100) {
+        return Err(ConfigError::invalid("interval", "must be at least 100ms"));
+    }
+
+    Ok(AgentConfig {
+        host,
+        labels,
+        broker,
+        mqtt_username: overrides.mqtt_username.or(file.mqtt_username),
+        mqtt_password: overrides.mqtt_password.or(file.mqtt_password),
+        interval,
+    })
+}
+
+/// This machine's host name, as the kernel reports it.
+pub fn local_host_name() -> Result<String, ConfigError> {
+    sysinfo::System::host_name()
+        .map_err(|e| ConfigError::NoHostName(e.to_string()))
+        .and_then(|h| {
+            if h.is_empty() {
+                Err(ConfigError::NoHostName("it is empty".into()))
+            } else {
+                Ok(h)
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let file: AgentFile = toml::from_str(
+            "host = \"from-file\"\ninterval = \"2s\"\n[labels]\nrole = \"db\"\nenv = \"prod\"\n",
+        )
+        .unwrap();
+        let config = resolve(
+            file,
+            Overrides {
+                host: Some("from-flag".into()),
+                labels: vec!["role=web".into()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.host, "from-flag");
+        assert_eq!(config.interval, Duration::from_secs(2));
+        assert_eq!(
+            config.labels,
+            vec![("env".into(), "prod".into()), ("role".into(), "web".into())]
+        );
+        assert_eq!(config.broker.port, 1883);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "hots = \"x\"\n").unwrap();
+        let err = AgentFile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("hots"), "{err}");
+        let err = resolve(
+            AgentFile::default(),
+            Overrides {
+                host: Some("h".into()),
+                interval: Some("fast".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("interval"), "{err}");
+        let err = resolve(
+            AgentFile::default(),
+            Overrides {
+                host: Some("a/b".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("host"), "{err}");
+    }
+}

@@ -1,0 +1,157 @@
+//! The agent's MQTT connection to the broker.
+//!
+//! [`Link::connect`] sets the agent's last will (its status, marked offline, retained) and
+//! drives the connection in a background task that reconnects on its own. After every
+//! (re)connection it publishes the agent's status, retained, so the coordinator and anyone
+//! subscribing later see the host as online. [`Link::close`] publishes the offline status
+//! itself before disconnecting, since a broker sends the last will only on an unclean end.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use vigil_shared::topics::{self, AgentChannel};
+use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch};
+
+use crate::config::AgentConfig;
+
+/// How many publish requests may wait for the connection before new ones are dropped.
+const REQUEST_QUEUE: usize = 1024;
+
+/// A running MQTT connection.
+pub struct Link {
+    client: AsyncClient,
+    status: watch::Sender<AgentStatus>,
+    connected: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Link {
+    /// Starts connecting to the configured broker; returns at once.
+    pub fn connect(config: &AgentConfig, status: AgentStatus) -> Link {
+        let mut options = vigil_shared::mqtt::client_options(
+            &format!("vigil-agent-{}", config.host),
+            &config.broker,
+            config.mqtt_username.as_deref(),
+            config.mqtt_password.as_deref(),
+        );
+        let will = AgentStatus {
+            state: AgentState::Offline,
+            ..status.clone()
+        };
+        options.set_last_will(LastWill::new(
+            topics::agent(&config.host, AgentChannel::Status),
+            wire::encode(&will),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let (status, status_rx) = watch::channel(status);
+        let connected = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(drive(
+            eventloop,
+            client.clone(),
+            status_rx,
+            connected.clone(),
+            config.broker.to_string(),
+        ));
+        Link {
+            client,
+            status,
+            connected,
+            dropped: Arc::new(AtomicU64::new(0)),
+            task,
+        }
+    }
+
+    /// Whether the broker has accepted the connection (and not lost it since).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// How many batches were dropped because the outgoing queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues a metric batch for publishing (QoS 1). If the queue is full (the broker has
+    /// been unreachable for a long time), the batch is dropped and counted.
+    pub fn publish_metrics(&self, batch: &MetricBatch) {
+        let topic = topics::agent(&batch.host, AgentChannel::Metrics);
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, wire::encode(batch))
+        {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "outgoing queue full, metric batch dropped: {e}");
+            }
+        }
+    }
+
+    /// Publishes the offline status, disconnects, and waits (at most `grace`) for both to
+    /// reach the broker.
+    pub async fn close(self, grace: Duration) {
+        let mut status = self.status.borrow().clone();
+        status.state = AgentState::Offline;
+        status.sent_at_ms = vigil_shared::time::now_ms();
+        let topic = topics::agent(&status.host, AgentChannel::Status);
+        let _ = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, wire::encode(&status))
+            .await;
+        let _ = self.client.disconnect().await;
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            tracing::warn!("broker did not confirm the disconnect within {grace:?}");
+        }
+    }
+}
+
+/// Polls the event loop for as long as the connection is wanted, publishing the status
+/// after every connection and backing off after errors.
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    status: watch::Receiver<AgentStatus>,
+    connected: Arc<AtomicBool>,
+    broker: String,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                connected.store(true, Ordering::Relaxed);
+                failures = 0;
+                tracing::info!(%broker, "connected to broker");
+                let mut online = status.borrow().clone();
+                online.sent_at_ms = vigil_shared::time::now_ms();
+                let topic = topics::agent(&online.host, AgentChannel::Status);
+                if let Err(e) =
+                    client.try_publish(topic, QoS::AtLeastOnce, true, wire::encode(&online))
+                {
+                    tracing::warn!("cannot queue status: {e}");
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                connected.store(false, Ordering::Relaxed);
+                // Let the disconnect flush, then stop.
+                let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                connected.store(false, Ordering::Relaxed);
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(%broker, failures, "broker connection failed: {e}");
+                }
+                let backoff = Duration::from_millis(200 * u64::from(failures.min(10)));
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! `GET /health`, `GET /api/v1/ingest/health` and `GET /metrics`.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use warp::reply::{Reply, Response};
+
+use super::error::{respond, ApiError};
+use super::Api;
+
+/// `GET /health`: `{"status":"healthy","service":"vigil","version":…}`.
+pub fn health() -> Response {
+    warp::reply::json(&json!({
+        "status": "healthy",
+        "service": "vigil",
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+/// `GET /api/v1/ingest/health`: `{"status":"healthy","service":"ingest"}`.
+pub fn ingest_health() -> Response {
+    warp::reply::json(&json!({ "status": "healthy", "service": "ingest" })).into_response()
+}
+
+/// `GET /metrics`: Prometheus text. Host gauges are computed from the store at scrape time.
+pub async fn metrics(api: Arc<Api>) -> Response {
+    let store = api.store.clone();
+    let hosts = tokio::task::spawn_blocking(move || store.hosts()).await;
+    let result = match hosts {
+        Ok(Ok(hosts)) => {
+            let now = vigil_shared::time::now_ms();
+            let online = hosts.iter().filter(|h| h.is_online(now)).count();
+            api.telemetry
+                .hosts_online
+                .set(i64::try_from(online).unwrap_or(i64::MAX));
+            api.telemetry
+                .hosts_known
+                .set(i64::try_from(hosts.len()).unwrap_or(i64::MAX));
+            Ok(warp::reply::with_header(
+                api.telemetry.render(),
+                "content-type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            ))
+        }
+        Ok(Err(e)) => Err(ApiError::from(e)),
+        Err(e) => Err(ApiError::new(
+            warp::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("metrics task failed: {e}"),
+        )),
+    };
+    respond(result)
+}

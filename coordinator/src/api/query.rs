@@ -1,0 +1,134 @@
+//! `GET /api/v1/metrics/query?name=&host=&from=&to=&limit=`: history of one metric,
+//! time-ordered. `name` is required; `host` narrows to one host; `from`/`to` are RFC 3339
+//! or epoch ms (default: the last hour); `limit` is 1–10000 (default 1000).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::json;
+use vigil_shared::time::{now_ms, parse_time, to_rfc3339};
+use vigil_shared::validate;
+use warp::reply::Response;
+
+use super::error::{respond, ApiError};
+use super::hosts::tags_json;
+use super::Api;
+use crate::store::reader::HistoryQuery;
+
+/// Default number of points returned.
+pub const DEFAULT_LIMIT: usize = 1000;
+/// Most points one query may return.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// Reads the query string into a [`HistoryQuery`], naming any bad parameter.
+pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<HistoryQuery, ApiError> {
+    let name = params
+        .get("name")
+        .ok_or_else(|| ApiError::invalid_field("name", "query parameter `name` is required"))?
+        .clone();
+    validate::metric_name(&name).map_err(|e| ApiError::invalid_field("name", e.to_string()))?;
+    let time = |key: &str, default: i64| -> Result<i64, ApiError> {
+        match params.get(key) {
+            Some(text) => parse_time(text)
+                .map_err(|e| ApiError::invalid_field(key, format!("query parameter `{key}`: {e}"))),
+            None => Ok(default),
+        }
+    };
+    let to_ms = time("to", now_ms)?;
+    let from_ms = time("from", to_ms.saturating_sub(3_600_000))?;
+    if from_ms > to_ms {
+        return Err(ApiError::invalid_field("from", "`from` is after `to`"));
+    }
+    let limit = match params.get("limit") {
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "limit",
+                    format!("query parameter `limit` must be a whole number from 1 to {MAX_LIMIT}, got `{text}`"),
+                )
+            })?,
+        None => DEFAULT_LIMIT,
+    };
+    Ok(HistoryQuery {
+        host: params.get("host").filter(|h| !h.is_empty()).cloned(),
+        name,
+        from_ms,
+        to_ms,
+        limit,
+    })
+}
+
+/// Handles one query.
+pub async fn query(params: HashMap<String, String>, api: Arc<Api>) -> Response {
+    let result = async {
+        let query = parse(&params, now_ms())?;
+        let store = api.store.clone();
+        let q = query.clone();
+        let points = tokio::task::spawn_blocking(move || store.query(&q))
+            .await
+            .map_err(super::task_failed)??;
+        Ok(warp::reply::json(&json!({
+            "name": query.name,
+            "host": query.host,
+            "from": to_rfc3339(query.from_ms),
+            "to": to_rfc3339(query.to_ms),
+            "count": points.len(),
+            "points": points.iter().map(|p| json!({
+                "host": p.host,
+                "name": p.name,
+                "value": p.value,
+                "tags": tags_json(&p.tags),
+                "timestamp": to_rfc3339(p.ts_ms),
+            })).collect::<Vec<_>>(),
+        })))
+    }
+    .await;
+    respond(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_cover_the_last_hour() {
+        let q = parse(&params(&[("name", "cpu_percent")]), 10_000_000).unwrap();
+        assert_eq!(
+            (q.from_ms, q.to_ms, q.limit),
+            (6_400_000, 10_000_000, DEFAULT_LIMIT)
+        );
+        assert!(q.host.is_none());
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let field = |p: &[(&str, &str)]| parse(&params(p), 0).unwrap_err().field;
+        assert_eq!(field(&[]).as_deref(), Some("name"));
+        assert_eq!(
+            field(&[("name", "x"), ("limit", "0")]).as_deref(),
+            Some("limit")
+        );
+        assert_eq!(
+            field(&[("name", "x"), ("limit", "abc")]).as_deref(),
+            Some("limit")
+        );
+        assert_eq!(
+            field(&[("name", "x"), ("from", "yesterday")]).as_deref(),
+            Some("from")
+        );
+        assert_eq!(
+            field(&[("name", "x"), ("from", "5"), ("to", "1")]).as_deref(),
+            Some("from")
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! Starting and stopping a whole coordinator: store, writer, broker, ingest, retention and
+//! the REST API. `main` uses it, and so do the end-to-end tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle as ThreadHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use vigil_shared::broker_url::BrokerUrl;
+
+use crate::api::{self, Api};
+use crate::broker::{self, BrokerError};
+use crate::config::{BrokerMode, CoordinatorConfig};
+use crate::store::{Store, StoreError, StoreWriter, Write};
+use crate::telemetry::Telemetry;
+
+/// Why the coordinator could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The embedded broker could not start.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The REST port could not be bound.
+    #[error("REST API cannot listen on {addr}: {source} (use --listen to pick another address)")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    /// Where the REST API listens (with the real port if 0 was asked for).
+    pub http_addr: SocketAddr,
+    /// The broker agents should connect to.
+    pub broker_url: BrokerUrl,
+    /// The store (for in-process readers such as tests).
+    pub store: Store,
+    /// The coordinator's counters.
+    pub telemetry: Arc<Telemetry>,
+    writer: StoreWriter,
+    writer_thread: ThreadHandle<()>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Coordinator {
+    /// Starts everything; returns once the REST API and the broker accept connections.
+    pub async fn start(config: CoordinatorConfig) -> Result<Coordinator, StartError> {
+        let store = {
+            let dir = config.data_dir.join("lmdb");
+            let map_size = config.map_size;
+            tokio::task::spawn_blocking(move || Store::open(&dir, map_size))
+                .await
+                .map_err(|e| StoreError::Corrupt {
+                    db: "env",
+                    reason: format!("open task failed: {e}"),
+                })??
+        };
+        let telemetry = Arc::new(Telemetry::new());
+        let (writer, writer_thread) = StoreWriter::start(store.clone(), telemetry.clone());
+
+        if let BrokerMode::Embedded { listen } = config.broker {
+            tokio::task::spawn_blocking(move || broker::start(listen))
+                .await
+                .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+        }
+        let broker_url = config.broker_url();
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let options = vigil_shared::mqtt::client_options(
+            &format!("vigil-coordinator-{}", std::process::id()),
+            &broker_url,
+            config.mqtt_username.as_deref(),
+            config.mqtt_password.as_deref(),
+        );
+        tasks.push(tokio::spawn(crate::ingest::run(
+            options,
+            writer.clone(),
+            telemetry.clone(),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(retention(
+            writer.clone(),
+            config.retention,
+            stop_rx.clone(),
+        )));
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let routes = api::routes(Arc::new(Api {
+            store: store.clone(),
+            writer: writer.clone(),
+            telemetry: telemetry.clone(),
+        }));
+        let mut http_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = http_stop.changed().await;
+                })
+                .run(),
+        ));
+        tracing::info!(
+            http = %http_addr,
+            broker = %broker_url,
+            data_dir = %config.data_dir.display(),
+            "vigil-coordinator {} ready",
+            env!("CARGO_PKG_VERSION")
+        );
+        Ok(Coordinator {
+            http_addr,
+            broker_url,
+            store,
+            telemetry,
+            writer,
+            writer_thread,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops ingest and the REST API, and waits until everything received is written.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        if let Err(e) = self.writer.flush().await {
+            tracing::error!("final store flush failed: {e}");
+        }
+        drop(self.writer);
+        // The writer thread ends when the last handle is gone; do not wait on handles that
+        // a stuck connection might still hold.
+        drop(self.writer_thread);
+    }
+}
+
+/// Deletes metric history older than `retention`, once a minute (or ten times per
+/// retention window, if that is shorter).
+async fn retention(writer: StoreWriter, retention: Duration, mut stop: watch::Receiver<bool>) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticker.tick() => {
+                let before_ms = vigil_shared::time::now_ms().saturating_sub(retention_ms);
+                match writer.send_and_wait(|reply| Write::Prune { before_ms, reply: Some(reply) }).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "retention removed old metric history"),
+                    Err(e) => tracing::warn!("retention pass failed: {e}"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The coordinator's command line (clap): `up` (coordinator plus a local agent) and
+//! `serve` (coordinator only). Every flag can also come from a `VIGIL_…` variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, ConfigError, CoordinatorConfig, CoordinatorFile, Overrides};
+
+/// Vigil coordinator: embedded MQTT broker, LMDB history and the REST API for a fleet of
+/// Vigil agents.
+#[derive(Debug, Parser)]
+#[command(name = "vigil-coordinator", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator and an agent for this machine in one process: Vigil on embedded
+    /// defaults.
+    Up(UpArgs),
+    /// Run the coordinator only.
+    Serve(ServeArgs),
+}
+
+/// Settings of the coordinator.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file (keys as the long flags, with `_` for `-`). Flags and environment
+    /// variables override it.
+    #[arg(long, env = "VIGIL_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Directory for LMDB files [default: vigil-data]
+    #[arg(long, env = "VIGIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// REST API listen address [default: 127.0.0.1:8000]
+    #[arg(long, env = "VIGIL_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Embedded MQTT broker listen address [default: 127.0.0.1:1883]
+    #[arg(long, env = "VIGIL_MQTT_LISTEN")]
+    pub mqtt_listen: Option<String>,
+
+    /// Use this existing broker instead of the embedded one, e.g. mqtt://broker:1883
+    /// [default: none, start the embedded broker]
+    #[arg(long, env = "VIGIL_BROKER")]
+    pub broker: Option<String>,
+
+    /// MQTT user name for an external broker [default: none]
+    #[arg(long, env = "VIGIL_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+
+    /// MQTT password for an external broker [default: none]
+    #[arg(long, env = "VIGIL_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+
+    /// How long metric history is kept, e.g. 7d, 12h [default: 7d]
+    #[arg(long, env = "VIGIL_RETENTION")]
+    pub retention: Option<String>,
+
+    /// Initial LMDB map size [default: 1GiB]
+    #[arg(long, env = "VIGIL_DB_MAP_SIZE")]
+    pub db_map_size: Option<String>,
+
+    /// Largest size the LMDB map may grow to; past it writes are refused [default: 64GiB]
+    #[arg(long, env = "VIGIL_DB_MAX_SIZE")]
+    pub db_max_size: Option<String>,
+}
+
+/// Settings of `up`: the coordinator's, plus the local agent's.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Coordinator settings.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Host name the local agent reports under [default: this machine's host name]
+    #[arg(long, env = "VIGIL_AGENT_HOST")]
+    pub agent_host: Option<String>,
+
+    /// Label for the local agent, as key=value; repeat for more [default: none]
+    #[arg(
+        long = "agent-label",
+        env = "VIGIL_AGENT_LABELS",
+        value_delimiter = ','
+    )]
+    pub agent_labels: Vec<String>,
+
+    /// Local agent's sampling interval [default: 5s]
+    #[arg(long, env = "VIGIL_AGENT_INTERVAL")]
+    pub agent_interval: Option<String>,
+}
+
+impl ServeArgs {
+    /// Resolves flags, environment and config file into the coordinator's settings.
+    pub fn into_config(self) -> Result<CoordinatorConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => CoordinatorFile::load(path)?,
+            None => CoordinatorFile::default(),
+        };
+        config::resolve(
+            file,
+            Overrides {
+                data_dir: self.data_dir,
+                listen: self.listen,
+                mqtt_listen: self.mqtt_listen,
+                broker: self.broker,
+                mqtt_username: self.mqtt_username,
+                mqtt_password: self.mqtt_password,
+                retention: self.retention,
+                db_map_size: self.db_map_size,
+                db_max_size: self.db_max_size,
+            },
+        )
+    }
+}

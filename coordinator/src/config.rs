@@ -1,0 +1,296 @@
+//! The coordinator's settings, and where they come from.
+//!
+//! Precedence, highest first: command-line flags, `VIGIL_…` environment variables, the
+//! TOML config file (`--config`), built-in defaults (shown by `--help`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use vigil_shared::broker_url::{BrokerUrl, BrokerUrlError};
+
+use crate::store::MapSize;
+
+/// Default data directory (relative to the working directory).
+pub const DEFAULT_DATA_DIR: &str = "vigil-data";
+/// Default REST listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// Default embedded broker listen address.
+pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
+/// Default metric history retention.
+pub const DEFAULT_RETENTION: &str = "7d";
+/// Default initial LMDB map size.
+pub const DEFAULT_DB_MAP_SIZE: &str = "1GiB";
+/// Default ceiling the LMDB map may grow to.
+pub const DEFAULT_DB_MAX_SIZE: &str = "64GiB";
+
+/// Which broker the coordinator uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerMode {
+    /// Start rumqttd inside the coordinator, listening here.
+    Embedded {
+        /// The MQTT listen address.
+        listen: SocketAddr,
+    },
+    /// Connect to a broker that already runs (Mosquitto, EMQX, …).
+    External(BrokerUrl),
+}
+
+/// The settings the coordinator runs with.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Where LMDB files live.
+    pub data_dir: PathBuf,
+    /// Where the REST API listens.
+    pub listen: SocketAddr,
+    /// Embedded or external broker.
+    pub broker: BrokerMode,
+    /// MQTT user name for an external broker.
+    pub mqtt_username: Option<String>,
+    /// MQTT password for an external broker.
+    pub mqtt_password: Option<String>,
+    /// How long metric history is kept.
+    pub retention: Duration,
+    /// LMDB map sizes.
+    pub map_size: MapSize,
+}
+
+impl CoordinatorConfig {
+    /// The broker URL agents (and the coordinator itself) connect to.
+    pub fn broker_url(&self) -> BrokerUrl {
+        match &self.broker {
+            BrokerMode::Embedded { listen } => BrokerUrl {
+                host: if listen.ip().is_unspecified() {
+                    "127.0.0.1".into()
+                } else {
+                    listen.ip().to_string()
+                },
+                port: listen.port(),
+            },
+            BrokerMode::External(url) => url.clone(),
+        }
+    }
+}
+
+/// The config file's shape (`coordinator.toml`). Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorFile {
+    /// See `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// See `--listen`.
+    pub listen: Option<String>,
+    /// See `--mqtt-listen`.
+    pub mqtt_listen: Option<String>,
+    /// See `--broker`.
+    pub broker: Option<String>,
+    /// See `--mqtt-username`.
+    pub mqtt_username: Option<String>,
+    /// See `--mqtt-password`.
+    pub mqtt_password: Option<String>,
+    /// See `--retention`.
+    pub retention: Option<String>,
+    /// See `--db-map-size`.
+    pub db_map_size: Option<String>,
+    /// See `--db-max-size`.
+    pub db_max_size: Option<String>,
+}
+
+/// Settings given as flags or environment variables (`None` when absent).
+pub type Overrides = CoordinatorFile;
+
+/// Why the settings could not be resolved.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML of the expected shape.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A setting cannot be used.
+    #[error("setting `{setting}`: {problem}")]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The broker URL is malformed.
+    #[error(transparent)]
+    Broker(#[from] BrokerUrlError),
+}
+
+impl CoordinatorFile {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Resolves the settings: overrides beat the file, the file beats the defaults.
+pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConfig, ConfigError> {
+    let invalid = |setting, problem: String| ConfigError::Invalid { setting, problem };
+    let addr = |setting, text: String| {
+        text.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                setting,
+                format!("`{text}` is not an address like 127.0.0.1:8000: {e}"),
+            )
+        })
+    };
+    let listen = addr(
+        "listen",
+        over.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN.into()),
+    )?;
+    let broker = match over.broker.or(file.broker) {
+        Some(url) => BrokerMode::External(url.parse()?),
+        None => BrokerMode::Embedded {
+            listen: addr(
+                "mqtt_listen",
+                over.mqtt_listen
+                    .or(file.mqtt_listen)
+                    .unwrap_or(DEFAULT_MQTT_LISTEN.into()),
+            )?,
+        },
+    };
+    let retention_text = over
+        .retention
+        .or(file.retention)
+        .unwrap_or(DEFAULT_RETENTION.into());
+    let retention =
+        vigil_shared::time::parse_duration(&retention_text).map_err(|e| invalid("retention", e))?;
+    let size = |setting, text: String| parse_size(&text).map_err(|e| invalid(setting, e));
+    let initial = size(
+        "db_map_size",
+        over.db_map_size
+            .or(file.db_map_size)
+            .unwrap_or(DEFAULT_DB_MAP_SIZE.into()),
+    )?;
+    let max = size(
+        "db_max_size",
+        over.db_max_size
+            .or(file.db_max_size)
+            .unwrap_or(DEFAULT_DB_MAX_SIZE.into()),
+    )?;
+    if max < initial {
+        return Err(invalid(
+            "db_max_size",
+            format!("{max} bytes is smaller than db_map_size ({initial} bytes)"),
+        ));
+    }
+    Ok(CoordinatorConfig {
+        data_dir: over
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        listen,
+        broker,
+        mqtt_username: over.mqtt_username.or(file.mqtt_username),
+        mqtt_password: over.mqtt_password.or(file.mqtt_password),
+        retention,
+        map_size: MapSize { initial, max },
+    })
+}
+
+/// Reads a size such as `1GiB`, `512MiB`, `64KiB`, `4096` (bytes). Also takes KB/MB/GB/TB
+/// as powers of 1024, since that is what people mean for memory maps.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 1GiB, 512MiB or 4096"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown size unit `{other}` in `{text}`")),
+    };
+    number
+        .checked_mul(1usize << shift)
+        .filter(|&n| n >= 64 * 1024)
+        .ok_or_else(|| format!("`{text}` must be at least 64KiB and fit in memory addresses"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("12").is_err());
+        assert!(parse_size("1 parsec").unwrap_err().contains("parsec"));
+    }
+
+    #[test]
+    fn defaults_give_an_embedded_broker_on_loopback() {
+        let config = resolve(CoordinatorFile::default(), Overrides::default()).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(
+            config.broker,
+            BrokerMode::Embedded {
+                listen: "127.0.0.1:1883".parse().unwrap()
+            }
+        );
+        assert_eq!(config.broker_url().to_string(), "mqtt://127.0.0.1:1883");
+        assert_eq!(config.retention, Duration::from_secs(7 * 86400));
+    }
+
+    #[test]
+    fn an_external_broker_replaces_the_embedded_one_and_flags_beat_the_file() {
+        let file: CoordinatorFile =
+            toml::from_str("broker = \"mqtt://file:1\"\nretention = \"1h\"\n").unwrap();
+        let config = resolve(
+            file,
+            Overrides {
+                broker: Some("mqtt://flag:2".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.broker_url().to_string(), "mqtt://flag:2");
+        assert_eq!(config.retention, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = resolve(
+            CoordinatorFile::default(),
+            Overrides {
+                listen: Some("nowhere".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        assert!(toml::from_str::<CoordinatorFile>("listne = 1").is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! MQTT ingest: subscribes to every agent's topics, decodes and checks each message, and
+//! hands the good ones to the store writer.
+//!
+//! Nothing an agent (or anyone else) publishes can crash this loop: a payload that does
+//! not decode, speaks an unknown protocol version, breaks a content rule, or claims a host
+//! other than the one in its topic is logged with its topic, counted in
+//! `vigil_mqtt_messages_rejected_total{channel,reason}`, and dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::watch;
+use vigil_shared::time::now_ms;
+use vigil_shared::topics::{self, AgentChannel};
+use vigil_shared::wire::{self, ActionEvent, AgentStatus, DecodeError, MetricBatch, WireMessage};
+
+use crate::store::{Source, StoreWriter, Write};
+use crate::telemetry::Telemetry;
+
+/// The channels the coordinator listens to.
+const CHANNELS: [AgentChannel; 3] = [
+    AgentChannel::Metrics,
+    AgentChannel::Status,
+    AgentChannel::Actions,
+];
+
+/// Runs the subscriber until `stop` turns true. Reconnects on its own.
+pub async fn run(
+    options: MqttOptions,
+    writer: StoreWriter,
+    telemetry: Arc<Telemetry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let mut failures: u32 = 0;
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                tracing::info!("ingest connected to broker; subscribing to agent topics");
+                for channel in CHANNELS {
+                    if let Err(e) = client
+                        .subscribe(topics::all_agents(channel), QoS::AtLeastOnce)
+                        .await
+                    {
+                        tracing::error!("cannot subscribe to {channel:?}: {e}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                handle(&publish, &writer, &telemetry).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(failures, "ingest lost the broker: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+/// Checks one message and queues what it carries for the store.
+async fn handle(publish: &Publish, writer: &StoreWriter, telemetry: &Telemetry) {
+    let Some((host, channel)) = topics::parse_agent(&publish.topic) else {
+        reject(
+            telemetry,
+            "unknown",
+            "topic",
+            &publish.topic,
+            "not an agent topic",
+        );
+        return;
+    };
+    let received_ms = now_ms();
+    let write = match channel {
+        AgentChannel::Metrics => match checked::<MetricBatch>(host, &publish.payload) {
+            Ok(batch) => Write::Samples {
+                host: batch.host,
+                labels: batch.labels,
+                samples: batch.samples,
+                source: Source::Mqtt,
+                received_ms,
+                reply: None,
+            },
+            Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+        },
+        AgentChannel::Status => match checked::<AgentStatus>(host, &publish.payload) {
+            Ok(status) => Write::Status {
+                status,
+                received_ms,
+            },
+            Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+        },
+        AgentChannel::Actions => {
+            // Action events are validated and counted here; the audit store that keeps them
+            // arrives with remediation.
+            match checked::<ActionEvent>(host, &publish.payload) {
+                Ok(_) => {
+                    telemetry
+                        .mqtt_messages
+                        .with_label_values(&["actions"])
+                        .inc();
+                }
+                Err(rejection) => rejection.report(telemetry, channel, &publish.topic),
+            }
+            return;
+        }
+        AgentChannel::Commands => return,
+    };
+    telemetry
+        .mqtt_messages
+        .with_label_values(&[channel.as_str()])
+        .inc();
+    if let Err(e) = writer.send(write).await {
+        telemetry
+            .store_errors
+            .with_label_values(&[e.reason()])
+            .inc();
+        tracing::error!(topic = %publish.topic, "cannot queue message for the store: {e}");
+    }
+}
+
+/// Why a message was refused.
+enum Rejection {
+    Decode(DecodeError),
+    HostMismatch { claimed: String },
+}
+
+impl Rejection {
+    fn report(self, telemetry: &Telemetry, channel: AgentChannel, topic: &str) {
+        match self {
+            Rejection::Decode(e) => reject(
+                telemetry,
+                channel.as_str(),
+                e.reason(),
+                topic,
+                &e.to_string(),
+            ),
+            Rejection::HostMismatch { claimed } => reject(
+                telemetry,
+                channel.as_str(),
+                "host_mismatch",
+                topic,
+                &format!("payload speaks for host `{claimed}`"),
+            ),
+        }
+    }
+}
+
+/// Decodes a message and checks that it speaks for the host named in its topic.
+fn checked<T: WireMessage>(topic_host: &str, payload: &[u8]) -> Result<T, Rejection> {
+    let message = wire::decode::<T>(payload).map_err(Rejection::Decode)?;
+    if message.host() != topic_host {
+        return Err(Rejection::HostMismatch {
+            claimed: message.host().to_string(),
+        });
+    }
+    Ok(message)
+}
+
+fn reject(telemetry: &Telemetry, channel: &str, reason: &str, topic: &str, message: &str) {
+    telemetry
+        .mqtt_rejected
+        .with_label_values(&[channel, reason])
+        .inc();
+    tracing::warn!(%topic, reason, "rejected MQTT message: {message}");
+}

@@ -1,0 +1,21 @@
+//! `vigil-coordinator`: the fleet's meeting point.
+//!
+//! - [`broker`]: the embedded MQTT broker (rumqttd), or none when an external one is used.
+//! - [`ingest`]: subscribes to agents' topics, checks every message, feeds the store.
+//! - [`store`]: LMDB (heed): hosts, latest values, metric history with retention.
+//! - [`api`]: the REST API (warp) and `/metrics`.
+//! - [`telemetry`]: the coordinator's own Prometheus metrics.
+//! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
+//! - [`app`]: starts and stops all of the above as one [`app::Coordinator`].
+
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod ingest;
+pub mod store;
+pub mod telemetry;
+
+pub use app::Coordinator;
+pub use config::CoordinatorConfig;

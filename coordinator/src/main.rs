@@ -1,0 +1,74 @@
+//! The `vigil-coordinator` binary: `up` (coordinator plus local agent) or `serve`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use vigil_agent::config::{resolve as resolve_agent, AgentFile, Overrides as AgentOverrides};
+use vigil_agent::signal::shutdown_signal;
+use vigil_coordinator::cli::{Cli, Command};
+use vigil_coordinator::Coordinator;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("VIGIL_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn")),
+        )
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("vigil-coordinator: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.into_config().map_err(|e| e.to_string())?;
+            let coordinator = Coordinator::start(config)
+                .await
+                .map_err(|e| e.to_string())?;
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            coordinator.stop().await;
+            Ok(())
+        }
+        Command::Up(args) => {
+            let config = args.serve.into_config().map_err(|e| e.to_string())?;
+            let data_dir = config.data_dir.clone();
+            let coordinator = Coordinator::start(config)
+                .await
+                .map_err(|e| e.to_string())?;
+            let agent_config = resolve_agent(
+                AgentFile::default(),
+                AgentOverrides {
+                    host: args.agent_host,
+                    labels: args.agent_labels,
+                    broker: Some(coordinator.broker_url.to_string()),
+                    interval: args.agent_interval,
+                    ..AgentOverrides::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            let http = coordinator.http_addr;
+            println!(
+                "Vigil is up.\n  REST API:  http://{http}\n  MQTT:      {}\n  data dir:  {}\n  \
+                 local agent `{}` reports every {}\nTry:  curl http://{http}/api/v1/hosts\n\
+                 Stop with Ctrl-C.",
+                coordinator.broker_url,
+                data_dir.display(),
+                agent_config.host,
+                vigil_shared::time::format_duration(agent_config.interval),
+            );
+            let result = vigil_agent::run(agent_config, shutdown_signal()).await;
+            tracing::info!("shutting down");
+            coordinator.stop().await;
+            result.map_err(|e| e.to_string())
+        }
+    }
+}

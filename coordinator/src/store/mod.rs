@@ -1,0 +1,169 @@
+//! The coordinator's LMDB store (via heed): hosts, the latest value of every series, and
+//! metric history with a retention window.
+//!
+//! Layout (all keys and values are bytes; values are versioned postcard, see [`codec`]):
+//!
+//! | database | key | value |
+//! | --- | --- | --- |
+//! | `hosts` | host name | [`HostRecord`] |
+//! | `series` | `host \0 metric-name` | series id (u64, big-endian) |
+//! | `history` | series id · time · tag hash (8 bytes each, big-endian) | [`records::StoredPoint`] |
+//! | `latest` | series id · tag hash | [`records::LatestPoint`] |
+//! | `meta` | name | counters |
+//!
+//! A series is one metric of one host; samples of it that differ in tags (`mount=/` and
+//! `mount=/var`) are told apart by the tag hash. Keys sort by time within a series, so a
+//! history query is one range scan and retention is one range delete per series.
+//!
+//! All writes go through one writer thread ([`writer`]) that batches them into few
+//! transactions. Reads run on the caller's thread. When LMDB's map fills up, the writer
+//! grows it up to the configured ceiling, and past that rejects writes with
+//! [`StoreError::Full`] — the coordinator keeps running and serving reads.
+
+pub mod codec;
+pub mod keys;
+pub mod reader;
+pub mod records;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions};
+use thiserror::Error;
+
+pub use records::{HostRecord, LatestPoint, Point, Source};
+pub use writer::{StoreWriter, Write};
+
+/// Why a store operation failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// LMDB could not open or create the data directory.
+    #[error("cannot open the store in {path}: {source}")]
+    Open {
+        /// The data directory.
+        path: PathBuf,
+        /// What LMDB or the file system said.
+        source: heed::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The map is at its ceiling: nothing more can be written until data expires.
+    #[error(
+        "store is full: LMDB map reached its ceiling of {max_bytes} bytes; raise --db-max-size \
+         or shorten --retention"
+    )]
+    Full {
+        /// The ceiling.
+        max_bytes: usize,
+    },
+    /// Any other LMDB error (including I/O errors such as a full disk).
+    #[error("store error: {0}")]
+    Lmdb(#[from] heed::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in `{db}`: {reason}")]
+    Corrupt {
+        /// The database.
+        db: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The writer thread is gone (the coordinator is shutting down).
+    #[error("store writer has stopped")]
+    WriterGone,
+}
+
+impl StoreError {
+    /// A short label for the `vigil_store_errors_total` counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::Full { .. } => "map_full",
+            StoreError::Lmdb(heed::Error::Io(_)) => "io",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::WriterGone => "writer_gone",
+            _ => "lmdb",
+        }
+    }
+}
+
+/// Size settings for the LMDB map.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSize {
+    /// The map size to open with.
+    pub initial: usize,
+    /// How far the writer may grow it when it fills up.
+    pub max: usize,
+}
+
+/// The databases inside the environment.
+#[derive(Clone, Copy)]
+pub(crate) struct Dbs {
+    pub hosts: Database<Bytes, Bytes>,
+    pub series: Database<Bytes, Bytes>,
+    pub history: Database<Bytes, Bytes>,
+    pub latest: Database<Bytes, Bytes>,
+    pub meta: Database<Bytes, Bytes>,
+}
+
+/// An open store. Cheap to clone; all clones share one environment.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) env: Env,
+    pub(crate) dbs: Dbs,
+    /// Held for reading by every transaction and for writing while the map is resized
+    /// (LMDB requires that no transaction is open during a resize).
+    pub(crate) resize_lock: Arc<RwLock<()>>,
+    pub(crate) map_size: MapSize,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `dir`.
+    pub fn open(dir: &Path, map_size: MapSize) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let open_err = |source| StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        // SAFETY: the environment is opened once per process for this directory (the
+        // coordinator owns its data dir), and the memory map is only accessed through heed.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .map_size(map_size.initial)
+                .max_dbs(16)
+                .open(dir)
+        }
+        .map_err(open_err)?;
+        // A map file from an earlier run may be larger than `initial`: LMDB keeps the larger.
+        let mut wtxn = env.write_txn().map_err(open_err)?;
+        let mut create = |name: &str| env.create_database::<Bytes, Bytes>(&mut wtxn, Some(name));
+        let dbs = Dbs {
+            hosts: create("hosts").map_err(open_err)?,
+            series: create("series").map_err(open_err)?,
+            history: create("history").map_err(open_err)?,
+            latest: create("latest").map_err(open_err)?,
+            meta: create("meta").map_err(open_err)?,
+        };
+        wtxn.commit().map_err(open_err)?;
+        Ok(Store {
+            env,
+            dbs,
+            resize_lock: Arc::new(RwLock::new(())),
+            map_size,
+        })
+    }
+
+    /// The current size of the memory map, in bytes.
+    pub fn current_map_size(&self) -> usize {
+        self.env.info().map_size
+    }
+}

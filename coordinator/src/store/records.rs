@@ -1,0 +1,102 @@
+//! The records the store keeps, and the shapes reads return.
+
+use serde::{Deserialize, Serialize};
+use vigil_shared::wire::{AgentState, AgentStatus, Tag};
+
+/// How a host's data reached the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    /// From an agent over MQTT.
+    Mqtt,
+    /// From `POST /api/v1/ingest`.
+    Http,
+}
+
+impl Source {
+    /// Lowercase name for JSON and counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Mqtt => "mqtt",
+            Source::Http => "http",
+        }
+    }
+}
+
+/// What the coordinator knows about one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// The host name.
+    pub host: String,
+    /// When anything was first heard from it, epoch ms.
+    pub first_seen_ms: i64,
+    /// When anything was last heard from it, epoch ms.
+    pub last_seen_ms: i64,
+    /// How its data arrives (the latest source seen).
+    pub source: Source,
+    /// The last status its agent published, if it has an agent.
+    pub status: Option<AgentStatus>,
+}
+
+/// How long an HTTP-only host counts as online after its last sample.
+pub const HTTP_HOST_ONLINE_MS: i64 = 60_000;
+
+impl HostRecord {
+    /// Whether the host counts as online at `now_ms`.
+    ///
+    /// A host with an agent is online while its last status says so and it has been heard
+    /// from within three sampling intervals (plus 10 s of slack); a host known only through
+    /// HTTP ingest is online for [`HTTP_HOST_ONLINE_MS`] after its last sample.
+    pub fn is_online(&self, now_ms: i64) -> bool {
+        match &self.status {
+            Some(status) => {
+                let window = i64::try_from(status.interval_ms.saturating_mul(3))
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(10_000);
+                status.state == AgentState::Online && now_ms - self.last_seen_ms <= window
+            }
+            None => now_ms - self.last_seen_ms <= HTTP_HOST_ONLINE_MS,
+        }
+    }
+
+    /// The host's labels (from its agent's status; none for HTTP-only hosts).
+    pub fn labels(&self) -> &[Tag] {
+        self.status.as_ref().map_or(&[], |s| &s.labels)
+    }
+}
+
+/// One stored point of history (the key carries series and time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPoint {
+    /// The value.
+    pub value: f64,
+    /// Tags (the sample's, merged with the agent's labels).
+    pub tags: Vec<Tag>,
+}
+
+/// The latest value of one tagged variant of a series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatestPoint {
+    /// Metric name.
+    pub name: String,
+    /// The value.
+    pub value: f64,
+    /// When it was measured, epoch ms.
+    pub ts_ms: i64,
+    /// Tags.
+    pub tags: Vec<Tag>,
+}
+
+/// A point of history as queries return it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The host.
+    pub host: String,
+    /// Metric name.
+    pub name: String,
+    /// The value.
+    pub value: f64,
+    /// When it was measured, epoch ms.
+    pub ts_ms: i64,
+    /// Tags.
+    pub tags: Vec<Tag>,
+}

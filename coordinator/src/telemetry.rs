@@ -1,0 +1,137 @@
+//! The coordinator's own Prometheus metrics, served at `GET /metrics`.
+//!
+//! Names follow Prometheus conventions: a `vigil_` prefix, `_total` on counters, seconds
+//! and bytes as units.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the coordinator exports.
+pub struct Telemetry {
+    registry: Registry,
+    /// `vigil_mqtt_messages_total{channel}`: agent messages accepted.
+    pub mqtt_messages: IntCounterVec,
+    /// `vigil_mqtt_messages_rejected_total{channel,reason}`: agent messages refused.
+    pub mqtt_rejected: IntCounterVec,
+    /// `vigil_samples_stored_total{source}`: samples written to LMDB.
+    pub samples_stored: IntCounterVec,
+    /// `vigil_http_ingest_rejected_total{field}`: HTTP ingest bodies refused.
+    pub http_ingest_rejected: IntCounterVec,
+    /// `vigil_store_errors_total{reason}`: failed store writes.
+    pub store_errors: IntCounterVec,
+    /// `vigil_http_requests_total{method,route,status}`.
+    pub http_requests: IntCounterVec,
+    /// `vigil_http_request_duration_seconds{method,route}`.
+    pub http_duration: HistogramVec,
+    /// `vigil_hosts_online`: hosts currently online.
+    pub hosts_online: IntGauge,
+    /// `vigil_hosts_known`: hosts ever seen.
+    pub hosts_known: IntGauge,
+    /// `vigil_store_map_size_bytes`: the LMDB map's current size.
+    pub store_map_size_bytes: IntGauge,
+}
+
+impl Telemetry {
+    /// Creates and registers every metric.
+    pub fn new() -> Telemetry {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable!("metric {name} is well-formed: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| unreachable!("metric {name} is registered once: {e}"));
+            c
+        };
+        let mqtt_messages = counter(
+            "vigil_mqtt_messages_total",
+            "Agent messages accepted from MQTT, by channel",
+            &["channel"],
+        );
+        let mqtt_rejected = counter(
+            "vigil_mqtt_messages_rejected_total",
+            "Agent messages refused (malformed, unknown protocol version, invalid, host mismatch)",
+            &["channel", "reason"],
+        );
+        let samples_stored = counter(
+            "vigil_samples_stored_total",
+            "Metric samples written to the store, by source",
+            &["source"],
+        );
+        let http_ingest_rejected = counter(
+            "vigil_http_ingest_rejected_total",
+            "HTTP ingest bodies refused, by offending field",
+            &["field"],
+        );
+        let store_errors = counter(
+            "vigil_store_errors_total",
+            "Store writes that failed, by reason",
+            &["reason"],
+        );
+        let http_requests = counter(
+            "vigil_http_requests_total",
+            "HTTP requests served, by method, route and status code",
+            &["method", "route", "status"],
+        );
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "vigil_http_request_duration_seconds",
+                "HTTP request latency, by method and route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["method", "route"],
+        )
+        .unwrap_or_else(|e| unreachable!("histogram is well-formed: {e}"));
+        registry
+            .register(Box::new(http_duration.clone()))
+            .unwrap_or_else(|e| unreachable!("histogram is registered once: {e}"));
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)
+                .unwrap_or_else(|e| unreachable!("gauge {name} is well-formed: {e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| unreachable!("gauge {name} is registered once: {e}"));
+            g
+        };
+        let hosts_online = gauge("vigil_hosts_online", "Hosts currently online");
+        let hosts_known = gauge(
+            "vigil_hosts_known",
+            "Hosts the coordinator has ever heard from",
+        );
+        let store_map_size_bytes = gauge(
+            "vigil_store_map_size_bytes",
+            "Current size of the LMDB memory map in bytes",
+        );
+        Telemetry {
+            registry,
+            mqtt_messages,
+            mqtt_rejected,
+            samples_stored,
+            http_ingest_rejected,
+            store_errors,
+            http_requests,
+            http_duration,
+            hosts_online,
+            hosts_known,
+            store_map_size_bytes,
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("cannot encode metrics: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}

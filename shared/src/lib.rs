@@ -1,0 +1,22 @@
+//! `vigil-shared`: everything Vigil's agents and coordinator both speak.
+//!
+//! - [`wire`]: the versioned messages that travel over MQTT (postcard-encoded), and
+//!   [`wire::decode`], which turns any byte string into a typed message or a typed error.
+//! - [`topics`]: the v1 MQTT topic plan, as builders and a parser.
+//! - [`validate`]: the rules a metric sample or host name must obey, shared by MQTT and HTTP
+//!   ingest so both reject the same things with the same words.
+//! - [`broker_url`]: `mqtt://host:port` as users write it.
+//! - [`mqtt`]: MQTT client options shared by agents and the coordinator.
+//! - [`time`]: millisecond timestamps and their RFC 3339 form.
+
+pub mod broker_url;
+pub mod mqtt;
+pub mod time;
+pub mod topics;
+pub mod validate;
+pub mod wire;
+
+pub use wire::{
+    decode, encode, ActionEvent, ActionState, AgentState, AgentStatus, Command, CommandKind,
+    DecodeError, MetricBatch, Sample, WireMessage, PROTOCOL_VERSION,
+};

@@ -1,0 +1,114 @@
+//! The v1 MQTT topic plan (design.md), as builders and a parser.
+//!
+//! | topic | direction |
+//! | --- | --- |
+//! | `vigil/v1/agents/{host}/metrics` | agent → coordinator |
+//! | `vigil/v1/agents/{host}/actions` | agent → coordinator |
+//! | `vigil/v1/agents/{host}/status` | agent → coordinator, retained, last will |
+//! | `vigil/v1/agents/{host}/commands` | coordinator → agent |
+//! | `vigil/v1/bundles/{group}` | coordinator → agents, retained |
+//! | `vigil/v1/json/...` | coordinator → integrations |
+
+/// Every v1 topic starts with this.
+pub const ROOT: &str = "vigil/v1";
+
+/// The channels under one agent's topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentChannel {
+    /// Metric batches.
+    Metrics,
+    /// Action lifecycle events.
+    Actions,
+    /// Retained status and last will.
+    Status,
+    /// Commands for the agent.
+    Commands,
+}
+
+impl AgentChannel {
+    /// The last topic level for this channel.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentChannel::Metrics => "metrics",
+            AgentChannel::Actions => "actions",
+            AgentChannel::Status => "status",
+            AgentChannel::Commands => "commands",
+        }
+    }
+
+    fn parse(level: &str) -> Option<Self> {
+        Some(match level {
+            "metrics" => AgentChannel::Metrics,
+            "actions" => AgentChannel::Actions,
+            "status" => AgentChannel::Status,
+            "commands" => AgentChannel::Commands,
+            _ => return None,
+        })
+    }
+}
+
+/// `vigil/v1/agents/{host}/{channel}`.
+pub fn agent(host: &str, channel: AgentChannel) -> String {
+    format!("{ROOT}/agents/{host}/{}", channel.as_str())
+}
+
+/// The filter matching one channel of every agent: `vigil/v1/agents/+/{channel}`.
+pub fn all_agents(channel: AgentChannel) -> String {
+    format!("{ROOT}/agents/+/{}", channel.as_str())
+}
+
+/// `vigil/v1/bundles/{group}`.
+pub fn bundle(group: &str) -> String {
+    format!("{ROOT}/bundles/{group}")
+}
+
+/// `vigil/v1/json/{rest}`: the JSON mirror for integrations.
+pub fn json(rest: &str) -> String {
+    format!("{ROOT}/json/{rest}")
+}
+
+/// Splits `vigil/v1/agents/{host}/{channel}` into host and channel; `None` for any other topic.
+pub fn parse_agent(topic: &str) -> Option<(&str, AgentChannel)> {
+    let rest = topic.strip_prefix(ROOT)?.strip_prefix("/agents/")?;
+    let (host, channel) = rest.split_once('/')?;
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, AgentChannel::parse(channel)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_and_parser_agree() {
+        for channel in [
+            AgentChannel::Metrics,
+            AgentChannel::Actions,
+            AgentChannel::Status,
+            AgentChannel::Commands,
+        ] {
+            let topic = agent("web-01", channel);
+            assert_eq!(parse_agent(&topic), Some(("web-01", channel)));
+        }
+        assert_eq!(
+            agent("h", AgentChannel::Metrics),
+            "vigil/v1/agents/h/metrics"
+        );
+        assert_eq!(all_agents(AgentChannel::Status), "vigil/v1/agents/+/status");
+    }
+
+    #[test]
+    fn other_topics_do_not_parse() {
+        for topic in [
+            "vigil/v1/agents//metrics",
+            "vigil/v1/agents/h/metrics/extra",
+            "vigil/v1/agents/h/unknown",
+            "vigil/v2/agents/h/metrics",
+            "vigil/v1/bundles/web",
+        ] {
+            assert_eq!(parse_agent(topic), None, "{topic}");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Validation rules shared by every way data enters Vigil (MQTT and HTTP), so that both
+//! reject the same input with the same message.
+
+use thiserror::Error;
+
+/// Longest metric name accepted (seed 001 §3.2: 1–255 characters).
+pub const MAX_METRIC_NAME_LEN: usize = 255;
+/// Longest host name accepted (a DNS name's limit).
+pub const MAX_HOST_LEN: usize = 253;
+/// Longest tag key or value accepted.
+pub const MAX_TAG_LEN: usize = 255;
+/// Most tags one sample may carry.
+pub const MAX_TAGS: usize = 64;
+
+/// Why a field was refused. `field` names the offending field as a client would write it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("field `{field}`: {problem}")]
+pub struct FieldError {
+    /// The field, e.g. `name`, `value`, `tags.host`.
+    pub field: String,
+    /// What is wrong with it, in words.
+    pub problem: String,
+}
+
+impl FieldError {
+    /// A new error about `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A metric name must be 1–255 characters, none of them control characters.
+pub fn metric_name(name: &str) -> Result<(), FieldError> {
+    let len = name.chars().count();
+    if len == 0 {
+        return Err(FieldError::new("name", "must not be empty"));
+    }
+    if len > MAX_METRIC_NAME_LEN {
+        return Err(FieldError::new(
+            "name",
+            format!("is {len} characters long; at most {MAX_METRIC_NAME_LEN} are allowed"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A metric value must be a finite number (no NaN, no infinity).
+pub fn metric_value(value: f64) -> Result<(), FieldError> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "value",
+            format!("must be a finite number, got {value}"),
+        ))
+    }
+}
+
+/// A host name is 1–253 characters and cannot hold MQTT's special characters (`/`, `+`, `#`),
+/// whitespace or control characters: it becomes one level of a topic.
+pub fn host_name(host: &str) -> Result<(), FieldError> {
+    if host.is_empty() {
+        return Err(FieldError::new("host", "must not be empty"));
+    }
+    if host.len() > MAX_HOST_LEN {
+        return Err(FieldError::new(
+            "host",
+            format!(
+                "is {} bytes long; at most {MAX_HOST_LEN} are allowed",
+                host.len()
+            ),
+        ));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| matches!(c, '/' | '+' | '#') || c.is_whitespace() || c.is_control())
+    {
+        return Err(FieldError::new(
+            "host",
+            format!(
+                "`{host}` contains `{}`, which cannot appear in an MQTT topic level",
+                c.escape_debug()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Tags: at most [`MAX_TAGS`], keys 1–255 characters, values at most 255 characters.
+pub fn tags<'a>(tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(), FieldError> {
+    let mut count = 0;
+    for (key, value) in tags {
+        count += 1;
+        if key.is_empty() || key.chars().count() > MAX_TAG_LEN {
+            return Err(FieldError::new(
+                "tags",
+                format!("tag key `{key}` must be 1–{MAX_TAG_LEN} characters"),
+            ));
+        }
+        if value.chars().count() > MAX_TAG_LEN {
+            return Err(FieldError::new(
+                format!("tags.{key}"),
+                format!("value is longer than {MAX_TAG_LEN} characters"),
+            ));
+        }
+    }
+    if count > MAX_TAGS {
+        return Err(FieldError::new(
+            "tags",
+            format!("{count} tags given; at most {MAX_TAGS} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a label written as `key=value` (`role=web`), checking it like a tag.
+pub fn parse_label(text: &str) -> Result<(String, String), FieldError> {
+    let (key, value) = text.split_once('=').ok_or_else(|| {
+        FieldError::new("label", format!("`{text}` is not of the form key=value"))
+    })?;
+    let (key, value) = (key.trim(), value.trim());
+    tags([(key, value)])?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_between_1_and_255_characters_pass() {
+        assert!(metric_name("cpu_percent").is_ok());
+        assert!(metric_name(&"a".repeat(255)).is_ok());
+        assert_eq!(metric_name("").unwrap_err().field, "name");
+        assert!(metric_name(&"a".repeat(256))
+            .unwrap_err()
+            .problem
+            .contains("256 characters"));
+    }
+
+    #[test]
+    fn non_finite_values_are_refused() {
+        assert!(metric_value(1.5).is_ok());
+        assert!(metric_value(f64::NAN).is_err());
+        assert!(metric_value(f64::INFINITY).is_err());
+    }
+
+    #[test]
+    fn host_names_cannot_break_topics() {
+        assert!(host_name("web-01.example.com").is_ok());
+        for bad in ["", "a/b", "a+b", "a#", "a b"] {
+            assert!(host_name(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn labels_are_key_equals_value() {
+        assert_eq!(parse_label("role=web"), Ok(("role".into(), "web".into())));
+        assert!(parse_label("role").is_err());
+        assert!(parse_label("=web").is_err());
+    }
+
+    #[test]
+    fn tag_limits_are_enforced() {
+        assert!(tags([("region", "eu")]).is_ok());
+        assert!(tags([("", "x")]).is_err());
+        let long = "v".repeat(300);
+        assert_eq!(tags([("k", long.as_str())]).unwrap_err().field, "tags.k");
+    }
+}

@@ -1,0 +1,501 @@
+//! The v1 wire protocol: the messages agents and the coordinator exchange over MQTT.
+//!
+//! Every payload is one version byte ([`PROTOCOL_VERSION`]) followed by the postcard
+//! encoding of one message. Which message a payload holds is given by its topic (see
+//! [`crate::topics`]). [`decode`] never panics: any byte string becomes either a typed
+//! message or a [`DecodeError`] that says what was wrong with it.
+//!
+//! Postcard is not self-describing, so any change to a message's fields is a new protocol
+//! version; the version byte lets a coordinator refuse (and count) what it cannot read
+//! instead of misreading it.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::validate::{self, FieldError};
+
+/// The protocol version this build writes and reads.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest payload [`decode`] accepts (1 MiB); anything longer is refused unread.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// A key/value pair attached to a sample or an agent (`mount=/`, `role=web`).
+pub type Tag = (String, String);
+
+/// A message that travels on the wire: it can be encoded, decoded and checked.
+pub trait WireMessage: Serialize + DeserializeOwned {
+    /// What the message is called in errors and counters (`metric_batch`, `agent_status`, …).
+    const KIND: &'static str;
+
+    /// The host the message speaks for, checked against the topic it arrived on.
+    fn host(&self) -> &str;
+
+    /// Checks the message's content beyond its shape (names, values, host).
+    fn validate(&self) -> Result<(), FieldError>;
+}
+
+/// One measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Metric name, 1–255 characters (`cpu_percent`, `disk_free_percent`).
+    pub name: String,
+    /// The measured value; always finite.
+    pub value: f64,
+    /// When it was measured, epoch milliseconds.
+    pub ts_ms: i64,
+    /// What the value is about beyond the host (`mount=/`, `iface=eth0`).
+    pub tags: Vec<Tag>,
+}
+
+/// A batch of samples from one host, published on `vigil/v1/agents/{host}/metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricBatch {
+    /// The host that measured the samples.
+    pub host: String,
+    /// Increases by one with every batch an agent sends during one run.
+    pub seq: u64,
+    /// When the batch was sent, epoch milliseconds.
+    pub sent_at_ms: i64,
+    /// The agent's configured labels; they tag every sample of the batch.
+    pub labels: Vec<Tag>,
+    /// The samples.
+    pub samples: Vec<Sample>,
+}
+
+/// Whether an agent is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentState {
+    /// Running and connected.
+    Online,
+    /// Stopped cleanly, or lost (sent by the broker as the agent's last will).
+    Offline,
+}
+
+/// An agent's retained status, published on `vigil/v1/agents/{host}/status`.
+/// Its last will is the same message with [`AgentState::Offline`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The agent's host.
+    pub host: String,
+    /// Online or offline.
+    pub state: AgentState,
+    /// The agent's version (`CARGO_PKG_VERSION`).
+    pub agent_version: String,
+    /// When this agent process started, epoch milliseconds.
+    pub started_at_ms: i64,
+    /// When this status was sent, epoch milliseconds.
+    pub sent_at_ms: i64,
+    /// The sampling interval, milliseconds.
+    pub interval_ms: u64,
+    /// The agent's labels (`role=web`, `env=prod`).
+    pub labels: Vec<Tag>,
+    /// Version of the policy bundle in force, if any.
+    pub bundle_version: Option<u64>,
+    /// Content hash (hex) of the policy bundle in force, if any.
+    pub bundle_hash: Option<String>,
+    /// Whether remediation is paused on this host (kill switch).
+    pub remediation_paused: bool,
+    /// Anything the agent wants an operator to read (e.g. why it refused a bundle).
+    pub detail: Option<String>,
+}
+
+/// Where an action is in its lifecycle (seed 001 §3.3 statuses, plus the outcomes of
+/// verification and the dead-letter state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionState {
+    /// Accepted and queued.
+    Pending,
+    /// An executor is working on it.
+    Running,
+    /// The executor finished successfully.
+    Completed,
+    /// The executor failed (a retry may follow).
+    Failed,
+    /// Withdrawn before it ran.
+    Cancelled,
+    /// Verified: the condition that caused it cleared.
+    Resolved,
+    /// Verified: the condition still holds after the verify window.
+    NotResolved,
+    /// Failed on its last retry; no further attempts.
+    DeadLetter,
+}
+
+impl ActionState {
+    /// The lowercase name used in JSON and the REST API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "pending",
+            ActionState::Running => "running",
+            ActionState::Completed => "completed",
+            ActionState::Failed => "failed",
+            ActionState::Cancelled => "cancelled",
+            ActionState::Resolved => "resolved",
+            ActionState::NotResolved => "not_resolved",
+            ActionState::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// One transition of one action, published on `vigil/v1/agents/{host}/actions` (QoS 1).
+/// `(id, state, attempt)` identifies the transition, so redelivery is harmless.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionEvent {
+    /// The action's unique id (a ULID).
+    pub id: String,
+    /// The host the action runs on.
+    pub host: String,
+    /// The policy that asked for it; `None` for a manual action.
+    pub policy: Option<String>,
+    /// What it acts on (a unit, a container, the host).
+    pub target: String,
+    /// What it does (`restart`, `exec`, `webhook`, …).
+    pub action: String,
+    /// The state this event reports.
+    pub state: ActionState,
+    /// Which attempt (1-based).
+    pub attempt: u32,
+    /// Whether it was only decided and recorded, not performed.
+    pub dry_run: bool,
+    /// What happened, in words.
+    pub detail: Option<String>,
+    /// When the action was created, epoch milliseconds.
+    pub created_at_ms: i64,
+    /// When this transition happened, epoch milliseconds.
+    pub at_ms: i64,
+}
+
+/// What the coordinator asks an agent to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandKind {
+    /// Run an action now (a human override).
+    RunAction {
+        /// The action id the coordinator allotted.
+        action_id: String,
+        /// What to act on.
+        target: String,
+        /// What to do.
+        action: String,
+        /// Parameters for the executor.
+        params: Vec<Tag>,
+        /// Decide and record only.
+        dry_run: bool,
+    },
+    /// Pause (`true`) or resume (`false`) all remediation on the host.
+    PauseRemediation(bool),
+    /// Publish status again and re-read the current bundle.
+    Resync,
+}
+
+/// A command for one agent, published on `vigil/v1/agents/{host}/commands`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Unique id (a ULID); agents refuse one they have already seen.
+    pub id: String,
+    /// The host it is meant for.
+    pub host: String,
+    /// When it was issued, epoch milliseconds.
+    pub issued_at_ms: i64,
+    /// After this, the agent refuses it, epoch milliseconds.
+    pub expires_at_ms: i64,
+    /// What to do.
+    pub kind: CommandKind,
+}
+
+/// Why a payload could not be turned into a message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// Zero bytes.
+    #[error("empty payload")]
+    Empty,
+    /// Longer than [`MAX_PAYLOAD_BYTES`].
+    #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// The first byte names a protocol version this build does not speak.
+    #[error("unknown protocol version {found} (this build speaks version {PROTOCOL_VERSION})")]
+    UnknownVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// The bytes after the version are not a valid message of the expected kind.
+    #[error("malformed {kind}: {reason}")]
+    Malformed {
+        /// The expected message kind.
+        kind: &'static str,
+        /// What postcard reported.
+        reason: String,
+    },
+    /// A valid message followed by extra bytes.
+    #[error("malformed {kind}: {extra} unexpected trailing bytes")]
+    TrailingBytes {
+        /// The expected message kind.
+        kind: &'static str,
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// Well-formed, but its content breaks a rule.
+    #[error("invalid {kind}: {error}")]
+    Invalid {
+        /// The message kind.
+        kind: &'static str,
+        /// Which field and why.
+        error: FieldError,
+    },
+}
+
+impl DecodeError {
+    /// A short, stable label for counters (`empty`, `unknown_version`, `malformed`, …).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::TooLarge(_) => "too_large",
+            DecodeError::UnknownVersion { .. } => "unknown_version",
+            DecodeError::Malformed { .. } | DecodeError::TrailingBytes { .. } => "malformed",
+            DecodeError::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// Encodes a message: the version byte, then postcard.
+pub fn encode<T: WireMessage>(message: &T) -> Vec<u8> {
+    let out = vec![PROTOCOL_VERSION];
+    // Serializing into a growable Vec cannot fail for these types: they hold only strings,
+    // numbers, options, enums and sequences of known length.
+    match postcard::to_extend(message, out) {
+        Ok(v) => v,
+        Err(e) => unreachable!("postcard cannot fail to encode a {}: {e}", T::KIND),
+    }
+}
+
+/// Decodes and validates a payload, never panicking.
+pub fn decode<T: WireMessage>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnknownVersion { found: version });
+    }
+    let (message, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
+            kind: T::KIND,
+            reason: e.to_string(),
+        })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            kind: T::KIND,
+            extra: rest.len(),
+        });
+    }
+    message.validate().map_err(|error| DecodeError::Invalid {
+        kind: T::KIND,
+        error,
+    })?;
+    Ok(message)
+}
+
+fn validate_tags(tags: &[Tag]) -> Result<(), FieldError> {
+    validate::tags(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+impl WireMessage for MetricBatch {
+    const KIND: &'static str = "metric_batch";
+
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate::host_name(&self.host)?;
+        validate_tags(&self.labels).map_err(|e| FieldError::new("labels", e.problem))?;
+        for (i, sample) in self.samples.iter().enumerate() {
+            let at =
+                |e: FieldError| FieldError::new(format!("samples[{i}].{}", e.field), e.problem);
+            validate::metric_name(&sample.name).map_err(at)?;
+            validate::metric_value(sample.value).map_err(at)?;
+            validate_tags(&sample.tags).map_err(at)?;
+        }
+        Ok(())
+    }
+}
+
+impl WireMessage for AgentStatus {
+    const KIND: &'static str = "agent_status";
+
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate::host_name(&self.host)?;
+        validate_tags(&self.labels).map_err(|e| FieldError::new("labels", e.problem))
+    }
+}
+
+impl WireMessage for ActionEvent {
+    const KIND: &'static str = "action_event";
+
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate::host_name(&self.host)?;
+        if self.id.is_empty() || self.id.len() > 64 {
+            return Err(FieldError::new("id", "must be 1–64 characters"));
+        }
+        if self.target.is_empty() {
+            return Err(FieldError::new("target", "must not be empty"));
+        }
+        if self.action.is_empty() {
+            return Err(FieldError::new("action", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+impl WireMessage for Command {
+    const KIND: &'static str = "command";
+
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate::host_name(&self.host)?;
+        if self.id.is_empty() {
+            return Err(FieldError::new("id", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn batch() -> MetricBatch {
+        MetricBatch {
+            host: "web-01".into(),
+            seq: 7,
+            sent_at_ms: 1_700_000_000_000,
+            labels: vec![("role".into(), "web".into())],
+            samples: vec![
+                Sample {
+                    name: "cpu_percent".into(),
+                    value: 42.5,
+                    ts_ms: 1_700_000_000_000,
+                    tags: vec![],
+                },
+                Sample {
+                    name: "disk_free_percent".into(),
+                    value: 71.0,
+                    ts_ms: 1_700_000_000_000,
+                    tags: vec![("mount".into(), "/".into())],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_batch_round_trips() {
+        let b = batch();
+        assert_eq!(decode::<MetricBatch>(&encode(&b)), Ok(b));
+    }
+
+    #[test]
+    fn status_event_and_command_round_trip() {
+        let status = AgentStatus {
+            host: "h".into(),
+            state: AgentState::Offline,
+            agent_version: "0.1.0".into(),
+            started_at_ms: 1,
+            sent_at_ms: 2,
+            interval_ms: 5000,
+            labels: vec![],
+            bundle_version: Some(3),
+            bundle_hash: None,
+            remediation_paused: false,
+            detail: None,
+        };
+        assert_eq!(decode::<AgentStatus>(&encode(&status)), Ok(status));
+        let event = ActionEvent {
+            id: "01HZX".into(),
+            host: "h".into(),
+            policy: None,
+            target: "nginx.service".into(),
+            action: "restart".into(),
+            state: ActionState::Running,
+            attempt: 1,
+            dry_run: false,
+            detail: Some("x".into()),
+            created_at_ms: 1,
+            at_ms: 2,
+        };
+        assert_eq!(decode::<ActionEvent>(&encode(&event)), Ok(event));
+        let command = Command {
+            id: "c1".into(),
+            host: "h".into(),
+            issued_at_ms: 1,
+            expires_at_ms: 2,
+            kind: CommandKind::PauseRemediation(true),
+        };
+        assert_eq!(decode::<Command>(&encode(&command)), Ok(command));
+    }
+
+    #[test]
+    fn empty_unknown_version_truncated_and_trailing_are_typed_errors() {
+        assert_eq!(decode::<MetricBatch>(&[]), Err(DecodeError::Empty));
+        let mut bytes = encode(&batch());
+        bytes[0] = 9;
+        assert_eq!(
+            decode::<MetricBatch>(&bytes),
+            Err(DecodeError::UnknownVersion { found: 9 })
+        );
+        let bytes = encode(&batch());
+        let truncated = &bytes[..bytes.len() - 3];
+        assert_eq!(
+            decode::<MetricBatch>(truncated).unwrap_err().reason(),
+            "malformed"
+        );
+        let mut trailing = encode(&batch());
+        trailing.extend_from_slice(&[0, 0]);
+        assert!(matches!(
+            decode::<MetricBatch>(&trailing),
+            Err(DecodeError::TrailingBytes { extra: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn content_rules_are_checked_after_decoding() {
+        let mut b = batch();
+        b.samples[1].value = f64::NAN;
+        let err = decode::<MetricBatch>(&encode(&b)).unwrap_err();
+        assert_eq!(err.reason(), "invalid");
+        assert!(err.to_string().contains("samples[1].value"), "{err}");
+        let mut b = batch();
+        b.host = "a/b".into();
+        assert_eq!(
+            decode::<MetricBatch>(&encode(&b)).unwrap_err().reason(),
+            "invalid"
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        for len in 0..2000 {
+            let mut bytes: Vec<u8> = (0..len % 300).map(|_| rng.random()).collect();
+            if len % 2 == 0 && !bytes.is_empty() {
+                bytes[0] = PROTOCOL_VERSION;
+            }
+            let _ = decode::<MetricBatch>(&bytes);
+            let _ = decode::<AgentStatus>(&bytes);
+            let _ = decode::<ActionEvent>(&bytes);
+            let _ = decode::<Command>(&bytes);
+        }
+    }
+}
