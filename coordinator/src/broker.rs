@@ -86,11 +86,32 @@ pub fn start(listen: SocketAddr) -> Result<(), BrokerError> {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+        if mqtt_handshake(probe).is_ok() {
             tracing::info!(%listen, "embedded MQTT broker listening");
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(BrokerError::NotReady(listen))
+}
+
+/// Connects with a minimal MQTT 3.1.1 CONNECT, expects a CONNACK, and disconnects
+/// politely (a bare TCP probe makes rumqttd log an error).
+fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    const CLIENT_ID: &[u8] = b"vigil-broker-probe";
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut packet = vec![0x10, 0];
+    packet.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
+    packet.extend_from_slice(&(CLIENT_ID.len() as u16).to_be_bytes());
+    packet.extend_from_slice(CLIENT_ID);
+    packet[1] = (packet.len() - 2) as u8;
+    stream.write_all(&packet)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    if connack[0] != 0x20 || connack[3] != 0 {
+        return Err(std::io::Error::other("broker refused the probe"));
+    }
+    stream.write_all(&[0xE0, 0])
 }

@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("VIGIL_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn")),
+                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off")),
         )
         .init();
     match run(Cli::parse()).await {

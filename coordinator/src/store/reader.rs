@@ -284,16 +284,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn older_status_never_overwrites_newer() {
+    async fn a_status_from_an_older_run_never_overwrites_a_newer_run() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), 1 << 30);
         let (writer, _thread) = StoreWriter::start(store.clone(), Arc::new(Telemetry::new()));
-        let status = |state, sent_at_ms| AgentStatus {
+        let status = |state, started_at_ms| AgentStatus {
             host: "h".into(),
             state,
             agent_version: "1".into(),
-            started_at_ms: 1,
-            sent_at_ms,
+            started_at_ms,
+            sent_at_ms: started_at_ms,
             interval_ms: 1000,
             labels: vec![],
             bundle_version: None,

@@ -353,8 +353,12 @@ fn apply(store: &Store, state: &mut WriterState, batch: &[Write]) -> Result<Vec<
 }
 
 /// Creates or updates a host record: last seen, source, and (if given) its agent status.
-/// A status older than the one stored (by agent start time, then send time) is ignored,
-/// so a late retained message cannot undo a newer one.
+///
+/// A status from an older agent run (earlier `started_at_ms`) than the stored one is
+/// ignored, so a late retained message cannot undo a newer run. Within one run, arrival
+/// order decides: the broker delivers one client's messages in order, and the last will
+/// (stamped when the agent connected, but sent by the broker when it vanished) must win
+/// over the online status that came before it.
 fn touch_host(
     store: &Store,
     txn: &mut RwTxn,
@@ -376,9 +380,10 @@ fn touch_host(
     record.last_seen_ms = record.last_seen_ms.max(received_ms);
     record.source = source;
     if let Some(status) = status {
-        let newer = record.status.as_ref().is_none_or(|old| {
-            (status.started_at_ms, status.sent_at_ms) >= (old.started_at_ms, old.sent_at_ms)
-        });
+        let newer = record
+            .status
+            .as_ref()
+            .is_none_or(|old| status.started_at_ms >= old.started_at_ms);
         if newer {
             record.status = Some(status.clone());
         }

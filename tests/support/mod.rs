@@ -1,0 +1,344 @@
+//! Helpers for the end-to-end tests: build and start the real binaries, pick free ports,
+//! start a real Mosquitto, talk HTTP, and wait for conditions with a deadline.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A temporary directory for one test: data dirs and process logs. If the test fails,
+/// the logs are printed, so a CI failure shows what the processes said.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    /// A fresh directory.
+    pub fn new() -> TestDir {
+        TestDir {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("----- {} (last 60 lines) -----", path.display());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free port")
+}
+
+/// Path of a workspace binary, building the binaries once per test run.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "vigil-agent",
+                "-p",
+                "vigil-coordinator",
+            ])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+        // target/<profile>/deps/<test binary> → target/<profile>
+        let exe = std::env::current_exe().expect("test binary path");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf()
+    });
+    dir.join(name)
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// What it is, for messages.
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `program` with `args`, logging to a file under `log_dir`.
+    pub fn start(name: &str, program: &Path, args: &[String], log_dir: &Path) -> Proc {
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let log = std::fs::File::create(log_dir.join(format!("{name}-{n}.log"))).expect("log file");
+        let child = Command::new(program)
+            .args(args)
+            .env("VIGIL_LOG", "info")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    /// Sends a signal (`libc::SIGTERM`, `libc::SIGKILL`, …).
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit within 10 s of SIGTERM", self.name);
+    }
+
+    /// Kills with SIGKILL and reaps.
+    pub fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running coordinator process and how to reach it.
+pub struct CoordinatorProc {
+    /// The process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub http: String,
+    /// `mqtt://127.0.0.1:PORT`: the broker agents should use.
+    pub broker: String,
+}
+
+/// Starts `vigil-coordinator serve` on `data_dir`, with the embedded broker on a free port
+/// unless `external_broker` is given, and waits for `/health`.
+pub async fn start_coordinator(
+    dir: &TestDir,
+    external_broker: Option<&str>,
+    extra: &[&str],
+) -> CoordinatorProc {
+    let data_dir = dir.path().join("data");
+    let http_port = free_port();
+    let mut args = vec![
+        "serve".to_string(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{http_port}"),
+    ];
+    let broker = match external_broker {
+        Some(url) => {
+            args.extend(["--broker".into(), url.to_string()]);
+            url.to_string()
+        }
+        None => {
+            let mqtt_port = free_port();
+            args.extend(["--mqtt-listen".into(), format!("127.0.0.1:{mqtt_port}")]);
+            format!("mqtt://127.0.0.1:{mqtt_port}")
+        }
+    };
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let proc = Proc::start("coordinator", &bin("vigil-coordinator"), &args, dir.path());
+    let http = format!("http://127.0.0.1:{http_port}");
+    let url = format!("{http}/health");
+    wait_for("coordinator /health", Duration::from_secs(20), || {
+        let url = url.clone();
+        async move {
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    CoordinatorProc { proc, http, broker }
+}
+
+/// Starts `vigil-agent` reporting as `host` to `broker` every 200 ms.
+pub fn start_agent(host: &str, broker: &str, labels: &[&str], log_dir: &Path) -> Proc {
+    let mut args = vec![
+        "--host".to_string(),
+        host.to_string(),
+        "--broker".into(),
+        broker.to_string(),
+        "--interval".into(),
+        "200ms".into(),
+    ];
+    for label in labels {
+        args.extend(["--label".to_string(), label.to_string()]);
+    }
+    Proc::start(
+        &format!("agent-{host}"),
+        &bin("vigil-agent"),
+        &args,
+        log_dir,
+    )
+}
+
+/// A real Mosquitto broker on a free port, anonymous access allowed on loopback.
+pub struct Mosquitto {
+    /// The process.
+    pub proc: Proc,
+    /// `mqtt://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+/// Starts Mosquitto (Debian package `mosquitto`; `.ci/run` installs it).
+pub fn start_mosquitto(dir: &Path) -> Mosquitto {
+    let program = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("mosquitto is not installed: apt-get install mosquitto (see .ci/run)");
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .expect("write mosquitto.conf");
+    let proc = Proc::start(
+        "mosquitto",
+        &program,
+        &["-c".into(), conf.display().to_string()],
+        dir,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Mosquitto {
+        proc,
+        url: format!("mqtt://127.0.0.1:{port}"),
+    }
+}
+
+/// Polls `probe` every 50 ms until it yields `Some`, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GETs a URL and returns status and JSON body.
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let response = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// POSTs a raw body as JSON and returns status and JSON body.
+pub async fn post_raw(url: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// GETs `/metrics` and returns the value of one sample line (`name{labels}`), 0 if absent.
+pub async fn metric(http: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{http}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The host entry from `/api/v1/hosts`, if the host is known.
+pub async fn host_entry(http: &str, host: &str) -> Option<Value> {
+    let (_, body) = get_json(&format!("{http}/api/v1/hosts")).await;
+    body["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["host"] == host)
+        .cloned()
+}
