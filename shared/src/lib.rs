@@ -7,10 +7,12 @@
 //!   ingest so both reject the same things with the same words.
 //! - [`broker_url`]: `mqtt://host:port` as users write it.
 //! - [`mqtt`]: MQTT client options shared by agents and the coordinator.
+//! - [`policy`]: the policy model, its YAML/JSON form, the evaluator and engine.
 //! - [`time`]: millisecond timestamps and their RFC 3339 form.
 
 pub mod broker_url;
 pub mod mqtt;
+pub mod policy;
 pub mod time;
 pub mod topics;
 pub mod validate;
