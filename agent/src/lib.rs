@@ -11,6 +11,7 @@ pub mod link;
 pub mod runner;
 pub mod sampler;
 pub mod signal;
+pub mod watch;
 
 pub use config::AgentConfig;
 pub use runner::run;
