@@ -13,16 +13,19 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::watch;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
-use vigil_shared::wire::{self, ActionEvent, AgentStatus, DecodeError, MetricBatch, WireMessage};
+use vigil_shared::wire::{
+    self, ActionEvent, AgentStatus, DecodeError, MetricBatch, PolicyEvent, WireMessage,
+};
 
 use crate::store::{Source, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
 /// The channels the coordinator listens to.
-const CHANNELS: [AgentChannel; 3] = [
+const CHANNELS: [AgentChannel; 4] = [
     AgentChannel::Metrics,
     AgentChannel::Status,
     AgentChannel::Actions,
+    AgentChannel::Events,
 ];
 
 /// Runs the subscriber until `stop` turns true. Reconnects on its own.
@@ -114,6 +117,10 @@ async fn handle(publish: &Publish, writer: &StoreWriter, telemetry: &Telemetry) 
             }
             return;
         }
+        AgentChannel::Events => match checked::<PolicyEvent>(host, &publish.payload) {
+            Ok(event) => Write::Event { event },
+            Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+        },
         AgentChannel::Commands => return,
     };
     telemetry

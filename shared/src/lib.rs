@@ -20,5 +20,6 @@ pub mod wire;
 
 pub use wire::{
     decode, encode, ActionEvent, ActionState, AgentState, AgentStatus, Command, CommandKind,
-    DecodeError, MetricBatch, Sample, WireMessage, PROTOCOL_VERSION,
+    DecodeError, MetricBatch, PolicyEvent, PolicyRunnerStatus, Sample, WireMessage,
+    PROTOCOL_VERSION,
 };

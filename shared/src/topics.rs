@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `vigil/v1/agents/{host}/metrics` | agent → coordinator |
 //! | `vigil/v1/agents/{host}/actions` | agent → coordinator |
+//! | `vigil/v1/agents/{host}/events` | agent → coordinator (policy decisions) |
 //! | `vigil/v1/agents/{host}/status` | agent → coordinator, retained, last will |
 //! | `vigil/v1/agents/{host}/commands` | coordinator → agent |
 //! | `vigil/v1/bundles/{group}` | coordinator → agents, retained |
@@ -19,6 +20,8 @@ pub enum AgentChannel {
     Metrics,
     /// Action lifecycle events.
     Actions,
+    /// Policy decisions (violations, escalations, resolutions).
+    Events,
     /// Retained status and last will.
     Status,
     /// Commands for the agent.
@@ -31,6 +34,7 @@ impl AgentChannel {
         match self {
             AgentChannel::Metrics => "metrics",
             AgentChannel::Actions => "actions",
+            AgentChannel::Events => "events",
             AgentChannel::Status => "status",
             AgentChannel::Commands => "commands",
         }
@@ -40,6 +44,7 @@ impl AgentChannel {
         Some(match level {
             "metrics" => AgentChannel::Metrics,
             "actions" => AgentChannel::Actions,
+            "events" => AgentChannel::Events,
             "status" => AgentChannel::Status,
             "commands" => AgentChannel::Commands,
             _ => return None,
@@ -86,6 +91,7 @@ mod tests {
         for channel in [
             AgentChannel::Metrics,
             AgentChannel::Actions,
+            AgentChannel::Events,
             AgentChannel::Status,
             AgentChannel::Commands,
         ] {

@@ -99,6 +99,64 @@ pub struct AgentStatus {
     pub remediation_paused: bool,
     /// Anything the agent wants an operator to read (e.g. why it refused a bundle).
     pub detail: Option<String>,
+    /// What the agent's policy evaluator is doing.
+    pub policies: PolicyRunnerStatus,
+}
+
+/// The state of an agent's policy evaluator, reported in its status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRunnerStatus {
+    /// Policies loaded (enabled or not).
+    pub loaded: u32,
+    /// Of those, enabled.
+    pub enabled: u32,
+    /// How often policies are evaluated (the sampling interval), ms.
+    pub interval_ms: u64,
+    /// When the last evaluation pass ran, epoch ms.
+    pub last_evaluation_ms: Option<i64>,
+    /// Policy × target evaluations since the agent started.
+    pub evaluations: u64,
+    /// Where policies come from (a directory, a bundle).
+    pub source: Option<String>,
+    /// The last load error, if the last attempt to load policies failed (the previous set
+    /// stays in force).
+    pub load_error: Option<String>,
+    /// How many policy loads have failed since the agent started.
+    pub load_errors: u64,
+}
+
+/// What a policy decided about one target, published on `vigil/v1/agents/{host}/events`
+/// (QoS 1). `id` (a ULID) makes redelivery harmless.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyEvent {
+    /// Unique id (a ULID).
+    pub id: String,
+    /// The host whose agent decided.
+    pub host: String,
+    /// The policy.
+    pub policy: String,
+    /// What it is about (the host, a unit, a container, a process, …).
+    pub target: String,
+    /// `info`, `warning` or `critical` (escalations are critical).
+    pub severity: String,
+    /// `fired`, `act`, `verified`, `deferred`, `escalated` or `resolved`.
+    pub kind: String,
+    /// The leaves that held, with observed values: `cpu_percent > 80 (observed 93.5)`.
+    pub summary: String,
+    /// The whole explanation (JSON), when there is one.
+    pub explanation: Option<String>,
+    /// The action requested (for `act`), as the policy wrote it.
+    pub action: Option<String>,
+    /// The step of the escalation chain (for `act` and `verified`).
+    pub step: Option<u32>,
+    /// Whether an action is requested by this event.
+    pub action_requested: bool,
+    /// The policy is in dry-run: decide and record, never act.
+    pub dry_run: bool,
+    /// More words (why deferred or escalated; whether verification found it resolved).
+    pub detail: Option<String>,
+    /// When, epoch ms.
+    pub at_ms: i64,
 }
 
 /// Where an action is in its lifecycle (seed 001 §3.3 statuses, plus the outcomes of
@@ -356,6 +414,43 @@ impl WireMessage for ActionEvent {
     }
 }
 
+impl WireMessage for PolicyEvent {
+    const KIND: &'static str = "policy_event";
+
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate::host_name(&self.host)?;
+        if self.id.is_empty() || self.id.len() > 64 {
+            return Err(FieldError::new("id", "must be 1–64 characters"));
+        }
+        if self.policy.is_empty() {
+            return Err(FieldError::new("policy", "must not be empty"));
+        }
+        if self.target.is_empty() {
+            return Err(FieldError::new("target", "must not be empty"));
+        }
+        if !matches!(self.severity.as_str(), "info" | "warning" | "critical") {
+            return Err(FieldError::new(
+                "severity",
+                format!("`{}` is not info, warning or critical", self.severity),
+            ));
+        }
+        if !matches!(
+            self.kind.as_str(),
+            "fired" | "act" | "verified" | "deferred" | "escalated" | "resolved"
+        ) {
+            return Err(FieldError::new(
+                "kind",
+                format!("unknown kind `{}`", self.kind),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl WireMessage for Command {
     const KIND: &'static str = "command";
 
@@ -420,8 +515,34 @@ mod tests {
             bundle_hash: None,
             remediation_paused: false,
             detail: None,
+            policies: PolicyRunnerStatus::default(),
         };
         assert_eq!(decode::<AgentStatus>(&encode(&status)), Ok(status));
+        let event = PolicyEvent {
+            id: "01J".into(),
+            host: "h".into(),
+            policy: "p".into(),
+            target: "t".into(),
+            severity: "critical".into(),
+            kind: "escalated".into(),
+            summary: "cpu > 1 (observed 2)".into(),
+            explanation: None,
+            action: None,
+            step: None,
+            action_requested: false,
+            dry_run: false,
+            detail: Some("flap".into()),
+            at_ms: 5,
+        };
+        assert_eq!(decode::<PolicyEvent>(&encode(&event)), Ok(event.clone()));
+        let bad = PolicyEvent {
+            kind: "exploded".into(),
+            ..event
+        };
+        assert_eq!(
+            decode::<PolicyEvent>(&encode(&bad)).unwrap_err().reason(),
+            "invalid"
+        );
         let event = ActionEvent {
             id: "01HZX".into(),
             host: "h".into(),
@@ -496,6 +617,7 @@ mod tests {
             let _ = decode::<AgentStatus>(&bytes);
             let _ = decode::<ActionEvent>(&bytes);
             let _ = decode::<Command>(&bytes);
+            let _ = decode::<PolicyEvent>(&bytes);
         }
     }
 }

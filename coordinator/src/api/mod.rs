@@ -9,12 +9,14 @@
 //! | `POST /api/v1/ingest`, `POST /api/v1/ingest/agent/metrics` | [`ingest`] |
 //! | `GET /api/v1/hosts`, `GET /api/v1/hosts/{host}` | [`hosts`] |
 //! | `GET /api/v1/metrics/query` | [`query`] |
+//! | `GET /api/v1/violations` | [`violations`] |
 
 pub mod error;
 pub mod health;
 pub mod hosts;
 pub mod ingest;
 pub mod query;
+pub mod violations;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -127,6 +129,15 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
             .then(query::query)
             .boxed(),
     );
+    let violations = measured(
+        "/api/v1/violations",
+        warp::path!("api" / "v1" / "violations")
+            .and(get)
+            .and(warp::query::<HashMap<String, String>>())
+            .and(with_api.clone())
+            .then(violations::list)
+            .boxed(),
+    );
 
     let unmatched = {
         let telemetry = api.telemetry.clone();
@@ -149,6 +160,8 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
         .or(host_one)
         .unify()
         .or(history)
+        .unify()
+        .or(violations)
         .unify()
         .recover(unmatched)
         .unify()

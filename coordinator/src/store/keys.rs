@@ -59,6 +59,14 @@ pub fn latest(series_id: u64, tag_hash: u64) -> [u8; 16] {
     key
 }
 
+/// `time · id`: one event in `events`, so events sort by time.
+pub fn event(at_ms: i64, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&time_bytes(at_ms));
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
 /// A stable 64-bit FNV-1a hash of sorted tags, telling tagged variants of a series apart.
 pub fn tag_hash(tags: &[Tag]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

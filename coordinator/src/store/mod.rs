@@ -10,6 +10,9 @@
 //! | `history` | series id · time · tag hash (8 bytes each, big-endian) | [`records::StoredPoint`] |
 //! | `latest` | series id · tag hash | [`records::LatestPoint`] |
 //! | `meta` | name | counters |
+//! | `policies` | policy name | policy spec (JSON), created over REST |
+//! | `events` | time · event id | [`vigil_shared::wire::PolicyEvent`] (audit history) |
+//! | `event_ids` | event id | `events` key (makes redelivery idempotent) |
 //!
 //! A series is one metric of one host; samples of it that differ in tags (`mount=/` and
 //! `mount=/var`) are told apart by the tag hash. Keys sort by time within a series, so a
@@ -110,6 +113,9 @@ pub(crate) struct Dbs {
     pub history: Database<Bytes, Bytes>,
     pub latest: Database<Bytes, Bytes>,
     pub meta: Database<Bytes, Bytes>,
+    pub policies: Database<Bytes, Bytes>,
+    pub events: Database<Bytes, Bytes>,
+    pub event_ids: Database<Bytes, Bytes>,
 }
 
 /// An open store. Cheap to clone; all clones share one environment.
@@ -152,6 +158,9 @@ impl Store {
             history: create("history").map_err(open_err)?,
             latest: create("latest").map_err(open_err)?,
             meta: create("meta").map_err(open_err)?,
+            policies: create("policies").map_err(open_err)?,
+            events: create("events").map_err(open_err)?,
+            event_ids: create("event_ids").map_err(open_err)?,
         };
         wtxn.commit().map_err(open_err)?;
         Ok(Store {

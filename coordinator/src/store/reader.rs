@@ -5,6 +5,8 @@ use std::ops::Bound;
 
 use heed::RoTxn;
 
+use vigil_shared::wire::PolicyEvent;
+
 use super::records::{HostRecord, LatestPoint, Point, StoredPoint};
 use super::{codec, keys, Store, StoreError};
 
@@ -23,7 +25,56 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+/// A filter for policy events (every field optional).
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only this policy.
+    pub policy: Option<String>,
+    /// Only this target.
+    pub target: Option<String>,
+    /// Only this kind (`fired`, `act`, …).
+    pub kind: Option<String>,
+    /// Only at or after this time, epoch ms.
+    pub since_ms: Option<i64>,
+    /// At most this many (newest first).
+    pub limit: usize,
+}
+
 impl Store {
+    /// Policy events, newest first. Scans back from the newest and stops at `limit`
+    /// matches or at `since_ms`.
+    pub fn events(&self, query: &EventQuery) -> Result<Vec<PolicyEvent>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for entry in self.dbs.events.rev_iter(txn)? {
+                let (key, bytes) = entry?;
+                let at = key
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(keys::time_from_bytes);
+                if let (Some(since), Some(at)) = (query.since_ms, at) {
+                    if at < since {
+                        break;
+                    }
+                }
+                let event = codec::decode::<PolicyEvent>("events", bytes)?;
+                let keep = query.host.as_ref().is_none_or(|h| *h == event.host)
+                    && query.policy.as_ref().is_none_or(|p| *p == event.policy)
+                    && query.target.as_ref().is_none_or(|t| *t == event.target)
+                    && query.kind.as_ref().is_none_or(|k| *k == event.kind);
+                if keep {
+                    out.push(event);
+                    if out.len() >= query.limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Runs `f` in a read transaction.
     fn read<R>(&self, f: impl FnOnce(&RoTxn) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let _guard = self
@@ -254,6 +305,65 @@ mod tests {
         assert!(store.host("nobody").unwrap().is_none());
     }
 
+    fn event(id: &str, at_ms: i64, kind: &str) -> PolicyEvent {
+        PolicyEvent {
+            id: id.into(),
+            host: "h".into(),
+            policy: "p".into(),
+            target: "t".into(),
+            severity: "warning".into(),
+            kind: kind.into(),
+            summary: String::new(),
+            explanation: None,
+            action: None,
+            step: None,
+            action_requested: false,
+            dry_run: false,
+            detail: None,
+            at_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_stored_once_and_read_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1 << 30);
+        let (writer, _thread) = StoreWriter::start(store.clone(), Arc::new(Telemetry::new()));
+        for e in [
+            event("a", 1, "fired"),
+            event("b", 2, "act"),
+            event("a", 1, "fired"),
+            event("c", 3, "resolved"),
+        ] {
+            writer.send(Write::Event { event: e }).await.unwrap();
+        }
+        writer.flush().await.unwrap();
+        let all = store
+            .events(&EventQuery {
+                limit: 10,
+                ..EventQuery::default()
+            })
+            .unwrap();
+        let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, vec!["c", "b", "a"], "redelivered `a` stored once");
+        let acts = store
+            .events(&EventQuery {
+                kind: Some("act".into()),
+                limit: 10,
+                ..EventQuery::default()
+            })
+            .unwrap();
+        assert_eq!(acts.len(), 1);
+        let recent = store
+            .events(&EventQuery {
+                since_ms: Some(2),
+                limit: 10,
+                ..EventQuery::default()
+            })
+            .unwrap();
+        assert_eq!(recent.len(), 2);
+    }
+
     #[tokio::test]
     async fn prune_deletes_only_old_points() {
         let dir = tempfile::tempdir().unwrap();
@@ -300,6 +410,7 @@ mod tests {
             bundle_hash: None,
             remediation_paused: false,
             detail: None,
+            policies: Default::default(),
         };
         for s in [
             status(AgentState::Offline, 20),

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use heed::RwTxn;
 use tokio::sync::{mpsc, oneshot};
-use vigil_shared::wire::{AgentStatus, Sample, Tag};
+use vigil_shared::wire::{AgentStatus, PolicyEvent, Sample, Tag};
 
 use super::records::{HostRecord, LatestPoint, Source, StoredPoint};
 use super::{codec, keys, Store, StoreError};
@@ -51,6 +51,11 @@ pub enum Write {
         status: AgentStatus,
         /// When it was received, epoch ms.
         received_ms: i64,
+    },
+    /// A policy event for the audit history (ignored if its id is already stored).
+    Event {
+        /// The event.
+        event: PolicyEvent,
     },
     /// Delete history older than `before_ms`.
     Prune {
@@ -177,7 +182,7 @@ fn reply_of(write: Write) -> Option<WriteReply> {
     match write {
         Write::Samples { reply, .. } | Write::Prune { reply, .. } => reply,
         Write::Flush { reply } => Some(reply),
-        Write::Status { .. } => None,
+        Write::Status { .. } | Write::Event { .. } => None,
     }
 }
 
@@ -332,6 +337,7 @@ fn apply(store: &Store, state: &mut WriterState, batch: &[Write]) -> Result<Vec<
                 )?;
                 0
             }
+            Write::Event { event } => store_event(store, &mut txn, event)?,
             Write::Prune { before_ms, .. } => prune(store, &mut txn, *before_ms)?,
             Write::Flush { .. } => 0,
         };
@@ -393,6 +399,18 @@ fn touch_host(
         .hosts
         .put(txn, host.as_bytes(), &codec::encode(&record))?;
     Ok(())
+}
+
+/// Appends a policy event to the audit history unless its id is already there (QoS 1
+/// redelivery). Returns 1 if stored, 0 if it was a duplicate.
+fn store_event(store: &Store, txn: &mut RwTxn, event: &PolicyEvent) -> Result<u64, StoreError> {
+    if store.dbs.event_ids.get(txn, event.id.as_bytes())?.is_some() {
+        return Ok(0);
+    }
+    let key = keys::event(event.at_ms, &event.id);
+    store.dbs.events.put(txn, &key, &codec::encode(event))?;
+    store.dbs.event_ids.put(txn, event.id.as_bytes(), &key)?;
+    Ok(1)
 }
 
 /// Deletes every point older than `before_ms`, one range per series.

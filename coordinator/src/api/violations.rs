@@ -1,0 +1,101 @@
+//! `GET /api/v1/violations`: the policy audit history — every decision agents reported
+//! (fired, act, verified, deferred, escalated, resolved), newest first.
+//! Filters: `host`, `policy`, `target`, `kind`, `since` (RFC 3339 or epoch ms), `limit`
+//! (1–1000, default 100).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use vigil_shared::time::{parse_time, to_rfc3339};
+use vigil_shared::wire::PolicyEvent;
+use warp::reply::Response;
+
+use super::error::{respond, ApiError};
+use super::Api;
+use crate::store::reader::EventQuery;
+
+/// Most events one request returns.
+pub const MAX_LIMIT: usize = 1000;
+
+/// One event as JSON.
+pub fn event_json(event: &PolicyEvent) -> Value {
+    json!({
+        "id": event.id,
+        "host": event.host,
+        "policy": event.policy,
+        "target": event.target,
+        "severity": event.severity,
+        "kind": event.kind,
+        "summary": event.summary,
+        "explanation": event
+            .explanation
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<Value>(text).ok()),
+        "action": event.action,
+        "step": event.step,
+        "action_requested": event.action_requested,
+        "dry_run": event.dry_run,
+        "detail": event.detail,
+        "timestamp": to_rfc3339(event.at_ms),
+    })
+}
+
+/// Reads the query string.
+pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
+    let limit = match params.get("limit") {
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "limit",
+                    format!("query parameter `limit` must be 1 to {MAX_LIMIT}, got `{text}`"),
+                )
+            })?,
+        None => 100,
+    };
+    let since_ms = params
+        .get("since")
+        .map(|t| parse_time(t).map_err(|e| ApiError::invalid_field("since", e)))
+        .transpose()?;
+    if let Some(kind) = params.get("kind") {
+        if !matches!(
+            kind.as_str(),
+            "fired" | "act" | "verified" | "deferred" | "escalated" | "resolved"
+        ) {
+            return Err(ApiError::invalid_field(
+                "kind",
+                format!(
+                    "`{kind}` is not one of fired, act, verified, deferred, escalated, resolved"
+                ),
+            ));
+        }
+    }
+    Ok(EventQuery {
+        host: params.get("host").cloned(),
+        policy: params.get("policy").cloned(),
+        target: params.get("target").cloned(),
+        kind: params.get("kind").cloned(),
+        since_ms,
+        limit,
+    })
+}
+
+/// Handles one request.
+pub async fn list(params: HashMap<String, String>, api: Arc<Api>) -> Response {
+    let result = async {
+        let query = parse(&params)?;
+        let store = api.store.clone();
+        let events = tokio::task::spawn_blocking(move || store.events(&query))
+            .await
+            .map_err(super::task_failed)??;
+        Ok(warp::reply::json(&json!({
+            "count": events.len(),
+            "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        })))
+    }
+    .await;
+    respond(result)
+}
