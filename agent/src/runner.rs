@@ -38,6 +38,7 @@ pub async fn run(
         bundle_hash: None,
         remediation_paused: false,
         detail: None,
+        policies: Default::default(),
     };
     tracing::info!(
         host = %config.host,
