@@ -24,3 +24,8 @@ pub struct StateUpdate {
 
 /// Where watchers send updates.
 pub type UpdateSender = tokio::sync::mpsc::Sender<StateUpdate>;
+
+pub mod docker;
+mod names;
+mod retry;
+pub mod systemd;

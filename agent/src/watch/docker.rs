@@ -1,0 +1,500 @@
+//! The Docker watcher: reports the state and health of watched containers, from Docker's
+//! event stream as things happen, over the Engine API on its unix socket (`bollard`).
+//!
+//! On every (re)connection it lists all containers, running or not, and reports each one
+//! a name or pattern matches; an exact name that matches no container is reported
+//! `missing`. It then follows Docker's container events (`die`, `oom`, `health_status`, …)
+//! and, for each event about a watched container, inspects it and reports the fresh state
+//! at once — no polling on this path: a killed container must be seen (and restarted)
+//! sooner than Docker's own `--restart=always` manages. A full resync every
+//! [`RESYNC_EVERY`], and whenever the set of names changes, catches anything missed.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary, EventMessage,
+    HealthStatusEnum,
+};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::Docker;
+use futures_util::StreamExt;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use vigil_shared::policy::{StateKind, StateReading};
+use vigil_shared::time::now_ms;
+
+use super::names::NameSet;
+use super::retry::Retry;
+use super::{StateUpdate, UpdateSender};
+
+/// How often every watched container is read again, in case an event was missed.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// How long one request to Docker may take (the event stream itself has no limit).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Container events that may change a container's state or health.
+const EVENTS: [&str; 12] = [
+    "create",
+    "start",
+    "restart",
+    "die",
+    "kill",
+    "oom",
+    "stop",
+    "pause",
+    "unpause",
+    "health_status",
+    "destroy",
+    "rename",
+];
+
+/// How far back the event stream starts, so that no event falls between subscribing and
+/// the first listing (replayed events only cause a redundant, fresh reading).
+const EVENTS_OVERLAP_SECS: i64 = 2;
+
+/// What went wrong talking to Docker.
+#[derive(Debug, Error)]
+enum DockerError {
+    /// The engine could not be reached.
+    #[error("cannot connect to Docker at {endpoint}: {source}")]
+    Connect {
+        /// The socket tried.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: BollardError,
+    },
+    /// Listing containers failed.
+    #[error("listing containers failed: {0}")]
+    List(#[source] BollardError),
+    /// Inspecting a container failed (other than it being gone).
+    #[error("inspecting container {name} failed: {source}")]
+    Inspect {
+        /// The container.
+        name: String,
+        /// Why.
+        #[source]
+        source: BollardError,
+    },
+    /// The event stream broke.
+    #[error("Docker's event stream failed: {0}")]
+    Events(#[source] BollardError),
+    /// The event stream ended (the engine went away).
+    #[error("Docker's event stream ended")]
+    EventsEnded,
+}
+
+/// Why a session with Docker ended.
+enum SessionEnd {
+    /// Nobody listens any more (the update receiver or the names sender is gone).
+    Stopped,
+    /// The connection failed: reconnect after a pause.
+    Lost(DockerError),
+}
+
+impl From<DockerError> for SessionEnd {
+    fn from(error: DockerError) -> Self {
+        SessionEnd::Lost(error)
+    }
+}
+
+/// `(state, health)` last sent per name, so a periodic resync sends only changes.
+type Sent = HashMap<String, (String, Option<String>)>;
+
+/// Watches the containers `names` lists (exact names or globs such as `web-*`) until the
+/// update receiver or the names sender is dropped. `socket` is Docker's unix socket; by
+/// default `DOCKER_HOST` (`unix://…`) or `/var/run/docker.sock`. When Docker is absent or
+/// the connection is lost, logs a warning once and keeps retrying with capped backoff.
+pub async fn run(
+    mut names: watch::Receiver<Vec<String>>,
+    updates: UpdateSender,
+    socket: Option<PathBuf>,
+) {
+    let mut retry = Retry::new("Docker");
+    loop {
+        let Err(end) = session(&mut names, &updates, socket.as_deref(), &mut retry).await;
+        let error = match end {
+            SessionEnd::Stopped => return,
+            SessionEnd::Lost(error) => error,
+        };
+        let wait = retry.failed(&error);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = updates.closed() => return,
+        }
+        if names.has_changed().is_err() {
+            return;
+        }
+    }
+}
+
+/// One connection: initial sync, then events, resyncs and name changes until it fails.
+async fn session(
+    names: &mut watch::Receiver<Vec<String>>,
+    updates: &UpdateSender,
+    socket: Option<&Path>,
+    retry: &mut Retry,
+) -> Result<Infallible, SessionEnd> {
+    let docker = connect(socket).await?;
+    let since = vigil_shared::time::now_ms() / 1000 - EVENTS_OVERLAP_SECS;
+    let options = EventsOptions {
+        since: Some(since.to_string()),
+        until: None,
+        filters: Some(HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "event".to_string(),
+                EVENTS.iter().map(|e| (*e).to_string()).collect(),
+            ),
+        ])),
+    };
+    let mut events = std::pin::pin!(docker.events(Some(options)));
+    let mut set = NameSet::new(&names.borrow_and_update());
+    let mut sent = Sent::new();
+    sync(&docker, &set, &mut sent, updates, true).await?;
+    retry.connected();
+    tracing::debug!("watching Docker containers");
+
+    let mut resync =
+        tokio::time::interval_at(tokio::time::Instant::now() + RESYNC_EVERY, RESYNC_EVERY);
+    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(event)) => on_event(&docker, &set, &mut sent, updates, event).await?,
+                Some(Err(e)) => return Err(DockerError::Events(e).into()),
+                None => return Err(DockerError::EventsEnded.into()),
+            },
+            changed = names.changed() => {
+                if changed.is_err() {
+                    return Err(SessionEnd::Stopped);
+                }
+                set = NameSet::new(&names.borrow_and_update());
+                sync(&docker, &set, &mut sent, updates, false).await?;
+            }
+            _ = resync.tick() => sync(&docker, &set, &mut sent, updates, false).await?,
+            () = updates.closed() => return Err(SessionEnd::Stopped),
+        }
+    }
+}
+
+/// Connects to Docker and agrees on an API version (which also proves it answers).
+async fn connect(socket: Option<&Path>) -> Result<Docker, DockerError> {
+    let endpoint = match socket {
+        Some(path) => path.display().to_string(),
+        None => std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".into()),
+    };
+    let fail = |source| DockerError::Connect {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let docker = match socket {
+        Some(path) => Docker::connect_with_unix(
+            &path.to_string_lossy(),
+            REQUEST_TIMEOUT.as_secs(),
+            bollard::API_DEFAULT_VERSION,
+        ),
+        None => Docker::connect_with_local_defaults(),
+    }
+    .map_err(fail)?
+    .with_timeout(REQUEST_TIMEOUT);
+    docker.negotiate_version().await.map_err(fail)
+}
+
+/// Lists all containers and reports the watched ones: all of them when `all`, else only
+/// those whose state or health changed since last sent.
+async fn sync(
+    docker: &Docker,
+    set: &NameSet,
+    sent: &mut Sent,
+    updates: &UpdateSender,
+    all: bool,
+) -> Result<(), SessionEnd> {
+    let options = ListContainersOptions {
+        all: true,
+        ..Default::default()
+    };
+    let containers = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(DockerError::List)?;
+    let mut seen = HashSet::new();
+    for container in &containers {
+        let Some(name) = primary_name(container) else {
+            continue;
+        };
+        if !set.matches(name) {
+            continue;
+        }
+        let id = container.id.as_deref().unwrap_or(name);
+        // Removed between listing and inspecting: handled below like any absent name.
+        let Some(reading) = read(docker, name, id).await? else {
+            continue;
+        };
+        seen.insert(name.to_string());
+        deliver(sent, updates, name, reading, all).await?;
+    }
+    for name in set.exact().filter(|n| !seen.contains(*n)) {
+        let reading = missing("no such container");
+        deliver(sent, updates, name, reading, all).await?;
+    }
+    // Pattern-matched containers that went away unnoticed, and names no longer watched.
+    let gone: Vec<String> = sent
+        .keys()
+        .filter(|n| !seen.contains(*n) && !set.is_exact(n))
+        .cloned()
+        .collect();
+    for name in gone {
+        sent.remove(&name);
+        if set.matches(&name) {
+            send(updates, &name, missing("no such container")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reports a fresh reading of the container an event is about, if it is watched.
+async fn on_event(
+    docker: &Docker,
+    set: &NameSet,
+    sent: &mut Sent,
+    updates: &UpdateSender,
+    event: EventMessage,
+) -> Result<(), SessionEnd> {
+    let action = event.action.unwrap_or_default();
+    let Some(actor) = event.actor else {
+        return Ok(());
+    };
+    let attributes = actor.attributes.unwrap_or_default();
+    let Some(name) = attributes.get("name") else {
+        return Ok(());
+    };
+    if action == "rename" {
+        // The old name may be watched (now missing), the new one too: read everything.
+        return sync(docker, set, sent, updates, false).await;
+    }
+    if !set.matches(name) {
+        return Ok(());
+    }
+    tracing::debug!(container = %name, %action, "Docker event");
+    let id = actor.id.as_deref().unwrap_or(name);
+    let reading = if action == "destroy" {
+        None
+    } else {
+        read(docker, name, id).await?
+    };
+    match reading {
+        Some(reading) => deliver(sent, updates, name, reading, true).await,
+        None if set.is_exact(name) => {
+            deliver(sent, updates, name, missing("container removed"), true).await
+        }
+        None => {
+            sent.remove(name);
+            send(updates, name, missing("container removed")).await
+        }
+    }
+}
+
+/// Inspects a container: its reading, or `None` if it no longer exists.
+async fn read(docker: &Docker, name: &str, id: &str) -> Result<Option<StateReading>, DockerError> {
+    match docker.inspect_container(id, None).await {
+        Ok(info) => Ok(Some(reading_of(&info))),
+        Err(BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(source) => Err(DockerError::Inspect {
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Sends `reading` if `force` or if its state or health differs from what was last sent.
+async fn deliver(
+    sent: &mut Sent,
+    updates: &UpdateSender,
+    name: &str,
+    reading: StateReading,
+    force: bool,
+) -> Result<(), SessionEnd> {
+    let key = (reading.state.clone(), reading.health.clone());
+    if !force && sent.get(name) == Some(&key) {
+        return Ok(());
+    }
+    sent.insert(name.to_string(), key);
+    send(updates, name, reading).await
+}
+
+/// Sends one update; `Stopped` if nobody receives any more.
+async fn send(updates: &UpdateSender, name: &str, reading: StateReading) -> Result<(), SessionEnd> {
+    let update = StateUpdate {
+        kind: StateKind::Container,
+        name: name.to_string(),
+        reading,
+    };
+    updates.send(update).await.map_err(|_| SessionEnd::Stopped)
+}
+
+/// A container's own name (Docker lists `/name`, plus `/other/alias` for legacy links).
+fn primary_name(container: &ContainerSummary) -> Option<&str> {
+    container
+        .names
+        .as_ref()?
+        .iter()
+        .filter_map(|n| n.strip_prefix('/'))
+        .find(|n| !n.contains('/'))
+}
+
+/// The reading for a container that does not exist.
+fn missing(why: &str) -> StateReading {
+    StateReading {
+        state: "missing".to_string(),
+        health: None,
+        consecutive_failures: 0,
+        detail: Some(why.to_string()),
+        at_ms: now_ms(),
+    }
+}
+
+/// The reading for an inspected container: Docker's state, health if it has a health
+/// check, and for a stopped container its exit code, OOM kill and error.
+fn reading_of(info: &ContainerInspectResponse) -> StateReading {
+    let state = info.state.as_ref();
+    let status = state
+        .and_then(|s| s.status)
+        .filter(|s| *s != ContainerStateStatusEnum::EMPTY)
+        .map_or_else(|| "unknown".to_string(), |s| s.to_string());
+    let health = state.and_then(|s| s.health.as_ref());
+    let health_status = health.and_then(|h| h.status).filter(|h| {
+        matches!(
+            h,
+            HealthStatusEnum::STARTING | HealthStatusEnum::HEALTHY | HealthStatusEnum::UNHEALTHY
+        )
+    });
+    let failing = health
+        .and_then(|h| h.failing_streak)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    let mut notes = Vec::new();
+    if let Some(s) = state.filter(|_| {
+        matches!(
+            status.as_str(),
+            "exited" | "dead" | "restarting" | "created"
+        )
+    }) {
+        if let Some(code) = s.exit_code.filter(|_| status != "created") {
+            notes.push(format!("exit code {code}"));
+        }
+        if s.oom_killed == Some(true) {
+            notes.push("killed for lack of memory (OOM)".to_string());
+        }
+        if let Some(error) = s.error.as_deref().filter(|e| !e.is_empty()) {
+            notes.push(format!("error: {error}"));
+        }
+    }
+    if health_status == Some(HealthStatusEnum::UNHEALTHY) {
+        let output = health
+            .and_then(|h| h.log.as_ref())
+            .and_then(|log| log.last())
+            .and_then(|r| r.output.as_deref())
+            .map(|o| o.trim().chars().take(200).collect::<String>())
+            .filter(|o| !o.is_empty());
+        notes.push(match output {
+            Some(output) => format!("health check failed {failing} times in a row: {output}"),
+            None => format!("health check failed {failing} times in a row"),
+        });
+    }
+    StateReading {
+        state: status,
+        health: health_status.map(|h| h.to_string()),
+        // (Health-check failures in a row are in `detail`: this field is for HTTP/TCP checks.)
+        consecutive_failures: 0,
+        detail: (!notes.is_empty()).then(|| notes.join("; ")),
+        at_ms: now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{ContainerState, Health, HealthcheckResult};
+
+    use super::*;
+
+    #[test]
+    fn a_killed_container_reads_exited_with_its_exit_code() {
+        let info = ContainerInspectResponse {
+            state: Some(ContainerState {
+                status: Some(ContainerStateStatusEnum::EXITED),
+                exit_code: Some(137),
+                oom_killed: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let reading = reading_of(&info);
+        assert_eq!(reading.state, "exited");
+        assert_eq!(reading.health, None);
+        assert_eq!(
+            reading.detail.as_deref(),
+            Some("exit code 137; killed for lack of memory (OOM)")
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_container_carries_its_health_and_last_output() {
+        let info = ContainerInspectResponse {
+            state: Some(ContainerState {
+                status: Some(ContainerStateStatusEnum::RUNNING),
+                exit_code: Some(0),
+                health: Some(Health {
+                    status: Some(HealthStatusEnum::UNHEALTHY),
+                    failing_streak: Some(3),
+                    log: Some(vec![HealthcheckResult {
+                        output: Some("connection refused\n".into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let reading = reading_of(&info);
+        assert_eq!(reading.state, "running");
+        assert_eq!(reading.health.as_deref(), Some("unhealthy"));
+        assert_eq!(
+            reading.detail.as_deref(),
+            Some("health check failed 3 times in a row: connection refused")
+        );
+    }
+
+    #[test]
+    fn no_health_check_means_no_health() {
+        let info = ContainerInspectResponse {
+            state: Some(ContainerState {
+                status: Some(ContainerStateStatusEnum::RUNNING),
+                health: Some(Health {
+                    status: Some(HealthStatusEnum::NONE),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(reading_of(&info).health, None);
+    }
+
+    #[test]
+    fn the_primary_name_skips_link_aliases() {
+        let summary = ContainerSummary {
+            names: Some(vec!["/db/web-alias".into(), "/web-1".into()]),
+            ..Default::default()
+        };
+        assert_eq!(primary_name(&summary), Some("web-1"));
+    }
+}
