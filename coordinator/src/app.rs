@@ -14,6 +14,7 @@ use vigil_shared::broker_url::BrokerUrl;
 use crate::api::{self, Api};
 use crate::broker::{self, BrokerError};
 use crate::config::{BrokerMode, CoordinatorConfig};
+use crate::policies::{PolicyRegistry, RegistryError};
 use crate::store::{Store, StoreError, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
@@ -26,6 +27,9 @@ pub enum StartError {
     /// The embedded broker could not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The policy directory (or the stored API policies) could not be loaded.
+    #[error(transparent)]
+    Policies(#[from] RegistryError),
     /// The REST port could not be bound.
     #[error("REST API cannot listen on {addr}: {source} (use --listen to pick another address)")]
     Listen {
@@ -66,6 +70,19 @@ impl Coordinator {
                 })??
         };
         let telemetry = Arc::new(Telemetry::new());
+        let policies = {
+            let (dir, store, telemetry) = (
+                config.policies_dir.clone(),
+                store.clone(),
+                telemetry.clone(),
+            );
+            tokio::task::spawn_blocking(move || PolicyRegistry::open(dir, store, telemetry))
+                .await
+                .map_err(|e| StoreError::Corrupt {
+                    db: "policies",
+                    reason: format!("policy load task failed: {e}"),
+                })??
+        };
         let (writer, writer_thread) = StoreWriter::start(store.clone(), telemetry.clone());
 
         if let BrokerMode::Embedded { listen } = config.broker {
@@ -110,6 +127,7 @@ impl Coordinator {
             store: store.clone(),
             writer: writer.clone(),
             telemetry: telemetry.clone(),
+            policies: Arc::new(policies),
         }));
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(

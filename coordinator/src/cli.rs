@@ -71,6 +71,11 @@ pub struct ServeArgs {
     /// Largest size the LMDB map may grow to; past it writes are refused [default: 64GiB]
     #[arg(long, env = "VIGIL_DB_MAX_SIZE")]
     pub db_max_size: Option<String>,
+
+    /// Directory of policy files (*.yaml, *.yml), served by /api/v1/policies and re-read
+    /// by POST /api/v1/policies/reload; an invalid file stops the start [default: none]
+    #[arg(long, env = "VIGIL_POLICIES", value_name = "DIR")]
+    pub policies: Option<PathBuf>,
 }
 
 /// Settings of `up`: the coordinator's, plus the local agent's.
@@ -116,6 +121,7 @@ impl ServeArgs {
                 retention: self.retention,
                 db_map_size: self.db_map_size,
                 db_max_size: self.db_max_size,
+                policies: self.policies,
             },
         )
     }

@@ -55,6 +55,8 @@ pub struct CoordinatorConfig {
     pub retention: Duration,
     /// LMDB map sizes.
     pub map_size: MapSize,
+    /// The policy directory (`*.yaml` / `*.yml`), if any.
+    pub policies_dir: Option<PathBuf>,
 }
 
 impl CoordinatorConfig {
@@ -96,6 +98,8 @@ pub struct CoordinatorFile {
     pub db_map_size: Option<String>,
     /// See `--db-max-size`.
     pub db_max_size: Option<String>,
+    /// See `--policies`.
+    pub policies: Option<PathBuf>,
 }
 
 /// Settings given as flags or environment variables (`None` when absent).
@@ -209,6 +213,7 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         mqtt_password: over.mqtt_password.or(file.mqtt_password),
         retention,
         map_size: MapSize { initial, max },
+        policies_dir: over.policies.or(file.policies),
     })
 }
 
@@ -262,6 +267,27 @@ mod tests {
         );
         assert_eq!(config.broker_url().to_string(), "mqtt://127.0.0.1:1883");
         assert_eq!(config.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(config.policies_dir, None);
+    }
+
+    #[test]
+    fn the_policy_directory_comes_from_the_file_or_a_flag() {
+        let file: CoordinatorFile = toml::from_str("policies = \"/etc/vigil/policies\"\n").unwrap();
+        let config = resolve(file, Overrides::default()).unwrap();
+        assert_eq!(
+            config.policies_dir,
+            Some(PathBuf::from("/etc/vigil/policies"))
+        );
+        let file: CoordinatorFile = toml::from_str("policies = \"/from/file\"\n").unwrap();
+        let config = resolve(
+            file,
+            Overrides {
+                policies: Some("/from/flag".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.policies_dir, Some(PathBuf::from("/from/flag")));
     }
 
     #[test]

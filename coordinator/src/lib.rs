@@ -4,6 +4,7 @@
 //! - [`ingest`]: subscribes to agents' topics, checks every message, feeds the store.
 //! - [`store`]: LMDB (heed): hosts, latest values, metric history with retention.
 //! - [`api`]: the REST API (warp) and `/metrics`.
+//! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
 //! - [`telemetry`]: the coordinator's own Prometheus metrics.
 //! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
 //! - [`app`]: starts and stops all of the above as one [`app::Coordinator`].
@@ -14,6 +15,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod ingest;
+pub mod policies;
 pub mod store;
 pub mod telemetry;
 

@@ -30,6 +30,9 @@ pub struct Telemetry {
     pub hosts_known: IntGauge,
     /// `vigil_store_map_size_bytes`: the LMDB map's current size.
     pub store_map_size_bytes: IntGauge,
+    /// `vigil_policy_load_errors_total{source}`: policy sets that failed to load
+    /// (`source="coordinator"`: the `--policies` directory, or a stored API policy).
+    pub policy_load_errors: IntCounterVec,
 }
 
 impl Telemetry {
@@ -74,6 +77,13 @@ impl Telemetry {
             "HTTP requests served, by method, route and status code",
             &["method", "route", "status"],
         );
+        let policy_load_errors = counter(
+            "vigil_policy_load_errors_total",
+            "Policy loads that failed (the previous policies stay in force), by source",
+            &["source"],
+        );
+        // Present at zero from the start, so a dashboard can tell "none" from "unknown".
+        policy_load_errors.with_label_values(&["coordinator"]);
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "vigil_http_request_duration_seconds",
@@ -117,6 +127,7 @@ impl Telemetry {
             hosts_online,
             hosts_known,
             store_map_size_bytes,
+            policy_load_errors,
         }
     }
 

@@ -10,11 +10,13 @@
 //! | `GET /api/v1/hosts`, `GET /api/v1/hosts/{host}` | [`hosts`] |
 //! | `GET /api/v1/metrics/query` | [`query`] |
 //! | `GET /api/v1/violations` | [`violations`] |
+//! | `/api/v1/policies…` (list, CRUD, enable/disable, severity, evaluate, reload, runner) | [`policies`] |
 
 pub mod error;
 pub mod health;
 pub mod hosts;
 pub mod ingest;
+pub mod policies;
 pub mod query;
 pub mod violations;
 
@@ -29,6 +31,7 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use self::error::ApiError;
+use crate::policies::PolicyRegistry;
 use crate::store::{Store, StoreWriter};
 use crate::telemetry::Telemetry;
 
@@ -43,6 +46,8 @@ pub struct Api {
     pub writer: StoreWriter,
     /// Counters.
     pub telemetry: Arc<Telemetry>,
+    /// The coordinator's policies.
+    pub policies: Arc<PolicyRegistry>,
 }
 
 /// The error for a blocking task that panicked or was cancelled.
@@ -163,12 +168,14 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
         .unify()
         .or(violations)
         .unify()
+        .or(policies::routes(api.clone()))
+        .unify()
         .recover(unmatched)
         .unify()
 }
 
 /// Wraps a route so every response it gives is counted and timed under `template`.
-fn measure(telemetry: Arc<Telemetry>, template: &'static str, route: Route) -> Route {
+pub(crate) fn measure(telemetry: Arc<Telemetry>, template: &'static str, route: Route) -> Route {
     warp::method()
         .and(warp::any().map(Instant::now))
         .and(route)

@@ -25,6 +25,7 @@
 
 pub mod codec;
 pub mod keys;
+pub mod policies;
 pub mod reader;
 pub mod records;
 pub mod writer;
