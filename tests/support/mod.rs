@@ -342,3 +342,30 @@ pub async fn host_entry(http: &str, host: &str) -> Option<Value> {
         .find(|h| h["host"] == host)
         .cloned()
 }
+
+/// Sends `method` (`PUT`, `DELETE`, …) to a URL with a raw JSON body (empty for none), and
+/// returns status and JSON body.
+pub async fn send_raw(method: &str, url: &str, body: &str) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .unwrap_or_else(|e| panic!("bad method {method}: {e}"));
+    let response = reqwest::Client::new()
+        .request(method.clone(), url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// PUTs a raw body as JSON and returns status and JSON body.
+pub async fn put_raw(url: &str, body: &str) -> (u16, Value) {
+    send_raw("PUT", url, body).await
+}
+
+/// DELETEs a URL and returns status and JSON body.
+pub async fn delete(url: &str) -> (u16, Value) {
+    send_raw("DELETE", url, "").await
+}
