@@ -2,16 +2,74 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, AgentConfig, AgentFile, ConfigError, Overrides};
 
-/// Vigil agent: samples this host's health and reports it to the coordinator over MQTT.
+/// Vigil agent: samples this host's health, evaluates policies locally, and reports to the
+/// coordinator over MQTT. Without a subcommand, it runs.
 #[derive(Debug, Parser)]
-#[command(name = "vigil-agent", version, about)]
+#[command(
+    name = "vigil-agent",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
-    /// TOML config file (keys: host, broker, interval, mqtt_username, mqtt_password, [labels]).
-    /// Flags and environment variables override it.
+    /// Offline tools.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Settings for running the agent.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate and dry-run policy files offline (for CI pipelines of a policy repository).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `vigil-agent policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check policy files or directories. Exit 0: all valid; 1: something invalid (the
+    /// error names file, policy and field).
+    Check {
+        /// Files (*.yaml) or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Evaluate policies against given values and say which would fire, and why.
+    /// Exit 0: none fires; 3: at least one fires; 1: invalid policies; 2: bad arguments.
+    Test {
+        /// Files (*.yaml) or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// A metric value, name=value; repeat for more.
+        #[arg(long = "metric", short = 'm')]
+        metrics: Vec<String>,
+        /// A state reading, kind:name=state (kinds: unit, container, process, http, tcp;
+        /// for http/tcp the state is the number of failures in a row); repeat for more.
+        #[arg(long = "state")]
+        states: Vec<String>,
+        /// The target the values belong to [default: sandbox]
+        #[arg(long)]
+        target: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The flags of the running agent.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file (keys: host, broker, interval, mqtt_username, mqtt_password,
+    /// policies, textfile_dir, [labels]). Flags and environment variables override it.
     #[arg(long, env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -36,12 +94,22 @@ pub struct Cli {
     #[arg(long, env = "VIGIL_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
 
-    /// Sampling interval, e.g. 5s, 500ms, 1m [default: 5s]
+    /// Sampling interval, e.g. 5s, 500ms, 1m; policies are evaluated on every sample
+    /// [default: 5s]
     #[arg(long, env = "VIGIL_INTERVAL")]
     pub interval: Option<String>,
+
+    /// Directory of policy files (*.yaml), re-read when a file changes [default: none]
+    #[arg(long, env = "VIGIL_POLICIES")]
+    pub policies: Option<PathBuf>,
+
+    /// Directory of *.prom files (Prometheus text format) to sample as well; a `target`
+    /// label makes a sample belong to that target [default: none]
+    #[arg(long, env = "VIGIL_TEXTFILE_DIR")]
+    pub textfile_dir: Option<PathBuf>,
 }
 
-impl Cli {
+impl RunArgs {
     /// Resolves flags, environment and config file into the agent's settings.
     pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
         let file = match &self.config {
@@ -57,6 +125,8 @@ impl Cli {
                 mqtt_username: self.mqtt_username,
                 mqtt_password: self.mqtt_password,
                 interval: self.interval,
+                policies: self.policies,
+                textfile_dir: self.textfile_dir,
             },
         )
     }

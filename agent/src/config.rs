@@ -31,8 +31,12 @@ pub struct AgentConfig {
     pub mqtt_username: Option<String>,
     /// MQTT password, if the broker wants one.
     pub mqtt_password: Option<String>,
-    /// How often to sample the host.
+    /// How often to sample the host (and evaluate policies).
     pub interval: Duration,
+    /// Directory of policy files (`*.yaml`), re-read when it changes.
+    pub policies: Option<PathBuf>,
+    /// Directory of `*.prom` files whose metrics are sampled too.
+    pub textfile_dir: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -48,6 +52,8 @@ impl AgentConfig {
             mqtt_username: None,
             mqtt_password: None,
             interval: DEFAULT_INTERVAL,
+            policies: None,
+            textfile_dir: None,
         }
     }
 }
@@ -69,6 +75,10 @@ pub struct AgentFile {
     pub mqtt_password: Option<String>,
     /// Sampling interval, e.g. `"5s"`.
     pub interval: Option<String>,
+    /// Policy directory.
+    pub policies: Option<PathBuf>,
+    /// Textfile collector directory.
+    pub textfile_dir: Option<PathBuf>,
 }
 
 /// Why the settings could not be resolved.
@@ -144,6 +154,10 @@ pub struct Overrides {
     pub mqtt_password: Option<String>,
     /// `--interval` / `VIGIL_INTERVAL`.
     pub interval: Option<String>,
+    /// `--policies` / `VIGIL_POLICIES`.
+    pub policies: Option<PathBuf>,
+    /// `--textfile-dir` / `VIGIL_TEXTFILE_DIR`.
+    pub textfile_dir: Option<PathBuf>,
 }
 
 /// Resolves the settings: overrides beat the file, the file beats the defaults.
@@ -187,6 +201,8 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
         mqtt_username: overrides.mqtt_username.or(file.mqtt_username),
         mqtt_password: overrides.mqtt_password.or(file.mqtt_password),
         interval,
+        policies: overrides.policies.or(file.policies),
+        textfile_dir: overrides.textfile_dir.or(file.textfile_dir),
     })
 }
 

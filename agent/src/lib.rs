@@ -1,16 +1,27 @@
 //! `vigil-agent`: the program that runs on every host.
 //!
-//! It samples the host ([`sampler`]), and reports samples and its own status to the
-//! coordinator over MQTT ([`link`]). [`runner::run`] ties them together; [`config`] says
-//! where settings come from (flags, `VIGIL_…` environment variables, a TOML file).
+//! - [`sampler`]: host metrics with sysinfo; [`textfile`]: metrics from `*.prom` files.
+//! - [`watch`]: systemd units and Docker containers, reported on every change;
+//!   [`probes`]: processes and HTTP/TCP checks, every tick.
+//! - [`policy_source`]: the policy directory; [`evaluator`]: the policy engine fed with all
+//!   of the above, producing policy events.
+//! - [`link`]: the MQTT connection (status, last will, metrics, events).
+//! - [`runner::run`] ties them together; [`config`] and [`cli`] say where settings come
+//!   from; [`policy_cli`] is `vigil-agent policy check|test`.
+//!
 //! The coordinator's `up` command runs this same code in-process as its local agent.
 
 pub mod cli;
 pub mod config;
+pub mod evaluator;
 pub mod link;
+pub mod policy_cli;
+pub mod policy_source;
+pub mod probes;
 pub mod runner;
 pub mod sampler;
 pub mod signal;
+pub mod textfile;
 pub mod watch;
 
 pub use config::AgentConfig;

@@ -14,7 +14,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vigil_shared::topics::{self, AgentChannel};
-use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch};
+use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch, PolicyEvent};
 
 use crate::config::AgentConfig;
 
@@ -90,6 +90,36 @@ impl Link {
             if dropped.is_power_of_two() {
                 tracing::warn!(dropped, "outgoing queue full, metric batch dropped: {e}");
             }
+        }
+    }
+
+    /// Queues a policy event (QoS 1). Dropped and counted if the queue is full.
+    pub fn publish_event(&self, event: &PolicyEvent) {
+        let topic = topics::agent(&event.host, AgentChannel::Events);
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, wire::encode(event))
+        {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(dropped, policy = %event.policy, "outgoing queue full, policy event dropped: {e}");
+        }
+    }
+
+    /// Changes the status and publishes it (retained) if connected; it is also published
+    /// after every reconnection.
+    pub fn update_status(&self, change: impl FnOnce(&mut AgentStatus)) {
+        self.status.send_modify(change);
+        if !self.is_connected() {
+            return;
+        }
+        let mut status = self.status.borrow().clone();
+        status.sent_at_ms = vigil_shared::time::now_ms();
+        let topic = topics::agent(&status.host, AgentChannel::Status);
+        if let Err(e) =
+            self.client
+                .try_publish(topic, QoS::AtLeastOnce, true, wire::encode(&status))
+        {
+            tracing::warn!("cannot queue status: {e}");
         }
     }
 

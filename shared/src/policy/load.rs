@@ -85,9 +85,30 @@ pub fn parse_specs(text: &str, file: &str) -> Result<Vec<PolicySpec>, LoadError>
             Ok(FileShape::Wrapped(w)) => Ok(w.policies),
             Err(_) => Err(LoadError::Syntax {
                 file: file.to_string(),
-                message: wrapped_err.to_string(),
+                message: name_the_policy(text, &wrapped_err.to_string()),
             }),
         },
+    }
+}
+
+/// Prefixes a parser message about `policies[N]…` with that policy's name, when the
+/// file is readable enough to find it.
+fn name_the_policy(text: &str, message: &str) -> String {
+    let index = message
+        .strip_prefix("policies[")
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(n, _)| n.parse::<usize>().ok());
+    let name = index.and_then(|i| {
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+        doc.get("policies")?
+            .get(i)?
+            .get("name")?
+            .as_str()
+            .map(str::to_string)
+    });
+    match name {
+        Some(name) => format!("policy `{name}`: {message}"),
+        None => message.to_string(),
     }
 }
 

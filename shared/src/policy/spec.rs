@@ -143,9 +143,11 @@ pub enum ConditionSpec {
     Node(ConditionNode),
 }
 
-/// The structured condition forms.
+/// The structured condition forms. Written as a map whose `type` names the form; see
+/// [`ConditionSpec`]'s (de)serialization, which moves `type` so that a bad field is
+/// reported by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ConditionNode {
     /// Latest value above a threshold.
     MetricExceeds {
@@ -278,9 +280,56 @@ impl Serialize for ConditionSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             ConditionSpec::Expression(text) => s.serialize_str(text),
-            ConditionSpec::Node(node) => node.serialize(s),
+            ConditionSpec::Node(node) => {
+                // `{"metric_exceeds": {fields}}` → `{"type": "metric_exceeds", fields}`.
+                let tagged = serde_json::to_value(node).map_err(serde::ser::Error::custom)?;
+                let flat = match tagged {
+                    serde_json::Value::Object(outer) => {
+                        let mut flat = serde_json::Map::new();
+                        for (kind, fields) in outer {
+                            flat.insert("type".into(), serde_json::Value::String(kind));
+                            if let serde_json::Value::Object(fields) = fields {
+                                flat.extend(fields);
+                            }
+                        }
+                        serde_json::Value::Object(flat)
+                    }
+                    other => other,
+                };
+                flat.serialize(s)
+            }
         }
     }
+}
+
+/// Reads a `{type: …, fields…}` map into a node, naming the field at fault.
+fn node_from_map(
+    mut map: serde_json::Map<String, serde_json::Value>,
+) -> Result<ConditionNode, String> {
+    let kind = match map.remove("type") {
+        Some(serde_json::Value::String(kind)) => kind,
+        Some(other) => return Err(format!("`type` must be a string, got {other}")),
+        None => {
+            return Err("a condition map needs `type` (metric_exceeds, metric_below, all, any, \
+                        rate, trend, absent, unit_state, container_state, process_missing, \
+                        http_check or tcp_check)"
+                .into())
+        }
+    };
+    let tagged = serde_json::Value::Object(serde_json::Map::from_iter([(
+        kind.clone(),
+        serde_json::Value::Object(map),
+    )]));
+    serde_path_to_error::deserialize::<_, ConditionNode>(tagged).map_err(|e| {
+        let path = e.path().to_string();
+        // The first segment is the `type` we moved; drop it.
+        let field = path.split_once('.').map(|(_, rest)| rest.to_string());
+        let inner = e.into_inner().to_string();
+        match field {
+            Some(field) if !field.is_empty() => format!("field `{field}`: {inner}"),
+            _ => format!("condition type `{kind}`: {inner}"),
+        }
+    })
 }
 
 impl<'de> Deserialize<'de> for ConditionSpec {
@@ -300,8 +349,12 @@ impl<'de> Deserialize<'de> for ConditionSpec {
                 Ok(ConditionSpec::Expression(v.to_string()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ConditionSpec, A::Error> {
-                ConditionNode::deserialize(de::value::MapAccessDeserializer::new(map))
+                let map = serde_json::Map::<String, serde_json::Value>::deserialize(
+                    de::value::MapAccessDeserializer::new(map),
+                )?;
+                node_from_map(map)
                     .map(ConditionSpec::Node)
+                    .map_err(de::Error::custom)
             }
         }
         d.deserialize_any(V)

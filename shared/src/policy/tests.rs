@@ -698,6 +698,9 @@ policies:
 fn bad_policies_name_file_policy_and_field() {
     let cases: &[(&str, &str)] = &[
         ("policies:\n  - name: a\n    condition: {type: metric_exceeds, metric: cpu}\n", "threshold"),
+        ("policies:\n  - name: typed\n    condition: {type: metric_exceeds, metric: cpu, threshold: high}\n", "policy `typed`: policies[0].condition: field `threshold`: invalid type: string \"high\", expected f64 at line 3"),
+        ("policies:\n  - name: a\n    condition: {type: metric_exceedz, metric: cpu, threshold: 1}\n", "unknown variant `metric_exceedz`"),
+        ("policies:\n  - name: a\n    condition: {metric: cpu, threshold: 1}\n", "needs `type`"),
         ("policies:\n  - name: a\n    severity: severe\n    condition: cpu > 1\n", "severe"),
         ("policies:\n  - name: a\n    condition: {type: metric_exceeds, metric: cpu, threshold: 1}\n    action: drain-pod\n", "Kubernetes"),
         ("policies:\n  - name: a\n    condition: {type: all, conditions: []}\n", "condition.conditions"),
