@@ -97,6 +97,9 @@ pub enum RegistryError {
     /// Reload was asked for without a directory.
     #[error("no policy directory is configured; start the coordinator with --policies DIR")]
     NoDirectory,
+    /// The stored API policies could not be read.
+    #[error("cannot read the API policies stored in LMDB: {0}")]
+    StoreRead(#[source] StoreError),
     /// LMDB refused the write.
     #[error("cannot store policy `{name}`: {source}")]
     Store {
@@ -158,10 +161,7 @@ impl PolicyRegistry {
         let stored = registry
             .store
             .api_policies()
-            .map_err(|source| RegistryError::Store {
-                name: "*".into(),
-                source,
-            })?;
+            .map_err(RegistryError::StoreRead)?;
         let mut api = BTreeMap::new();
         for bad in stored.unreadable {
             registry.count_load_error();

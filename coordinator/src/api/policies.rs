@@ -224,7 +224,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::invalid_field(error.field, message)
             }
             RegistryError::Load(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message),
-            RegistryError::Store { source, .. } => ApiError {
+            RegistryError::Store { source, .. } | RegistryError::StoreRead(source) => ApiError {
                 message,
                 ..ApiError::from(&source)
             },
