@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod docker;
+pub mod systemd;
+
 /// A temporary directory for one test: data dirs and process logs. If the test fails,
 /// the logs are printed, so a CI failure shows what the processes said.
 pub struct TestDir {

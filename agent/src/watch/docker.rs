@@ -6,7 +6,10 @@
 //! `missing`. It then follows Docker's container events (`die`, `oom`, `health_status`, …)
 //! and, for each event about a watched container, inspects it and reports the fresh state
 //! at once — no polling on this path: a killed container must be seen (and restarted)
-//! sooner than Docker's own `--restart=always` manages. A full resync every
+//! sooner than Docker's own `--restart=always` manages. A `die` is reported from the event
+//! itself (`exited`, with its exit code), because Docker keeps a dead container locked for
+//! its clean-up (≈150 ms) and an inspection would wait that long; the inspection follows,
+//! and is reported too if it says more (`restarting`, OOM-killed). A full resync every
 //! [`RESYNC_EVERY`], and whenever the set of names changes, catches anything missed.
 
 use std::collections::{HashMap, HashSet};
@@ -23,7 +26,7 @@ use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use vigil_shared::policy::{StateKind, StateReading};
 use vigil_shared::time::now_ms;
@@ -55,7 +58,8 @@ const EVENTS: [&str; 12] = [
 ];
 
 /// How far back the event stream starts, so that no event falls between subscribing and
-/// the first listing (replayed events only cause a redundant, fresh reading).
+/// the first listing (Docker's clock is ours: the socket is local; replayed events from
+/// before the listing are skipped).
 const EVENTS_OVERLAP_SECS: i64 = 2;
 
 /// What went wrong talking to Docker.
@@ -104,9 +108,6 @@ impl From<DockerError> for SessionEnd {
     }
 }
 
-/// `(state, health)` last sent per name, so a periodic resync sends only changes.
-type Sent = HashMap<String, (String, Option<String>)>;
-
 /// Watches the containers `names` lists (exact names or globs such as `web-*`) until the
 /// update receiver or the names sender is dropped. `socket` is Docker's unix socket; by
 /// default `DOCKER_HOST` (`unix://…`) or `/var/run/docker.sock`. When Docker is absent or
@@ -142,7 +143,7 @@ async fn session(
     retry: &mut Retry,
 ) -> Result<Infallible, SessionEnd> {
     let docker = connect(socket).await?;
-    let since = vigil_shared::time::now_ms() / 1000 - EVENTS_OVERLAP_SECS;
+    let since = now_ms() / 1000 - EVENTS_OVERLAP_SECS;
     let options = EventsOptions {
         since: Some(since.to_string()),
         until: None,
@@ -155,9 +156,18 @@ async fn session(
         ])),
     };
     let mut events = std::pin::pin!(docker.events(Some(options)));
-    let mut set = NameSet::new(&names.borrow_and_update());
-    let mut sent = Sent::new();
-    sync(&docker, &set, &mut sent, updates, true).await?;
+    let (refined_tx, mut refined) = mpsc::unbounded_channel();
+    let mut tracker = Tracker {
+        docker,
+        updates: updates.clone(),
+        set: NameSet::new(&names.borrow_and_update()),
+        sent: HashMap::new(),
+        read_seq: HashMap::new(),
+        next_seq: 0,
+        refined_tx,
+        synced_at_ns: epoch_ns(),
+    };
+    tracker.sync(true).await?;
     retry.connected();
     tracing::debug!("watching Docker containers");
 
@@ -167,18 +177,19 @@ async fn session(
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(Ok(event)) => on_event(&docker, &set, &mut sent, updates, event).await?,
+                Some(Ok(event)) => tracker.on_event(event).await?,
                 Some(Err(e)) => return Err(DockerError::Events(e).into()),
                 None => return Err(DockerError::EventsEnded.into()),
             },
+            Some(refined) = refined.recv() => tracker.on_refined(refined).await?,
             changed = names.changed() => {
                 if changed.is_err() {
                     return Err(SessionEnd::Stopped);
                 }
-                set = NameSet::new(&names.borrow_and_update());
-                sync(&docker, &set, &mut sent, updates, false).await?;
+                tracker.set = NameSet::new(&names.borrow_and_update());
+                tracker.sync(false).await?;
             }
-            _ = resync.tick() => sync(&docker, &set, &mut sent, updates, false).await?,
+            _ = resync.tick() => tracker.sync(false).await?,
             () = updates.closed() => return Err(SessionEnd::Stopped),
         }
     }
@@ -207,98 +218,234 @@ async fn connect(socket: Option<&Path>) -> Result<Docker, DockerError> {
     docker.negotiate_version().await.map_err(fail)
 }
 
-/// Lists all containers and reports the watched ones: all of them when `all`, else only
-/// those whose state or health changed since last sent.
-async fn sync(
-    docker: &Docker,
-    set: &NameSet,
-    sent: &mut Sent,
-    updates: &UpdateSender,
-    all: bool,
-) -> Result<(), SessionEnd> {
-    let options = ListContainersOptions {
-        all: true,
-        ..Default::default()
-    };
-    let containers = docker
-        .list_containers(Some(options))
-        .await
-        .map_err(DockerError::List)?;
-    let mut seen = HashSet::new();
-    for container in &containers {
-        let Some(name) = primary_name(container) else {
-            continue;
-        };
-        if !set.matches(name) {
-            continue;
-        }
-        let id = container.id.as_deref().unwrap_or(name);
-        // Removed between listing and inspecting: handled below like any absent name.
-        let Some(reading) = read(docker, name, id).await? else {
-            continue;
-        };
-        seen.insert(name.to_string());
-        deliver(sent, updates, name, reading, all).await?;
-    }
-    for name in set.exact().filter(|n| !seen.contains(*n)) {
-        let reading = missing("no such container");
-        deliver(sent, updates, name, reading, all).await?;
-    }
-    // Pattern-matched containers that went away unnoticed, and names no longer watched.
-    let gone: Vec<String> = sent
-        .keys()
-        .filter(|n| !seen.contains(*n) && !set.is_exact(n))
-        .cloned()
-        .collect();
-    for name in gone {
-        sent.remove(&name);
-        if set.matches(&name) {
-            send(updates, &name, missing("no such container")).await?;
-        }
-    }
-    Ok(())
+/// A container's state read after the quick report of its `die`.
+struct Refined {
+    /// The container's name.
+    name: String,
+    /// Which reading of it this is (stale if another reading was taken since).
+    seq: u64,
+    /// What was reported from the event.
+    reported: StateReading,
+    /// The inspected state (`None` if the container is gone).
+    reading: Result<Option<StateReading>, DockerError>,
 }
 
-/// Reports a fresh reading of the container an event is about, if it is watched.
-async fn on_event(
-    docker: &Docker,
-    set: &NameSet,
-    sent: &mut Sent,
-    updates: &UpdateSender,
-    event: EventMessage,
-) -> Result<(), SessionEnd> {
-    let action = event.action.unwrap_or_default();
-    let Some(actor) = event.actor else {
-        return Ok(());
-    };
-    let attributes = actor.attributes.unwrap_or_default();
-    let Some(name) = attributes.get("name") else {
-        return Ok(());
-    };
-    if action == "rename" {
-        // The old name may be watched (now missing), the new one too: read everything.
-        return sync(docker, set, sent, updates, false).await;
-    }
-    if !set.matches(name) {
-        return Ok(());
-    }
-    tracing::debug!(container = %name, %action, "Docker event");
-    let id = actor.id.as_deref().unwrap_or(name);
-    let reading = if action == "destroy" {
-        None
-    } else {
-        read(docker, name, id).await?
-    };
-    match reading {
-        Some(reading) => deliver(sent, updates, name, reading, true).await,
-        None if set.is_exact(name) => {
-            deliver(sent, updates, name, missing("container removed"), true).await
+/// One session's view of the watched containers.
+struct Tracker {
+    /// The engine.
+    docker: Docker,
+    /// Where updates go.
+    updates: UpdateSender,
+    /// What to watch.
+    set: NameSet,
+    /// `(state, health)` last sent per name, so a periodic resync sends only changes.
+    sent: HashMap<String, (String, Option<String>)>,
+    /// The sequence number of the latest reading taken per name, so that a late result
+    /// never overwrites a newer one.
+    read_seq: HashMap<String, u64>,
+    /// The next sequence number.
+    next_seq: u64,
+    /// Where follow-up inspections report.
+    refined_tx: mpsc::UnboundedSender<Refined>,
+    /// When the first listing began: replayed events from before it are already in it.
+    synced_at_ns: i64,
+}
+
+impl Tracker {
+    /// Lists all containers and reports the watched ones: all of them when `all`, else
+    /// only those whose state or health changed since last sent.
+    async fn sync(&mut self, all: bool) -> Result<(), SessionEnd> {
+        let options = ListContainersOptions {
+            all: true,
+            ..Default::default()
+        };
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(DockerError::List)?;
+        let mut seen = HashSet::new();
+        for container in &containers {
+            let Some(name) = primary_name(container) else {
+                continue;
+            };
+            if !self.set.matches(name) {
+                continue;
+            }
+            let id = container.id.as_deref().unwrap_or(name);
+            // Removed between listing and inspecting: handled below like any absent name.
+            let Some(reading) = read(&self.docker, name, id).await? else {
+                continue;
+            };
+            seen.insert(name.to_string());
+            self.deliver(name, reading, all).await?;
         }
-        None => {
-            sent.remove(name);
-            send(updates, name, missing("container removed")).await
+        let absent: Vec<String> = self
+            .set
+            .exact()
+            .filter(|n| !seen.contains(*n))
+            .map(str::to_string)
+            .collect();
+        for name in absent {
+            self.deliver(&name, missing("no such container"), all)
+                .await?;
+        }
+        // Pattern-matched containers that went away unnoticed, and names no longer watched.
+        let gone: Vec<String> = self
+            .sent
+            .keys()
+            .filter(|n| !seen.contains(*n) && !self.set.is_exact(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.sent.remove(&name);
+            self.read_seq.remove(&name);
+            if self.set.matches(&name) {
+                self.send(&name, missing("no such container")).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports a fresh reading of the container an event is about, if it is watched.
+    async fn on_event(&mut self, event: EventMessage) -> Result<(), SessionEnd> {
+        if event.time_nano.is_some_and(|t| t < self.synced_at_ns) {
+            return Ok(());
+        }
+        let action = event.action.unwrap_or_default();
+        let Some(actor) = event.actor else {
+            return Ok(());
+        };
+        let attributes = actor.attributes.unwrap_or_default();
+        let Some(name) = attributes.get("name") else {
+            return Ok(());
+        };
+        if action == "rename" {
+            // The old name may be watched (now missing), the new one too: read everything.
+            return self.sync(false).await;
+        }
+        if !self.set.matches(name) {
+            return Ok(());
+        }
+        tracing::debug!(container = %name, %action, "Docker event");
+        let id = actor.id.unwrap_or_else(|| name.clone());
+        if action == "die" {
+            // Docker keeps the container locked for its clean-up (≈150 ms) after `die`,
+            // and an inspection would wait for it: report the exit from the event at once,
+            // and whatever the inspection adds (restarting, OOM) when it comes.
+            let code = attributes.get("exitCode").map_or("unknown", String::as_str);
+            let reported = StateReading {
+                state: "exited".to_string(),
+                health: None,
+                consecutive_failures: 0,
+                detail: Some(format!("exit code {code}")),
+                at_ms: now_ms(),
+            };
+            let seq = self.deliver(name, reported.clone(), true).await?;
+            let docker = self.docker.clone();
+            let refined_tx = self.refined_tx.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let reading = read(&docker, &name, &id).await;
+                let _ = refined_tx.send(Refined {
+                    name,
+                    seq,
+                    reported,
+                    reading,
+                });
+            });
+            return Ok(());
+        }
+        let reading = if action == "destroy" {
+            None
+        } else {
+            read(&self.docker, name, &id).await?
+        };
+        self.report(name, reading).await
+    }
+
+    /// The inspection after a `die` came back: reports it if it adds anything and no
+    /// newer reading was taken meanwhile.
+    async fn on_refined(&mut self, refined: Refined) -> Result<(), SessionEnd> {
+        let reading = refined.reading?;
+        if self.read_seq.get(&refined.name) != Some(&refined.seq)
+            || !self.set.matches(&refined.name)
+        {
+            return Ok(());
+        }
+        let same = |r: &StateReading| {
+            (&r.state, &r.health, &r.detail)
+                == (
+                    &refined.reported.state,
+                    &refined.reported.health,
+                    &refined.reported.detail,
+                )
+        };
+        match reading {
+            Some(r) if same(&r) => Ok(()),
+            reading => self.report(&refined.name, reading).await,
         }
     }
+
+    /// Reports a reading taken on an event (`None`: the container is gone).
+    async fn report(
+        &mut self,
+        name: &str,
+        reading: Option<StateReading>,
+    ) -> Result<(), SessionEnd> {
+        match reading {
+            Some(reading) => self.deliver(name, reading, true).await.map(|_| ()),
+            None if self.set.is_exact(name) => self
+                .deliver(name, missing("container removed"), true)
+                .await
+                .map(|_| ()),
+            None => {
+                self.sent.remove(name);
+                self.read_seq.remove(name);
+                self.send(name, missing("container removed")).await
+            }
+        }
+    }
+
+    /// Records a reading of `name` and sends it if `force` or if its state or health
+    /// differs from what was last sent; returns the reading's sequence number.
+    async fn deliver(
+        &mut self,
+        name: &str,
+        reading: StateReading,
+        force: bool,
+    ) -> Result<u64, SessionEnd> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.read_seq.insert(name.to_string(), seq);
+        let key = (reading.state.clone(), reading.health.clone());
+        if !force && self.sent.get(name) == Some(&key) {
+            return Ok(seq);
+        }
+        self.sent.insert(name.to_string(), key);
+        self.send(name, reading).await?;
+        Ok(seq)
+    }
+
+    /// Sends one update; `Stopped` if nobody receives any more.
+    async fn send(&self, name: &str, reading: StateReading) -> Result<(), SessionEnd> {
+        let update = StateUpdate {
+            kind: StateKind::Container,
+            name: name.to_string(),
+            reading,
+        };
+        self.updates
+            .send(update)
+            .await
+            .map_err(|_| SessionEnd::Stopped)
+    }
+}
+
+/// Now, in nanoseconds since the epoch (the clock Docker stamps events with).
+fn epoch_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Inspects a container: its reading, or `None` if it no longer exists.
@@ -313,32 +460,6 @@ async fn read(docker: &Docker, name: &str, id: &str) -> Result<Option<StateReadi
             source,
         }),
     }
-}
-
-/// Sends `reading` if `force` or if its state or health differs from what was last sent.
-async fn deliver(
-    sent: &mut Sent,
-    updates: &UpdateSender,
-    name: &str,
-    reading: StateReading,
-    force: bool,
-) -> Result<(), SessionEnd> {
-    let key = (reading.state.clone(), reading.health.clone());
-    if !force && sent.get(name) == Some(&key) {
-        return Ok(());
-    }
-    sent.insert(name.to_string(), key);
-    send(updates, name, reading).await
-}
-
-/// Sends one update; `Stopped` if nobody receives any more.
-async fn send(updates: &UpdateSender, name: &str, reading: StateReading) -> Result<(), SessionEnd> {
-    let update = StateUpdate {
-        kind: StateKind::Container,
-        name: name.to_string(),
-        reading,
-    };
-    updates.send(update).await.map_err(|_| SessionEnd::Stopped)
 }
 
 /// A container's own name (Docker lists `/name`, plus `/other/alias` for legacy links).

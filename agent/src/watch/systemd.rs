@@ -71,7 +71,7 @@ const UNIT_TYPES: [&str; 11] = [
 enum SystemdError {
     /// The system bus could not be reached.
     #[error("cannot connect to the D-Bus system bus: {0}")]
-    Connect(#[source] zbus::Error),
+    Connect(#[source] Box<zbus::Error>),
     /// A call to systemd failed for a reason other than the unit being unknown.
     #[error("{what} failed: {source}")]
     Call {
@@ -79,14 +79,24 @@ enum SystemdError {
         what: String,
         /// Why it failed.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// The signal stream broke.
     #[error("systemd's signal stream failed: {0}")]
-    Signals(#[source] zbus::Error),
+    Signals(#[source] Box<zbus::Error>),
     /// The signal stream ended (the bus connection closed).
     #[error("the system bus connection closed")]
     SignalsEnded,
+}
+
+impl SystemdError {
+    /// A failed call: `what` was asked.
+    fn call(what: impl Into<String>, source: zbus::Error) -> SystemdError {
+        SystemdError::Call {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Why a session with systemd ended.
@@ -132,16 +142,15 @@ async fn session(
     updates: &UpdateSender,
     retry: &mut Retry,
 ) -> Result<Infallible, SessionEnd> {
-    let conn = Connection::system().await.map_err(SystemdError::Connect)?;
+    let conn = Connection::system()
+        .await
+        .map_err(|e| SystemdError::Connect(Box::new(e)))?;
     // Listen before reading anything, so no change falls in between.
     let mut signals = Signals::listen(&conn).await?;
     let bus = Bus { conn };
     bus.call::<()>(MANAGER_PATH, MANAGER, "Subscribe", &())
         .await
-        .map_err(|source| SystemdError::Call {
-            what: "Subscribe".into(),
-            source,
-        })?;
+        .map_err(|e| SystemdError::call("Subscribe", e))?;
     let mut units = Units::new(NameSet::new(&names.borrow_and_update()));
     units.sync(&bus, updates, true).await?;
     retry.connected();
@@ -154,7 +163,7 @@ async fn session(
         tokio::select! {
             message = signals.queue.recv() => match message {
                 Some(Ok(message)) => units.on_signal(&bus, &message, updates).await?,
-                Some(Err(e)) => return Err(SystemdError::Signals(e).into()),
+                Some(Err(e)) => return Err(SystemdError::Signals(Box::new(e)).into()),
                 None => return Err(SystemdError::SignalsEnded.into()),
             },
             changed = names.changed() => {
@@ -184,10 +193,7 @@ impl Signals {
     /// Subscribes to unit `PropertiesChanged` and the manager's own signals.
     async fn listen(conn: &Connection) -> Result<Signals, SystemdError> {
         let rule = |what: &str, built: zbus::Result<MatchRule<'static>>| {
-            built.map_err(|source| SystemdError::Call {
-                what: format!("building the match rule for {what}"),
-                source,
-            })
+            built.map_err(|e| SystemdError::call(format!("building the match rule for {what}"), e))
         };
         let units = rule(
             "unit changes",
@@ -208,12 +214,8 @@ impl Signals {
                 .and_then(|b| b.interface(MANAGER))
                 .map(|b| b.build()),
         )?;
-        let add = |what: &'static str| {
-            move |source| SystemdError::Call {
-                what: format!("subscribing to {what}"),
-                source,
-            }
-        };
+        let add =
+            |what: &'static str| move |e| SystemdError::call(format!("subscribing to {what}"), e);
         let units = MessageStream::for_match_rule(units, conn, Some(SIGNAL_QUEUE))
             .await
             .map_err(add("unit changes"))?;
@@ -601,7 +603,7 @@ impl Units {
 
 /// A call failure that ends the session.
 fn call_failed(what: String, source: zbus::Error) -> SessionEnd {
-    SessionEnd::Lost(SystemdError::Call { what, source })
+    SessionEnd::Lost(SystemdError::call(what, source))
 }
 
 /// Sends `reading` if `force` or if its state or detail differs from what was last sent.
