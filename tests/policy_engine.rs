@@ -12,22 +12,44 @@ use vigil_tests::{bin, get_json, start_coordinator, wait_for, Proc, TestDir};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Starts an agent evaluating `policies` every 200 ms, with a textfile directory.
-fn start_policy_agent(dir: &TestDir, host: &str, broker: &str, policies: &Path, textfiles: &Path) -> Proc {
+fn start_policy_agent(
+    dir: &TestDir,
+    host: &str,
+    broker: &str,
+    policies: &Path,
+    textfiles: &Path,
+) -> Proc {
     let args: Vec<String> = [
-        "--host", host, "--broker", broker, "--interval", "200ms",
-        "--policies", &policies.display().to_string(),
-        "--textfile-dir", &textfiles.display().to_string(),
+        "--host",
+        host,
+        "--broker",
+        broker,
+        "--interval",
+        "200ms",
+        "--policies",
+        &policies.display().to_string(),
+        "--textfile-dir",
+        &textfiles.display().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    Proc::start(&format!("agent-{host}"), &bin("vigil-agent"), &args, dir.path())
+    Proc::start(
+        &format!("agent-{host}"),
+        &bin("vigil-agent"),
+        &args,
+        dir.path(),
+    )
 }
 
 /// Sets the value the agent will read for `cpu_percent{target=…}` (atomic rename).
 fn set_cpu(textfiles: &Path, target: &str, value: f64) {
     let tmp = textfiles.join(format!(".{target}.tmp"));
-    std::fs::write(&tmp, format!("cpu_percent{{target=\"{target}\"}} {value}\n")).expect("write");
+    std::fs::write(
+        &tmp,
+        format!("cpu_percent{{target=\"{target}\"}} {value}\n"),
+    )
+    .expect("write");
     std::fs::rename(&tmp, textfiles.join(format!("{target}.prom"))).expect("rename");
 }
 
@@ -39,7 +61,10 @@ async fn events(http: &str, query: &str) -> Vec<Value> {
 }
 
 fn kinds(events: &[Value]) -> Vec<String> {
-    events.iter().filter_map(|e| e["kind"].as_str().map(str::to_string)).collect()
+    events
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect()
 }
 
 async fn wait_kinds(http: &str, policy: &str, expected: &[&str]) -> Vec<Value> {
@@ -92,7 +117,13 @@ async fn a_held_condition_fires_once_respects_cooldown_and_flap_protection() {
 
     let coordinator = start_coordinator(&dir, None, &[]).await;
     let http = coordinator.http.clone();
-    let _agent = start_policy_agent(&dir, "e2e-policy", &coordinator.broker, &policies, &textfiles);
+    let _agent = start_policy_agent(
+        &dir,
+        "e2e-policy",
+        &coordinator.broker,
+        &policies,
+        &textfiles,
+    );
     wait_for("agent runner status", WAIT, || async {
         let (_, host) = get_json(&format!("{http}/api/v1/hosts/e2e-policy")).await;
         (host["metric_count"].as_u64() >= Some(1)).then_some(())
@@ -103,15 +134,27 @@ async fn a_held_condition_fires_once_respects_cooldown_and_flap_protection() {
     let raised = Instant::now();
     let raised_ms = vigil_shared::time::now_ms();
     set_cpu(&textfiles, "app-1", 95.0);
-    let fired = wait_kinds(&http, "app-cpu-hot", &["fired", "act", "verified", "escalated"]).await;
+    let fired = wait_kinds(
+        &http,
+        "app-cpu-hot",
+        &["fired", "act", "verified", "escalated"],
+    )
+    .await;
     let took = raised.elapsed();
     let fired_at = vigil_shared::time::parse_time(fired[0]["timestamp"].as_str().unwrap_or(""))
         .expect("timestamp");
-    assert!(fired_at - raised_ms >= 2_800, "fired {} ms after the raise", fired_at - raised_ms);
+    assert!(
+        fired_at - raised_ms >= 2_800,
+        "fired {} ms after the raise",
+        fired_at - raised_ms
+    );
     println!("fired {} ms after the value rose (for: 3s, interval 200 ms); seen over REST after {took:?}", fired_at - raised_ms);
     assert_eq!(fired[0]["target"], "app-1");
     assert_eq!(fired[0]["severity"], "warning");
-    assert_eq!(fired[0]["summary"], "cpu_percent > 90 (observed 95) [target=app-1]");
+    assert_eq!(
+        fired[0]["summary"],
+        "cpu_percent > 90 (observed 95) [target=app-1]"
+    );
     assert_eq!(fired[0]["explanation"]["held"], true);
     assert_eq!(fired[1]["action"], "notify");
     assert_eq!(fired[1]["action_requested"], true);
@@ -123,31 +166,62 @@ async fn a_held_condition_fires_once_respects_cooldown_and_flap_protection() {
 
     // Clears, then holds again: a new violation, but the 1 h cooldown defers the action.
     set_cpu(&textfiles, "app-1", 10.0);
-    wait_kinds(&http, "app-cpu-hot", &["fired", "act", "verified", "escalated", "resolved"]).await;
+    wait_kinds(
+        &http,
+        "app-cpu-hot",
+        &["fired", "act", "verified", "escalated", "resolved"],
+    )
+    .await;
     set_cpu(&textfiles, "app-1", 97.0);
     let again = wait_kinds(
         &http,
         "app-cpu-hot",
-        &["fired", "act", "verified", "escalated", "resolved", "fired", "deferred"],
+        &[
+            "fired",
+            "act",
+            "verified",
+            "escalated",
+            "resolved",
+            "fired",
+            "deferred",
+        ],
     )
     .await;
-    assert!(again[6]["detail"].as_str().unwrap_or("").contains("cooldown"), "{}", again[6]);
+    assert!(
+        again[6]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cooldown"),
+        "{}",
+        again[6]
+    );
 
     // Flap protection: two actions, then an escalation instead of a third.
     let mut expected: Vec<&str> = Vec::new();
     for round in 0..3 {
         set_cpu(&textfiles, "app-2", 99.0);
-        expected.extend(if round < 2 { vec!["fired", "act"] } else { vec!["fired", "escalated"] });
+        expected.extend(if round < 2 {
+            vec!["fired", "act"]
+        } else {
+            vec!["fired", "escalated"]
+        });
         wait_kinds(&http, "app-flappy", &expected).await;
         set_cpu(&textfiles, "app-2", 10.0);
         // After the escalation no action ran, so there is nothing to verify.
-        expected.extend(if round < 2 { vec!["verified", "resolved"] } else { vec!["resolved"] });
+        expected.extend(if round < 2 {
+            vec!["verified", "resolved"]
+        } else {
+            vec!["resolved"]
+        });
         wait_kinds(&http, "app-flappy", &expected).await;
     }
     let flappy = events(&http, "policy=app-flappy&kind=escalated").await;
     assert_eq!(flappy.len(), 1);
     assert_eq!(flappy[0]["severity"], "critical");
-    assert!(flappy[0]["detail"].as_str().unwrap_or("").contains("flap protection"));
+    assert!(flappy[0]["detail"]
+        .as_str()
+        .unwrap_or("")
+        .contains("flap protection"));
     coordinator.proc.stop();
 }
 
@@ -162,7 +236,13 @@ async fn a_bad_policy_file_leaves_the_previous_policies_running() {
     set_cpu(&textfiles, "app-2", 10.0);
     let coordinator = start_coordinator(&dir, None, &[]).await;
     let http = coordinator.http.clone();
-    let _agent = start_policy_agent(&dir, "e2e-badfile", &coordinator.broker, &policies, &textfiles);
+    let _agent = start_policy_agent(
+        &dir,
+        "e2e-badfile",
+        &coordinator.broker,
+        &policies,
+        &textfiles,
+    );
     wait_for("policies loaded", WAIT, || async {
         let (_, host) = get_json(&format!("{http}/api/v1/hosts/e2e-badfile")).await;
         (host["metric_count"].as_u64() >= Some(1)).then_some(())
@@ -180,7 +260,10 @@ async fn a_bad_policy_file_leaves_the_previous_policies_running() {
         .expect("run policy check");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("zz-broken.yaml") && stderr.contains("threshold"), "{stderr}");
+    assert!(
+        stderr.contains("zz-broken.yaml") && stderr.contains("threshold"),
+        "{stderr}"
+    );
 
     // The agent logs it and keeps evaluating the previous set.
     let log_dir = dir.path().to_path_buf();
@@ -190,10 +273,15 @@ async fn a_bad_policy_file_leaves_the_previous_policies_running() {
             let logs: String = std::fs::read_dir(&log_dir)
                 .ok()?
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("agent-e2e-badfile"))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("agent-e2e-badfile")
+                })
                 .filter_map(|e| std::fs::read_to_string(e.path()).ok())
                 .collect();
-            (logs.contains("policy files rejected") && logs.contains("zz-broken.yaml")).then_some(())
+            (logs.contains("policy files rejected") && logs.contains("zz-broken.yaml"))
+                .then_some(())
         }
     })
     .await;
@@ -209,7 +297,15 @@ fn policy_test_cli_explains_and_exits_3_when_something_fires() {
     std::fs::write(&file, POLICIES).expect("write");
     let run = |metric: &str| {
         Command::new(bin("vigil-agent"))
-            .args(["policy", "test", &file.display().to_string(), "--target", "app-1", "--metric", metric])
+            .args([
+                "policy",
+                "test",
+                &file.display().to_string(),
+                "--target",
+                "app-1",
+                "--metric",
+                metric,
+            ])
             .output()
             .expect("run policy test")
     };
@@ -221,4 +317,23 @@ fn policy_test_cli_explains_and_exits_3_when_something_fires() {
     assert_eq!(cool.status.code(), Some(0));
     let bad = run("cpu_percent=lots");
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn the_example_policies_in_the_repository_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("policies");
+    for dir in ["examples", "local"] {
+        let output = Command::new(bin("vigil-agent"))
+            .args(["policy", "check", &root.join(dir).display().to_string()])
+            .output()
+            .expect("run policy check");
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{dir}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

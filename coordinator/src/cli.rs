@@ -100,7 +100,14 @@ pub struct UpArgs {
     /// Local agent's sampling interval [default: 5s]
     #[arg(long, env = "VIGIL_AGENT_INTERVAL")]
     pub agent_interval: Option<String>,
+
+    /// Local agent's policy directory [default: policies/local, if it exists]
+    #[arg(long, env = "VIGIL_AGENT_POLICIES")]
+    pub agent_policies: Option<PathBuf>,
 }
+
+/// The local agent's policy directory when none is given.
+pub const DEFAULT_AGENT_POLICIES: &str = "policies/local";
 
 impl ServeArgs {
     /// Resolves flags, environment and config file into the coordinator's settings.

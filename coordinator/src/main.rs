@@ -6,7 +6,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use vigil_agent::config::{resolve as resolve_agent, AgentFile, Overrides as AgentOverrides};
 use vigil_agent::signal::shutdown_signal;
-use vigil_coordinator::cli::{Cli, Command};
+use vigil_coordinator::cli::{Cli, Command, DEFAULT_AGENT_POLICIES};
 use vigil_coordinator::Coordinator;
 
 #[tokio::main]
@@ -51,6 +51,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                     labels: args.agent_labels,
                     broker: Some(coordinator.broker_url.to_string()),
                     interval: args.agent_interval,
+                    policies: args.agent_policies.or_else(|| {
+                        let default = std::path::PathBuf::from(DEFAULT_AGENT_POLICIES);
+                        default.is_dir().then_some(default)
+                    }),
                     ..AgentOverrides::default()
                 },
             )
@@ -58,12 +62,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             let http = coordinator.http_addr;
             println!(
                 "Vigil is up.\n  REST API:  http://{http}\n  MQTT:      {}\n  data dir:  {}\n  \
-                 local agent `{}` reports every {}\nTry:  curl http://{http}/api/v1/hosts\n\
+                 local agent `{}` reports every {}, policies: {}\n\
+                 Try:  curl http://{http}/api/v1/hosts\n      curl http://{http}/api/v1/violations\n\
                  Stop with Ctrl-C.",
                 coordinator.broker_url,
                 data_dir.display(),
                 agent_config.host,
                 vigil_shared::time::format_duration(agent_config.interval),
+                agent_config
+                    .policies
+                    .as_ref()
+                    .map_or("none".to_string(), |p| p.display().to_string()),
             );
             let result = vigil_agent::run(agent_config, shutdown_signal()).await;
             tracing::info!("shutting down");

@@ -128,7 +128,8 @@ pub struct EngineStats {
 #[derive(Debug, Default)]
 pub struct Engine {
     policies: Vec<Policy>,
-    tracks: HashMap<(String, String), Track>,
+    /// Policy name → subject → track (nested so lookups need no allocation).
+    tracks: HashMap<String, HashMap<String, Track>>,
     stats: EngineStats,
 }
 
@@ -150,7 +151,7 @@ impl Engine {
             .map(|p| p.name.as_str())
             .collect();
         self.tracks
-            .retain(|(policy, _), _| unchanged.contains(&policy.as_str()));
+            .retain(|policy, _| unchanged.contains(&policy.as_str()));
         self.policies = policies;
     }
 
@@ -186,23 +187,22 @@ impl Engine {
     /// Evaluates every enabled policy on every subject it targets.
     pub fn evaluate(&mut self, obs: &Observations, now_ms: i64, out: &mut Vec<Decision>) {
         self.stats.last_evaluation_ms = Some(now_ms);
+        let subjects: Vec<&str> = obs.subjects().collect();
         for index in 0..self.policies.len() {
             if !self.policies[index].enabled {
                 continue;
             }
-            let exact = self.policies[index].target.exact().map(str::to_string);
             let mut evaluated_exact = false;
-            let subjects: Vec<String> = obs
-                .subjects()
-                .filter(|s| self.policies[index].target.matches(s))
-                .map(str::to_string)
-                .collect();
             for subject in &subjects {
-                evaluated_exact |= exact.as_deref() == Some(subject.as_str());
-                self.step(index, subject, obs, now_ms, out);
+                if self.policies[index].target.matches(subject) {
+                    evaluated_exact |= self.policies[index].target.exact() == Some(*subject);
+                    self.step(index, subject, obs, now_ms, out);
+                }
             }
-            if let (Some(exact), false) = (exact, evaluated_exact) {
-                self.step(index, &exact, obs, now_ms, out);
+            if !evaluated_exact {
+                if let Some(exact) = self.policies[index].target.exact().map(str::to_string) {
+                    self.step(index, &exact, obs, now_ms, out);
+                }
             }
         }
     }
@@ -235,11 +235,26 @@ impl Engine {
         self.stats.evaluations += 1;
         let policy = &self.policies[index];
         let held = eval::holds(&policy.condition, obs, subject, now_ms);
-        let key = (policy.name.clone(), subject.to_string());
-        if !held && !self.tracks.contains_key(&key) {
+        let known = self
+            .tracks
+            .get(&policy.name)
+            .is_some_and(|t| t.contains_key(subject));
+        if !held && !known {
             return;
         }
-        let track = self.tracks.entry(key).or_default();
+        let track = match self
+            .tracks
+            .get_mut(&policy.name)
+            .and_then(|t| t.get_mut(subject))
+        {
+            Some(track) => track,
+            None => self
+                .tracks
+                .entry(policy.name.clone())
+                .or_default()
+                .entry(subject.to_string())
+                .or_default(),
+        };
         let decide = |kind: DecisionKind, severity: Severity, explain: bool| Decision {
             policy: policy.name.clone(),
             subject: subject.to_string(),

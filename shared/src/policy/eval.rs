@@ -229,16 +229,18 @@ fn evaluate_leaf<'a>(
             let window = millis(over);
             let per = per.as_secs_f64();
             best_of_windows(obs.variants(subject, metric), now_ms, window, |points| {
-                let (t0, _) = points.first().copied()?;
-                let (t1, _) = points.last().copied()?;
+                let (t0, mut previous) = points.next()?;
+                let mut t1 = t0;
+                let mut increase = 0.0;
+                for (t, value) in points {
+                    let delta = value - previous;
+                    // A drop is a counter reset: count the new value from zero.
+                    increase += if delta >= 0.0 { delta } else { value };
+                    previous = value;
+                    t1 = t;
+                }
                 if t1 <= t0 {
                     return None;
-                }
-                let mut increase = 0.0;
-                for pair in points.windows(2) {
-                    let delta = pair[1].1 - pair[0].1;
-                    // A drop is a counter reset: count the new value from zero.
-                    increase += if delta >= 0.0 { delta } else { pair[1].1 };
                 }
                 let rate = increase / ((t1 - t0) as f64 / 1000.0) * per;
                 let held = above.is_some_and(|a| rate > a) || below.is_some_and(|b| rate < b);
@@ -255,14 +257,14 @@ fn evaluate_leaf<'a>(
             let variants = obs.variants(subject, metric);
             let mut best: Option<Leaf<'a>> = None;
             for variant in variants {
-                let points: Vec<(i64, f64)> = variant
+                let mut in_window = variant
                     .points
                     .iter()
-                    .copied()
-                    .filter(|(t, _)| *t >= now_ms - window && *t <= now_ms)
-                    .collect();
-                let leaf = match (points.first(), points.last()) {
-                    (Some(&(t0, v0)), Some(&(_, v1))) if points.len() >= 2 => {
+                    .filter(|(t, _)| *t >= now_ms - window && *t <= now_ms);
+                let first = in_window.next().copied();
+                let last = in_window.next_back().copied();
+                let leaf = match (first, last) {
+                    (Some((t0, v0)), Some((_, v1))) => {
                         if t0 > now_ms - window + (window / 20).min(COVER_SLACK_MS) {
                             Leaf {
                                 note: Note::WindowNotCovered {
@@ -397,21 +399,20 @@ fn compare(
 
 /// Applies a window computation to each variant and reports the first that holds (else
 /// the last computed).
-fn best_of_windows(
-    variants: &[Variant],
+fn best_of_windows<'a>(
+    variants: &'a [Variant],
     now_ms: i64,
     window_ms: i64,
-    compute: impl Fn(&[(i64, f64)]) -> Option<(bool, f64)>,
-) -> Leaf<'_> {
+    compute: impl Fn(&mut dyn Iterator<Item = (i64, f64)>) -> Option<(bool, f64)>,
+) -> Leaf<'a> {
     let mut result = Leaf::nothing(Note::NoSample);
     for variant in variants {
-        let points: Vec<(i64, f64)> = variant
+        let mut points = variant
             .points
             .iter()
             .copied()
-            .filter(|(t, _)| *t >= now_ms - window_ms && *t <= now_ms)
-            .collect();
-        match compute(&points) {
+            .filter(|(t, _)| *t >= now_ms - window_ms && *t <= now_ms);
+        match compute(&mut points) {
             Some((held, value)) => {
                 result = Leaf {
                     held,

@@ -310,10 +310,12 @@ fn node_from_map(
         Some(serde_json::Value::String(kind)) => kind,
         Some(other) => return Err(format!("`type` must be a string, got {other}")),
         None => {
-            return Err("a condition map needs `type` (metric_exceeds, metric_below, all, any, \
+            return Err(
+                "a condition map needs `type` (metric_exceeds, metric_below, all, any, \
                         rate, trend, absent, unit_state, container_state, process_missing, \
                         http_check or tcp_check)"
-                .into())
+                    .into(),
+            )
         }
     };
     let tagged = serde_json::Value::Object(serde_json::Map::from_iter([(
