@@ -36,11 +36,7 @@ impl Retry {
     /// The backend is reachable: logs the recovery if it had been away.
     pub fn connected(&mut self) {
         if self.down {
-            tracing::info!(
-                backend = self.backend,
-                "{} is reachable again",
-                self.backend
-            );
+            tracing::info!("{} is reachable again", self.backend);
         }
         self.down = false;
         self.connected_at = Some(Instant::now());
@@ -57,14 +53,9 @@ impl Retry {
             self.delay = FIRST;
         }
         if self.down {
-            tracing::debug!(
-                backend = self.backend,
-                "{} still unavailable: {error}",
-                self.backend
-            );
+            tracing::debug!("{} still unavailable: {error}", self.backend);
         } else {
             tracing::warn!(
-                backend = self.backend,
                 "{} unavailable, retrying with backoff (up to {CAP:?}): {error}",
                 self.backend
             );

@@ -540,6 +540,9 @@ impl Units {
             return Ok(());
         }
         if !self.names.contains_key(&path) {
+            if !self.set.has_globs() {
+                return Ok(());
+            }
             let Some(id) = unit_id_from_path(&path) else {
                 return Ok(());
             };
