@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vigil_tests::{bin, get_json, start_coordinator, wait_for, Proc, TestDir};
+use vigil_tests::{bin, get_json, metric, start_coordinator, wait_for, Proc, TestDir};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -285,6 +285,32 @@ async fn a_bad_policy_file_leaves_the_previous_policies_running() {
         }
     })
     .await;
+    // …and reports it: in its status, counted in the coordinator's /metrics.
+    wait_for("load error in /metrics", WAIT, || async {
+        let errors = metric(
+            &http,
+            r#"vigil_agent_policy_load_errors{host="e2e-badfile"}"#,
+        )
+        .await;
+        (errors >= 1.0).then_some(())
+    })
+    .await;
+    let (_, runner) = get_json(&format!("{http}/api/v1/policies/runner/status")).await;
+    let agent = runner["runner"]["agents"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["host"] == "e2e-badfile").cloned())
+        .expect("agent in runner status");
+    assert!(
+        agent["load_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("zz-broken.yaml"),
+        "{agent}"
+    );
+    assert_eq!(
+        agent["policies_loaded"], 2,
+        "the previous set is still loaded"
+    );
     set_cpu(&textfiles, "app-2", 99.0);
     wait_kinds(&http, "app-flappy", &["fired", "act"]).await;
     coordinator.proc.stop();

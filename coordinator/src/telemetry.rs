@@ -4,7 +4,8 @@
 //! and bytes as units.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the coordinator exports.
@@ -33,6 +34,9 @@ pub struct Telemetry {
     /// `vigil_policy_load_errors_total{source}`: policy sets that failed to load
     /// (`source="coordinator"`: the `--policies` directory, or a stored API policy).
     pub policy_load_errors: IntCounterVec,
+    /// `vigil_agent_policy_load_errors{host}`: failed policy loads each agent reported
+    /// in its status (set when `/metrics` is scraped).
+    pub agent_policy_load_errors: IntGaugeVec,
 }
 
 impl Telemetry {
@@ -115,8 +119,21 @@ impl Telemetry {
             "vigil_store_map_size_bytes",
             "Current size of the LMDB memory map in bytes",
         );
+        let agent_policy_load_errors = IntGaugeVec::new(
+            Opts::new(
+                "vigil_agent_policy_load_errors",
+                "Failed policy loads reported by each agent since it started (its previous \
+                 policies stay in force)",
+            ),
+            &["host"],
+        )
+        .unwrap_or_else(|e| unreachable!("gauge vec is well-formed: {e}"));
+        registry
+            .register(Box::new(agent_policy_load_errors.clone()))
+            .unwrap_or_else(|e| unreachable!("gauge vec is registered once: {e}"));
         Telemetry {
             registry,
+            agent_policy_load_errors,
             mqtt_messages,
             mqtt_rejected,
             samples_stored,

@@ -37,6 +37,14 @@ pub async fn metrics(api: Arc<Api>) -> Response {
             api.telemetry
                 .hosts_known
                 .set(i64::try_from(hosts.len()).unwrap_or(i64::MAX));
+            for host in &hosts {
+                if let Some(status) = &host.status {
+                    api.telemetry
+                        .agent_policy_load_errors
+                        .with_label_values(&[host.host.as_str()])
+                        .set(i64::try_from(status.policies.load_errors).unwrap_or(i64::MAX));
+                }
+            }
             Ok(warp::reply::with_header(
                 api.telemetry.render(),
                 "content-type",
