@@ -17,9 +17,11 @@ use vigil_tests::systemd::{watch_example, SystemdContainer};
 /// Where the watch example is put inside the container.
 const WATCH: &str = "/usr/local/bin/vigil-watch";
 
-/// A simple service that runs until stopped or killed.
+/// A simple service that runs until stopped or killed. (Enabled, it stays loaded when
+/// stopped, so systemd still has the time it stopped.)
 const SLEEPER: &str = "[Unit]\nDescription=Vigil test sleeper\n\n\
-                       [Service]\nType=simple\nExecStart=/bin/sleep infinity\n";
+                       [Service]\nType=simple\nExecStart=/bin/sleep infinity\n\n\
+                       [Install]\nWantedBy=multi-user.target\n";
 
 /// The watch example running inside the container, and the JSON lines it prints.
 struct WatchProc {
@@ -131,7 +133,7 @@ fn report_latency(
     let since_systemd = container
         .unit_timestamp_ms(unit, "InactiveEnterTimestamp")
         .map(|t| format!("{} ms", at_ms - t))
-        .unwrap_or_else(|| "not measurable (systemd unloaded the stopped unit)".into());
+        .unwrap_or_else(|| "unknown".into());
     println!(
         "{what}: systemd's state change → watcher reading {since_systemd}; \
          command issued → update received {:.0} ms (includes docker exec)",
@@ -150,6 +152,7 @@ fn unit_states_arrive_from_systemd_signals() {
     ] {
         container.install_unit(unit, SLEEPER);
     }
+    container.systemctl(&["enable", "vigil-sleep.service"]);
     container.systemctl(&[
         "start",
         "vigil-sleep.service",
