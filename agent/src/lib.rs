@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod config;
 pub mod evaluator;
+pub mod execute;
 pub mod link;
 pub mod policy_cli;
 pub mod policy_source;

@@ -52,6 +52,7 @@ pub async fn run(
         bundle_hash: None,
         remediation_paused: false,
         detail: None,
+        queue: Default::default(),
         policies: PolicyRunnerStatus {
             interval_ms,
             source: config.policies.as_ref().map(|p| p.display().to_string()),

@@ -20,6 +20,6 @@ pub mod wire;
 
 pub use wire::{
     decode, encode, ActionEvent, ActionState, AgentState, AgentStatus, Command, CommandKind,
-    DecodeError, MetricBatch, PolicyEvent, PolicyRunnerStatus, Sample, WireMessage,
+    DecodeError, MetricBatch, PolicyEvent, PolicyRunnerStatus, QueueStatus, Sample, WireMessage,
     PROTOCOL_VERSION,
 };

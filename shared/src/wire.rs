@@ -101,6 +101,32 @@ pub struct AgentStatus {
     pub detail: Option<String>,
     /// What the agent's policy evaluator is doing.
     pub policies: PolicyRunnerStatus,
+    /// The agent's action queue.
+    pub queue: QueueStatus,
+}
+
+/// The state of an agent's action queue, reported in its status (seed 003's queue stats,
+/// per host).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    /// Actions waiting to run (including those waiting for a retry).
+    pub pending: u32,
+    /// Actions running now.
+    pub running: u32,
+    /// Actions that failed their last retry.
+    pub dead_letter: u32,
+    /// Actions accepted since the queue was created.
+    pub enqueued_total: u64,
+    /// Actions an executor picked up (attempts started).
+    pub dequeued_total: u64,
+    /// Actions that completed.
+    pub completed_total: u64,
+    /// Attempts that failed.
+    pub failed_total: u64,
+    /// The last action that reached a final state: id, target, when (epoch ms).
+    pub last_processed: Option<(String, String, i64)>,
+    /// Executors whose circuit breaker is open (not tried until it half-opens).
+    pub open_circuits: Vec<String>,
 }
 
 /// The state of an agent's policy evaluator, reported in its status.
@@ -223,6 +249,14 @@ pub struct ActionEvent {
     pub created_at_ms: i64,
     /// When this transition happened, epoch milliseconds.
     pub at_ms: i64,
+    /// Most attempts the action may take.
+    pub max_attempts: u32,
+    /// The executor that handles it (`systemd`, `docker`, `exec`, `webhook`, `notify`).
+    pub executor: Option<String>,
+    /// The step of the policy's escalation chain (0-based), for policy actions.
+    pub step: Option<u32>,
+    /// Executor parameters, as JSON.
+    pub params: Option<String>,
 }
 
 /// What the coordinator asks an agent to do.
@@ -516,6 +550,7 @@ mod tests {
             remediation_paused: false,
             detail: None,
             policies: PolicyRunnerStatus::default(),
+            queue: QueueStatus::default(),
         };
         assert_eq!(decode::<AgentStatus>(&encode(&status)), Ok(status));
         let event = PolicyEvent {
@@ -555,6 +590,10 @@ mod tests {
             detail: Some("x".into()),
             created_at_ms: 1,
             at_ms: 2,
+            max_attempts: 3,
+            executor: Some("systemd".into()),
+            step: Some(0),
+            params: None,
         };
         assert_eq!(decode::<ActionEvent>(&encode(&event)), Ok(event));
         let command = Command {

@@ -411,6 +411,7 @@ mod tests {
             remediation_paused: false,
             detail: None,
             policies: Default::default(),
+            queue: Default::default(),
         };
         for s in [
             status(AgentState::Offline, 20),

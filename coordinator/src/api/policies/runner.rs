@@ -111,6 +111,7 @@ mod tests {
                 remediation_paused: false,
                 detail: None,
                 policies,
+                queue: Default::default(),
             }),
         }
     }
