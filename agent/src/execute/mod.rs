@@ -15,6 +15,14 @@ use serde::Deserialize;
 use thiserror::Error;
 use vigil_shared::policy::ActionKind;
 
+pub mod command;
+pub mod dispatch;
+pub mod docker;
+pub mod systemd;
+pub mod webhook;
+
+pub use dispatch::Executors;
+
 /// One attempt to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecRequest {

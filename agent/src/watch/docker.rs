@@ -64,7 +64,7 @@ const EVENTS_OVERLAP_SECS: i64 = 2;
 
 /// What went wrong talking to Docker.
 #[derive(Debug, Error)]
-enum DockerError {
+pub(crate) enum DockerError {
     /// The engine could not be reached.
     #[error("cannot connect to Docker at {endpoint}: {source}")]
     Connect {
@@ -196,7 +196,7 @@ async fn session(
 }
 
 /// Connects to Docker and agrees on an API version (which also proves it answers).
-async fn connect(socket: Option<&Path>) -> Result<Docker, DockerError> {
+pub(crate) async fn connect(socket: Option<&Path>) -> Result<Docker, DockerError> {
     let endpoint = match socket {
         Some(path) => path.display().to_string(),
         None => std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".into()),
@@ -463,7 +463,7 @@ async fn read(docker: &Docker, name: &str, id: &str) -> Result<Option<StateReadi
 }
 
 /// A container's own name (Docker lists `/name`, plus `/other/alias` for legacy links).
-fn primary_name(container: &ContainerSummary) -> Option<&str> {
+pub(crate) fn primary_name(container: &ContainerSummary) -> Option<&str> {
     container
         .names
         .as_ref()?
@@ -485,7 +485,7 @@ fn missing(why: &str) -> StateReading {
 
 /// The reading for an inspected container: Docker's state, health if it has a health
 /// check, and for a stopped container its exit code, OOM kill and error.
-fn reading_of(info: &ContainerInspectResponse) -> StateReading {
+pub(crate) fn reading_of(info: &ContainerInspectResponse) -> StateReading {
     let state = info.state.as_ref();
     let status = state
         .and_then(|s| s.status)

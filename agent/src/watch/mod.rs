@@ -26,6 +26,6 @@ pub struct StateUpdate {
 pub type UpdateSender = tokio::sync::mpsc::Sender<StateUpdate>;
 
 pub mod docker;
-mod names;
-mod retry;
+pub(crate) mod names;
+pub(crate) mod retry;
 pub mod systemd;

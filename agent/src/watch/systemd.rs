@@ -631,7 +631,7 @@ async fn deliver(
 }
 
 /// The unit id for a watched name: as written if it has a unit type suffix, else a service.
-fn unit_id(name: &str) -> String {
+pub(crate) fn unit_id(name: &str) -> String {
     if UNIT_TYPES.iter().any(|t| name.ends_with(t)) {
         name.to_string()
     } else {
