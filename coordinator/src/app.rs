@@ -101,8 +101,10 @@ impl Coordinator {
             config.mqtt_username.as_deref(),
             config.mqtt_password.as_deref(),
         );
+        let (publisher, eventloop) = crate::ingest::connect(options);
         tasks.push(tokio::spawn(crate::ingest::run(
-            options,
+            publisher.clone(),
+            eventloop,
             writer.clone(),
             telemetry.clone(),
             stop_rx.clone(),
@@ -128,6 +130,7 @@ impl Coordinator {
             writer: writer.clone(),
             telemetry: telemetry.clone(),
             policies: Arc::new(policies),
+            publisher,
         }));
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(

@@ -5,16 +5,20 @@
 //! not decode, speaks an unknown protocol version, breaks a content rule, or claims a host
 //! other than the one in its topic is logged with its topic, counted in
 //! `vigil_mqtt_messages_rejected_total{channel,reason}`, and dropped.
+//!
+//! The same MQTT connection carries the coordinator's commands to agents: [`connect`]
+//! returns a [`Publisher`] for them alongside the event loop [`run`] drives.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use thiserror::Error;
 use tokio::sync::watch;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
-    self, ActionEvent, AgentStatus, DecodeError, MetricBatch, PolicyEvent, WireMessage,
+    self, ActionEvent, AgentStatus, Command, DecodeError, MetricBatch, PolicyEvent, WireMessage,
 };
 
 use crate::store::{Source, StoreWriter, Write};
@@ -28,14 +32,69 @@ const CHANNELS: [AgentChannel; 4] = [
     AgentChannel::Events,
 ];
 
+/// How long [`Publisher::command`] waits for room in the MQTT client's queue.
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a command could not be handed to the MQTT connection.
+#[derive(Debug, Error)]
+pub enum PublishError {
+    /// The connection's queue stayed full (the broker is unreachable or slow).
+    #[error("cannot publish to `{topic}`: the MQTT queue stayed full for {PUBLISH_WAIT:?} (is the broker reachable?)")]
+    Busy {
+        /// The topic.
+        topic: String,
+    },
+    /// The connection is gone (the coordinator is shutting down).
+    #[error("cannot publish to `{topic}`: the MQTT connection has stopped")]
+    Stopped {
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// Publishes commands to agents (`vigil/v1/agents/{host}/commands`, QoS 1) over the
+/// ingest connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+}
+
+impl Publisher {
+    /// Hands `command` to the MQTT connection for its host's command topic. Returns once
+    /// queued; the connection delivers it (QoS 1) when the broker is reachable.
+    pub async fn command(&self, command: &Command) -> Result<(), PublishError> {
+        let topic = topics::agent(&command.host, AgentChannel::Commands);
+        let payload = wire::encode(command);
+        match tokio::time::timeout(
+            PUBLISH_WAIT,
+            self.client
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(PublishError::Stopped { topic }),
+            Err(_) => Err(PublishError::Busy { topic }),
+        }
+    }
+}
+
+/// Creates the coordinator's MQTT client: a [`Publisher`] for commands, and the event
+/// loop that [`run`] drives (nothing is sent or received until it runs).
+pub fn connect(options: MqttOptions) -> (Publisher, EventLoop) {
+    let (client, eventloop) = AsyncClient::new(options, 64);
+    (Publisher { client }, eventloop)
+}
+
 /// Runs the subscriber until `stop` turns true. Reconnects on its own.
 pub async fn run(
-    options: MqttOptions,
+    publisher: Publisher,
+    mut eventloop: EventLoop,
     writer: StoreWriter,
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let client = publisher.client;
     let mut failures: u32 = 0;
     loop {
         let event = tokio::select! {
@@ -103,20 +162,10 @@ async fn handle(publish: &Publish, writer: &StoreWriter, telemetry: &Telemetry) 
             },
             Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
         },
-        AgentChannel::Actions => {
-            // Action events are validated and counted here; the audit store that keeps them
-            // arrives with remediation.
-            match checked::<ActionEvent>(host, &publish.payload) {
-                Ok(_) => {
-                    telemetry
-                        .mqtt_messages
-                        .with_label_values(&["actions"])
-                        .inc();
-                }
-                Err(rejection) => rejection.report(telemetry, channel, &publish.topic),
-            }
-            return;
-        }
+        AgentChannel::Actions => match checked::<ActionEvent>(host, &publish.payload) {
+            Ok(event) => Write::Action { event },
+            Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+        },
         AgentChannel::Events => match checked::<PolicyEvent>(host, &publish.payload) {
             Ok(event) => Write::Event { event },
             Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),

@@ -37,6 +37,9 @@ pub struct Telemetry {
     /// `vigil_agent_policy_load_errors{host}`: failed policy loads each agent reported
     /// in its status (set when `/metrics` is scraped).
     pub agent_policy_load_errors: IntGaugeVec,
+    /// `vigil_actions_total{state}`: action transitions stored in the audit trail (new
+    /// ones only; redeliveries are not counted).
+    pub actions: IntCounterVec,
 }
 
 impl Telemetry {
@@ -88,6 +91,11 @@ impl Telemetry {
         );
         // Present at zero from the start, so a dashboard can tell "none" from "unknown".
         policy_load_errors.with_label_values(&["coordinator"]);
+        let actions = counter(
+            "vigil_actions_total",
+            "Action transitions stored in the audit trail, by state entered",
+            &["state"],
+        );
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "vigil_http_request_duration_seconds",
@@ -145,6 +153,7 @@ impl Telemetry {
             hosts_known,
             store_map_size_bytes,
             policy_load_errors,
+            actions,
         }
     }
 

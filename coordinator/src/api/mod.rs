@@ -11,7 +11,9 @@
 //! | `GET /api/v1/metrics/query` | [`query`] |
 //! | `GET /api/v1/violations` | [`violations`] |
 //! | `/api/v1/policies…` (list, CRUD, enable/disable, severity, evaluate, reload, runner) | [`policies`] |
+//! | `/api/v1/actions…`, `/api/v1/queue/stats`, `/api/v1/hosts/{host}/remediation/…` | [`actions`] |
 
+pub mod actions;
 pub mod error;
 pub mod health;
 pub mod hosts;
@@ -48,6 +50,8 @@ pub struct Api {
     pub telemetry: Arc<Telemetry>,
     /// The coordinator's policies.
     pub policies: Arc<PolicyRegistry>,
+    /// Sends commands to agents.
+    pub publisher: crate::ingest::Publisher,
 }
 
 /// The error for a blocking task that panicked or was cancelled.
@@ -169,6 +173,8 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
         .or(violations)
         .unify()
         .or(policies::routes(api.clone()))
+        .unify()
+        .or(actions::routes(api.clone()))
         .unify()
         .recover(unmatched)
         .unify()

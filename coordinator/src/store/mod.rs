@@ -13,6 +13,8 @@
 //! | `policies` | policy name | policy spec (JSON), created over REST |
 //! | `events` | time · event id | [`vigil_shared::wire::PolicyEvent`] (audit history) |
 //! | `event_ids` | event id | `events` key (makes redelivery idempotent) |
+//! | `actions` | action id | [`actions::ActionRecord`] (action audit trail, transitions appended) |
+//! | `action_index` | `tag · len · value · created time · id` (by time, host, target, policy, status) | empty (see [`actions`]) |
 //!
 //! A series is one metric of one host; samples of it that differ in tags (`mount=/` and
 //! `mount=/var`) are told apart by the tag hash. Keys sort by time within a series, so a
@@ -23,6 +25,7 @@
 //! grows it up to the configured ceiling, and past that rejects writes with
 //! [`StoreError::Full`] — the coordinator keeps running and serving reads.
 
+pub mod actions;
 pub mod codec;
 pub mod keys;
 pub mod policies;
@@ -117,6 +120,8 @@ pub(crate) struct Dbs {
     pub policies: Database<Bytes, Bytes>,
     pub events: Database<Bytes, Bytes>,
     pub event_ids: Database<Bytes, Bytes>,
+    pub actions: Database<Bytes, Bytes>,
+    pub action_index: Database<Bytes, Bytes>,
 }
 
 /// An open store. Cheap to clone; all clones share one environment.
@@ -162,6 +167,8 @@ impl Store {
             policies: create("policies").map_err(open_err)?,
             events: create("events").map_err(open_err)?,
             event_ids: create("event_ids").map_err(open_err)?,
+            actions: create("actions").map_err(open_err)?,
+            action_index: create("action_index").map_err(open_err)?,
         };
         wtxn.commit().map_err(open_err)?;
         Ok(Store {

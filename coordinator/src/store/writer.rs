@@ -13,10 +13,10 @@ use std::thread::JoinHandle;
 
 use heed::RwTxn;
 use tokio::sync::{mpsc, oneshot};
-use vigil_shared::wire::{AgentStatus, PolicyEvent, Sample, Tag};
+use vigil_shared::wire::{ActionEvent, AgentStatus, PolicyEvent, Sample, Tag};
 
 use super::records::{HostRecord, LatestPoint, Source, StoredPoint};
-use super::{codec, keys, Store, StoreError};
+use super::{actions, codec, keys, Store, StoreError};
 use crate::telemetry::Telemetry;
 
 /// Most writes applied in one transaction.
@@ -56,6 +56,18 @@ pub enum Write {
     Event {
         /// The event.
         event: PolicyEvent,
+    },
+    /// One transition of an action for the action audit trail (ignored if already stored).
+    Action {
+        /// The event.
+        event: ActionEvent,
+    },
+    /// A manual action created over REST (its first transition, source `api`); answers 1.
+    ManualAction {
+        /// The action as its first event.
+        event: ActionEvent,
+        /// Where to send the outcome, if anyone waits for it.
+        reply: Option<WriteReply>,
     },
     /// Delete history older than `before_ms`.
     Prune {
@@ -156,6 +168,7 @@ fn run(store: Store, telemetry: Arc<Telemetry>, mut rx: mpsc::Receiver<Write>) {
                             .with_label_values(&[source.as_str()])
                             .inc_by(samples.len() as u64);
                     }
+                    super::actions::count_stored(&telemetry, &write, outcome);
                     if let Some(reply) = reply_of(write) {
                         let _ = reply.send(Ok(outcome));
                     }
@@ -180,9 +193,11 @@ fn run(store: Store, telemetry: Arc<Telemetry>, mut rx: mpsc::Receiver<Write>) {
 
 fn reply_of(write: Write) -> Option<WriteReply> {
     match write {
-        Write::Samples { reply, .. } | Write::Prune { reply, .. } => reply,
+        Write::Samples { reply, .. }
+        | Write::Prune { reply, .. }
+        | Write::ManualAction { reply, .. } => reply,
         Write::Flush { reply } => Some(reply),
-        Write::Status { .. } | Write::Event { .. } => None,
+        Write::Status { .. } | Write::Event { .. } | Write::Action { .. } => None,
     }
 }
 
@@ -338,6 +353,12 @@ fn apply(store: &Store, state: &mut WriterState, batch: &[Write]) -> Result<Vec<
                 0
             }
             Write::Event { event } => store_event(store, &mut txn, event)?,
+            Write::Action { event } => {
+                actions::store_action(store, &mut txn, event, actions::ActionSource::Agent)?
+            }
+            Write::ManualAction { event, .. } => {
+                actions::store_action(store, &mut txn, event, actions::ActionSource::Api)?
+            }
             Write::Prune { before_ms, .. } => prune(store, &mut txn, *before_ms)?,
             Write::Flush { .. } => 0,
         };
