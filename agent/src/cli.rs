@@ -69,7 +69,8 @@ pub enum PolicyCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// TOML config file (keys: host, broker, interval, mqtt_username, mqtt_password,
-    /// policies, textfile_dir, [labels]). Flags and environment variables override it.
+    /// policies, textfile_dir, data_dir, [labels], [allow], [remediation]; see README).
+    /// Flags and environment variables override it.
     #[arg(long, env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -107,6 +108,24 @@ pub struct RunArgs {
     /// label makes a sample belong to that target [default: none]
     #[arg(long, env = "VIGIL_TEXTFILE_DIR")]
     pub textfile_dir: Option<PathBuf>,
+
+    /// Where the action queue and the outbox live [default: /var/lib/vigil]
+    #[arg(long, env = "VIGIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Record every action as done without running anything [default: off]
+    #[arg(long, env = "VIGIL_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// A systemd unit (or glob) executors may act on; repeat for more; adds to
+    /// `[allow] units` [default: none]
+    #[arg(long = "allow-unit")]
+    pub allow_units: Vec<String>,
+
+    /// A Docker container (or glob) executors may act on; repeat for more; adds to
+    /// `[allow] containers` [default: none]
+    #[arg(long = "allow-container")]
+    pub allow_containers: Vec<String>,
 }
 
 impl RunArgs {
@@ -127,6 +146,10 @@ impl RunArgs {
                 interval: self.interval,
                 policies: self.policies,
                 textfile_dir: self.textfile_dir,
+                data_dir: self.data_dir,
+                dry_run: self.dry_run,
+                allow_units: self.allow_units,
+                allow_containers: self.allow_containers,
             },
         )
     }

@@ -13,6 +13,9 @@ use vigil_shared::broker_url::{BrokerUrl, BrokerUrlError};
 use vigil_shared::validate::{self, FieldError};
 use vigil_shared::wire::Tag;
 
+use crate::actions::QueueSettings;
+use crate::execute::ExecutorConfig;
+
 /// Default sampling interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default broker: the coordinator's embedded broker on this machine.
@@ -37,7 +40,16 @@ pub struct AgentConfig {
     pub policies: Option<PathBuf>,
     /// Directory of `*.prom` files whose metrics are sampled too.
     pub textfile_dir: Option<PathBuf>,
+    /// Where the agent keeps its action queue and outbox.
+    pub data_dir: PathBuf,
+    /// What executors may touch (`[allow]`).
+    pub allow: ExecutorConfig,
+    /// How the action queue behaves (`[remediation]`).
+    pub remediation: QueueSettings,
 }
+
+/// Default data directory of an installed agent.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/vigil";
 
 impl AgentConfig {
     /// Defaults for `host`, with the default broker and interval and no labels.
@@ -54,8 +66,29 @@ impl AgentConfig {
             interval: DEFAULT_INTERVAL,
             policies: None,
             textfile_dir: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            allow: ExecutorConfig::default(),
+            remediation: QueueSettings::default(),
         }
     }
+}
+
+/// `[remediation]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemediationFile {
+    /// Record every action as done without running anything.
+    pub dry_run: Option<bool>,
+    /// Most actions running at once (on different targets; default 4).
+    pub max_parallel: Option<usize>,
+    /// Attempts per action (default 3).
+    pub max_attempts: Option<u32>,
+    /// Time for one attempt, e.g. `"30s"`.
+    pub attempt_timeout: Option<String>,
+    /// First retry delay, e.g. `"1s"` (doubles per attempt, ±25 % jitter).
+    pub backoff: Option<String>,
+    /// Longest retry delay, e.g. `"60s"`.
+    pub backoff_cap: Option<String>,
 }
 
 /// The config file's shape (`agent.toml`). Every field is optional.
@@ -79,6 +112,14 @@ pub struct AgentFile {
     pub policies: Option<PathBuf>,
     /// Textfile collector directory.
     pub textfile_dir: Option<PathBuf>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// What executors may touch.
+    #[serde(default)]
+    pub allow: ExecutorConfig,
+    /// Action queue settings.
+    #[serde(default)]
+    pub remediation: RemediationFile,
 }
 
 /// Why the settings could not be resolved.
@@ -158,6 +199,14 @@ pub struct Overrides {
     pub policies: Option<PathBuf>,
     /// `--textfile-dir` / `VIGIL_TEXTFILE_DIR`.
     pub textfile_dir: Option<PathBuf>,
+    /// `--data-dir` / `VIGIL_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--dry-run` / `VIGIL_DRY_RUN`: record actions, never run them.
+    pub dry_run: bool,
+    /// `--allow-unit`: more systemd units executors may touch.
+    pub allow_units: Vec<String>,
+    /// `--allow-container`: more containers executors may touch.
+    pub allow_containers: Vec<String>,
 }
 
 /// Resolves the settings: overrides beat the file, the file beats the defaults.
@@ -203,6 +252,42 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
         interval,
         policies: overrides.policies.or(file.policies),
         textfile_dir: overrides.textfile_dir.or(file.textfile_dir),
+        data_dir: overrides
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        allow: {
+            let mut allow = file.allow;
+            allow.units.extend(overrides.allow_units);
+            allow.containers.extend(overrides.allow_containers);
+            allow
+        },
+        remediation: {
+            let r = file.remediation;
+            let defaults = QueueSettings::default();
+            let duration = |setting: &'static str, text: Option<String>, default: Duration| {
+                text.map_or(Ok(default), |t| {
+                    vigil_shared::time::parse_duration(&t)
+                        .map_err(|e| ConfigError::invalid(setting, e))
+                })
+            };
+            QueueSettings {
+                max_parallel: r.max_parallel.unwrap_or(defaults.max_parallel).max(1),
+                max_attempts: r.max_attempts.unwrap_or(defaults.max_attempts).max(1),
+                attempt_timeout: duration(
+                    "remediation.attempt_timeout",
+                    r.attempt_timeout,
+                    defaults.attempt_timeout,
+                )?,
+                backoff_base: duration("remediation.backoff", r.backoff, defaults.backoff_base)?,
+                backoff_cap: duration(
+                    "remediation.backoff_cap",
+                    r.backoff_cap,
+                    defaults.backoff_cap,
+                )?,
+                dry_run: overrides.dry_run || r.dry_run.unwrap_or(false),
+            }
+        },
     })
 }
 

@@ -8,7 +8,9 @@
 use std::collections::BTreeSet;
 
 use vigil_shared::policy::engine::EngineStats;
-use vigil_shared::policy::{Condition, Decision, DecisionKind, Engine, Observations, Policy};
+use vigil_shared::policy::{
+    ActionRequest, Condition, Decision, DecisionKind, Engine, Observations, Policy,
+};
 use vigil_shared::wire::{PolicyEvent, Sample};
 
 use crate::probes::{HttpProbe, ProbeSet, TcpProbe};
@@ -24,6 +26,31 @@ pub struct WatchSets {
     pub containers: Vec<String>,
     /// Processes and HTTP/TCP checks.
     pub probes: ProbeSet,
+}
+
+/// What one evaluation produced.
+#[derive(Debug, Default)]
+pub struct EvalOutput {
+    /// Policy events for the audit trail.
+    pub events: Vec<PolicyEvent>,
+    /// Actions to queue: the policy, its target, the request, and the action's id (also
+    /// named in the matching `act` event).
+    pub actions: Vec<PolicyAction>,
+    /// Verification results: policy, target, resolved.
+    pub verified: Vec<(String, String, bool)>,
+}
+
+/// An action a policy asked for.
+#[derive(Debug, Clone)]
+pub struct PolicyAction {
+    /// The action's id.
+    pub id: String,
+    /// The policy.
+    pub policy: String,
+    /// What it acts on.
+    pub target: String,
+    /// The request.
+    pub request: ActionRequest,
 }
 
 /// The evaluator.
@@ -67,7 +94,7 @@ impl Evaluator {
 
     /// Records a tick's samples (a `target` tag makes a sample belong to that target) and
     /// evaluates every policy.
-    pub fn on_samples(&mut self, samples: &[Sample], now_ms: i64) -> Vec<PolicyEvent> {
+    pub fn on_samples(&mut self, samples: &[Sample], now_ms: i64) -> EvalOutput {
         for sample in samples {
             let subject = sample
                 .tags
@@ -82,7 +109,7 @@ impl Evaluator {
     }
 
     /// Records a state change and evaluates the policies targeting that object at once.
-    pub fn on_state(&mut self, update: StateUpdate, now_ms: i64) -> Vec<PolicyEvent> {
+    pub fn on_state(&mut self, update: StateUpdate, now_ms: i64) -> EvalOutput {
         let name = update.name.clone();
         self.observations
             .record_state(update.kind, &update.name, update.reading);
@@ -91,17 +118,43 @@ impl Evaluator {
         self.drain()
     }
 
-    fn drain(&mut self) -> Vec<PolicyEvent> {
-        let mut events = Vec::with_capacity(self.decisions.len());
-        for decision in self.decisions.drain(..) {
-            let id = self
-                .ids
-                .generate()
-                .unwrap_or_else(|_| ulid::Ulid::generate())
-                .to_string();
-            events.push(to_event(&self.host, id, decision));
+    fn drain(&mut self) -> EvalOutput {
+        let mut out = EvalOutput::default();
+        let decisions: Vec<Decision> = self.decisions.drain(..).collect();
+        for decision in decisions {
+            let id = self.next_id();
+            match &decision.kind {
+                DecisionKind::Act(request) => {
+                    let action_id = self.next_id();
+                    out.actions.push(PolicyAction {
+                        id: action_id.clone(),
+                        policy: decision.policy.clone(),
+                        target: decision.subject.clone(),
+                        request: request.clone(),
+                    });
+                    let mut event = to_event(&self.host, id, decision);
+                    event.detail = Some(format!("action {action_id}"));
+                    out.events.push(event);
+                }
+                DecisionKind::Verified { resolved, .. } => {
+                    out.verified.push((
+                        decision.policy.clone(),
+                        decision.subject.clone(),
+                        *resolved,
+                    ));
+                    out.events.push(to_event(&self.host, id, decision));
+                }
+                _ => out.events.push(to_event(&self.host, id, decision)),
+            }
         }
-        events
+        out
+    }
+
+    fn next_id(&mut self) -> String {
+        self.ids
+            .generate()
+            .unwrap_or_else(|_| ulid::Ulid::generate())
+            .to_string()
     }
 
     /// What must be watched for the policies in force.
@@ -257,7 +310,9 @@ mod tests {
                 .map(|t| vec![("target".to_string(), t.to_string())])
                 .unwrap_or_default(),
         };
-        let events = ev.on_samples(&[sample(None, 99.0), sample(Some("app-1"), 95.0)], 1);
+        let events = ev
+            .on_samples(&[sample(None, 99.0), sample(Some("app-1"), 95.0)], 1)
+            .events;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].target, "app-1");
         assert_eq!(events[0].kind, "fired");
@@ -286,7 +341,7 @@ mod tests {
         assert!(sets.units.is_empty());
         assert!(sets.probes.processes.contains("nginx"));
         assert_eq!(sets.probes.http.len(), 1);
-        let events = ev.on_state(
+        let out = ev.on_state(
             StateUpdate {
                 kind: StateKind::Container,
                 name: "web".into(),
@@ -300,9 +355,15 @@ mod tests {
             },
             5,
         );
-        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let kinds: Vec<&str> = out.events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, vec!["fired", "act"]);
-        assert_eq!(events[1].action.as_deref(), Some("restart"));
-        assert!(events[1].action_requested);
+        assert_eq!(out.events[1].action.as_deref(), Some("restart"));
+        assert!(out.events[1].action_requested);
+        assert_eq!(out.actions.len(), 1);
+        assert_eq!(out.actions[0].target, "web");
+        assert_eq!(
+            out.events[1].detail.as_deref(),
+            Some(format!("action {}", out.actions[0].id).as_str())
+        );
     }
 }

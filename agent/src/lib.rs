@@ -5,17 +5,22 @@
 //!   [`probes`]: processes and HTTP/TCP checks, every tick.
 //! - [`policy_source`]: the policy directory; [`evaluator`]: the policy engine fed with all
 //!   of the above, producing policy events.
-//! - [`link`]: the MQTT connection (status, last will, metrics, events).
+//! - [`actions`]: the durable action queue (retries, circuit breakers, dead-letter,
+//!   kill switch); [`execute`]: the executors (systemd, Docker, exec, webhook).
+//! - [`link`]: the MQTT connection (status, last will, metrics, commands);
+//!   [`outbox`]: durable, acknowledged delivery of policy events and action transitions.
 //! - [`runner::run`] ties them together; [`config`] and [`cli`] say where settings come
 //!   from; [`policy_cli`] is `vigil-agent policy check|test`.
 //!
 //! The coordinator's `up` command runs this same code in-process as its local agent.
 
+pub mod actions;
 pub mod cli;
 pub mod config;
 pub mod evaluator;
 pub mod execute;
 pub mod link;
+pub mod outbox;
 pub mod policy_cli;
 pub mod policy_source;
 pub mod probes;

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use vigil_shared::topics::{self, AgentChannel};
-use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch, PolicyEvent};
+use vigil_shared::wire::{self, AgentState, AgentStatus, Command, MetricBatch};
 
 use crate::config::AgentConfig;
 
@@ -31,8 +31,13 @@ pub struct Link {
 }
 
 impl Link {
-    /// Starts connecting to the configured broker; returns at once.
-    pub fn connect(config: &AgentConfig, status: AgentStatus) -> Link {
+    /// Starts connecting to the configured broker; returns at once. Commands for this
+    /// host arrive on `commands`.
+    pub fn connect(
+        config: &AgentConfig,
+        status: AgentStatus,
+        commands: mpsc::Sender<Command>,
+    ) -> Link {
         let mut options = vigil_shared::mqtt::client_options(
             &format!("vigil-agent-{}", config.host),
             &config.broker,
@@ -58,6 +63,7 @@ impl Link {
             status_rx,
             connected.clone(),
             config.broker.to_string(),
+            commands,
         ));
         Link {
             client,
@@ -93,16 +99,9 @@ impl Link {
         }
     }
 
-    /// Queues a policy event (QoS 1). Dropped and counted if the queue is full.
-    pub fn publish_event(&self, event: &PolicyEvent) {
-        let topic = topics::agent(&event.host, AgentChannel::Events);
-        if let Err(e) = self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, false, wire::encode(event))
-        {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(dropped, policy = %event.policy, "outgoing queue full, policy event dropped: {e}");
-        }
+    /// The status as last set.
+    pub fn status(&self) -> AgentStatus {
+        self.status.borrow().clone()
     }
 
     /// Changes the status and publishes it (retained) if connected; it is also published
@@ -149,8 +148,11 @@ async fn drive(
     status: watch::Receiver<AgentStatus>,
     connected: Arc<AtomicBool>,
     broker: String,
+    commands: mpsc::Sender<Command>,
 ) {
     let mut failures: u32 = 0;
+    let host = status.borrow().host.clone();
+    let command_topic = topics::agent(&host, AgentChannel::Commands);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -164,6 +166,23 @@ async fn drive(
                     client.try_publish(topic, QoS::AtLeastOnce, true, wire::encode(&online))
                 {
                     tracing::warn!("cannot queue status: {e}");
+                }
+                if let Err(e) = client.try_subscribe(command_topic.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!("cannot subscribe to commands: {e}");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == command_topic => {
+                match wire::decode::<Command>(&publish.payload) {
+                    Ok(command) if command.host == host => {
+                        if commands.send(command).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(command) => tracing::warn!(
+                        claimed = %command.host,
+                        "refused a command addressed to another host"
+                    ),
+                    Err(e) => tracing::warn!("refused a malformed command: {e}"),
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {

@@ -1,20 +1,31 @@
 //! The agent's main loop. On every tick it samples the host (and the textfile
-//! directory), evaluates the policies, and publishes the samples and any policy events.
-//! Between ticks it reacts at once to state changes from the watchers and probes, and
-//! re-reads the policy directory when a file changes.
+//! directory), evaluates the policies, queues the actions they ask for, and publishes the
+//! samples. Between ticks it reacts at once to state changes from the watchers and
+//! probes, to attempt results from the executors, and to commands from the coordinator,
+//! and re-reads the policy directory when a file changes. Policy events and action
+//! transitions go through the durable outbox; metrics and status through the link.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
+use vigil_shared::policy::ActionKind;
 use vigil_shared::time::now_ms;
-use vigil_shared::wire::{AgentState, AgentStatus, MetricBatch, PolicyRunnerStatus};
+use vigil_shared::topics::{self, AgentChannel};
+use vigil_shared::wire::{
+    self, AgentState, AgentStatus, Command, CommandKind, MetricBatch, PolicyRunnerStatus,
+};
 
+use crate::actions::store::AgentStoreError;
+use crate::actions::{ActionQueue, AgentStore, NewAction, Origin, RunFn};
 use crate::config::AgentConfig;
-use crate::evaluator::{Evaluator, WatchSets};
+use crate::evaluator::{EvalOutput, Evaluator, WatchSets};
+use crate::execute::dispatch::Executors;
 use crate::link::Link;
+use crate::outbox::{self, OutboxSignal};
 use crate::policy_source::PolicyDir;
 use crate::probes::{self, ProbeSet};
 use crate::sampler::HostSampler;
@@ -31,6 +42,9 @@ pub enum AgentError {
     /// The sampler thread failed.
     #[error("sampler failed: {0}")]
     Sampler(String),
+    /// The agent's store (action queue, outbox) failed.
+    #[error(transparent)]
+    Store(#[from] AgentStoreError),
 }
 
 /// Runs the agent until `shutdown` resolves, then says goodbye to the broker.
@@ -67,7 +81,42 @@ pub async fn run(
         "vigil-agent {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let link = Link::connect(&config, status);
+    let store = AgentStore::open(&config.data_dir.join("agent"))?;
+    let outbox_signal = OutboxSignal::default();
+    let (stop_outbox, stop_outbox_rx) = watch::channel(false);
+    let outbox_options = vigil_shared::mqtt::client_options(
+        &format!("vigil-agent-{}-outbox", config.host),
+        &config.broker,
+        config.mqtt_username.as_deref(),
+        config.mqtt_password.as_deref(),
+    );
+    let outbox_task = tokio::spawn(outbox::run(
+        store.clone(),
+        outbox_options,
+        outbox_signal.clone(),
+        stop_outbox_rx,
+    ));
+    let executors = Arc::new(Executors::new(config.allow.clone()));
+    let run_attempt: RunFn = Arc::new(move |request| {
+        let executors = executors.clone();
+        Box::pin(async move { executors.run(&request).await })
+    });
+    let (results_tx, mut results_rx) = mpsc::channel(64);
+    let mut queue = ActionQueue::open(
+        store.clone(),
+        &config.host,
+        config.remediation.clone(),
+        run_attempt,
+        results_tx,
+        outbox_signal.clone(),
+        started_at_ms,
+    )?;
+    let (commands_tx, mut commands_rx) = mpsc::channel::<Command>(64);
+    let mut status = status;
+    status.remediation_paused = queue.paused();
+    status.queue = queue.status(started_at_ms);
+    let link = Link::connect(&config, status, commands_tx);
+    let events_topic = topics::agent(&config.host, AgentChannel::Events);
     // sysinfo reads /proc synchronously: keep it off the async workers.
     let mut sampler = tokio::task::spawn_blocking(HostSampler::new)
         .await
@@ -90,6 +139,14 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = policy_poll.tick() => {
+                let queue_status = queue.status(now_ms());
+                let paused = queue.paused();
+                if link.status().queue != queue_status || link.status().remediation_paused != paused {
+                    link.update_status(|s| {
+                        s.queue = queue_status;
+                        s.remediation_paused = paused;
+                    });
+                }
                 let Some(dir) = policy_dir.as_mut() else { continue };
                 let Some(result) = dir.poll() else { continue };
                 match result {
@@ -116,9 +173,22 @@ pub async fn run(
                 }
             }
             Some(update) = state_rx.recv() => {
-                for event in evaluator.on_state(update, now_ms()) {
-                    link.publish_event(&event);
-                }
+                let now = now_ms();
+                let output = evaluator.on_state(update, now);
+                handle(output, &mut queue, &store, &outbox_signal, &events_topic, now)?;
+            }
+            Some(result) = results_rx.recv() => {
+                let now = now_ms();
+                queue.on_result(result, now)?;
+                queue.schedule(now)?;
+            }
+            Some(command) = commands_rx.recv() => {
+                let now = now_ms();
+                run_command(command, &mut queue, &link, now)?;
+                queue.schedule(now)?;
+            }
+            _ = sleep_until_due(queue.next_due_ms(now_ms())) => {
+                queue.schedule(now_ms())?;
             }
             _ = status_every.tick() => {
                 let stats = evaluator.stats();
@@ -140,9 +210,9 @@ pub async fn run(
                 .await
                 .map_err(|e| AgentError::Sampler(e.to_string()))?;
                 sampler = returned;
-                for event in evaluator.on_samples(&samples, now_ms()) {
-                    link.publish_event(&event);
-                }
+                let now = now_ms();
+                let output = evaluator.on_samples(&samples, now);
+                handle(output, &mut queue, &store, &outbox_signal, &events_topic, now)?;
                 seq += 1;
                 let batch = MetricBatch {
                     host: config.host.clone(),
@@ -162,7 +232,127 @@ pub async fn run(
         s.policies.last_evaluation_ms = stats.last_evaluation_ms;
     });
     link.close(Duration::from_secs(2)).await;
+    let _ = stop_outbox.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), outbox_task).await;
     Ok(())
+}
+
+/// Records an evaluation's events in the outbox, queues the actions it asked for, and
+/// reports verification results on the actions they judge.
+fn handle(
+    output: EvalOutput,
+    queue: &mut ActionQueue,
+    store: &AgentStore,
+    outbox_signal: &OutboxSignal,
+    events_topic: &str,
+    now_ms: i64,
+) -> Result<(), AgentStoreError> {
+    if !output.events.is_empty() {
+        let messages: Vec<(String, Vec<u8>)> = output
+            .events
+            .iter()
+            .map(|e| (events_topic.to_string(), wire::encode(e)))
+            .collect();
+        store.enqueue_messages(&messages)?;
+        outbox_signal.wake();
+    }
+    for (policy, target, resolved) in output.verified {
+        queue.verify(&policy, &target, resolved, now_ms)?;
+    }
+    for action in output.actions {
+        queue.accept(
+            NewAction {
+                id: action.id,
+                origin: Origin::Policy {
+                    name: action.policy,
+                    step: u32::try_from(action.request.step).unwrap_or(u32::MAX),
+                },
+                target: action.target,
+                kind: action.request.kind,
+                written: action.request.written,
+                params: action.request.params,
+                dry_run: action.request.dry_run,
+            },
+            now_ms,
+        )?;
+    }
+    queue.schedule(now_ms)
+}
+
+/// Carries out a command from the coordinator. Expired commands are refused.
+fn run_command(
+    command: Command,
+    queue: &mut ActionQueue,
+    link: &Link,
+    now_ms: i64,
+) -> Result<(), AgentStoreError> {
+    if command.expires_at_ms < now_ms {
+        tracing::warn!(command = %command.id, "refused an expired command");
+        link.update_status(|s| {
+            s.detail = Some(format!("refused command {}: expired", command.id));
+        });
+        return Ok(());
+    }
+    match command.kind {
+        CommandKind::RunAction {
+            action_id,
+            target,
+            action,
+            params,
+            dry_run,
+        } => {
+            let kind = match ActionKind::parse(&action) {
+                Ok(kind) => kind,
+                Err(e) => {
+                    tracing::warn!(command = %command.id, "refused a manual action: {e}");
+                    return Ok(());
+                }
+            };
+            let params = params
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = serde_json::from_str::<serde_json::Value>(&v)
+                        .ok()
+                        .filter(|v| v.is_number() || v.is_boolean())
+                        .unwrap_or(serde_json::Value::String(v));
+                    (k, value)
+                })
+                .collect();
+            tracing::info!(action = %action_id, %target, "manual action from the coordinator");
+            queue.accept(
+                NewAction {
+                    id: action_id,
+                    origin: Origin::Manual,
+                    target,
+                    kind,
+                    written: action,
+                    params,
+                    dry_run,
+                },
+                now_ms,
+            )
+        }
+        CommandKind::PauseRemediation(paused) => {
+            queue.set_paused(paused, now_ms)?;
+            link.update_status(|s| s.remediation_paused = paused);
+            Ok(())
+        }
+        CommandKind::Resync => {
+            link.update_status(|_| {});
+            Ok(())
+        }
+    }
+}
+
+/// Resolves when the earliest backed-off action is due (never, if none waits).
+async fn sleep_until_due(due_ms: Option<i64>) {
+    match due_ms {
+        Some(due) => {
+            let wait = (due - now_ms()).max(0);
+            tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn counts(evaluator: &Evaluator) -> (u32, u32) {

@@ -51,6 +51,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     labels: args.agent_labels,
                     broker: Some(coordinator.broker_url.to_string()),
                     interval: args.agent_interval,
+                    data_dir: Some(data_dir.clone()),
                     policies: args.agent_policies.or_else(|| {
                         let default = std::path::PathBuf::from(DEFAULT_AGENT_POLICIES);
                         default.is_dir().then_some(default)

@@ -1,0 +1,311 @@
+//! End-to-end remediation with real parts: a real coordinator, a real agent with its
+//! durable queue, the machine's real Docker engine (containers from a locally built
+//! busybox image), allowlisted commands, and the audit trail over REST.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vigil_tests::docker::{busybox_image, docker, unique_name, Container};
+use vigil_tests::{bin, get_json, post_raw, start_coordinator, wait_for, Proc, TestDir};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Docker's RFC 3339 (nanoseconds) as epoch ms.
+fn docker_time_ms(text: &str) -> i64 {
+    vigil_shared::time::parse_time(text).unwrap_or_else(|e| panic!("docker time `{text}`: {e}"))
+}
+
+/// An agent for `host`, evaluating `policies`, with `extra` flags, every 500 ms.
+fn start_agent(dir: &TestDir, host: &str, broker: &str, policies: &Path, extra: &[&str]) -> Proc {
+    let data = dir.path().join(format!("agent-data-{host}"));
+    let mut args: Vec<String> = [
+        "--host",
+        host,
+        "--broker",
+        broker,
+        "--interval",
+        "500ms",
+        "--policies",
+        &policies.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Proc::start(
+        &format!("agent-{host}"),
+        &bin("vigil-agent"),
+        &args,
+        dir.path(),
+    )
+}
+
+fn write_policies(dir: &TestDir, yaml: &str) -> PathBuf {
+    let path = dir.path().join("policies");
+    std::fs::create_dir_all(&path).expect("mkdir");
+    std::fs::write(path.join("p.yaml"), yaml).expect("write policies");
+    path
+}
+
+async fn actions(http: &str, query: &str) -> Vec<Value> {
+    let (_, body) = get_json(&format!("{http}/api/v1/actions?limit=500&{query}")).await;
+    body["actions"].as_array().cloned().unwrap_or_default()
+}
+
+fn states(action: &Value) -> Vec<String> {
+    action["transitions"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["state"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn transition_ms(action: &Value, state: &str) -> Option<i64> {
+    action["transitions"]
+        .as_array()?
+        .iter()
+        .find(|t| t["state"] == state)
+        .and_then(|t| t["at"].as_str())
+        .map(docker_time_ms)
+}
+
+#[tokio::test]
+async fn a_killed_container_is_restarted_and_the_audit_shows_the_lifecycle() {
+    let dir = TestDir::new();
+    let image = busybox_image();
+    let name = unique_name("web");
+    let web = Container::run_named(&name, &[image]);
+    let policies = write_policies(
+        &dir,
+        &format!(
+            "policies:\n  - name: web-running\n    target: {name}\n    condition: {{type: container_state}}\n    auto_remediate: true\n    action: restart\n    verify: 2s\n"
+        ),
+    );
+    let coordinator = start_coordinator(&dir, None, &[]).await;
+    let http = coordinator.http.clone();
+    let _agent = start_agent(
+        &dir,
+        "e2e-docker",
+        &coordinator.broker,
+        &policies,
+        &["--allow-container", &name],
+    );
+    wait_for("agent online", WAIT, || async {
+        vigil_tests::host_entry(&http, "e2e-docker")
+            .await
+            .filter(|h| h["online"] == true)
+    })
+    .await;
+    // Let the watcher report the container as running first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old_started = web.inspect("{{.State.StartedAt}}");
+
+    let killed = Instant::now();
+    docker(&["kill", "--signal", "KILL", &name]);
+    let restarted = wait_for("container running again", WAIT, || async {
+        let started = web.inspect("{{.State.StartedAt}}");
+        (started != old_started && web.inspect("{{.State.Running}}") == "true").then_some(started)
+    })
+    .await;
+    let died_ms = docker_time_ms(&web.inspect("{{.State.FinishedAt}}"));
+    let back_ms = docker_time_ms(&restarted);
+    println!(
+        "container death → running again via Vigil: {} ms (Docker's own timestamps; observed by the test after {:?})",
+        back_ms - died_ms,
+        killed.elapsed()
+    );
+
+    let action = wait_for("a resolved restart in the audit trail", WAIT, || async {
+        actions(&http, &format!("target={name}"))
+            .await
+            .into_iter()
+            .find(|a| a["status"] == "resolved")
+    })
+    .await;
+    assert_eq!(
+        states(&action),
+        vec!["pending", "running", "completed", "resolved"],
+        "{action}"
+    );
+    assert_eq!(action["policy"], "web-running");
+    assert_eq!(action["executor"], "docker");
+    let pending = transition_ms(&action, "pending").expect("pending time");
+    let running = transition_ms(&action, "running").expect("running time");
+    let completed = transition_ms(&action, "completed").expect("completed time");
+    assert!(pending <= running && running <= completed);
+    println!(
+        "death → action pending: {} ms; pending → executor running: {} ms; running → completed: {} ms",
+        pending - died_ms,
+        running - pending,
+        completed - running
+    );
+    coordinator.proc.stop();
+}
+
+#[tokio::test]
+async fn a_container_that_dies_at_once_goes_through_retries_dead_letter_and_flap_protection() {
+    let dir = TestDir::new();
+    let image = busybox_image();
+    let name = unique_name("crashy");
+    let _crashy = Container::run_named(&name, &[image, "sh", "-c", "exit 3"]);
+    let policies = write_policies(
+        &dir,
+        &format!(
+            "policies:\n  - name: crashy-running\n    target: {name}\n    condition: {{type: container_state}}\n    auto_remediate: true\n    verify: 500ms\n    actions: [restart, restart, restart]\n    params: {{timeout: 2s, max_attempts: 2}}\n    flap: {{max_actions: 2, within: 10m}}\n"
+        ),
+    );
+    let coordinator = start_coordinator(&dir, None, &[]).await;
+    let http = coordinator.http.clone();
+    let _agent = start_agent(
+        &dir,
+        "e2e-crashy",
+        &coordinator.broker,
+        &policies,
+        &["--allow-container", &name],
+    );
+    // Two actions (flap limit 2), each tried twice with backoff, both dead-lettered.
+    let dead = wait_for(
+        "two dead-lettered actions",
+        Duration::from_secs(60),
+        || async {
+            let all = actions(&http, &format!("target={name}")).await;
+            let dead: Vec<Value> = all
+                .into_iter()
+                .filter(|a| a["status"] == "dead_letter")
+                .collect();
+            (dead.len() == 2).then_some(dead)
+        },
+    )
+    .await;
+    for action in &dead {
+        assert_eq!(
+            states(action),
+            vec![
+                "pending",
+                "running",
+                "failed",
+                "running",
+                "failed",
+                "dead_letter"
+            ],
+            "{action}"
+        );
+        let failed: Vec<&Value> = action["transitions"]
+            .as_array()
+            .map(|t| t.iter().filter(|t| t["state"] == "failed").collect())
+            .unwrap_or_default();
+        assert!(
+            failed[0]["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("retrying in"),
+            "{action}"
+        );
+    }
+    let (_, escalations) = get_json(&format!(
+        "{http}/api/v1/violations?policy=crashy-running&kind=escalated"
+    ))
+    .await;
+    let escalation = wait_for("flap escalation", WAIT, || async {
+        let (_, body) = get_json(&format!(
+            "{http}/api/v1/violations?policy=crashy-running&kind=escalated"
+        ))
+        .await;
+        body["events"].as_array().and_then(|e| e.first().cloned())
+    })
+    .await;
+    let _ = escalations;
+    assert_eq!(escalation["severity"], "critical");
+    assert!(
+        escalation["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("flap protection"),
+        "{escalation}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        actions(&http, &format!("target={name}")).await.len(),
+        2,
+        "no third action"
+    );
+    coordinator.proc.stop();
+}
+
+#[tokio::test]
+async fn manual_actions_survive_an_agent_sigkill_and_each_ends_exactly_once() {
+    let dir = TestDir::new();
+    let policies = write_policies(&dir, "policies: []\n");
+    // An allowlisted command that takes a while, so actions queue up behind it.
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[allow.commands]\nslow = [\"/bin/sleep\", \"1.5\"]\n",
+    )
+    .expect("write agent config");
+    let coordinator = start_coordinator(&dir, None, &[]).await;
+    let http = coordinator.http.clone();
+    let config_arg = config.display().to_string();
+    let agent = start_agent(
+        &dir,
+        "e2e-crash",
+        &coordinator.broker,
+        &policies,
+        &["--config", &config_arg],
+    );
+    wait_for("agent online", WAIT, || async {
+        vigil_tests::host_entry(&http, "e2e-crash")
+            .await
+            .filter(|h| h["online"] == true)
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (status, reply) = post_raw(
+            &format!("{http}/api/v1/actions"),
+            r#"{"host":"e2e-crash","target":"batch-job","action":"exec","params":{"command":"slow"},"details":"e2e"}"#,
+        )
+        .await;
+        assert_eq!(status, 201, "{reply}");
+        ids.push(reply["action_id"].as_str().expect("action id").to_string());
+    }
+    // Wait until the first runs, then kill the agent without warning.
+    wait_for("first action running", WAIT, || async {
+        let (_, a) = get_json(&format!("{http}/api/v1/actions/{}", ids[0])).await;
+        (a["status"] == "running").then_some(())
+    })
+    .await;
+    agent.kill();
+    let _agent = start_agent(
+        &dir,
+        "e2e-crash",
+        &coordinator.broker,
+        &policies,
+        &["--config", &config_arg],
+    );
+    for id in &ids {
+        let action = wait_for(&format!("{id} final"), Duration::from_secs(60), || async {
+            let (_, a) = get_json(&format!("{http}/api/v1/actions/{id}")).await;
+            matches!(a["status"].as_str(), Some("completed" | "dead_letter")).then_some(a)
+        })
+        .await;
+        let finals = states(&action)
+            .iter()
+            .filter(|s| matches!(s.as_str(), "completed" | "dead_letter" | "cancelled"))
+            .count();
+        assert_eq!(finals, 1, "exactly one final state: {action}");
+        assert_eq!(action["status"], "completed", "{action}");
+    }
+    let (_, first) = get_json(&format!("{http}/api/v1/actions/{}", ids[0])).await;
+    assert!(
+        states(&first).contains(&"failed".to_string()),
+        "the interrupted attempt is recorded as failed, then retried: {first}"
+    );
+    coordinator.proc.stop();
+}
