@@ -19,7 +19,7 @@
 //! original. Statuses: `pending`, `running`, `completed`, `failed`, `cancelled`,
 //! `resolved`, `not_resolved`, `dead_letter`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -36,7 +36,7 @@ use warp::Filter;
 
 use super::error::{respond, ApiError};
 use super::{measure, task_failed, Api, MAX_BODY_BYTES};
-use crate::store::actions::{parse_state, ActionQuery, ActionRecord, ALL_STATES};
+use crate::store::actions::{parse_state, ActionCounts, ActionQuery, ActionRecord, ALL_STATES};
 use crate::store::{HostRecord, Write};
 
 /// Most actions one request returns.
@@ -157,16 +157,21 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
 
 /// One transition as JSON.
 #[derive(Serialize)]
-struct TransitionJson<'a> {
-    state: &'static str,
-    attempt: u32,
-    at: String,
-    detail: Option<&'a str>,
+pub struct TransitionJson<'a> {
+    /// The state entered.
+    pub state: &'static str,
+    /// The attempt it belongs to.
+    pub attempt: u32,
+    /// When, RFC 3339.
+    pub at: String,
+    /// What happened, in words.
+    pub detail: Option<&'a str>,
 }
 
-/// One action as JSON: the seed's fields first, then Vigil's.
+/// One action as JSON: the seed's fields first, then Vigil's (a struct, so that the keys
+/// keep this order on the wire; see the module documentation for their meaning).
 #[derive(Serialize)]
-struct ActionJson<'a> {
+pub struct ActionJson<'a> {
     id: &'a str,
     target: &'a str,
     action: &'a str,
@@ -188,9 +193,16 @@ struct ActionJson<'a> {
     transitions: Vec<TransitionJson<'a>>,
 }
 
+/// A page of actions as JSON: `{"count","actions"}`.
+#[derive(Serialize)]
+struct ListJson<'a> {
+    count: usize,
+    actions: Vec<ActionJson<'a>>,
+}
+
 /// One action as the API shows it.
-pub fn action_json(record: &ActionRecord) -> Value {
-    let shown = ActionJson {
+pub fn action_json(record: &ActionRecord) -> ActionJson<'_> {
+    ActionJson {
         id: &record.id,
         target: &record.target,
         action: &record.action,
@@ -223,10 +235,7 @@ pub fn action_json(record: &ActionRecord) -> Value {
                 detail: t.detail.as_deref(),
             })
             .collect(),
-    };
-    serde_json::to_value(&shown).unwrap_or_else(
-        |e| json!({"id": record.id, "error": format!("this action cannot be shown as JSON: {e}")}),
-    )
+    }
 }
 
 fn state_names() -> String {
@@ -269,7 +278,11 @@ pub fn parse_query(
     };
     let since_ms = params
         .get("since")
-        .map(|t| parse_time(t).map_err(|e| ApiError::invalid_field("since", e)))
+        .map(|t| {
+            parse_time(t).map_err(|e| {
+                ApiError::invalid_field("since", format!("query parameter `since`: {e}"))
+            })
+        })
         .transpose()?;
     let status = path_status
         .or(params.get("status").map(String::as_str))
@@ -296,10 +309,10 @@ async fn list_actions(
         let actions = tokio::task::spawn_blocking(move || store.actions(&query))
             .await
             .map_err(task_failed)??;
-        Ok(warp::reply::json(&json!({
-            "count": actions.len(),
-            "actions": actions.iter().map(action_json).collect::<Vec<_>>(),
-        })))
+        Ok(warp::reply::json(&ListJson {
+            count: actions.len(),
+            actions: actions.iter().map(action_json).collect(),
+        }))
     }
     .await;
     respond(result)
@@ -698,6 +711,16 @@ impl QueueJson {
     }
 }
 
+/// The whole answer of the queue stats routes: the totals (seed 003's fields first), then
+/// each host's queue and the audit trail's counts.
+#[derive(Serialize)]
+struct StatsJson {
+    #[serde(flatten)]
+    total: QueueJson,
+    hosts: BTreeMap<String, QueueJson>,
+    actions: ActionCounts,
+}
+
 async fn queue_stats(api: Arc<Api>) -> Response {
     let result = async {
         let store = api.store.clone();
@@ -707,28 +730,23 @@ async fn queue_stats(api: Arc<Api>) -> Response {
         .await
         .map_err(task_failed)??;
         let now = now_ms();
-        let mut total = QueueJson::default();
-        let mut per_host = Map::new();
+        let mut stats = StatsJson {
+            total: QueueJson::default(),
+            hosts: BTreeMap::new(),
+            actions: counts,
+        };
         for record in &hosts {
             let Some(status) = &record.status else {
                 continue;
             };
             let mut queue = QueueJson::of(&record.host, &status.queue);
-            total.add(&queue);
+            stats.total.add(&queue);
             queue.open_circuits = Some(status.queue.open_circuits.clone());
             queue.online = Some(record.is_online(now));
             queue.remediation_paused = Some(status.remediation_paused);
-            per_host.insert(
-                record.host.clone(),
-                serde_json::to_value(&queue)
-                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-            );
+            stats.hosts.insert(record.host.clone(), queue);
         }
-        let mut body = serde_json::to_value(&total)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        body["hosts"] = Value::Object(per_host);
-        body["actions"] = json!({"total": counts.total, "by_status": counts.by_status});
-        Ok(warp::reply::json(&body))
+        Ok(warp::reply::json(&stats))
     }
     .await;
     respond(result)

@@ -268,7 +268,7 @@ pub struct ActionPage {
 }
 
 /// How many actions the audit trail holds, in total and by current status.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ActionCounts {
     /// Every action.
     pub total: u64,
