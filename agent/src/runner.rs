@@ -16,7 +16,7 @@ use vigil_shared::policy::ActionKind;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
-    self, AgentState, AgentStatus, Command, CommandKind, MetricBatch, PolicyRunnerStatus,
+    self, AgentState, AgentStatus, Command, CommandKind, MetricBatch, PolicyRunnerStatus, Sample,
 };
 
 use crate::actions::store::AgentStoreError;
@@ -118,7 +118,7 @@ pub async fn run(
     let link = Link::connect(&config, status, commands_tx);
     let events_topic = topics::agent(&config.host, AgentChannel::Events);
     // sysinfo reads /proc synchronously: keep it off the async workers.
-    let mut sampler = tokio::task::spawn_blocking(HostSampler::new)
+    let sampler = tokio::task::spawn_blocking(HostSampler::new)
         .await
         .map_err(|e| AgentError::Sampler(e.to_string()))?
         .map_err(|e| AgentError::Sampler(format!("cannot read host information: {e}")))?;
@@ -129,8 +129,15 @@ pub async fn run(
     let mut watchers = Watchers::new(state_tx, config.interval);
     let mut load_errors: u64 = 0;
 
-    let mut ticker = tokio::time::interval(config.interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // Sampling runs in its own task, so that a slow /proc scan never delays the reaction
+    // to a state change.
+    let (samples_tx, mut samples_rx) = mpsc::channel::<Vec<Sample>>(4);
+    let sampler_task = tokio::spawn(sample_forever(
+        sampler,
+        config.interval,
+        config.textfile_dir.clone(),
+        samples_tx,
+    ));
     let mut policy_poll = tokio::time::interval(POLICY_POLL);
     let mut status_every = tokio::time::interval(STATUS_EVERY);
     let mut seq: u64 = 0;
@@ -197,19 +204,7 @@ pub async fn run(
                     s.policies.last_evaluation_ms = stats.last_evaluation_ms;
                 });
             }
-            _ = ticker.tick() => {
-                let textfile_dir = config.textfile_dir.clone();
-                let (returned, samples) = tokio::task::spawn_blocking(move || {
-                    let now = now_ms();
-                    let mut samples = sampler.sample(now);
-                    if let Some(dir) = textfile_dir {
-                        samples.extend(crate::textfile::read_dir(&dir, now));
-                    }
-                    (sampler, samples)
-                })
-                .await
-                .map_err(|e| AgentError::Sampler(e.to_string()))?;
-                sampler = returned;
+            Some(samples) = samples_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_samples(&samples, now);
                 handle(output, &mut queue, &store, &outbox_signal, &events_topic, now)?;
@@ -231,10 +226,44 @@ pub async fn run(
         s.policies.evaluations = stats.evaluations;
         s.policies.last_evaluation_ms = stats.last_evaluation_ms;
     });
+    sampler_task.abort();
     link.close(Duration::from_secs(2)).await;
     let _ = stop_outbox.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), outbox_task).await;
     Ok(())
+}
+
+/// Samples the host (and the textfile directory) every `interval` and sends the samples,
+/// until the receiver is gone.
+async fn sample_forever(
+    mut sampler: HostSampler,
+    interval: Duration,
+    textfile_dir: Option<std::path::PathBuf>,
+    samples: mpsc::Sender<Vec<Sample>>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        ticker.tick().await;
+        let dir = textfile_dir.clone();
+        let Ok((returned, batch)) = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let mut batch = sampler.sample(now);
+            if let Some(dir) = dir {
+                batch.extend(crate::textfile::read_dir(&dir, now));
+            }
+            (sampler, batch)
+        })
+        .await
+        else {
+            tracing::error!("the sampler thread panicked; sampling stops");
+            return;
+        };
+        sampler = returned;
+        if samples.send(batch).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Records an evaluation's events in the outbox, queues the actions it asked for, and
