@@ -39,7 +39,10 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Error)]
 pub enum PublishError {
     /// The connection's queue stayed full (the broker is unreachable or slow).
-    #[error("cannot publish to `{topic}`: the MQTT queue stayed full for {PUBLISH_WAIT:?} (is the broker reachable?)")]
+    #[error(
+        "cannot publish to `{topic}`: the MQTT queue stayed full for {PUBLISH_WAIT:?} \
+         (is the broker reachable?)"
+    )]
     Busy {
         /// The topic.
         topic: String,

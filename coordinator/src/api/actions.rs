@@ -354,7 +354,7 @@ fn parse_new_action(body: &[u8]) -> Result<NewAction, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("request body is not JSON: {e}")))?;
     let Value::Object(mut fields) = value else {
         return Err(ApiError::bad_request(
-            "request body must be a JSON object like {\"target\":\"nginx.service\",\"action\":\"restart\",\"host\":\"web-01\"}",
+            r#"request body must be a JSON object like {"target":"nginx.service","action":"restart","host":"web-01"}"#,
         ));
     };
     if let Some(unknown) = fields.keys().find(|k| !CREATE_FIELDS.contains(&k.as_str())) {
