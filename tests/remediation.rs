@@ -309,3 +309,90 @@ async fn manual_actions_survive_an_agent_sigkill_and_each_ends_exactly_once() {
     );
     coordinator.proc.stop();
 }
+
+#[tokio::test]
+async fn from_threshold_crossing_to_executor_start_and_a_manual_action_result() {
+    let dir = TestDir::new();
+    let textfiles = dir.path().join("textfiles");
+    std::fs::create_dir_all(&textfiles).expect("mkdir");
+    std::fs::write(
+        textfiles.join("app.prom"),
+        "cpu_percent{target=\"app-x\"} 10\n",
+    )
+    .expect("write");
+    let policies = write_policies(
+        &dir,
+        "policies:\n  - name: app-hot\n    target: app-x\n    condition: cpu_percent > 90 for 1s\n    auto_remediate: true\n    action: exec\n    params: {command: ok}\n",
+    );
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[allow.commands]\nok = [\"/bin/true\"]\n").expect("write config");
+    let coordinator = start_coordinator(&dir, None, &[]).await;
+    let http = coordinator.http.clone();
+    let textfile_arg = textfiles.display().to_string();
+    let config_arg = config.display().to_string();
+    let _agent = start_agent(
+        &dir,
+        "e2e-latency",
+        &coordinator.broker,
+        &policies,
+        &["--config", &config_arg, "--textfile-dir", &textfile_arg],
+    );
+    wait_for("agent online", WAIT, || async {
+        vigil_tests::host_entry(&http, "e2e-latency")
+            .await
+            .filter(|h| h["online"] == true)
+    })
+    .await;
+    let tmp = textfiles.join(".app.tmp");
+    std::fs::write(&tmp, "cpu_percent{target=\"app-x\"} 99\n").expect("write");
+    std::fs::rename(&tmp, textfiles.join("app.prom")).expect("rename");
+
+    let action = wait_for("completed exec action", WAIT, || async {
+        actions(&http, "target=app-x")
+            .await
+            .into_iter()
+            .find(|a| a["status"] == "completed")
+    })
+    .await;
+    let (_, fired) = get_json(&format!(
+        "{http}/api/v1/violations?policy=app-hot&kind=fired"
+    ))
+    .await;
+    let fired_ms = fired["events"][0]["timestamp"]
+        .as_str()
+        .map(docker_time_ms)
+        .expect("fired event");
+    let running_ms = transition_ms(&action, "running").expect("running");
+    println!(
+        "policy fired (after its `for: 1s`) → executor started: {} ms",
+        running_ms - fired_ms
+    );
+    assert!(running_ms >= fired_ms);
+    assert!(
+        action["details"].as_str().unwrap_or("").contains("exit"),
+        "{action}"
+    );
+
+    // A manual action through the coordinator: the result is visible by id.
+    let (status, reply) = post_raw(
+        &format!("{http}/api/v1/actions"),
+        r#"{"host":"e2e-latency","target":"app-x","action":"notify","details":"operator check"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{reply}");
+    let id = reply["action_id"].as_str().expect("id").to_string();
+    let manual = wait_for("manual action completed", WAIT, || async {
+        let (_, a) = get_json(&format!("{http}/api/v1/actions/{id}")).await;
+        (a["status"] == "completed").then_some(a)
+    })
+    .await;
+    assert_eq!(manual["id"], id.as_str());
+    assert_eq!(manual["target"], "app-x");
+    assert_eq!(manual["action"], "notify");
+    assert_eq!(
+        states(&manual),
+        vec!["pending", "running", "completed"],
+        "{manual}"
+    );
+    coordinator.proc.stop();
+}
