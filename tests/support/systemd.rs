@@ -311,6 +311,28 @@ impl FileLock {
     }
 }
 
+/// Path of the `execute` example of `vigil-agent` (it runs one action with the agent's
+/// executors and prints the outcome as a JSON line), building it once per test run.
+pub fn execute_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "vigil-agent", "--example", "execute"])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the execute example failed");
+            // target/<profile>/deps/<test binary> → target/<profile>/examples/execute
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("test binary lives in target/<profile>/deps")
+                .join("examples/execute")
+        })
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

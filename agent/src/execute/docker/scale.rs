@@ -328,45 +328,54 @@ async fn remove(docker: &Docker, id: &str) {
     }
 }
 
-/// Stops and removes the `count` highest-numbered members; what was done.
+/// Stops (all at once) and removes the `count` highest-numbered members; what was done.
 async fn scale_down(
     docker: &Docker,
     members: &[Member],
     count: usize,
     options: &Options,
 ) -> Result<String, ExecError> {
-    let mut removed = Vec::new();
-    for member in members.iter().rev().take(count) {
+    let victims: Vec<&Member> = members.iter().rev().take(count).collect();
+    let results = futures_util::future::join_all(victims.iter().map(|member| async move {
         let stop = StopContainerOptions {
             t: options.stop_timeout,
             signal: None,
         };
-        let result = async {
-            docker
-                .stop_container(&member.id, Some(stop))
-                .await
-                .map_err(|e| api_error(e, &member.name, "stopping"))?;
-            let remove = RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            };
-            docker
-                .remove_container(&member.id, Some(remove))
-                .await
-                .map_err(|e| api_error(e, &member.name, "removing"))
+        docker
+            .stop_container(&member.id, Some(stop))
+            .await
+            .map_err(|e| api_error(e, &member.name, "stopping"))?;
+        let remove = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        docker
+            .remove_container(&member.id, Some(remove))
+            .await
+            .map_err(|e| api_error(e, &member.name, "removing"))
+    }))
+    .await;
+    let mut removed = Vec::new();
+    let mut problems = Vec::new();
+    for (member, result) in victims.iter().zip(results) {
+        match result {
+            Ok(()) => removed.push(member.name.as_str()),
+            Err(e) => problems.push(e.to_string()),
         }
-        .await;
-        if let Err(e) = result {
-            let done = if removed.is_empty() {
-                String::new()
-            } else {
-                format!(" after removing {}", removed.join(", "))
-            };
-            return Err(failed(format!("scaling down{done}: {e}")));
-        }
-        removed.push(member.name.clone());
     }
-    Ok(format!("removed {}", removed.join(", ")))
+    let done = if removed.is_empty() {
+        "removed none".to_string()
+    } else {
+        format!("removed {}", removed.join(", "))
+    };
+    if problems.is_empty() {
+        Ok(done)
+    } else {
+        Err(failed(format!(
+            "scaling down: {done}; {}",
+            problems.join("; ")
+        )))
+    }
 }
 
 /// The create request for a copy of `template` numbered `number`, and the networks to
@@ -447,7 +456,7 @@ fn copy_of(
         stop_timeout: config.stop_timeout,
         shell: config.shell,
         host_config,
-        networking_config: (!first.is_empty()).then(|| NetworkingConfig {
+        networking_config: (!first.is_empty()).then_some(NetworkingConfig {
             endpoints_config: Some(first),
         }),
     };
