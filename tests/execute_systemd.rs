@@ -2,7 +2,7 @@
 //! (Debian bookworm, built once with debootstrap), the `execute` example copied in and
 //! run there against the container's system bus, acting on real units: restart (a new
 //! main process), stop, start, reload (its `ExecReload` runs), a unit that fails to
-//! start, an unknown unit, a unit outside the allowlist — and, outside the container, no
+//! start, a service that dies right after starting, an unknown unit, a unit outside the allowlist — and, outside the container, no
 //! system bus at all.
 //!
 //! Run with `cargo test -p vigil-tests --test execute_systemd -- --nocapture` to see the
@@ -21,7 +21,8 @@ const CONFIG: &str = "/etc/vigil/executors.toml";
 /// The allowlist: everything the test acts on except `vigil-other.service`.
 const ALLOWLIST: &str = "[remediation]\n\
                          units = [\"vigil-sleep.service\", \"vigil-reload\", \
-                         \"vigil-fail.service\", \"vigil-ghost.service\"]\n";
+                         \"vigil-fail.service\", \"vigil-crash.service\", \
+                         \"vigil-ghost.service\"]\n";
 
 /// A service that runs until stopped.
 const SLEEPER: &str = "[Unit]\nDescription=Vigil test sleeper\n\n\
@@ -35,6 +36,10 @@ const RELOADABLE: &str = "[Unit]\nDescription=Vigil test reloadable\n\n\
 /// A service that fails to start.
 const FAILING: &str = "[Unit]\nDescription=Vigil test failure\n\n\
                        [Service]\nType=oneshot\nExecStart=/bin/false\n";
+
+/// A simple service that dies a moment after it started (its start job still succeeds).
+const CRASHING: &str = "[Unit]\nDescription=Vigil test crash\n\n\
+                        [Service]\nType=simple\nExecStart=/bin/sh -c 'sleep 0.05; exit 3'\n";
 
 /// Runs the execute example inside the container; its JSON line.
 fn execute(container: &SystemdContainer, args: &[&str]) -> Value {
@@ -82,6 +87,7 @@ fn units_are_restarted_stopped_started_and_reloaded_over_dbus() {
     container.install_unit("vigil-other.service", SLEEPER);
     container.install_unit("vigil-reload.service", RELOADABLE);
     container.install_unit("vigil-fail.service", FAILING);
+    container.install_unit("vigil-crash.service", CRASHING);
     container.systemctl(&[
         "start",
         "vigil-sleep.service",
@@ -91,11 +97,12 @@ fn units_are_restarted_stopped_started_and_reloaded_over_dbus() {
 
     // Restart: a new main process, a new activation time.
     let pid_before = container.unit_property("vigil-sleep.service", "MainPID");
-    let since_before = container.unit_property("vigil-sleep.service", "ActiveEnterTimestamp");
+    let since_before = container.unit_timestamp_ms("vigil-sleep.service", "ActiveEnterTimestamp");
     let outcome = execute(&container, &["restart", "vigil-sleep.service"]);
     let detail = ok(&outcome);
     println!(
-        "restart: {detail} — {} ms in the executor (connecting to the bus included)",
+        "restart: {detail} — {} ms in the executor (connecting to the bus and the 250 ms \
+         settle check included)",
         outcome["elapsed_ms"]
     );
     let pid_after = container.unit_property("vigil-sleep.service", "MainPID");
@@ -108,9 +115,18 @@ fn units_are_restarted_stopped_started_and_reloaded_over_dbus() {
         "{detail} vs MainPID {pid_after}"
     );
     assert_ne!(pid_after, pid_before, "the main process is the old one");
-    assert_ne!(
-        container.unit_property("vigil-sleep.service", "ActiveEnterTimestamp"),
-        since_before
+    let since_after = container.unit_timestamp_ms("vigil-sleep.service", "ActiveEnterTimestamp");
+    assert!(
+        since_after > since_before && since_before.is_some(),
+        "ActiveEnterTimestamp {since_before:?} → {since_after:?}"
+    );
+
+    // The same without the settle check: how long systemd's restart job itself takes.
+    let outcome = execute(&container, &["restart", "vigil-sleep.service", "settle=0s"]);
+    ok(&outcome);
+    println!(
+        "restart without the settle check: {} ms in the executor",
+        outcome["elapsed_ms"]
     );
 
     // Stop, then start.
@@ -161,6 +177,14 @@ fn units_are_restarted_stopped_started_and_reloaded_over_dbus() {
     assert!(message.contains("failed (failed)"), "{message}");
     assert!(message.contains("result exit-code"), "{message}");
     assert_eq!(outcome["retryable"], true);
+
+    // A simple service whose process dies right after starting: its start job is done,
+    // but it does not stay up.
+    let outcome = execute(&container, &["restart", "vigil-crash.service"]);
+    let message = error(&outcome, "failed");
+    println!("crashing unit: {message}");
+    assert!(message.contains("did not stay up"), "{message}");
+    assert!(message.contains("failed (failed)"), "{message}");
 
     // A unit systemd does not know.
     let message = error(

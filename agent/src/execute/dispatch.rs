@@ -12,8 +12,10 @@
 //!   `params.url`; `notify` → nothing (the event itself is the notification).
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use vigil_shared::policy::ActionKind;
+use vigil_shared::time::parse_duration;
 
 use super::command;
 use super::docker::DockerExecutor;
@@ -23,6 +25,14 @@ use super::{ExecError, ExecOutcome, ExecRequest, ExecutorConfig};
 use crate::watch::names::NameSet;
 use crate::watch::retry::Retry;
 use crate::watch::systemd::unit_id;
+
+/// How long a started container, or a started `simple` service, must stay up to count
+/// as up, unless `params.settle` says otherwise: a target that dies at once fails the
+/// attempt instead of passing it.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(250);
+
+/// How often an executor looks at its target again while waiting for it to come up.
+pub const POLL: Duration = Duration::from_millis(20);
 
 /// Target suffixes that make a `restart`/`start`/`stop`/`reload` a systemd action.
 const UNIT_SUFFIXES: [&str; 6] = [
@@ -111,7 +121,9 @@ impl Executors {
         let executor = route.executor();
         let attempt = async {
             match &route {
-                Route::Systemd(unit) => self.systemd.run(request.kind, unit).await,
+                Route::Systemd(unit) => {
+                    self.systemd.run(request.kind, unit, settle(request)?).await
+                }
                 Route::Docker => self.docker.run(request).await,
                 Route::Command(name, argv) => command::run(name, argv, request).await,
                 Route::Webhook(url) => webhook::run(url, request).await,
@@ -306,6 +318,29 @@ fn string_param<'a>(request: &'a ExecRequest, key: &str) -> Result<&'a str, Exec
             request.kind.as_str()
         ))),
     }
+}
+
+/// An optional duration parameter: a string such as `"500ms"`, or a number of seconds.
+pub(crate) fn duration_param(
+    request: &ExecRequest,
+    key: &str,
+) -> Result<Option<Duration>, ExecError> {
+    let invalid = |why: String| ExecError::Invalid(format!("params.{key}: {why}"));
+    match request.params.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) => parse_duration(text).map(Some).map_err(invalid),
+        Some(serde_json::Value::Number(n)) => n
+            .as_f64()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .map(Some)
+            .ok_or_else(|| invalid(format!("{n} is not a number of seconds"))),
+        Some(other) => Err(invalid(format!("{other} is not a duration"))),
+    }
+}
+
+/// `params.settle`, or [`DEFAULT_SETTLE`].
+pub(crate) fn settle(request: &ExecRequest) -> Result<Duration, ExecError> {
+    Ok(duration_param(request, "settle")?.unwrap_or(DEFAULT_SETTLE))
 }
 
 #[cfg(test)]

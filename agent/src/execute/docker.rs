@@ -12,9 +12,10 @@
 //! own 100 ms restart back-off runs during the same clean-up, so the two restarts begin
 //! at about the same moment and take the engine's start time (≈300 ms here) from there.
 //!
-//! Then it waits, polling every [`POLL`], until the container is up: healthy, if it has a
+//! Then it waits, polling every [`POLL`](super::dispatch::POLL), until the container is up: healthy, if it has a
 //! health check (unhealthy, or dead, fails at once); else still running, on the same
-//! start, after a settle time (`params.settle`, default [`DEFAULT_SETTLE`]) — so a
+//! start, after a settle time (`params.settle`, default
+//! [`DEFAULT_SETTLE`](super::dispatch::DEFAULT_SETTLE)) — so a
 //! container that dies as soon as it starts fails the attempt instead of passing it.
 //! `Docker` answers `start` once the process runs, so the container is running again
 //! when that call returns; the settle time only delays the verdict.
@@ -31,8 +32,8 @@ use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, Health
 use bollard::query_parameters::{RestartContainerOptions, StopContainerOptions};
 use bollard::Docker;
 use vigil_shared::policy::ActionKind;
-use vigil_shared::time::parse_duration;
 
+use super::dispatch::{duration_param, settle, POLL};
 use super::{ExecError, ExecOutcome, ExecRequest};
 use crate::watch::docker::{connect, reading_of};
 
@@ -40,10 +41,6 @@ mod scale;
 
 /// The executor's name.
 const EXECUTOR: &str = "docker";
-/// How often a container is inspected while waiting for it to come up.
-pub const POLL: Duration = Duration::from_millis(20);
-/// How long a started container without a health check must stay up to count as up.
-pub const DEFAULT_SETTLE: Duration = Duration::from_millis(250);
 /// The stop timeout of a `restart` of a container that is still up (seconds).
 pub const RESTART_STOP_TIMEOUT: i32 = 1;
 
@@ -72,7 +69,7 @@ impl Options {
             .map(|d| i32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)))
             .transpose()
             .map_err(|_| ExecError::Invalid("params.stop_timeout is too large".into()))?;
-        let settle = duration_param(request, "settle")?.unwrap_or(DEFAULT_SETTLE);
+        let settle = settle(request)?;
         Ok(Options {
             stop_timeout,
             settle,
@@ -321,21 +318,6 @@ fn check_name(what: &str, name: &str) -> Result<(), ExecError> {
     }
 }
 
-/// An optional duration parameter: a string such as `"500ms"`, or a number of seconds.
-fn duration_param(request: &ExecRequest, key: &str) -> Result<Option<Duration>, ExecError> {
-    let invalid = |why: String| ExecError::Invalid(format!("params.{key}: {why}"));
-    match request.params.get(key) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(text)) => parse_duration(text).map(Some).map_err(invalid),
-        Some(serde_json::Value::Number(n)) => n
-            .as_f64()
-            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-            .map(Some)
-            .ok_or_else(|| invalid(format!("{n} is not a number of seconds"))),
-        Some(other) => Err(invalid(format!("{other} is not a duration"))),
-    }
-}
-
 /// The error for a failed Engine API call about `name`.
 fn api_error(error: BollardError, name: &str, doing: &str) -> ExecError {
     match error {
@@ -395,7 +377,10 @@ mod tests {
     #[test]
     fn options_read_seconds_and_durations() {
         let o = Options::from_request(&request(json!({}))).unwrap();
-        assert_eq!((o.stop_timeout, o.settle), (None, DEFAULT_SETTLE));
+        assert_eq!(
+            (o.stop_timeout, o.settle),
+            (None, super::super::dispatch::DEFAULT_SETTLE)
+        );
         let o =
             Options::from_request(&request(json!({"stop_timeout": 0, "settle": "1s"}))).unwrap();
         assert_eq!(

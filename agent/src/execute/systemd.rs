@@ -7,14 +7,19 @@
 //! service's main PID). It succeeds when the job's result is `done` and the unit is where
 //! the action should leave it: `active` after restart, start and reload (or `inactive`
 //! for a oneshot service without `RemainAfterExit`, which is done once it ran), `inactive`
-//! after stop. Otherwise it fails naming the job result and the state. A unit systemd
-//! does not know, or an action the unit does not support (`reload` without
-//! `ExecReload`), is an invalid request; no system bus is `Unavailable`.
+//! after stop. A `simple`, `exec` or `idle` service that was started or restarted must
+//! also still be `active`, with the same main PID, after a settle time (`params.settle`,
+//! default 250 ms): its job ends when the process is started, not when it is ready, and a
+//! service that dies at once should fail the attempt. Otherwise the attempt fails naming
+//! the job result and the state. A unit systemd does not know, or an action the unit
+//! does not support (`reload` without `ExecReload`), is an invalid request; no system bus
+//! is `Unavailable`.
 //!
 //! The bus connection is made on first use and kept; a kept connection that turns out to
 //! be dead (the bus restarted) is replaced once within the attempt.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use vigil_shared::policy::ActionKind;
@@ -22,6 +27,7 @@ use zbus::message::Type as MessageType;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 use zbus::{Connection, MatchRule, Message, MessageStream};
 
+use super::dispatch::POLL;
 use super::{ExecError, ExecOutcome};
 
 /// The executor's name.
@@ -105,8 +111,11 @@ struct UnitState {
     main_pid: u32,
     /// A service's `Result` (`success`, `exit-code`, …; empty if not a service).
     result: String,
-    /// A oneshot service without `RemainAfterExit`: inactive once it has run.
-    oneshot: bool,
+    /// A service's `Type` (`simple`, `exec`, `notify`, `oneshot`, …; empty if not a
+    /// service).
+    service_type: String,
+    /// A service's `RemainAfterExit`.
+    remain_after_exit: bool,
 }
 
 impl UnitState {
@@ -125,10 +134,22 @@ impl UnitState {
     /// Whether this is where `verb` should leave the unit.
     fn is_expected_after(&self, verb: Verb) -> bool {
         if verb.activates {
-            self.active == "active" || (self.active == "inactive" && self.oneshot)
+            self.active == "active" || (self.active == "inactive" && self.runs_once())
         } else {
             self.active == "inactive"
         }
+    }
+
+    /// A oneshot service without `RemainAfterExit`: inactive again once it has run.
+    fn runs_once(&self) -> bool {
+        self.service_type == "oneshot" && !self.remain_after_exit
+    }
+
+    /// Whether the job's end says nothing about the service staying up: for `simple`,
+    /// `exec` and `idle` services it ends when the process has been started, not when it
+    /// is ready, so a process that dies at once would pass unseen.
+    fn needs_settling(&self) -> bool {
+        matches!(self.service_type.as_str(), "simple" | "exec" | "idle")
     }
 }
 
@@ -141,8 +162,14 @@ impl SystemdExecutor {
     }
 
     /// Runs `kind` (restart, start, stop, reload) on `unit` (a full unit id), waiting for
-    /// its job to finish; the caller bounds the time.
-    pub async fn run(&self, kind: ActionKind, unit: &str) -> Result<ExecOutcome, ExecError> {
+    /// its job to finish, and for a `simple` service that was (re)started, for it to stay
+    /// up with the same main process for `settle`; the caller bounds the time.
+    pub async fn run(
+        &self,
+        kind: ActionKind,
+        unit: &str,
+        settle: Duration,
+    ) -> Result<ExecOutcome, ExecError> {
         let verb = Verb::of(kind)?;
         let (conn, mut jobs) = self.listen().await?;
         let result = {
@@ -204,6 +231,22 @@ impl SystemdExecutor {
                 state.describe(),
                 verb.name
             )));
+        }
+        if verb.activates && kind != ActionKind::Reload && state.needs_settling() {
+            let until = Instant::now() + settle;
+            while Instant::now() < until {
+                tokio::time::sleep(POLL).await;
+                let now = read_state(&conn, unit)
+                    .await
+                    .map_err(|e| self.call_error(&e, unit, verb))?;
+                if now.active != "active" || now.main_pid != state.main_pid {
+                    return Err(failed(format!(
+                        "{unit} did not stay up after {}: it is {}",
+                        verb.name,
+                        now.describe()
+                    )));
+                }
+            }
         }
         Ok(ExecOutcome {
             executor: EXECUTOR,
@@ -326,9 +369,10 @@ async fn read_state(conn: &Connection, unit: &str) -> zbus::Result<UnitState> {
         if let Some(Value::Str(result)) = value("Result") {
             state.result = result.to_string();
         }
-        let oneshot = matches!(value("Type"), Some(Value::Str(t)) if t.as_str() == "oneshot");
-        let remains = matches!(value("RemainAfterExit"), Some(Value::Bool(true)));
-        state.oneshot = oneshot && !remains;
+        if let Some(Value::Str(kind)) = value("Type") {
+            state.service_type = kind.to_string();
+        }
+        state.remain_after_exit = matches!(value("RemainAfterExit"), Some(Value::Bool(true)));
     }
     Ok(state)
 }
@@ -405,10 +449,21 @@ mod tests {
         assert!(!state("failed", "failed").is_expected_after(restart));
         assert!(!state("inactive", "dead").is_expected_after(restart));
         let oneshot = UnitState {
-            oneshot: true,
+            service_type: "oneshot".into(),
             ..state("inactive", "dead")
         };
         assert!(oneshot.is_expected_after(restart));
+        let remains = UnitState {
+            remain_after_exit: true,
+            ..oneshot.clone()
+        };
+        assert!(!remains.is_expected_after(restart));
+        assert!(!oneshot.needs_settling());
+        let simple = UnitState {
+            service_type: "simple".into(),
+            ..state("active", "running")
+        };
+        assert!(simple.needs_settling());
         assert!(state("inactive", "dead").is_expected_after(stop));
         assert!(!state("failed", "failed").is_expected_after(stop));
         assert!(matches!(
