@@ -10,6 +10,10 @@
 //! - else `restart`/`start`/`stop`/`scale` → Docker (`reload` on a container is invalid);
 //! - `exec` → the allowlisted command `params.command`; `webhook` → a POST to
 //!   `params.url`; `notify` → nothing (the event itself is the notification).
+//!
+//! Parameters several executors read live here too: `params.settle` (how long a started
+//! target must stay up, [`DEFAULT_SETTLE`] unless given) and duration parsing (`"500ms"`
+//! or a number of seconds).
 
 use std::sync::Mutex;
 use std::time::Duration;
