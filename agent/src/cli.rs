@@ -117,6 +117,11 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_DRY_RUN")]
     pub dry_run: bool,
 
+    /// Start with remediation paused: the kill switch (`[remediation] paused = true`);
+    /// actions are recorded as cancelled [default: off]
+    #[arg(long, env = "VIGIL_PAUSE_REMEDIATION")]
+    pub pause_remediation: bool,
+
     /// A systemd unit (or glob) executors may act on; repeat for more; adds to
     /// `[allow] units` [default: none]
     #[arg(long = "allow-unit")]
@@ -148,6 +153,7 @@ impl RunArgs {
                 textfile_dir: self.textfile_dir,
                 data_dir: self.data_dir,
                 dry_run: self.dry_run,
+                pause_remediation: self.pause_remediation,
                 allow_units: self.allow_units,
                 allow_containers: self.allow_containers,
             },

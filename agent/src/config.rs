@@ -79,6 +79,8 @@ impl AgentConfig {
 pub struct RemediationFile {
     /// Record every action as done without running anything.
     pub dry_run: Option<bool>,
+    /// Start with remediation paused (the kill switch).
+    pub paused: Option<bool>,
     /// Most actions running at once (on different targets; default 4).
     pub max_parallel: Option<usize>,
     /// Attempts per action (default 3).
@@ -203,6 +205,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--dry-run` / `VIGIL_DRY_RUN`: record actions, never run them.
     pub dry_run: bool,
+    /// `--pause-remediation` / `VIGIL_PAUSE_REMEDIATION`: start with the kill switch on.
+    pub pause_remediation: bool,
     /// `--allow-unit`: more systemd units executors may touch.
     pub allow_units: Vec<String>,
     /// `--allow-container`: more containers executors may touch.
@@ -286,6 +290,7 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
                     defaults.backoff_cap,
                 )?,
                 dry_run: overrides.dry_run || r.dry_run.unwrap_or(false),
+                paused: overrides.pause_remediation || r.paused.unwrap_or(false),
             }
         },
     })

@@ -48,6 +48,9 @@ pub struct QueueSettings {
     pub backoff_cap: Duration,
     /// Record every action as done without running anything.
     pub dry_run: bool,
+    /// Start with the kill switch on (remediation paused) — from the agent's config; a
+    /// resume command from the coordinator lifts it until the agent restarts.
+    pub paused: bool,
 }
 
 impl Default for QueueSettings {
@@ -59,6 +62,7 @@ impl Default for QueueSettings {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(60),
             dry_run: false,
+            paused: false,
         }
     }
 }
@@ -145,6 +149,9 @@ impl ActionQueue {
             next_seq,
             last_policy_action: HashMap::new(),
         };
+        if queue.settings.paused {
+            queue.set_paused(true, now_ms)?;
+        }
         let interrupted: Vec<String> = queue
             .jobs
             .values()

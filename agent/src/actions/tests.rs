@@ -247,6 +247,24 @@ async fn dry_run_kill_switch_and_duplicates() {
 }
 
 #[tokio::test]
+async fn the_kill_switch_from_config_cancels_new_actions() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let settings = QueueSettings {
+        paused: true,
+        ..fast()
+    };
+    let mut h = harness(scripted(0, log.clone()), settings, None);
+    assert!(h.queue.paused());
+    h.queue.accept(action("a", "web"), 0).unwrap();
+    drive(&mut h, 0).await;
+    assert_eq!(
+        states(&h.store, "a"),
+        vec![ActionState::Pending, ActionState::Cancelled]
+    );
+    assert!(log.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn verification_closes_a_completed_policy_action() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut h = harness(scripted(0, log), fast(), None);
