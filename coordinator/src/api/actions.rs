@@ -263,19 +263,7 @@ pub fn parse_query(
     params: &HashMap<String, String>,
     path_status: Option<&str>,
 ) -> Result<ActionQuery, ApiError> {
-    let limit = match params.get("limit") {
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid_field(
-                    "limit",
-                    format!("query parameter `limit` must be 1 to {MAX_LIMIT}, got `{text}`"),
-                )
-            })?,
-        None => DEFAULT_LIMIT,
-    };
+    let limit = super::params::limit(params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let since_ms = params
         .get("since")
         .map(|t| {

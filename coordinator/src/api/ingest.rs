@@ -20,6 +20,7 @@ use warp::reply::Response;
 
 use super::error::{respond, ApiError};
 use super::Api;
+use crate::policies::json::kind;
 use crate::store::{Source, Write};
 
 /// Host name used for samples that carry no `host` tag.
@@ -179,17 +180,6 @@ fn string_tags(tags: &Map<String, Value>) -> Result<Vec<Tag>, ApiError> {
             )),
         })
         .collect()
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod error;
 pub mod health;
 pub mod hosts;
 pub mod ingest;
+pub mod params;
 pub mod policies;
 pub mod query;
 pub mod violations;

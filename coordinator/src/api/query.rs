@@ -39,19 +39,7 @@ pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<HistoryQue
     if from_ms > to_ms {
         return Err(ApiError::invalid_field("from", "`from` is after `to`"));
     }
-    let limit = match params.get("limit") {
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid_field(
-                    "limit",
-                    format!("query parameter `limit` must be a whole number from 1 to {MAX_LIMIT}, got `{text}`"),
-                )
-            })?,
-        None => DEFAULT_LIMIT,
-    };
+    let limit = super::params::limit(params, DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok(HistoryQuery {
         host: params.get("host").filter(|h| !h.is_empty()).cloned(),
         name,

@@ -43,19 +43,7 @@ pub fn event_json(event: &PolicyEvent) -> Value {
 
 /// Reads the query string.
 pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
-    let limit = match params.get("limit") {
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid_field(
-                    "limit",
-                    format!("query parameter `limit` must be 1 to {MAX_LIMIT}, got `{text}`"),
-                )
-            })?,
-        None => 100,
-    };
+    let limit = super::params::limit(params, 100, MAX_LIMIT)?;
     let since_ms = params
         .get("since")
         .map(|t| parse_time(t).map_err(|e| ApiError::invalid_field("since", e)))
