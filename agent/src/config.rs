@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 use vigil_shared::broker_url::{BrokerUrl, BrokerUrlError};
+use vigil_shared::config_file::ConfigFileError;
 use vigil_shared::validate::{self, FieldError};
 use vigil_shared::wire::Tag;
 
@@ -127,22 +128,9 @@ pub struct AgentFile {
 /// Why the settings could not be resolved.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The config file is not valid TOML of the expected shape.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the TOML parser said (with line and column).
-        message: String,
-    },
+    /// The config file could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     /// A setting has a value that cannot be used.
     #[error("setting `{setting}`: {problem}")]
     Invalid {
@@ -171,14 +159,7 @@ impl ConfigError {
 impl AgentFile {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        Ok(vigil_shared::config_file::load(path)?)
     }
 }
 

@@ -6,11 +6,13 @@
 //! - [`validate`]: the rules a metric sample or host name must obey, shared by MQTT and HTTP
 //!   ingest so both reject the same things with the same words.
 //! - [`broker_url`]: `mqtt://host:port` as users write it.
+//! - [`config_file`]: TOML config files with errors naming file, line and key.
 //! - [`mqtt`]: MQTT client options shared by agents and the coordinator.
 //! - [`policy`]: the policy model, its YAML/JSON form, the evaluator and engine.
 //! - [`time`]: millisecond timestamps and their RFC 3339 form.
 
 pub mod broker_url;
+pub mod config_file;
 pub mod mqtt;
 pub mod policy;
 pub mod time;
