@@ -5,6 +5,7 @@
 //! - [`topics`]: the v1 MQTT topic plan, as builders and a parser.
 //! - [`validate`]: the rules a metric sample or host name must obey, shared by MQTT and HTTP
 //!   ingest so both reject the same things with the same words.
+//! - [`bundle`]: signed, versioned policy bundles for host groups.
 //! - [`broker_url`]: `mqtt://host:port` as users write it.
 //! - [`config_file`]: TOML config files with errors naming file, line and key.
 //! - [`mqtt`]: MQTT client options shared by agents and the coordinator.
@@ -12,6 +13,7 @@
 //! - [`time`]: millisecond timestamps and their RFC 3339 form.
 
 pub mod broker_url;
+pub mod bundle;
 pub mod config_file;
 pub mod mqtt;
 pub mod policy;
@@ -21,7 +23,7 @@ pub mod validate;
 pub mod wire;
 
 pub use wire::{
-    decode, encode, ActionEvent, ActionState, AgentState, AgentStatus, Command, CommandKind,
-    DecodeError, MetricBatch, PolicyEvent, PolicyRunnerStatus, QueueStatus, Sample, WireMessage,
-    PROTOCOL_VERSION,
+    decode, encode, ActionEvent, ActionState, AgentState, AgentStatus, AppliedBundle, Command,
+    CommandKind, DecodeError, MetricBatch, PolicyEvent, PolicyRunnerStatus, QueueStatus, Sample,
+    WireMessage, PROTOCOL_VERSION,
 };

@@ -91,10 +91,11 @@ pub struct AgentStatus {
     pub interval_ms: u64,
     /// The agent's labels (`role=web`, `env=prod`).
     pub labels: Vec<Tag>,
-    /// Version of the policy bundle in force, if any.
-    pub bundle_version: Option<u64>,
-    /// Content hash (hex) of the policy bundle in force, if any.
-    pub bundle_hash: Option<String>,
+    /// The policy bundles in force, one per host group the agent is in.
+    pub bundles: Vec<AppliedBundle>,
+    /// Why the last bundle offered was refused, if it was (bad signature, replayed
+    /// version, altered content, invalid policies); the previous bundle stays in force.
+    pub bundle_error: Option<String>,
     /// Whether remediation is paused on this host (kill switch).
     pub remediation_paused: bool,
     /// Anything the agent wants an operator to read (e.g. why it refused a bundle).
@@ -103,6 +104,17 @@ pub struct AgentStatus {
     pub policies: PolicyRunnerStatus,
     /// The agent's action queue.
     pub queue: QueueStatus,
+}
+
+/// A bundle an agent has applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedBundle {
+    /// The host group.
+    pub group: String,
+    /// Its version.
+    pub version: u64,
+    /// Its content hash (hex).
+    pub hash: String,
 }
 
 /// The state of an agent's action queue, reported in its status (seed 003's queue stats,
@@ -545,8 +557,12 @@ mod tests {
             sent_at_ms: 2,
             interval_ms: 5000,
             labels: vec![],
-            bundle_version: Some(3),
-            bundle_hash: None,
+            bundles: vec![AppliedBundle {
+                group: "web".into(),
+                version: 3,
+                hash: "ab".into(),
+            }],
+            bundle_error: None,
             remediation_paused: false,
             detail: None,
             policies: PolicyRunnerStatus::default(),

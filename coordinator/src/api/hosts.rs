@@ -41,7 +41,12 @@ pub fn host_json(record: &HostRecord, now_ms: i64) -> Value {
         "agent_started_at": status.map(|s| to_rfc3339(s.started_at_ms)),
         "interval_seconds": status.map(|s| s.interval_ms as f64 / 1000.0),
         "labels": tags_json(record.labels()),
-        "bundle_version": status.and_then(|s| s.bundle_version),
+        "bundles": status.map(|s| s.bundles.iter().map(|b| json!({
+            "group": b.group,
+            "version": b.version,
+            "hash": b.hash,
+        })).collect::<Vec<_>>()).unwrap_or_default(),
+        "bundle_error": status.and_then(|s| s.bundle_error.clone()),
         "remediation_paused": status.map(|s| s.remediation_paused),
         "detail": status.and_then(|s| s.detail.clone()),
     })
