@@ -35,6 +35,8 @@ use crate::watch::{docker, systemd, StateUpdate};
 const POLICY_POLL: Duration = Duration::from_secs(1);
 /// How often the status is re-published with fresh runner counters.
 const STATUS_EVERY: Duration = Duration::from_secs(30);
+/// When the first refresh of the runner counters is published.
+const FIRST_STATUS_REFRESH: Duration = Duration::from_secs(3);
 
 /// Why the agent stopped on its own.
 #[derive(Debug, Error)]
@@ -139,7 +141,11 @@ pub async fn run(
         samples_tx,
     ));
     let mut policy_poll = tokio::time::interval(POLICY_POLL);
-    let mut status_every = tokio::time::interval(STATUS_EVERY);
+    // First refresh soon after start, so the runner status shows evaluations at once.
+    let mut status_every = tokio::time::interval_at(
+        tokio::time::Instant::now() + FIRST_STATUS_REFRESH,
+        STATUS_EVERY,
+    );
     let mut seq: u64 = 0;
     tokio::pin!(shutdown);
     loop {
