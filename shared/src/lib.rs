@@ -6,6 +6,7 @@
 //! - [`validate`]: the rules a metric sample or host name must obey, shared by MQTT and HTTP
 //!   ingest so both reject the same things with the same words.
 //! - [`bundle`]: signed, versioned policy bundles for host groups.
+//! - [`bundle_manifest`]: a bundle's desired-state manifest, as policies.
 //! - [`broker_url`]: `mqtt://host:port` as users write it.
 //! - [`config_file`]: TOML config files with errors naming file, line and key.
 //! - [`mqtt`]: MQTT client options shared by agents and the coordinator.
@@ -14,6 +15,7 @@
 
 pub mod broker_url;
 pub mod bundle;
+pub mod bundle_manifest;
 pub mod config_file;
 pub mod mqtt;
 pub mod policy;
