@@ -30,6 +30,9 @@ pub enum StartError {
     /// The policy directory (or the stored API policies) could not be loaded.
     #[error(transparent)]
     Policies(#[from] RegistryError),
+    /// Bundle publishing could not start (signing key, stored versions).
+    #[error(transparent)]
+    Bundles(#[from] crate::bundles::BundleStartError),
     /// The REST port could not be bound.
     #[error("REST API cannot listen on {addr}: {source} (use --listen to pick another address)")]
     Listen {
@@ -109,6 +112,18 @@ impl Coordinator {
             telemetry.clone(),
             stop_rx.clone(),
         )));
+        let bundles = crate::bundles::start(
+            config.bundles_dir.clone(),
+            config.bundle_key.clone(),
+            store.clone(),
+            telemetry.clone(),
+            publisher.clone(),
+        )
+        .await?;
+        tasks.push(tokio::spawn(crate::bundles::watch::run(
+            bundles.clone(),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(retention(
             writer.clone(),
             config.retention,
@@ -131,6 +146,7 @@ impl Coordinator {
             telemetry: telemetry.clone(),
             policies: Arc::new(policies),
             publisher,
+            bundles,
         }));
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(

@@ -1,5 +1,6 @@
 //! The coordinator's command line (clap): `up` (coordinator plus a local agent) and
-//! `serve` (coordinator only). Every flag can also come from a `VIGIL_…` variable.
+//! `serve` (coordinator only), and `bundle` (offline bundle tools, see
+//! [`crate::bundles::cli`]). Every flag can also come from a `VIGIL_…` variable.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,8 @@ pub enum Command {
     Up(UpArgs),
     /// Run the coordinator only.
     Serve(ServeArgs),
+    /// Build, verify, diff policy bundles and generate signing keys (for CI pipelines).
+    Bundle(crate::bundles::cli::BundleArgs),
 }
 
 /// Settings of the coordinator.
@@ -76,6 +79,16 @@ pub struct ServeArgs {
     /// by POST /api/v1/policies/reload; an invalid file stops the start [default: none]
     #[arg(long, env = "VIGIL_POLICIES", value_name = "DIR")]
     pub policies: Option<PathBuf>,
+
+    /// Bundle directory: one folder per host group (group.yaml, policy files,
+    /// manifest.yaml), published as signed bundles and re-read on change [default: none]
+    #[arg(long, env = "VIGIL_BUNDLES", value_name = "DIR")]
+    pub bundles: Option<PathBuf>,
+
+    /// Bundle signing key (64 hex characters), created on first start
+    /// [default: <data-dir>/bundle-signing.key]
+    #[arg(long, env = "VIGIL_BUNDLE_KEY", value_name = "FILE")]
+    pub bundle_key: Option<PathBuf>,
 }
 
 /// Settings of `up`: the coordinator's, plus the local agent's.
@@ -129,6 +142,8 @@ impl ServeArgs {
                 db_map_size: self.db_map_size,
                 db_max_size: self.db_max_size,
                 policies: self.policies,
+                bundles: self.bundles,
+                bundle_key: self.bundle_key,
             },
         )
     }

@@ -58,6 +58,10 @@ pub struct CoordinatorConfig {
     pub map_size: MapSize,
     /// The policy directory (`*.yaml` / `*.yml`), if any.
     pub policies_dir: Option<PathBuf>,
+    /// The bundle directory (one folder per host group), if any.
+    pub bundles_dir: Option<PathBuf>,
+    /// The bundle signing key file.
+    pub bundle_key: PathBuf,
 }
 
 impl CoordinatorConfig {
@@ -101,6 +105,10 @@ pub struct CoordinatorFile {
     pub db_max_size: Option<String>,
     /// See `--policies`.
     pub policies: Option<PathBuf>,
+    /// See `--bundles`.
+    pub bundles: Option<PathBuf>,
+    /// See `--bundle-key`.
+    pub bundle_key: Option<PathBuf>,
 }
 
 /// Settings given as flags or environment variables (`None` when absent).
@@ -183,11 +191,17 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             format!("{max} bytes is smaller than db_map_size ({initial} bytes)"),
         ));
     }
+    let data_dir = over
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     Ok(CoordinatorConfig {
-        data_dir: over
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        bundle_key: over
+            .bundle_key
+            .or(file.bundle_key)
+            .unwrap_or_else(|| data_dir.join(crate::bundles::keys::DEFAULT_KEY_FILE)),
+        bundles_dir: over.bundles.or(file.bundles),
+        data_dir,
         listen,
         broker,
         mqtt_username: over.mqtt_username.or(file.mqtt_username),

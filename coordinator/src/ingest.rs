@@ -60,6 +60,8 @@ pub enum PublishError {
 #[derive(Clone)]
 pub struct Publisher {
     client: AsyncClient,
+    /// Counts the connection's (re)connects, so retained state can be republished.
+    connects: Arc<watch::Sender<u64>>,
 }
 
 impl Publisher {
@@ -80,13 +82,38 @@ impl Publisher {
             Err(_) => Err(PublishError::Busy { topic }),
         }
     }
+
+    /// Hands a retained QoS 1 message to the MQTT connection (an empty payload clears
+    /// the topic's retained message).
+    pub async fn retained(&self, topic: &str, payload: Vec<u8>) -> Result<(), PublishError> {
+        match tokio::time::timeout(
+            PUBLISH_WAIT,
+            self.client.publish(topic, QoS::AtLeastOnce, true, payload),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(PublishError::Stopped {
+                topic: topic.to_string(),
+            }),
+            Err(_) => Err(PublishError::Busy {
+                topic: topic.to_string(),
+            }),
+        }
+    }
+
+    /// A receiver that changes every time the connection is (re)established.
+    pub fn connects(&self) -> watch::Receiver<u64> {
+        self.connects.subscribe()
+    }
 }
 
 /// Creates the coordinator's MQTT client: a [`Publisher`] for commands, and the event
 /// loop that [`run`] drives (nothing is sent or received until it runs).
 pub fn connect(options: MqttOptions) -> (Publisher, EventLoop) {
     let (client, eventloop) = AsyncClient::new(options, 64);
-    (Publisher { client }, eventloop)
+    let connects = Arc::new(watch::channel(0).0);
+    (Publisher { client, connects }, eventloop)
 }
 
 /// Runs the subscriber until `stop` turns true. Reconnects on its own.
@@ -97,7 +124,7 @@ pub async fn run(
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let client = publisher.client;
+    let Publisher { client, connects } = publisher;
     let mut failures: u32 = 0;
     loop {
         let event = tokio::select! {
@@ -116,6 +143,7 @@ pub async fn run(
                         tracing::error!("cannot subscribe to {channel:?}: {e}");
                     }
                 }
+                connects.send_modify(|n| *n += 1);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 handle(&publish, &writer, &telemetry).await;

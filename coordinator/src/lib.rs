@@ -5,6 +5,7 @@
 //! - [`store`]: LMDB (heed): hosts, latest values, metric history with retention.
 //! - [`api`]: the REST API (warp) and `/metrics`.
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
+//! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
 //! - [`telemetry`]: the coordinator's own Prometheus metrics.
 //! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
 //! - [`app`]: starts and stops all of the above as one [`app::Coordinator`].
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod app;
 pub mod broker;
+pub mod bundles;
 pub mod cli;
 pub mod config;
 pub mod ingest;

@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Bundle(args) => vigil_coordinator::bundles::cli::run(args),
         Command::Serve(args) => {
             let config = args.into_config().map_err(|e| e.to_string())?;
             let coordinator = Coordinator::start(config)

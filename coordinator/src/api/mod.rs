@@ -12,8 +12,10 @@
 //! | `GET /api/v1/violations` | [`violations`] |
 //! | `/api/v1/policies…` (list, CRUD, enable/disable, severity, evaluate, reload, runner) | [`policies`] |
 //! | `/api/v1/actions…`, `/api/v1/queue/stats`, `/api/v1/hosts/{host}/remediation/…` | [`actions`] |
+//! | `/api/v1/bundles…`, `GET /api/v1/drift` | [`bundles`] |
 
 pub mod actions;
+pub mod bundles;
 pub mod error;
 pub mod health;
 pub mod hosts;
@@ -53,6 +55,8 @@ pub struct Api {
     pub policies: Arc<PolicyRegistry>,
     /// Sends commands to agents.
     pub publisher: crate::ingest::Publisher,
+    /// The bundle publisher.
+    pub bundles: Arc<crate::bundles::Bundles>,
 }
 
 /// The error for a blocking task that panicked or was cancelled.
@@ -176,6 +180,8 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
         .or(policies::routes(api.clone()))
         .unify()
         .or(actions::routes(api.clone()))
+        .unify()
+        .or(bundles::routes(api.clone()))
         .unify()
         .recover(unmatched)
         .unify()

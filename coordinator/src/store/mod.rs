@@ -15,6 +15,7 @@
 //! | `event_ids` | event id | `events` key (makes redelivery idempotent) |
 //! | `actions` | action id | [`actions::ActionRecord`] (action audit trail, transitions appended) |
 //! | `action_index` | `tag · len · value · created time · id` (by time, host, target, policy, status) | empty (see [`actions`]) |
+//! | `bundles` | group name | [`crate::bundles::store::BundleRecord`] (last published bundle version per host group) |
 //!
 //! A series is one metric of one host; samples of it that differ in tags (`mount=/` and
 //! `mount=/var`) are told apart by the tag hash. Keys sort by time within a series, so a
@@ -122,6 +123,7 @@ pub(crate) struct Dbs {
     pub event_ids: Database<Bytes, Bytes>,
     pub actions: Database<Bytes, Bytes>,
     pub action_index: Database<Bytes, Bytes>,
+    pub bundles: Database<Bytes, Bytes>,
 }
 
 /// An open store. Cheap to clone; all clones share one environment.
@@ -169,6 +171,7 @@ impl Store {
             event_ids: create("event_ids").map_err(open_err)?,
             actions: create("actions").map_err(open_err)?,
             action_index: create("action_index").map_err(open_err)?,
+            bundles: create("bundles").map_err(open_err)?,
         };
         wtxn.commit().map_err(open_err)?;
         Ok(Store {

@@ -1,0 +1,423 @@
+//! The bundle publisher: builds every group of the bundle directory, gives changed
+//! content a new version (persisted in LMDB before it is published), signs it, and
+//! publishes it retained on `vigil/v1/bundles/{group}`.
+
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use thiserror::Error;
+use vigil_shared::bundle::{BundleKeys, SignedBundle};
+use vigil_shared::bundle_manifest::Manifest;
+use vigil_shared::time::now_ms;
+use vigil_shared::topics;
+
+use super::layout::{read_groups, GroupResults, GroupSource, LayoutError};
+use super::store::BundleRecord;
+use crate::ingest::Publisher;
+use crate::store::{Store, StoreError};
+use crate::telemetry::Telemetry;
+
+/// Why a reload did not complete.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// No `--bundles` directory is configured.
+    #[error("no bundle directory is configured (start with --bundles DIR)")]
+    NoDirectory,
+    /// The directory cannot be listed.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// New versions could not be stored (nothing was published).
+    #[error("bundle versions could not be stored, nothing published: {0}")]
+    Store(#[from] StoreError),
+    /// The build task failed.
+    #[error("bundle build task failed: {0}")]
+    Task(String),
+}
+
+/// A group's bundle as it is published now.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The persisted record (version, hash, files).
+    pub record: BundleRecord,
+    /// What travels.
+    pub signed: SignedBundle,
+    /// How many policies (files and manifest).
+    pub policies: usize,
+    /// The manifest, if any.
+    pub manifest: Option<Manifest>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Groups published with a new version: (group, version).
+    pub published: Vec<(String, u64)>,
+    /// Groups whose retained bundle was cleared.
+    pub removed: Vec<String>,
+    /// Groups published again with their stored version (first build after a restart).
+    pub restored: Vec<String>,
+    /// Groups refused, with why (their last good version stays).
+    pub errors: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    published: BTreeMap<String, Published>,
+    /// Every record ever stored (removed groups included), for version continuity.
+    records: BTreeMap<String, BundleRecord>,
+    error: Option<String>,
+}
+
+/// The bundle publisher. Cheap to share (`Arc`).
+pub struct Bundles {
+    dir: Option<PathBuf>,
+    keys: BundleKeys,
+    public_hex: String,
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    publisher: Publisher,
+    state: Mutex<State>,
+    /// One reload or republish at a time, so retained messages never go backwards.
+    publishing: tokio::sync::Mutex<()>,
+}
+
+impl Bundles {
+    /// Loads the stored versions. Nothing is read or published until [`Bundles::reload`].
+    pub fn open(
+        dir: Option<PathBuf>,
+        keys: BundleKeys,
+        store: Store,
+        telemetry: Arc<Telemetry>,
+        publisher: Publisher,
+    ) -> Result<Bundles, StoreError> {
+        let mut state = State::default();
+        for record in store.bundle_records()? {
+            state.records.insert(record.group.clone(), record);
+        }
+        Ok(Bundles {
+            dir,
+            public_hex: keys.public_hex(),
+            keys,
+            store,
+            telemetry,
+            publisher,
+            state: Mutex::new(state),
+            publishing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The bundle directory, if configured.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
+
+    /// The public key agents verify with (hex).
+    pub fn public_key(&self) -> &str {
+        &self.public_hex
+    }
+
+    /// The bundles published now, by group.
+    pub fn published(&self) -> Vec<Published> {
+        self.lock().published.values().cloned().collect()
+    }
+
+    /// One group's published bundle.
+    pub fn get(&self, group: &str) -> Option<Published> {
+        self.lock().published.get(group).cloned()
+    }
+
+    /// The last build's error(s), if it had any.
+    pub fn last_error(&self) -> Option<String> {
+        self.lock().error.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads the directory; publishes changed groups with version + 1, clears removed
+    /// ones, keeps the last good version of refused ones.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let _one = self.publishing.lock().await;
+        let Some(dir) = self.dir.clone() else {
+            return Err(ReloadError::NoDirectory);
+        };
+        let groups = tokio::task::spawn_blocking(move || read_groups(&dir))
+            .await
+            .map_err(|e| ReloadError::Task(e.to_string()))?
+            .inspect_err(|e| self.fail(e.to_string()))?;
+        let (changed, mut report) = self.plan(groups);
+        if !changed.is_empty() {
+            let store = self.store.clone();
+            let records: Vec<BundleRecord> = changed.iter().map(|(r, _)| r.clone()).collect();
+            tokio::task::spawn_blocking(move || store.put_bundle_records(&records))
+                .await
+                .map_err(|e| ReloadError::Task(e.to_string()))?
+                .inspect_err(|e| self.fail(e.to_string()))?;
+        }
+        let mut to_send = Vec::new();
+        {
+            let mut state = self.lock();
+            for group in &report.restored {
+                if let Some(p) = state.published.get(group) {
+                    to_send.push((group.clone(), vigil_shared::wire::encode(&p.signed)));
+                }
+            }
+            for (record, source) in changed {
+                state.records.insert(record.group.clone(), record.clone());
+                match source {
+                    Some(source) => {
+                        let signed = self.keys.sign(&record.bundle());
+                        tracing::info!(group = %record.group, version = record.version, hash = %record.hash, "publishing bundle");
+                        report
+                            .published
+                            .push((record.group.clone(), record.version));
+                        to_send.push((record.group.clone(), vigil_shared::wire::encode(&signed)));
+                        state.published.insert(
+                            record.group.clone(),
+                            Published {
+                                record,
+                                signed,
+                                policies: source.policies.len(),
+                                manifest: source.manifest,
+                            },
+                        );
+                    }
+                    None => {
+                        tracing::info!(group = %record.group, "bundle group removed; clearing its retained bundle");
+                        state.published.remove(&record.group);
+                        report.removed.push(record.group.clone());
+                        to_send.push((record.group.clone(), Vec::new()));
+                    }
+                }
+            }
+            state.error = (!report.errors.is_empty()).then(|| report.errors.join("; "));
+        }
+        for (group, payload) in to_send {
+            if let Err(e) = self
+                .publisher
+                .retained(&topics::bundle(&group), payload)
+                .await
+            {
+                tracing::warn!(
+                    "bundle for `{group}` not handed to MQTT now (republished on reconnect): {e}"
+                );
+            }
+        }
+        Ok(report)
+    }
+
+    /// Decides what changes: new records (with the source, or `None` for a removal) and
+    /// the refused groups. Groups whose content hash is unchanged are left alone; a group
+    /// published from the store after a restart (and not yet in `published`) is filled
+    /// in without a new version.
+    fn plan(
+        &self,
+        groups: GroupResults,
+    ) -> (Vec<(BundleRecord, Option<GroupSource>)>, ReloadReport) {
+        let mut report = ReloadReport::default();
+        let mut changed = Vec::new();
+        let mut state = self.lock();
+        let mut seen = Vec::new();
+        for (group, result) in groups {
+            seen.push(group.clone());
+            let source = match result {
+                Ok(source) => source,
+                Err(e) => {
+                    tracing::error!("bundle group `{group}` not published: {e}");
+                    self.telemetry
+                        .policy_load_errors
+                        .with_label_values(&["bundles"])
+                        .inc();
+                    report.errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let previous = state.records.get(&group).cloned();
+            match previous {
+                Some(prev) if !prev.removed && prev.hash == source.hash => {
+                    if let Entry::Vacant(slot) = state.published.entry(group.clone()) {
+                        // First build after a restart: same content, same version.
+                        let signed = self.keys.sign(&prev.bundle());
+                        report.restored.push(group);
+                        slot.insert(Published {
+                            record: prev,
+                            signed,
+                            policies: source.policies.len(),
+                            manifest: source.manifest,
+                        });
+                    }
+                }
+                _ => {
+                    let record = BundleRecord {
+                        group: group.clone(),
+                        version: previous.map_or(1, |p| p.version + 1),
+                        hash: source.hash.clone(),
+                        created_at_ms: now_ms(),
+                        selector: source.selector.clone(),
+                        files: source.files.clone(),
+                        removed: false,
+                    };
+                    changed.push((record, Some(source)));
+                }
+            }
+        }
+        for (group, record) in &state.records {
+            if !record.removed && !seen.contains(group) {
+                let mut gone = record.clone();
+                gone.removed = true;
+                changed.push((gone, None));
+            }
+        }
+        (changed, report)
+    }
+
+    fn fail(&self, message: String) {
+        tracing::error!("bundles not reloaded: {message}");
+        self.telemetry
+            .policy_load_errors
+            .with_label_values(&["bundles"])
+            .inc();
+        self.lock().error = Some(message);
+    }
+
+    /// A receiver that changes whenever the MQTT connection (re)connects.
+    pub fn publisher_connects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.publisher.connects()
+    }
+
+    /// Publishes every current bundle again (after the MQTT connection (re)connects).
+    pub async fn republish(&self) {
+        let _one = self.publishing.lock().await;
+        let all: Vec<(String, Vec<u8>)> = self
+            .lock()
+            .published
+            .values()
+            .map(|p| {
+                (
+                    p.record.group.clone(),
+                    vigil_shared::wire::encode(&p.signed),
+                )
+            })
+            .collect();
+        for (group, payload) in all {
+            if let Err(e) = self
+                .publisher
+                .retained(&topics::bundle(&group), payload)
+                .await
+            {
+                tracing::warn!("cannot republish the bundle for `{group}`: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MapSize;
+
+    const POLICY: &str = "policies:\n  - name: cpu-high\n    condition: {type: metric_exceeds, metric: cpu_percent, threshold: 90}\n";
+
+    fn bundles(data: &std::path::Path, dir: &std::path::Path) -> Bundles {
+        let store = Store::open(
+            data,
+            MapSize {
+                initial: 1 << 24,
+                max: 1 << 26,
+            },
+        )
+        .unwrap();
+        let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (publisher, _eventloop) = crate::ingest::connect(options);
+        let keys = BundleKeys::load(&data.join("k")).unwrap_or_else(|_| {
+            let k = BundleKeys::generate();
+            std::fs::write(data.join("k"), k.private_hex()).unwrap();
+            k
+        });
+        Bundles::open(
+            Some(dir.to_path_buf()),
+            keys,
+            store,
+            Arc::new(Telemetry::new()),
+            publisher,
+        )
+        .unwrap()
+    }
+
+    fn version(b: &Bundles, group: &str) -> u64 {
+        b.get(group).unwrap().record.version
+    }
+
+    #[tokio::test]
+    async fn versions_increase_only_on_change_and_survive_restarts() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("web")).unwrap();
+        std::fs::write(dir.path().join("web/a.yaml"), POLICY).unwrap();
+        {
+            let b = bundles(data.path(), dir.path());
+            let report = b.reload().await.unwrap();
+            assert_eq!(report.published, vec![("web".to_string(), 1)]);
+            let report = b.reload().await.unwrap();
+            assert!(report.published.is_empty(), "unchanged is not republished");
+            std::fs::write(dir.path().join("web/a.yaml"), POLICY.replace("90", "95")).unwrap();
+            b.reload().await.unwrap();
+            assert_eq!(version(&b, "web"), 2);
+        }
+        let b = bundles(data.path(), dir.path());
+        let report = b.reload().await.unwrap();
+        assert!(report.published.is_empty());
+        assert_eq!(report.restored, vec!["web".to_string()]);
+        assert_eq!(version(&b, "web"), 2, "version kept across a restart");
+
+        // Removal clears, re-adding continues the sequence.
+        std::fs::rename(dir.path().join("web"), dir.path().join(".web")).unwrap();
+        let report = b.reload().await.unwrap();
+        assert_eq!(report.removed, vec!["web".to_string()]);
+        assert!(b.get("web").is_none());
+        std::fs::rename(dir.path().join(".web"), dir.path().join("web")).unwrap();
+        b.reload().await.unwrap();
+        assert_eq!(
+            version(&b, "web"),
+            3,
+            "continues after the removed version 2"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_edit_keeps_the_last_good_version_and_reports_the_error() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("web")).unwrap();
+        std::fs::write(dir.path().join("web/a.yaml"), POLICY).unwrap();
+        let b = bundles(data.path(), dir.path());
+        b.reload().await.unwrap();
+        std::fs::write(
+            dir.path().join("web/a.yaml"),
+            POLICY.replace("threshold", "treshold"),
+        )
+        .unwrap();
+        let report = b.reload().await.unwrap();
+        assert!(report.published.is_empty());
+        assert_eq!(version(&b, "web"), 1);
+        let error = b.last_error().unwrap();
+        assert!(
+            error.contains("a.yaml") && error.contains("cpu-high"),
+            "{error}"
+        );
+        assert_eq!(
+            b.telemetry
+                .policy_load_errors
+                .with_label_values(&["bundles"])
+                .get(),
+            1
+        );
+        std::fs::write(dir.path().join("web/a.yaml"), POLICY).unwrap();
+        b.reload().await.unwrap();
+        assert_eq!(b.last_error(), None);
+        assert_eq!(version(&b, "web"), 1, "back to the published content");
+    }
+}

@@ -1,0 +1,113 @@
+//! The `bundles` database: per group, the last published version, so versions keep
+//! increasing across restarts. Key = the group name, value = a [`BundleRecord`] (store
+//! codec). A removed group keeps its record (`removed`), so re-adding it continues the
+//! version sequence instead of offering agents an "older" version 1.
+//!
+//! Writes are rare (a changed bundle directory), so each runs in its own short write
+//! transaction on the caller's thread (call from `spawn_blocking`).
+
+use serde::{Deserialize, Serialize};
+use vigil_shared::bundle::{Bundle, BundleFile};
+use vigil_shared::wire::Tag;
+
+use crate::store::{codec, Store, StoreError};
+
+/// What is kept per group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRecord {
+    /// The group.
+    pub group: String,
+    /// The last version published.
+    pub version: u64,
+    /// Its content hash (selector and files).
+    pub hash: String,
+    /// When that version was built, epoch ms.
+    pub created_at_ms: i64,
+    /// The selector.
+    pub selector: Vec<Tag>,
+    /// The files.
+    pub files: Vec<BundleFile>,
+    /// The group's folder is gone (its retained bundle was cleared).
+    pub removed: bool,
+}
+
+impl BundleRecord {
+    /// The bundle this record describes.
+    pub fn bundle(&self) -> Bundle {
+        Bundle {
+            group: self.group.clone(),
+            selector: self.selector.clone(),
+            version: self.version,
+            created_at_ms: self.created_at_ms,
+            files: self.files.clone(),
+        }
+    }
+}
+
+impl Store {
+    /// Every stored bundle record, sorted by group.
+    pub fn bundle_records(&self) -> Result<Vec<BundleRecord>, StoreError> {
+        let _guard = self
+            .resize_lock
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let txn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for entry in self.dbs.bundles.iter(&txn)? {
+            let (_, bytes) = entry?;
+            out.push(codec::decode::<BundleRecord>("bundles", bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Stores these records (one transaction).
+    pub fn put_bundle_records(&self, records: &[BundleRecord]) -> Result<(), StoreError> {
+        let _guard = self
+            .resize_lock
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut txn = self.env.write_txn()?;
+        for record in records {
+            self.dbs
+                .bundles
+                .put(&mut txn, record.group.as_bytes(), &codec::encode(record))?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MapSize;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = MapSize {
+            initial: 1 << 24,
+            max: 1 << 26,
+        };
+        let record = BundleRecord {
+            group: "web".into(),
+            version: 3,
+            hash: "h".into(),
+            created_at_ms: 7,
+            selector: vec![("role".into(), "web".into())],
+            files: vec![BundleFile {
+                name: "a.yaml".into(),
+                text: "policies: []".into(),
+            }],
+            removed: false,
+        };
+        {
+            let store = Store::open(dir.path(), size).unwrap();
+            store
+                .put_bundle_records(std::slice::from_ref(&record))
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), size).unwrap();
+        assert_eq!(store.bundle_records().unwrap(), vec![record]);
+    }
+}
