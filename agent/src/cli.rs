@@ -69,7 +69,7 @@ pub enum PolicyCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// TOML config file (keys: host, broker, interval, mqtt_username, mqtt_password,
-    /// policies, textfile_dir, data_dir, [labels], [allow], [remediation]; see README).
+    /// policies, textfile_dir, data_dir, bundle_key, [labels], [allow], [remediation]; see README).
     /// Flags and environment variables override it.
     #[arg(long, env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -131,6 +131,11 @@ pub struct RunArgs {
     /// `[allow] containers` [default: none]
     #[arg(long = "allow-container")]
     pub allow_containers: Vec<String>,
+
+    /// The coordinator's public key for signed policy bundles: 64 hex characters, or a file
+    /// holding them; without it, bundles are ignored [default: none]
+    #[arg(long, env = "VIGIL_BUNDLE_KEY")]
+    pub bundle_key: Option<String>,
 }
 
 impl RunArgs {
@@ -156,6 +161,7 @@ impl RunArgs {
                 pause_remediation: self.pause_remediation,
                 allow_units: self.allow_units,
                 allow_containers: self.allow_containers,
+                bundle_key: self.bundle_key,
             },
         )
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 use vigil_shared::broker_url::{BrokerUrl, BrokerUrlError};
+use vigil_shared::bundle::PublicKey;
 use vigil_shared::config_file::ConfigFileError;
 use vigil_shared::validate::{self, FieldError};
 use vigil_shared::wire::Tag;
@@ -47,6 +48,35 @@ pub struct AgentConfig {
     pub allow: ExecutorConfig,
     /// How the action queue behaves (`[remediation]`).
     pub remediation: QueueSettings,
+    /// The coordinator's public key for policy bundles; without it bundles are ignored.
+    pub bundle_key: Option<BundleKey>,
+}
+
+/// The public key policy bundles must be signed with, and how it was given (`--bundle-key`:
+/// 64 hex characters, or a file holding them).
+#[derive(Debug, Clone)]
+pub struct BundleKey {
+    /// As given: the hex key or the key file's path.
+    pub spec: String,
+    /// The key.
+    pub key: PublicKey,
+}
+
+impl BundleKey {
+    /// Reads the key from `spec` (a file holding 64 hex characters, or the hex itself).
+    pub fn load(spec: &str) -> Result<BundleKey, ConfigError> {
+        let key = PublicKey::load(spec).map_err(|e| ConfigError::invalid("bundle_key", e))?;
+        Ok(BundleKey {
+            spec: spec.to_string(),
+            key,
+        })
+    }
+}
+
+impl PartialEq for BundleKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
 }
 
 /// Default data directory of an installed agent.
@@ -70,6 +100,7 @@ impl AgentConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             allow: ExecutorConfig::default(),
             remediation: QueueSettings::default(),
+            bundle_key: None,
         }
     }
 }
@@ -123,6 +154,8 @@ pub struct AgentFile {
     /// Action queue settings.
     #[serde(default)]
     pub remediation: RemediationFile,
+    /// The coordinator's bundle public key: 64 hex characters or a file holding them.
+    pub bundle_key: Option<String>,
 }
 
 /// Why the settings could not be resolved.
@@ -192,6 +225,8 @@ pub struct Overrides {
     pub allow_units: Vec<String>,
     /// `--allow-container`: more containers executors may touch.
     pub allow_containers: Vec<String>,
+    /// `--bundle-key` / `VIGIL_BUNDLE_KEY`: the coordinator's bundle public key.
+    pub bundle_key: Option<String>,
 }
 
 /// Resolves the settings: overrides beat the file, the file beats the defaults.
@@ -228,7 +263,14 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
         return Err(ConfigError::invalid("interval", "must be at least 100ms"));
     }
 
+    let bundle_key = overrides
+        .bundle_key
+        .or(file.bundle_key)
+        .map(|spec| BundleKey::load(&spec))
+        .transpose()?;
+
     Ok(AgentConfig {
+        bundle_key,
         host,
         labels,
         broker,
@@ -346,5 +388,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("host"), "{err}");
+    }
+
+    #[test]
+    fn a_bundle_key_is_read_from_hex_or_a_file_and_a_bad_one_is_named() {
+        let keys = vigil_shared::bundle::BundleKeys::generate();
+        let from_hex = resolve(
+            AgentFile::default(),
+            Overrides {
+                host: Some("h".into()),
+                bundle_key: Some(keys.public_hex()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert!(from_hex.bundle_key.is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.pub");
+        std::fs::write(&path, format!("{}\n", keys.public_hex())).unwrap();
+        let file: AgentFile = toml::from_str(&format!(
+            "host = \"h\"\nbundle_key = {:?}\n",
+            path.display().to_string()
+        ))
+        .unwrap();
+        assert!(resolve(file, Overrides::default())
+            .unwrap()
+            .bundle_key
+            .is_some());
+        let err = resolve(
+            AgentFile::default(),
+            Overrides {
+                host: Some("h".into()),
+                bundle_key: Some("not-a-key".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bundle_key"), "{err}");
     }
 }

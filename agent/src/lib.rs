@@ -3,8 +3,9 @@
 //! - [`sampler`]: host metrics with sysinfo; [`textfile`]: metrics from `*.prom` files.
 //! - [`watch`]: systemd units and Docker containers, reported on every change;
 //!   [`probes`]: processes and HTTP/TCP checks, every tick.
-//! - [`policy_source`]: the policy directory; [`evaluator`]: the policy engine fed with all
-//!   of the above, producing policy events.
+//! - [`policy_source`]: the policy directory; [`bundles`]: signed policy bundles for the
+//!   host's groups, kept by [`bundle_store`]; [`policy_set`]: how both combine;
+//!   [`evaluator`]: the policy engine fed with all of the above, producing policy events.
 //! - [`actions`]: the durable action queue (retries, circuit breakers, dead-letter,
 //!   kill switch); [`execute`]: the executors (systemd, Docker, exec, webhook).
 //! - [`link`]: the MQTT connection (status, last will, metrics, commands);
@@ -15,6 +16,8 @@
 //! The coordinator's `up` command runs this same code in-process as its local agent.
 
 pub mod actions;
+pub mod bundle_store;
+pub mod bundles;
 pub mod cli;
 pub mod config;
 pub mod evaluator;
@@ -22,6 +25,7 @@ pub mod execute;
 pub mod link;
 pub mod outbox;
 pub mod policy_cli;
+pub mod policy_set;
 pub mod policy_source;
 pub mod probes;
 pub mod runner;

@@ -5,6 +5,10 @@
 //! (re)connection it publishes the agent's status, retained, so the coordinator and anyone
 //! subscribing later see the host as online. [`Link::close`] publishes the offline status
 //! itself before disconnecting, since a broker sends the last will only on an unclean end.
+//!
+//! On every connection it subscribes to the agent's commands and, when a bundle key is
+//! configured, to every group's policy bundle (`vigil/v1/bundles/+`); what arrives is
+//! forwarded to the runner as [`Inbound`] messages.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +25,21 @@ use crate::config::AgentConfig;
 /// How many publish requests may wait for the connection before new ones are dropped.
 const REQUEST_QUEUE: usize = 1024;
 
+/// A message from the coordinator, forwarded to the runner.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A command addressed to this host (already decoded and checked).
+    Command(Command),
+    /// A policy bundle's payload as published on `vigil/v1/bundles/{group}` (decoded and
+    /// verified by the runner's [`crate::bundles::Bundles`]).
+    Bundle {
+        /// The group named by the topic.
+        group: String,
+        /// The raw payload.
+        payload: Vec<u8>,
+    },
+}
+
 /// A running MQTT connection.
 pub struct Link {
     client: AsyncClient,
@@ -32,11 +51,11 @@ pub struct Link {
 
 impl Link {
     /// Starts connecting to the configured broker; returns at once. Commands for this
-    /// host arrive on `commands`.
+    /// host (and bundles, if a bundle key is configured) arrive on `inbound`.
     pub fn connect(
         config: &AgentConfig,
         status: AgentStatus,
-        commands: mpsc::Sender<Command>,
+        inbound: mpsc::Sender<Inbound>,
     ) -> Link {
         let mut options = vigil_shared::mqtt::client_options(
             &format!("vigil-agent-{}", config.host),
@@ -63,7 +82,8 @@ impl Link {
             status_rx,
             connected.clone(),
             config.broker.to_string(),
-            commands,
+            config.bundle_key.is_some(),
+            inbound,
         ));
         Link {
             client,
@@ -148,11 +168,14 @@ async fn drive(
     status: watch::Receiver<AgentStatus>,
     connected: Arc<AtomicBool>,
     broker: String,
-    commands: mpsc::Sender<Command>,
+    bundles: bool,
+    inbound: mpsc::Sender<Inbound>,
 ) {
     let mut failures: u32 = 0;
     let host = status.borrow().host.clone();
     let command_topic = topics::agent(&host, AgentChannel::Commands);
+    let bundle_filter = topics::bundle("+");
+    let bundle_prefix = topics::bundle("");
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -170,11 +193,28 @@ async fn drive(
                 if let Err(e) = client.try_subscribe(command_topic.clone(), QoS::AtLeastOnce) {
                     tracing::warn!("cannot subscribe to commands: {e}");
                 }
+                if bundles {
+                    if let Err(e) = client.try_subscribe(bundle_filter.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!("cannot subscribe to policy bundles: {e}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish)))
+                if bundles && publish.topic.starts_with(&bundle_prefix) =>
+            {
+                let group = publish.topic[bundle_prefix.len()..].to_string();
+                let message = Inbound::Bundle {
+                    group,
+                    payload: publish.payload.to_vec(),
+                };
+                if inbound.send(message).await.is_err() {
+                    return;
+                }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == command_topic => {
                 match wire::decode::<Command>(&publish.payload) {
                     Ok(command) if command.host == host => {
-                        if commands.send(command).await.is_err() {
+                        if inbound.send(Inbound::Command(command)).await.is_err() {
                             return;
                         }
                     }

@@ -1,8 +1,9 @@
 //! The agent's main loop. On every tick it samples the host (and the textfile
 //! directory), evaluates the policies, queues the actions they ask for, and publishes the
 //! samples. Between ticks it reacts at once to state changes from the watchers and
-//! probes, to attempt results from the executors, and to commands from the coordinator,
-//! and re-reads the policy directory when a file changes. Policy events and action
+//! probes, to attempt results from the executors, to commands and policy bundles from the
+//! coordinator, and re-reads the policy directory when a file changes. The policies in
+//! force are the directory's plus the applied bundles' ([`crate::policy_set`]). Policy events and action
 //! transitions go through the durable outbox; metrics and status through the link.
 
 use std::future::Future;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
-use vigil_shared::policy::ActionKind;
+use vigil_shared::policy::{ActionKind, Policy};
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
@@ -21,11 +22,14 @@ use vigil_shared::wire::{
 
 use crate::actions::store::AgentStoreError;
 use crate::actions::{ActionQueue, AgentStore, NewAction, Origin, RunFn};
+use crate::bundle_store::BundleStore;
+use crate::bundles::{Bundles, Outcome};
 use crate::config::AgentConfig;
 use crate::evaluator::{EvalOutput, Evaluator, WatchSets};
 use crate::execute::dispatch::Executors;
-use crate::link::Link;
+use crate::link::{Inbound, Link};
 use crate::outbox::{self, OutboxSignal};
+use crate::policy_set;
 use crate::policy_source::PolicyDir;
 use crate::probes::{self, ProbeSet};
 use crate::sampler::HostSampler;
@@ -83,6 +87,13 @@ pub async fn run(
         "vigil-agent {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    // Persisted bundles are verified and loaded before anything touches the network.
+    let mut bundles = open_bundles(&config);
+    let mut status = status;
+    if let Some((bundles, refusal)) = &bundles {
+        status.bundles = bundles.applied();
+        status.bundle_error = refusal.clone();
+    }
     let store = AgentStore::open(&config.data_dir.join("agent"))?;
     let outbox_signal = OutboxSignal::default();
     let (stop_outbox, stop_outbox_rx) = watch::channel(false);
@@ -113,11 +124,10 @@ pub async fn run(
         outbox_signal.clone(),
         started_at_ms,
     )?;
-    let (commands_tx, mut commands_rx) = mpsc::channel::<Command>(64);
-    let mut status = status;
+    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
     status.remediation_paused = queue.paused();
     status.queue = queue.status(started_at_ms);
-    let link = Link::connect(&config, status, commands_tx);
+    let link = Link::connect(&config, status, inbound_tx);
     let events_topic = topics::agent(&config.host, AgentChannel::Events);
     // sysinfo reads /proc synchronously: keep it off the async workers.
     let sampler = tokio::task::spawn_blocking(HostSampler::new)
@@ -130,6 +140,20 @@ pub async fn run(
     let (state_tx, mut state_rx) = mpsc::channel::<StateUpdate>(1024);
     let mut watchers = Watchers::new(state_tx, config.interval);
     let mut load_errors: u64 = 0;
+    // The local directory's last good set; the bundles' are in `bundles`.
+    let mut local: Vec<Policy> = Vec::new();
+    if let Some(dir) = policy_dir.as_mut() {
+        if let Some(result) = dir.poll() {
+            local_policies(result, dir, &mut local, &link, &mut load_errors);
+        }
+    }
+    put_in_force(
+        &mut evaluator,
+        &mut watchers,
+        &link,
+        &local,
+        bundles.as_ref(),
+    );
 
     // Sampling runs in its own task, so that a slow /proc scan never delays the reaction
     // to a state change.
@@ -162,27 +186,8 @@ pub async fn run(
                 }
                 let Some(dir) = policy_dir.as_mut() else { continue };
                 let Some(result) = dir.poll() else { continue };
-                match result {
-                    Ok(policies) => {
-                        tracing::info!(count = policies.len(), dir = %dir.path().display(), "policies loaded");
-                        evaluator.set_policies(policies);
-                        watchers.follow(evaluator.watch_sets());
-                        let (loaded, enabled) = counts(&evaluator);
-                        link.update_status(|s| {
-                            s.policies.loaded = loaded;
-                            s.policies.enabled = enabled;
-                            s.policies.load_error = None;
-                        });
-                    }
-                    Err(e) => {
-                        load_errors += 1;
-                        tracing::error!("policy files rejected, previous policies stay in force: {e}");
-                        let message = e.to_string();
-                        link.update_status(|s| {
-                            s.policies.load_error = Some(message);
-                            s.policies.load_errors = load_errors;
-                        });
-                    }
+                if local_policies(result, dir, &mut local, &link, &mut load_errors) {
+                    put_in_force(&mut evaluator, &mut watchers, &link, &local, bundles.as_ref());
                 }
             }
             Some(update) = state_rx.recv() => {
@@ -195,11 +200,32 @@ pub async fn run(
                 queue.on_result(result, now)?;
                 queue.schedule(now)?;
             }
-            Some(command) = commands_rx.recv() => {
-                let now = now_ms();
-                run_command(command, &mut queue, &link, now)?;
-                queue.schedule(now)?;
-            }
+            Some(inbound) = inbound_rx.recv() => match inbound {
+                Inbound::Command(command) => {
+                    let now = now_ms();
+                    run_command(command, &mut queue, &link, now)?;
+                    queue.schedule(now)?;
+                }
+                Inbound::Bundle { group, payload } => {
+                    let Some((set, refusal)) = bundles.as_mut() else { continue };
+                    match set.offer(&group, &payload) {
+                        Ok(Outcome::Applied { group, version }) => {
+                            tracing::info!(%group, version, "policy bundle verified and applied");
+                            *refusal = None;
+                        }
+                        Ok(Outcome::Left { group }) => {
+                            tracing::info!(%group, "this host left the group: its policy bundle is dropped");
+                            *refusal = None;
+                        }
+                        Ok(Outcome::Unchanged | Outcome::Ignored) => continue,
+                        Err(e) => {
+                            tracing::warn!("policy bundle refused, the last good one stays in force: {e}");
+                            *refusal = Some(e.to_string());
+                        }
+                    }
+                    put_in_force(&mut evaluator, &mut watchers, &link, &local, bundles.as_ref());
+                }
+            },
             _ = sleep_until_due(queue.next_due_ms(now_ms())) => {
                 queue.schedule(now_ms())?;
             }
@@ -237,6 +263,92 @@ pub async fn run(
     let _ = stop_outbox.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), outbox_task).await;
     Ok(())
+}
+
+/// The bundles in force (loaded from the store and verified again) and the reason the last
+/// one was refused, if it was; `None` without a bundle key.
+fn open_bundles(config: &AgentConfig) -> Option<(Bundles, Option<String>)> {
+    let Some(key) = &config.bundle_key else {
+        tracing::info!("no bundle key configured (--bundle-key): policy bundles are ignored");
+        return None;
+    };
+    let store = BundleStore::new(config.data_dir.join("bundles"));
+    let (bundles, refusals) = Bundles::open(key.key.clone(), config.labels.clone(), store);
+    for refusal in &refusals {
+        tracing::error!("persisted policy bundle refused: {refusal}");
+    }
+    let refusal = (!refusals.is_empty()).then(|| {
+        refusals
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    Some((bundles, refusal))
+}
+
+/// Takes a read of the policy directory: keeps a good set in `local` (true), or reports
+/// the error and keeps the previous set (false).
+fn local_policies(
+    result: Result<Vec<Policy>, vigil_shared::policy::load::LoadError>,
+    dir: &PolicyDir,
+    local: &mut Vec<Policy>,
+    link: &Link,
+    load_errors: &mut u64,
+) -> bool {
+    match result {
+        Ok(policies) => {
+            tracing::info!(count = policies.len(), dir = %dir.path().display(), "policies loaded");
+            *local = policies;
+            link.update_status(|s| s.policies.load_error = None);
+            true
+        }
+        Err(e) => {
+            *load_errors += 1;
+            tracing::error!("policy files rejected, previous policies stay in force: {e}");
+            let message = e.to_string();
+            let count = *load_errors;
+            link.update_status(|s| {
+                s.policies.load_error = Some(message);
+                s.policies.load_errors = count;
+            });
+            false
+        }
+    }
+}
+
+/// Puts the local policies plus the bundles' in force (see [`crate::policy_set`] for name
+/// clashes), points the watchers at what they need, and reports the policy counts, the
+/// bundles in force, and the last refusal or the clashes as `bundle_error`.
+fn put_in_force(
+    evaluator: &mut Evaluator,
+    watchers: &mut Watchers,
+    link: &Link,
+    local: &[Policy],
+    bundles: Option<&(Bundles, Option<String>)>,
+) {
+    let combined = match bundles {
+        Some((set, _)) => policy_set::combine(local, set.group_policies()),
+        None => policy_set::combine(local, []),
+    };
+    for clash in &combined.clashes {
+        tracing::warn!("{clash}");
+    }
+    evaluator.set_policies(combined.policies);
+    watchers.follow(evaluator.watch_sets());
+    let (loaded, enabled) = counts(evaluator);
+    let applied = bundles.map(|(set, _)| set.applied()).unwrap_or_default();
+    let refusal = bundles.and_then(|(_, refusal)| refusal.clone());
+    let bundle_error = refusal
+        .into_iter()
+        .chain(combined.clashes)
+        .reduce(|a, b| format!("{a}; {b}"));
+    link.update_status(|s| {
+        s.policies.loaded = loaded;
+        s.policies.enabled = enabled;
+        s.bundles = applied;
+        s.bundle_error = bundle_error;
+    });
 }
 
 /// Samples the host (and the textfile directory) every `interval` and sends the samples,
