@@ -372,3 +372,57 @@ pub async fn put_raw(url: &str, body: &str) -> (u16, Value) {
 pub async fn delete(url: &str) -> (u16, Value) {
     send_raw("DELETE", url, "").await
 }
+
+/// A raw MQTT client for the bundle tests: connects to `broker` (`mqtt://127.0.0.1:PORT`)
+/// as `id`, subscribes to `filter` (waiting for the SUBACK), and forwards every incoming
+/// publish as `(topic, payload)`.
+pub async fn bundle_subscriber(
+    broker: &str,
+    id: &str,
+    filter: &str,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let port: u16 = broker
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("broker port");
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_max_packet_size(2 << 20, 2 << 20);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (subacked_tx, subacked) = tokio::sync::oneshot::channel();
+    let mut subacked_tx = Some(subacked_tx);
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subacked_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Disconnect)) => break,
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), subacked)
+        .await
+        .expect("SUBACK in time")
+        .expect("event loop alive");
+    (client, rx)
+}
