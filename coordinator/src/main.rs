@@ -42,6 +42,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Up(args) => {
             let config = args.serve.into_config().map_err(|e| e.to_string())?;
             let data_dir = config.data_dir.clone();
+            // The local agent trusts this coordinator's bundle-signing key.
+            let bundle_public_key =
+                vigil_coordinator::bundles::keys::public_path(&config.bundle_key);
             let coordinator = Coordinator::start(config)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -53,6 +56,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     broker: Some(coordinator.broker_url.to_string()),
                     interval: args.agent_interval,
                     data_dir: Some(data_dir.clone()),
+                    bundle_key: Some(bundle_public_key.display().to_string()),
                     policies: args.agent_policies.or_else(|| {
                         let default = std::path::PathBuf::from(DEFAULT_AGENT_POLICIES);
                         default.is_dir().then_some(default)

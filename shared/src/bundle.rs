@@ -51,10 +51,15 @@ pub struct Bundle {
 impl Bundle {
     /// Whether a host with `labels` belongs to this bundle's group.
     pub fn selects(&self, labels: &[Tag]) -> bool {
-        self.selector
-            .iter()
-            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        selects(&self.selector, labels)
     }
+}
+
+/// Whether `labels` carry every label of `selector` (an empty selector selects all).
+pub fn selects(selector: &[Tag], labels: &[Tag]) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
 }
 
 /// A bundle as it travels: content bytes, their hash, a signature.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use vigil_shared::bundle_manifest::MANIFEST_POLICY_PREFIX;
-use vigil_shared::wire::{PolicyEvent, Tag};
+use vigil_shared::wire::PolicyEvent;
 
 use super::service::Published;
 use crate::store::HostRecord;
@@ -57,12 +57,7 @@ pub struct HostDrift {
     pub failing_checks: Vec<FailingCheck>,
 }
 
-/// Whether `labels` carry every label of `selector`.
-pub fn selects(selector: &[Tag], labels: &[Tag]) -> bool {
-    selector
-        .iter()
-        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
-}
+pub use vigil_shared::bundle::selects;
 
 /// The drift of one host, given the published bundles and its events (newest first).
 pub fn host_drift(
