@@ -308,13 +308,44 @@ async fn fanout_to_1000_subscribers() {
     let started = Instant::now();
     write(&bundles, "web/cpu.yaml", &policy(77));
     let (tx, mut done) = tokio::sync::mpsc::unbounded_channel();
-    for (client, mut rx) in subscribers {
+    for (i, (client, mut rx)) in subscribers.into_iter().enumerate() {
         let tx = tx.clone();
         let key = key.clone();
         tokio::spawn(async move {
-            let _client = client;
-            let (_, b) = next_bundle(&mut rx, &key, Duration::from_secs(60)).await;
+            let (signed, b) = next_bundle(&mut rx, &key, Duration::from_secs(60)).await;
             let _ = tx.send((b.version, Instant::now()));
+            // Report it applied, as an agent does, in its status.
+            let host = format!("fan-{i}");
+            let status = AgentStatus {
+                host: host.clone(),
+                state: AgentState::Online,
+                agent_version: "sim".into(),
+                started_at_ms: now_ms(),
+                sent_at_ms: now_ms(),
+                interval_ms: 60_000,
+                labels: vec![("role".into(), "web".into())],
+                bundles: vec![AppliedBundle {
+                    group: b.group.clone(),
+                    version: b.version,
+                    hash: signed.hash.clone(),
+                }],
+                bundle_error: None,
+                remediation_paused: false,
+                detail: None,
+                policies: PolicyRunnerStatus::default(),
+                queue: QueueStatus::default(),
+            };
+            let topic = format!("vigil/v1/agents/{host}/status");
+            let _ = client
+                .publish(
+                    topic,
+                    rumqttc::QoS::AtLeastOnce,
+                    true,
+                    wire::encode(&status),
+                )
+                .await;
+            // Keep the connection until the test ends.
+            tokio::time::sleep(Duration::from_secs(120)).await;
         });
     }
     drop(tx);
@@ -333,6 +364,30 @@ async fn fanout_to_1000_subscribers() {
         "bundle fan-out: {received}/{N} subscribers had version 2 {:?} after the file was written \
          (includes up to 500 ms of directory polling)",
         last - started
+    );
+    let applied = wait_for(
+        "all simulated agents reported version 2",
+        Duration::from_secs(120),
+        || async {
+            let (_, drift) = get_json(&format!("{}/api/v1/drift", c.http)).await;
+            let in_sync = drift["hosts"]
+                .as_array()?
+                .iter()
+                .filter(|h| {
+                    h["groups"].as_array().is_some_and(|g| {
+                        g.iter().any(|g| {
+                            g["group"] == "web" && g["applied_version"] == 2 && g["in_sync"] == true
+                        })
+                    })
+                })
+                .count();
+            (in_sync == N).then(Instant::now)
+        },
+    )
+    .await;
+    println!(
+        "bundle fan-out: all {N} simulated agents reported version 2 applied (GET /api/v1/drift) {:?} after the file was written",
+        applied - started
     );
     assert_eq!(received, N);
     c.proc.stop();
