@@ -385,16 +385,44 @@ pub async fn by_severity(severity: String, api: Arc<Api>) -> Response {
 /// `{"ok":false,"error":…,"file":…,"policy":…,"field":…}` (`policy` and `field` where one
 /// policy is at fault); the previous policies stay in force.
 pub async fn reload(api: Arc<Api>) -> Response {
+    // The one reload route re-reads the bundle directory too, when there is one.
+    let bundles = if api.bundles.dir().is_some() {
+        Some(match api.bundles.reload().await {
+            Ok(report) => report.errors,
+            Err(e) => vec![e.to_string()],
+        })
+    } else {
+        None
+    };
     let registry = api.policies.clone();
-    match tokio::task::spawn_blocking(move || registry.reload()).await {
-        Ok(Ok(count)) => warp::reply::json(&json!({
+    let policies = match tokio::task::spawn_blocking(move || registry.reload()).await {
+        Ok(result) => result,
+        Err(e) => return task_failed(e).into_response(),
+    };
+    match (policies, bundles) {
+        (Err(RegistryError::Load(error)), _) => load_error_response(&error),
+        (_, Some(errors)) if !errors.is_empty() => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "bundles rejected (the last good versions stay published): {}",
+                errors.join("; ")
+            ),
+        )
+        .into_response(),
+        (Ok(count), bundles) => warp::reply::json(&json!({
             "ok": true,
-            "message": format!("Policies reloaded successfully ({count} policies)"),
+            "message": format!(
+                "Policies reloaded successfully ({count} policies){}",
+                if bundles.is_some() { "; bundles re-read" } else { "" }
+            ),
         }))
         .into_response(),
-        Ok(Err(RegistryError::Load(error))) => load_error_response(&error),
-        Ok(Err(other)) => ApiError::from(other).into_response(),
-        Err(e) => task_failed(e).into_response(),
+        (Err(RegistryError::NoDirectory), Some(_)) => warp::reply::json(&json!({
+            "ok": true,
+            "message": "Bundles re-read (no --policies directory is configured)",
+        }))
+        .into_response(),
+        (Err(other), _) => ApiError::from(other).into_response(),
     }
 }
 
