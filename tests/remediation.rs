@@ -265,16 +265,16 @@ async fn manual_actions_survive_an_agent_sigkill_and_each_ends_exactly_once() {
             .filter(|h| h["online"] == true)
     })
     .await;
-    let mut ids = Vec::new();
-    for _ in 0..4 {
+    let post = || async {
         let (status, reply) = post_raw(
             &format!("{http}/api/v1/actions"),
             r#"{"host":"e2e-crash","target":"batch-job","action":"exec","params":{"command":"slow"},"details":"e2e"}"#,
         )
         .await;
         assert_eq!(status, 201, "{reply}");
-        ids.push(reply["action_id"].as_str().expect("action id").to_string());
-    }
+        reply["action_id"].as_str().expect("action id").to_string()
+    };
+    let mut ids = vec![post().await, post().await];
     // Wait until the first runs, then kill the agent without warning.
     wait_for("first action running", WAIT, || async {
         let (_, a) = get_json(&format!("{http}/api/v1/actions/{}", ids[0])).await;
@@ -282,6 +282,9 @@ async fn manual_actions_survive_an_agent_sigkill_and_each_ends_exactly_once() {
     })
     .await;
     agent.kill();
+    // Two more while the agent is down: they wait at the broker (persistent session).
+    ids.push(post().await);
+    ids.push(post().await);
     let _agent = start_agent(
         &dir,
         "e2e-crash",

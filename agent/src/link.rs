@@ -63,6 +63,9 @@ impl Link {
             config.mqtt_username.as_deref(),
             config.mqtt_password.as_deref(),
         );
+        // A persistent session: commands (QoS 1) published while the agent is down or
+        // restarting wait at the broker and arrive when it reconnects.
+        options.set_clean_session(false);
         let will = AgentStatus {
             state: AgentState::Offline,
             ..status.clone()
