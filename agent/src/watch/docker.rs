@@ -94,13 +94,8 @@ pub(crate) enum DockerError {
     EventsEnded,
 }
 
-/// Why a session with Docker ended.
-enum SessionEnd {
-    /// Nobody listens any more (the update receiver or the names sender is gone).
-    Stopped,
-    /// The connection failed: reconnect after a pause.
-    Lost(DockerError),
-}
+/// Why a session ended.
+type SessionEnd = super::retry::SessionEnd<DockerError>;
 
 impl From<DockerError> for SessionEnd {
     fn from(error: DockerError) -> Self {
@@ -120,16 +115,7 @@ pub async fn run(
     let mut retry = Retry::new("Docker");
     loop {
         let Err(end) = session(&mut names, &updates, socket.as_deref(), &mut retry).await;
-        let error = match end {
-            SessionEnd::Stopped => return,
-            SessionEnd::Lost(error) => error,
-        };
-        let wait = retry.failed(&error);
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = updates.closed() => return,
-        }
-        if names.has_changed().is_err() {
+        if !retry.pause(end, &updates, &names).await {
             return;
         }
     }

@@ -5,6 +5,10 @@
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
+use super::UpdateSender;
+
 /// The first wait after a failure.
 const FIRST: Duration = Duration::from_millis(100);
 /// The longest wait between attempts.
@@ -12,6 +16,14 @@ const CAP: Duration = Duration::from_secs(5);
 /// A connection that lasted this long was healthy: the next failure starts a new outage
 /// with short waits again.
 const HEALTHY: Duration = Duration::from_secs(30);
+
+/// Why one connection of a watcher to its backend ended.
+pub enum SessionEnd<E> {
+    /// Nobody listens any more (the update receiver or the names sender is gone).
+    Stopped,
+    /// The connection failed: reconnect after a pause.
+    Lost(E),
+}
 
 /// Tracks one backend's outages.
 #[derive(Debug)]
@@ -64,6 +76,26 @@ impl Retry {
         let wait = self.delay;
         self.delay = (self.delay * 2).min(CAP);
         wait
+    }
+
+    /// After a session ended: waits out the backoff and says whether to reconnect
+    /// (`false` once nobody listens any more).
+    pub async fn pause<E: Display>(
+        &mut self,
+        end: SessionEnd<E>,
+        updates: &UpdateSender,
+        names: &watch::Receiver<Vec<String>>,
+    ) -> bool {
+        let error = match end {
+            SessionEnd::Stopped => return false,
+            SessionEnd::Lost(error) => error,
+        };
+        let wait = self.failed(&error);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = updates.closed() => return false,
+        }
+        names.has_changed().is_ok()
     }
 }
 

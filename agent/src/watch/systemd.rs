@@ -99,13 +99,8 @@ impl SystemdError {
     }
 }
 
-/// Why a session with systemd ended.
-enum SessionEnd {
-    /// Nobody listens any more (the update receiver or the names sender is gone).
-    Stopped,
-    /// The connection failed: reconnect after a pause.
-    Lost(SystemdError),
-}
+/// Why a session ended.
+type SessionEnd = super::retry::SessionEnd<SystemdError>;
 
 impl From<SystemdError> for SessionEnd {
     fn from(error: SystemdError) -> Self {
@@ -120,16 +115,7 @@ pub async fn run(mut names: watch::Receiver<Vec<String>>, updates: UpdateSender)
     let mut retry = Retry::new("systemd (D-Bus system bus)");
     loop {
         let Err(end) = session(&mut names, &updates, &mut retry).await;
-        let error = match end {
-            SessionEnd::Stopped => return,
-            SessionEnd::Lost(error) => error,
-        };
-        let wait = retry.failed(&error);
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = updates.closed() => return,
-        }
-        if names.has_changed().is_err() {
+        if !retry.pause(end, &updates, &names).await {
             return;
         }
     }
