@@ -400,6 +400,22 @@ pub fn decode<T: WireMessage>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(message)
 }
 
+/// An event id (a ULID in practice): 1–64 characters.
+fn event_id(id: &str) -> Result<(), FieldError> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(FieldError::new("id", "must be 1–64 characters"));
+    }
+    Ok(())
+}
+
+/// A field that must not be empty.
+fn non_empty(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    Ok(())
+}
+
 fn validate_tags(tags: &[Tag]) -> Result<(), FieldError> {
     validate::tags(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
@@ -447,16 +463,9 @@ impl WireMessage for ActionEvent {
 
     fn validate(&self) -> Result<(), FieldError> {
         validate::host_name(&self.host)?;
-        if self.id.is_empty() || self.id.len() > 64 {
-            return Err(FieldError::new("id", "must be 1–64 characters"));
-        }
-        if self.target.is_empty() {
-            return Err(FieldError::new("target", "must not be empty"));
-        }
-        if self.action.is_empty() {
-            return Err(FieldError::new("action", "must not be empty"));
-        }
-        Ok(())
+        event_id(&self.id)?;
+        non_empty("target", &self.target)?;
+        non_empty("action", &self.action)
     }
 }
 
@@ -469,15 +478,9 @@ impl WireMessage for PolicyEvent {
 
     fn validate(&self) -> Result<(), FieldError> {
         validate::host_name(&self.host)?;
-        if self.id.is_empty() || self.id.len() > 64 {
-            return Err(FieldError::new("id", "must be 1–64 characters"));
-        }
-        if self.policy.is_empty() {
-            return Err(FieldError::new("policy", "must not be empty"));
-        }
-        if self.target.is_empty() {
-            return Err(FieldError::new("target", "must not be empty"));
-        }
+        event_id(&self.id)?;
+        non_empty("policy", &self.policy)?;
+        non_empty("target", &self.target)?;
         if !matches!(self.severity.as_str(), "info" | "warning" | "critical") {
             return Err(FieldError::new(
                 "severity",
