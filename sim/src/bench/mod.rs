@@ -1,0 +1,117 @@
+//! The benchmark suite behind `vigil-sim bench`: each part measures one figure of the
+//! README's "Performance" section against real processes, and prints it next to a
+//! baseline measured in the same run (the machines here are noisy, so only ratios
+//! against a same-run baseline mean anything).
+//!
+//! Parts: [`ingest`] (samples/s stored and queryable, embedded broker vs Mosquitto),
+//! [`latency`] (sample leaves an agent → queryable over REST), [`footprint`] (one real
+//! agent's memory and CPU), [`audit`] (REST audit query over a large audit trail).
+
+pub mod audit;
+pub mod footprint;
+pub mod ingest;
+pub mod latency;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::procs::ProcError;
+
+/// Why a benchmark could not run.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// A process could not be started.
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    /// Something else went wrong; the message says what.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where and how the benchmarks run.
+#[derive(Debug, Clone)]
+pub struct BenchEnv {
+    /// A scratch directory for data dirs and process logs.
+    pub work_dir: PathBuf,
+    /// Smaller sizes and shorter runs (for a smoke test), not the README's figures.
+    pub quick: bool,
+}
+
+/// One measured figure, with the same-run baseline it is compared to.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// What was measured, e.g. "ingest, 1000 agents, embedded broker".
+    pub name: String,
+    /// The value.
+    pub value: f64,
+    /// Its unit, e.g. "samples/s", "ms", "MiB", "% of one core".
+    pub unit: &'static str,
+    /// The baseline measured in the same run, if there is one.
+    pub baseline: Option<Baseline>,
+    /// What limits the figure, or how it was taken.
+    pub note: String,
+}
+
+/// A same-run baseline.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// What it is, e.g. "Mosquitto as external broker".
+    pub name: String,
+    /// Its value, in the figure's unit.
+    pub value: f64,
+}
+
+impl fmt::Display for Figure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:<58} {:>12.1} {}", self.name, self.value, self.unit)?;
+        if let Some(b) = &self.baseline {
+            let ratio = if b.value != 0.0 {
+                self.value / b.value
+            } else {
+                f64::NAN
+            };
+            write!(
+                f,
+                "   (baseline {}: {:.1} {}; ratio {:.2}x)",
+                b.name, b.value, self.unit, ratio
+            )?;
+        }
+        if !self.note.is_empty() {
+            write!(f, "\n    {}", self.note)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which parts to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Ingest throughput.
+    Ingest,
+    /// End-to-end latency.
+    Latency,
+    /// Agent footprint.
+    Footprint,
+    /// Audit query latency.
+    Audit,
+}
+
+/// Runs `parts` in order, printing each figure as it is measured; returns them all.
+pub async fn run(env: &BenchEnv, parts: &[Part]) -> Result<Vec<Figure>, BenchError> {
+    let mut all = Vec::new();
+    for part in parts {
+        let figures = match part {
+            Part::Ingest => ingest::run(env).await?,
+            Part::Latency => latency::run(env).await?,
+            Part::Footprint => footprint::run(env).await?,
+            Part::Audit => audit::run(env).await?,
+        };
+        for figure in &figures {
+            println!("{figure}");
+        }
+        all.extend(figures);
+    }
+    Ok(all)
+}

@@ -1,0 +1,10 @@
+//! Vigil's fleet simulator and benchmark suite.
+//!
+//! [`fleet`] runs many virtual agents in one process, each with its own MQTT connection,
+//! publishing metric batches and action events the way real agents do, in one of the
+//! [`mode::Mode`]s, with the failures of [`chaos::Chaos`] injected; [`report`] counts
+//! what was sent, acknowledged and rejected. [`bench`] uses the fleet, real coordinator
+//! processes, a real agent and Mosquitto to measure the README's performance figures.
+
+pub mod bench;
+pub mod procs;
