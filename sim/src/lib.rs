@@ -7,4 +7,10 @@
 //! processes, a real agent and Mosquitto to measure the README's performance figures.
 
 pub mod bench;
+pub mod chaos;
+pub mod fleet;
+pub mod mode;
 pub mod procs;
+pub mod report;
+pub mod verify;
+pub mod virtual_agent;

@@ -2,8 +2,16 @@
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use vigil_shared::broker_url::BrokerUrl;
 use vigil_sim::bench::{self, BenchEnv, Part};
+use vigil_sim::chaos::Chaos;
+use vigil_sim::fleet::{Fleet, FleetConfig};
+use vigil_sim::mode::Mode;
+use vigil_sim::verify::{self, CoordinatorCounts};
+use vigil_sim::virtual_agent::Plan;
 
 /// Vigil fleet simulator and benchmarks.
 #[derive(Debug, Parser)]
@@ -15,9 +23,82 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a fleet of virtual agents against a broker (and the coordinator behind it).
+    Simulate(SimulateArgs),
     /// Measure the README's performance figures against real processes (build first:
     /// `cargo build --release --bins`).
     Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// The broker the virtual agents connect to.
+    #[arg(long, env = "VIGIL_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    broker: BrokerUrl,
+    /// MQTT user name [default: none]
+    #[arg(long, env = "VIGIL_MQTT_USERNAME")]
+    username: Option<String>,
+    /// MQTT password [default: none]
+    #[arg(long, env = "VIGIL_MQTT_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Number of virtual agents, 1 to 10,000.
+    #[arg(long, default_value_t = 10)]
+    agents: usize,
+    /// Load shape.
+    #[arg(long, value_enum, default_value = "steady")]
+    mode: Mode,
+    /// How long to run, e.g. 60s, 5m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time between an agent's ticks (one batch per tick at the steady rate); 0s sends as
+    /// fast as the connection takes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Samples per metric batch.
+    #[arg(long, default_value_t = 100)]
+    samples_per_batch: usize,
+    /// Publish an action's transitions every this many batches (0: never).
+    #[arg(long, default_value_t = 10)]
+    action_every: u64,
+    /// Stop each agent after this many batches [default: run for --duration]
+    #[arg(long)]
+    batches_per_agent: Option<u64>,
+    /// Probability that a batch is replaced by a malformed payload [default: 0.05 in
+    /// chaos mode, else 0]
+    #[arg(long)]
+    malformed_rate: Option<f64>,
+    /// Probability that an action transition is published twice [default: 0.2 in chaos
+    /// mode, else 0]
+    #[arg(long)]
+    duplicate_rate: Option<f64>,
+    /// Probability that a batch carries old timestamps and sequence numbers [default: 0.1
+    /// in chaos mode, else 0]
+    #[arg(long)]
+    out_of_order_rate: Option<f64>,
+    /// Probability per tick that an agent drops its connection without a DISCONNECT
+    /// [default: 0.01 in chaos mode, else 0]
+    #[arg(long)]
+    disconnect_rate: Option<f64>,
+    /// Host names are this prefix and the agent's index.
+    #[arg(long, default_value = "sim-")]
+    host_prefix: String,
+    /// Extra label for every agent, as key=value; repeat for more.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// New connections per second while the fleet starts.
+    #[arg(long, default_value_t = 500)]
+    connect_rate: u32,
+    /// Seed for the fault dice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print a progress line this often.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    progress: Duration,
+    /// The coordinator's REST address: when given, its counters are read before and
+    /// after, and the run is verified (every malformed payload counted as rejected, every
+    /// action transition stored exactly once); exits non-zero if it does not hold.
+    #[arg(long, value_name = "URL")]
+    verify: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -43,6 +124,7 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Simulate(args) => simulate_main(args).await,
         Command::Bench(args) => bench_main(args).await,
     }
 }
@@ -72,4 +154,90 @@ async fn bench_main(args: BenchArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn simulate_main(args: SimulateArgs) -> ExitCode {
+    let defaults = if args.mode == Mode::Chaos {
+        Chaos::DEFAULT
+    } else {
+        Chaos::NONE
+    };
+    let chaos = Chaos {
+        malformed_rate: args.malformed_rate.unwrap_or(defaults.malformed_rate),
+        duplicate_rate: args.duplicate_rate.unwrap_or(defaults.duplicate_rate),
+        out_of_order_rate: args.out_of_order_rate.unwrap_or(defaults.out_of_order_rate),
+        disconnect_rate: args.disconnect_rate.unwrap_or(defaults.disconnect_rate),
+    };
+    let mut labels = Vec::new();
+    for label in &args.labels {
+        match label.split_once('=') {
+            Some((k, v)) if !k.is_empty() => labels.push((k.to_string(), v.to_string())),
+            _ => {
+                eprintln!("vigil-sim: --label `{label}` is not key=value");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let config = FleetConfig {
+        agents: args.agents,
+        host_prefix: args.host_prefix,
+        labels,
+        connect_rate: args.connect_rate,
+        plan: Plan {
+            broker: args.broker,
+            credentials: args
+                .username
+                .map(|u| (u, args.password.unwrap_or_default())),
+            mode: args.mode,
+            chaos,
+            interval: args.interval,
+            samples_per_batch: args.samples_per_batch,
+            action_every: args.action_every,
+            duration: args.duration,
+            batches_per_agent: args.batches_per_agent,
+            seed: args.seed,
+        },
+    };
+    let before = match &args.verify {
+        Some(http) => match CoordinatorCounts::read(http).await {
+            Ok(counts) => Some(counts),
+            Err(e) => {
+                eprintln!("vigil-sim: cannot read the coordinator's counters: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let fleet = match Fleet::start(config) {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            eprintln!("vigil-sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = fleet.stop_handle();
+    let stopper = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("vigil-sim: stopping (waiting for outstanding action events)");
+            stop.stop();
+        }
+    });
+    let outcome = fleet.wait(Some(args.progress)).await;
+    stopper.abort();
+    print!("{}", outcome.report);
+    if let (Some(http), Some(before)) = (&args.verify, before) {
+        match verify::verify(http, &outcome, before, Duration::from_secs(30)).await {
+            Ok(result) => {
+                println!("{result}");
+                if !result.passed() {
+                    return ExitCode::FAILURE;
+                }
+            }
+            Err(e) => {
+                eprintln!("vigil-sim: verification failed to run: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

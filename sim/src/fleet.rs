@@ -1,0 +1,191 @@
+//! A fleet of virtual agents in one process: starts them (paced, so thousands of
+//! connections do not arrive in one instant), prints progress, stops them, and returns
+//! what they did.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use vigil_shared::wire::Tag;
+
+use crate::report::Snapshot;
+use crate::virtual_agent::{self, Identity, Plan, Shared};
+
+/// Roles handed out round-robin as the `role` label, so fleets have groups to target.
+const ROLES: [&str; 3] = ["web", "db", "cache"];
+
+/// A fleet's settings.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// How many virtual agents (1 to 10,000).
+    pub agents: usize,
+    /// Host names are this prefix and the agent's index, e.g. `sim-00042`.
+    pub host_prefix: String,
+    /// Labels every agent carries, besides its `role`.
+    pub labels: Vec<Tag>,
+    /// New connections per second while the fleet starts.
+    pub connect_rate: u32,
+    /// What each agent does.
+    pub plan: Plan,
+}
+
+/// Most virtual agents in one fleet.
+pub const MAX_AGENTS: usize = 10_000;
+
+/// What a finished fleet did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The final counters.
+    pub report: Snapshot,
+    /// Action id → (host, distinct well-formed transitions published).
+    pub actions: HashMap<String, (String, u32)>,
+}
+
+/// Stops a fleet: every agent finishes (draining outstanding action transitions first).
+#[derive(Clone)]
+pub struct StopHandle(Arc<watch::Sender<bool>>);
+
+impl StopHandle {
+    /// Asks every agent to finish.
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// A running fleet.
+pub struct Fleet {
+    shared: Arc<Shared>,
+    stop: StopHandle,
+    spawner: JoinHandle<()>,
+    started: Instant,
+    agents: usize,
+}
+
+impl Fleet {
+    /// Starts the fleet's agents in the background.
+    pub fn start(config: FleetConfig) -> Result<Fleet, String> {
+        if !(1..=MAX_AGENTS).contains(&config.agents) {
+            return Err(format!(
+                "--agents must be between 1 and {MAX_AGENTS}, got {}",
+                config.agents
+            ));
+        }
+        config.plan.chaos.validate()?;
+        if config.plan.samples_per_batch == 0 {
+            return Err("--samples-per-batch must be at least 1".into());
+        }
+        raise_open_files_limit(config.agents);
+        let shared = Arc::new(Shared::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let plan = Arc::new(config.plan);
+        let pause = Duration::from_secs_f64(1.0 / f64::from(config.connect_rate.max(1)));
+        let spawner = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let mut agents = Vec::with_capacity(config.agents);
+                for index in 0..config.agents {
+                    let mut labels =
+                        vec![("role".to_string(), ROLES[index % ROLES.len()].to_string())];
+                    labels.extend(config.labels.iter().cloned());
+                    let me = Identity {
+                        host: format!("{}{index:05}", config.host_prefix),
+                        labels,
+                        index,
+                    };
+                    agents.push(tokio::spawn(virtual_agent::run(
+                        me,
+                        Arc::clone(&plan),
+                        Arc::clone(&shared),
+                        stop_rx.clone(),
+                    )));
+                    tokio::time::sleep(pause).await;
+                }
+                for agent in agents {
+                    let _ = agent.await;
+                }
+            })
+        };
+        Ok(Fleet {
+            shared,
+            stop: StopHandle(Arc::new(stop)),
+            spawner,
+            started: Instant::now(),
+            agents: config.agents,
+        })
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared
+            .counters
+            .snapshot(self.started.elapsed(), self.agents)
+    }
+
+    /// Asks every agent to finish (they drain outstanding action transitions first).
+    pub fn stop(&self) {
+        self.stop.stop();
+    }
+
+    /// A handle that stops the fleet from elsewhere (e.g. on Ctrl-C).
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Whether every agent has finished.
+    pub fn is_finished(&self) -> bool {
+        self.spawner.is_finished()
+    }
+
+    /// Waits for every agent to finish, printing a progress line every `progress` if set.
+    pub async fn wait(mut self, progress: Option<Duration>) -> Outcome {
+        let mut ticker = tokio::time::interval(progress.unwrap_or(Duration::from_secs(3600)));
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut self.spawner => break,
+                _ = ticker.tick() => {
+                    if progress.is_some() {
+                        eprintln!("{}", self.snapshot().progress_line());
+                    }
+                }
+            }
+        }
+        let report = self.snapshot();
+        let actions = std::mem::take(
+            &mut *self
+                .shared
+                .ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        Outcome { report, actions }
+    }
+}
+
+/// Raises this process's open-file limit towards its hard limit: each agent holds a
+/// socket.
+fn raise_open_files_limit(agents: usize) {
+    let wanted = (agents as u64 + 256).max(1024);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur >= wanted {
+            return;
+        }
+        limit.rlim_cur = wanted.min(limit.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur < wanted {
+            tracing::warn!(
+                "open-file limit is {} but {agents} agents need about {wanted}: raise `ulimit -n`",
+                limit.rlim_cur
+            );
+        }
+    }
+}
