@@ -82,6 +82,8 @@ pub fn bin(name: &str) -> PathBuf {
                 "vigil-agent",
                 "-p",
                 "vigil-coordinator",
+                "-p",
+                "vigil-sim",
             ])
             .status()
             .expect("cargo runs");
