@@ -10,13 +10,13 @@
 //! | `disk_free_percent` | % of the filesystem available | `mount` |
 //! | `load1`, `load5`, `load15` | load average | |
 //! | `net_rx_bytes_per_second`, `net_tx_bytes_per_second` | bytes/s since the last sample | `iface` |
-//! | `process_count` | processes | |
+//! | `process_count` | processes (not their threads; counted from `/proc`) | |
 //! | `uptime_seconds` | seconds since boot | |
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use sysinfo::{Disks, Networks, ProcessRefreshKind, ProcessesToUpdate, System};
+use sysinfo::{Disks, Networks, System};
 use vigil_shared::wire::Sample;
 
 /// Keeps the state sampling needs between two calls (CPU and network counters are deltas).
@@ -115,22 +115,33 @@ impl HostSampler {
             );
         }
 
-        self.system.refresh_processes_specifics(
-            ProcessesToUpdate::All,
-            true,
-            ProcessRefreshKind::nothing(),
-        );
-        push(
-            "process_count",
-            self.system.processes().len() as f64,
-            vec![],
-        );
+        // Counted from the names in /proc: one directory read, where a sysinfo process
+        // refresh opens several files per process and per thread (2% of a core at 1000
+        // processes and a 1 s interval).
+        if let Some(count) = count_processes() {
+            push("process_count", count as f64, vec![]);
+        }
 
         if let Ok(uptime) = System::uptime() {
             push("uptime_seconds", uptime as f64, vec![]);
         }
         out
     }
+}
+
+/// The number of processes: the all-digit names in `/proc` (threads are not listed there).
+fn count_processes() -> Option<usize> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.as_encoded_bytes();
+                !name.is_empty() && name.iter().all(u8::is_ascii_digit)
+            })
+            .count(),
+    )
 }
 
 /// `part / whole` as a percentage; 0 when `whole` is 0.
