@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a fleet of virtual agents against a broker (and the coordinator behind it).
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Measure the README's performance figures against real processes (build first:
     /// `cargo build --release --bins`).
     Bench(BenchArgs),
@@ -124,7 +124,7 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Simulate(args) => simulate_main(args).await,
+        Command::Simulate(args) => simulate_main(*args).await,
         Command::Bench(args) => bench_main(args).await,
     }
 }

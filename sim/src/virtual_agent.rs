@@ -368,6 +368,7 @@ pub async fn run(
     let mut sent_batches: u64 = 0;
     let mut resend: Vec<ActionEvent> = Vec::new();
     let mut drain_deadline: Option<Instant> = None;
+    let mut last_ts_ms: i64 = 0;
     let metrics_topic = topics::agent(&me.host, AgentChannel::Metrics);
     let actions_topic = topics::agent(&me.host, AgentChannel::Actions);
     let status_topic = topics::agent(&me.host, AgentChannel::Status);
@@ -462,7 +463,10 @@ pub async fn run(
                 if plan.batches_per_agent.is_some_and(|n| sent_batches >= n) {
                     break;
                 }
-                let mut ts_ms = now_ms();
+                // One point per series and millisecond, as a real agent sends: batches
+                // sent faster than that get the next free millisecond.
+                last_ts_ms = now_ms().max(last_ts_ms + 1);
+                let mut ts_ms = last_ts_ms;
                 let mut batch_seq = seq;
                 let late = plan.chaos.out_of_order_rate > 0.0
                     && rng.random_bool(plan.chaos.out_of_order_rate);

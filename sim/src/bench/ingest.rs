@@ -31,7 +31,14 @@ struct Run {
 
 /// Measures this part's figures.
 pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
-    let total_samples: u64 = if env.quick { 200_000 } else { 3_000_000 };
+    let total_samples: u64 = if env.quick {
+        200_000
+    } else {
+        std::env::var("VIGIL_BENCH_SAMPLES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3_000_000)
+    };
     let mut figures = Vec::new();
     for agents in [100usize, 1000] {
         let embedded = measure(env, agents, total_samples, false).await?;
