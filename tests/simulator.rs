@@ -96,6 +96,26 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
         sent(Malformed::HostMismatch)
     );
 
+    // Batches that never arrived and stragglers are counted, not silent: each malformed
+    // payload left a gap where its number was (so did each late batch, and batches
+    // queued in a connection that was cut: virtual agents, like real ones, keep only
+    // action events durable).
+    let counter = |name: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let missing = counter("vigil_metric_batches_missing_total");
+    let late = counter("vigil_metric_batches_late_total");
+    assert!(
+        missing >= report.malformed_total(),
+        "missing {missing}: {report}"
+    );
+    assert!(
+        late > 0 && late <= report.out_of_order,
+        "late {late}: {report}"
+    );
+
     // The coordinator is still up and answering.
     assert!(
         c.proc.child.try_wait().unwrap().is_none(),

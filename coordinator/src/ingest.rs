@@ -21,6 +21,7 @@ use vigil_shared::wire::{
     self, ActionEvent, AgentStatus, Command, DecodeError, MetricBatch, PolicyEvent, WireMessage,
 };
 
+use crate::batch_gaps::{BatchGaps, Sequence};
 use crate::store::{Source, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
@@ -126,6 +127,7 @@ pub async fn run(
 ) {
     let Publisher { client, connects } = publisher;
     let mut failures: u32 = 0;
+    let mut gaps = BatchGaps::default();
     loop {
         let event = tokio::select! {
             _ = stop.changed() => break,
@@ -146,7 +148,7 @@ pub async fn run(
                 connects.send_modify(|n| *n += 1);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                handle(&publish, &writer, &telemetry).await;
+                handle(&publish, &writer, &telemetry, &mut gaps).await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -162,7 +164,12 @@ pub async fn run(
 }
 
 /// Checks one message and queues what it carries for the store.
-async fn handle(publish: &Publish, writer: &StoreWriter, telemetry: &Telemetry) {
+async fn handle(
+    publish: &Publish,
+    writer: &StoreWriter,
+    telemetry: &Telemetry,
+    gaps: &mut BatchGaps,
+) {
     let Some((host, channel)) = topics::parse_agent(&publish.topic) else {
         reject(
             telemetry,
@@ -176,14 +183,17 @@ async fn handle(publish: &Publish, writer: &StoreWriter, telemetry: &Telemetry) 
     let received_ms = now_ms();
     let write = match channel {
         AgentChannel::Metrics => match checked::<MetricBatch>(host, &publish.payload) {
-            Ok(batch) => Write::Samples {
-                host: batch.host,
-                labels: batch.labels,
-                samples: batch.samples,
-                source: Source::Mqtt,
-                received_ms,
-                reply: None,
-            },
+            Ok(batch) => {
+                note_sequence(gaps, telemetry, &batch);
+                Write::Samples {
+                    host: batch.host,
+                    labels: batch.labels,
+                    samples: batch.samples,
+                    source: Source::Mqtt,
+                    received_ms,
+                    reply: None,
+                }
+            }
             Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
         },
         AgentChannel::Status => match checked::<AgentStatus>(host, &publish.payload) {
@@ -213,6 +223,31 @@ async fn handle(publish: &Publish, writer: &StoreWriter, telemetry: &Telemetry) 
             .with_label_values(&[e.reason()])
             .inc();
         tracing::error!(topic = %publish.topic, "cannot queue message for the store: {e}");
+    }
+}
+
+/// Counts the batches missing before `batch`, or `batch` as late (see [`BatchGaps`]).
+fn note_sequence(gaps: &mut BatchGaps, telemetry: &Telemetry, batch: &MetricBatch) {
+    match gaps.observe(&batch.host, batch.seq) {
+        Sequence::Gap(missing) => {
+            let before = telemetry.batches_missing.get();
+            telemetry.batches_missing.inc_by(missing);
+            // Logged when the total passes 1, 2, 4, 8, …: loss under overload must not
+            // also flood the log.
+            let total = before + missing;
+            if before == 0 || total.ilog2() > before.ilog2() {
+                tracing::warn!(
+                    host = %batch.host,
+                    seq = batch.seq,
+                    missing,
+                    total_missing = total,
+                    "metric batches lost on the way from this agent \
+                     (vigil_metric_batches_missing_total)"
+                );
+            }
+        }
+        Sequence::Late => telemetry.batches_late.inc(),
+        Sequence::InOrder | Sequence::Restarted => {}
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`broker`]: the embedded MQTT broker (rumqttd), or none when an external one is used.
 //! - [`ingest`]: subscribes to agents' topics, checks every message, feeds the store.
+//! - [`batch_gaps`]: notices metric batches lost on the way (sequence gaps).
 //! - [`store`]: LMDB (heed): hosts, latest values, metric history with retention.
 //! - [`api`]: the REST API (warp) and `/metrics`.
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod app;
+pub mod batch_gaps;
 pub mod broker;
 pub mod bundles;
 pub mod cli;

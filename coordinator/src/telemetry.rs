@@ -37,6 +37,11 @@ pub struct Telemetry {
     /// `vigil_agent_policy_load_errors{host}`: failed policy loads each agent reported
     /// in its status (set when `/metrics` is scraped).
     pub agent_policy_load_errors: IntGaugeVec,
+    /// `vigil_metric_batches_missing_total`: metric batches that never arrived, from gaps
+    /// in agents' sequence numbers.
+    pub batches_missing: prometheus::IntCounter,
+    /// `vigil_metric_batches_late_total`: metric batches that arrived after a later one.
+    pub batches_late: prometheus::IntCounter,
     /// `vigil_actions_total{state}`: action transitions stored in the audit trail (new
     /// ones only; redeliveries are not counted).
     pub actions: IntCounterVec,
@@ -96,6 +101,22 @@ impl Telemetry {
             "Action transitions stored in the audit trail, by state entered",
             &["state"],
         );
+        let plain_counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help)
+                .unwrap_or_else(|e| unreachable!("metric {name} is well-formed: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| unreachable!("metric {name} is registered once: {e}"));
+            c
+        };
+        let batches_missing = plain_counter(
+            "vigil_metric_batches_missing_total",
+            "Metric batches that never arrived, from gaps in agents' batch sequence numbers",
+        );
+        let batches_late = plain_counter(
+            "vigil_metric_batches_late_total",
+            "Metric batches that arrived after a later one from the same agent (redelivered or reordered)",
+        );
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "vigil_http_request_duration_seconds",
@@ -153,6 +174,8 @@ impl Telemetry {
             hosts_known,
             store_map_size_bytes,
             policy_load_errors,
+            batches_missing,
+            batches_late,
             actions,
         }
     }
