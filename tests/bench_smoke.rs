@@ -1,0 +1,38 @@
+//! The benchmark command still runs end to end: `vigil-sim bench --quick` (small sizes,
+//! short runs, debug binaries) measures every part against real processes and prints
+//! each figure with its same-run baseline. The figures themselves are not asserted
+//! (machines here are noisy); the README's come from a release build.
+
+use std::process::Command;
+
+use vigil_tests::{bin, TestDir};
+
+#[test]
+fn every_benchmark_part_runs_and_prints_its_figures() {
+    let dir = TestDir::new();
+    let output = Command::new(bin("vigil-sim"))
+        .args(["bench", "--quick", "--work-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("vigil-sim runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for figure in [
+        "ingest burst, 100 agents",
+        "ingest burst, 1000 agents",
+        "ingest sustained, 1000 agents",
+        "sample → queryable over REST, p50",
+        "sample → queryable over REST, p99",
+        "agent resident memory",
+        "agent CPU",
+        "audit query p50",
+        "audit query p99",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(figure))
+            .unwrap_or_else(|| panic!("no `{figure}` figure in:\n{stdout}"));
+        assert!(line.contains("baseline"), "{line}");
+    }
+}
