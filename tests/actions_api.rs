@@ -2,7 +2,7 @@
 //! 003's queue stats) against the real `vigil-coordinator` binary: action events
 //! published by a raw MQTT client (with redeliveries and out-of-order transitions) become
 //! one record per action, every route and filter reads them back, a manual action and the
-//! kill switch arrive at the agent's command topic as decodable commands, and bad requests
+//! kill switch arrive at the agent's command topic as signed commands, and bad requests
 //! name the field at fault.
 
 use std::time::Duration;
@@ -10,6 +10,8 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::mpsc;
+use vigil_shared::bundle::PublicKey;
+use vigil_shared::command_auth::{self, SignedCommand};
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
@@ -78,12 +80,15 @@ impl Mqtt {
             .expect("publish");
     }
 
-    /// The next command published on a subscribed topic, decoded.
-    async fn next_command(&mut self) -> (String, Command) {
+    /// The next command published on a subscribed topic, decoded and its signature
+    /// checked with the coordinator's `key`.
+    async fn next_command(&mut self, key: &PublicKey) -> (String, Command) {
         tokio::time::timeout(WAIT, async {
             while let Some(packet) = self.rx.recv().await {
                 if let Packet::Publish(publish) = packet {
-                    let command = wire::decode::<Command>(&publish.payload)
+                    let signed = wire::decode::<SignedCommand>(&publish.payload)
+                        .unwrap_or_else(|e| panic!("command on {}: {e}", publish.topic));
+                    let command = command_auth::verify(&signed, key, &signed.host, now_ms(), 0)
                         .unwrap_or_else(|e| panic!("command on {}: {e}", publish.topic));
                     return (publish.topic, command);
                 }
@@ -476,6 +481,8 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
 async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
     let dir = TestDir::new();
     let coordinator = start_coordinator(&dir, None, &[]).await;
+    let key_file = dir.path().join("data/bundle-signing.pub");
+    let key = PublicKey::load(&key_file.display().to_string()).unwrap();
     let http = coordinator.http.clone();
     let api = format!("{http}/api/v1");
     let mut agent = Mqtt::connect(&coordinator.broker, "e2e-manual-agent").await;
@@ -514,7 +521,7 @@ async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
     assert_eq!(reply["message"], "Action created successfully", "{reply}");
     let id = reply["action_id"].as_str().expect("action_id").to_string();
     assert_eq!(id.len(), 26, "a ULID: {id}");
-    let (topic, command) = agent.next_command().await;
+    let (topic, command) = agent.next_command(&key).await;
     assert_eq!(topic, topics::agent(HOST, AgentChannel::Commands));
     assert_eq!(command.host, HOST);
     assert_eq!(command.expires_at_ms - command.issued_at_ms, 5 * 60 * 1000);
@@ -599,7 +606,7 @@ async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
     )
     .await;
     assert_eq!(code, 201, "{reply}");
-    let (_, command) = agent.next_command().await;
+    let (_, command) = agent.next_command(&key).await;
     assert!(
         matches!(&command.kind, CommandKind::RunAction { action_id, target, .. }
             if Some(action_id.as_str()) == reply["action_id"].as_str() && target == HOST),
@@ -708,7 +715,7 @@ async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
             reply["message"].as_str().unwrap_or("").contains(verb),
             "{reply}"
         );
-        let (topic, command) = agent.next_command().await;
+        let (topic, command) = agent.next_command(&key).await;
         assert_eq!(topic, topics::agent(HOST, AgentChannel::Commands));
         assert_eq!(command.kind, CommandKind::PauseRemediation(paused));
         assert_eq!(reply["command_id"], command.id.as_str());

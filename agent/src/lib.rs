@@ -8,7 +8,8 @@
 //!   [`evaluator`]: the policy engine fed with all of the above, producing policy events.
 //! - [`actions`]: the durable action queue (retries, circuit breakers, dead-letter,
 //!   kill switch); [`execute`]: the executors (systemd, Docker, exec, webhook).
-//! - [`link`]: the MQTT connection (status, last will, metrics, commands);
+//! - [`link`]: the MQTT connection (status, last will, metrics, commands), with
+//!   [`command_guard`] checking every command's signature, expiry and freshness;
 //!   [`outbox`]: durable, acknowledged delivery of policy events and action transitions.
 //! - [`runner::run`] ties them together; [`config`] and [`cli`] say where settings come
 //!   from; [`policy_cli`] is `vigil-agent policy check|test`.
@@ -19,6 +20,7 @@ pub mod actions;
 pub mod bundle_store;
 pub mod bundles;
 pub mod cli;
+pub mod command_guard;
 pub mod config;
 pub mod evaluator;
 pub mod execute;

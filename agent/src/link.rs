@@ -18,7 +18,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use vigil_shared::topics::{self, AgentChannel};
-use vigil_shared::wire::{self, AgentState, AgentStatus, Command, MetricBatch};
+use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch};
 
 use crate::config::AgentConfig;
 
@@ -28,8 +28,9 @@ const REQUEST_QUEUE: usize = 1024;
 /// A message from the coordinator, forwarded to the runner.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A command addressed to this host (already decoded and checked).
-    Command(Command),
+    /// A payload from this host's command topic (checked by the runner's
+    /// [`crate::command_guard::CommandGuard`]).
+    Command(Vec<u8>),
     /// A policy bundle's payload as published on `vigil/v1/bundles/{group}` (decoded and
     /// verified by the runner's [`crate::bundles::Bundles`]).
     Bundle {
@@ -215,17 +216,12 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == command_topic => {
-                match wire::decode::<Command>(&publish.payload) {
-                    Ok(command) if command.host == host => {
-                        if inbound.send(Inbound::Command(command)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(command) => tracing::warn!(
-                        claimed = %command.host,
-                        "refused a command addressed to another host"
-                    ),
-                    Err(e) => tracing::warn!("refused a malformed command: {e}"),
+                if inbound
+                    .send(Inbound::Command(publish.payload.to_vec()))
+                    .await
+                    .is_err()
+                {
+                    return;
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {

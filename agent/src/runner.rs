@@ -24,6 +24,7 @@ use crate::actions::store::AgentStoreError;
 use crate::actions::{ActionQueue, AgentStore, NewAction, Origin, RunFn};
 use crate::bundle_store::BundleStore;
 use crate::bundles::{Bundles, Outcome};
+use crate::command_guard::CommandGuard;
 use crate::config::AgentConfig;
 use crate::evaluator::{EvalOutput, Evaluator, WatchSets};
 use crate::execute::dispatch::Executors;
@@ -95,6 +96,11 @@ pub async fn run(
         status.bundle_error = refusal.clone();
     }
     let store = AgentStore::open(&config.data_dir.join("agent"))?;
+    let mut commands = CommandGuard::open(
+        config.bundle_key.as_ref().map(|k| k.key.clone()),
+        &config.host,
+        &config.data_dir,
+    );
     let outbox_signal = OutboxSignal::default();
     let (stop_outbox, stop_outbox_rx) = watch::channel(false);
     let outbox_options = vigil_shared::mqtt::client_options(
@@ -201,10 +207,20 @@ pub async fn run(
                 queue.schedule(now)?;
             }
             Some(inbound) = inbound_rx.recv() => match inbound {
-                Inbound::Command(command) => {
+                Inbound::Command(payload) => {
                     let now = now_ms();
-                    run_command(command, &mut queue, &link, now)?;
-                    queue.schedule(now)?;
+                    match commands.check(&payload, now) {
+                        Ok(command) => {
+                            run_command(command, &mut queue, &link, now)?;
+                            queue.schedule(now)?;
+                        }
+                        Err(refusal) => {
+                            tracing::warn!(reason = refusal.reason(), "refused a command: {refusal}");
+                            link.update_status(|s| {
+                                s.detail = Some(format!("refused command: {refusal}"));
+                            });
+                        }
+                    }
                 }
                 Inbound::Bundle { group, payload } => {
                     let Some((set, refusal)) = bundles.as_mut() else { continue };
@@ -426,20 +442,13 @@ fn handle(
     queue.schedule(now_ms)
 }
 
-/// Carries out a command from the coordinator. Expired commands are refused.
+/// Carries out a command from the coordinator (checked by the [`CommandGuard`]).
 fn run_command(
     command: Command,
     queue: &mut ActionQueue,
     link: &Link,
     now_ms: i64,
 ) -> Result<(), AgentStoreError> {
-    if command.expires_at_ms < now_ms {
-        tracing::warn!(command = %command.id, "refused an expired command");
-        link.update_status(|s| {
-            s.detail = Some(format!("refused command {}: expired", command.id));
-        });
-        return Ok(());
-    }
     match command.kind {
         CommandKind::RunAction {
             action_id,

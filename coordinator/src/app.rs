@@ -104,7 +104,8 @@ impl Coordinator {
             config.mqtt_username.as_deref(),
             config.mqtt_password.as_deref(),
         );
-        let (publisher, eventloop) = crate::ingest::connect(options);
+        let keys = crate::bundles::load_key(config.bundle_key.clone()).await?;
+        let (publisher, eventloop) = crate::ingest::connect(options, Arc::clone(&keys));
         tasks.push(tokio::spawn(crate::ingest::run(
             publisher.clone(),
             eventloop,
@@ -114,7 +115,7 @@ impl Coordinator {
         )));
         let bundles = crate::bundles::start(
             config.bundles_dir.clone(),
-            config.bundle_key.clone(),
+            keys,
             store.clone(),
             telemetry.clone(),
             publisher.clone(),

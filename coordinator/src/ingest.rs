@@ -9,12 +9,15 @@
 //! The same MQTT connection carries the coordinator's commands to agents: [`connect`]
 //! returns a [`Publisher`] for them alongside the event loop [`run`] drives.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use thiserror::Error;
 use tokio::sync::watch;
+use vigil_shared::bundle::BundleKeys;
+use vigil_shared::command_auth;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
@@ -57,20 +60,39 @@ pub enum PublishError {
 }
 
 /// Publishes commands to agents (`vigil/v1/agents/{host}/commands`, QoS 1) over the
-/// ingest connection. Cheap to clone.
+/// ingest connection, each signed with the coordinator's key
+/// ([`vigil_shared::command_auth`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
     client: AsyncClient,
     /// Counts the connection's (re)connects, so retained state can be republished.
     connects: Arc<watch::Sender<u64>>,
+    /// Signs commands.
+    keys: Arc<BundleKeys>,
+    /// The last `issued_at_ms` given to a command: each is strictly later, so agents can
+    /// refuse any command not newer than the last they accepted (replays).
+    last_issued_ms: Arc<AtomicI64>,
 }
 
 impl Publisher {
-    /// Hands `command` to the MQTT connection for its host's command topic. Returns once
-    /// queued; the connection delivers it (QoS 1) when the broker is reachable.
+    /// Signs `command` and hands it to the MQTT connection for its host's command topic.
+    /// Its `issued_at_ms` is moved later if needed to be strictly after the previous
+    /// command's (its expiry moves with it). Returns once queued; the connection delivers
+    /// it (QoS 1) when the broker is reachable.
     pub async fn command(&self, command: &Command) -> Result<(), PublishError> {
         let topic = topics::agent(&command.host, AgentChannel::Commands);
-        let payload = wire::encode(command);
+        let mut command = command.clone();
+        let wanted = command.issued_at_ms;
+        let previous = self
+            .last_issued_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(wanted.max(last + 1))
+            })
+            .unwrap_or_else(|last| last);
+        let issued = wanted.max(previous + 1);
+        command.expires_at_ms += issued - command.issued_at_ms;
+        command.issued_at_ms = issued;
+        let payload = wire::encode(&command_auth::sign(&self.keys, &command));
         match tokio::time::timeout(
             PUBLISH_WAIT,
             self.client
@@ -109,12 +131,21 @@ impl Publisher {
     }
 }
 
-/// Creates the coordinator's MQTT client: a [`Publisher`] for commands, and the event
-/// loop that [`run`] drives (nothing is sent or received until it runs).
-pub fn connect(options: MqttOptions) -> (Publisher, EventLoop) {
+/// Creates the coordinator's MQTT client: a [`Publisher`] for commands (signed with
+/// `keys`), and the event loop that [`run`] drives (nothing is sent or received until it
+/// runs).
+pub fn connect(options: MqttOptions, keys: Arc<BundleKeys>) -> (Publisher, EventLoop) {
     let (client, eventloop) = AsyncClient::new(options, 64);
     let connects = Arc::new(watch::channel(0).0);
-    (Publisher { client, connects }, eventloop)
+    (
+        Publisher {
+            client,
+            connects,
+            keys,
+            last_issued_ms: Arc::new(AtomicI64::new(0)),
+        },
+        eventloop,
+    )
 }
 
 /// Runs the subscriber until `stop` turns true. Reconnects on its own.
@@ -125,7 +156,9 @@ pub async fn run(
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Publisher { client, connects } = publisher;
+    let Publisher {
+        client, connects, ..
+    } = publisher;
     let mut failures: u32 = 0;
     let mut gaps = BatchGaps::default();
     loop {

@@ -181,6 +181,12 @@ impl BundleKeys {
     }
 
     /// Signs a bundle.
+    /// An ed25519 signature over `bytes` (64 bytes): for other signed messages, such as
+    /// commands ([`crate::command_auth`]).
+    pub(crate) fn sign_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        self.signing.sign(bytes).to_bytes().to_vec()
+    }
+
     pub fn sign(&self, bundle: &Bundle) -> SignedBundle {
         let content = match postcard::to_stdvec(bundle) {
             Ok(bytes) => bytes,
@@ -201,6 +207,13 @@ impl BundleKeys {
 pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
+    /// Whether `signature` is this key's ed25519 signature over `bytes`.
+    pub(crate) fn verifies(&self, bytes: &[u8], signature: &[u8]) -> bool {
+        <[u8; 64]>::try_from(signature)
+            .map(|sig| self.0.verify(bytes, &Signature::from_bytes(&sig)).is_ok())
+            .unwrap_or(false)
+    }
+
     /// Reads a public key given as 64 hex characters.
     pub fn from_hex(text: &str) -> Result<PublicKey, BundleError> {
         let bytes = decode_hex_key(text.trim()).map_err(|reason| BundleError::Key {

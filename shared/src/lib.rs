@@ -7,6 +7,7 @@
 //!   ingest so both reject the same things with the same words.
 //! - [`bundle`]: signed, versioned policy bundles for host groups.
 //! - [`bundle_manifest`]: a bundle's desired-state manifest, as policies.
+//! - [`command_auth`]: commands to agents, signed by the coordinator and checked by agents.
 //! - [`broker_url`]: `mqtt://host:port` as users write it.
 //! - [`config_file`]: TOML config files with errors naming file, line and key.
 //! - [`mqtt`]: MQTT client options shared by agents and the coordinator.
@@ -16,6 +17,7 @@
 pub mod broker_url;
 pub mod bundle;
 pub mod bundle_manifest;
+pub mod command_auth;
 pub mod config_file;
 pub mod mqtt;
 pub mod policy;

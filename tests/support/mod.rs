@@ -112,7 +112,14 @@ impl Proc {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let log = std::fs::File::create(log_dir.join(format!("{name}-{n}.log"))).expect("log file");
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        // Agents trust the coordinator the test started in the same directory (its
+        // public key, written at start-up): commands to agents are signed with it.
+        let coordinator_key = log_dir.join("data").join("bundle-signing.pub");
+        if program.ends_with("vigil-agent") && coordinator_key.is_file() {
+            command.env("VIGIL_BUNDLE_KEY", &coordinator_key);
+        }
+        let child = command
             .args(args)
             .env("VIGIL_LOG", "info")
             .stdout(log.try_clone().expect("log handle"))

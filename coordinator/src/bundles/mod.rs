@@ -20,6 +20,7 @@ pub mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use vigil_shared::bundle::BundleKeys;
 
 use thiserror::Error;
 
@@ -40,15 +41,9 @@ pub enum BundleStartError {
     Store(#[from] StoreError),
 }
 
-/// Loads (or creates) the signing key, reads the stored versions and builds and publishes
-/// the directory once. A group that does not build is reported, not fatal.
-pub async fn start(
-    dir: Option<PathBuf>,
-    key_path: PathBuf,
-    store: Store,
-    telemetry: Arc<Telemetry>,
-    publisher: Publisher,
-) -> Result<Arc<Bundles>, BundleStartError> {
+/// Loads (or creates) the coordinator's signing key (it signs bundles and commands) and
+/// logs where it is.
+pub async fn load_key(key_path: PathBuf) -> Result<Arc<BundleKeys>, BundleStartError> {
     let path = key_path.clone();
     let (keys, created) = tokio::task::spawn_blocking(move || keys::load_or_generate(&path))
         .await
@@ -60,9 +55,21 @@ pub async fn start(
         key = %key_path.display(),
         public_key = %keys.public_hex(),
         public_key_file = %keys::public_path(&key_path).display(),
-        "bundle signing key {}",
+        "signing key for bundles and commands {}",
         if created { "generated" } else { "loaded" }
     );
+    Ok(Arc::new(keys))
+}
+
+/// Reads the stored versions and builds and publishes the directory once. A group that
+/// does not build is reported, not fatal.
+pub async fn start(
+    dir: Option<PathBuf>,
+    keys: Arc<BundleKeys>,
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    publisher: Publisher,
+) -> Result<Arc<Bundles>, BundleStartError> {
     let bundles = Arc::new(Bundles::open(
         dir.clone(),
         keys,

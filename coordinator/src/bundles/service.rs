@@ -73,7 +73,7 @@ struct State {
 /// The bundle publisher. Cheap to share (`Arc`).
 pub struct Bundles {
     dir: Option<PathBuf>,
-    keys: BundleKeys,
+    keys: Arc<BundleKeys>,
     public_hex: String,
     store: Store,
     telemetry: Arc<Telemetry>,
@@ -87,7 +87,7 @@ impl Bundles {
     /// Loads the stored versions. Nothing is read or published until [`Bundles::reload`].
     pub fn open(
         dir: Option<PathBuf>,
-        keys: BundleKeys,
+        keys: Arc<BundleKeys>,
         store: Store,
         telemetry: Arc<Telemetry>,
         publisher: Publisher,
@@ -331,12 +331,12 @@ mod tests {
         )
         .unwrap();
         let options = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
-        let (publisher, _eventloop) = crate::ingest::connect(options);
-        let keys = BundleKeys::load(&data.join("k")).unwrap_or_else(|_| {
+        let keys = Arc::new(BundleKeys::load(&data.join("k")).unwrap_or_else(|_| {
             let k = BundleKeys::generate();
             std::fs::write(data.join("k"), k.private_hex()).unwrap();
             k
-        });
+        }));
+        let (publisher, _eventloop) = crate::ingest::connect(options, Arc::clone(&keys));
         Bundles::open(
             Some(dir.to_path_buf()),
             keys,
