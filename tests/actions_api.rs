@@ -18,7 +18,9 @@ use vigil_shared::wire::{
     self, ActionEvent, ActionState, AgentState, AgentStatus, Command, CommandKind,
     PolicyRunnerStatus, QueueStatus,
 };
-use vigil_tests::{get_json, host_entry, metric, post_raw, start_coordinator, wait_for, TestDir};
+use vigil_tests::{
+    authorized, get_json, host_entry, metric, post_raw, start_coordinator, wait_for, TestDir,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 const HOST: &str = "e2e-act";
@@ -326,7 +328,9 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
     assert_eq!(status, 200, "{all}");
     assert_eq!(all["count"], 3, "{all}");
     assert_eq!(ids(&all), vec!["A3", "A2", "A1"]);
-    let text = reqwest::get(format!("{api}/actions/A1"))
+    let url = format!("{api}/actions/A1");
+    let text = authorized(&url, reqwest::Client::new().get(&url))
+        .send()
         .await
         .expect("GET")
         .text()

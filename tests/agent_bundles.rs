@@ -13,7 +13,8 @@ use serde_json::Value;
 use vigil_shared::bundle::{Bundle, BundleFile, BundleKeys, SignedBundle};
 use vigil_shared::topics;
 use vigil_tests::{
-    bin, free_port, get_json, start_coordinator, wait_for, CoordinatorProc, Proc, TestDir,
+    adopt_admin_token, bin, free_port, get_json, start_coordinator, wait_for, CoordinatorProc,
+    Proc, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -338,6 +339,8 @@ async fn coordinator_on(dir: &TestDir, name: &str, mqtt_port: u16) -> (Proc, Str
         async move { reqwest_ok(&url).await.then_some(()) }
     })
     .await;
+    // Its REST calls (through the helpers) carry its admin token, if it wrote one.
+    adopt_admin_token(&dir.path().join(name), &http).await;
     (proc, http)
 }
 

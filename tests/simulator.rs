@@ -60,9 +60,15 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
     assert!(report.out_of_order > 50, "{report}");
     assert!(report.action_transitions > 1000, "{report}");
 
-    let verification = verify(&c.http, &outcome, before, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let verification = verify(
+        &c.http,
+        c.token.as_deref(),
+        &outcome,
+        before,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     println!("{verification}");
     assert!(verification.passed(), "{verification}");
     assert_eq!(verification.actions_checked, outcome.actions.len());
@@ -137,9 +143,14 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
 async fn the_simulate_command_verifies_its_own_run() {
     let dir = TestDir::new();
     let c = start_coordinator(&dir, None, &[]).await;
-    let output = Command::new(bin("vigil-sim"))
+    let mut simulate = Command::new(bin("vigil-sim"));
+    simulate.arg("simulate");
+    // The verification's action lookups authenticate with the coordinator's admin token.
+    if let Some(token) = &c.token {
+        simulate.args(["--token", token]);
+    }
+    let output = simulate
         .args([
-            "simulate",
             "--broker",
             &c.broker,
             "--agents",

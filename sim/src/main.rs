@@ -99,6 +99,9 @@ struct SimulateArgs {
     /// action transition stored exactly once); exits non-zero if it does not hold.
     #[arg(long, value_name = "URL")]
     verify: Option<String>,
+    /// REST API token for --verify's lookups (`Authorization: Bearer`) [default: none]
+    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -226,7 +229,15 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
     stopper.abort();
     print!("{}", outcome.report);
     if let (Some(http), Some(before)) = (&args.verify, before) {
-        match verify::verify(http, &outcome, before, Duration::from_secs(30)).await {
+        match verify::verify(
+            http,
+            args.token.as_deref(),
+            &outcome,
+            before,
+            Duration::from_secs(30),
+        )
+        .await
+        {
             Ok(result) => {
                 println!("{result}");
                 if !result.passed() {

@@ -163,10 +163,57 @@ pub struct CoordinatorProc {
     pub http: String,
     /// `mqtt://127.0.0.1:PORT`: the broker agents use.
     pub broker: String,
+    /// The admin REST API token the coordinator wrote to `<data dir>/admin.token` on its
+    /// first start; `None` for a coordinator that wrote none (one without API tokens).
+    pub token: Option<String>,
+}
+
+impl CoordinatorProc {
+    /// `request` with this coordinator's admin token, if it has one.
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        with_token(request, self.token.as_deref())
+    }
+}
+
+/// `request` with `Authorization: Bearer <token>` when a token is given.
+pub fn with_token(
+    request: reqwest::RequestBuilder,
+    token: Option<&str>,
+) -> reqwest::RequestBuilder {
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// How long [`read_admin_token`] waits for the file after the coordinator answers
+/// `/health`.
+pub const ADMIN_TOKEN_WAIT: Duration = Duration::from_secs(3);
+
+/// The admin token a coordinator writes to `<data_dir>/admin.token` (the token and a
+/// newline) when it first starts on an empty store, waiting up to `wait` for the file;
+/// `None` if it does not appear (a coordinator without API tokens) or stays empty.
+pub async fn read_admin_token(data_dir: &Path, wait: Duration) -> Option<String> {
+    let path = data_dir.join("admin.token");
+    let deadline = Instant::now() + wait;
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let token = text.trim();
+        // The newline ends the file; before it the write may still be under way.
+        let complete = text.ends_with('\n') && !token.is_empty();
+        if complete || (Instant::now() >= deadline && !token.is_empty()) {
+            return Some(token.to_string());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Starts `vigil-coordinator serve` with its data in `<dir>/data`, using `external_broker`
-/// or else the embedded broker on a free port, and waits for `/health`.
+/// or else the embedded broker on a free port, waits for `/health`, and then (up to
+/// [`ADMIN_TOKEN_WAIT`]) for the admin token it writes to `<dir>/data/admin.token`.
 pub async fn start_coordinator(
     dir: &Path,
     external_broker: Option<&str>,
@@ -196,7 +243,13 @@ pub async fn start_coordinator(
     let proc = Proc::start("coordinator", &program, &args, dir)?;
     let http = format!("http://127.0.0.1:{http_port}");
     wait_http(&format!("{http}/health"), Duration::from_secs(30), dir).await?;
-    Ok(CoordinatorProc { proc, http, broker })
+    let token = read_admin_token(&dir.join("data"), ADMIN_TOKEN_WAIT).await;
+    Ok(CoordinatorProc {
+        proc,
+        http,
+        broker,
+        token,
+    })
 }
 
 /// Waits until `url` answers 2xx.

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::fleet::Outcome;
-use crate::procs::prometheus_value;
+use crate::procs::{prometheus_value, with_token};
 
 /// The coordinator's counters a verification compares (read before and after a run).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -86,8 +86,11 @@ impl fmt::Display for Verification {
 
 /// Verifies `outcome` against the coordinator at `http`, whose counters were `before`
 /// the run. Waits up to `settle` for the coordinator to catch up with what is in flight.
+/// `token` authenticates the REST lookups of actions (`Authorization: Bearer`); the
+/// counters come from the open `/metrics`.
 pub async fn verify(
     http: &str,
+    token: Option<&str>,
     outcome: &Outcome,
     before: CoordinatorCounts,
     settle: Duration,
@@ -110,8 +113,7 @@ pub async fn verify(
     let mut mismatches = Vec::new();
     for (id, (_host, sent)) in &outcome.actions {
         let url = format!("{http}/api/v1/actions/{id}");
-        let response = client
-            .get(&url)
+        let response = with_token(client.get(&url), token)
             .send()
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;

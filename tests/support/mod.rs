@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -177,10 +177,60 @@ pub struct CoordinatorProc {
     pub http: String,
     /// `mqtt://127.0.0.1:PORT`: the broker agents should use.
     pub broker: String,
+    /// The admin REST API token the coordinator wrote to `<dir>/data/admin.token`, if it
+    /// wrote one (a coordinator without API tokens writes none). The HTTP helpers here
+    /// send it by themselves; see [`authorized`] for requests built elsewhere.
+    pub token: Option<String>,
 }
 
-/// Starts `vigil-coordinator serve` on `data_dir`, with the embedded broker on a free port
-/// unless `external_broker` is given, and waits for `/health`.
+/// The coordinators' admin tokens, by base URL (`http://127.0.0.1:PORT`): every HTTP
+/// helper sends the token of the coordinator its URL points at.
+static TOKENS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Remembers `token` as the one to send to URLs under `http` (`http://127.0.0.1:PORT`).
+pub fn register_token(http: &str, token: &str) {
+    let base = http.trim_end_matches('/').to_string();
+    let mut tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    tokens.retain(|(b, _)| *b != base);
+    tokens.push((base, token.to_string()));
+}
+
+/// The registered token for `url`, if it lies under a registered base URL.
+pub fn token_for(url: &str) -> Option<String> {
+    let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    tokens
+        .iter()
+        .find(|(base, _)| {
+            url.strip_prefix(base.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+        })
+        .map(|(_, token)| token.clone())
+}
+
+/// `request` (to `url`) with `Authorization: Bearer <token>` when a coordinator's token
+/// is registered for `url`, else unchanged.
+pub fn authorized(url: &str, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match token_for(url) {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// Waits up to 3 s for the admin token a coordinator with its data in `data_dir` writes
+/// to `admin.token` on its first start, and registers it for `http`. `None` when the
+/// file does not appear (a coordinator without API tokens): requests then carry none.
+pub async fn adopt_admin_token(data_dir: &Path, http: &str) -> Option<String> {
+    let token =
+        vigil_sim::procs::read_admin_token(data_dir, vigil_sim::procs::ADMIN_TOKEN_WAIT).await;
+    if let Some(token) = &token {
+        register_token(http, token);
+    }
+    token
+}
+
+/// Starts `vigil-coordinator serve` on `<dir>/data`, with the embedded broker on a free
+/// port unless `external_broker` is given, waits for `/health`, and then adopts its admin
+/// token (see [`adopt_admin_token`]).
 pub async fn start_coordinator(
     dir: &TestDir,
     external_broker: Option<&str>,
@@ -220,7 +270,13 @@ pub async fn start_coordinator(
         }
     })
     .await;
-    CoordinatorProc { proc, http, broker }
+    let token = adopt_admin_token(&data_dir, &http).await;
+    CoordinatorProc {
+        proc,
+        http,
+        broker,
+        token,
+    }
 }
 
 /// Starts `vigil-agent` reporting as `host` to `broker` every 200 ms.
@@ -307,7 +363,8 @@ where
 
 /// GETs a URL and returns status and JSON body.
 pub async fn get_json(url: &str) -> (u16, Value) {
-    let response = reqwest::get(url)
+    let response = authorized(url, reqwest::Client::new().get(url))
+        .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = response.status().as_u16();
@@ -317,8 +374,7 @@ pub async fn get_json(url: &str) -> (u16, Value) {
 
 /// POSTs a raw body as JSON and returns status and JSON body.
 pub async fn post_raw(url: &str, body: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(url)
+    let response = authorized(url, reqwest::Client::new().post(url))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -331,7 +387,9 @@ pub async fn post_raw(url: &str, body: &str) -> (u16, Value) {
 
 /// GETs `/metrics` and returns the value of one sample line (`name{labels}`), 0 if absent.
 pub async fn metric(http: &str, series: &str) -> f64 {
-    let text = reqwest::get(format!("{http}/metrics"))
+    let url = format!("{http}/metrics");
+    let text = authorized(&url, reqwest::Client::new().get(&url))
+        .send()
         .await
         .expect("GET /metrics")
         .text()
@@ -360,8 +418,7 @@ pub async fn host_entry(http: &str, host: &str) -> Option<Value> {
 pub async fn send_raw(method: &str, url: &str, body: &str) -> (u16, Value) {
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .unwrap_or_else(|e| panic!("bad method {method}: {e}"));
-    let response = reqwest::Client::new()
-        .request(method.clone(), url)
+    let response = authorized(url, reqwest::Client::new().request(method.clone(), url))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()

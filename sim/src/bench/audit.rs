@@ -580,8 +580,8 @@ async fn get(
 ) -> Result<(Duration, Vec<u8>), BenchError> {
     let url = format!("{}{path}", proc.http);
     let started = Instant::now();
-    let response = client
-        .get(&url)
+    let response = proc
+        .authorize(client.get(&url))
         .send()
         .await
         .map_err(|e| BenchError::Failed(format!("GET {url}: {e}")))?;

@@ -67,7 +67,12 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     loop {
         check_alive(&mut measured, &dir)?;
         check_alive(&mut baseline, &dir)?;
-        let hosts = get_json(&client, &format!("{}/api/v1/hosts", coordinator.http)).await;
+        let hosts = get_json(
+            &client,
+            coordinator.token.as_deref(),
+            &format!("{}/api/v1/hosts", coordinator.http),
+        )
+        .await;
         if let Ok(hosts) = &hosts {
             if [HOST_POLICIES, HOST_BASELINE]
                 .iter()
@@ -124,9 +129,13 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     check_alive(&mut baseline, &dir)?;
 
     // Both agents really reported all along, and the 50 policies were loaded and run.
-    let hosts = get_json(&client, &format!("{}/api/v1/hosts", coordinator.http))
-        .await
-        .map_err(BenchError::Failed)?;
+    let hosts = get_json(
+        &client,
+        coordinator.token.as_deref(),
+        &format!("{}/api/v1/hosts", coordinator.http),
+    )
+    .await
+    .map_err(BenchError::Failed)?;
     for host in [HOST_POLICIES, HOST_BASELINE] {
         let entry = host_entry(&hosts, host).ok_or_else(|| {
             BenchError::Failed(format!(
@@ -140,6 +149,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         }
         let detail = get_json(
             &client,
+            coordinator.token.as_deref(),
             &format!("{}/api/v1/hosts/{host}", coordinator.http),
         )
         .await
@@ -152,6 +162,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     }
     let runner = get_json(
         &client,
+        coordinator.token.as_deref(),
         &format!("{}/api/v1/policies/runner/status", coordinator.http),
     )
     .await
@@ -180,6 +191,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     }
     let events = get_json(
         &client,
+        coordinator.token.as_deref(),
         &format!(
             "{}/api/v1/violations?host={HOST_POLICIES}&limit=1000",
             coordinator.http
@@ -362,9 +374,12 @@ fn check_alive(proc: &mut Proc, dir: &Path) -> Result<(), BenchError> {
     }
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let response = client
-        .get(url)
+async fn get_json(
+    client: &reqwest::Client,
+    token: Option<&str>,
+    url: &str,
+) -> Result<Value, String> {
+    let response = procs::with_token(client.get(url), token)
         .send()
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;

@@ -215,8 +215,8 @@ async fn measure(
         "{}/api/v1/metrics/query?name=cpu_percent&host={host}&limit=10000",
         coordinator.http
     );
-    let body: serde_json::Value = client
-        .get(&url)
+    let body: serde_json::Value = coordinator
+        .authorize(client.get(&url))
         .send()
         .await
         .map_err(|e| BenchError::Failed(format!("GET {url}: {e}")))?

@@ -165,7 +165,7 @@ async fn measure(
             Duration::from_secs(10)
         };
         loop {
-            let body: serde_json::Value = match http.get(&url).send().await {
+            let body: serde_json::Value = match coordinator.authorize(http.get(&url)).send().await {
                 Ok(r) => r.json().await.unwrap_or_default(),
                 Err(e) => return Err(BenchError::Failed(format!("GET {url}: {e}"))),
             };
