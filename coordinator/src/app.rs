@@ -24,6 +24,9 @@ pub enum StartError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The first admin token could not be made.
+    #[error("REST API tokens: {0}")]
+    Tokens(String),
     /// The embedded broker could not start.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -53,6 +56,8 @@ pub struct Coordinator {
     pub store: Store,
     /// The coordinator's counters.
     pub telemetry: Arc<Telemetry>,
+    /// The admin token file written on this start (the first start of a data dir).
+    pub admin_token_file: Option<std::path::PathBuf>,
     writer: StoreWriter,
     writer_thread: ThreadHandle<()>,
     stop: watch::Sender<bool>,
@@ -141,6 +146,21 @@ impl Coordinator {
             addr: config.listen,
             source,
         })?;
+        let admin_token_file =
+            crate::tokens::bootstrap_admin(&store, &config.data_dir, vigil_shared::time::now_ms())
+                .map_err(StartError::Tokens)?;
+        if let Some(path) = &admin_token_file {
+            tracing::warn!(
+                file = %path.display(),
+                "created the first REST API token (role admin); send it as `Authorization: Bearer <token>`"
+            );
+        }
+        let auth = Arc::new(api::auth::Auth::new(
+            store.clone(),
+            telemetry.clone(),
+            !config.metrics_auth,
+            config.auth_failure_limit,
+        ));
         let routes = api::routes(Arc::new(Api {
             store: store.clone(),
             writer: writer.clone(),
@@ -148,6 +168,7 @@ impl Coordinator {
             policies: Arc::new(policies),
             publisher,
             bundles,
+            auth,
         }));
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(
@@ -170,6 +191,7 @@ impl Coordinator {
             broker_url,
             store,
             telemetry,
+            admin_token_file,
             writer,
             writer_thread,
             stop,

@@ -1,6 +1,6 @@
 //! The coordinator's command line (clap): `up` (coordinator plus a local agent) and
-//! `serve` (coordinator only), and `bundle` (offline bundle tools, see
-//! [`crate::bundles::cli`]). Every flag can also come from a `VIGIL_…` variable.
+//! `serve` (coordinator only), `bundle` (offline bundle tools, see
+//! [`crate::bundles::cli`]) and `token` (REST API tokens, see [`crate::tokens_cli`]). Every flag can also come from a `VIGIL_…` variable.
 
 use std::path::PathBuf;
 
@@ -28,6 +28,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Build, verify, diff policy bundles and generate signing keys (for CI pipelines).
     Bundle(crate::bundles::cli::BundleArgs),
+    /// Create, list and revoke REST API tokens.
+    Token(crate::tokens_cli::TokenArgs),
 }
 
 /// Settings of the coordinator.
@@ -89,6 +91,15 @@ pub struct ServeArgs {
     /// [default: <data-dir>/bundle-signing.key]
     #[arg(long, env = "VIGIL_BUNDLE_KEY", value_name = "FILE")]
     pub bundle_key: Option<PathBuf>,
+
+    /// Require a (viewer) token for GET /metrics [default: false, open]
+    #[arg(long, env = "VIGIL_METRICS_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_auth: Option<bool>,
+
+    /// Failed REST authentications one client address may make per minute before it
+    /// gets 429 Too Many Requests; 0 for no limit [default: 30]
+    #[arg(long, env = "VIGIL_AUTH_FAILURE_LIMIT")]
+    pub auth_failure_limit: Option<u32>,
 }
 
 /// Settings of `up`: the coordinator's, plus the local agent's.
@@ -144,6 +155,8 @@ impl ServeArgs {
                 policies: self.policies,
                 bundles: self.bundles,
                 bundle_key: self.bundle_key,
+                metrics_auth: self.metrics_auth,
+                auth_failure_limit: self.auth_failure_limit,
             },
         )
     }

@@ -62,6 +62,11 @@ pub struct CoordinatorConfig {
     pub bundles_dir: Option<PathBuf>,
     /// The bundle signing key file.
     pub bundle_key: PathBuf,
+    /// Whether `GET /metrics` needs a (viewer) token; it is open by default.
+    pub metrics_auth: bool,
+    /// Failed REST authentications one client address may make per minute before it
+    /// gets 429 (0: no limit).
+    pub auth_failure_limit: u32,
 }
 
 impl CoordinatorConfig {
@@ -109,6 +114,10 @@ pub struct CoordinatorFile {
     pub bundles: Option<PathBuf>,
     /// See `--bundle-key`.
     pub bundle_key: Option<PathBuf>,
+    /// See `--metrics-auth`.
+    pub metrics_auth: Option<bool>,
+    /// See `--auth-failure-limit`.
+    pub auth_failure_limit: Option<u32>,
 }
 
 /// Settings given as flags or environment variables (`None` when absent).
@@ -209,6 +218,11 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         retention,
         map_size: MapSize { initial, max },
         policies_dir: over.policies.or(file.policies),
+        metrics_auth: over.metrics_auth.or(file.metrics_auth).unwrap_or(false),
+        auth_failure_limit: over
+            .auth_failure_limit
+            .or(file.auth_failure_limit)
+            .unwrap_or(crate::api::auth::DEFAULT_MAX_FAILURES),
     })
 }
 

@@ -8,6 +8,7 @@
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
 //! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
 //! - [`telemetry`]: the coordinator's own Prometheus metrics.
+//! - [`tokens`]: REST API tokens and roles (checked by [`api::auth`]).
 //! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
 //! - [`app`]: starts and stops all of the above as one [`app::Coordinator`].
 
@@ -22,6 +23,8 @@ pub mod ingest;
 pub mod policies;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
+pub mod tokens_cli;
 
 pub use app::Coordinator;
 pub use config::CoordinatorConfig;

@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Bundle(args) => vigil_coordinator::bundles::cli::run(args),
+        Command::Token(args) => vigil_coordinator::tokens_cli::run(args),
         Command::Serve(args) => {
             let config = args.into_config().map_err(|e| e.to_string())?;
             let coordinator = Coordinator::start(config)
@@ -66,10 +67,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             let http = coordinator.http_addr;
+            let token_file = data_dir.join(vigil_coordinator::tokens::ADMIN_TOKEN_FILE);
+            let token_note = match &coordinator.admin_token_file {
+                Some(path) => format!("{} (created now, mode 0600)", path.display()),
+                None if token_file.is_file() => format!("{}", token_file.display()),
+                None => "see `vigil-coordinator token create --role admin --name me`".into(),
+            };
             println!(
                 "Vigil is up.\n  REST API:  http://{http}\n  MQTT:      {}\n  data dir:  {}\n  \
+                 admin token: {token_note}\n  \
                  local agent `{}` reports every {}, policies: {}\n\
-                 Try:  curl http://{http}/api/v1/hosts\n      curl http://{http}/api/v1/violations\n\
+                 Try:  curl -H \"Authorization: Bearer $(cat {})\" http://{http}/api/v1/hosts\n\
                  Stop with Ctrl-C.",
                 coordinator.broker_url,
                 data_dir.display(),
@@ -79,6 +87,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .policies
                     .as_ref()
                     .map_or("none".to_string(), |p| p.display().to_string()),
+                token_file.display(),
             );
             let result = vigil_agent::run(agent_config, shutdown_signal()).await;
             tracing::info!("shutting down");

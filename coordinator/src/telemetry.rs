@@ -42,6 +42,8 @@ pub struct Telemetry {
     pub batches_missing: prometheus::IntCounter,
     /// `vigil_metric_batches_late_total`: metric batches that arrived after a later one.
     pub batches_late: prometheus::IntCounter,
+    /// `vigil_http_auth_failures_total{reason}`: REST requests refused by the token check.
+    pub http_auth_failures: IntCounterVec,
     /// `vigil_actions_total{state}`: action transitions stored in the audit trail (new
     /// ones only; redeliveries are not counted).
     pub actions: IntCounterVec,
@@ -88,6 +90,11 @@ impl Telemetry {
             "vigil_http_requests_total",
             "HTTP requests served, by method, route and status code",
             &["method", "route", "status"],
+        );
+        let http_auth_failures = counter(
+            "vigil_http_auth_failures_total",
+            "REST requests refused by the token check (missing, malformed, unknown, revoked, forbidden, rate_limited)",
+            &["reason"],
         );
         let policy_load_errors = counter(
             "vigil_policy_load_errors_total",
@@ -176,6 +183,7 @@ impl Telemetry {
             policy_load_errors,
             batches_missing,
             batches_late,
+            http_auth_failures,
             actions,
         }
     }

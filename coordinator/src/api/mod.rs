@@ -1,5 +1,5 @@
 //! The REST API (warp). Each route lives in the module named for what it serves; this
-//! module wires them together, measures every request
+//! module wires them together behind the token check ([`auth`]), measures every request
 //! (`vigil_http_requests_total`, `vigil_http_request_duration_seconds`, labelled by route
 //! template, not raw path), and turns warp's own rejections into JSON errors.
 //!
@@ -15,6 +15,7 @@
 //! | `/api/v1/bundles…`, `GET /api/v1/drift` | [`bundles`] |
 
 pub mod actions;
+pub mod auth;
 pub mod bundles;
 pub mod error;
 pub mod health;
@@ -57,6 +58,8 @@ pub struct Api {
     pub publisher: crate::ingest::Publisher,
     /// The bundle publisher.
     pub bundles: Arc<crate::bundles::Bundles>,
+    /// Token checks (see [`auth`]).
+    pub auth: Arc<auth::Auth>,
 }
 
 /// The error for a blocking task that panicked or was cancelled.
@@ -160,7 +163,9 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
             async move { Ok::<_, Infallible>(rejection_response(&telemetry, rejection)) }
         }
     };
-    health
+    auth::guard(api.auth.clone())
+        .or(health)
+        .unify()
         .or(metrics)
         .unify()
         .or(ingest_health)

@@ -32,6 +32,7 @@ pub mod keys;
 pub mod policies;
 pub mod reader;
 pub mod records;
+pub mod tokens;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -124,6 +125,7 @@ pub(crate) struct Dbs {
     pub actions: Database<Bytes, Bytes>,
     pub action_index: Database<Bytes, Bytes>,
     pub bundles: Database<Bytes, Bytes>,
+    pub tokens: Database<Bytes, Bytes>,
 }
 
 /// An open store. Cheap to clone; all clones share one environment.
@@ -172,6 +174,7 @@ impl Store {
             actions: create("actions").map_err(open_err)?,
             action_index: create("action_index").map_err(open_err)?,
             bundles: create("bundles").map_err(open_err)?,
+            tokens: create("tokens").map_err(open_err)?,
         };
         wtxn.commit().map_err(open_err)?;
         Ok(Store {

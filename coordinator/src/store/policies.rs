@@ -64,7 +64,7 @@ impl Store {
             db: "policies",
             reason: format!("policy `{}` cannot be encoded as JSON: {e}", spec.name),
         })?;
-        self.write_policies(|store, txn| {
+        self.write_rare(|store, txn| {
             store.dbs.policies.put(txn, spec.name.as_bytes(), &json)?;
             Ok(())
         })
@@ -72,11 +72,12 @@ impl Store {
 
     /// Deletes an API policy; returns whether it was stored.
     pub fn delete_api_policy(&self, name: &str) -> Result<bool, StoreError> {
-        self.write_policies(|store, txn| Ok(store.dbs.policies.delete(txn, name.as_bytes())?))
+        self.write_rare(|store, txn| Ok(store.dbs.policies.delete(txn, name.as_bytes())?))
     }
 
     /// Runs `f` in its own write transaction and commits; grows a full map and retries.
-    fn write_policies<R>(
+    /// For rare writes (policies, tokens) that need not go through the batching writer.
+    pub(super) fn write_rare<R>(
         &self,
         f: impl Fn(&Store, &mut RwTxn) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
@@ -120,7 +121,7 @@ impl Store {
         tracing::warn!(
             from = current,
             to = grown,
-            "LMDB map was full while storing a policy; grew it"
+            "LMDB map was full during a rare write (policy or token); grew it"
         );
         Ok(())
     }
@@ -176,7 +177,7 @@ mod tests {
         let store = open(dir.path());
         store.put_api_policy(&spec("good")).unwrap();
         store
-            .write_policies(|s, txn| {
+            .write_rare(|s, txn| {
                 s.dbs.policies.put(txn, b"bad", b"{not json")?;
                 Ok(())
             })

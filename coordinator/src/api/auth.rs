@@ -1,0 +1,283 @@
+//! Who may call what. Every request passes [`guard`] before any route: `/health` is open,
+//! `/metrics` is open unless configured otherwise, and everything else needs a token
+//! (`Authorization: Bearer vigil_…`) whose role is high enough for the route
+//! ([`required`]). A missing, unknown, revoked or malformed token is a 401, a role too low
+//! a 403; each is counted in `vigil_http_auth_failures_total{reason}`. A client address
+//! with more 401s in [`FAILURE_WINDOW`] than the limit (`--auth-failure-limit`, default
+//! [`DEFAULT_MAX_FAILURES`]) gets 429 until the window passes. Tokens are looked up in
+//! the store on every request, so a revocation takes effect at once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use warp::filters::BoxedFilter;
+use warp::http::{Method, StatusCode};
+use warp::path::FullPath;
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::error::ApiError;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+use crate::tokens::{self, Role};
+
+/// Failed authentications one client address may make per [`FAILURE_WINDOW`] by default.
+pub const DEFAULT_MAX_FAILURES: u32 = 30;
+/// The window for the failure limit.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token.
+    Open,
+    /// A token with at least this role.
+    Needs(Role),
+}
+
+/// The access `method path` needs.
+pub fn required(method: &Method, path: &str, metrics_open: bool) -> Access {
+    match path {
+        "/health" => return Access::Open,
+        "/metrics" if metrics_open => return Access::Open,
+        _ => {}
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return Access::Needs(Role::Viewer);
+    }
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let operator = match segments.as_slice() {
+        // A sandbox evaluation changes nothing.
+        ["", "api", "v1", "policies", "evaluate"] => return Access::Needs(Role::Viewer),
+        ["", "api", "v1", "actions"] => true,
+        ["", "api", "v1", "ingest", ..] => true,
+        ["", "api", "v1", "hosts", _, "remediation", _] => true,
+        ["", "api", "v1", "policies", _, "enable" | "disable"] => true,
+        _ => false,
+    };
+    Access::Needs(if operator {
+        Role::Operator
+    } else {
+        Role::Admin
+    })
+}
+
+/// The authentication state shared by every request.
+pub struct Auth {
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    metrics_open: bool,
+    max_failures: u32,
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Auth {
+    /// Checks tokens against `store`; `/metrics` is open when `metrics_open`; a client
+    /// address with more than `max_failures` 401s a minute gets 429 (0: no limit).
+    pub fn new(
+        store: Store,
+        telemetry: Arc<Telemetry>,
+        metrics_open: bool,
+        max_failures: u32,
+    ) -> Auth {
+        Auth {
+            store,
+            telemetry,
+            metrics_open,
+            max_failures,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `None` when the request may proceed, else the error response to send.
+    fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        header: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Option<Response> {
+        let Access::Needs(needed) = required(method, path, self.metrics_open) else {
+            return None;
+        };
+        if let Some(ip) = client {
+            if self.rate_limited(ip) {
+                return Some(self.refuse(
+                    "rate_limited",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many failed authentications from {ip}: more than {} in \
+                         {FAILURE_WINDOW:?}; wait and retry with a valid token",
+                        self.max_failures
+                    ),
+                ));
+            }
+        }
+        let unauthorized = |reason: &'static str, message: String| {
+            if let Some(ip) = client {
+                self.note_failure(ip);
+            }
+            Some(self.refuse(reason, StatusCode::UNAUTHORIZED, message))
+        };
+        let Some(header) = header else {
+            return unauthorized(
+                "missing",
+                format!("{method} {path} needs a token: send `Authorization: Bearer <token>` (see `vigil-coordinator token create`)"),
+            );
+        };
+        let Some(token) = header.strip_prefix("Bearer ").map(str::trim) else {
+            return unauthorized(
+                "malformed",
+                "the Authorization header must be `Bearer <token>`".into(),
+            );
+        };
+        let record = match self.store.token(&tokens::hash(token)) {
+            Ok(Some(record)) => record,
+            Ok(None) => return unauthorized("unknown", "unknown token".into()),
+            Err(e) => {
+                tracing::error!("cannot read tokens: {e}");
+                return Some(self.refuse(
+                    "store_error",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot check the token: {e}"),
+                ));
+            }
+        };
+        if record.revoked_ms.is_some() {
+            return unauthorized(
+                "revoked",
+                format!("token `{}` ({}) has been revoked", record.name, record.id),
+            );
+        }
+        if record.role < needed {
+            return Some(self.refuse(
+                "forbidden",
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{method} {path} needs the {needed} role; token `{}` is {}",
+                    record.name, record.role
+                ),
+            ));
+        }
+        None
+    }
+
+    fn refuse(&self, reason: &'static str, status: StatusCode, message: String) -> Response {
+        self.telemetry
+            .http_auth_failures
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(reason, "refused a REST request: {message}");
+        ApiError::new(status, message).into_response()
+    }
+
+    fn rate_limited(&self, ip: IpAddr) -> bool {
+        if self.max_failures == 0 {
+            return false;
+        }
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        failures.get(&ip).is_some_and(|(since, count)| {
+            since.elapsed() < FAILURE_WINDOW && *count >= self.max_failures
+        })
+    }
+
+    fn note_failure(&self, ip: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() > 10_000 {
+            failures.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = failures.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+}
+
+/// A filter that answers with 401/403/429 when a request may not proceed, and otherwise
+/// rejects (so the routes after it answer).
+pub fn guard(auth: Arc<Auth>) -> BoxedFilter<(Response,)> {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::addr::remote())
+        .and_then(
+            move |method: Method,
+                  path: FullPath,
+                  header: Option<String>,
+                  addr: Option<SocketAddr>| {
+                let auth = Arc::clone(&auth);
+                async move {
+                    match auth.check(
+                        &method,
+                        path.as_str(),
+                        header.as_deref(),
+                        addr.map(|a| a.ip()),
+                    ) {
+                        Some(response) => Ok(response),
+                        None => Err(warp::reject::not_found()),
+                    }
+                }
+            },
+        )
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_need_the_roles_the_readme_gives() {
+        let need = |m: Method, p: &str| required(&m, p, true);
+        assert_eq!(need(Method::GET, "/health"), Access::Open);
+        assert_eq!(need(Method::GET, "/metrics"), Access::Open);
+        assert_eq!(
+            required(&Method::GET, "/metrics", false),
+            Access::Needs(Role::Viewer)
+        );
+        assert_eq!(
+            need(Method::GET, "/api/v1/hosts"),
+            Access::Needs(Role::Viewer)
+        );
+        assert_eq!(
+            need(Method::POST, "/api/v1/policies/evaluate"),
+            Access::Needs(Role::Viewer)
+        );
+        assert_eq!(
+            need(Method::POST, "/api/v1/actions"),
+            Access::Needs(Role::Operator)
+        );
+        assert_eq!(
+            need(Method::POST, "/api/v1/ingest"),
+            Access::Needs(Role::Operator)
+        );
+        assert_eq!(
+            need(Method::POST, "/api/v1/hosts/web-1/remediation/pause"),
+            Access::Needs(Role::Operator)
+        );
+        assert_eq!(
+            need(Method::POST, "/api/v1/policies/cpu/disable"),
+            Access::Needs(Role::Operator)
+        );
+        // A policy *named* `enable` is changed by an admin only.
+        assert_eq!(
+            need(Method::PUT, "/api/v1/policies/enable"),
+            Access::Needs(Role::Admin)
+        );
+        assert_eq!(
+            need(Method::POST, "/api/v1/policies"),
+            Access::Needs(Role::Admin)
+        );
+        assert_eq!(
+            need(Method::DELETE, "/api/v1/policies/cpu"),
+            Access::Needs(Role::Admin)
+        );
+        assert_eq!(
+            need(Method::POST, "/api/v1/bundles/reload"),
+            Access::Needs(Role::Admin)
+        );
+    }
+}
