@@ -158,27 +158,13 @@ fn routes() -> Vec<(Method, &'static str, &'static str, Needs)> {
 
 /// Makes a token with the coordinator's CLI; returns it.
 fn create_token(data_dir: &std::path::Path, role: &str, name: &str) -> String {
-    let output = Command::new(bin("vigil-coordinator"))
-        .args([
-            "token",
-            "create",
-            "--role",
-            role,
-            "--name",
-            name,
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .output()
-        .expect("vigil-coordinator token create runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
+    let (ok, out) = token_cli(data_dir, &["create", "--role", role, "--name", name]);
+    assert!(ok, "{out}");
+    // stdout (the token alone) comes first, then stderr's note.
+    out.lines().next().unwrap_or_default().trim().to_string()
 }
 
+/// Runs `vigil-coordinator token ARGS --data-dir DIR`: success, and stdout then stderr.
 fn token_cli(data_dir: &std::path::Path, args: &[&str]) -> (bool, String) {
     let output = Command::new(bin("vigil-coordinator"))
         .arg("token")

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+use vigil_shared::broker_url::BrokerUrl;
 
 /// Why a process could not be started or did not come up.
 #[derive(Debug, Error)]
@@ -250,6 +251,55 @@ pub async fn start_coordinator(
         broker,
         token,
     })
+}
+
+/// A coordinator for one benchmark run: on its embedded broker, or behind a Mosquitto of
+/// its own (the same-run baseline), with data and logs in one directory.
+pub struct Stack {
+    /// The coordinator.
+    pub coordinator: CoordinatorProc,
+    /// The external broker, if the run uses one.
+    pub mosquitto: Option<Mosquitto>,
+    /// The broker agents connect to.
+    pub broker: BrokerUrl,
+}
+
+impl Stack {
+    /// Creates `dir` and starts Mosquitto (if `via_mosquitto`) and a coordinator in it.
+    pub async fn start(dir: &Path, via_mosquitto: bool) -> Result<Stack, ProcError> {
+        std::fs::create_dir_all(dir).map_err(|source| ProcError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mosquitto = if via_mosquitto {
+            Some(start_mosquitto(dir)?)
+        } else {
+            None
+        };
+        let coordinator =
+            start_coordinator(dir, mosquitto.as_ref().map(|m| m.url.as_str()), &[]).await?;
+        let broker = coordinator
+            .broker
+            .parse()
+            .map_err(|e| ProcError::NotReady {
+                what: format!("a broker URL (`{}`: {e})", coordinator.broker),
+                timeout: Duration::ZERO,
+                log_dir: dir.to_path_buf(),
+            })?;
+        Ok(Stack {
+            coordinator,
+            mosquitto,
+            broker,
+        })
+    }
+
+    /// Stops the coordinator, then the broker.
+    pub fn stop(self) {
+        self.coordinator.proc.stop();
+        if let Some(m) = self.mosquitto {
+            m.proc.stop();
+        }
+    }
 }
 
 /// Waits until `url` answers 2xx.

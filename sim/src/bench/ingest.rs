@@ -17,8 +17,6 @@
 
 use std::time::{Duration, Instant};
 
-use vigil_shared::broker_url::BrokerUrl;
-
 use super::{Baseline, BenchEnv, BenchError, Figure};
 use crate::chaos::Chaos;
 use crate::fleet::{Fleet, FleetConfig};
@@ -117,22 +115,11 @@ async fn measure(
             "embedded"
         }
     );
-    let dir = env.work_dir.join(&label);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| BenchError::Failed(format!("cannot create {}: {e}", dir.display())))?;
-    let mosquitto = if via_mosquitto {
-        Some(procs::start_mosquitto(&dir)?)
-    } else {
-        None
-    };
-    let coordinator =
-        procs::start_coordinator(&dir, mosquitto.as_ref().map(|m| m.url.as_str()), &[]).await?;
+    let stack = procs::Stack::start(&env.work_dir.join(&label), via_mosquitto).await?;
+    let coordinator = &stack.coordinator;
     // Give an external broker's subscription a moment to be in place.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let broker: BrokerUrl = coordinator
-        .broker
-        .parse()
-        .map_err(|e| BenchError::Failed(format!("broker URL: {e}")))?;
+    let broker = stack.broker.clone();
     let (interval, batches_per_agent) = match load {
         Load::Burst { samples } => (
             Duration::ZERO,
@@ -248,10 +235,7 @@ async fn measure(
         "  {label}: {rate:.0} samples/s, {overall:.0} overall, {stored} samples in \
          {elapsed:.1} s, largest backlog {backlog:.0}"
     );
-    coordinator.proc.stop();
-    if let Some(m) = mosquitto {
-        m.proc.stop();
-    }
+    stack.stop();
     Ok(Run {
         rate,
         overall,

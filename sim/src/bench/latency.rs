@@ -12,7 +12,6 @@
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, QoS};
-use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::mqtt::client_options;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
@@ -82,20 +81,9 @@ async fn measure(
     } else {
         "latency-embedded"
     };
-    let dir = env.work_dir.join(label);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| BenchError::Failed(format!("cannot create {}: {e}", dir.display())))?;
-    let mosquitto = if via_mosquitto {
-        Some(procs::start_mosquitto(&dir)?)
-    } else {
-        None
-    };
-    let coordinator =
-        procs::start_coordinator(&dir, mosquitto.as_ref().map(|m| m.url.as_str()), &[]).await?;
-    let broker: BrokerUrl = coordinator
-        .broker
-        .parse()
-        .map_err(|e| BenchError::Failed(format!("broker URL: {e}")))?;
+    let stack = procs::Stack::start(&env.work_dir.join(label), via_mosquitto).await?;
+    let coordinator = &stack.coordinator;
+    let broker = stack.broker.clone();
     let background = Fleet::start(FleetConfig {
         agents: BACKGROUND_AGENTS,
         host_prefix: format!("{label}-"),
@@ -191,10 +179,7 @@ async fn measure(
     driver.abort();
     background.stop();
     let _ = background.wait(None).await;
-    coordinator.proc.stop();
-    if let Some(m) = mosquitto {
-        m.proc.stop();
-    }
+    stack.stop();
     let result = percentiles(&mut samples);
     eprintln!(
         "  {label}: p50 {:.2} ms, p99 {:.2} ms over {} probes",
