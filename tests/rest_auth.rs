@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use reqwest::Method;
-use vigil_tests::{bin, start_coordinator, TestDir};
+use vigil_tests::{bin, metric, start_coordinator, TestDir};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -270,18 +270,11 @@ async fn every_route_answers_each_role_as_the_role_table_says() {
     );
 
     // Every refusal is counted by reason.
-    let page = reqwest::get(format!("{}/metrics", c.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     for reason in ["missing", "revoked", "forbidden"] {
+        let series = format!("vigil_http_auth_failures_total{{reason=\"{reason}\"}}");
         assert!(
-            page.contains(&format!(
-                "vigil_http_auth_failures_total{{reason=\"{reason}\"}}"
-            )),
-            "{reason} not counted:\n{page}"
+            metric(&c.http, &series).await >= 1.0,
+            "{reason} not counted"
         );
     }
     c.proc.stop();
@@ -313,20 +306,13 @@ async fn repeated_failed_authentication_is_rate_limited() {
     assert_eq!(status, 429);
     // /health stays open.
     assert_eq!(call(&c.http, &Method::GET, "/health", "", None).await, 200);
-    let page = reqwest::get(format!("{}/metrics", c.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        page.contains("vigil_http_auth_failures_total{reason=\"rate_limited\"} 1"),
-        "{page}"
-    );
-    assert!(
-        page.contains("vigil_http_auth_failures_total{reason=\"unknown\"} 5"),
-        "{page}"
-    );
+    let counted = |reason: &str| {
+        let series = format!("vigil_http_auth_failures_total{{reason=\"{reason}\"}}");
+        let http = c.http.clone();
+        async move { metric(&http, &series).await }
+    };
+    assert_eq!(counted("rate_limited").await, 1.0);
+    assert_eq!(counted("unknown").await, 5.0);
     c.proc.stop();
 }
 

@@ -106,11 +106,7 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
     // payload left a gap where its number was (so did each late batch, and batches
     // queued in a connection that was cut: virtual agents, like real ones, keep only
     // action events durable).
-    let counter = |name: &str| {
-        page.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
-    };
+    let counter = |name: &str| vigil_sim::procs::prometheus_value(&page, name) as u64;
     let missing = counter("vigil_metric_batches_missing_total");
     let late = counter("vigil_metric_batches_late_total");
     assert!(

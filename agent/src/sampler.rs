@@ -130,7 +130,8 @@ impl HostSampler {
 }
 
 /// The number of processes: the all-digit names in `/proc` (threads are not listed there).
-fn count_processes() -> Option<usize> {
+/// `None` where `/proc` cannot be read.
+pub fn count_processes() -> Option<usize> {
     let entries = std::fs::read_dir("/proc").ok()?;
     Some(
         entries

@@ -350,6 +350,26 @@ async fn publish(
         .is_ok()
 }
 
+/// Publishes one action transition, tracked until acknowledged. A failed hand-over
+/// leaves it outstanding: it is resent on the next connection.
+async fn publish_action(
+    session: &Session,
+    tracker: &SharedTracker,
+    topic: &str,
+    event: ActionEvent,
+) {
+    let payload = wire::encode(&event);
+    let _ = publish(
+        session,
+        tracker,
+        topic.to_string(),
+        false,
+        payload,
+        Some(event),
+    )
+    .await;
+}
+
 /// Runs one virtual agent until the plan's duration has passed, its batches are sent,
 /// or `stop` turns true; then waits for its outstanding action transitions to be
 /// acknowledged and disconnects cleanly.
@@ -392,16 +412,7 @@ pub async fn run(
         }
         for event in resend.drain(..) {
             Counters::inc(&shared.counters.action_redeliveries);
-            let payload = wire::encode(&event);
-            let _ = publish(
-                &session,
-                &tracker,
-                actions_topic.clone(),
-                false,
-                payload,
-                Some(event),
-            )
-            .await;
+            publish_action(&session, &tracker, &actions_topic, event).await;
         }
         loop {
             if session.is_dead() {
@@ -520,18 +531,7 @@ pub async fn run(
                             if copy > 0 {
                                 Counters::inc(&shared.counters.action_redeliveries);
                             }
-                            let payload = wire::encode(&event);
-                            // A failed hand-over leaves the transition outstanding: it is
-                            // resent on the next connection.
-                            let _ = publish(
-                                &session,
-                                &tracker,
-                                actions_topic.clone(),
-                                false,
-                                payload,
-                                Some(event.clone()),
-                            )
-                            .await;
+                            publish_action(&session, &tracker, &actions_topic, event.clone()).await;
                         }
                     }
                 }

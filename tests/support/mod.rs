@@ -395,12 +395,7 @@ pub async fn metric(http: &str, series: &str) -> f64 {
         .text()
         .await
         .expect("metrics body");
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    vigil_sim::procs::prometheus_value(&text, series)
 }
 
 /// The host entry from `/api/v1/hosts`, if the host is known.

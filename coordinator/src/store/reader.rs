@@ -75,8 +75,11 @@ impl Store {
         })
     }
 
-    /// Runs `f` in a read transaction.
-    fn read<R>(&self, f: impl FnOnce(&RoTxn) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    /// Runs `f` in a read transaction (holding the resize lock for reading).
+    pub(crate) fn read<R>(
+        &self,
+        f: impl FnOnce(&RoTxn) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let _guard = self
             .resize_lock
             .read()

@@ -9,29 +9,21 @@ use super::{Store, StoreError};
 impl Store {
     /// The record of the token whose hash is `digest`, if there is one.
     pub fn token(&self, digest: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
-        let _guard = self
-            .resize_lock
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let txn = self.env.read_txn()?;
-        match self.dbs.tokens.get(&txn, digest)? {
+        self.read(|txn| match self.dbs.tokens.get(txn, digest)? {
             Some(bytes) => Ok(Some(decode(bytes)?)),
             None => Ok(None),
-        }
+        })
     }
 
     /// Every token record, oldest first.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let _guard = self
-            .resize_lock
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let txn = self.env.read_txn()?;
-        let mut out = Vec::new();
-        for entry in self.dbs.tokens.iter(&txn)? {
-            let (_, bytes) = entry?;
-            out.push(decode(bytes)?);
-        }
+        let mut out = self.read(|txn| {
+            self.dbs
+                .tokens
+                .iter(txn)?
+                .map(|entry| decode(entry?.1))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
         out.sort_by_key(|r| r.created_ms);
         Ok(out)
     }
