@@ -1,5 +1,7 @@
 //! `vigil-shared`: everything Vigil's agents and coordinator both speak.
 //!
+//! - [`agent_auth`]: agent messages sealed with the agent's own key, and the coordinator's
+//!   replay guard.
 //! - [`wire`]: the versioned messages that travel over MQTT (postcard-encoded), and
 //!   [`wire::decode`], which turns any byte string into a typed message or a typed error.
 //! - [`topics`]: the v1 MQTT topic plan, as builders and a parser.
@@ -14,6 +16,7 @@
 //! - [`policy`]: the policy model, its YAML/JSON form, the evaluator and engine.
 //! - [`time`]: millisecond timestamps and their RFC 3339 form.
 
+pub mod agent_auth;
 pub mod broker_url;
 pub mod bundle;
 pub mod bundle_manifest;
