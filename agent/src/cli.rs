@@ -69,7 +69,8 @@ pub enum PolicyCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// TOML config file (keys: host, broker, interval, mqtt_username, mqtt_password,
-    /// policies, textfile_dir, data_dir, bundle_key, [labels], [allow], [remediation]; see README).
+    /// policies, textfile_dir, data_dir, bundle_key, coordinator, join_token, [labels],
+    /// [allow], [remediation]; see README).
     /// Flags and environment variables override it.
     #[arg(long, env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -109,7 +110,7 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_TEXTFILE_DIR")]
     pub textfile_dir: Option<PathBuf>,
 
-    /// Where the action queue and the outbox live [default: /var/lib/vigil]
+    /// Where the identity, the action queue and the outbox live [default: /var/lib/vigil]
     #[arg(long, env = "VIGIL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -136,6 +137,16 @@ pub struct RunArgs {
     /// holding them; without it, bundles are ignored [default: none]
     #[arg(long, env = "VIGIL_BUNDLE_KEY")]
     pub bundle_key: Option<String>,
+
+    /// The coordinator's HTTP URL (http://host:port), to enroll at on the first start
+    /// [default: none]
+    #[arg(long, env = "VIGIL_COORDINATOR")]
+    pub coordinator: Option<String>,
+
+    /// Join token to enroll with on the first start (`vigil-coordinator token create
+    /// --join`); the identity is then kept in the data directory [default: none]
+    #[arg(long, env = "VIGIL_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
 }
 
 impl RunArgs {
@@ -162,6 +173,8 @@ impl RunArgs {
                 allow_units: self.allow_units,
                 allow_containers: self.allow_containers,
                 bundle_key: self.bundle_key,
+                coordinator: self.coordinator,
+                join_token: self.join_token,
             },
         )
     }

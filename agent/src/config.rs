@@ -23,8 +23,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default broker: the coordinator's embedded broker on this machine.
 pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
 
-/// The settings an agent runs with.
-#[derive(Debug, Clone, PartialEq)]
+/// The settings an agent runs with. Its `Debug` never shows the MQTT password or the join
+/// token.
+#[derive(Clone, PartialEq)]
 pub struct AgentConfig {
     /// The name this host reports under.
     pub host: String,
@@ -50,6 +51,32 @@ pub struct AgentConfig {
     pub remediation: QueueSettings,
     /// The coordinator's public key for policy bundles; without it bundles are ignored.
     pub bundle_key: Option<BundleKey>,
+    /// The coordinator's HTTP URL (`http://host:port`), to enroll at.
+    pub coordinator: Option<String>,
+    /// The join token to enroll with (needed only until the agent has an identity).
+    pub join_token: Option<String>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        f.debug_struct("AgentConfig")
+            .field("host", &self.host)
+            .field("labels", &self.labels)
+            .field("broker", &self.broker)
+            .field("mqtt_username", &self.mqtt_username)
+            .field("mqtt_password", &redacted(&self.mqtt_password))
+            .field("interval", &self.interval)
+            .field("policies", &self.policies)
+            .field("textfile_dir", &self.textfile_dir)
+            .field("data_dir", &self.data_dir)
+            .field("allow", &self.allow)
+            .field("remediation", &self.remediation)
+            .field("bundle_key", &self.bundle_key)
+            .field("coordinator", &self.coordinator)
+            .field("join_token", &redacted(&self.join_token))
+            .finish()
+    }
 }
 
 /// The public key policy bundles must be signed with, and how it was given (`--bundle-key`:
@@ -101,6 +128,8 @@ impl AgentConfig {
             allow: ExecutorConfig::default(),
             remediation: QueueSettings::default(),
             bundle_key: None,
+            coordinator: None,
+            join_token: None,
         }
     }
 }
@@ -156,6 +185,10 @@ pub struct AgentFile {
     pub remediation: RemediationFile,
     /// The coordinator's bundle public key: 64 hex characters or a file holding them.
     pub bundle_key: Option<String>,
+    /// The coordinator's HTTP URL, to enroll at.
+    pub coordinator: Option<String>,
+    /// The join token to enroll with.
+    pub join_token: Option<String>,
 }
 
 /// Why the settings could not be resolved.
@@ -227,6 +260,10 @@ pub struct Overrides {
     pub allow_containers: Vec<String>,
     /// `--bundle-key` / `VIGIL_BUNDLE_KEY`: the coordinator's bundle public key.
     pub bundle_key: Option<String>,
+    /// `--coordinator` / `VIGIL_COORDINATOR`: the coordinator's HTTP URL, to enroll at.
+    pub coordinator: Option<String>,
+    /// `--join-token` / `VIGIL_JOIN_TOKEN`: the join token to enroll with.
+    pub join_token: Option<String>,
 }
 
 /// Resolves the settings: overrides beat the file, the file beats the defaults.
@@ -269,8 +306,20 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
         .map(|spec| BundleKey::load(&spec))
         .transpose()?;
 
+    let coordinator = overrides.coordinator.or(file.coordinator);
+    if let Some(url) = &coordinator {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "coordinator",
+                format!("`{url}` is not an http:// or https:// URL"),
+            ));
+        }
+    }
+
     Ok(AgentConfig {
         bundle_key,
+        coordinator,
+        join_token: overrides.join_token.or(file.join_token),
         host,
         labels,
         broker,
@@ -388,6 +437,45 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("host"), "{err}");
+    }
+
+    #[test]
+    fn enrollment_settings_flow_and_debug_hides_secrets() {
+        let file: AgentFile = toml::from_str(
+            "host = \"h\"\ncoordinator = \"http://file:8080\"\njoin_token = \"jt-file-secret\"\n\
+             mqtt_password = \"pw-secret\"\n",
+        )
+        .unwrap();
+        let config = resolve(
+            file,
+            Overrides {
+                coordinator: Some("http://flag:8080".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.coordinator.as_deref(), Some("http://flag:8080"));
+        assert_eq!(config.join_token.as_deref(), Some("jt-file-secret"));
+        let text = format!("{config:?}");
+        assert!(
+            !text.contains("jt-file-secret") && !text.contains("pw-secret"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<redacted>") && text.contains("http://flag:8080"),
+            "{text}"
+        );
+        let err = resolve(
+            AgentFile::default(),
+            Overrides {
+                host: Some("h".into()),
+                coordinator: Some("flag:8080".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("coordinator"), "{err}");
     }
 
     #[test]

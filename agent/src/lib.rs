@@ -8,6 +8,9 @@
 //!   [`evaluator`]: the policy engine fed with all of the above, producing policy events.
 //! - [`actions`]: the durable action queue (retries, circuit breakers, dead-letter,
 //!   kill switch); [`execute`]: the executors (systemd, Docker, exec, webhook).
+//! - [`identity`]: the agent's key and MQTT login, enrolled once with a join token and
+//!   kept in the data directory; every message the agent publishes is sealed with that
+//!   key ([`vigil_shared::agent_auth`]).
 //! - [`link`]: the MQTT connection (status, last will, metrics, commands), with
 //!   [`command_guard`] checking every command's signature, expiry and freshness;
 //!   [`outbox`]: durable, acknowledged delivery of policy events and action transitions.
@@ -24,6 +27,7 @@ pub mod command_guard;
 pub mod config;
 pub mod evaluator;
 pub mod execute;
+pub mod identity;
 pub mod link;
 pub mod outbox;
 pub mod policy_cli;
