@@ -9,6 +9,9 @@
 //! On every connection it subscribes to the agent's commands and, when a bundle key is
 //! configured, to every group's policy bundle (`vigil/v1/bundles/+`); what arrives is
 //! forwarded to the runner as [`Inbound`] messages.
+//!
+//! Everything it publishes (status, metrics, the last will) is sealed with the agent's key
+//! ([`Sealer`]): the coordinator accepts nothing else.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use vigil_shared::agent_auth::Sealer;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch};
 
@@ -41,9 +45,34 @@ pub enum Inbound {
     },
 }
 
+/// The MQTT client and the sealer: what publishes.
+#[derive(Clone)]
+struct Publisher {
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+}
+
+impl Publisher {
+    /// Seals `status` (stamped now) and queues it, retained.
+    fn try_status(&self, status: &AgentStatus) {
+        let mut status = status.clone();
+        status.sent_at_ms = vigil_shared::time::now_ms();
+        let topic = topics::agent(&status.host, AgentChannel::Status);
+        let payload = self
+            .sealer
+            .seal(AgentChannel::Status, wire::encode(&status));
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, true, payload)
+        {
+            tracing::warn!("cannot queue status: {e}");
+        }
+    }
+}
+
 /// A running MQTT connection.
 pub struct Link {
-    client: AsyncClient,
+    publisher: Publisher,
     status: watch::Sender<AgentStatus>,
     connected: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
@@ -51,12 +80,14 @@ pub struct Link {
 }
 
 impl Link {
-    /// Starts connecting to the configured broker; returns at once. Commands for this
-    /// host (and bundles, if a bundle key is configured) arrive on `inbound`.
+    /// Starts connecting to the configured broker (as `config.mqtt_username`); returns at
+    /// once. Commands for this host (and bundles, if a bundle key is configured) arrive on
+    /// `inbound`; everything published is sealed by `sealer`.
     pub fn connect(
         config: &AgentConfig,
         status: AgentStatus,
         inbound: mpsc::Sender<Inbound>,
+        sealer: Arc<Sealer>,
     ) -> Link {
         let mut options = vigil_shared::mqtt::client_options(
             &format!("vigil-agent-{}", config.host),
@@ -71,18 +102,21 @@ impl Link {
             state: AgentState::Offline,
             ..status.clone()
         };
+        // Sealed (and armed) once: every status this link publishes names this will, and
+        // the options hand the same will to the broker on every reconnection.
         options.set_last_will(LastWill::new(
             topics::agent(&config.host, AgentChannel::Status),
-            wire::encode(&will),
+            sealer.seal_will(wire::encode(&will)),
             QoS::AtLeastOnce,
             true,
         ));
         let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
         let (status, status_rx) = watch::channel(status);
         let connected = Arc::new(AtomicBool::new(false));
+        let publisher = Publisher { client, sealer };
         let task = tokio::spawn(drive(
             eventloop,
-            client.clone(),
+            publisher.clone(),
             status_rx,
             connected.clone(),
             config.broker.to_string(),
@@ -90,7 +124,7 @@ impl Link {
             inbound,
         ));
         Link {
-            client,
+            publisher,
             status,
             connected,
             dropped: Arc::new(AtomicU64::new(0)),
@@ -112,9 +146,14 @@ impl Link {
     /// been unreachable for a long time), the batch is dropped and counted.
     pub fn publish_metrics(&self, batch: &MetricBatch) {
         let topic = topics::agent(&batch.host, AgentChannel::Metrics);
+        let payload = self
+            .publisher
+            .sealer
+            .seal(AgentChannel::Metrics, wire::encode(batch));
         if let Err(e) = self
+            .publisher
             .client
-            .try_publish(topic, QoS::AtLeastOnce, false, wire::encode(batch))
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
         {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
@@ -135,15 +174,8 @@ impl Link {
         if !self.is_connected() {
             return;
         }
-        let mut status = self.status.borrow().clone();
-        status.sent_at_ms = vigil_shared::time::now_ms();
-        let topic = topics::agent(&status.host, AgentChannel::Status);
-        if let Err(e) =
-            self.client
-                .try_publish(topic, QoS::AtLeastOnce, true, wire::encode(&status))
-        {
-            tracing::warn!("cannot queue status: {e}");
-        }
+        let status = self.status.borrow().clone();
+        self.publisher.try_status(&status);
     }
 
     /// Publishes the offline status, disconnects, and waits (at most `grace`) for both to
@@ -153,11 +185,16 @@ impl Link {
         status.state = AgentState::Offline;
         status.sent_at_ms = vigil_shared::time::now_ms();
         let topic = topics::agent(&status.host, AgentChannel::Status);
+        let payload = self
+            .publisher
+            .sealer
+            .seal(AgentChannel::Status, wire::encode(&status));
         let _ = self
+            .publisher
             .client
-            .publish(topic, QoS::AtLeastOnce, true, wire::encode(&status))
+            .publish(topic, QoS::AtLeastOnce, true, payload)
             .await;
-        let _ = self.client.disconnect().await;
+        let _ = self.publisher.client.disconnect().await;
         if tokio::time::timeout(grace, self.task).await.is_err() {
             tracing::warn!("broker did not confirm the disconnect within {grace:?}");
         }
@@ -168,13 +205,14 @@ impl Link {
 /// after every connection and backing off after errors.
 async fn drive(
     mut eventloop: EventLoop,
-    client: AsyncClient,
+    publisher: Publisher,
     status: watch::Receiver<AgentStatus>,
     connected: Arc<AtomicBool>,
     broker: String,
     bundles: bool,
     inbound: mpsc::Sender<Inbound>,
 ) {
+    let client = &publisher.client;
     let mut failures: u32 = 0;
     let host = status.borrow().host.clone();
     let command_topic = topics::agent(&host, AgentChannel::Commands);
@@ -186,14 +224,8 @@ async fn drive(
                 connected.store(true, Ordering::Relaxed);
                 failures = 0;
                 tracing::info!(%broker, "connected to broker");
-                let mut online = status.borrow().clone();
-                online.sent_at_ms = vigil_shared::time::now_ms();
-                let topic = topics::agent(&online.host, AgentChannel::Status);
-                if let Err(e) =
-                    client.try_publish(topic, QoS::AtLeastOnce, true, wire::encode(&online))
-                {
-                    tracing::warn!("cannot queue status: {e}");
-                }
+                let online = status.borrow().clone();
+                publisher.try_status(&online);
                 if let Err(e) = client.try_subscribe(command_topic.clone(), QoS::AtLeastOnce) {
                     tracing::warn!("cannot subscribe to commands: {e}");
                 }

@@ -7,6 +7,9 @@
 //! when the broker has acknowledged it. After any connection error the client is rebuilt
 //! and everything still in the store is sent again; the coordinator ignores what it
 //! already has (every message carries a unique id).
+//!
+//! Entries are stored unsealed (topic and encoded message) and sealed when sent, so that
+//! a resend after hours offline is as fresh as the coordinator's replay guard wants it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,6 +17,8 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{watch, Notify};
+use vigil_shared::agent_auth::Sealer;
+use vigil_shared::topics;
 
 use crate::actions::store::AgentStore;
 
@@ -31,10 +36,12 @@ impl OutboxSignal {
     }
 }
 
-/// Runs the publisher until `stop` turns true.
+/// Runs the publisher until `stop` turns true, sealing every entry with `sealer` as it
+/// is sent.
 pub async fn run(
     store: AgentStore,
     options: MqttOptions,
+    sealer: Arc<Sealer>,
     signal: OutboxSignal,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -110,8 +117,20 @@ pub async fn run(
             match store.outbox_from(next_seq, room) {
                 Ok(entries) => {
                     for entry in entries {
+                        let Some((_, channel)) = topics::parse_agent(&entry.topic) else {
+                            tracing::error!(
+                                topic = %entry.topic,
+                                "outbox: entry for a topic that is not an agent channel, dropped"
+                            );
+                            if let Err(e) = store.outbox_delete(&[entry.seq]) {
+                                tracing::error!("outbox: cannot remove an entry: {e}");
+                            }
+                            next_seq = entry.seq + 1;
+                            continue;
+                        };
+                        let payload = sealer.seal(channel, entry.payload);
                         if client
-                            .try_publish(entry.topic, QoS::AtLeastOnce, false, entry.payload)
+                            .try_publish(entry.topic, QoS::AtLeastOnce, false, payload)
                             .is_err()
                         {
                             break;

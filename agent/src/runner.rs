@@ -5,6 +5,11 @@
 //! coordinator, and re-reads the policy directory when a file changes. The policies in
 //! force are the directory's plus the applied bundles' ([`crate::policy_set`]). Policy events and action
 //! transitions go through the durable outbox; metrics and status through the link.
+//!
+//! Before anything touches the network the agent gets its identity ([`crate::identity`]):
+//! every message is sealed with its key, it logs in to the broker with its MQTT login
+//! (unless the config names another), and it trusts the coordinator's key from it (unless
+//! the config gives a bundle key).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,9 +18,11 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
+use vigil_shared::agent_auth::Sealer;
 use vigil_shared::policy::{ActionKind, Policy};
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
+use vigil_shared::validate;
 use vigil_shared::wire::{
     self, AgentState, AgentStatus, Command, CommandKind, MetricBatch, PolicyRunnerStatus, Sample,
 };
@@ -25,9 +32,10 @@ use crate::actions::{ActionQueue, AgentStore, NewAction, Origin, RunFn};
 use crate::bundle_store::BundleStore;
 use crate::bundles::{Bundles, Outcome};
 use crate::command_guard::CommandGuard;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, BundleKey, ConfigError};
 use crate::evaluator::{EvalOutput, Evaluator, WatchSets};
 use crate::execute::dispatch::Executors;
+use crate::identity::{self, Identity, IdentityError};
 use crate::link::{Inbound, Link};
 use crate::outbox::{self, OutboxSignal};
 use crate::policy_set;
@@ -52,6 +60,12 @@ pub enum AgentError {
     /// The agent's store (action queue, outbox) failed.
     #[error(transparent)]
     Store(#[from] AgentStoreError),
+    /// The agent has no usable identity (and could not enroll).
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The identity's coordinator key is not a key.
+    #[error("the coordinator key in the identity file: {0}")]
+    CoordinatorKey(ConfigError),
 }
 
 /// Runs the agent until `shutdown` resolves, then says goodbye to the broker.
@@ -59,6 +73,10 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let mut config = config;
+    let identity = identity::load_or_enroll(&config).await?;
+    apply_identity(&mut config, &identity)?;
+    let sealer = Arc::new(Sealer::new(config.host.clone(), identity.key()?));
     let started_at_ms = now_ms();
     let interval_ms = u64::try_from(config.interval.as_millis()).unwrap_or(u64::MAX);
     let status = AgentStatus {
@@ -112,6 +130,7 @@ pub async fn run(
     let outbox_task = tokio::spawn(outbox::run(
         store.clone(),
         outbox_options,
+        sealer.clone(),
         outbox_signal.clone(),
         stop_outbox_rx,
     ));
@@ -133,7 +152,7 @@ pub async fn run(
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
     status.remediation_paused = queue.paused();
     status.queue = queue.status(started_at_ms);
-    let link = Link::connect(&config, status, inbound_tx);
+    let link = Link::connect(&config, status, inbound_tx, sealer);
     let events_topic = topics::agent(&config.host, AgentChannel::Events);
     // sysinfo reads /proc synchronously: keep it off the async workers.
     let sampler = tokio::task::spawn_blocking(HostSampler::new)
@@ -278,6 +297,38 @@ pub async fn run(
     link.close(Duration::from_secs(2)).await;
     let _ = stop_outbox.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), outbox_task).await;
+    Ok(())
+}
+
+/// Completes the settings with the identity: its MQTT login when the config names none
+/// (an external broker with its own password file), the coordinator's key when no bundle
+/// key is configured, and the labels its join token gave (the config's win on a clash).
+fn apply_identity(config: &mut AgentConfig, identity: &Identity) -> Result<(), AgentError> {
+    if config.mqtt_username.is_none() {
+        config.mqtt_username = Some(identity.mqtt_username.clone());
+        config.mqtt_password = Some(identity.mqtt_password.clone());
+    }
+    if config.bundle_key.is_none() {
+        if let Some(hex) = &identity.coordinator_key {
+            config.bundle_key = Some(BundleKey::load(hex).map_err(AgentError::CoordinatorKey)?);
+        }
+    }
+    for (key, value) in &identity.labels {
+        if config.labels.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        let mut labels = config.labels.clone();
+        labels.push((key.clone(), value.clone()));
+        match validate::tags(labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            Ok(()) => config.labels = labels,
+            Err(e) => tracing::warn!(
+                label = %key,
+                "label from the join token ignored: {}",
+                e.problem
+            ),
+        }
+    }
+    config.labels.sort();
     Ok(())
 }
 
@@ -564,5 +615,60 @@ impl Watchers {
             });
             tx.send_replace(sets.probes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn identity(coordinator_key: Option<String>) -> Identity {
+        Identity {
+            host: "web-01".into(),
+            private_key: vigil_shared::agent_auth::AgentKey::generate().private_hex(),
+            mqtt_username: "web-01".into(),
+            mqtt_password: "from-enrollment".into(),
+            coordinator_key,
+            labels: BTreeMap::from([
+                ("role".to_string(), "db".to_string()),
+                ("zone".to_string(), "a".to_string()),
+            ]),
+            enrolled_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_identity_fills_in_login_key_and_labels_but_the_config_wins() {
+        let keys = vigil_shared::bundle::BundleKeys::generate();
+        let mut config = AgentConfig::for_host("web-01");
+        config.labels = vec![("role".into(), "web".into())];
+        apply_identity(&mut config, &identity(Some(keys.public_hex()))).unwrap();
+        assert_eq!(config.mqtt_username.as_deref(), Some("web-01"));
+        assert_eq!(config.mqtt_password.as_deref(), Some("from-enrollment"));
+        assert_eq!(
+            config.bundle_key.as_ref().map(|k| k.spec.clone()),
+            Some(keys.public_hex())
+        );
+        assert_eq!(
+            config.labels,
+            vec![("role".into(), "web".into()), ("zone".into(), "a".into())]
+        );
+
+        let mut config = AgentConfig::for_host("web-01");
+        config.mqtt_username = Some("mosquitto-user".into());
+        config.mqtt_password = Some("mosquitto-pw".into());
+        let own_key = BundleKey::load(&keys.public_hex()).unwrap();
+        config.bundle_key = Some(own_key.clone());
+        let other = vigil_shared::bundle::BundleKeys::generate().public_hex();
+        apply_identity(&mut config, &identity(Some(other))).unwrap();
+        assert_eq!(config.mqtt_username.as_deref(), Some("mosquitto-user"));
+        assert_eq!(config.mqtt_password.as_deref(), Some("mosquitto-pw"));
+        assert_eq!(config.bundle_key, Some(own_key));
+
+        let mut config = AgentConfig::for_host("web-01");
+        let err = apply_identity(&mut config, &identity(Some("zz".into()))).unwrap_err();
+        assert!(err.to_string().contains("coordinator key"), "{err}");
     }
 }
