@@ -573,6 +573,110 @@ mod tests {
         assert!(err.to_string().contains(&url), "{err}");
     }
 
+    /// Serves one HTTP request with `status` and `body`; returns the URL and the request
+    /// as received.
+    async fn one_answer(
+        status: &'static str,
+        body: impl Into<String>,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        let body: String = body.into();
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(response.as_bytes()).await.unwrap();
+            socket.shutdown().await.unwrap();
+            String::from_utf8_lossy(&request).to_string()
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn enrollment_sends_the_public_key_and_keeps_the_answer() {
+        let coordinator_key = "11".repeat(32);
+        let body = format!(
+            r#"{{"host":"web-01","mqtt_username":"agent-web-01","mqtt_password":"pw","labels":{{"role":"web"}},"coordinator_key":"{coordinator_key}"}}"#
+        );
+        let (url, server) = one_answer("201 Created", body).await;
+        let identity = enroll(&format!("{url}/"), "jt-123", "web-01")
+            .await
+            .unwrap();
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("POST /api/v1/agents/enroll "),
+            "{request}"
+        );
+        let public = identity.key().unwrap().public_hex();
+        assert!(
+            request.contains(&format!(r#""public_key":"{public}""#))
+                && request.contains(r#""join_token":"jt-123""#)
+                && request.contains(r#""host":"web-01""#),
+            "{request}"
+        );
+        assert!(!request.contains(&identity.private_key), "{request}");
+        assert_eq!(identity.mqtt_username, "agent-web-01");
+        assert_eq!(identity.mqtt_password, "pw");
+        assert_eq!(identity.coordinator_key, Some(coordinator_key));
+        assert_eq!(identity.labels.get("role").map(String::as_str), Some("web"));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_gives_status_and_reason_and_is_not_retried() {
+        let (url, server) =
+            one_answer("409 Conflict", r#"{"error":"host already enrolled"}"#).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AgentConfig::for_host("web-01");
+        config.data_dir = dir.path().to_path_buf();
+        config.coordinator = Some(url.clone());
+        config.join_token = Some("jt".into());
+        let started = std::time::Instant::now();
+        let err = load_or_enroll(&config).await.unwrap_err();
+        server.await.unwrap();
+        assert!(!err.is_transient());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let text = err.to_string();
+        assert!(
+            text.contains("409") && text.contains("host already enrolled") && text.contains(&url),
+            "{text}"
+        );
+        assert!(Identity::load(dir.path()).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_server_error_is_transient() {
+        let (url, server) = one_answer("503 Service Unavailable", "").await;
+        let err = enroll(&url, "jt", "web-01").await.unwrap_err();
+        server.await.unwrap();
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("503"), "{err}");
+    }
+
     #[test]
     fn error_bodies_give_their_error_field() {
         assert_eq!(
