@@ -93,11 +93,23 @@ impl Coordinator {
         };
         let (writer, writer_thread) = StoreWriter::start(store.clone(), telemetry.clone());
 
-        if let BrokerMode::Embedded { listen } = config.broker {
-            tokio::task::spawn_blocking(move || broker::start(listen))
-                .await
-                .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
-        }
+        // On the embedded broker the coordinator logs in with a password made now; on an
+        // external one, with the configured credentials.
+        let (mqtt_username, mqtt_password) = match config.broker {
+            BrokerMode::Embedded { listen } => {
+                let password = crate::agents::generate_password();
+                let auth =
+                    broker::BrokerAuth::new(store.clone(), telemetry.clone(), password.clone());
+                tokio::task::spawn_blocking(move || broker::start(listen, auth))
+                    .await
+                    .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+                (
+                    Some(crate::agents::COORDINATOR_MQTT_USER.to_string()),
+                    Some(password),
+                )
+            }
+            _ => (config.mqtt_username.clone(), config.mqtt_password.clone()),
+        };
         let broker_url = config.broker_url();
 
         let (stop, stop_rx) = watch::channel(false);
@@ -106,18 +118,20 @@ impl Coordinator {
         let options = vigil_shared::mqtt::client_options(
             &format!("vigil-coordinator-{}", std::process::id()),
             &broker_url,
-            config.mqtt_username.as_deref(),
-            config.mqtt_password.as_deref(),
+            mqtt_username.as_deref(),
+            mqtt_password.as_deref(),
         );
         let keys = crate::bundles::load_key(config.bundle_key.clone()).await?;
         let (publisher, eventloop) = crate::ingest::connect(options, Arc::clone(&keys));
         tasks.push(tokio::spawn(crate::ingest::run(
             publisher.clone(),
             eventloop,
+            store.clone(),
             writer.clone(),
             telemetry.clone(),
             stop_rx.clone(),
         )));
+        let coordinator_key = keys.public_hex();
         let bundles = crate::bundles::start(
             config.bundles_dir.clone(),
             keys,
@@ -169,6 +183,7 @@ impl Coordinator {
             publisher,
             bundles,
             auth,
+            coordinator_key,
         }));
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(

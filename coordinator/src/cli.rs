@@ -28,8 +28,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Build, verify, diff policy bundles and generate signing keys (for CI pipelines).
     Bundle(crate::bundles::cli::BundleArgs),
-    /// Create, list and revoke REST API tokens.
+    /// Create, list and revoke REST API tokens and agent join tokens.
     Token(crate::tokens_cli::TokenArgs),
+    /// List enrolled agents and revoke their identities.
+    Agent(crate::agents_cli::AgentArgs),
 }
 
 /// Settings of the coordinator.

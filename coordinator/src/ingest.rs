@@ -1,10 +1,14 @@
 //! MQTT ingest: subscribes to every agent's topics, decodes and checks each message, and
 //! hands the good ones to the store writer.
 //!
-//! Nothing an agent (or anyone else) publishes can crash this loop: a payload that does
-//! not decode, speaks an unknown protocol version, breaks a content rule, or claims a host
-//! other than the one in its topic is logged with its topic, counted in
-//! `vigil_mqtt_messages_rejected_total{channel,reason}`, and dropped.
+//! Every agent message is sealed with the agent's own key
+//! ([`vigil_shared::agent_auth`]): the topic name is never trusted. Nothing an agent (or
+//! anyone else) publishes can crash this loop: a payload that does not decode, speaks an
+//! unknown protocol version, is not sealed by the enrolled key of the host in its topic
+//! (unknown or revoked host, bad signature, stale, replayed), breaks a content rule, or
+//! claims a host other than the one in its topic is logged with its topic, counted in
+//! `vigil_mqtt_messages_rejected_total{channel,reason}`, and dropped. A redelivered
+//! duplicate is dropped quietly and counted in `vigil_mqtt_messages_duplicate_total`.
 //!
 //! The same MQTT connection carries the coordinator's commands to agents: [`connect`]
 //! returns a [`Publisher`] for them alongside the event loop [`run`] drives.
@@ -16,6 +20,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use thiserror::Error;
 use tokio::sync::watch;
+use vigil_shared::agent_auth::{self, ReplayGuard, SealedMessage};
 use vigil_shared::bundle::BundleKeys;
 use vigil_shared::command_auth;
 use vigil_shared::time::now_ms;
@@ -24,8 +29,9 @@ use vigil_shared::wire::{
     self, ActionEvent, AgentStatus, Command, DecodeError, MetricBatch, PolicyEvent, WireMessage,
 };
 
+use crate::agent_keys::AgentKeys;
 use crate::batch_gaps::{BatchGaps, Sequence};
-use crate::store::{Source, StoreWriter, Write};
+use crate::store::{Source, Store, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
 /// The channels the coordinator listens to.
@@ -152,6 +158,7 @@ pub fn connect(options: MqttOptions, keys: Arc<BundleKeys>) -> (Publisher, Event
 pub async fn run(
     publisher: Publisher,
     mut eventloop: EventLoop,
+    store: Store,
     writer: StoreWriter,
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<bool>,
@@ -161,6 +168,10 @@ pub async fn run(
     } = publisher;
     let mut failures: u32 = 0;
     let mut gaps = BatchGaps::default();
+    let mut gate = Gate {
+        keys: AgentKeys::new(store),
+        guard: ReplayGuard::default(),
+    };
     loop {
         let event = tokio::select! {
             _ = stop.changed() => break,
@@ -181,7 +192,7 @@ pub async fn run(
                 connects.send_modify(|n| *n += 1);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                handle(&publish, &writer, &telemetry, &mut gaps).await;
+                handle(&publish, &mut gate, &writer, &telemetry, &mut gaps).await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -199,6 +210,7 @@ pub async fn run(
 /// Checks one message and queues what it carries for the store.
 async fn handle(
     publish: &Publish,
+    gate: &mut Gate,
     writer: &StoreWriter,
     telemetry: &Telemetry,
     gaps: &mut BatchGaps,
@@ -214,8 +226,22 @@ async fn handle(
         return;
     };
     let received_ms = now_ms();
+    if channel == AgentChannel::Commands {
+        return;
+    }
+    let body = match gate.open(host, channel, publish, received_ms) {
+        Ok(body) => body,
+        Err(Rejection::Seal(agent_auth::Refusal::Duplicate { .. })) => {
+            telemetry
+                .mqtt_duplicates
+                .with_label_values(&[channel.as_str()])
+                .inc();
+            return;
+        }
+        Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+    };
     let write = match channel {
-        AgentChannel::Metrics => match checked::<MetricBatch>(host, &publish.payload) {
+        AgentChannel::Metrics => match checked::<MetricBatch>(host, &body) {
             Ok(batch) => {
                 note_sequence(gaps, telemetry, &batch);
                 Write::Samples {
@@ -229,18 +255,18 @@ async fn handle(
             }
             Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
         },
-        AgentChannel::Status => match checked::<AgentStatus>(host, &publish.payload) {
+        AgentChannel::Status => match checked::<AgentStatus>(host, &body) {
             Ok(status) => Write::Status {
                 status,
                 received_ms,
             },
             Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
         },
-        AgentChannel::Actions => match checked::<ActionEvent>(host, &publish.payload) {
+        AgentChannel::Actions => match checked::<ActionEvent>(host, &body) {
             Ok(event) => Write::Action { event },
             Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
         },
-        AgentChannel::Events => match checked::<PolicyEvent>(host, &publish.payload) {
+        AgentChannel::Events => match checked::<PolicyEvent>(host, &body) {
             Ok(event) => Write::Event { event },
             Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
         },
@@ -284,9 +310,36 @@ fn note_sequence(gaps: &mut BatchGaps, telemetry: &Telemetry, batch: &MetricBatc
     }
 }
 
+/// Checks seals: the enrolled agents' keys and what each has already sent.
+struct Gate {
+    keys: AgentKeys,
+    guard: ReplayGuard,
+}
+
+impl Gate {
+    /// Opens a sealed payload from `host`'s `channel` topic and returns the message inside
+    /// (still encoded), or why it is refused.
+    fn open(
+        &mut self,
+        host: &str,
+        channel: AgentChannel,
+        publish: &Publish,
+        now_ms: i64,
+    ) -> Result<Vec<u8>, Rejection> {
+        let sealed = wire::decode::<SealedMessage>(&publish.payload).map_err(Rejection::Decode)?;
+        let key = self.keys.key(host).map_err(Rejection::Seal)?;
+        let seal = agent_auth::open(&sealed, &key, host, channel).map_err(Rejection::Seal)?;
+        self.guard
+            .admit(&seal, channel, publish.retain, now_ms)
+            .map_err(Rejection::Seal)?;
+        Ok(seal.body)
+    }
+}
+
 /// Why a message was refused.
 enum Rejection {
     Decode(DecodeError),
+    Seal(agent_auth::Refusal),
     HostMismatch { claimed: String },
 }
 
@@ -299,6 +352,13 @@ impl Rejection {
                 e.reason(),
                 topic,
                 &e.to_string(),
+            ),
+            Rejection::Seal(refusal) => reject(
+                telemetry,
+                channel.as_str(),
+                refusal.reason(),
+                topic,
+                &refusal.to_string(),
             ),
             Rejection::HostMismatch { claimed } => reject(
                 telemetry,

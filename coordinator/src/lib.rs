@@ -1,5 +1,7 @@
 //! `vigil-coordinator`: the fleet's meeting point.
 //!
+//! - [`agents`]: agent identities (join tokens, enrollment, revocation);
+//!   [`agent_keys`]: their public keys as ingest checks seals with.
 //! - [`broker`]: the embedded MQTT broker (rumqttd), or none when an external one is used.
 //! - [`ingest`]: subscribes to agents' topics, checks every message, feeds the store.
 //! - [`batch_gaps`]: notices metric batches lost on the way (sequence gaps).
@@ -12,6 +14,9 @@
 //! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
 //! - [`app`]: starts and stops all of the above as one [`app::Coordinator`].
 
+pub mod agent_keys;
+pub mod agents;
+pub mod agents_cli;
 pub mod api;
 pub mod app;
 pub mod batch_gaps;
@@ -20,6 +25,7 @@ pub mod bundles;
 pub mod cli;
 pub mod config;
 pub mod ingest;
+pub mod local_agent;
 pub mod policies;
 pub mod store;
 pub mod telemetry;

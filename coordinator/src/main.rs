@@ -30,6 +30,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Bundle(args) => vigil_coordinator::bundles::cli::run(args),
         Command::Token(args) => vigil_coordinator::tokens_cli::run(args),
+        Command::Agent(args) => vigil_coordinator::agents_cli::run(args),
         Command::Serve(args) => {
             let config = args.into_config().map_err(|e| e.to_string())?;
             let coordinator = Coordinator::start(config)
@@ -66,6 +67,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 },
             )
             .map_err(|e| e.to_string())?;
+            let coordinator_key = std::fs::read_to_string(&bundle_public_key)
+                .map_err(|e| format!("cannot read {}: {e}", bundle_public_key.display()))?;
+            vigil_coordinator::local_agent::ensure_identity(
+                &coordinator.store,
+                &data_dir,
+                &agent_config.host,
+                Some(coordinator_key.trim()),
+            )?;
             let http = coordinator.http_addr;
             let token_file = data_dir.join(vigil_coordinator::tokens::ADMIN_TOKEN_FILE);
             let token_note = match &coordinator.admin_token_file {

@@ -47,6 +47,13 @@ pub struct Telemetry {
     /// `vigil_actions_total{state}`: action transitions stored in the audit trail (new
     /// ones only; redeliveries are not counted).
     pub actions: IntCounterVec,
+    /// `vigil_mqtt_messages_duplicate_total{channel}`: sealed agent messages received a
+    /// second time (an MQTT redelivery), dropped.
+    pub mqtt_duplicates: IntCounterVec,
+    /// `vigil_mqtt_auth_failures_total{reason}`: logins the embedded broker refused.
+    pub mqtt_auth_failures: IntCounterVec,
+    /// `vigil_agent_enrollments_total{result}`: enrollment requests, by outcome.
+    pub enrollments: IntCounterVec,
 }
 
 impl Telemetry {
@@ -68,7 +75,8 @@ impl Telemetry {
         );
         let mqtt_rejected = counter(
             "vigil_mqtt_messages_rejected_total",
-            "Agent messages refused (malformed, unknown protocol version, invalid, host mismatch)",
+            "Agent messages refused (malformed, unknown protocol version, invalid, host mismatch, \
+             unknown or revoked agent, bad signature, stale, replayed)",
             &["channel", "reason"],
         );
         let samples_stored = counter(
@@ -167,8 +175,27 @@ impl Telemetry {
         registry
             .register(Box::new(agent_policy_load_errors.clone()))
             .unwrap_or_else(|e| unreachable!("gauge vec is registered once: {e}"));
+        let mqtt_duplicates = counter(
+            "vigil_mqtt_messages_duplicate_total",
+            "Sealed agent messages received a second time (MQTT redelivery), dropped",
+            &["channel"],
+        );
+        let mqtt_auth_failures = counter(
+            "vigil_mqtt_auth_failures_total",
+            "MQTT logins the embedded broker refused (no credentials, unknown or revoked \
+             agent, wrong password, client id not the agent's)",
+            &["reason"],
+        );
+        let enrollments = counter(
+            "vigil_agent_enrollments_total",
+            "Agent enrollment requests, by outcome",
+            &["result"],
+        );
         Telemetry {
             registry,
+            mqtt_duplicates,
+            mqtt_auth_failures,
+            enrollments,
             agent_policy_load_errors,
             mqtt_messages,
             mqtt_rejected,

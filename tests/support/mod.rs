@@ -113,14 +113,18 @@ impl Proc {
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let log = std::fs::File::create(log_dir.join(format!("{name}-{n}.log"))).expect("log file");
         let mut command = Command::new(program);
-        // Agents trust the coordinator the test started in the same directory (its
-        // public key, written at start-up): commands to agents are signed with it.
-        let coordinator_key = log_dir.join("data").join("bundle-signing.pub");
-        if program.ends_with("vigil-agent") && coordinator_key.is_file() {
-            command.env("VIGIL_BUNDLE_KEY", &coordinator_key);
+        let mut args = args.to_vec();
+        if program.ends_with("vigil-agent") {
+            // Agents trust the coordinator the test started in the same directory (its
+            // public key, written at start-up): commands to agents are signed with it.
+            let coordinator_key = log_dir.join("data").join("bundle-signing.pub");
+            if coordinator_key.is_file() {
+                command.env("VIGIL_BUNDLE_KEY", &coordinator_key);
+            }
+            provision_agent(&mut args, log_dir);
         }
         let child = command
-            .args(args)
+            .args(&args)
             .env("VIGIL_LOG", "info")
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -181,6 +185,124 @@ pub struct CoordinatorProc {
     /// wrote one (a coordinator without API tokens writes none). The HTTP helpers here
     /// send it by themselves; see [`authorized`] for requests built elsewhere.
     pub token: Option<String>,
+}
+
+/// Gives an agent about to start (its arguments `args`) an identity enrolled with the
+/// coordinator store in `<log_dir>/data` (`vigil-coordinator agent add`), unless it
+/// enrolls itself (`--join-token`) or is not a running agent (no `--host`). Adds
+/// `--data-dir <log_dir>/agent-data-<host>` when none is given.
+fn provision_agent(args: &mut Vec<String>, log_dir: &Path) {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if args.iter().any(|a| a == "--join-token") {
+        return;
+    }
+    let Some(host) = value("--host") else {
+        return;
+    };
+    let data_dir = match value("--data-dir") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let dir = log_dir.join(format!("agent-data-{host}"));
+            args.extend(["--data-dir".to_string(), dir.display().to_string()]);
+            dir
+        }
+    };
+    enroll_directly(&host, &data_dir, &log_dir.join("data"));
+}
+
+/// Enrolls `host` in the coordinator store under `coordinator_data` and writes its
+/// identity into `identity_dir` (`vigil-coordinator agent add`).
+pub fn enroll_directly(host: &str, identity_dir: &Path, coordinator_data: &Path) {
+    let output = Command::new(bin("vigil-coordinator"))
+        .args(["agent", "add", host, "--identity-dir"])
+        .arg(identity_dir)
+        .arg("--data-dir")
+        .arg(coordinator_data)
+        .output()
+        .expect("run vigil-coordinator agent add");
+    assert!(
+        output.status.success(),
+        "agent add {host}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A test's stand-in for an agent: an enrolled identity, its MQTT login and its sealer,
+/// for publishing agent messages by hand.
+pub struct RawAgent {
+    /// Seals messages as this host.
+    pub sealer: vigil_shared::agent_auth::Sealer,
+    /// MQTT options for `broker` with the host's login (client id
+    /// `vigil-agent-{host}-{suffix}`).
+    pub options: rumqttc::MqttOptions,
+}
+
+impl RawAgent {
+    /// Enrolls `host` with the coordinator store in `<dir>/data` and prepares its login to
+    /// `broker` (`mqtt://127.0.0.1:PORT`).
+    pub fn enroll(dir: &Path, host: &str, broker: &str, suffix: &str) -> RawAgent {
+        let identity_dir = dir.join(format!("raw-identity-{host}"));
+        enroll_directly(host, &identity_dir, &dir.join("data"));
+        let identity = vigil_agent::identity::Identity::load(&identity_dir)
+            .expect("read identity")
+            .expect("identity written");
+        let sealer = vigil_shared::agent_auth::Sealer::new(host, identity.key().expect("key"));
+        let mut options = rumqttc::MqttOptions::new(
+            format!("vigil-agent-{host}-{suffix}"),
+            "127.0.0.1",
+            broker_port(broker),
+        );
+        options.set_credentials(identity.mqtt_username, identity.mqtt_password);
+        options.set_max_packet_size(2 << 20, 2 << 20);
+        RawAgent { sealer, options }
+    }
+
+    /// `message` encoded and sealed for `channel`: the payload to publish.
+    pub fn seal<T: vigil_shared::wire::WireMessage>(
+        &self,
+        channel: vigil_shared::topics::AgentChannel,
+        message: &T,
+    ) -> Vec<u8> {
+        self.sealer.seal(channel, vigil_shared::wire::encode(message))
+    }
+}
+
+/// The port of `mqtt://127.0.0.1:PORT`.
+pub fn broker_port(broker: &str) -> u16 {
+    broker
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("broker port")
+}
+
+/// MQTT options for an integration client of `broker`: on a coordinator's embedded
+/// broker it logs in as `api` with the coordinator's admin token (registered by
+/// [`start_coordinator`]); on Mosquitto, anonymously.
+pub fn client_options(broker: &str, id: &str) -> rumqttc::MqttOptions {
+    let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", broker_port(broker));
+    if let Some(token) = broker_token(broker) {
+        options.set_credentials("api", token);
+    }
+    options.set_max_packet_size(2 << 20, 2 << 20);
+    options
+}
+
+/// Admin tokens by embedded broker URL.
+static BROKER_TOKENS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// The admin token of the coordinator whose embedded broker is `broker`.
+pub fn broker_token(broker: &str) -> Option<String> {
+    let tokens = BROKER_TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    tokens
+        .iter()
+        .find(|(b, _)| b == broker)
+        .map(|(_, t)| t.clone())
 }
 
 /// The coordinators' admin tokens, by base URL (`http://127.0.0.1:PORT`): every HTTP
@@ -271,6 +393,10 @@ pub async fn start_coordinator(
     })
     .await;
     let token = adopt_admin_token(&data_dir, &http).await;
+    if let (None, Some(token)) = (external_broker, &token) {
+        let mut tokens = BROKER_TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.push((broker.clone(), token.clone()));
+    }
     CoordinatorProc {
         proc,
         http,
@@ -445,14 +571,8 @@ pub async fn bundle_subscriber(
     rumqttc::AsyncClient,
     tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
 ) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let port: u16 = broker
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("broker port");
-    let mut options = MqttOptions::new(id, "127.0.0.1", port);
-    options.set_max_packet_size(2 << 20, 2 << 20);
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let mut options = client_options(broker, id);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 100);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

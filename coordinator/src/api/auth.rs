@@ -41,6 +41,8 @@ pub enum Access {
 pub fn required(method: &Method, path: &str, metrics_open: bool) -> Access {
     match path {
         "/health" => return Access::Open,
+        // The join token in the body is the credential (see `api::agents`).
+        "/api/v1/agents/enroll" if method == Method::POST => return Access::Open,
         "/metrics" if metrics_open => return Access::Open,
         _ => {}
     }
@@ -103,7 +105,7 @@ impl Auth {
             return None;
         };
         if let Some(ip) = client {
-            if self.rate_limited(ip) {
+            if self.is_rate_limited(ip) {
                 return Some(self.refuse(
                     "rate_limited",
                     StatusCode::TOO_MANY_REQUESTS,
@@ -173,7 +175,9 @@ impl Auth {
         ApiError::new(status, message).into_response()
     }
 
-    fn rate_limited(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` has failed authentication too often lately (429 until the window
+    /// passes).
+    pub fn is_rate_limited(&self, ip: IpAddr) -> bool {
         if self.max_failures == 0 {
             return false;
         }
@@ -183,7 +187,8 @@ impl Auth {
         })
     }
 
-    fn note_failure(&self, ip: IpAddr) {
+    /// Counts a failed authentication from `ip` towards the rate limit.
+    pub fn note_failure(&self, ip: IpAddr) {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         if failures.len() > 10_000 {
             failures.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);

@@ -13,8 +13,10 @@
 //! | `/api/v1/policies…` (list, CRUD, enable/disable, severity, evaluate, reload, runner) | [`policies`] |
 //! | `/api/v1/actions…`, `/api/v1/queue/stats`, `/api/v1/hosts/{host}/remediation/…` | [`actions`] |
 //! | `/api/v1/bundles…`, `GET /api/v1/drift` | [`bundles`] |
+//! | `/api/v1/agents…` (enroll, list, revoke), `/api/v1/join-tokens` | [`agents`] |
 
 pub mod actions;
+pub mod agents;
 pub mod auth;
 pub mod bundles;
 pub mod error;
@@ -60,6 +62,8 @@ pub struct Api {
     pub bundles: Arc<crate::bundles::Bundles>,
     /// Token checks (see [`auth`]).
     pub auth: Arc<auth::Auth>,
+    /// The coordinator's public signing key, hex (given to agents when they enroll).
+    pub coordinator_key: String,
 }
 
 /// The error for a blocking task that panicked or was cancelled.
@@ -187,6 +191,8 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
         .or(actions::routes(api.clone()))
         .unify()
         .or(bundles::routes(api.clone()))
+        .unify()
+        .or(agents::routes(api.clone()))
         .unify()
         .recover(unmatched)
         .unify()

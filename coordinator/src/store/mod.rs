@@ -27,6 +27,7 @@
 //! [`StoreError::Full`] — the coordinator keeps running and serving reads.
 
 pub mod actions;
+pub mod agents;
 pub mod codec;
 pub mod keys;
 pub mod policies;
@@ -126,6 +127,8 @@ pub(crate) struct Dbs {
     pub action_index: Database<Bytes, Bytes>,
     pub bundles: Database<Bytes, Bytes>,
     pub tokens: Database<Bytes, Bytes>,
+    pub agents: Database<Bytes, Bytes>,
+    pub join_tokens: Database<Bytes, Bytes>,
 }
 
 /// An open store. Cheap to clone; all clones share one environment.
@@ -175,6 +178,8 @@ impl Store {
             action_index: create("action_index").map_err(open_err)?,
             bundles: create("bundles").map_err(open_err)?,
             tokens: create("tokens").map_err(open_err)?,
+            agents: create("agents").map_err(open_err)?,
+            join_tokens: create("join_tokens").map_err(open_err)?,
         };
         wtxn.commit().map_err(open_err)?;
         Ok(Store {

@@ -1,0 +1,294 @@
+//! Agent identity routes ([`crate::agents`]):
+//!
+//! | route | who | answer |
+//! | --- | --- | --- |
+//! | `POST /api/v1/agents/enroll` `{"join_token","host","public_key"}` | the join token | 201 `{"host","mqtt_username","mqtt_password","labels":{…},"coordinator_key"}`; 401 bad token, 403 token bound to another host, 409 host enrolled, 422 bad field |
+//! | `GET /api/v1/agents` | admin | `{"agents":[{"host","public_key","labels","join_token","enrolled_at","revoked_at"}]}` |
+//! | `POST /api/v1/agents/{host}/revoke` | admin | `{"ok":true,"host","revoked_at"}`; 404 if never enrolled |
+//! | `POST /api/v1/join-tokens` `{"name","labels"?,"host"?,"uses"?,"ttl"?}` | admin | 201 `{"token","id","name","labels","host","uses","expires_at"}` (the token is shown only here) |
+//! | `GET /api/v1/join-tokens` | admin | `{"join_tokens":[{"id","name","labels","host","uses_left","created_at","expires_at","revoked_at"}]}` |
+//!
+//! A failed enrollment counts as a failed authentication for the client's address (the
+//! same rate limit as bad REST tokens), and in `vigil_agent_enrollments_total{result}`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use vigil_shared::time::{now_ms, to_rfc3339};
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::error::{respond, ApiError};
+use super::{measure, task_failed, Api};
+use crate::agents::{
+    self, AgentRecord, EnrollError, EnrollRequest, JoinTokenRecord, JoinTokenSpec,
+};
+
+/// How long a join token is valid unless the request says otherwise.
+pub const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Every agent identity route, measured under its route template.
+pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
+    let with_api = {
+        let api = api.clone();
+        warp::any().map(move || api.clone())
+    };
+    let telemetry = api.telemetry.clone();
+    let measured = |template: &'static str, route: BoxedFilter<(Response,)>| {
+        measure(telemetry.clone(), template, route)
+    };
+    let body = warp::body::content_length_limit(64 * 1024).and(warp::body::bytes());
+    let enroll = measured(
+        "/api/v1/agents/enroll",
+        warp::path!("api" / "v1" / "agents" / "enroll")
+            .and(warp::post())
+            .and(warp::addr::remote())
+            .and(with_api.clone())
+            .and(body)
+            .then(enroll)
+            .boxed(),
+    );
+    let list = measured(
+        "/api/v1/agents",
+        warp::path!("api" / "v1" / "agents")
+            .and(warp::get())
+            .and(with_api.clone())
+            .then(list)
+            .boxed(),
+    );
+    let revoke = measured(
+        "/api/v1/agents/{host}/revoke",
+        warp::path!("api" / "v1" / "agents" / String / "revoke")
+            .and(warp::post())
+            .and(with_api.clone())
+            .then(revoke)
+            .boxed(),
+    );
+    let create_token = measured(
+        "/api/v1/join-tokens",
+        warp::path!("api" / "v1" / "join-tokens")
+            .and(warp::post())
+            .and(with_api.clone())
+            .and(body)
+            .then(create_join_token)
+            .boxed(),
+    );
+    let list_tokens = measured(
+        "/api/v1/join-tokens",
+        warp::path!("api" / "v1" / "join-tokens")
+            .and(warp::get())
+            .and(with_api.clone())
+            .then(list_join_tokens)
+            .boxed(),
+    );
+    enroll
+        .or(list)
+        .unify()
+        .or(revoke)
+        .unify()
+        .or(create_token)
+        .unify()
+        .or(list_tokens)
+        .unify()
+        .boxed()
+}
+
+fn enroll_error(e: EnrollError) -> ApiError {
+    let status = match &e {
+        EnrollError::BadToken => StatusCode::UNAUTHORIZED,
+        EnrollError::WrongHost(_) => StatusCode::FORBIDDEN,
+        EnrollError::AlreadyEnrolled(_) => StatusCode::CONFLICT,
+        EnrollError::UnknownHost(_) => StatusCode::NOT_FOUND,
+        EnrollError::Invalid { field, reason } => {
+            return ApiError::invalid_field(*field, reason.clone())
+        }
+        EnrollError::Store(e) => return ApiError::from(e),
+    };
+    ApiError::new(status, e.to_string())
+}
+
+async fn enroll(
+    remote: Option<SocketAddr>,
+    api: Arc<Api>,
+    body: bytes::Bytes,
+) -> Response {
+    let request: EnrollRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            api.telemetry
+                .enrollments
+                .with_label_values(&["bad_request"])
+                .inc();
+            return ApiError::bad_request(format!("enrollment body: {e}")).into_response();
+        }
+    };
+    if let Some(ip) = remote.map(|a| a.ip()) {
+        if api.auth.is_rate_limited(ip) {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications from this address; wait a minute",
+            )
+            .into_response();
+        }
+    }
+    let store = api.store.clone();
+    let key = api.coordinator_key.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        agents::enroll(&store, &request, &key, now_ms()).map(|e| (request.host, e))
+    })
+    .await;
+    let result = match result {
+        Ok(result) => result,
+        Err(e) => return task_failed(e).into_response(),
+    };
+    match result {
+        Ok((host, enrollment)) => {
+            api.telemetry.enrollments.with_label_values(&["ok"]).inc();
+            tracing::info!(%host, labels = ?enrollment.labels, "agent enrolled");
+            warp::reply::with_status(warp::reply::json(&enrollment), StatusCode::CREATED)
+                .into_response()
+        }
+        Err(e) => {
+            let reason = match &e {
+                EnrollError::BadToken => "bad_token",
+                EnrollError::WrongHost(_) => "wrong_host",
+                EnrollError::AlreadyEnrolled(_) => "already_enrolled",
+                EnrollError::Invalid { .. } => "invalid",
+                _ => "error",
+            };
+            api.telemetry.enrollments.with_label_values(&[reason]).inc();
+            if matches!(e, EnrollError::BadToken | EnrollError::WrongHost(_)) {
+                if let Some(ip) = remote.map(|a| a.ip()) {
+                    api.auth.note_failure(ip);
+                }
+            }
+            tracing::warn!(reason, "enrollment refused: {e}");
+            enroll_error(e).into_response()
+        }
+    }
+}
+
+fn agent_json(r: &AgentRecord) -> Value {
+    json!({
+        "host": r.host,
+        "public_key": r.public_key,
+        "labels": r.labels,
+        "join_token": r.join_token,
+        "enrolled_at": to_rfc3339(r.enrolled_ms),
+        "revoked_at": r.revoked_ms.map(to_rfc3339),
+    })
+}
+
+async fn list(api: Arc<Api>) -> Response {
+    respond(
+        api.store
+            .agents()
+            .map(|agents| {
+                warp::reply::json(&json!({
+                    "agents": agents.iter().map(agent_json).collect::<Vec<_>>()
+                }))
+            })
+            .map_err(ApiError::from),
+    )
+}
+
+async fn revoke(host: String, api: Arc<Api>) -> Response {
+    let store = api.store.clone();
+    let result = tokio::task::spawn_blocking(move || agents::revoke(&store, &host, now_ms()))
+        .await
+        .map_err(task_failed)
+        .and_then(|r| r.map_err(enroll_error));
+    respond(result.map(|record| {
+        tracing::warn!(host = %record.host, "agent identity revoked");
+        warp::reply::json(&json!({
+            "ok": true,
+            "host": record.host,
+            "revoked_at": record.revoked_ms.map(to_rfc3339),
+        }))
+    }))
+}
+
+/// The body of `POST /api/v1/join-tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenBody {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    host: Option<String>,
+    uses: Option<u32>,
+    /// Like `24h`, `30m`.
+    ttl: Option<String>,
+}
+
+fn join_token_json(r: &JoinTokenRecord) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "labels": r.labels,
+        "host": r.host,
+        "uses_left": r.uses_left,
+        "created_at": to_rfc3339(r.created_ms),
+        "expires_at": to_rfc3339(r.expires_ms),
+        "revoked_at": r.revoked_ms.map(to_rfc3339),
+    })
+}
+
+async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
+    let body: JoinTokenBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return ApiError::bad_request(format!("join token body: {e}")).into_response(),
+    };
+    if body.name.trim().is_empty() {
+        return ApiError::invalid_field("name", "must not be empty").into_response();
+    }
+    let ttl = match body.ttl.as_deref().map(humantime::parse_duration) {
+        None => DEFAULT_JOIN_TTL,
+        Some(Ok(ttl)) => ttl,
+        Some(Err(e)) => {
+            return ApiError::invalid_field("ttl", format!("not a duration like 24h: {e}"))
+                .into_response()
+        }
+    };
+    let spec = JoinTokenSpec {
+        name: body.name,
+        labels: body.labels,
+        host: body.host,
+        uses: body.uses.unwrap_or(1),
+        ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+    };
+    let store = api.store.clone();
+    let result =
+        tokio::task::spawn_blocking(move || agents::create_join_token(&store, &spec, now_ms()))
+            .await
+            .map_err(task_failed)
+            .and_then(|r| r.map_err(enroll_error));
+    match result {
+        Ok((token, record)) => {
+            let mut answer = join_token_json(&record);
+            answer["token"] = Value::String(token);
+            warp::reply::with_status(warp::reply::json(&answer), StatusCode::CREATED)
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_join_tokens(api: Arc<Api>) -> Response {
+    respond(
+        api.store
+            .join_tokens()
+            .map(|tokens| {
+                warp::reply::json(&json!({
+                    "join_tokens": tokens.iter().map(join_token_json).collect::<Vec<_>>()
+                }))
+            })
+            .map_err(ApiError::from),
+    )
+}
