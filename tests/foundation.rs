@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::Value;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{self, MetricBatch, Sample};
 use vigil_tests::{
     free_port, get_json, host_entry, metric, post_raw, start_agent, start_coordinator,
-    start_mosquitto, wait_for, TestDir,
+    start_mosquitto, wait_for, RawAgent, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -167,17 +167,13 @@ async fn garbage_is_rejected_counted_and_good_samples_around_it_are_kept() {
     let dir = TestDir::new();
     let coordinator = start_coordinator(&dir, None, &[]).await;
     let http = coordinator.http.clone();
-    let port: u16 = coordinator
-        .broker
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("broker port");
 
-    // A raw MQTT client publishing on the agents' metrics topic.
-    let mut options = MqttOptions::new("e2e-garbage", "127.0.0.1", port);
-    options.set_max_packet_size(2 << 20, 2 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    // A raw MQTT client logged in as an enrolled agent, publishing on its metrics topic.
+    let host = "e2e-garbage";
+    let raw = RawAgent::enroll(dir.path(), host, &coordinator.broker, "raw");
+    // Another enrolled agent, whose seal is good but not `host`'s.
+    let other = RawAgent::enroll(dir.path(), "e2e-garbage-other", &coordinator.broker, "raw");
+    let (client, mut eventloop) = AsyncClient::new(raw.options.clone(), 100);
     let pump = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
@@ -186,9 +182,8 @@ async fn garbage_is_rejected_counted_and_good_samples_around_it_are_kept() {
             }
         }
     });
-    let host = "e2e-garbage";
     let topic = topics::agent(host, AgentChannel::Metrics);
-    let good = |seq| wire::encode(&batch(host, seq, seq as f64));
+    let good = |seq| raw.seal(AgentChannel::Metrics, &batch(host, seq, seq as f64));
     let mut wrong_version = good(100);
     wrong_version[0] = 99;
     let truncated = {
@@ -198,7 +193,16 @@ async fn garbage_is_rejected_counted_and_good_samples_around_it_are_kept() {
     // The right version byte, then a host-name length far past the end of the payload.
     let mut random = vec![wire::PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0xff, 0x0f];
     random.extend((0u32..64).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
-    let mismatch = wire::encode(&batch("someone-else", 102, 1.0));
+    // Properly sealed by the host, but the batch inside claims another host.
+    let mismatch = raw.seal(AgentChannel::Metrics, &batch("someone-else", 102, 1.0));
+    // A valid batch as agents sent it before messages were sealed: no seal, refused.
+    let unsealed = wire::encode(&batch(host, 103, 1.0));
+    // Sealed by another enrolled agent: does not verify with `host`'s key.
+    let foreign = other.seal(AgentChannel::Metrics, &batch(host, 104, 1.0));
+    // Sealed by the host for its status channel, moved to its metrics topic.
+    let moved = raw.seal(AgentChannel::Status, &batch(host, 105, 1.0));
+    // A good seal around bytes that are no batch.
+    let sealed_garbage = raw.sealer.seal(AgentChannel::Metrics, random.clone());
     let payloads: Vec<Vec<u8>> = vec![
         good(1),
         random,
@@ -211,6 +215,14 @@ async fn garbage_is_rejected_counted_and_good_samples_around_it_are_kept() {
         good(5),
         Vec::new(),
         good(6),
+        unsealed,
+        good(7),
+        foreign,
+        good(8),
+        moved,
+        good(9),
+        sealed_garbage,
+        good(10),
     ];
     for payload in payloads {
         client
@@ -262,7 +274,7 @@ async fn garbage_is_rejected_counted_and_good_samples_around_it_are_kept() {
     }
 
     // Every good MQTT batch is stored; every bad payload is counted by reason.
-    let points = wait_for("six good batches", WAIT, || async {
+    let points = wait_for("ten good batches", WAIT, || async {
         let (_, body) = get_json(&format!(
             "{http}/api/v1/metrics/query?host={host}&name=good_metric"
         ))
@@ -272,10 +284,10 @@ async fn garbage_is_rejected_counted_and_good_samples_around_it_are_kept() {
             .iter()
             .filter_map(|p| p["value"].as_f64())
             .collect();
-        (values.len() == 6).then_some(values)
+        (values.len() == 10).then_some(values)
     })
     .await;
-    assert_eq!(points, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(points, (1..=10).map(f64::from).collect::<Vec<_>>());
     let rejected = |reason: &'static str| {
         let http = http.clone();
         async move {
@@ -290,15 +302,24 @@ async fn garbage_is_rejected_counted_and_good_samples_around_it_are_kept() {
     };
     assert_eq!(
         rejected("malformed").await,
-        2.0,
-        "random bytes and the truncated batch"
+        4.0,
+        "random bytes, the truncated seal, the unsealed batch and the sealed garbage"
     );
     assert_eq!(rejected("unknown_version").await, 1.0);
-    assert_eq!(rejected("host_mismatch").await, 1.0);
+    assert_eq!(
+        rejected("host_mismatch").await,
+        2.0,
+        "the batch claiming another host and the seal moved from another channel"
+    );
+    assert_eq!(
+        rejected("bad_signature").await,
+        1.0,
+        "sealed by another agent"
+    );
     assert_eq!(rejected("empty").await, 1.0);
     assert_eq!(
         metric(&http, r#"vigil_mqtt_messages_total{channel="metrics"}"#).await,
-        6.0
+        10.0
     );
     assert!(
         host_entry(&http, "someone-else").await.is_none(),
