@@ -19,7 +19,8 @@ use vigil_shared::wire::{
     PolicyRunnerStatus, QueueStatus,
 };
 use vigil_tests::{
-    authorized, get_json, host_entry, metric, post_raw, start_coordinator, wait_for, TestDir,
+    authorized, get_json, host_entry, metric, post_raw, start_coordinator, wait_for, RawAgent,
+    TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -33,14 +34,8 @@ struct Mqtt {
 }
 
 impl Mqtt {
-    async fn connect(broker: &str, id: &str) -> Mqtt {
-        let port: u16 = broker
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("broker port");
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
-        options.set_max_packet_size(2 << 20, 2 << 20);
+    /// Connects with `options` (an enrolled agent's login: [`RawAgent::options`]).
+    async fn connect(options: MqttOptions) -> Mqtt {
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -192,7 +187,18 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
     let coordinator = start_coordinator(&dir, None, &[]).await;
     let http = coordinator.http.clone();
     let api = format!("{http}/api/v1");
-    let agent = Mqtt::connect(&coordinator.broker, "e2e-actions-agent").await;
+    // Each host played by hand: its own login, its messages sealed with its own key.
+    let raw_host = RawAgent::enroll(dir.path(), HOST, &coordinator.broker, "actions");
+    let raw_other = RawAgent::enroll(dir.path(), OTHER, &coordinator.broker, "actions");
+    let host_agent = Mqtt::connect(raw_host.options.clone()).await;
+    let other_agent = Mqtt::connect(raw_other.options.clone()).await;
+    let agent_of = |host: &str| {
+        if host == HOST {
+            (&raw_host, &host_agent)
+        } else {
+            (&raw_other, &other_agent)
+        }
+    };
 
     // Two agents with queues; the first one's last processed task is the newer.
     let t0 = now_ms() - 60_000;
@@ -211,10 +217,11 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
         (HOST, queue(2, 7, t0 + 500)),
         (OTHER, queue(1, 3, t0 + 100)),
     ] {
+        let (raw, agent) = agent_of(host);
         agent
             .publish(
                 &topics::agent(host, AgentChannel::Status),
-                wire::encode(&status(host, q)),
+                raw.seal(AgentChannel::Status, &status(host, q)),
                 true,
             )
             .await;
@@ -282,15 +289,28 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
             t0 + 20,
         ),
     ];
+    // Each redelivery is sealed anew, as an agent's outbox does: the coordinator itself
+    // must see that it already holds the transition.
     for e in &events {
         let topic = topics::agent(&e.host, AgentChannel::Actions);
-        agent.publish(&topic, wire::encode(e), false).await;
+        let (raw, agent) = agent_of(&e.host);
+        agent
+            .publish(&topic, raw.seal(AgentChannel::Actions, e), false)
+            .await;
     }
-    // A spoofed event (topic host ≠ payload host) is refused.
-    agent
+    // A spoofed event (topic host ≠ payload host), sealed by the topic's host, is refused.
+    other_agent
         .publish(
             &topics::agent(OTHER, AgentChannel::Actions),
-            wire::encode(&a1(ActionState::Failed, 2, 950)),
+            raw_other.seal(AgentChannel::Actions, &a1(ActionState::Failed, 2, 950)),
+            false,
+        )
+        .await;
+    // So is HOST's own event published on OTHER's topic: OTHER's key does not verify it.
+    host_agent
+        .publish(
+            &topics::agent(OTHER, AgentChannel::Actions),
+            raw_host.seal(AgentChannel::Actions, &a1(ActionState::Failed, 2, 960)),
             false,
         )
         .await;
@@ -300,6 +320,24 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
         let (_, a3) = get_json(&format!("{api}/actions/A3")).await;
         let n = |v: &Value| v["transitions"].as_array().map_or(0, Vec::len);
         (n(&a1) == 4 && n(&a2) == 4 && n(&a3) == 1).then_some(())
+    })
+    .await;
+    // The spoofs came over two connections: wait until ingest has seen both.
+    let refused = |reason: &'static str| {
+        let http = http.clone();
+        async move {
+            metric(
+                &http,
+                &format!(
+                    "vigil_mqtt_messages_rejected_total{{channel=\"actions\",reason=\"{reason}\"}}"
+                ),
+            )
+            .await
+        }
+    };
+    wait_for("both spoofed events refused", WAIT, || async {
+        (refused("host_mismatch").await >= 1.0 && refused("bad_signature").await >= 1.0)
+            .then_some(())
     })
     .await;
     let mut stored = 0.0;
@@ -314,13 +352,16 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
         stored += metric(&http, &format!("vigil_actions_total{{state=\"{state}\"}}")).await;
     }
     assert_eq!(stored, 9.0, "redeliveries are not counted");
+    assert_eq!(refused("host_mismatch").await, 1.0);
+    assert_eq!(refused("bad_signature").await, 1.0);
     assert_eq!(
         metric(
             &http,
-            "vigil_mqtt_messages_rejected_total{channel=\"actions\",reason=\"host_mismatch\"}"
+            "vigil_mqtt_messages_duplicate_total{channel=\"actions\"}"
         )
         .await,
-        1.0
+        0.0,
+        "every redelivery was sealed anew"
     );
 
     // One record per action, newest created first, the seed's fields first.
@@ -489,14 +530,15 @@ async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
     let key = PublicKey::load(&key_file.display().to_string()).unwrap();
     let http = coordinator.http.clone();
     let api = format!("{http}/api/v1");
-    let mut agent = Mqtt::connect(&coordinator.broker, "e2e-manual-agent").await;
+    let raw = RawAgent::enroll(dir.path(), HOST, &coordinator.broker, "manual");
+    let mut agent = Mqtt::connect(raw.options.clone()).await;
     agent
         .subscribe(&topics::agent(HOST, AgentChannel::Commands))
         .await;
     agent
         .publish(
             &topics::agent(HOST, AgentChannel::Status),
-            wire::encode(&status(HOST, QueueStatus::default())),
+            raw.seal(AgentChannel::Status, &status(HOST, QueueStatus::default())),
             true,
         )
         .await;
@@ -584,7 +626,7 @@ async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
         agent
             .publish(
                 &topics::agent(HOST, AgentChannel::Actions),
-                wire::encode(&e),
+                raw.seal(AgentChannel::Actions, &e),
                 false,
             )
             .await;
