@@ -13,10 +13,13 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 use vigil_shared::bundle::{verify, Bundle, PublicKey, SignedBundle};
 use vigil_shared::time::now_ms;
+use vigil_shared::topics::AgentChannel;
 use vigil_shared::wire::{
     self, AgentState, AgentStatus, AppliedBundle, PolicyRunnerStatus, QueueStatus,
 };
-use vigil_tests::{bin, bundle_subscriber, get_json, start_coordinator, wait_for, TestDir};
+use vigil_tests::{
+    bin, bundle_subscriber, get_json, start_coordinator, wait_for, RawAgent, TestDir,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -128,7 +131,8 @@ async fn bundles_are_retained_versioned_on_edit_and_invalid_edits_publish_nothin
 
     // Drift: one host in sync, one labelled web without the bundle.
     let (signed_hash, version) = (one["hash"].as_str().unwrap().to_string(), 2);
-    let (agent, _agent_rx) = bundle_subscriber(&c.broker, "fake-agents", "unused/topic").await;
+    // Each host played by hand: logged in as itself, its status sealed with its key.
+    let mut connections = Vec::new();
     for (host, applied) in [
         (
             "drift-ok",
@@ -140,16 +144,19 @@ async fn bundles_are_retained_versioned_on_edit_and_invalid_edits_publish_nothin
         ),
         ("drift-old", vec![]),
     ] {
+        let raw = RawAgent::enroll(dir.path(), host, &c.broker, "drift");
+        let (agent, pump) = connect(raw.options.clone());
         let status = agent_status(host, applied);
         agent
             .publish(
                 format!("vigil/v1/agents/{host}/status"),
                 rumqttc::QoS::AtLeastOnce,
                 true,
-                wire::encode(&status),
+                raw.seal(AgentChannel::Status, &status),
             )
             .await
             .unwrap();
+        connections.push((agent, pump));
     }
     let hosts = wait_for("two hosts in drift", WAIT, || async {
         let (_, body) = get_json(&format!("{}/api/v1/drift", c.http)).await;
@@ -165,7 +172,25 @@ async fn bundles_are_retained_versioned_on_edit_and_invalid_edits_publish_nothin
     assert_eq!(old["groups"][0]["in_sync"], false, "{old}");
     assert_eq!(old["groups"][0]["applied_version"], Value::Null);
     assert_eq!(old["bundle_error"], "refused: test");
+    for (agent, pump) in connections {
+        let _ = agent.disconnect().await;
+        let _ = pump.await;
+    }
     c.proc.stop();
+}
+
+/// An MQTT connection with `options`, its event loop polled until it disconnects.
+fn connect(options: rumqttc::MqttOptions) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+    let pump = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    });
+    (client, pump)
 }
 
 fn agent_status(host: &str, bundles: Vec<AppliedBundle>) -> AgentStatus {
@@ -295,6 +320,29 @@ async fn fanout_to_1000_subscribers() {
     let c = start_coordinator(&dir, None, &["--bundles", bundles.to_str().unwrap()]).await;
     let public = std::fs::read_to_string(dir.path().join("data/bundle-signing.pub")).unwrap();
     let key = PublicKey::from_hex(&public).unwrap();
+    // Every simulated agent is enrolled, so that its status (sealed with its own key) is
+    // accepted; the subscribers log in as integrations and publish it.
+    let enrolled = Instant::now();
+    let sealers: Vec<RawAgent> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let (dir, broker) = (dir.path(), c.broker.as_str());
+                scope.spawn(move || {
+                    (w..N)
+                        .step_by(8)
+                        .map(|i| (i, RawAgent::enroll(dir, &format!("fan-{i}"), broker, "fan")))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(usize, RawAgent)> = workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("enrollment thread"))
+            .collect();
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, raw)| raw).collect()
+    });
+    println!("enrolled {N} simulated agents in {:?}", enrolled.elapsed());
     let mut subscribers = Vec::with_capacity(N);
     for i in 0..N {
         subscribers
@@ -308,7 +356,7 @@ async fn fanout_to_1000_subscribers() {
     let started = Instant::now();
     write(&bundles, "web/cpu.yaml", &policy(77));
     let (tx, mut done) = tokio::sync::mpsc::unbounded_channel();
-    for (i, (client, mut rx)) in subscribers.into_iter().enumerate() {
+    for (i, ((client, mut rx), raw)) in subscribers.into_iter().zip(sealers).enumerate() {
         let tx = tx.clone();
         let key = key.clone();
         tokio::spawn(async move {
@@ -341,7 +389,7 @@ async fn fanout_to_1000_subscribers() {
                     topic,
                     rumqttc::QoS::AtLeastOnce,
                     true,
-                    wire::encode(&status),
+                    raw.seal(AgentChannel::Status, &status),
                 )
                 .await;
             // Keep the connection until the test ends.
