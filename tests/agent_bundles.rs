@@ -13,8 +13,8 @@ use serde_json::Value;
 use vigil_shared::bundle::{Bundle, BundleFile, BundleKeys, SignedBundle};
 use vigil_shared::topics;
 use vigil_tests::{
-    adopt_admin_token, bin, free_port, get_json, start_coordinator, wait_for, CoordinatorProc,
-    Proc, TestDir,
+    adopt_admin_token, bin, client_options, free_port, get_json, start_coordinator, wait_for,
+    CoordinatorProc, Proc, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -39,8 +39,22 @@ fn bundle(group: &str, version: u64, policy: &str) -> Bundle {
     }
 }
 
-/// An agent evaluating every 200 ms, with the bundle key and its own data dir.
+/// An agent evaluating every 200 ms, with the bundle key and its own data dir, enrolled
+/// with the coordinator store in `<dir>/data`.
 fn start_agent(dir: &TestDir, host: &str, broker: &str, labels: &[&str], key: &str) -> Proc {
+    start_agent_in(dir, dir.path(), host, broker, labels, key)
+}
+
+/// [`start_agent`], enrolled with the coordinator store in `<root>/data` and logging under
+/// `root` (its data dir stays `<dir>/agent-data-{host}`).
+fn start_agent_in(
+    dir: &TestDir,
+    root: &Path,
+    host: &str,
+    broker: &str,
+    labels: &[&str],
+    key: &str,
+) -> Proc {
     let data = dir.path().join(format!("agent-data-{host}"));
     let mut args: Vec<String> = [
         "--host",
@@ -60,12 +74,7 @@ fn start_agent(dir: &TestDir, host: &str, broker: &str, labels: &[&str], key: &s
     for label in labels {
         args.extend(["--label".to_string(), label.to_string()]);
     }
-    Proc::start(
-        &format!("agent-{host}"),
-        &bin("vigil-agent"),
-        &args,
-        dir.path(),
-    )
+    Proc::start(&format!("agent-{host}"), &bin("vigil-agent"), &args, root)
 }
 
 /// A raw MQTT publisher: publishes retained QoS 1 and waits for the broker's ack.
@@ -75,18 +84,8 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn connect(broker: &str) -> Publisher {
-        let port: u16 = broker
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("broker port");
-        let mut options = MqttOptions::new(
-            format!("bundle-test-{}", std::process::id()),
-            "127.0.0.1",
-            port,
-        );
-        options.set_max_packet_size(2 << 20, 2 << 20);
+    /// Connects with `options` (an integration's login: [`client_options`]).
+    async fn connect(options: MqttOptions) -> Publisher {
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let (tx, acks) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -197,7 +196,11 @@ async fn each_host_gets_its_groups_bundles_and_tampered_ones_are_refused() {
         })
         .await;
     }
-    let mut publisher = Publisher::connect(broker).await;
+    let mut publisher = Publisher::connect(client_options(
+        broker,
+        &format!("bundle-test-{}", std::process::id()),
+    ))
+    .await;
 
     // Version 1 of both groups: each host gets exactly its groups.
     let web1 = keys.sign(&bundle("web", 1, "web-missing-v1"));
@@ -319,13 +322,19 @@ fn postcard_of(bundle: &Bundle) -> Vec<u8> {
     BundleKeys::generate().sign(bundle).content
 }
 
-/// Starts `vigil-coordinator serve` with its embedded broker on `mqtt_port`.
-async fn coordinator_on(dir: &TestDir, name: &str, mqtt_port: u16) -> (Proc, String) {
+/// Starts `vigil-coordinator serve` on `data_dir` with its embedded broker on `mqtt_port`;
+/// returns it, its URL and its admin token (if it wrote one).
+async fn coordinator_on(
+    dir: &TestDir,
+    name: &str,
+    data_dir: &Path,
+    mqtt_port: u16,
+) -> (Proc, String, Option<String>) {
     let http_port = free_port();
     let args: Vec<String> = vec![
         "serve".into(),
         "--data-dir".into(),
-        dir.path().join(name).display().to_string(),
+        data_dir.display().to_string(),
         "--listen".into(),
         format!("127.0.0.1:{http_port}"),
         "--mqtt-listen".into(),
@@ -340,8 +349,8 @@ async fn coordinator_on(dir: &TestDir, name: &str, mqtt_port: u16) -> (Proc, Str
     })
     .await;
     // Its REST calls (through the helpers) carry its admin token, if it wrote one.
-    adopt_admin_token(&dir.path().join(name), &http).await;
-    (proc, http)
+    let token = adopt_admin_token(data_dir, &http).await;
+    (proc, http, token)
 }
 
 async fn reqwest_ok(url: &str) -> bool {
@@ -371,10 +380,25 @@ async fn a_persisted_bundle_runs_while_no_broker_is_up() {
     let keys = BundleKeys::generate();
     let key = keys.public_hex();
 
-    // First life: the bundle arrives over MQTT and is persisted.
-    let (first, http) = coordinator_on(&dir, "coordinator-first", mqtt_port).await;
+    // First life: the bundle arrives over MQTT and is persisted. The coordinator keeps its
+    // data in `<dir>/data`, where the agent is enrolled.
+    let (first, http, token) = coordinator_on(
+        &dir,
+        "coordinator-first",
+        &dir.path().join("data"),
+        mqtt_port,
+    )
+    .await;
     let agent = start_agent(&dir, "h-off", &broker, &["web=on"], &key);
-    let mut publisher = Publisher::connect(&broker).await;
+    // An integration publishing the bundle: it logs in with the coordinator's admin token.
+    let mut options = MqttOptions::new(
+        format!("bundle-test-{}", std::process::id()),
+        "127.0.0.1",
+        mqtt_port,
+    );
+    options.set_credentials("api", token.expect("the first coordinator's admin token"));
+    options.set_max_packet_size(2 << 20, 2 << 20);
+    let mut publisher = Publisher::connect(options).await;
     publisher
         .publish("web", &keys.sign(&bundle("web", 7, "offline-missing")))
         .await;
@@ -387,11 +411,15 @@ async fn a_persisted_bundle_runs_while_no_broker_is_up() {
     first.stop();
 
     // Second life: no broker at all. The agent loads the persisted bundle and evaluates it.
+    // The fresh coordinator that comes up later keeps its data under `second`: the agent
+    // is enrolled there (a new identity in its data dir) before it starts, and logs there.
+    let second = dir.path().join("second-life");
+    std::fs::create_dir_all(&second).expect("second-life dir");
     let offline_from_ms = vigil_shared::time::now_ms();
-    let agent = start_agent(&dir, "h-off", &broker, &["web=on"], &key);
+    let agent = start_agent_in(&dir, &second, "h-off", &broker, &["web=on"], &key);
     wait_for("the agent to load its persisted bundle", WAIT, || async {
         log_mentions(
-            dir.path(),
+            &second,
             "agent-h-off",
             "persisted policy bundle verified and loaded",
         )
@@ -403,7 +431,8 @@ async fn a_persisted_bundle_runs_while_no_broker_is_up() {
 
     // A fresh coordinator (no retained bundle, no history) sees the bundle in force and
     // the event decided while the broker was down, delivered by the outbox.
-    let (_second, http) = coordinator_on(&dir, "coordinator-second", mqtt_port).await;
+    let (_second, http, _) =
+        coordinator_on(&dir, "coordinator-second", &second.join("data"), mqtt_port).await;
     wait_bundles(&http, &[("h-off", &["web:7"])]).await;
     let events = wait_for("the offline event to arrive", WAIT, || async {
         let events = fired(&http, "h-off", "offline-missing").await;
