@@ -147,6 +147,22 @@ fn routes() -> Vec<(Method, &'static str, &'static str, Needs)> {
         (Method::POST, "/api/v1/bundles/reload", "", Needs::Admin),
         (Method::GET, "/api/v1/bundles/web", "", Needs::Viewer),
         (Method::GET, "/api/v1/drift", "", Needs::Viewer),
+        // The join token in the body is the credential: open to all (400 for this body).
+        (Method::POST, "/api/v1/agents/enroll", "{}", Needs::Open),
+        (Method::GET, "/api/v1/agents", "", Needs::Admin),
+        (
+            Method::POST,
+            "/api/v1/agents/auth-nobody/revoke",
+            "",
+            Needs::Admin,
+        ),
+        (Method::GET, "/api/v1/join-tokens", "", Needs::Admin),
+        (
+            Method::POST,
+            "/api/v1/join-tokens",
+            r#"{"name":"matrix"}"#,
+            Needs::Admin,
+        ),
         (
             Method::DELETE,
             "/api/v1/policies/auth-matrix",

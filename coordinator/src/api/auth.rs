@@ -37,7 +37,8 @@ pub enum Access {
     Needs(Role),
 }
 
-/// The access `method path` needs.
+/// The access `method path` needs (`/api/v1/agents…` and `/api/v1/join-tokens`: admin,
+/// except the enrollment route, whose credential is the join token in its body).
 pub fn required(method: &Method, path: &str, metrics_open: bool) -> Access {
     match path {
         "/health" => return Access::Open,
@@ -46,10 +47,14 @@ pub fn required(method: &Method, path: &str, metrics_open: bool) -> Access {
         "/metrics" if metrics_open => return Access::Open,
         _ => {}
     }
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    // Agent identities and join tokens are the admin's, read or write.
+    if let ["", "api", "v1", "agents" | "join-tokens", ..] = segments.as_slice() {
+        return Access::Needs(Role::Admin);
+    }
     if method == Method::GET || method == Method::HEAD {
         return Access::Needs(Role::Viewer);
     }
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let operator = match segments.as_slice() {
         // A sandbox evaluation changes nothing.
         ["", "api", "v1", "policies", "evaluate"] => return Access::Needs(Role::Viewer),
@@ -282,6 +287,19 @@ mod tests {
         );
         assert_eq!(
             need(Method::POST, "/api/v1/bundles/reload"),
+            Access::Needs(Role::Admin)
+        );
+        assert_eq!(
+            need(Method::GET, "/api/v1/agents"),
+            Access::Needs(Role::Admin)
+        );
+        assert_eq!(
+            need(Method::GET, "/api/v1/join-tokens"),
+            Access::Needs(Role::Admin)
+        );
+        assert_eq!(need(Method::POST, "/api/v1/agents/enroll"), Access::Open);
+        assert_eq!(
+            need(Method::GET, "/api/v1/agents/enroll"),
             Access::Needs(Role::Admin)
         );
     }
