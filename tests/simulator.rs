@@ -1,17 +1,21 @@
 //! The fleet simulator against a real coordinator (embedded broker, real LMDB, real
-//! HTTP): CHAOS mode for 60 s leaves the coordinator up, every malformed payload counted
-//! under its reason in `/metrics`, and every well-formed action transition stored exactly
-//! once; and the `vigil-sim simulate` command verifies a run on its own.
+//! HTTP), its virtual agents enrolled over REST and sealing every message: CHAOS mode for
+//! 60 s leaves the coordinator up, every malformed payload counted under its reason in
+//! `/metrics` (the seal layer's and the content rules'), and every well-formed action
+//! transition stored exactly once (re-sealed duplicates and resends included); and the
+//! `vigil-sim simulate` command enrolls its fleet and verifies a run on its own, also
+//! when run a second time against the same coordinator.
 
 use std::process::Command;
 use std::time::Duration;
 
 use vigil_sim::chaos::{Chaos, Malformed};
+use vigil_sim::enroll::Enroller;
 use vigil_sim::fleet::{Fleet, FleetConfig};
 use vigil_sim::mode::Mode;
 use vigil_sim::verify::{verify, CoordinatorCounts};
 use vigil_sim::virtual_agent::Plan;
-use vigil_tests::{bin, get_json, start_coordinator, TestDir};
+use vigil_tests::{bin, get_json, post_raw, start_coordinator, TestDir};
 
 /// `vigil_mqtt_messages_rejected_total` summed over the series with this reason.
 fn rejected_for(page: &str, reason: &str) -> u64 {
@@ -26,8 +30,7 @@ fn rejected_for(page: &str, reason: &str) -> u64 {
 async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_once() {
     let dir = TestDir::new();
     let mut c = start_coordinator(&dir, None, &[]).await;
-    let before = CoordinatorCounts::read(&c.http).await.unwrap();
-    let fleet = Fleet::start(FleetConfig {
+    let mut config = FleetConfig {
         agents: 50,
         host_prefix: "chaos-".into(),
         labels: vec![("env".into(), "test".into())],
@@ -44,8 +47,15 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
             batches_per_agent: None,
             seed: 42,
         },
-    })
-    .unwrap();
+        logins: Default::default(),
+    };
+    config.logins = Enroller::admin(&c.http, c.token.as_deref())
+        .enroll(&config.hosts())
+        .await
+        .unwrap();
+    assert_eq!(config.logins.len(), 50);
+    let before = CoordinatorCounts::read(&c.http).await.unwrap();
+    let fleet = Fleet::start(config).unwrap();
     let outcome = fleet.wait(Some(Duration::from_secs(10))).await;
     println!("{}", outcome.report);
     let report = &outcome.report;
@@ -101,12 +111,26 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
         rejected_for(&page, "host_mismatch"),
         sent(Malformed::HostMismatch)
     );
+    assert_eq!(
+        rejected_for(&page, "bad_signature"),
+        sent(Malformed::Forged)
+    );
+    // Nothing else was refused: no replays, no stale seals, no unknown agents.
+    let all: u64 = vigil_sim::verify::rejected_by_reason(&page)
+        .values()
+        .sum::<f64>() as u64;
+    assert_eq!(all, report.malformed_total(), "{page}");
+    // Every copy was sealed anew: nothing was dropped as an identical redelivery, the
+    // store's idempotence absorbed them (checked above: each stored once).
+    let counter = |name: &str| vigil_sim::procs::prometheus_value(&page, name) as u64;
+    assert_eq!(counter("vigil_mqtt_messages_duplicate_total"), 0);
+    // Every virtual agent logged in with its own enrolled login.
+    assert_eq!(counter("vigil_mqtt_auth_failures_total"), 0);
 
     // Batches that never arrived and stragglers are counted, not silent: each malformed
     // payload left a gap where its number was (so did each late batch, and batches
     // queued in a connection that was cut: virtual agents, like real ones, keep only
     // action events durable).
-    let counter = |name: &str| vigil_sim::procs::prometheus_value(&page, name) as u64;
     let missing = counter("vigil_metric_batches_missing_total");
     let late = counter("vigil_metric_batches_late_total");
     assert!(
@@ -139,38 +163,121 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
 async fn the_simulate_command_verifies_its_own_run() {
     let dir = TestDir::new();
     let c = start_coordinator(&dir, None, &[]).await;
-    let mut simulate = Command::new(bin("vigil-sim"));
-    simulate.arg("simulate");
-    // The verification's action lookups authenticate with the coordinator's admin token.
-    if let Some(token) = &c.token {
-        simulate.args(["--token", token]);
+    let token = c
+        .token
+        .clone()
+        .expect("the coordinator wrote an admin token");
+    // The admin token makes the join token, and authenticates the verification's action
+    // lookups. Twice against the same coordinator: the second run revokes the hosts the
+    // first one enrolled and enrolls them again.
+    for run in 0..2 {
+        let output = Command::new(bin("vigil-sim"))
+            .args([
+                "simulate",
+                "--token",
+                &token,
+                "--broker",
+                &c.broker,
+                "--agents",
+                "10",
+                "--mode",
+                "burst",
+                "--duration",
+                "5s",
+                "--interval",
+                "100ms",
+                "--malformed-rate",
+                "0.1",
+                "--duplicate-rate",
+                "0.3",
+                "--verify",
+                &c.http,
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "run {run}: {stdout}\n{stderr}");
+        assert!(stdout.contains("simulated 10 agents"), "{stdout}");
+        assert!(stdout.contains("verify: PASSED"), "{stdout}");
+        assert!(stderr.contains("10 virtual agents enrolled"), "{stderr}");
+        if run == 1 {
+            assert!(stderr.contains("revoking 10 identities"), "{stderr}");
+        }
     }
-    let output = simulate
+
+    // With a join token (and --coordinator, --verify naming no URL) instead of the
+    // admin token: other host names, since without the admin token nothing is revoked.
+    let (status, join) = post_raw(
+        &format!("{}/api/v1/join-tokens", c.http),
+        r#"{"name": "sim-test", "uses": 6, "ttl": "1h"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{join}");
+    let output = Command::new(bin("vigil-sim"))
         .args([
+            "simulate",
+            "--join-token",
+            join["token"].as_str().unwrap(),
+            "--coordinator",
+            &c.http,
             "--broker",
             &c.broker,
+            "--host-prefix",
+            "joined-",
             "--agents",
-            "10",
-            "--mode",
-            "burst",
+            "3",
             "--duration",
-            "5s",
+            "2s",
             "--interval",
             "100ms",
+            "--action-every",
+            "0",
             "--malformed-rate",
-            "0.1",
-            "--duplicate-rate",
-            "0.3",
+            "0.2",
             "--verify",
-            &c.http,
         ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("simulated 10 agents"), "{stdout}");
     assert!(stdout.contains("verify: PASSED"), "{stdout}");
+    // Without the admin token, hosts enrolled earlier cannot be replaced (the join token
+    // has uses left: it is the host names that are taken).
+    let output = Command::new(bin("vigil-sim"))
+        .args([
+            "simulate",
+            "--join-token",
+            join["token"].as_str().unwrap(),
+            "--coordinator",
+            &c.http,
+            "--broker",
+            &c.broker,
+            "--host-prefix",
+            "joined-",
+            "--agents",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("already enrolled"), "{stderr}");
+
+    // Without any token it says what it needs.
+    let output = Command::new(bin("vigil-sim"))
+        .args(["simulate", "--broker", &c.broker, "--coordinator", &c.http])
+        .env_remove("VIGIL_TOKEN")
+        .env_remove("VIGIL_JOIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("simulate needs an admin REST token (--token, see <data-dir>/admin.token)"),
+        "{stderr}"
+    );
 
     // Bad settings are refused with a message that names them.
     let output = Command::new(bin("vigil-sim"))

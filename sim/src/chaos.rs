@@ -53,34 +53,55 @@ impl Chaos {
     }
 }
 
-/// The kinds of malformed payload injected; the coordinator must refuse each, with the
-/// reason in parentheses (`vigil_mqtt_messages_rejected_total{reason}`).
+/// The kinds of malformed payload injected on the metrics topic; the coordinator must
+/// refuse each, counted under the reason [`Malformed::reason`] names
+/// (`vigil_mqtt_messages_rejected_total{reason}`). The first four never get past the
+/// seal layer (the payload is not a sealed message); `Invalid` and `HostMismatch` are
+/// sealed properly and refused for what they carry; `Forged` is sealed with a key the
+/// coordinator never enrolled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Malformed {
     /// Zero bytes (`empty`).
     Empty,
-    /// A protocol version byte no one speaks (`unknown_version`).
+    /// A sealed batch whose protocol version byte no one speaks (`unknown_version`).
     UnknownVersion,
-    /// A well-formed batch cut in half (`malformed`).
+    /// A sealed batch cut in half (`malformed`).
     Truncated,
-    /// The right version byte, then bytes that are no batch (`malformed`).
+    /// The right version byte, then bytes that are no sealed message (`malformed`).
     Garbage,
-    /// A batch that decodes but breaks a content rule: a sample with an empty name
+    /// A properly sealed batch that breaks a content rule: a sample with an empty name
     /// (`invalid`).
     Invalid,
-    /// A well-formed batch naming another host than the topic's (`host_mismatch`).
+    /// A properly sealed batch naming another host than the topic's (`host_mismatch`).
     HostMismatch,
+    /// A batch sealed for this host with a key that is not the one it enrolled
+    /// (`bad_signature`).
+    Forged,
+}
+
+/// What a [`Malformed`] kind is made from (the caller seals; see [`Malformed::payload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingredient {
+    /// A well-formed batch, sealed with the agent's key.
+    Sealed,
+    /// A batch breaking a content rule, sealed with the agent's key.
+    SealedInvalid,
+    /// A batch naming another host, sealed with the agent's key.
+    SealedOtherHost,
+    /// A well-formed batch sealed with a key that was never enrolled.
+    Forged,
 }
 
 impl Malformed {
     /// Every kind, in a fixed order.
-    pub const ALL: [Malformed; 6] = [
+    pub const ALL: [Malformed; 7] = [
         Malformed::Empty,
         Malformed::UnknownVersion,
         Malformed::Truncated,
         Malformed::Garbage,
         Malformed::Invalid,
         Malformed::HostMismatch,
+        Malformed::Forged,
     ];
 
     /// A short name for reports.
@@ -92,6 +113,20 @@ impl Malformed {
             Malformed::Garbage => "garbage",
             Malformed::Invalid => "invalid",
             Malformed::HostMismatch => "host_mismatch",
+            Malformed::Forged => "forged",
+        }
+    }
+
+    /// The reason the coordinator counts it under in
+    /// `vigil_mqtt_messages_rejected_total{reason}`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Malformed::Empty => "empty",
+            Malformed::UnknownVersion => "unknown_version",
+            Malformed::Truncated | Malformed::Garbage => "malformed",
+            Malformed::Invalid => "invalid",
+            Malformed::HostMismatch => "host_mismatch",
+            Malformed::Forged => "bad_signature",
         }
     }
 
@@ -100,28 +135,31 @@ impl Malformed {
         Malformed::ALL[rng.random_range(0..Malformed::ALL.len())]
     }
 
-    /// Turns a well-formed encoded batch (`good`) into this kind of bad payload.
-    /// `invalid` and `other_host` are the encodings of an invalid batch and of a batch
-    /// from another host, made by the caller (which owns the types).
-    pub fn payload(self, good: &[u8], invalid: &[u8], other_host: &[u8]) -> Vec<u8> {
+    /// This kind of bad payload. `make` seals what the kind is made from (asked at most
+    /// once; a seal is fresh each time, so nothing is refused as a mere duplicate).
+    pub fn payload(self, make: impl FnOnce(Ingredient) -> Vec<u8>) -> Vec<u8> {
         match self {
             Malformed::Empty => Vec::new(),
             Malformed::UnknownVersion => {
-                let mut bytes = good.to_vec();
+                let mut bytes = make(Ingredient::Sealed);
                 if let Some(first) = bytes.first_mut() {
                     *first = 0xEE;
                 }
                 bytes
             }
-            Malformed::Truncated => good[..good.len() / 2].to_vec(),
-            // A varint that never ends: no postcard message starts like this.
+            Malformed::Truncated => {
+                let bytes = make(Ingredient::Sealed);
+                bytes[..bytes.len() / 2].to_vec()
+            }
+            // A varint that never ends: no sealed message starts like this.
             Malformed::Garbage => {
                 let mut bytes = vec![vigil_shared::wire::PROTOCOL_VERSION];
                 bytes.extend([0xFF; 16]);
                 bytes
             }
-            Malformed::Invalid => invalid.to_vec(),
-            Malformed::HostMismatch => other_host.to_vec(),
+            Malformed::Invalid => make(Ingredient::SealedInvalid),
+            Malformed::HostMismatch => make(Ingredient::SealedOtherHost),
+            Malformed::Forged => make(Ingredient::Forged),
         }
     }
 }
@@ -147,12 +185,21 @@ mod tests {
 
     #[test]
     fn every_kind_changes_the_payload() {
-        let good = [1u8, 2, 3, 4, 5, 6];
+        let good = vec![1u8, 2, 3, 4, 5, 6];
+        let make = |what: Ingredient| match what {
+            Ingredient::Sealed => good.clone(),
+            Ingredient::SealedInvalid => vec![9],
+            Ingredient::SealedOtherHost => vec![8],
+            Ingredient::Forged => vec![7],
+        };
         for kind in Malformed::ALL {
-            let bad = kind.payload(&good, &[9], &[8]);
+            let bad = kind.payload(make);
             assert_ne!(bad, good, "{kind:?}");
+            assert!(!kind.reason().is_empty());
         }
-        assert_eq!(Malformed::Truncated.payload(&good, &[], &[]), vec![1, 2, 3]);
-        assert_eq!(Malformed::UnknownVersion.payload(&good, &[], &[])[0], 0xEE);
+        assert_eq!(Malformed::Truncated.payload(make), vec![1, 2, 3]);
+        assert_eq!(Malformed::UnknownVersion.payload(make)[0], 0xEE);
+        assert_eq!(Malformed::Forged.payload(make), vec![7]);
+        assert_eq!(Malformed::Garbage.reason(), Malformed::Truncated.reason());
     }
 }

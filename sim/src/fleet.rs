@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vigil_shared::wire::Tag;
 
+use crate::enroll::AgentLogin;
 use crate::report::Snapshot;
 use crate::virtual_agent::{self, Identity, Plan, Shared};
 
@@ -29,6 +30,39 @@ pub struct FleetConfig {
     pub connect_rate: u32,
     /// What each agent does.
     pub plan: Plan,
+    /// Each agent's enrollment by host ([`crate::enroll::Enroller::enroll`] of
+    /// [`FleetConfig::hosts`]). Empty: the agents are not enrolled (they seal with keys
+    /// of their own, which only a bare broker takes).
+    pub logins: HashMap<String, AgentLogin>,
+}
+
+impl FleetConfig {
+    /// The host names of the fleet's agents, in order.
+    pub fn hosts(&self) -> Vec<String> {
+        (0..self.agents)
+            .map(|index| host_name(&self.host_prefix, index))
+            .collect()
+    }
+
+    /// Checks the settings (before anything is enrolled or started).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_AGENTS).contains(&self.agents) {
+            return Err(format!(
+                "--agents must be between 1 and {MAX_AGENTS}, got {}",
+                self.agents
+            ));
+        }
+        self.plan.chaos.validate()?;
+        if self.plan.samples_per_batch == 0 {
+            return Err("--samples-per-batch must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The host name of the agent at `index`: the prefix and the index, e.g. `sim-00042`.
+pub fn host_name(prefix: &str, index: usize) -> String {
+    format!("{prefix}{index:05}")
 }
 
 /// Most virtual agents in one fleet.
@@ -65,17 +99,18 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts the fleet's agents in the background.
-    pub fn start(config: FleetConfig) -> Result<Fleet, String> {
-        if !(1..=MAX_AGENTS).contains(&config.agents) {
-            return Err(format!(
-                "--agents must be between 1 and {MAX_AGENTS}, got {}",
-                config.agents
-            ));
+    pub fn start(mut config: FleetConfig) -> Result<Fleet, String> {
+        config.validate()?;
+        if !config.logins.is_empty() {
+            if let Some(host) = config
+                .hosts()
+                .into_iter()
+                .find(|h| !config.logins.contains_key(h))
+            {
+                return Err(format!("virtual agent `{host}` was not enrolled"));
+            }
         }
-        config.plan.chaos.validate()?;
-        if config.plan.samples_per_batch == 0 {
-            return Err("--samples-per-batch must be at least 1".into());
-        }
+        let mut logins = std::mem::take(&mut config.logins);
         raise_open_files_limit(config.agents);
         let shared = Arc::new(Shared::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -89,8 +124,10 @@ impl Fleet {
                     let mut labels =
                         vec![("role".to_string(), ROLES[index % ROLES.len()].to_string())];
                     labels.extend(config.labels.iter().cloned());
+                    let host = host_name(&config.host_prefix, index);
                     let me = Identity {
-                        host: format!("{}{index:05}", config.host_prefix),
+                        login: logins.remove(&host),
+                        host,
                         labels,
                         index,
                     };

@@ -3,11 +3,14 @@
 //! [`fleet`] runs many virtual agents in one process, each with its own MQTT connection,
 //! publishing metric batches and action events the way real agents do, in one of the
 //! [`mode::Mode`]s, with the failures of [`chaos::Chaos`] injected; [`report`] counts
-//! what was sent, acknowledged and rejected. [`bench`] uses the fleet, real coordinator
+//! what was sent, acknowledged and rejected. Every virtual agent is first enrolled at the
+//! coordinator ([`enroll`]) and seals what it publishes with its enrolled key, as a real
+//! agent does. [`bench`] uses the fleet, real coordinator
 //! processes, a real agent and Mosquitto to measure the README's performance figures.
 
 pub mod bench;
 pub mod chaos;
+pub mod enroll;
 pub mod fleet;
 pub mod mode;
 pub mod procs;

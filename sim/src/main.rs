@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use vigil_shared::broker_url::BrokerUrl;
 use vigil_sim::bench::{self, BenchEnv, Part};
 use vigil_sim::chaos::Chaos;
+use vigil_sim::enroll::Enroller;
 use vigil_sim::fleet::{Fleet, FleetConfig};
 use vigil_sim::mode::Mode;
 use vigil_sim::verify::{self, CoordinatorCounts};
@@ -23,7 +24,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a fleet of virtual agents against a broker (and the coordinator behind it).
+    /// Run a fleet of virtual agents against a broker and the coordinator behind it: each
+    /// is enrolled at the coordinator first (its own key and MQTT login), then connects
+    /// as `vigil-agent-{host}` and seals everything it publishes.
     Simulate(Box<SimulateArgs>),
     /// Measure the README's performance figures against real processes (build first:
     /// `cargo build --release --bins`).
@@ -35,10 +38,26 @@ struct SimulateArgs {
     /// The broker the virtual agents connect to.
     #[arg(long, env = "VIGIL_BROKER", default_value = "mqtt://127.0.0.1:1883")]
     broker: BrokerUrl,
-    /// MQTT user name [default: none]
+    /// The coordinator's REST address, where the virtual agents enroll before they
+    /// connect [default: the --verify URL, else http://127.0.0.1:8000]
+    #[arg(long, env = "VIGIL_COORDINATOR", value_name = "URL")]
+    coordinator: Option<String>,
+    /// Admin REST API token (the coordinator writes it to <data-dir>/admin.token): makes
+    /// the join token the virtual agents enroll with, revokes identities an earlier run
+    /// left under the same host names, and authenticates --verify's lookups. Required
+    /// unless --join-token is given.
+    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Enroll with this join token (`vigil-coordinator token create --join --uses N`, N
+    /// at least --agents) instead of making one with --token; without --token, hosts
+    /// already enrolled cannot be replaced.
+    #[arg(long, env = "VIGIL_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// MQTT user name for every agent, instead of each one's enrolled login (only for an
+    /// external broker with accounts of its own) [default: the enrolled logins]
     #[arg(long, env = "VIGIL_MQTT_USERNAME")]
     username: Option<String>,
-    /// MQTT password [default: none]
+    /// MQTT password going with --username [default: none]
     #[arg(long, env = "VIGIL_MQTT_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     /// Number of virtual agents, 1 to 10,000.
@@ -94,15 +113,17 @@ struct SimulateArgs {
     /// Print a progress line this often.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     progress: Duration,
-    /// The coordinator's REST address: when given, its counters are read before and
-    /// after, and the run is verified (every malformed payload counted as rejected, every
-    /// action transition stored exactly once); exits non-zero if it does not hold.
-    #[arg(long, value_name = "URL")]
+    /// Verify the run against the coordinator (at URL, or at --coordinator when no URL is
+    /// given): its counters are read before and after (every malformed payload counted
+    /// as rejected under its kind's reason, nothing else rejected) and every action
+    /// transition must be stored exactly once; exits non-zero if it does not hold.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
     verify: Option<String>,
-    /// REST API token for --verify's lookups (`Authorization: Bearer`) [default: none]
-    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
-    token: Option<String>,
 }
+
+/// Where `simulate` finds the coordinator when neither --coordinator nor --verify URL is
+/// given (its default REST listen address).
+const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:8000";
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
@@ -181,7 +202,7 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
             }
         }
     }
-    let config = FleetConfig {
+    let mut config = FleetConfig {
         agents: args.agents,
         host_prefix: args.host_prefix,
         labels,
@@ -200,8 +221,47 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
             batches_per_agent: args.batches_per_agent,
             seed: args.seed,
         },
+        logins: Default::default(),
     };
-    let before = match &args.verify {
+    if let Err(e) = config.validate() {
+        eprintln!("vigil-sim: {e}");
+        return ExitCode::FAILURE;
+    }
+    let coordinator = args
+        .coordinator
+        .clone()
+        .or_else(|| args.verify.clone().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| DEFAULT_COORDINATOR.to_string());
+    let coordinator = coordinator.trim_end_matches('/').to_string();
+    let verify_url = args.verify.as_ref().map(|v| {
+        if v.is_empty() {
+            coordinator.clone()
+        } else {
+            v.trim_end_matches('/').to_string()
+        }
+    });
+    if args.token.is_none() && args.join_token.is_none() {
+        eprintln!(
+            "vigil-sim: simulate needs an admin REST token (--token, see \
+             <data-dir>/admin.token) to enroll its virtual agents (or a join token: \
+             --join-token)"
+        );
+        return ExitCode::FAILURE;
+    }
+    let enroller = Enroller {
+        http: coordinator,
+        admin_token: args.token.clone(),
+        join_token: args.join_token.clone(),
+        progress: true,
+    };
+    config.logins = match enroller.enroll(&config.hosts()).await {
+        Ok(logins) => logins,
+        Err(e) => {
+            eprintln!("vigil-sim: enrollment failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let before = match &verify_url {
         Some(http) => match CoordinatorCounts::read(http).await {
             Ok(counts) => Some(counts),
             Err(e) => {
@@ -228,7 +288,7 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
     let outcome = fleet.wait(Some(args.progress)).await;
     stopper.abort();
     print!("{}", outcome.report);
-    if let (Some(http), Some(before)) = (&args.verify, before) {
+    if let (Some(http), Some(before)) = (&verify_url, before) {
         match verify::verify(
             http,
             args.token.as_deref(),

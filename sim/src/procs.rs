@@ -4,6 +4,7 @@
 //! Binaries are looked up beside the running `vigil-sim` executable (all three are built
 //! into the same `target/<profile>/` directory by `cargo build --release`).
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vigil_shared::broker_url::BrokerUrl;
+
+use crate::enroll::{AgentLogin, Enroller};
 
 /// Why a process could not be started or did not come up.
 #[derive(Debug, Error)]
@@ -170,6 +173,21 @@ pub struct CoordinatorProc {
 }
 
 impl CoordinatorProc {
+    /// Enrolls `hosts` over REST with this coordinator's admin token (a join token made
+    /// for them; earlier identities of the same names revoked) and returns their logins.
+    pub async fn enroll(&self, hosts: &[String]) -> Result<HashMap<String, AgentLogin>, String> {
+        let mut enroller = Enroller::admin(&self.http, self.token.as_deref());
+        enroller.progress = hosts.len() >= 1000;
+        enroller.enroll(hosts).await
+    }
+
+    /// A join token with `uses` uses, made with this coordinator's admin token.
+    pub async fn join_token(&self, uses: usize) -> Result<String, String> {
+        Enroller::admin(&self.http, self.token.as_deref())
+            .make_join_token(uses)
+            .await
+    }
+
     /// `request` with this coordinator's admin token, if it has one.
     pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         with_token(request, self.token.as_deref())
@@ -321,7 +339,9 @@ pub async fn wait_http(url: &str, timeout: Duration, log_dir: &Path) -> Result<(
     })
 }
 
-/// A real Mosquitto broker on a free loopback port, anonymous access allowed.
+/// A real Mosquitto broker on a free loopback port, anonymous access allowed (agents
+/// still log in with their enrolled credentials, which it ignores, and seal everything:
+/// the coordinator behind it checks the seals).
 pub struct Mosquitto {
     /// The process.
     pub proc: Proc,

@@ -1,18 +1,26 @@
 //! Checks a finished fleet's run against the coordinator it drove, over the real REST
-//! API: every malformed payload was counted as rejected, and every well-formed action
-//! transition is stored exactly once (none lost, no redelivery stored twice).
+//! API: every malformed payload was counted as rejected under the reason its kind names
+//! (and nothing else was rejected), and every well-formed action transition is stored
+//! exactly once (none lost, no re-sealed duplicate or resend stored twice).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use crate::chaos::Malformed;
 use crate::fleet::Outcome;
 use crate::procs::{prometheus_value, with_token};
 
 /// The coordinator's counters a verification compares (read before and after a run).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CoordinatorCounts {
     /// `vigil_mqtt_messages_rejected_total`, every series.
     pub rejected: f64,
+    /// `vigil_mqtt_messages_rejected_total` by reason, summed over channels.
+    pub rejected_by_reason: BTreeMap<String, f64>,
+    /// `vigil_mqtt_messages_duplicate_total`, every series: identical sealed payloads
+    /// received twice (MQTT redeliveries), dropped before the store.
+    pub duplicates: f64,
     /// `vigil_actions_total`, every series: distinct action transitions stored.
     pub action_transitions: f64,
     /// `vigil_samples_stored_total`, every series.
@@ -25,10 +33,36 @@ impl CoordinatorCounts {
         let page = get_text(&format!("{http}/metrics")).await?;
         Ok(CoordinatorCounts {
             rejected: prometheus_value(&page, "vigil_mqtt_messages_rejected_total"),
+            rejected_by_reason: rejected_by_reason(&page),
+            duplicates: prometheus_value(&page, "vigil_mqtt_messages_duplicate_total"),
             action_transitions: prometheus_value(&page, "vigil_actions_total"),
             samples: prometheus_value(&page, "vigil_samples_stored_total"),
         })
     }
+}
+
+/// `vigil_mqtt_messages_rejected_total` summed by its `reason` label.
+pub fn rejected_by_reason(page: &str) -> BTreeMap<String, f64> {
+    let mut by_reason = BTreeMap::new();
+    for line in page
+        .lines()
+        .filter(|l| l.starts_with("vigil_mqtt_messages_rejected_total{"))
+    {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some(reason) = series
+            .split_once("reason=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(reason, _)| reason)
+        else {
+            continue;
+        };
+        if let Ok(value) = value.parse::<f64>() {
+            *by_reason.entry(reason.to_string()).or_insert(0.0) += value;
+        }
+    }
+    by_reason
 }
 
 /// What a verification found.
@@ -38,6 +72,12 @@ pub struct Verification {
     pub malformed_sent: u64,
     /// Rejections the coordinator counted during the run.
     pub rejected_counted: u64,
+    /// By reason: `(reason, malformed payloads sent that it should be counted under,
+    /// rejections counted under it)`, every reason that either side has.
+    pub by_reason: Vec<(String, u64, u64)>,
+    /// Identical sealed payloads the coordinator dropped as duplicates during the run
+    /// (the simulator re-seals every copy it sends, so these are MQTT redeliveries).
+    pub duplicates_dropped: u64,
     /// Distinct action transitions the fleet sent.
     pub transitions_sent: u64,
     /// Transitions the coordinator counted as newly stored during the run.
@@ -53,6 +93,10 @@ impl Verification {
     /// Whether everything matched.
     pub fn passed(&self) -> bool {
         self.malformed_sent == self.rejected_counted
+            && self
+                .by_reason
+                .iter()
+                .all(|(_, sent, counted)| sent == counted)
             && self.transitions_sent == self.transitions_counted
             && self.mismatches.is_empty()
     }
@@ -65,6 +109,28 @@ impl fmt::Display for Verification {
             "verify: malformed sent {} / rejections counted by the coordinator {}",
             self.malformed_sent, self.rejected_counted
         )?;
+        let reasons: Vec<String> = self
+            .by_reason
+            .iter()
+            .map(|(reason, sent, counted)| {
+                let mark = if sent == counted { "" } else { " MISMATCH" };
+                format!("{reason} {sent}/{counted}{mark}")
+            })
+            .collect();
+        if !reasons.is_empty() {
+            writeln!(
+                f,
+                "verify: by reason (sent/counted): {}",
+                reasons.join(", ")
+            )?;
+        }
+        if self.duplicates_dropped > 0 {
+            writeln!(
+                f,
+                "verify: {} identical sealed payloads dropped as MQTT redeliveries",
+                self.duplicates_dropped
+            )?;
+        }
         writeln!(
             f,
             "verify: action transitions sent {} / stored {}; {} actions checked one by one, {} mismatched",
@@ -130,9 +196,37 @@ pub async fn verify(
             mismatches.push((id.clone(), *sent, stored));
         }
     }
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for (kind, n) in &outcome.report.malformed {
+        *expected.entry(kind.reason().to_string()).or_insert(0) += n;
+    }
+    for kind in Malformed::ALL {
+        expected.entry(kind.reason().to_string()).or_insert(0);
+    }
+    let mut by_reason: BTreeMap<String, (u64, u64)> = expected
+        .into_iter()
+        .map(|(reason, sent)| (reason, (sent, 0)))
+        .collect();
+    for (reason, value) in &now.rejected_by_reason {
+        let delta = (value
+            - before
+                .rejected_by_reason
+                .get(reason)
+                .copied()
+                .unwrap_or(0.0)) as u64;
+        if delta > 0 || by_reason.contains_key(reason) {
+            by_reason.entry(reason.clone()).or_insert((0, 0)).1 = delta;
+        }
+    }
     Ok(Verification {
         malformed_sent,
         rejected_counted: (now.rejected - before.rejected) as u64,
+        by_reason: by_reason
+            .into_iter()
+            .filter(|(_, (sent, counted))| *sent > 0 || *counted > 0)
+            .map(|(reason, (sent, counted))| (reason, sent, counted))
+            .collect(),
+        duplicates_dropped: (now.duplicates - before.duplicates) as u64,
         transitions_sent,
         transitions_counted: (now.action_transitions - before.action_transitions) as u64,
         actions_checked: outcome.actions.len(),

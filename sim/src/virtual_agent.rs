@@ -3,6 +3,13 @@
 //! an action's transitions every few batches, all at QoS 1; and the faults of its
 //! [`Chaos`] injected along the way.
 //!
+//! Like a real agent it logs in with the MQTT login it got at enrollment
+//! ([`crate::enroll`]), as client `vigil-agent-{host}`, and seals every message with its
+//! enrolled key ([`Sealer`]): the last will first on each connection (every later status
+//! names the armed will), then the online status, batches and action transitions. A
+//! virtual agent without an enrollment seals with a key of its own that no coordinator
+//! knows (for load on a bare broker).
+//!
 //! Action transitions are never lost, as with a real agent's durable outbox: each one
 //! stays outstanding until the broker acknowledges it, and whatever is outstanding when a
 //! connection dies is published again on the next one (a redelivery the coordinator must
@@ -27,7 +34,10 @@ use vigil_shared::wire::{
     QueueStatus, Sample, Tag,
 };
 
-use crate::chaos::{Chaos, Malformed};
+use vigil_shared::agent_auth::{AgentKey, Sealer};
+
+use crate::chaos::{Chaos, Ingredient, Malformed};
+use crate::enroll::AgentLogin;
 use crate::mode::Mode;
 use crate::report::Counters;
 
@@ -59,7 +69,8 @@ const CLIENT_QUEUE: usize = 256;
 pub struct Plan {
     /// The broker.
     pub broker: BrokerUrl,
-    /// MQTT credentials, if the broker wants them.
+    /// MQTT credentials for every agent, instead of each agent's enrolled login (for an
+    /// external broker with accounts of its own).
     pub credentials: Option<(String, String)>,
     /// The load shape.
     pub mode: Mode,
@@ -88,6 +99,8 @@ pub struct Identity {
     pub labels: Vec<Tag>,
     /// Its index in the fleet.
     pub index: usize,
+    /// Its enrollment at the coordinator, if it has one.
+    pub login: Option<AgentLogin>,
 }
 
 /// What a fleet's agents share: counters, and the ledger of well-formed action
@@ -175,17 +188,30 @@ struct Session {
 }
 
 impl Session {
-    fn open(me: &Identity, plan: &Plan, shared: &Arc<Shared>, tracker: &SharedTracker) -> Session {
-        let (user, pass) = match &plan.credentials {
-            Some((u, p)) => (Some(u.as_str()), Some(p.as_str())),
-            None => (None, None),
+    /// Opens a connection; its last will is sealed (and armed) here, so the caller's
+    /// online status, sealed after, names it.
+    fn open(
+        me: &Identity,
+        plan: &Plan,
+        shared: &Arc<Shared>,
+        tracker: &SharedTracker,
+        sealer: &Sealer,
+    ) -> Session {
+        let (user, pass) = match (&plan.credentials, &me.login) {
+            (Some((u, p)), _) => (Some(u.as_str()), Some(p.as_str())),
+            (None, Some(login)) => (Some(login.username.as_str()), Some(login.password.as_str())),
+            (None, None) => (None, None),
         };
-        let mut options =
-            client_options(&format!("vigil-sim-{}", me.host), &plan.broker, user, pass);
+        let mut options = client_options(
+            &format!("vigil-agent-{}", me.host),
+            &plan.broker,
+            user,
+            pass,
+        );
         let offline = status(me, AgentState::Offline);
         options.set_last_will(LastWill::new(
             topics::agent(&me.host, AgentChannel::Status),
-            wire::encode(&offline),
+            sealer.seal_will(wire::encode(&offline)),
             QoS::AtLeastOnce,
             true,
         ));
@@ -350,15 +376,18 @@ async fn publish(
         .is_ok()
 }
 
-/// Publishes one action transition, tracked until acknowledged. A failed hand-over
-/// leaves it outstanding: it is resent on the next connection.
+/// Publishes one action transition, sealed now (a resend or an injected duplicate is a
+/// new seal, as a real agent's outbox seals at send time: the coordinator's idempotent
+/// store is what keeps it from being stored twice), tracked until acknowledged. A failed
+/// hand-over leaves it outstanding: it is resent on the next connection.
 async fn publish_action(
     session: &Session,
     tracker: &SharedTracker,
+    sealer: &Sealer,
     topic: &str,
     event: ActionEvent,
 ) {
-    let payload = wire::encode(&event);
+    let payload = sealer.seal(AgentChannel::Actions, wire::encode(&event));
     let _ = publish(
         session,
         tracker,
@@ -380,6 +409,14 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(me.index as u64));
+    let sealer = Sealer::new(
+        me.host.clone(),
+        me.login
+            .as_ref()
+            .map_or_else(AgentKey::generate, AgentLogin::key),
+    );
+    // Seals with a key the coordinator never enrolled (the `forged` fault).
+    let forger = Sealer::new(me.host.clone(), AgentKey::generate());
     let tracker: SharedTracker = Arc::default();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(plan.interval.max(Duration::from_millis(1)));
@@ -392,7 +429,7 @@ pub async fn run(
     let metrics_topic = topics::agent(&me.host, AgentChannel::Metrics);
     let actions_topic = topics::agent(&me.host, AgentChannel::Actions);
     let status_topic = topics::agent(&me.host, AgentChannel::Status);
-    // Encodings used for the malformed kinds that need whole messages.
+    // Encodings used for the malformed kinds that need whole messages (sealed when sent).
     let invalid = {
         let mut b = batch(&me, 0, 1, &mut rng, now_ms());
         b.samples[0].name.clear();
@@ -405,14 +442,17 @@ pub async fn run(
     };
 
     'sessions: loop {
-        let session = Session::open(&me, &plan, &shared, &tracker);
-        let online = wire::encode(&status(&me, AgentState::Online));
+        let session = Session::open(&me, &plan, &shared, &tracker, &sealer);
+        let online = sealer.seal(
+            AgentChannel::Status,
+            wire::encode(&status(&me, AgentState::Online)),
+        );
         if publish(&session, &tracker, status_topic.clone(), true, online, None).await {
             Counters::inc(&shared.counters.statuses);
         }
         for event in resend.drain(..) {
             Counters::inc(&shared.counters.action_redeliveries);
-            publish_action(&session, &tracker, &actions_topic, event).await;
+            publish_action(&session, &tracker, &sealer, &actions_topic, event).await;
         }
         loop {
             if session.is_dead() {
@@ -434,7 +474,10 @@ pub async fn run(
                     if outstanding > 0 {
                         tracing::warn!(host = %me.host, outstanding, "action transitions still unacknowledged after {DRAIN_TIMEOUT:?}");
                     }
-                    let offline = wire::encode(&status(&me, AgentState::Offline));
+                    let offline = sealer.seal(
+                        AgentChannel::Status,
+                        wire::encode(&status(&me, AgentState::Offline)),
+                    );
                     if publish(
                         &session,
                         &tracker,
@@ -465,6 +508,9 @@ pub async fn run(
                 Counters::inc(&shared.counters.abrupt_disconnects);
                 session.close(&shared, true).await;
                 resend = lock(&tracker).take_outstanding();
+                // As a real agent backs off: the broker sends the last will of this
+                // connection before the next one's online status arrives.
+                tokio::time::sleep(RECONNECT_PAUSE).await;
                 continue 'sessions;
             }
             let rate = plan.mode.batches_per_tick(started.elapsed(), plan.duration);
@@ -485,7 +531,7 @@ pub async fn run(
                     ts_ms -= rng.random_range(1_000..3_600_000);
                     batch_seq = seq.saturating_sub(rng.random_range(1..10));
                 }
-                let good = wire::encode(&batch(
+                let encoded = wire::encode(&batch(
                     &me,
                     batch_seq,
                     plan.samples_per_batch,
@@ -495,7 +541,16 @@ pub async fn run(
                 seq += 1;
                 if plan.chaos.malformed_rate > 0.0 && rng.random_bool(plan.chaos.malformed_rate) {
                     let kind = Malformed::pick(&mut rng);
-                    let bad = kind.payload(&good, &invalid, &other_host);
+                    let bad = kind.payload(|what| match what {
+                        Ingredient::Sealed => sealer.seal(AgentChannel::Metrics, encoded),
+                        Ingredient::SealedInvalid => {
+                            sealer.seal(AgentChannel::Metrics, invalid.clone())
+                        }
+                        Ingredient::SealedOtherHost => {
+                            sealer.seal(AgentChannel::Metrics, other_host.clone())
+                        }
+                        Ingredient::Forged => forger.seal(AgentChannel::Metrics, encoded),
+                    });
                     if publish(&session, &tracker, metrics_topic.clone(), false, bad, None).await {
                         shared.counters.malformed_sent(kind);
                     } else {
@@ -503,6 +558,7 @@ pub async fn run(
                     }
                     continue;
                 }
+                let good = sealer.seal(AgentChannel::Metrics, encoded);
                 if publish(&session, &tracker, metrics_topic.clone(), false, good, None).await {
                     sent_batches += 1;
                     Counters::inc(&shared.counters.batches);
@@ -531,7 +587,14 @@ pub async fn run(
                             if copy > 0 {
                                 Counters::inc(&shared.counters.action_redeliveries);
                             }
-                            publish_action(&session, &tracker, &actions_topic, event.clone()).await;
+                            publish_action(
+                                &session,
+                                &tracker,
+                                &sealer,
+                                &actions_topic,
+                                event.clone(),
+                            )
+                            .await;
                         }
                     }
                 }

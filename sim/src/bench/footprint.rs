@@ -1,8 +1,8 @@
 //! Benchmark part: the agent's footprint (issue 6, "Must show 3": an agent under 15 MB
 //! resident and under 1% of one core at a 1 s interval).
 //!
-//! One real coordinator (embedded broker) and two real `vigil-agent` processes reporting
-//! to it every second: one with 50 policies loaded from 50 YAML files (host-health
+//! One real coordinator (embedded broker) and two real `vigil-agent` processes (enrolled
+//! at start-up with a join token, sealing what they send) reporting to it every second: one with 50 policies loaded from 50 YAML files (host-health
 //! thresholds with `for` holds and actions, none of which fires on a healthy host), and
 //! one with no policies, the same-run baseline. Both are sampled once a second from
 //! `/proc/<pid>/status` (VmRSS, VmHWM) and `/proc/<pid>/stat` (utime + stime). Before the
@@ -39,6 +39,12 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
 
     let coordinator = procs::start_coordinator(&dir, None, &[]).await?;
     let agent_program = procs::sibling("vigil-agent")?;
+    // Both agents enroll themselves at start-up, through the real path: a join token
+    // (two uses) and `--coordinator`.
+    let join_token = coordinator
+        .join_token(2)
+        .await
+        .map_err(|e| BenchError::Failed(format!("footprint: {e}")))?;
     let start_agent = |host: &str, policies: Option<&Path>| -> Result<Proc, BenchError> {
         let data_dir = dir.join(host);
         create_dir(&data_dir)?;
@@ -51,6 +57,10 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
             "1s".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
+            "--coordinator".into(),
+            coordinator.http.clone(),
+            "--join-token".into(),
+            join_token.clone(),
         ];
         if let Some(p) = policies {
             args.extend(["--policies".into(), p.display().to_string()]);

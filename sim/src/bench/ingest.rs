@@ -12,6 +12,9 @@
 //!   on a timer does; the figure is what was stored per second over the run, with the
 //!   largest backlog seen (sent but not yet stored).
 //!
+//! Every virtual agent is enrolled (before the clock starts) and seals each batch with
+//! its key, so the coordinator verifies one ed25519 signature per batch.
+//!
 //! Each run must store every sample (`vigil_metric_batches_missing_total` stays 0) and
 //! ends with a REST query that must return the last agent's samples.
 
@@ -134,7 +137,7 @@ async fn measure(
         }
     };
     let expected = batches_per_agent * agents as u64 * BATCH as u64;
-    let fleet = Fleet::start(FleetConfig {
+    let mut config = FleetConfig {
         agents,
         host_prefix: format!("{label}-"),
         labels: Vec::new(),
@@ -151,8 +154,14 @@ async fn measure(
             batches_per_agent: Some(batches_per_agent),
             seed: 7,
         },
-    })
-    .map_err(BenchError::Failed)?;
+        logins: Default::default(),
+    };
+    // Enrolled before the clock starts: the figure is ingest, not enrollment.
+    config.logins = coordinator
+        .enroll(&config.hosts())
+        .await
+        .map_err(|e| BenchError::Failed(format!("{label}: {e}")))?;
+    let fleet = Fleet::start(config).map_err(BenchError::Failed)?;
     let started = Instant::now();
     let metrics_url = format!("{}/metrics", coordinator.http);
     let client = reqwest::Client::new();

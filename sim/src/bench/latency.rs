@@ -2,7 +2,8 @@
 //! queryable over REST, p50 and p99, through the embedded broker and — the same-run
 //! baseline — through Mosquitto as an external broker.
 //!
-//! A probe publishes one batch at a time (QoS 1, like an agent) holding one sample
+//! A probe — an enrolled agent, sealing what it sends — publishes one batch at a time
+//! (QoS 1, like an agent) holding one sample
 //! whose value is the probe's sequence number, then polls
 //! `GET /api/v1/metrics/query` until that value comes back; the time from handing the
 //! batch to the MQTT client to the first answer that holds it is one measurement.
@@ -12,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, QoS};
+use vigil_shared::agent_auth::Sealer;
 use vigil_shared::mqtt::client_options;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
@@ -84,7 +86,7 @@ async fn measure(
     let stack = procs::Stack::start(&env.work_dir.join(label), via_mosquitto).await?;
     let coordinator = &stack.coordinator;
     let broker = stack.broker.clone();
-    let background = Fleet::start(FleetConfig {
+    let mut config = FleetConfig {
         agents: BACKGROUND_AGENTS,
         host_prefix: format!("{label}-"),
         labels: Vec::new(),
@@ -101,10 +103,28 @@ async fn measure(
             batches_per_agent: None,
             seed: 3,
         },
-    })
-    .map_err(BenchError::Failed)?;
+        logins: Default::default(),
+    };
+    let mut hosts = config.hosts();
+    hosts.push(PROBE_HOST.to_string());
+    let mut logins = coordinator
+        .enroll(&hosts)
+        .await
+        .map_err(|e| BenchError::Failed(format!("{label}: {e}")))?;
+    let probe = logins
+        .remove(PROBE_HOST)
+        .ok_or_else(|| BenchError::Failed(format!("{label}: the probe was not enrolled")))?;
+    config.logins = logins;
+    let background = Fleet::start(config).map_err(BenchError::Failed)?;
 
-    let options = client_options(&format!("vigil-sim-{PROBE_HOST}"), &broker, None, None);
+    // The probe is an enrolled agent too: its login, its client id, its seal.
+    let sealer = Sealer::new(PROBE_HOST, probe.key());
+    let options = client_options(
+        &format!("vigil-agent-{PROBE_HOST}"),
+        &broker,
+        Some(&probe.username),
+        Some(&probe.password),
+    );
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let driver = tokio::spawn(async move {
         loop {
@@ -143,7 +163,7 @@ async fn measure(
                 topic.as_str(),
                 QoS::AtLeastOnce,
                 false,
-                wire::encode(&batch),
+                sealer.seal(AgentChannel::Metrics, wire::encode(&batch)),
             )
             .await
             .map_err(|e| BenchError::Failed(format!("probe publish: {e}")))?;
