@@ -67,6 +67,12 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts everything; returns once the REST API and the broker accept connections.
     pub async fn start(config: CoordinatorConfig) -> Result<Coordinator, StartError> {
+        if config.allow_plaintext_remote {
+            tracing::warn!(
+                "PLAINTEXT beyond loopback allowed (--allow-plaintext-remote): REST tokens, \
+                 MQTT passwords and all traffic cross the network unencrypted"
+            );
+        }
         let store = {
             let dir = config.data_dir.join("lmdb");
             let map_size = config.map_size;

@@ -102,6 +102,12 @@ pub struct ServeArgs {
     /// gets 429 Too Many Requests; 0 for no limit [default: 30]
     #[arg(long, env = "VIGIL_AUTH_FAILURE_LIMIT")]
     pub auth_failure_limit: Option<u32>,
+
+    /// Allow the REST API or the embedded broker to listen beyond loopback without TLS
+    /// (this build has none yet): traffic, tokens and passwords cross the network in
+    /// clear [default: false, refuse]
+    #[arg(long, env = "VIGIL_ALLOW_PLAINTEXT_REMOTE", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_plaintext_remote: Option<bool>,
 }
 
 /// Settings of `up`: the coordinator's, plus the local agent's.
@@ -159,6 +165,7 @@ impl ServeArgs {
                 bundle_key: self.bundle_key,
                 metrics_auth: self.metrics_auth,
                 auth_failure_limit: self.auth_failure_limit,
+                allow_plaintext_remote: self.allow_plaintext_remote,
             },
         )
     }

@@ -67,6 +67,8 @@ pub struct CoordinatorConfig {
     /// Failed REST authentications one client address may make per minute before it
     /// gets 429 (0: no limit).
     pub auth_failure_limit: u32,
+    /// Whether plaintext listeners beyond loopback were explicitly allowed.
+    pub allow_plaintext_remote: bool,
 }
 
 impl CoordinatorConfig {
@@ -118,6 +120,8 @@ pub struct CoordinatorFile {
     pub metrics_auth: Option<bool>,
     /// See `--auth-failure-limit`.
     pub auth_failure_limit: Option<u32>,
+    /// See `--allow-plaintext-remote`.
+    pub allow_plaintext_remote: Option<bool>,
 }
 
 /// Settings given as flags or environment variables (`None` when absent).
@@ -200,6 +204,27 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             format!("{max} bytes is smaller than db_map_size ({initial} bytes)"),
         ));
     }
+    let allow_plaintext_remote = over
+        .allow_plaintext_remote
+        .or(file.allow_plaintext_remote)
+        .unwrap_or(false);
+    let mut listeners = vec![("listen", listen)];
+    if let BrokerMode::Embedded { listen } = &broker {
+        listeners.push(("mqtt_listen", *listen));
+    }
+    for (setting, addr) in listeners {
+        if !addr.ip().is_loopback() && !allow_plaintext_remote {
+            return Err(invalid(
+                setting,
+                format!(
+                    "{addr} is reachable beyond this machine, and this build has no TLS yet: \
+                     tokens, passwords and everything else would cross the network in clear. \
+                     Listen on 127.0.0.1, or pass --allow-plaintext-remote \
+                     (allow_plaintext_remote = true) on a network you trust"
+                ),
+            ));
+        }
+    }
     let data_dir = over
         .data_dir
         .or(file.data_dir)
@@ -223,6 +248,7 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             .auth_failure_limit
             .or(file.auth_failure_limit)
             .unwrap_or(crate::api::auth::DEFAULT_MAX_FAILURES),
+        allow_plaintext_remote,
     })
 }
 
@@ -277,6 +303,36 @@ mod tests {
         assert_eq!(config.broker_url().to_string(), "mqtt://127.0.0.1:1883");
         assert_eq!(config.retention, Duration::from_secs(7 * 86400));
         assert_eq!(config.policies_dir, None);
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_needs_an_explicit_yes() {
+        for over in [
+            Overrides {
+                listen: Some("0.0.0.0:8000".into()),
+                ..Overrides::default()
+            },
+            Overrides {
+                mqtt_listen: Some("0.0.0.0:1883".into()),
+                ..Overrides::default()
+            },
+        ] {
+            let e = resolve(CoordinatorFile::default(), over).unwrap_err();
+            assert!(e.to_string().contains("--allow-plaintext-remote"), "{e}");
+        }
+        let file: CoordinatorFile =
+            toml::from_str("listen = \"0.0.0.0:8000\"\nallow_plaintext_remote = true\n").unwrap();
+        assert!(
+            resolve(file, Overrides::default())
+                .unwrap()
+                .allow_plaintext_remote
+        );
+        // An external broker's address is not a listener of ours.
+        let external = Overrides {
+            broker: Some("mqtt://10.0.0.5:1883".into()),
+            ..Overrides::default()
+        };
+        assert!(resolve(CoordinatorFile::default(), external).is_ok());
     }
 
     #[test]
