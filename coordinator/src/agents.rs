@@ -107,7 +107,9 @@ pub enum EnrollError {
     #[error("this join token may only enroll host `{0}`")]
     WrongHost(String),
     /// The host already has an identity.
-    #[error("host `{0}` is already enrolled; revoke it first (`vigil-coordinator agent revoke {0}`)")]
+    #[error(
+        "host `{0}` is already enrolled; revoke it first (`vigil-coordinator agent revoke {0}`)"
+    )]
     AlreadyEnrolled(String),
     /// A field is not acceptable.
     #[error("{field}: {reason}")]

@@ -146,7 +146,8 @@ pub fn run(args: TokenArgs) -> Result<(), String> {
                 );
             }
             for r in joins {
-                let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let labels: Vec<String> =
+                    r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
                     "{:<10} {:<9} {:<28} {:<28} {} {}",
                     r.id,

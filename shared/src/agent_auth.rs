@@ -262,7 +262,9 @@ pub enum Refusal {
         seq: u64,
     },
     /// From an earlier session, or too far behind the newest message of its channel.
-    #[error("replayed: sequence {seq} of session {session_ms} is behind what this host already sent")]
+    #[error(
+        "replayed: sequence {seq} of session {session_ms} is behind what this host already sent"
+    )]
     Replayed {
         /// The session.
         session_ms: i64,
@@ -510,7 +512,12 @@ mod tests {
         );
         assert_eq!(
             guard
-                .admit(&seals[3], AgentChannel::Metrics, false, seals[3].sealed_at_ms + MAX_CLOCK_SKEW_MS + 1)
+                .admit(
+                    &seals[3],
+                    AgentChannel::Metrics,
+                    false,
+                    seals[3].sealed_at_ms + MAX_CLOCK_SKEW_MS + 1
+                )
                 .unwrap_err()
                 .reason(),
             "stale"
@@ -518,7 +525,9 @@ mod tests {
         // Far behind the newest: a replay.
         let mut far = seals[4].clone();
         far.seq = 500;
-        guard.admit(&far, AgentChannel::Metrics, false, now).unwrap();
+        guard
+            .admit(&far, AgentChannel::Metrics, false, now)
+            .unwrap();
         assert_eq!(
             guard
                 .admit(&seals[4], AgentChannel::Metrics, false, now)
@@ -552,7 +561,9 @@ mod tests {
         guard
             .admit(&online, AgentChannel::Status, false, online.sealed_at_ms)
             .unwrap();
-        guard.admit(&will, AgentChannel::Status, false, later).unwrap();
+        guard
+            .admit(&will, AgentChannel::Status, false, later)
+            .unwrap();
         assert_eq!(
             guard
                 .admit(&will, AgentChannel::Status, false, later)

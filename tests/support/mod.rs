@@ -268,7 +268,8 @@ impl RawAgent {
         channel: vigil_shared::topics::AgentChannel,
         message: &T,
     ) -> Vec<u8> {
-        self.sealer.seal(channel, vigil_shared::wire::encode(message))
+        self.sealer
+            .seal(channel, vigil_shared::wire::encode(message))
     }
 }
 

@@ -113,11 +113,7 @@ fn enroll_error(e: EnrollError) -> ApiError {
     ApiError::new(status, e.to_string())
 }
 
-async fn enroll(
-    remote: Option<SocketAddr>,
-    api: Arc<Api>,
-    body: bytes::Bytes,
-) -> Response {
+async fn enroll(remote: Option<SocketAddr>, api: Arc<Api>, body: bytes::Bytes) -> Response {
     let request: EnrollRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {

@@ -41,11 +41,7 @@ impl Store {
 
     /// Marks `host` revoked at `now_ms` (kept revoked if it already was); `None` if it
     /// was never enrolled.
-    pub fn revoke_agent(
-        &self,
-        host: &str,
-        now_ms: i64,
-    ) -> Result<Option<AgentRecord>, StoreError> {
+    pub fn revoke_agent(&self, host: &str, now_ms: i64) -> Result<Option<AgentRecord>, StoreError> {
         self.write_rare(|store, txn| {
             let Some(bytes) = store.dbs.agents.get(txn, host.as_bytes())? else {
                 return Ok(None);
