@@ -474,3 +474,165 @@ async fn up_enrolls_its_own_agent() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Connects as `user` to Mosquitto at `port`, subscribes to `filter`, and returns the
+/// client and a receiver of `(topic, payload)` for what arrives.
+async fn mosquitto_client(
+    port: u16,
+    id: &str,
+    user: &str,
+    filter: Option<&str>,
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_credentials(user, format!("pw-{user}"));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let who = user.to_string();
+    let (subacked_tx, subacked) = tokio::sync::oneshot::channel::<()>();
+    let mut subacked_tx = Some(subacked_tx);
+    if let Some(filter) = filter {
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+    } else if let Some(tx) = subacked_tx.take() {
+        let _ = tx.send(());
+    }
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subacked_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{who}: Mosquitto connection failed: {e}"),
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subacked)
+        .await
+        .expect("connected and subscribed in time")
+        .expect("event loop alive");
+    (client, rx)
+}
+
+/// Everything that arrives on `rx` within `quiet`.
+async fn drain(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    quiet: Duration,
+) -> Vec<String> {
+    let mut topics = Vec::new();
+    while let Ok(Some((topic, _))) = tokio::time::timeout(quiet, rx.recv()).await {
+        topics.push(topic);
+    }
+    topics
+}
+
+/// The shipped Mosquitto ACL (`contrib/mosquitto/vigil.acl`) on a real Mosquitto with a
+/// password file: an agent's writes outside its own topics and its reads of another
+/// host's commands are dropped; integrations read but cannot write.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_mosquitto_acl_confines_agents_to_their_own_topics() {
+    let dir = TestDir::new();
+    let passwords = dir.path().join("vigil.passwd");
+    for user in ["acl-a", "acl-b", "vigil-coordinator", "integrations"] {
+        let mut command = Command::new("mosquitto_passwd");
+        if !passwords.exists() {
+            command.arg("-c");
+        }
+        let status = command
+            .args(["-b"])
+            .arg(&passwords)
+            .args([user, &format!("pw-{user}")])
+            .status()
+            .expect("mosquitto_passwd (Debian package mosquitto)");
+        assert!(status.success());
+    }
+    let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("contrib/mosquitto/vigil.acl");
+    assert!(acl.is_file(), "{}", acl.display());
+    let mosquitto = vigil_tests::start_mosquitto_with(
+        dir.path(),
+        &format!(
+            "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+            passwords.display(),
+            acl.display()
+        ),
+    );
+    let port = vigil_tests::broker_port(&mosquitto.url);
+
+    let (_watcher, mut seen) =
+        mosquitto_client(port, "acl-watcher", "integrations", Some("vigil/v1/#")).await;
+    let (a, mut a_inbox) = mosquitto_client(
+        port,
+        "vigil-agent-acl-a",
+        "acl-a",
+        Some(&topics::agent("acl-b", AgentChannel::Commands)),
+    )
+    .await;
+    let (coordinator, _) =
+        mosquitto_client(port, "vigil-coordinator-acl", "vigil-coordinator", None).await;
+
+    // A writes its own metrics (allowed) and B's metrics and status (dropped).
+    for (host, channel) in [
+        ("acl-a", AgentChannel::Metrics),
+        ("acl-b", AgentChannel::Metrics),
+        ("acl-b", AgentChannel::Status),
+    ] {
+        a.publish(
+            topics::agent(host, channel),
+            QoS::AtLeastOnce,
+            false,
+            vec![1],
+        )
+        .await
+        .expect("publish");
+    }
+    // The coordinator sends B a command: A, subscribed to it, must not get it.
+    coordinator
+        .publish(
+            topics::agent("acl-b", AgentChannel::Commands),
+            QoS::AtLeastOnce,
+            false,
+            vec![2],
+        )
+        .await
+        .expect("publish");
+    // An integration user cannot write.
+    _watcher
+        .publish(
+            topics::agent("acl-b", AgentChannel::Metrics),
+            QoS::AtLeastOnce,
+            false,
+            vec![3],
+        )
+        .await
+        .expect("publish");
+
+    let mut seen = drain(&mut seen, Duration::from_secs(2)).await;
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            topics::agent("acl-a", AgentChannel::Metrics),
+            topics::agent("acl-b", AgentChannel::Commands),
+        ],
+        "what the integration user saw"
+    );
+    assert!(
+        drain(&mut a_inbox, Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "A read B's commands"
+    );
+    mosquitto.proc.stop();
+}

@@ -435,8 +435,14 @@ pub struct Mosquitto {
     pub url: String,
 }
 
-/// Starts Mosquitto (Debian package `mosquitto`; `.ci/run` installs it).
+/// Starts Mosquitto (Debian package `mosquitto`; `.ci/run` installs it), anonymous access
+/// allowed.
 pub fn start_mosquitto(dir: &Path) -> Mosquitto {
+    start_mosquitto_with(dir, "allow_anonymous true\n")
+}
+
+/// Starts Mosquitto on a free loopback port with `settings` (mosquitto.conf lines) added.
+pub fn start_mosquitto_with(dir: &Path, settings: &str) -> Mosquitto {
     let program = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .map(PathBuf::from)
@@ -446,7 +452,7 @@ pub fn start_mosquitto(dir: &Path) -> Mosquitto {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        format!("listener {port} 127.0.0.1\npersistence false\n{settings}"),
     )
     .expect("write mosquitto.conf");
     let proc = Proc::start(
