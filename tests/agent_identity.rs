@@ -570,7 +570,7 @@ async fn the_shipped_mosquitto_acl_confines_agents_to_their_own_topics() {
     );
     let port = vigil_tests::broker_port(&mosquitto.url);
 
-    let (_watcher, mut seen) =
+    let (watcher, mut seen) =
         mosquitto_client(port, "acl-watcher", "integrations", Some("vigil/v1/#")).await;
     let (a, mut a_inbox) = mosquitto_client(
         port,
@@ -608,7 +608,7 @@ async fn the_shipped_mosquitto_acl_confines_agents_to_their_own_topics() {
         .await
         .expect("publish");
     // An integration user cannot write.
-    _watcher
+    watcher
         .publish(
             topics::agent("acl-b", AgentChannel::Metrics),
             QoS::AtLeastOnce,
