@@ -8,7 +8,8 @@
 //! (unknown or revoked host, bad signature, stale, replayed), breaks a content rule, or
 //! claims a host other than the one in its topic is logged with its topic, counted in
 //! `vigil_mqtt_messages_rejected_total{channel,reason}`, and dropped. A redelivered
-//! duplicate is dropped quietly and counted in `vigil_mqtt_messages_duplicate_total`.
+//! duplicate, and the last will of an earlier connection arriving after the agent
+//! reconnected, are dropped quietly and counted in `vigil_mqtt_messages_duplicate_total`.
 //!
 //! The same MQTT connection carries the coordinator's commands to agents: [`connect`]
 //! returns a [`Publisher`] for them alongside the event loop [`run`] drives.
@@ -231,7 +232,9 @@ async fn handle(
     }
     let body = match gate.open(host, channel, publish, received_ms) {
         Ok(body) => body,
-        Err(Rejection::Seal(agent_auth::Refusal::Duplicate { .. })) => {
+        Err(Rejection::Seal(
+            agent_auth::Refusal::Duplicate { .. } | agent_auth::Refusal::SupersededWill { .. },
+        )) => {
             telemetry
                 .mqtt_duplicates
                 .with_label_values(&[channel.as_str()])

@@ -48,7 +48,8 @@ pub struct Telemetry {
     /// ones only; redeliveries are not counted).
     pub actions: IntCounterVec,
     /// `vigil_mqtt_messages_duplicate_total{channel}`: sealed agent messages received a
-    /// second time (an MQTT redelivery), dropped.
+    /// second time (an MQTT redelivery), or an earlier connection's last will arriving
+    /// after the agent reconnected; dropped.
     pub mqtt_duplicates: IntCounterVec,
     /// `vigil_mqtt_auth_failures_total{reason}`: logins the embedded broker refused.
     pub mqtt_auth_failures: IntCounterVec,
@@ -177,7 +178,8 @@ impl Telemetry {
             .unwrap_or_else(|e| unreachable!("gauge vec is registered once: {e}"));
         let mqtt_duplicates = counter(
             "vigil_mqtt_messages_duplicate_total",
-            "Sealed agent messages received a second time (MQTT redelivery), dropped",
+            "Sealed agent messages received a second time (MQTT redelivery), or a last will \
+             superseded by a reconnection; dropped",
             &["channel"],
         );
         let mqtt_auth_failures = counter(

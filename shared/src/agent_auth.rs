@@ -45,8 +45,10 @@ pub struct SealedMessage {
     /// against them).
     pub host: String,
     /// The postcard encoding of a [`Seal`].
+    #[serde(with = "serde_bytes")]
     pub signed: Vec<u8>,
     /// The agent's ed25519 signature over `signed` (64 bytes).
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -86,6 +88,8 @@ pub struct Seal {
     /// The sequence number of the will armed for the agent's current connection (0: none).
     pub armed_will: u64,
     /// The message: a version byte and its postcard encoding ([`crate::wire::encode`]).
+    /// (`serde_bytes`: one copy, not a byte-by-byte sequence — this is on every message.)
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -261,6 +265,14 @@ pub enum Refusal {
         /// The sequence number.
         seq: u64,
     },
+    /// A last will that is not the one armed for the agent's current connection (an
+    /// earlier connection's, sent after the agent reconnected, or a copy): the agent is not
+    /// offline; dropped quietly, like a duplicate.
+    #[error("last will of an earlier connection (sequence {seq}); the agent has reconnected")]
+    SupersededWill {
+        /// The will's sequence number.
+        seq: u64,
+    },
     /// From an earlier session, or too far behind the newest message of its channel.
     #[error(
         "replayed: sequence {seq} of session {session_ms} is behind what this host already sent"
@@ -284,6 +296,7 @@ impl Refusal {
             Refusal::WrongTopic { .. } => "host_mismatch",
             Refusal::Stale { .. } => "stale",
             Refusal::Duplicate { .. } => "duplicate",
+            Refusal::SupersededWill { .. } => "superseded_will",
             Refusal::Replayed { .. } => "replayed",
         }
     }
@@ -360,10 +373,10 @@ impl ReplayGuard {
                 entry.armed_will = 0;
                 return Ok(());
             }
-            return Err(Refusal::Replayed {
-                session_ms: seal.session_ms,
-                seq: seal.seq,
-            });
+            // Any other will: an earlier connection's (or an earlier run's), sent by the
+            // broker after the agent had already reconnected, or sent again. Not applied;
+            // dropped quietly, since reconnects make it happen without any attack.
+            return Err(Refusal::SupersededWill { seq: seal.seq });
         }
         let age_ms = now_ms - seal.sealed_at_ms;
         // A retained message seen first after the coordinator (re)started is the host's
@@ -564,12 +577,24 @@ mod tests {
         guard
             .admit(&will, AgentChannel::Status, false, later)
             .unwrap();
+        // Sent again: the agent's run is the same, so it is dropped as superseded.
         assert_eq!(
             guard
                 .admit(&will, AgentChannel::Status, false, later)
                 .unwrap_err()
                 .reason(),
-            "replayed"
+            "superseded_will"
+        );
+        // So is a will of an earlier run (the agent restarted before its old connection
+        // was noticed as dead); neither marks the host offline.
+        let mut old = will.clone();
+        old.session_ms -= 1;
+        assert_eq!(
+            guard
+                .admit(&old, AgentChannel::Status, false, later)
+                .unwrap_err()
+                .reason(),
+            "superseded_will"
         );
     }
 }

@@ -127,7 +127,7 @@ impl fmt::Display for Verification {
         if self.duplicates_dropped > 0 {
             writeln!(
                 f,
-                "verify: {} identical sealed payloads dropped as MQTT redeliveries",
+                "verify: {} sealed payloads dropped as MQTT redeliveries or superseded last wills",
                 self.duplicates_dropped
             )?;
         }
