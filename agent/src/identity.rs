@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vigil_shared::agent_auth::AgentKey;
+use vigil_shared::config_file::file_mode;
 
 use crate::config::AgentConfig;
 
@@ -267,17 +268,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-#[cfg(unix)]
-fn file_mode(path: &Path) -> std::io::Result<u32> {
-    use std::os::unix::fs::PermissionsExt as _;
-    Ok(std::fs::metadata(path)?.permissions().mode() & 0o7777)
-}
-
-#[cfg(not(unix))]
-fn file_mode(_path: &Path) -> std::io::Result<u32> {
-    Ok(0o600)
 }
 
 /// The enrollment request's body.

@@ -92,14 +92,17 @@ fn secret_key(table: &toml::Table) -> Option<String> {
     None
 }
 
+/// A file's permission bits (`0o600`, …), to refuse secrets others can read; on systems
+/// without Unix modes, always `0o600`.
 #[cfg(unix)]
-fn file_mode(path: &Path) -> std::io::Result<u32> {
+pub fn file_mode(path: &Path) -> std::io::Result<u32> {
     use std::os::unix::fs::PermissionsExt;
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o7777)
 }
 
+/// A file's permission bits; without Unix modes, always `0o600`.
 #[cfg(not(unix))]
-fn file_mode(_path: &Path) -> std::io::Result<u32> {
+pub fn file_mode(_path: &Path) -> std::io::Result<u32> {
     Ok(0o600)
 }
 
