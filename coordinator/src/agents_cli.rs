@@ -46,29 +46,28 @@ pub enum AgentCommand {
 
 /// Runs an `agent` subcommand.
 pub fn run(args: AgentArgs) -> Result<(), String> {
-    if let AgentCommand::Add { host, identity_dir } = &args.command {
-        // Provisioning may come before the coordinator's first start: create the store.
-        let store = crate::tokens_cli::open_or_create(&args.data_dir)?;
-        let key_file = crate::bundles::keys::public_path(
-            &args.data_dir.join(crate::bundles::keys::DEFAULT_KEY_FILE),
-        );
-        let coordinator_key = std::fs::read_to_string(&key_file).ok();
-        crate::local_agent::ensure_identity(
-            &store,
-            identity_dir,
-            host,
-            coordinator_key.as_deref().map(str::trim),
-        )?;
-        println!(
-            "`{host}` is enrolled; its identity is {}",
-            vigil_agent::identity::Identity::path(identity_dir).display()
-        );
-        return Ok(());
-    }
-    let store = crate::tokens_cli::open(&args.data_dir)?;
     match args.command {
-        AgentCommand::Add { .. } => Ok(()),
+        AgentCommand::Add { host, identity_dir } => {
+            // Provisioning may come before the coordinator's first start: create the store.
+            let store = crate::tokens_cli::open_or_create(&args.data_dir)?;
+            let key_file = crate::bundles::keys::public_path(
+                &args.data_dir.join(crate::bundles::keys::DEFAULT_KEY_FILE),
+            );
+            let coordinator_key = std::fs::read_to_string(&key_file).ok();
+            crate::local_agent::ensure_identity(
+                &store,
+                &identity_dir,
+                &host,
+                coordinator_key.as_deref().map(str::trim),
+            )?;
+            println!(
+                "`{host}` is enrolled; its identity is {}",
+                vigil_agent::identity::Identity::path(&identity_dir).display()
+            );
+            Ok(())
+        }
         AgentCommand::List => {
+            let store = crate::tokens_cli::open(&args.data_dir)?;
             println!(
                 "{:<28} {:<28} {:<28} {:<10} labels",
                 "host", "enrolled", "revoked", "via"
@@ -88,6 +87,7 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
             Ok(())
         }
         AgentCommand::Revoke { host } => {
+            let store = crate::tokens_cli::open(&args.data_dir)?;
             let record = agents::revoke(&store, &host, now_ms()).map_err(|e| e.to_string())?;
             println!(
                 "revoked `{}` (at {})",

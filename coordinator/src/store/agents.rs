@@ -3,11 +3,9 @@
 //! own transaction; enrollment checks and spends its token in the same transaction that
 //! records the agent, so two agents cannot share a one-use token.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use crate::agents::{AgentRecord, EnrollError, JoinTokenRecord};
 
+use super::tokens::{json_decode as decode, json_encode as encode};
 use super::{Store, StoreError};
 
 impl Store {
@@ -88,24 +86,7 @@ impl Store {
         which: &str,
         now_ms: i64,
     ) -> Result<Vec<JoinTokenRecord>, StoreError> {
-        self.write_rare(|store, txn| {
-            let mut changed = Vec::new();
-            for entry in store.dbs.join_tokens.iter(txn)? {
-                let (key, bytes) = entry?;
-                let mut record: JoinTokenRecord = decode("join_tokens", bytes)?;
-                if (record.id == which || record.name == which) && record.revoked_ms.is_none() {
-                    record.revoked_ms = Some(now_ms);
-                    changed.push((key.to_vec(), record));
-                }
-            }
-            for (key, record) in &changed {
-                store
-                    .dbs
-                    .join_tokens
-                    .put(txn, key, &encode("join_tokens", record)?)?;
-            }
-            Ok(changed.into_iter().map(|(_, r)| r).collect())
-        })
+        self.revoke_named(self.dbs.join_tokens, "join_tokens", which, now_ms)
     }
 
     /// In one transaction: finds the join token whose hash is `digest`, checks that it is
@@ -147,18 +128,4 @@ impl Store {
             Ok(Ok(record))
         })?
     }
-}
-
-fn decode<T: DeserializeOwned>(db: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        db,
-        reason: e.to_string(),
-    })
-}
-
-fn encode<T: Serialize>(db: &'static str, record: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
-        db,
-        reason: e.to_string(),
-    })
 }

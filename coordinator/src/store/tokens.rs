@@ -2,9 +2,41 @@
 //! its [`TokenRecord`] as JSON. Rare writes, each in its own transaction (see
 //! [`super::policies`]); reads are one lookup per request.
 
+use heed::types::Bytes;
+use heed::Database;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::agents::JoinTokenRecord;
 use crate::tokens::TokenRecord;
 
 use super::{Store, StoreError};
+
+/// A stored token that can be revoked by its id or name: REST tokens and join tokens.
+pub(crate) trait Revocable: Serialize + DeserializeOwned {
+    /// Whether `which` names it (its id or its name).
+    fn is_named(&self, which: &str) -> bool;
+    /// When it was revoked.
+    fn revoked_ms(&mut self) -> &mut Option<i64>;
+}
+
+impl Revocable for TokenRecord {
+    fn is_named(&self, which: &str) -> bool {
+        self.id == which || self.name == which
+    }
+    fn revoked_ms(&mut self) -> &mut Option<i64> {
+        &mut self.revoked_ms
+    }
+}
+
+impl Revocable for JoinTokenRecord {
+    fn is_named(&self, which: &str) -> bool {
+        self.id == which || self.name == which
+    }
+    fn revoked_ms(&mut self) -> &mut Option<i64> {
+        &mut self.revoked_ms
+    }
+}
 
 impl Store {
     /// The record of the token whose hash is `digest`, if there is one.
@@ -39,18 +71,30 @@ impl Store {
 
     /// Revokes every token whose id or name is `which`, at `now_ms`; returns them.
     pub fn revoke_tokens(&self, which: &str, now_ms: i64) -> Result<Vec<TokenRecord>, StoreError> {
-        self.write_rare(|store, txn| {
+        self.revoke_named(self.dbs.tokens, "tokens", which, now_ms)
+    }
+
+    /// In `db` (JSON records), revokes every unrevoked record `which` names, at `now_ms`,
+    /// in one transaction; returns them.
+    pub(crate) fn revoke_named<T: Revocable>(
+        &self,
+        db: Database<Bytes, Bytes>,
+        db_name: &'static str,
+        which: &str,
+        now_ms: i64,
+    ) -> Result<Vec<T>, StoreError> {
+        self.write_rare(|_, txn| {
             let mut changed = Vec::new();
-            for entry in store.dbs.tokens.iter(txn)? {
+            for entry in db.iter(txn)? {
                 let (key, bytes) = entry?;
-                let mut record = decode(bytes)?;
-                if (record.id == which || record.name == which) && record.revoked_ms.is_none() {
-                    record.revoked_ms = Some(now_ms);
+                let mut record: T = json_decode(db_name, bytes)?;
+                if record.is_named(which) && record.revoked_ms().is_none() {
+                    *record.revoked_ms() = Some(now_ms);
                     changed.push((key.to_vec(), record));
                 }
             }
             for (key, record) in &changed {
-                store.dbs.tokens.put(txn, key, &encode(record)?)?;
+                db.put(txn, key, &json_encode(db_name, record)?)?;
             }
             Ok(changed.into_iter().map(|(_, r)| r).collect())
         })
@@ -58,15 +102,31 @@ impl Store {
 }
 
 fn decode(bytes: &[u8]) -> Result<TokenRecord, StoreError> {
+    json_decode("tokens", bytes)
+}
+
+fn encode(record: &TokenRecord) -> Result<Vec<u8>, StoreError> {
+    json_encode("tokens", record)
+}
+
+/// Reads a JSON record from database `db`.
+pub(super) fn json_decode<T: DeserializeOwned>(
+    db: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        db: "tokens",
+        db,
         reason: e.to_string(),
     })
 }
 
-fn encode(record: &TokenRecord) -> Result<Vec<u8>, StoreError> {
+/// Writes a JSON record for database `db`.
+pub(super) fn json_encode<T: Serialize>(
+    db: &'static str,
+    record: &T,
+) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
-        db: "tokens",
+        db,
         reason: e.to_string(),
     })
 }
