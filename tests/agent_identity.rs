@@ -475,53 +475,20 @@ async fn up_enrolls_its_own_agent() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-/// Connects as `user` to Mosquitto at `port`, subscribes to `filter`, and returns the
-/// client and a receiver of `(topic, payload)` for what arrives.
+/// Connects as `user` (password `pw-{user}`) to Mosquitto at `port`, subscribes to
+/// `filter`, and returns the client and a receiver of `(topic, payload)`.
 async fn mosquitto_client(
     port: u16,
     id: &str,
     user: &str,
-    filter: Option<&str>,
+    filter: &str,
 ) -> (
     AsyncClient,
     tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
 ) {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options.set_credentials(user, format!("pw-{user}"));
-    let (client, mut eventloop) = AsyncClient::new(options, 100);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let who = user.to_string();
-    let (subacked_tx, subacked) = tokio::sync::oneshot::channel::<()>();
-    let mut subacked_tx = Some(subacked_tx);
-    if let Some(filter) = filter {
-        client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-    } else if let Some(tx) = subacked_tx.take() {
-        let _ = tx.send(());
-    }
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = subacked_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
-                }
-                Ok(_) => {}
-                Err(e) => panic!("{who}: Mosquitto connection failed: {e}"),
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), subacked)
-        .await
-        .expect("connected and subscribed in time")
-        .expect("event loop alive");
-    (client, rx)
+    vigil_tests::subscriber(options, filter).await
 }
 
 /// Everything that arrives on `rx` within `quiet`.
@@ -571,16 +538,22 @@ async fn the_shipped_mosquitto_acl_confines_agents_to_their_own_topics() {
     let port = vigil_tests::broker_port(&mosquitto.url);
 
     let (watcher, mut seen) =
-        mosquitto_client(port, "acl-watcher", "integrations", Some("vigil/v1/#")).await;
+        mosquitto_client(port, "acl-watcher", "integrations", "vigil/v1/#").await;
     let (a, mut a_inbox) = mosquitto_client(
         port,
         "vigil-agent-acl-a",
         "acl-a",
-        Some(&topics::agent("acl-b", AgentChannel::Commands)),
+        &topics::agent("acl-b", AgentChannel::Commands),
     )
     .await;
-    let (coordinator, _) =
-        mosquitto_client(port, "vigil-coordinator-acl", "vigil-coordinator", None).await;
+    // (Subscribed to a topic nobody writes: the client only publishes here.)
+    let (coordinator, _coordinator_inbox) = mosquitto_client(
+        port,
+        "vigil-coordinator-acl",
+        "vigil-coordinator",
+        &topics::agent("acl-nobody", AgentChannel::Metrics),
+    )
+    .await;
 
     // A writes its own metrics (allowed) and B's metrics and status (dropped).
     for (host, channel) in [

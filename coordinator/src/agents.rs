@@ -341,7 +341,10 @@ mod tests {
         let (other, record) = create_join_token(&store, &spec(5, None), 1_004).unwrap();
         let revoked = store.revoke_join_tokens(&record.id, 1_005).unwrap();
         assert_eq!(revoked.len(), 1);
-        assert!(store.revoke_join_tokens(&record.id, 1_006).unwrap().is_empty());
+        assert!(store
+            .revoke_join_tokens(&record.id, 1_006)
+            .unwrap()
+            .is_empty());
         assert!(matches!(
             enroll(&store, &request(&other, "web-04"), "k", 1_007),
             Err(EnrollError::BadToken)

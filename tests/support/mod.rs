@@ -578,9 +578,21 @@ pub async fn bundle_subscriber(
     rumqttc::AsyncClient,
     tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
 ) {
-    use rumqttc::{AsyncClient, Event, Packet, QoS};
     let mut options = client_options(broker, id);
     options.set_keep_alive(Duration::from_secs(30));
+    subscriber(options, filter).await
+}
+
+/// Connects with `options`, subscribes to `filter` (waiting for the SUBACK), and forwards
+/// every incoming publish as `(topic, payload)`.
+pub async fn subscriber(
+    options: rumqttc::MqttOptions,
+    filter: &str,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
     let (client, mut eventloop) = AsyncClient::new(options, 100);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (subacked_tx, subacked) = tokio::sync::oneshot::channel();
