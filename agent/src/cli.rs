@@ -69,7 +69,7 @@ pub enum PolicyCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// TOML config file (keys: host, broker, interval, mqtt_username, mqtt_password,
-    /// policies, textfile_dir, data_dir, bundle_key, coordinator, join_token, [labels],
+    /// policies, textfile_dir, data_dir, bundle_key, coordinator, join_token, ca, [labels],
     /// [allow], [remediation]; see README).
     /// Flags and environment variables override it.
     #[arg(long, env = "VIGIL_CONFIG")]
@@ -147,6 +147,11 @@ pub struct RunArgs {
     /// --join`); the identity is then kept in the data directory [default: none]
     #[arg(long, env = "VIGIL_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+
+    /// CA certificate (PEM) the coordinator's TLS certificate must chain to, for mqtts://
+    /// brokers and https:// coordinators; only it is trusted [default: public roots]
+    #[arg(long, env = "VIGIL_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -175,6 +180,7 @@ impl RunArgs {
                 bundle_key: self.bundle_key,
                 coordinator: self.coordinator,
                 join_token: self.join_token,
+                ca: self.ca,
             },
         )
     }

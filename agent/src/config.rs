@@ -12,6 +12,7 @@ use thiserror::Error;
 use vigil_shared::broker_url::{BrokerUrl, BrokerUrlError};
 use vigil_shared::bundle::PublicKey;
 use vigil_shared::config_file::ConfigFileError;
+use vigil_shared::tls::ClientTls;
 use vigil_shared::validate::{self, FieldError};
 use vigil_shared::wire::Tag;
 
@@ -55,6 +56,9 @@ pub struct AgentConfig {
     pub coordinator: Option<String>,
     /// The join token to enroll with (needed only until the agent has an identity).
     pub join_token: Option<String>,
+    /// The CA certificate the coordinator's TLS certificate must chain to (`--ca`): the
+    /// agent trusts nothing else for `mqtts://` and `https://`. Without it, public roots.
+    pub ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -75,6 +79,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("bundle_key", &self.bundle_key)
             .field("coordinator", &self.coordinator)
             .field("join_token", &redacted(&self.join_token))
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -118,6 +123,7 @@ impl AgentConfig {
             broker: BrokerUrl {
                 host: "127.0.0.1".into(),
                 port: 1883,
+                tls: false,
             },
             mqtt_username: None,
             mqtt_password: None,
@@ -130,6 +136,25 @@ impl AgentConfig {
             bundle_key: None,
             coordinator: None,
             join_token: None,
+            ca: None,
+        }
+    }
+
+    /// What the agent trusts for TLS: the pinned CA if `ca` is set, public roots if TLS
+    /// is used without one, nothing if neither the broker nor the coordinator uses TLS.
+    pub fn client_tls(&self) -> Result<Option<ClientTls>, ConfigError> {
+        let https = self
+            .coordinator
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://"));
+        match &self.ca {
+            Some(path) => ClientTls::pinned(path)
+                .map(Some)
+                .map_err(|e| ConfigError::invalid("ca", e)),
+            None if self.broker.tls || https => ClientTls::public_roots()
+                .map(Some)
+                .map_err(|e| ConfigError::invalid("ca", e)),
+            None => Ok(None),
         }
     }
 }
@@ -189,6 +214,8 @@ pub struct AgentFile {
     pub coordinator: Option<String>,
     /// The join token to enroll with.
     pub join_token: Option<String>,
+    /// The CA certificate to pin for TLS (PEM file).
+    pub ca: Option<PathBuf>,
 }
 
 /// Why the settings could not be resolved.
@@ -264,6 +291,8 @@ pub struct Overrides {
     pub coordinator: Option<String>,
     /// `--join-token` / `VIGIL_JOIN_TOKEN`: the join token to enroll with.
     pub join_token: Option<String>,
+    /// `--ca` / `VIGIL_CA`: the CA certificate to pin for TLS.
+    pub ca: Option<PathBuf>,
 }
 
 /// Resolves the settings: overrides beat the file, the file beats the defaults.
@@ -316,7 +345,14 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
         }
     }
 
+    let ca = overrides.ca.or(file.ca);
+    if let Some(path) = &ca {
+        // Read now, so that a wrong path stops the start with its name.
+        ClientTls::pinned(path).map_err(|e| ConfigError::invalid("ca", e))?;
+    }
+
     Ok(AgentConfig {
+        ca,
         bundle_key,
         coordinator,
         join_token: overrides.join_token.or(file.join_token),

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vigil_shared::agent_auth::AgentKey;
 use vigil_shared::config_file::file_mode;
+use vigil_shared::tls::ClientTls;
 
 use crate::config::AgentConfig;
 
@@ -142,6 +143,15 @@ pub enum IdentityError {
         /// The enrollment URL.
         url: String,
         /// What went wrong.
+        problem: String,
+    },
+    /// The coordinator's TLS certificate is not trusted (wrong `--ca`, or a coordinator
+    /// that is not the one the CA vouches for): the agent refuses to talk to it.
+    #[error("refusing the coordinator at {url}: its TLS certificate is not trusted ({problem}); check --ca")]
+    Untrusted {
+        /// The enrollment URL.
+        url: String,
+        /// What rustls said.
         problem: String,
     },
     /// The coordinator refused the enrollment.
@@ -290,14 +300,16 @@ struct EnrollAnswer {
     coordinator_key: Option<String>,
 }
 
-/// Enrolls `host` at `coordinator` (`http://host:port`) with `join_token`: makes a new
-/// key, sends its public half, and returns the identity (not yet saved).
+/// Enrolls `host` at `coordinator` (`http://host:port` or `https://…`, trusting what
+/// `tls` trusts, else public roots) with `join_token`: makes a new key, sends its public
+/// half, and returns the identity (not yet saved).
 pub async fn enroll(
     coordinator: &str,
     join_token: &str,
     host: &str,
+    tls: Option<&ClientTls>,
 ) -> Result<Identity, IdentityError> {
-    enroll_with_key(coordinator, join_token, host, AgentKey::generate()).await
+    enroll_with_key(coordinator, join_token, host, AgentKey::generate(), tls).await
 }
 
 async fn enroll_with_key(
@@ -305,16 +317,24 @@ async fn enroll_with_key(
     join_token: &str,
     host: &str,
     key: AgentKey,
+    tls: Option<&ClientTls>,
 ) -> Result<Identity, IdentityError> {
     let url = format!("{}{ENROLL_PATH}", coordinator.trim_end_matches('/'));
-    let unreachable = |e: reqwest::Error| IdentityError::Unreachable {
-        url: url.clone(),
-        problem: error_chain(&e),
+    let unreachable = |e: reqwest::Error| match tls_refusal(&e) {
+        Some(problem) => IdentityError::Untrusted {
+            url: url.clone(),
+            problem,
+        },
+        None => IdentityError::Unreachable {
+            url: url.clone(),
+            problem: error_chain(&e),
+        },
     };
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(unreachable)?;
+    let mut client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+    if let Some(tls) = tls {
+        client = client.use_preconfigured_tls((*tls.config()).clone());
+    }
+    let client = client.build().map_err(unreachable)?;
     let response = client
         .post(&url)
         .json(&EnrollRequest {
@@ -378,6 +398,25 @@ fn error_field(body: &str) -> String {
     trimmed.chars().take(200).collect()
 }
 
+/// The TLS refusal (rustls' own error) somewhere in `e`'s causes, if that is what failed.
+/// I/O errors hide the error they wrap from `source()` (and reqwest nests them), so each
+/// is opened with `get_ref()`.
+fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        cause = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
 /// An error and its causes, joined (reqwest's own message is terse).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -397,7 +436,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// `config.coordinator` and `config.join_token` and saved. A failed enrollment is retried
 /// for about a minute while the coordinator is unreachable or failing; a refusal (4xx)
 /// ends it at once.
-pub async fn load_or_enroll(config: &AgentConfig) -> Result<Identity, IdentityError> {
+pub async fn load_or_enroll(
+    config: &AgentConfig,
+    tls: Option<&ClientTls>,
+) -> Result<Identity, IdentityError> {
     let path = Identity::path(&config.data_dir);
     if let Some(identity) = Identity::load(&config.data_dir)? {
         if identity.host != config.host {
@@ -416,7 +458,7 @@ pub async fn load_or_enroll(config: &AgentConfig) -> Result<Identity, IdentityEr
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_secs(1);
     let identity = loop {
-        match enroll(coordinator, join_token, &config.host).await {
+        match enroll(coordinator, join_token, &config.host, tls).await {
             Ok(identity) => break identity,
             Err(e) if e.is_transient() && started.elapsed() + delay < RETRY_FOR => {
                 tracing::warn!("enrollment failed, trying again in {delay:?}: {e}");
@@ -527,7 +569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = AgentConfig::for_host("web-01");
         config.data_dir = dir.path().to_path_buf();
-        let err = load_or_enroll(&config).await.unwrap_err().to_string();
+        let err = load_or_enroll(&config, None).await.unwrap_err().to_string();
         assert!(
             err.contains("--join-token") && err.contains("token create --join"),
             "{err}"
@@ -540,13 +582,13 @@ mod tests {
         identity().save(dir.path()).unwrap();
         let mut config = AgentConfig::for_host("web-02");
         config.data_dir = dir.path().to_path_buf();
-        let err = load_or_enroll(&config).await.unwrap_err().to_string();
+        let err = load_or_enroll(&config, None).await.unwrap_err().to_string();
         assert!(
             err.contains("web-01") && err.contains("web-02") && err.contains("remove"),
             "{err}"
         );
         config.host = "web-01".into();
-        assert_eq!(load_or_enroll(&config).await.unwrap().host, "web-01");
+        assert_eq!(load_or_enroll(&config, None).await.unwrap().host, "web-01");
     }
 
     #[tokio::test]
@@ -558,7 +600,7 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("http://127.0.0.1:{port}");
-        let err = enroll(&url, "token", "web-01").await.unwrap_err();
+        let err = enroll(&url, "token", "web-01", None).await.unwrap_err();
         assert!(err.is_transient(), "{err}");
         assert!(err.to_string().contains(&url), "{err}");
     }
@@ -614,7 +656,7 @@ mod tests {
             r#"{{"host":"web-01","mqtt_username":"agent-web-01","mqtt_password":"pw","labels":{{"role":"web"}},"coordinator_key":"{coordinator_key}"}}"#
         );
         let (url, server) = one_answer("201 Created", body).await;
-        let identity = enroll(&format!("{url}/"), "jt-123", "web-01")
+        let identity = enroll(&format!("{url}/"), "jt-123", "web-01", None)
             .await
             .unwrap();
         let request = server.await.unwrap();
@@ -646,7 +688,7 @@ mod tests {
         config.coordinator = Some(url.clone());
         config.join_token = Some("jt".into());
         let started = std::time::Instant::now();
-        let err = load_or_enroll(&config).await.unwrap_err();
+        let err = load_or_enroll(&config, None).await.unwrap_err();
         server.await.unwrap();
         assert!(!err.is_transient());
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -661,7 +703,7 @@ mod tests {
     #[tokio::test]
     async fn a_server_error_is_transient() {
         let (url, server) = one_answer("503 Service Unavailable", "").await;
-        let err = enroll(&url, "jt", "web-01").await.unwrap_err();
+        let err = enroll(&url, "jt", "web-01", None).await.unwrap_err();
         server.await.unwrap();
         assert!(err.is_transient(), "{err}");
         assert!(err.to_string().contains("503"), "{err}");

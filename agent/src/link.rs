@@ -21,6 +21,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use vigil_shared::agent_auth::Sealer;
+use vigil_shared::mqtt::MissingTls;
+use vigil_shared::tls::ClientTls;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch};
 
@@ -85,16 +87,18 @@ impl Link {
     /// `inbound`; everything published is sealed by `sealer`.
     pub fn connect(
         config: &AgentConfig,
+        tls: Option<&ClientTls>,
         status: AgentStatus,
         inbound: mpsc::Sender<Inbound>,
         sealer: Arc<Sealer>,
-    ) -> Link {
+    ) -> Result<Link, MissingTls> {
         let mut options = vigil_shared::mqtt::client_options(
             &format!("vigil-agent-{}", config.host),
             &config.broker,
             config.mqtt_username.as_deref(),
             config.mqtt_password.as_deref(),
-        );
+            tls,
+        )?;
         // A persistent session: commands (QoS 1) published while the agent is down or
         // restarting wait at the broker and arrive when it reconnects.
         options.set_clean_session(false);
@@ -123,13 +127,13 @@ impl Link {
             config.bundle_key.is_some(),
             inbound,
         ));
-        Link {
+        Ok(Link {
             publisher,
             status,
             connected,
             dropped: Arc::new(AtomicU64::new(0)),
             task,
-        }
+        })
     }
 
     /// Whether the broker has accepted the connection (and not lost it since).
@@ -267,7 +271,17 @@ async fn drive(
                 connected.store(false, Ordering::Relaxed);
                 failures = failures.saturating_add(1);
                 if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(%broker, failures, "broker connection failed: {e}");
+                    if matches!(e, rumqttc::ConnectionError::Tls(_)) {
+                        // Most often a certificate that does not chain to --ca: the agent
+                        // will not talk to a broker it cannot authenticate.
+                        tracing::error!(
+                            %broker,
+                            failures,
+                            "refusing the broker: TLS failed ({e}); is --ca the coordinator's CA?"
+                        );
+                    } else {
+                        tracing::warn!(%broker, failures, "broker connection failed: {e}");
+                    }
                 }
                 let backoff = Duration::from_millis(200 * u64::from(failures.min(10)));
                 tokio::time::sleep(backoff).await;

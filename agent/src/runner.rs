@@ -63,6 +63,12 @@ pub enum AgentError {
     /// The agent has no usable identity (and could not enroll).
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// A setting cannot be used (e.g. the `--ca` file).
+    #[error(transparent)]
+    Settings(#[from] ConfigError),
+    /// The broker needs TLS and none is configured.
+    #[error(transparent)]
+    Tls(#[from] vigil_shared::mqtt::MissingTls),
     /// The identity's coordinator key is not a key.
     #[error("the coordinator key in the identity file: {0}")]
     CoordinatorKey(ConfigError),
@@ -74,7 +80,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let mut config = config;
-    let identity = identity::load_or_enroll(&config).await?;
+    let tls = config.client_tls()?;
+    let identity = identity::load_or_enroll(&config, tls.as_ref()).await?;
     apply_identity(&mut config, &identity)?;
     let sealer = Arc::new(Sealer::new(config.host.clone(), identity.key()?));
     let started_at_ms = now_ms();
@@ -126,7 +133,8 @@ pub async fn run(
         &config.broker,
         config.mqtt_username.as_deref(),
         config.mqtt_password.as_deref(),
-    );
+        tls.as_ref(),
+    )?;
     let outbox_task = tokio::spawn(outbox::run(
         store.clone(),
         outbox_options,
@@ -152,7 +160,7 @@ pub async fn run(
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
     status.remediation_paused = queue.paused();
     status.queue = queue.status(started_at_ms);
-    let link = Link::connect(&config, status, inbound_tx, sealer);
+    let link = Link::connect(&config, tls.as_ref(), status, inbound_tx, sealer)?;
     let events_topic = topics::agent(&config.host, AgentChannel::Events);
     // sysinfo reads /proc synchronously: keep it off the async workers.
     let sampler = tokio::task::spawn_blocking(HostSampler::new)

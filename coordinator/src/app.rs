@@ -36,6 +36,12 @@ pub enum StartError {
     /// Bundle publishing could not start (signing key, stored versions).
     #[error(transparent)]
     Bundles(#[from] crate::bundles::BundleStartError),
+    /// The TLS certificate, key or CA could not be used.
+    #[error(transparent)]
+    Tls(#[from] vigil_shared::tls::TlsError),
+    /// The coordinator's own MQTT client cannot be set up.
+    #[error(transparent)]
+    MqttClient(#[from] vigil_shared::mqtt::MissingTls),
     /// The REST port could not be bound.
     #[error("REST API cannot listen on {addr}: {source} (use --listen to pick another address)")]
     Listen {
@@ -50,8 +56,14 @@ pub enum StartError {
 pub struct Coordinator {
     /// Where the REST API listens (with the real port if 0 was asked for).
     pub http_addr: SocketAddr,
-    /// The broker agents should connect to.
+    /// Whether the REST API (and the embedded broker) speak TLS.
+    pub tls: bool,
+    /// The broker agents should connect to (`mqtts://` when TLS is on).
     pub broker_url: BrokerUrl,
+    /// The embedded broker's plaintext address on loopback, for clients in this process
+    /// and on this machine (the same as `broker_url` without TLS; `None` with an external
+    /// broker).
+    pub local_broker_url: Option<BrokerUrl>,
     /// The store (for in-process readers such as tests).
     pub store: Store,
     /// The coordinator's counters.
@@ -99,34 +111,82 @@ impl Coordinator {
         };
         let (writer, writer_thread) = StoreWriter::start(store.clone(), telemetry.clone());
 
-        // On the embedded broker the coordinator logs in with a password made now; on an
-        // external one, with the configured credentials.
-        let (mqtt_username, mqtt_password) = match config.broker {
+        let server_tls = match &config.tls {
+            Some(files) => Some(crate::tls::ServerTls::load(&files.cert, &files.key)?),
+            None => None,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        // On the embedded broker the coordinator logs in with a password made now, on its
+        // plaintext loopback address; on an external one, with the configured credentials
+        // (over TLS for an mqtts:// broker).
+        let broker_url = config.broker_url();
+        let (client_url, mqtt_username, mqtt_password) = match config.broker {
             BrokerMode::Embedded { listen } => {
                 let password = crate::agents::generate_password();
                 let auth =
                     broker::BrokerAuth::new(store.clone(), telemetry.clone(), password.clone());
-                tokio::task::spawn_blocking(move || broker::start(listen, auth))
+                // With TLS, rumqttd listens on a loopback port behind the TLS front.
+                let (broker_listen, front) = match &server_tls {
+                    None => (listen, None),
+                    Some(tls) => {
+                        let front =
+                            tokio::net::TcpListener::bind(listen)
+                                .await
+                                .map_err(|source| BrokerError::Bind {
+                                    addr: listen,
+                                    source,
+                                })?;
+                        (
+                            broker::free_loopback_address()?,
+                            Some((front, tls.acceptor())),
+                        )
+                    }
+                };
+                tokio::task::spawn_blocking(move || broker::start(broker_listen, auth))
                     .await
                     .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+                if let Some((front, acceptor)) = front {
+                    tracing::info!(
+                        %listen,
+                        relay_to = %broker_listen,
+                        "MQTT over TLS: relaying to the embedded broker on loopback"
+                    );
+                    tasks.push(tokio::spawn(crate::mqtt_tls::run(
+                        front,
+                        acceptor,
+                        broker_listen,
+                        telemetry.clone(),
+                        stop_rx.clone(),
+                    )));
+                }
                 (
+                    broker::loopback_url(broker_listen),
                     Some(crate::agents::COORDINATOR_MQTT_USER.to_string()),
                     Some(password),
                 )
             }
-            _ => (config.mqtt_username.clone(), config.mqtt_password.clone()),
+            _ => (
+                broker_url.clone(),
+                config.mqtt_username.clone(),
+                config.mqtt_password.clone(),
+            ),
         };
-        let broker_url = config.broker_url();
-
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
-
+        let local_broker_url =
+            matches!(config.broker, BrokerMode::Embedded { .. }).then(|| client_url.clone());
+        let client_tls = if client_url.tls {
+            Some(vigil_shared::tls::ClientTls::new(config.tls_ca.as_deref())?)
+        } else {
+            None
+        };
         let options = vigil_shared::mqtt::client_options(
             &format!("vigil-coordinator-{}", std::process::id()),
-            &broker_url,
+            &client_url,
             mqtt_username.as_deref(),
             mqtt_password.as_deref(),
-        );
+            client_tls.as_ref(),
+        )?;
         let keys = crate::bundles::load_key(config.bundle_key.clone()).await?;
         let (publisher, eventloop) = crate::ingest::connect(options, Arc::clone(&keys));
         tasks.push(tokio::spawn(crate::ingest::run(
@@ -191,17 +251,16 @@ impl Coordinator {
             auth,
             coordinator_key,
         }));
-        let mut http_stop = stop_rx.clone();
-        tasks.push(tokio::spawn(
-            warp::serve(routes)
-                .incoming(listener)
-                .graceful(async move {
-                    let _ = http_stop.changed().await;
-                })
-                .run(),
-        ));
+        tasks.push(tokio::spawn(crate::http_server::serve(
+            routes,
+            listener,
+            server_tls.as_ref().map(|tls| tls.acceptor()),
+            telemetry.clone(),
+            stop_rx.clone(),
+        )));
         tracing::info!(
             http = %http_addr,
+            tls = server_tls.is_some(),
             broker = %broker_url,
             data_dir = %config.data_dir.display(),
             "vigil-coordinator {} ready",
@@ -209,7 +268,9 @@ impl Coordinator {
         );
         Ok(Coordinator {
             http_addr,
+            tls: server_tls.is_some(),
             broker_url,
+            local_broker_url,
             store,
             telemetry,
             admin_token_file,

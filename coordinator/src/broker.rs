@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
+use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::wire::MAX_PAYLOAD_BYTES;
 
 use crate::agents::{self, API_MQTT_USER, COORDINATOR_MQTT_USER};
@@ -157,6 +158,28 @@ fn config(listen: SocketAddr, auth: BrokerAuth) -> Config {
         },
         v4: Some(HashMap::from([("vigil".to_string(), server)])),
         ..Config::default()
+    }
+}
+
+/// A loopback address with a port free right now, for a broker that only the TLS front
+/// ([`crate::mqtt_tls`]) and local clients reach.
+pub fn free_loopback_address() -> Result<SocketAddr, BrokerError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    TcpListener::bind(addr)
+        .and_then(|listener| listener.local_addr())
+        .map_err(|source| BrokerError::Bind { addr, source })
+}
+
+/// The plaintext URL a client on this machine reaches a broker listening on `listen` by.
+pub fn loopback_url(listen: SocketAddr) -> BrokerUrl {
+    BrokerUrl {
+        host: if listen.ip().is_unspecified() {
+            "127.0.0.1".into()
+        } else {
+            listen.ip().to_string()
+        },
+        port: listen.port(),
+        tls: false,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The coordinator's command line (clap): `up` (coordinator plus a local agent) and
 //! `serve` (coordinator only), `bundle` (offline bundle tools, see
-//! [`crate::bundles::cli`]) and `token` (REST API tokens, see [`crate::tokens_cli`]). Every flag can also come from a `VIGIL_…` variable.
+//! [`crate::bundles::cli`]), `token` (REST API tokens, see [`crate::tokens_cli`]), `agent`
+//! ([`crate::agents_cli`]) and `certs` ([`crate::certs_cli`]). Every flag can also come from a `VIGIL_…` variable.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Token(crate::tokens_cli::TokenArgs),
     /// List enrolled agents and revoke their identities.
     Agent(crate::agents_cli::AgentArgs),
+    /// Make a CA and a server certificate for TLS, for users with no PKI.
+    Certs(crate::certs_cli::CertsArgs),
 }
 
 /// Settings of the coordinator.
@@ -103,11 +106,29 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_AUTH_FAILURE_LIMIT")]
     pub auth_failure_limit: Option<u32>,
 
-    /// Allow the REST API or the embedded broker to listen beyond loopback without TLS
-    /// (this build has none yet): traffic, tokens and passwords cross the network in
-    /// clear [default: false, refuse]
+    /// Allow the REST API or the embedded broker to listen beyond loopback without TLS:
+    /// traffic, tokens and passwords cross the network in clear [default: false, refuse]
     #[arg(long, env = "VIGIL_ALLOW_PLAINTEXT_REMOTE", num_args = 0..=1, default_missing_value = "true")]
     pub allow_plaintext_remote: Option<bool>,
+
+    /// Serve HTTPS and MQTT over TLS (only). On by itself when tls_cert/tls_key are given
+    /// or <data-dir>/tls/server.pem exists (`certs init`); --tls=false turns it off
+    /// [default: auto]
+    #[arg(long, env = "VIGIL_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub tls: Option<bool>,
+
+    /// Server certificate chain (PEM) for both listeners [default: <data-dir>/tls/server.pem]
+    #[arg(long, env = "VIGIL_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert [default: <data-dir>/tls/server.key]
+    #[arg(long, env = "VIGIL_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate the coordinator's own MQTT client trusts (its TLS broker, or an
+    /// mqtts:// --broker) [default: <data-dir>/tls/ca.pem if it exists, else public roots]
+    #[arg(long, env = "VIGIL_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Settings of `up`: the coordinator's, plus the local agent's.
@@ -166,6 +187,10 @@ impl ServeArgs {
                 metrics_auth: self.metrics_auth,
                 auth_failure_limit: self.auth_failure_limit,
                 allow_plaintext_remote: self.allow_plaintext_remote,
+                tls: self.tls,
+                tls_cert: self.tls_cert,
+                tls_key: self.tls_key,
+                tls_ca: self.tls_ca,
             },
         )
     }

@@ -69,6 +69,20 @@ pub struct CoordinatorConfig {
     pub auth_failure_limit: u32,
     /// Whether plaintext listeners beyond loopback were explicitly allowed.
     pub allow_plaintext_remote: bool,
+    /// The certificate both listeners serve; `None`: plain HTTP and MQTT.
+    pub tls: Option<TlsFiles>,
+    /// The CA the coordinator's own MQTT client trusts (for its TLS broker, or an
+    /// external `mqtts://` one); `None`: public roots.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// The server certificate chain and key (PEM) of the REST API and the embedded broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, server certificate first.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
 }
 
 impl CoordinatorConfig {
@@ -76,12 +90,8 @@ impl CoordinatorConfig {
     pub fn broker_url(&self) -> BrokerUrl {
         match &self.broker {
             BrokerMode::Embedded { listen } => BrokerUrl {
-                host: if listen.ip().is_unspecified() {
-                    "127.0.0.1".into()
-                } else {
-                    listen.ip().to_string()
-                },
-                port: listen.port(),
+                tls: self.tls.is_some(),
+                ..crate::broker::loopback_url(*listen)
             },
             BrokerMode::External(url) => url.clone(),
         }
@@ -122,6 +132,14 @@ pub struct CoordinatorFile {
     pub auth_failure_limit: Option<u32>,
     /// See `--allow-plaintext-remote`.
     pub allow_plaintext_remote: Option<bool>,
+    /// See `--tls`.
+    pub tls: Option<bool>,
+    /// See `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// See `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// See `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Settings given as flags or environment variables (`None` when absent).
@@ -208,27 +226,68 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         .allow_plaintext_remote
         .or(file.allow_plaintext_remote)
         .unwrap_or(false);
+    let data_dir = over
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let made = crate::certs::CertPaths::in_data_dir(&data_dir);
+    let tls = match (
+        over.tls.or(file.tls),
+        over.tls_cert.or(file.tls_cert),
+        over.tls_key.or(file.tls_key),
+    ) {
+        (Some(false), _, _) => None,
+        (_, Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (_, Some(_), None) | (_, None, Some(_)) => {
+            return Err(invalid(
+                "tls_cert",
+                "tls_cert and tls_key go together: give both, or neither to use the \
+                 data dir's certificate (vigil-coordinator certs init)"
+                    .into(),
+            ))
+        }
+        (on, None, None) if made.server_files_exist() || on == Some(true) => {
+            if !made.server_files_exist() {
+                return Err(invalid(
+                    "tls",
+                    format!(
+                        "TLS is on but there is no certificate: {} is missing. Run \
+                         `vigil-coordinator certs init --data-dir {}`, or give \
+                         tls_cert and tls_key",
+                        made.server_cert.display(),
+                        data_dir.display()
+                    ),
+                ));
+            }
+            Some(TlsFiles {
+                cert: made.server_cert.clone(),
+                key: made.server_key.clone(),
+            })
+        }
+        (_, None, None) => None,
+    };
+    let tls_ca = over
+        .tls_ca
+        .or(file.tls_ca)
+        .or_else(|| made.ca_cert.is_file().then(|| made.ca_cert.clone()));
     let mut listeners = vec![("listen", listen)];
     if let BrokerMode::Embedded { listen } = &broker {
         listeners.push(("mqtt_listen", *listen));
     }
     for (setting, addr) in listeners {
-        if !addr.ip().is_loopback() && !allow_plaintext_remote {
+        if !addr.ip().is_loopback() && tls.is_none() && !allow_plaintext_remote {
             return Err(invalid(
                 setting,
                 format!(
-                    "{addr} is reachable beyond this machine, and this build has no TLS yet: \
-                     tokens, passwords and everything else would cross the network in clear. \
-                     Listen on 127.0.0.1, or pass --allow-plaintext-remote \
+                    "{addr} is reachable beyond this machine, and TLS is off: tokens, \
+                     passwords and everything else would cross the network in clear. Run \
+                     `vigil-coordinator certs init` (or give tls_cert and tls_key), listen \
+                     on 127.0.0.1, or pass --allow-plaintext-remote \
                      (allow_plaintext_remote = true) on a network you trust"
                 ),
             ));
         }
     }
-    let data_dir = over
-        .data_dir
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     Ok(CoordinatorConfig {
         bundle_key: over
             .bundle_key
@@ -249,6 +308,8 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             .or(file.auth_failure_limit)
             .unwrap_or(crate::api::auth::DEFAULT_MAX_FAILURES),
         allow_plaintext_remote,
+        tls,
+        tls_ca,
     })
 }
 
@@ -333,6 +394,59 @@ mod tests {
             ..Overrides::default()
         };
         assert!(resolve(CoordinatorFile::default(), external).is_ok());
+    }
+
+    #[test]
+    fn tls_turns_on_with_the_data_dirs_certificate_and_allows_remote_listeners() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_dir = |extra: Overrides| Overrides {
+            data_dir: Some(dir.path().to_path_buf()),
+            listen: extra.listen.or(Some("0.0.0.0:8443".into())),
+            mqtt_listen: extra.mqtt_listen.or(Some("0.0.0.0:8883".into())),
+            ..extra
+        };
+        // No certificate yet: remote listeners are refused, and `tls = true` says why.
+        let e = resolve(CoordinatorFile::default(), with_dir(Overrides::default())).unwrap_err();
+        assert!(e.to_string().contains("certs init"), "{e}");
+        let e = resolve(
+            CoordinatorFile::default(),
+            with_dir(Overrides {
+                tls: Some(true),
+                ..Overrides::default()
+            }),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("server.pem"), "{e}");
+
+        let paths = crate::certs::CertPaths::in_data_dir(dir.path());
+        crate::certs::init(&paths, &[], false).unwrap();
+        let config = resolve(CoordinatorFile::default(), with_dir(Overrides::default())).unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: paths.server_cert.clone(),
+                key: paths.server_key.clone()
+            })
+        );
+        assert_eq!(config.tls_ca, Some(paths.ca_cert.clone()));
+        assert_eq!(config.broker_url().to_string(), "mqtts://127.0.0.1:8883");
+
+        let off = with_dir(Overrides {
+            tls: Some(false),
+            listen: Some("127.0.0.1:8000".into()),
+            mqtt_listen: Some("127.0.0.1:1883".into()),
+            ..Overrides::default()
+        });
+        let config = resolve(CoordinatorFile::default(), off).unwrap();
+        assert_eq!(config.tls, None);
+        assert_eq!(config.broker_url().to_string(), "mqtt://127.0.0.1:1883");
+
+        let half = with_dir(Overrides {
+            tls_cert: Some(paths.server_cert.clone()),
+            ..Overrides::default()
+        });
+        let e = resolve(CoordinatorFile::default(), half).unwrap_err();
+        assert!(e.to_string().contains("tls_key"), "{e}");
     }
 
     #[test]

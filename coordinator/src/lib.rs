@@ -22,13 +22,18 @@ pub mod app;
 pub mod batch_gaps;
 pub mod broker;
 pub mod bundles;
+pub mod certs;
+pub mod certs_cli;
 pub mod cli;
 pub mod config;
+pub mod http_server;
 pub mod ingest;
 pub mod local_agent;
+pub mod mqtt_tls;
 pub mod policies;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 pub mod tokens_cli;
 

@@ -31,6 +31,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Bundle(args) => vigil_coordinator::bundles::cli::run(args),
         Command::Token(args) => vigil_coordinator::tokens_cli::run(args),
         Command::Agent(args) => vigil_coordinator::agents_cli::run(args),
+        Command::Certs(args) => vigil_coordinator::certs_cli::run(args),
         Command::Serve(args) => {
             let config = args.into_config().map_err(|e| e.to_string())?;
             let coordinator = Coordinator::start(config)
@@ -44,6 +45,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Up(args) => {
             let config = args.serve.into_config().map_err(|e| e.to_string())?;
             let data_dir = config.data_dir.clone();
+            let curl = match (&config.tls, &config.tls_ca) {
+                (Some(_), Some(ca)) => format!("curl --cacert {}", ca.display()),
+                _ => "curl".to_string(),
+            };
             // The local agent trusts this coordinator's bundle-signing key.
             let bundle_public_key =
                 vigil_coordinator::bundles::keys::public_path(&config.bundle_key);
@@ -55,7 +60,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 AgentOverrides {
                     host: args.agent_host,
                     labels: args.agent_labels,
-                    broker: Some(coordinator.broker_url.to_string()),
+                    // In-process, the agent uses the broker's plaintext loopback address.
+                    broker: Some(
+                        coordinator
+                            .local_broker_url
+                            .as_ref()
+                            .unwrap_or(&coordinator.broker_url)
+                            .to_string(),
+                    ),
                     interval: args.agent_interval,
                     data_dir: Some(data_dir.clone()),
                     bundle_key: Some(bundle_public_key.display().to_string()),
@@ -75,7 +87,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 &agent_config.host,
                 Some(coordinator_key.trim()),
             )?;
-            let http = coordinator.http_addr;
+            let http = format!(
+                "{}://{}",
+                if coordinator.tls { "https" } else { "http" },
+                coordinator.http_addr
+            );
             let token_file = data_dir.join(vigil_coordinator::tokens::ADMIN_TOKEN_FILE);
             let token_note = match &coordinator.admin_token_file {
                 Some(path) => format!("{} (created now, mode 0600)", path.display()),
@@ -83,10 +99,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 None => "see `vigil-coordinator token create --role admin --name me`".into(),
             };
             println!(
-                "Vigil is up.\n  REST API:  http://{http}\n  MQTT:      {}\n  data dir:  {}\n  \
+                "Vigil is up.\n  REST API:  {http}\n  MQTT:      {}\n  data dir:  {}\n  \
                  admin token: {token_note}\n  \
                  local agent `{}` reports every {}, policies: {}\n\
-                 Try:  curl -H \"Authorization: Bearer $(cat {})\" http://{http}/api/v1/hosts\n\
+                 Try:  {curl} -H \"Authorization: Bearer $(cat {})\" {http}/api/v1/hosts\n\
                  Stop with Ctrl-C.",
                 coordinator.broker_url,
                 data_dir.display(),

@@ -55,6 +55,10 @@ pub struct Telemetry {
     pub mqtt_auth_failures: IntCounterVec,
     /// `vigil_agent_enrollments_total{result}`: enrollment requests, by outcome.
     pub enrollments: IntCounterVec,
+    /// `vigil_tls_handshake_failures_total{listener,reason}`: connections dropped because
+    /// their TLS handshake failed (a plaintext client, a client that does not trust our
+    /// certificate) or timed out.
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 impl Telemetry {
@@ -193,8 +197,15 @@ impl Telemetry {
             "Agent enrollment requests, by outcome",
             &["result"],
         );
+        let tls_handshake_failures = counter(
+            "vigil_tls_handshake_failures_total",
+            "Connections dropped because their TLS handshake failed (plaintext client, \
+             client not trusting the certificate) or timed out",
+            &["listener", "reason"],
+        );
         Telemetry {
             registry,
+            tls_handshake_failures,
             mqtt_duplicates,
             mqtt_auth_failures,
             enrollments,

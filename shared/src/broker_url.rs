@@ -1,5 +1,6 @@
-//! Broker addresses as users write them: `mqtt://host:port` (plain TCP). `host:port` alone
-//! means `mqtt://`; the port defaults to 1883.
+//! Broker addresses as users write them: `mqtt://host:port` (plain TCP, port 1883 by
+//! default) or `mqtts://host:port` (MQTT over TLS, port 8883 by default). `host:port` alone
+//! means `mqtt://`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,7 +14,14 @@ pub struct BrokerUrl {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// Whether the connection is MQTT over TLS (`mqtts://`).
+    pub tls: bool,
 }
+
+/// The usual port of plain MQTT.
+pub const MQTT_PORT: u16 = 1883;
+/// The usual port of MQTT over TLS.
+pub const MQTTS_PORT: u16 = 8883;
 
 /// Why a broker URL could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -31,14 +39,15 @@ impl FromStr for BrokerUrl {
             url: url.to_string(),
             problem: problem.to_string(),
         };
-        let rest = match url.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
+        let (tls, rest) = match url.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => (false, rest),
+            Some(("mqtts" | "ssl" | "tls", rest)) => (true, rest),
             Some((scheme, _)) => {
                 return Err(fail(&format!(
-                    "scheme `{scheme}` is not supported; use mqtt://host:port"
+                    "scheme `{scheme}` is not supported; use mqtt://host:port or mqtts://host:port"
                 )))
             }
-            None => url,
+            None => (false, url),
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
@@ -48,7 +57,7 @@ impl FromStr for BrokerUrl {
                     .map_err(|_| fail(&format!("port `{port}` is not a number from 0 to 65535")))?;
                 (host, port)
             }
-            _ => (rest, 1883),
+            _ => (rest, if tls { MQTTS_PORT } else { MQTT_PORT }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -57,16 +66,28 @@ impl FromStr for BrokerUrl {
         Ok(BrokerUrl {
             host: host.to_string(),
             port,
+            tls,
         })
+    }
+}
+
+impl BrokerUrl {
+    /// The same address spoken to in plain MQTT.
+    pub fn without_tls(&self) -> BrokerUrl {
+        BrokerUrl {
+            tls: false,
+            ..self.clone()
+        }
     }
 }
 
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -84,6 +105,10 @@ mod tests {
         let u: BrokerUrl = "mqtt://[::1]:1883".parse().unwrap();
         assert_eq!(u.host, "::1");
         assert_eq!(u.to_string(), "mqtt://[::1]:1883");
+        assert!(!u.tls);
+        let u: BrokerUrl = "mqtts://coord.lan".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("coord.lan", 8883, true));
+        assert_eq!(u.to_string(), "mqtts://coord.lan:8883");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod config_file;
 pub mod mqtt;
 pub mod policy;
 pub mod time;
+pub mod tls;
 pub mod topics;
 pub mod validate;
 pub mod wire;

@@ -1,23 +1,32 @@
 //! MQTT client settings both agents and the coordinator use, so that keep-alive, packet
-//! size limits and credentials are handled one way.
+//! size limits, credentials and TLS are handled one way.
 
 use std::time::Duration;
 
-use rumqttc::MqttOptions;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use thiserror::Error;
 
 use crate::broker_url::BrokerUrl;
+use crate::tls::ClientTls;
 use crate::wire::MAX_PAYLOAD_BYTES;
 
 /// Keep-alive interval: a dead client is noticed (and its last will sent) within 1.5× this.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
-/// Client options for `broker`, with Vigil's keep-alive and packet limits.
+/// An `mqtts://` broker was given without TLS settings to reach it with.
+#[derive(Debug, Error)]
+#[error("broker {0} uses TLS, but no TLS settings were given (a CA certificate to trust)")]
+pub struct MissingTls(pub BrokerUrl);
+
+/// Client options for `broker`, with Vigil's keep-alive and packet limits. An `mqtts://`
+/// broker is reached over TLS trusting what `tls` trusts; `tls` is ignored for `mqtt://`.
 pub fn client_options(
     client_id: &str,
     broker: &BrokerUrl,
     username: Option<&str>,
     password: Option<&str>,
-) -> MqttOptions {
+    tls: Option<&ClientTls>,
+) -> Result<MqttOptions, MissingTls> {
     let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     options
         .set_keep_alive(KEEP_ALIVE)
@@ -26,5 +35,11 @@ pub fn client_options(
     if let Some(user) = username {
         options.set_credentials(user, password.unwrap_or_default());
     }
-    options
+    if broker.tls {
+        let tls = tls.ok_or_else(|| MissingTls(broker.clone()))?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.config(),
+        )));
+    }
+    Ok(options)
 }

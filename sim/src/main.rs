@@ -202,6 +202,14 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
             }
         }
     }
+    if args.broker.tls {
+        eprintln!(
+            "vigil-sim: {} uses TLS; the simulator speaks plain MQTT only (run it on the \
+             coordinator's machine, against the embedded broker's loopback address)",
+            args.broker
+        );
+        return ExitCode::FAILURE;
+    }
     let mut config = FleetConfig {
         agents: args.agents,
         host_prefix: args.host_prefix,

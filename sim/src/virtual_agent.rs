@@ -202,12 +202,15 @@ impl Session {
             (None, Some(login)) => (Some(login.username.as_str()), Some(login.password.as_str())),
             (None, None) => (None, None),
         };
+        // Plain MQTT only (main refuses mqtts:// brokers), so this cannot fail.
         let mut options = client_options(
             &format!("vigil-agent-{}", me.host),
-            &plan.broker,
+            &plan.broker.without_tls(),
             user,
             pass,
-        );
+            None,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
         let offline = status(me, AgentState::Offline);
         options.set_last_will(LastWill::new(
             topics::agent(&me.host, AgentChannel::Status),

@@ -48,7 +48,7 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         "/api/v1/agents/enroll",
         warp::path!("api" / "v1" / "agents" / "enroll")
             .and(warp::post())
-            .and(warp::addr::remote())
+            .and(crate::http_server::client_addr())
             .and(with_api.clone())
             .and(body)
             .then(enroll)

@@ -212,7 +212,7 @@ pub fn guard(auth: Arc<Auth>) -> BoxedFilter<(Response,)> {
     warp::method()
         .and(warp::path::full())
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::addr::remote())
+        .and(crate::http_server::client_addr())
         .and_then(
             move |method: Method,
                   path: FullPath,

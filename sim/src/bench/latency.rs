@@ -119,12 +119,15 @@ async fn measure(
 
     // The probe is an enrolled agent too: its login, its client id, its seal.
     let sealer = Sealer::new(PROBE_HOST, probe.key());
+    // The bench starts its own plaintext brokers, so this cannot fail.
     let options = client_options(
         &format!("vigil-agent-{PROBE_HOST}"),
-        &broker,
+        &broker.without_tls(),
         Some(&probe.username),
         Some(&probe.password),
-    );
+        None,
+    )
+    .unwrap_or_else(|e| unreachable!("{e}"));
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let driver = tokio::spawn(async move {
         loop {

@@ -1,0 +1,130 @@
+//! Serving the REST API over plain HTTP or HTTPS (rustls).
+//!
+//! warp 0.4 has no TLS of its own, so the coordinator runs its own accept loop: each TCP
+//! connection is (optionally) wrapped in a TLS session, then served by hyper's HTTP/1
+//! with the warp routes as the service. The client's address travels in a request
+//! extension ([`ClientAddr`]); [`client_addr`] reads it back in a filter (the auth rate
+//! limit keys on it). On stop, connections finish the request they are on.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use warp::reply::Response;
+use warp::Filter;
+
+use crate::telemetry::Telemetry;
+
+/// A TLS handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections get to finish when the coordinator stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The address a request came from (a request extension set by [`serve`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The requesting client's address, if the server knows it.
+pub fn client_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<ClientAddr>().map(|addr: Option<ClientAddr>| addr.map(|a| a.0))
+}
+
+/// Serves `routes` on `listener` until `stop` changes; with `tls`, only HTTPS is spoken
+/// (a plaintext client's bytes fail the handshake and its connection is closed).
+pub async fn serve<F>(
+    routes: F,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    telemetry: Arc<Telemetry>,
+    mut stop: watch::Receiver<bool>,
+) where
+    F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
+{
+    let service = TowerToHyperService::new(warp::service(routes));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!("REST API accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let service = service.clone();
+        let tls = tls.clone();
+        let telemetry = Arc::clone(&telemetry);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ClientAddr(addr));
+                    service.call(request)
+                });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            let result = match tls {
+                None => {
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+                Some(acceptor) => {
+                    let Some(stream) = handshake(&acceptor, stream, addr, &telemetry).await else {
+                        return;
+                    };
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(client = %addr, "REST connection ended: {e}");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("REST connections still open after {DRAIN_TIMEOUT:?}; dropping them");
+    }
+}
+
+/// The TLS handshake; a failure (a plaintext client, an unknown CA on the client's side,
+/// a timeout) is logged and counted, and the connection dropped.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    addr: SocketAddr,
+    telemetry: &Telemetry,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => {
+            tracing::info!(client = %addr, "REST TLS handshake failed: {e}");
+            "handshake"
+        }
+        Err(_) => {
+            tracing::info!(client = %addr, "REST TLS handshake timed out");
+            "timeout"
+        }
+    };
+    telemetry
+        .tls_handshake_failures
+        .with_label_values(&["http", reason])
+        .inc();
+    None
+}
