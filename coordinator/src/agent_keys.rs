@@ -14,7 +14,7 @@ use crate::store::Store;
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// What is known about one host.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 enum Entry {
     Key(AgentPublicKey),
     Revoked,
@@ -36,40 +36,119 @@ impl AgentKeys {
         }
     }
 
-    /// The key `host` seals with, or why its messages are refused.
-    pub fn key(&mut self, host: &str) -> Result<AgentPublicKey, Refusal> {
+    /// Checks a message from `host` with `check` against its enrolled key. A refusal
+    /// based on a cached entry (a key replaced by a re-enrollment, a host enrolled since
+    /// it was last seen as unknown) re-reads the store once and checks again, so a
+    /// re-enrolled agent is not refused for up to [`KEY_CACHE_TTL`].
+    pub fn check<T>(
+        &mut self,
+        host: &str,
+        check: impl Fn(&AgentPublicKey) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
         let now = Instant::now();
-        let fresh = matches!(self.cache.get(host), Some((at, _)) if now.duration_since(*at) < KEY_CACHE_TTL);
-        if !fresh {
-            let entry = match self.store.agent(host) {
-                Ok(Some(record)) if record.revoked_ms.is_some() => Entry::Revoked,
-                Ok(Some(record)) => match AgentPublicKey::from_hex(&record.public_key) {
-                    Ok(key) => Entry::Key(key),
-                    Err(e) => {
-                        tracing::error!(%host, "stored public key is unusable: {e}");
-                        Entry::Unknown
-                    }
-                },
-                Ok(None) => Entry::Unknown,
-                Err(e) => {
-                    tracing::error!(%host, "cannot read the agent's identity: {e}");
-                    // Keep what we knew rather than refusing a known agent over a
-                    // passing store error.
-                    match self.cache.get(host) {
-                        Some((_, entry)) => entry.clone(),
-                        None => Entry::Unknown,
-                    }
-                }
-            };
-            if self.cache.len() > 100_000 {
-                self.cache.clear();
+        let cached = match self.cache.get(host) {
+            Some((at, entry)) if now.duration_since(*at) < KEY_CACHE_TTL => Some(entry.clone()),
+            _ => None,
+        };
+        let from_cache = cached.is_some();
+        let entry = match cached {
+            Some(entry) => entry,
+            None => self.load(host, now),
+        };
+        let result = Self::apply(host, &entry, &check);
+        if result.is_err() && from_cache {
+            let reloaded = self.load(host, now);
+            if reloaded != entry {
+                return Self::apply(host, &reloaded, &check);
             }
-            self.cache.insert(host.to_string(), (now, entry));
         }
-        match self.cache.get(host).map(|(_, entry)| entry) {
-            Some(Entry::Key(key)) => Ok(key.clone()),
-            Some(Entry::Revoked) => Err(Refusal::Revoked(host.to_string())),
-            _ => Err(Refusal::UnknownAgent(host.to_string())),
+        result
+    }
+
+    fn apply<T>(
+        host: &str,
+        entry: &Entry,
+        check: &impl Fn(&AgentPublicKey) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        match entry {
+            Entry::Key(key) => check(key),
+            Entry::Revoked => Err(Refusal::Revoked(host.to_string())),
+            Entry::Unknown => Err(Refusal::UnknownAgent(host.to_string())),
         }
+    }
+
+    /// Reads `host`'s entry from the store and caches it.
+    fn load(&mut self, host: &str, now: Instant) -> Entry {
+        let entry = match self.store.agent(host) {
+            Ok(Some(record)) if record.revoked_ms.is_some() => Entry::Revoked,
+            Ok(Some(record)) => match AgentPublicKey::from_hex(&record.public_key) {
+                Ok(key) => Entry::Key(key),
+                Err(e) => {
+                    tracing::error!(%host, "stored public key is unusable: {e}");
+                    Entry::Unknown
+                }
+            },
+            Ok(None) => Entry::Unknown,
+            Err(e) => {
+                tracing::error!(%host, "cannot read the agent's identity: {e}");
+                match self.cache.get(host) {
+                    Some((_, entry)) => entry.clone(),
+                    None => Entry::Unknown,
+                }
+            }
+        };
+        if self.cache.len() > 100_000 {
+            self.cache.clear();
+        }
+        self.cache.insert(host.to_string(), (now, entry.clone()));
+        entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MapSize;
+    use vigil_shared::agent_auth::{self, AgentKey, Sealer};
+    use vigil_shared::topics::AgentChannel;
+
+    #[test]
+    fn a_re_enrolled_agent_is_accepted_at_once_despite_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            MapSize {
+                initial: 1 << 20,
+                max: 1 << 22,
+            },
+        )
+        .unwrap();
+        let mut keys = AgentKeys::new(store.clone());
+        let open = |keys: &mut AgentKeys, key: &AgentKey| {
+            let sealed = Sealer::new("web-01", AgentKey::from_hex(&key.private_hex()).unwrap())
+                .seal(AgentChannel::Metrics, vec![1]);
+            let sealed = vigil_shared::wire::decode(&sealed).unwrap();
+            keys.check("web-01", |public| {
+                agent_auth::open(&sealed, public, "web-01", AgentChannel::Metrics)
+            })
+        };
+
+        let first = AgentKey::generate();
+        // Unknown, then enrolled: the cached "unknown" does not hold the new agent back.
+        assert!(matches!(
+            open(&mut keys, &first),
+            Err(Refusal::UnknownAgent(_))
+        ));
+        crate::agents::enroll_local(&store, "web-01", &first.public_hex(), 1).unwrap();
+        assert!(open(&mut keys, &first).is_ok());
+
+        // Re-enrolled with a new key: accepted at once; the old key is refused.
+        let second = AgentKey::generate();
+        crate::agents::enroll_local(&store, "web-01", &second.public_hex(), 2).unwrap();
+        assert!(open(&mut keys, &second).is_ok());
+        assert!(matches!(
+            open(&mut keys, &first),
+            Err(Refusal::BadSignature(_))
+        ));
     }
 }

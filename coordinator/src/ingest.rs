@@ -330,8 +330,10 @@ impl Gate {
         now_ms: i64,
     ) -> Result<Vec<u8>, Rejection> {
         let sealed = wire::decode::<SealedMessage>(&publish.payload).map_err(Rejection::Decode)?;
-        let key = self.keys.key(host).map_err(Rejection::Seal)?;
-        let seal = agent_auth::open(&sealed, &key, host, channel).map_err(Rejection::Seal)?;
+        let seal = self
+            .keys
+            .check(host, |key| agent_auth::open(&sealed, key, host, channel))
+            .map_err(Rejection::Seal)?;
         self.guard
             .admit(&seal, channel, publish.retain, now_ms)
             .map_err(Rejection::Seal)?;

@@ -134,7 +134,7 @@ fn decode_key(text: &str) -> Result<[u8; 32], KeyError> {
 }
 
 /// An enrolled agent's public key, for [`open`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentPublicKey(VerifyingKey);
 
 impl AgentPublicKey {
