@@ -26,6 +26,7 @@ pub mod certs;
 pub mod certs_cli;
 pub mod cli;
 pub mod config;
+pub mod feed;
 pub mod http_server;
 pub mod ingest;
 pub mod local_agent;

@@ -20,6 +20,7 @@ pub mod agents;
 pub mod auth;
 pub mod bundles;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod hosts;
 pub mod ingest;
@@ -159,6 +160,16 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
             .then(violations::list)
             .boxed(),
     );
+    let events = measured(
+        "/api/v1/events",
+        warp::path!("api" / "v1" / "events")
+            .and(get)
+            .and(warp::query::<HashMap<String, String>>())
+            .and(warp::header::optional::<String>("last-event-id"))
+            .and(with_api.clone())
+            .then(events::stream)
+            .boxed(),
+    );
 
     let unmatched = {
         let telemetry = api.telemetry.clone();
@@ -185,6 +196,8 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
         .or(history)
         .unify()
         .or(violations)
+        .unify()
+        .or(events)
         .unify()
         .or(policies::routes(api.clone()))
         .unify()

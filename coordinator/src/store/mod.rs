@@ -15,6 +15,7 @@
 //! | `event_ids` | event id | `events` key (makes redelivery idempotent) |
 //! | `actions` | action id | [`actions::ActionRecord`] (action audit trail, transitions appended) |
 //! | `action_index` | `tag · len · value · created time · id` (by time, host, target, policy, status) | empty (see [`actions`]) |
+//! | `feed` | sequence number (u64, big-endian) | [`crate::feed::FeedEntry`] (the event stream, for resuming clients) |
 //! | `bundles` | group name | [`crate::bundles::store::BundleRecord`] (last published bundle version per host group) |
 //!
 //! A series is one metric of one host; samples of it that differ in tags (`mount=/` and
@@ -29,6 +30,7 @@
 pub mod actions;
 pub mod agents;
 pub mod codec;
+pub mod feed;
 pub mod keys;
 pub mod policies;
 pub mod reader;
@@ -129,6 +131,7 @@ pub(crate) struct Dbs {
     pub tokens: Database<Bytes, Bytes>,
     pub agents: Database<Bytes, Bytes>,
     pub join_tokens: Database<Bytes, Bytes>,
+    pub feed: Database<Bytes, Bytes>,
 }
 
 /// An open store. Cheap to clone; all clones share one environment.
@@ -140,6 +143,7 @@ pub struct Store {
     /// (LMDB requires that no transaction is open during a resize).
     pub(crate) resize_lock: Arc<RwLock<()>>,
     pub(crate) map_size: MapSize,
+    pub(crate) feed: crate::feed::Feed,
 }
 
 impl Store {
@@ -158,7 +162,7 @@ impl Store {
         let env = unsafe {
             EnvOpenOptions::new()
                 .map_size(map_size.initial)
-                .max_dbs(16)
+                .max_dbs(32)
                 .open(dir)
         }
         .map_err(open_err)?;
@@ -180,14 +184,23 @@ impl Store {
             tokens: create("tokens").map_err(open_err)?,
             agents: create("agents").map_err(open_err)?,
             join_tokens: create("join_tokens").map_err(open_err)?,
+            feed: create("feed").map_err(open_err)?,
         };
         wtxn.commit().map_err(open_err)?;
-        Ok(Store {
+        let mut store = Store {
             env,
             dbs,
+            feed: crate::feed::Feed::new(0),
             resize_lock: Arc::new(RwLock::new(())),
             map_size,
-        })
+        };
+        store.feed = crate::feed::Feed::new(store.feed_last_seq()?);
+        Ok(store)
+    }
+
+    /// The live event feed (entries as the writer commits them).
+    pub fn feed(&self) -> &crate::feed::Feed {
+        &self.feed
     }
 
     /// The current size of the memory map, in bytes.

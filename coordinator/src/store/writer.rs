@@ -13,10 +13,11 @@ use std::thread::JoinHandle;
 
 use heed::RwTxn;
 use tokio::sync::{mpsc, oneshot};
-use vigil_shared::wire::{ActionEvent, AgentStatus, PolicyEvent, Sample, Tag};
+use vigil_shared::wire::{ActionEvent, AgentState, AgentStatus, PolicyEvent, Sample, Tag};
 
 use super::records::{HostRecord, LatestPoint, Source, StoredPoint};
-use super::{actions, codec, keys, Store, StoreError};
+use super::{actions, codec, feed, keys, Store, StoreError};
+use crate::feed::{FeedEntry, FeedEvent};
 use crate::telemetry::Telemetry;
 
 /// Most writes applied in one transaction.
@@ -157,7 +158,8 @@ fn run(store: Store, telemetry: Arc<Telemetry>, mut rx: mpsc::Receiver<Write>) {
             }
         }
         match apply_growing(&store, &mut state, &telemetry, &batch) {
-            Ok(outcomes) => {
+            Ok((outcomes, feed_entries)) => {
+                store.feed.committed(feed_entries);
                 for (write, outcome) in batch.into_iter().zip(outcomes) {
                     if let Write::Samples {
                         source, samples, ..
@@ -238,7 +240,7 @@ fn apply_growing(
     state: &mut WriterState,
     telemetry: &Telemetry,
     batch: &[Write],
-) -> Result<Vec<u64>, StoreError> {
+) -> Result<(Vec<u64>, Vec<FeedEntry>), StoreError> {
     loop {
         match apply(store, state, batch) {
             Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull))) => {
@@ -268,12 +270,30 @@ fn apply_growing(
 }
 
 /// Applies a batch in one transaction. The writer's state changes only if it commits.
-fn apply(store: &Store, state: &mut WriterState, batch: &[Write]) -> Result<Vec<u64>, StoreError> {
+/// Returns each write's outcome and the feed entries the batch added.
+fn apply(
+    store: &Store,
+    state: &mut WriterState,
+    batch: &[Write],
+) -> Result<(Vec<u64>, Vec<FeedEntry>), StoreError> {
     let _guard = store
         .resize_lock
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut txn = store.env.write_txn()?;
+    let stored_ms = vigil_shared::time::now_ms();
+    let mut feed_entries: Vec<FeedEntry> = Vec::new();
+    let mut add_to_feed = |txn: &mut RwTxn, at_ms: i64, event: FeedEvent| {
+        let entry = FeedEntry {
+            seq: store.feed.last_seq() + 1 + feed_entries.len() as u64,
+            stored_ms,
+            at_ms,
+            event,
+        };
+        feed::append(store, txn, &entry)?;
+        feed_entries.push(entry);
+        Ok::<(), StoreError>(())
+    };
     let mut new_series: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut next_series_id = state.next_series_id;
     let mut samples_total = state.samples_total;
@@ -342,7 +362,7 @@ fn apply(store: &Store, state: &mut WriterState, batch: &[Write]) -> Result<Vec<
                 status,
                 received_ms,
             } => {
-                touch_host(
+                let changes = touch_host(
                     store,
                     &mut txn,
                     &status.host,
@@ -350,16 +370,33 @@ fn apply(store: &Store, state: &mut WriterState, batch: &[Write]) -> Result<Vec<
                     *received_ms,
                     Some(status),
                 )?;
+                for change in changes {
+                    add_to_feed(&mut txn, *received_ms, change)?;
+                }
                 0
             }
-            Write::Event { event } => store_event(store, &mut txn, event)?,
-            Write::Action { event } => {
-                actions::store_action(store, &mut txn, event, actions::ActionSource::Agent)?
+            Write::Event { event } => {
+                let stored = store_event(store, &mut txn, event)?;
+                if stored == 1 {
+                    add_to_feed(&mut txn, event.at_ms, FeedEvent::Violation(event.clone()))?;
+                }
+                stored
             }
-            Write::ManualAction { event, .. } => {
-                actions::store_action(store, &mut txn, event, actions::ActionSource::Api)?
+            Write::Action { event } | Write::ManualAction { event, .. } => {
+                let source = match write {
+                    Write::ManualAction { .. } => actions::ActionSource::Api,
+                    _ => actions::ActionSource::Agent,
+                };
+                let stored = actions::store_action(store, &mut txn, event, source)?;
+                if stored == 1 {
+                    add_to_feed(&mut txn, event.at_ms, FeedEvent::Action(event.clone()))?;
+                }
+                stored
             }
-            Write::Prune { before_ms, .. } => prune(store, &mut txn, *before_ms)?,
+            Write::Prune { before_ms, .. } => {
+                feed::prune(store, &mut txn, *before_ms)?;
+                prune(store, &mut txn, *before_ms)?
+            }
             Write::Flush { .. } => 0,
         };
         outcomes.push(outcome);
@@ -376,10 +413,12 @@ fn apply(store: &Store, state: &mut WriterState, batch: &[Write]) -> Result<Vec<
     state.series.extend(new_series);
     state.next_series_id = next_series_id;
     state.samples_total = samples_total;
-    Ok(outcomes)
+    Ok((outcomes, feed_entries))
 }
 
 /// Creates or updates a host record: last seen, source, and (if given) its agent status.
+/// Returns what the feed should say about it: the host coming online or going offline,
+/// bundles applied.
 ///
 /// A status from an older agent run (earlier `started_at_ms`) than the stored one is
 /// ignored, so a late retained message cannot undo a newer run. Within one run, arrival
@@ -393,7 +432,8 @@ fn touch_host(
     source: Source,
     received_ms: i64,
     status: Option<&AgentStatus>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<FeedEvent>, StoreError> {
+    let mut changes = Vec::new();
     let mut record = match store.dbs.hosts.get(txn, host.as_bytes())? {
         Some(bytes) => codec::decode::<HostRecord>("hosts", bytes)?,
         None => HostRecord {
@@ -412,6 +452,7 @@ fn touch_host(
             .as_ref()
             .is_none_or(|old| status.started_at_ms >= old.started_at_ms);
         if newer {
+            changes = status_changes(record.status.as_ref(), status);
             record.status = Some(status.clone());
         }
     }
@@ -419,7 +460,38 @@ fn touch_host(
         .dbs
         .hosts
         .put(txn, host.as_bytes(), &codec::encode(&record))?;
-    Ok(())
+    Ok(changes)
+}
+
+/// What a new status says that the previous one (if any) did not: a change of online
+/// state, and bundles at a version not reported before.
+fn status_changes(old: Option<&AgentStatus>, new: &AgentStatus) -> Vec<FeedEvent> {
+    let mut changes = Vec::new();
+    let online = new.state == AgentState::Online;
+    if old.is_none_or(|old| old.state != new.state) {
+        changes.push(FeedEvent::Host {
+            host: new.host.clone(),
+            online,
+            agent_version: new.agent_version.clone(),
+            labels: new.labels.clone(),
+        });
+    }
+    for bundle in &new.bundles {
+        let known = old.is_some_and(|old| {
+            old.bundles
+                .iter()
+                .any(|b| b.group == bundle.group && b.hash == bundle.hash)
+        });
+        if !known {
+            changes.push(FeedEvent::Bundle {
+                host: new.host.clone(),
+                group: bundle.group.clone(),
+                version: bundle.version,
+                hash: bundle.hash.clone(),
+            });
+        }
+    }
+    changes
 }
 
 /// Appends a policy event to the audit history unless its id is already there (QoS 1
