@@ -180,13 +180,24 @@ impl Coordinator {
         } else {
             None
         };
-        let options = vigil_shared::mqtt::client_options(
-            &format!("vigil-coordinator-{}", std::process::id()),
-            &client_url,
-            mqtt_username.as_deref(),
-            mqtt_password.as_deref(),
-            client_tls.as_ref(),
-        )?;
+        let client_options = |suffix: &str| {
+            vigil_shared::mqtt::client_options(
+                &format!("vigil-coordinator-{}{suffix}", std::process::id()),
+                &client_url,
+                mqtt_username.as_deref(),
+                mqtt_password.as_deref(),
+                client_tls.as_ref(),
+            )
+        };
+        let options = client_options("")?;
+        let (metrics_tap, mirror_tasks) = crate::json_mirror::start(
+            client_options("-json")?,
+            config.json_mirror.clone(),
+            store.feed().clone(),
+            telemetry.clone(),
+            stop_rx.clone(),
+        );
+        tasks.extend(mirror_tasks);
         let keys = crate::bundles::load_key(config.bundle_key.clone()).await?;
         let (publisher, eventloop) = crate::ingest::connect(options, Arc::clone(&keys));
         tasks.push(tokio::spawn(crate::ingest::run(
@@ -195,6 +206,7 @@ impl Coordinator {
             store.clone(),
             writer.clone(),
             telemetry.clone(),
+            metrics_tap,
             stop_rx.clone(),
         )));
         let coordinator_key = keys.public_hex();

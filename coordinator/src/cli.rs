@@ -129,6 +129,12 @@ pub struct ServeArgs {
     /// mqtts:// --broker) [default: <data-dir>/tls/ca.pem if it exists, else public roots]
     #[arg(long, env = "VIGIL_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+
+    /// Streams republished as JSON on vigil/v1/json/{stream}/{host} for integrations:
+    /// off, all, or a list of metrics, violations, actions, hosts, bundles, each with an
+    /// optional =QoS [default: all (metrics=0, the others=1)]
+    #[arg(long, env = "VIGIL_JSON_MIRROR", value_name = "STREAMS")]
+    pub json_mirror: Option<String>,
 }
 
 /// Settings of `up`: the coordinator's, plus the local agent's.
@@ -191,6 +197,7 @@ impl ServeArgs {
                 tls_cert: self.tls_cert,
                 tls_key: self.tls_key,
                 tls_ca: self.tls_ca,
+                json_mirror: self.json_mirror,
             },
         )
     }

@@ -74,6 +74,8 @@ pub struct CoordinatorConfig {
     /// The CA the coordinator's own MQTT client trusts (for its TLS broker, or an
     /// external `mqtts://` one); `None`: public roots.
     pub tls_ca: Option<PathBuf>,
+    /// Which streams are republished as JSON for integrations, at which QoS.
+    pub json_mirror: crate::json_mirror::MirrorSettings,
 }
 
 /// The server certificate chain and key (PEM) of the REST API and the embedded broker.
@@ -140,6 +142,8 @@ pub struct CoordinatorFile {
     pub tls_key: Option<PathBuf>,
     /// See `--tls-ca`.
     pub tls_ca: Option<PathBuf>,
+    /// See `--json-mirror`.
+    pub json_mirror: Option<String>,
 }
 
 /// Settings given as flags or environment variables (`None` when absent).
@@ -310,6 +314,10 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         allow_plaintext_remote,
         tls,
         tls_ca,
+        json_mirror: match over.json_mirror.or(file.json_mirror) {
+            Some(text) => text.parse().map_err(|e| invalid("json_mirror", e))?,
+            None => crate::json_mirror::MirrorSettings::default(),
+        },
     })
 }
 

@@ -32,6 +32,7 @@ use vigil_shared::wire::{
 
 use crate::agent_keys::AgentKeys;
 use crate::batch_gaps::{BatchGaps, Sequence};
+use crate::json_mirror::MetricsTap;
 use crate::store::{Source, Store, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
@@ -162,6 +163,7 @@ pub async fn run(
     store: Store,
     writer: StoreWriter,
     telemetry: Arc<Telemetry>,
+    metrics_tap: Option<MetricsTap>,
     mut stop: watch::Receiver<bool>,
 ) {
     let Publisher {
@@ -193,7 +195,15 @@ pub async fn run(
                 connects.send_modify(|n| *n += 1);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                handle(&publish, &mut gate, &writer, &telemetry, &mut gaps).await;
+                handle(
+                    &publish,
+                    &mut gate,
+                    &writer,
+                    &telemetry,
+                    &mut gaps,
+                    metrics_tap.as_ref(),
+                )
+                .await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -215,6 +225,7 @@ async fn handle(
     writer: &StoreWriter,
     telemetry: &Telemetry,
     gaps: &mut BatchGaps,
+    metrics_tap: Option<&MetricsTap>,
 ) {
     let Some((host, channel)) = topics::parse_agent(&publish.topic) else {
         reject(
@@ -247,6 +258,9 @@ async fn handle(
         AgentChannel::Metrics => match checked::<MetricBatch>(host, &body) {
             Ok(batch) => {
                 note_sequence(gaps, telemetry, &batch);
+                if let Some(tap) = metrics_tap {
+                    tap.offer(&batch, received_ms);
+                }
                 Write::Samples {
                     host: batch.host,
                     labels: batch.labels,

@@ -29,6 +29,7 @@ pub mod config;
 pub mod feed;
 pub mod http_server;
 pub mod ingest;
+pub mod json_mirror;
 pub mod local_agent;
 pub mod mqtt_tls;
 pub mod policies;

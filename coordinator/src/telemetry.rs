@@ -59,6 +59,12 @@ pub struct Telemetry {
     /// their TLS handshake failed (a plaintext client, a client that does not trust our
     /// certificate) or timed out.
     pub tls_handshake_failures: IntCounterVec,
+    /// `vigil_json_mirror_messages_total{stream}`: JSON messages published for
+    /// integrations.
+    pub json_mirror_messages: IntCounterVec,
+    /// `vigil_json_mirror_dropped_total{stream}`: JSON messages dropped because the mirror
+    /// fell behind.
+    pub json_mirror_dropped: IntCounterVec,
 }
 
 impl Telemetry {
@@ -203,9 +209,21 @@ impl Telemetry {
              client not trusting the certificate) or timed out",
             &["listener", "reason"],
         );
+        let json_mirror_messages = counter(
+            "vigil_json_mirror_messages_total",
+            "JSON messages published on vigil/v1/json/ for integrations",
+            &["stream"],
+        );
+        let json_mirror_dropped = counter(
+            "vigil_json_mirror_dropped_total",
+            "JSON mirror messages dropped because the mirror fell behind",
+            &["stream"],
+        );
         Telemetry {
             registry,
             tls_handshake_failures,
+            json_mirror_messages,
+            json_mirror_dropped,
             mqtt_duplicates,
             mqtt_auth_failures,
             enrollments,

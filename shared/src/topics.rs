@@ -67,9 +67,9 @@ pub fn bundle(group: &str) -> String {
     format!("{ROOT}/bundles/{group}")
 }
 
-/// `vigil/v1/json/{rest}`: the JSON mirror for integrations.
-pub fn json(rest: &str) -> String {
-    format!("{ROOT}/json/{rest}")
+/// `vigil/v1/json/{stream}/{host}`: the JSON mirror for integrations.
+pub fn json(stream: &str, host: &str) -> String {
+    format!("{ROOT}/json/{stream}/{host}")
 }
 
 /// Splits `vigil/v1/agents/{host}/{channel}` into host and channel; `None` for any other topic.

@@ -1,0 +1,410 @@
+//! JSON topics for integrations: the coordinator republishes what it validated as JSON
+//! under `vigil/v1/json/{stream}/{host}`, so that Telegraf, Node-RED, Home Assistant or a
+//! shell with `mosquitto_sub` never need to decode postcard.
+//!
+//! | stream | what | default QoS | retained |
+//! | --- | --- | --- | --- |
+//! | `metrics` | every metric batch an agent sent (MQTT) | 0 | no |
+//! | `violations` | every policy decision stored | 1 | no |
+//! | `actions` | every action transition stored | 1 | no |
+//! | `hosts` | a host going online or offline | 1 | yes |
+//! | `bundles` | a host applying a bundle version | 1 | no |
+//!
+//! Every message has `version` (the shape's version, [`crate::feed::JSON_VERSION`]),
+//! `kind`, `host`, `timestamp` and `data`; feed messages also carry `seq`, the id of the
+//! same event on `GET /api/v1/events`. JSON Schemas: `schemas/json/` in the repository.
+//! The mirror has its own MQTT connection, so a slow subscriber never slows ingest:
+//! when it falls behind, messages are dropped and counted in
+//! `vigil_json_mirror_dropped_total{stream}`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, watch};
+use vigil_shared::time::to_rfc3339;
+use vigil_shared::topics;
+use vigil_shared::wire::MetricBatch;
+
+use crate::api::hosts::tags_json;
+use crate::feed::{Feed, FeedEntry, JSON_VERSION};
+use crate::telemetry::Telemetry;
+
+/// Metric batches waiting for the mirror before new ones are dropped.
+const METRICS_QUEUE: usize = 4096;
+
+/// One mirrored stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stream {
+    /// Metric batches.
+    Metrics,
+    /// Policy decisions.
+    Violations,
+    /// Action transitions.
+    Actions,
+    /// Hosts online/offline (retained).
+    Hosts,
+    /// Bundles applied.
+    Bundles,
+}
+
+impl Stream {
+    /// Every stream.
+    pub const ALL: [Stream; 5] = [
+        Stream::Metrics,
+        Stream::Violations,
+        Stream::Actions,
+        Stream::Hosts,
+        Stream::Bundles,
+    ];
+
+    /// The name in topics and settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Metrics => "metrics",
+            Stream::Violations => "violations",
+            Stream::Actions => "actions",
+            Stream::Hosts => "hosts",
+            Stream::Bundles => "bundles",
+        }
+    }
+
+    /// The stream a feed entry goes to.
+    fn of(entry: &FeedEntry) -> Stream {
+        match entry.event.kind() {
+            "violation" => Stream::Violations,
+            "action" => Stream::Actions,
+            "host" => Stream::Hosts,
+            _ => Stream::Bundles,
+        }
+    }
+
+    fn default_qos(self) -> QoS {
+        match self {
+            Stream::Metrics => QoS::AtMostOnce,
+            _ => QoS::AtLeastOnce,
+        }
+    }
+}
+
+/// Which streams are mirrored, at which QoS: `off`, `all`, or a list such as
+/// `metrics=0,actions=1,hosts` (a stream without `=N` gets its default QoS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorSettings {
+    /// The mirrored streams and their QoS.
+    pub streams: BTreeMap<Stream, QoS>,
+}
+
+impl Default for MirrorSettings {
+    fn default() -> Self {
+        MirrorSettings {
+            streams: Stream::ALL.iter().map(|s| (*s, s.default_qos())).collect(),
+        }
+    }
+}
+
+impl FromStr for MirrorSettings {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "all" => return Ok(MirrorSettings::default()),
+            "off" | "none" | "" => {
+                return Ok(MirrorSettings {
+                    streams: BTreeMap::new(),
+                })
+            }
+            _ => {}
+        }
+        let mut streams = BTreeMap::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, qos) = match item.split_once('=') {
+                Some((name, qos)) => (name.trim(), Some(qos.trim())),
+                None => (item, None),
+            };
+            let stream = Stream::ALL
+                .into_iter()
+                .find(|s| s.as_str() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "`{name}` is not a stream: use off, all, or a list of metrics, \
+                         violations, actions, hosts, bundles (each with an optional =0 or =1)"
+                    )
+                })?;
+            let qos = match qos {
+                None => stream.default_qos(),
+                Some("0") => QoS::AtMostOnce,
+                Some("1") => QoS::AtLeastOnce,
+                Some(other) => {
+                    return Err(format!("QoS `{other}` of `{name}` must be 0 or 1"));
+                }
+            };
+            streams.insert(stream, qos);
+        }
+        Ok(MirrorSettings { streams })
+    }
+}
+
+impl fmt::Display for MirrorSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.streams.is_empty() {
+            return f.write_str("off");
+        }
+        let items: Vec<String> = self
+            .streams
+            .iter()
+            .map(|(s, q)| format!("{}={}", s.as_str(), *q as u8))
+            .collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+/// Where ingest hands metric batches to the mirror (without waiting).
+#[derive(Clone)]
+pub struct MetricsTap {
+    tx: mpsc::Sender<(MetricBatch, i64)>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl MetricsTap {
+    /// Offers a validated batch received at `received_ms`; dropped (and counted) when
+    /// the mirror is behind.
+    pub fn offer(&self, batch: &MetricBatch, received_ms: i64) {
+        if self.tx.try_send((batch.clone(), received_ms)).is_err() {
+            self.telemetry
+                .json_mirror_dropped
+                .with_label_values(&[Stream::Metrics.as_str()])
+                .inc();
+        }
+    }
+}
+
+/// A metric batch as JSON.
+pub fn metrics_json(batch: &MetricBatch, received_ms: i64) -> Value {
+    json!({
+        "version": JSON_VERSION,
+        "kind": "metrics",
+        "host": batch.host,
+        "timestamp": to_rfc3339(received_ms),
+        "data": {
+            "seq": batch.seq,
+            "labels": tags_json(&batch.labels),
+            "samples": batch.samples.iter().map(|s| json!({
+                "name": s.name,
+                "value": if s.value.is_finite() { json!(s.value) } else { Value::Null },
+                "timestamp": to_rfc3339(s.ts_ms),
+                "tags": Value::Object(s.tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<_, _>>()),
+            })).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// Starts the mirror on its own connection (`options`) if any stream is on; returns the
+/// tap ingest feeds metric batches into (when `metrics` is mirrored).
+pub fn start(
+    options: MqttOptions,
+    settings: MirrorSettings,
+    feed: Feed,
+    telemetry: Arc<Telemetry>,
+    stop: watch::Receiver<bool>,
+) -> (Option<MetricsTap>, Vec<tokio::task::JoinHandle<()>>) {
+    if settings.streams.is_empty() {
+        return (None, Vec::new());
+    }
+    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let mut tasks = vec![tokio::spawn(drive(eventloop, stop.clone()))];
+    let tap = settings.streams.get(&Stream::Metrics).map(|qos| {
+        let (tx, rx) = mpsc::channel(METRICS_QUEUE);
+        tasks.push(tokio::spawn(mirror_metrics(
+            rx,
+            client.clone(),
+            *qos,
+            telemetry.clone(),
+            stop.clone(),
+        )));
+        MetricsTap {
+            tx,
+            telemetry: telemetry.clone(),
+        }
+    });
+    let feed_streams: BTreeMap<Stream, QoS> = settings
+        .streams
+        .into_iter()
+        .filter(|(s, _)| *s != Stream::Metrics)
+        .collect();
+    if !feed_streams.is_empty() {
+        tasks.push(tokio::spawn(mirror_feed(
+            feed,
+            feed_streams,
+            client,
+            telemetry,
+            stop,
+        )));
+    }
+    (tap, tasks)
+}
+
+/// Keeps the mirror's connection going (rumqttc reconnects when polled again).
+async fn drive(mut eventloop: EventLoop, mut stop: watch::Receiver<bool>) {
+    let mut failures: u32 = 0;
+    loop {
+        tokio::select! {
+            event = eventloop.poll() => match event {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(failures, "JSON mirror lost the broker: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn publish(
+    client: &AsyncClient,
+    telemetry: &Telemetry,
+    stream: Stream,
+    host: &str,
+    qos: QoS,
+    body: &Value,
+) {
+    let topic = topics::json(stream.as_str(), host);
+    let retain = stream == Stream::Hosts;
+    match client
+        .publish(topic, qos, retain, body.to_string().into_bytes())
+        .await
+    {
+        Ok(()) => telemetry
+            .json_mirror_messages
+            .with_label_values(&[stream.as_str()])
+            .inc(),
+        Err(e) => {
+            telemetry
+                .json_mirror_dropped
+                .with_label_values(&[stream.as_str()])
+                .inc();
+            tracing::debug!("JSON mirror cannot queue a message: {e}");
+        }
+    }
+}
+
+async fn mirror_metrics(
+    mut rx: mpsc::Receiver<(MetricBatch, i64)>,
+    client: AsyncClient,
+    qos: QoS,
+    telemetry: Arc<Telemetry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (batch, received_ms) = tokio::select! {
+            next = rx.recv() => match next {
+                Some(item) => item,
+                None => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let body = metrics_json(&batch, received_ms);
+        publish(
+            &client,
+            &telemetry,
+            Stream::Metrics,
+            &batch.host,
+            qos,
+            &body,
+        )
+        .await;
+    }
+}
+
+async fn mirror_feed(
+    feed: Feed,
+    streams: BTreeMap<Stream, QoS>,
+    client: AsyncClient,
+    telemetry: Arc<Telemetry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut live = feed.subscribe();
+    loop {
+        let entry = tokio::select! {
+            next = live.recv() => match next {
+                Ok(entry) => entry,
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "JSON mirror fell behind the event feed; dropped events");
+                    telemetry
+                        .json_mirror_dropped
+                        .with_label_values(&["feed"])
+                        .inc_by(missed);
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let stream = Stream::of(&entry);
+        if let Some(qos) = streams.get(&stream) {
+            publish(
+                &client,
+                &telemetry,
+                stream,
+                entry.event.host(),
+                *qos,
+                &entry.to_json(),
+            )
+            .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_lists_defaults_and_off() {
+        assert_eq!(
+            "all".parse::<MirrorSettings>().unwrap(),
+            MirrorSettings::default()
+        );
+        assert!("off".parse::<MirrorSettings>().unwrap().streams.is_empty());
+        let s: MirrorSettings = "actions=0, hosts".parse().unwrap();
+        assert_eq!(s.streams.len(), 2);
+        assert_eq!(s.streams[&Stream::Actions], QoS::AtMostOnce);
+        assert_eq!(s.streams[&Stream::Hosts], QoS::AtLeastOnce);
+        assert_eq!(s.to_string(), "actions=0,hosts=1");
+        let e = "metric".parse::<MirrorSettings>().unwrap_err();
+        assert!(e.contains("`metric`"), "{e}");
+        let e = "actions=2".parse::<MirrorSettings>().unwrap_err();
+        assert!(e.contains("0 or 1"), "{e}");
+    }
+
+    #[test]
+    fn metric_batches_render_with_version_and_samples() {
+        let batch = MetricBatch {
+            host: "web-01".into(),
+            seq: 4,
+            sent_at_ms: 0,
+            labels: vec![("role".into(), "web".into())],
+            samples: vec![vigil_shared::wire::Sample {
+                name: "cpu_percent".into(),
+                value: 12.5,
+                ts_ms: 1_700_000_000_000,
+                tags: vec![("core".into(), "0".into())],
+            }],
+        };
+        let json = metrics_json(&batch, 1_700_000_000_100);
+        assert_eq!(json["version"], 1);
+        assert_eq!(json["kind"], "metrics");
+        assert_eq!(json["data"]["labels"]["role"], "web");
+        assert_eq!(json["data"]["samples"][0]["value"], 12.5);
+        assert_eq!(json["data"]["samples"][0]["tags"]["core"], "0");
+    }
+}

@@ -1,0 +1,246 @@
+//! JSON topics for integrations (issue 9), with real parts: a real agent whose policy
+//! fires and runs an allowlisted command, the coordinator's embedded broker, and Debian's
+//! `mosquitto_sub` subscribed to `vigil/v1/json/#`. Every message it sees must validate
+//! against its schema in `schemas/json/` (checked with Debian's python3-jsonschema).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use vigil_tests::{bin, broker_token, start_coordinator, wait_for, Proc, TestDir};
+
+const WAIT: Duration = Duration::from_secs(60);
+const HOST: &str = "json-web";
+
+/// The schema file for a `vigil/v1/json/{stream}/{host}` topic.
+fn schema_for(topic: &str) -> PathBuf {
+    let stream = topic.split('/').nth(3).unwrap_or("?");
+    let name = match stream {
+        "metrics" => "metrics",
+        "violations" => "violation",
+        "actions" => "action",
+        "hosts" => "host",
+        "bundles" => "bundle",
+        other => panic!("unexpected JSON stream `{other}` in {topic}"),
+    };
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas/json")
+        .join(format!("{name}.schema.json"))
+}
+
+/// Validates every `(topic, message)` against its schema with Debian's python3-jsonschema
+/// (one run for all): the validator's words on the first failure.
+fn validate_all(dir: &Path, messages: &[(String, String)]) -> Result<String, String> {
+    let cases: Vec<Value> = messages
+        .iter()
+        .map(|(topic, payload)| {
+            serde_json::json!({
+                "topic": topic,
+                "schema": schema_for(topic).display().to_string(),
+                "message": serde_json::from_str::<Value>(payload)
+                    .unwrap_or_else(|e| panic!("{topic}: not JSON ({e}): {payload}")),
+            })
+        })
+        .collect();
+    let file = dir.join("json-cases.json");
+    std::fs::write(&file, serde_json::to_vec(&cases).expect("encode")).expect("write cases");
+    let script = r#"
+import json, sys
+import jsonschema
+cases = json.load(open(sys.argv[1]))
+schemas = {}
+for case in cases:
+    path = case["schema"]
+    if path not in schemas:
+        schema = json.load(open(path))
+        jsonschema.Draft7Validator.check_schema(schema)
+        schemas[path] = jsonschema.Draft7Validator(schema)
+    errors = list(schemas[path].iter_errors(case["message"]))
+    if errors:
+        print(case["topic"], "does not match", path, ":", errors[0].message, "at", list(errors[0].path))
+        sys.exit(1)
+print("validated", len(cases), "messages against", len(schemas), "schemas")
+"#;
+    let output = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .expect("run /usr/bin/python3 (Debian's python3-jsonschema)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(said)
+    } else {
+        Err(said)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_sub_sees_metrics_violations_and_action_transitions_that_match_their_schemas() {
+    let dir = TestDir::new();
+    let textfiles = dir.path().join("textfiles");
+    std::fs::create_dir_all(&textfiles).expect("mkdir");
+    std::fs::write(
+        textfiles.join("app.prom"),
+        "app_errors{target=\"app-x\"} 0\n",
+    )
+    .expect("write");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("mkdir");
+    std::fs::write(
+        policies.join("p.yaml"),
+        "policies:\n  - name: app-errors\n    severity: critical\n    target: app-x\n    \
+         condition: app_errors > 5\n    auto_remediate: true\n    action: exec\n    \
+         params: {command: ok}\n",
+    )
+    .expect("write policies");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[allow.commands]\nok = [\"/bin/true\"]\n").expect("write config");
+
+    let c = start_coordinator(&dir, None, &[]).await;
+    let token = broker_token(&c.broker).expect("the coordinator's admin token");
+    let port = vigil_tests::broker_port(&c.broker).to_string();
+
+    // A real mosquitto_sub, logged in as an integration (user `api`, a REST token).
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-u", "api", "-P", &token])
+        .args([
+            "-t",
+            "vigil/v1/json/#",
+            "-v",
+            "-q",
+            "1",
+            "-i",
+            "json-topics-test",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto_sub (Debian mosquitto-clients)");
+    let lines = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    {
+        let lines = Arc::clone(&lines);
+        let stdout = sub.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some((topic, payload)) = line.split_once(' ') {
+                    let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                    lines.push((topic.to_string(), payload.to_string()));
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let _agent = Proc::start(
+        "agent-json",
+        &bin("vigil-agent"),
+        &[
+            "--host".into(),
+            HOST.into(),
+            "--broker".into(),
+            c.broker.clone(),
+            "--interval".into(),
+            "300ms".into(),
+            "--policies".into(),
+            policies.display().to_string(),
+            "--textfile-dir".into(),
+            textfiles.display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        dir.path(),
+    );
+    let seen = |pred: &dyn Fn(&str, &Value) -> bool| {
+        let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().any(|(topic, payload)| {
+            serde_json::from_str::<Value>(payload).is_ok_and(|v| pred(topic, &v))
+        })
+    };
+    wait_for(
+        "the host online and its metrics on the JSON topics",
+        WAIT,
+        || async {
+            (seen(&|t, v| {
+                t == format!("vigil/v1/json/hosts/{HOST}") && v["data"]["state"] == "online"
+            }) && seen(&|t, v| {
+                t == format!("vigil/v1/json/metrics/{HOST}")
+                    && v["data"]["samples"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["name"] == "app_errors"))
+            }))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // The policy fires: a violation, then the exec action's transitions.
+    let tmp = textfiles.join(".app.tmp");
+    std::fs::write(&tmp, "app_errors{target=\"app-x\"} 9\n").expect("write");
+    std::fs::rename(&tmp, textfiles.join("app.prom")).expect("rename");
+    wait_for(
+        "violation and action transitions on the JSON topics",
+        WAIT,
+        || async {
+            let fired = seen(&|t, v| {
+                t == format!("vigil/v1/json/violations/{HOST}")
+                    && v["data"]["kind"] == "fired"
+                    && v["data"]["policy"] == "app-errors"
+            });
+            let state = |s: &'static str| {
+                seen(&move |t, v| {
+                    t == format!("vigil/v1/json/actions/{HOST}")
+                        && v["data"]["state"] == s
+                        && v["data"]["action"] == "exec"
+                })
+            };
+            (fired && state("pending") && state("running") && state("completed")).then_some(())
+        },
+    )
+    .await;
+    let _ = sub.kill();
+    let _ = sub.wait();
+
+    let messages = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // Feed messages carry the id of the same event on GET /api/v1/events.
+    let seqs: Vec<u64> = messages
+        .iter()
+        .filter(|(t, _)| !t.contains("/metrics/"))
+        .filter_map(|(_, p)| serde_json::from_str::<Value>(p).ok()?["seq"].as_u64())
+        .collect();
+    assert!(!seqs.is_empty());
+    let report = validate_all(dir.path(), &messages).unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", report.trim());
+    // The check is real: a message off its schema fails it.
+    let (topic, online) = messages
+        .iter()
+        .find(|(t, _)| t.contains("/hosts/"))
+        .cloned()
+        .expect("a host message");
+    let broken = online.replace("\"online\"", "\"sleeping\"");
+    let refusal = validate_all(dir.path(), &[(topic, broken)]).expect_err("broken message");
+    assert!(refusal.contains("sleeping"), "{refusal}");
+
+    // The mirror counts what it published.
+    let text = reqwest::get(format!("{}/metrics", c.http))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    for stream in ["metrics", "violations", "actions", "hosts"] {
+        assert!(
+            text.contains(&format!(
+                "vigil_json_mirror_messages_total{{stream=\"{stream}\"}}"
+            )),
+            "no count for {stream}"
+        );
+    }
+}
