@@ -172,6 +172,50 @@ async fn bundles_are_retained_versioned_on_edit_and_invalid_edits_publish_nothin
     assert_eq!(old["groups"][0]["in_sync"], false, "{old}");
     assert_eq!(old["groups"][0]["applied_version"], Value::Null);
     assert_eq!(old["bundle_error"], "refused: test");
+
+    // The event feed says the same: drift-ok applied the bundle, drift-old drifts (the
+    // stream from its start, filtered to those kinds).
+    let url = format!(
+        "{}/api/v1/events?last_event_id=0&kind=bundle,drift&host=drift-ok,drift-old",
+        c.http
+    );
+    let mut stream = vigil_tests::authorized(&url, reqwest::Client::new().get(&url))
+        .send()
+        .await
+        .expect("event stream");
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(text.contains("event:drift") && text.contains("event:bundle")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drift/bundle events: {text}"
+        );
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), stream.chunk()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    let data: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect();
+    let drifts: Vec<&Value> = data.iter().filter(|d| d["kind"] == "drift").collect();
+    // drift-ok was in sync from the start: no drift event for it.
+    assert_eq!(drifts.len(), 1, "{drifts:?}");
+    let drifting = drifts[0];
+    assert_eq!(drifting["host"], "drift-old", "{drifting}");
+    assert_eq!(drifting["data"]["in_sync"], false, "{drifting}");
+    assert_eq!(drifting["data"]["desired_version"], 2, "{drifting}");
+    let applied = data
+        .iter()
+        .find(|d| d["kind"] == "bundle")
+        .expect("a bundle event");
+    assert_eq!(applied["host"], "drift-ok", "{applied}");
+    assert_eq!(applied["data"]["bundle_version"], 2, "{applied}");
+    drop(stream);
+
     for (agent, pump) in connections {
         let _ = agent.disconnect().await;
         let _ = pump.await;

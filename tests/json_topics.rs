@@ -24,6 +24,7 @@ fn schema_for(topic: &str) -> PathBuf {
         "actions" => "action",
         "hosts" => "host",
         "bundles" => "bundle",
+        "drift" => "drift",
         other => panic!("unexpected JSON stream `{other}` in {topic}"),
     };
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -47,6 +47,10 @@ fn routes() -> Vec<(Method, &'static str, &'static str, Needs)> {
     vec![
         (Method::GET, "/health", "", Needs::Open),
         (Method::GET, "/metrics", "", Needs::Open),
+        // The status page and its assets hold no data; the page sends the token itself.
+        (Method::GET, "/", "", Needs::Open),
+        (Method::GET, "/assets/status.css", "", Needs::Open),
+        (Method::GET, "/assets/status.js", "", Needs::Open),
         (Method::GET, "/api/v1/ingest/health", "", Needs::Viewer),
         (Method::POST, "/api/v1/ingest", sample, Needs::Operator),
         (

@@ -222,6 +222,12 @@ impl Coordinator {
             bundles.clone(),
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(crate::bundles::drift_feed::run(
+            store.clone(),
+            bundles.clone(),
+            writer.clone(),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(retention(
             writer.clone(),
             config.retention,

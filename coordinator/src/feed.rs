@@ -1,6 +1,6 @@
 //! The event feed: what happened in the fleet, in the order the coordinator stored it —
 //! policy violations (every policy decision), action transitions, hosts going online or
-//! offline, bundles applied. Integrations read it as Server-Sent Events
+//! offline, bundles applied, and bundle drift changing. Integrations read it as Server-Sent Events
 //! (`GET /api/v1/events`, [`crate::api::events`]) and as JSON on MQTT
 //! ([`crate::json_mirror`]).
 //!
@@ -56,10 +56,25 @@ pub enum FeedEvent {
         /// Its content hash (hex).
         hash: String,
     },
+    /// A host's bundle for a group went out of sync with the published one, or back in
+    /// sync (see [`crate::bundles::drift_feed`]).
+    Drift {
+        /// The host.
+        host: String,
+        /// The host group.
+        group: String,
+        /// The published version (`None`: the group no longer selects this host, or is
+        /// gone).
+        desired_version: Option<u64>,
+        /// The version the host reports (`None`: it has none).
+        applied_version: Option<u64>,
+        /// Whether it runs the published bundle.
+        in_sync: bool,
+    },
 }
 
 /// The kinds of feed event, as named in JSON, topics and the `kind` filter.
-pub const KINDS: [&str; 4] = ["violation", "action", "host", "bundle"];
+pub const KINDS: [&str; 5] = ["violation", "action", "host", "bundle", "drift"];
 
 impl FeedEvent {
     /// `violation`, `action`, `host` or `bundle`.
@@ -69,6 +84,7 @@ impl FeedEvent {
             FeedEvent::Action(_) => "action",
             FeedEvent::Host { .. } => "host",
             FeedEvent::Bundle { .. } => "bundle",
+            FeedEvent::Drift { .. } => "drift",
         }
     }
 
@@ -77,7 +93,9 @@ impl FeedEvent {
         match self {
             FeedEvent::Violation(e) => &e.host,
             FeedEvent::Action(e) => &e.host,
-            FeedEvent::Host { host, .. } | FeedEvent::Bundle { host, .. } => host,
+            FeedEvent::Host { host, .. }
+            | FeedEvent::Bundle { host, .. }
+            | FeedEvent::Drift { host, .. } => host,
         }
     }
 
@@ -117,6 +135,18 @@ impl FeedEvent {
                 "group": group,
                 "bundle_version": version,
                 "hash": hash,
+            }),
+            FeedEvent::Drift {
+                group,
+                desired_version,
+                applied_version,
+                in_sync,
+                ..
+            } => json!({
+                "group": group,
+                "desired_version": desired_version,
+                "applied_version": applied_version,
+                "in_sync": in_sync,
             }),
         }
     }

@@ -9,6 +9,7 @@
 //! | `actions` | every action transition stored | 1 | no |
 //! | `hosts` | a host going online or offline | 1 | yes |
 //! | `bundles` | a host applying a bundle version | 1 | no |
+//! | `drift` | a host's bundle going out of sync with the published one, or back | 1 | yes |
 //!
 //! Every message has `version` (the shape's version, [`crate::feed::JSON_VERSION`]),
 //! `kind`, `host`, `timestamp` and `data`; feed messages also carry `seq`, the id of the
@@ -51,16 +52,19 @@ pub enum Stream {
     Hosts,
     /// Bundles applied.
     Bundles,
+    /// Drift changes (retained).
+    Drift,
 }
 
 impl Stream {
     /// Every stream.
-    pub const ALL: [Stream; 5] = [
+    pub const ALL: [Stream; 6] = [
         Stream::Metrics,
         Stream::Violations,
         Stream::Actions,
         Stream::Hosts,
         Stream::Bundles,
+        Stream::Drift,
     ];
 
     /// The name in topics and settings.
@@ -71,6 +75,7 @@ impl Stream {
             Stream::Actions => "actions",
             Stream::Hosts => "hosts",
             Stream::Bundles => "bundles",
+            Stream::Drift => "drift",
         }
     }
 
@@ -80,6 +85,7 @@ impl Stream {
             "violation" => Stream::Violations,
             "action" => Stream::Actions,
             "host" => Stream::Hosts,
+            "drift" => Stream::Drift,
             _ => Stream::Bundles,
         }
     }
@@ -133,7 +139,8 @@ impl FromStr for MirrorSettings {
                 .ok_or_else(|| {
                     format!(
                         "`{name}` is not a stream: use off, all, or a list of metrics, \
-                         violations, actions, hosts, bundles (each with an optional =0 or =1)"
+                         violations, actions, hosts, bundles, drift (each with an optional =0 \
+                         or =1)"
                     )
                 })?;
             let qos = match qos {
@@ -277,8 +284,13 @@ async fn publish(
     qos: QoS,
     body: &Value,
 ) {
-    let topic = topics::json(stream.as_str(), host);
-    let retain = stream == Stream::Hosts;
+    // Retained: one message per topic says the current state (a host's online state;
+    // the drift topic is per host, so it holds its last drift change).
+    let topic = match (stream, body["data"]["group"].as_str()) {
+        (Stream::Drift, Some(group)) => topics::json(stream.as_str(), &format!("{host}/{group}")),
+        _ => topics::json(stream.as_str(), host),
+    };
+    let retain = matches!(stream, Stream::Hosts | Stream::Drift);
     match client
         .publish(topic, qos, retain, body.to_string().into_bytes())
         .await

@@ -7,6 +7,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use vigil_shared::topics::AgentChannel;
+use vigil_shared::wire::ActionState;
 
 /// Every metric the coordinator exports.
 pub struct Telemetry {
@@ -219,6 +221,64 @@ impl Telemetry {
             "JSON mirror messages dropped because the mirror fell behind",
             &["stream"],
         );
+        // Series whose label values are known up front exist at 0 from the start, so a
+        // dashboard shows 0 rather than "no data" and `rate()` has a starting point.
+        for channel in [
+            AgentChannel::Metrics,
+            AgentChannel::Status,
+            AgentChannel::Events,
+            AgentChannel::Actions,
+        ] {
+            for reason in [
+                "empty",
+                "too_large",
+                "unknown_version",
+                "malformed",
+                "invalid",
+                "host_mismatch",
+                "unknown_agent",
+                "revoked",
+                "bad_signature",
+                "malformed_seal",
+                "stale",
+                "replayed",
+            ] {
+                mqtt_rejected.with_label_values(&[channel.as_str(), reason]);
+            }
+        }
+        for state in [
+            ActionState::Pending,
+            ActionState::Running,
+            ActionState::Completed,
+            ActionState::Failed,
+            ActionState::Cancelled,
+            ActionState::Resolved,
+            ActionState::NotResolved,
+            ActionState::DeadLetter,
+        ] {
+            actions.with_label_values(&[state.as_str()]);
+        }
+        for reason in [
+            "missing",
+            "malformed",
+            "unknown",
+            "revoked",
+            "forbidden",
+            "rate_limited",
+        ] {
+            http_auth_failures.with_label_values(&[reason]);
+        }
+        for reason in ["bad_password", "client_id", "revoked", "unknown_user"] {
+            mqtt_auth_failures.with_label_values(&[reason]);
+        }
+        for listener in ["http", "mqtt"] {
+            for reason in ["handshake", "timeout"] {
+                tls_handshake_failures.with_label_values(&[listener, reason]);
+            }
+        }
+        for stream in crate::json_mirror::Stream::ALL {
+            json_mirror_dropped.with_label_values(&[stream.as_str()]);
+        }
         Telemetry {
             registry,
             tls_handshake_failures,
@@ -259,5 +319,250 @@ impl Telemetry {
 impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+    use prometheus::proto::MetricType;
+
+    use super::Telemetry;
+
+    /// Gives a vector metric one series (label values `x`), so that `gather()` shows it.
+    fn touch<T: MetricVecBuilder>(vec: &MetricVec<T>) {
+        let labels = vec!["x"; vec.desc()[0].variable_labels.len()];
+        vec.with_label_values(&labels);
+    }
+
+    /// Every metric of `telemetry`, by name: its type and help. The destructuring names
+    /// every field, so a metric added to [`Telemetry`] does not compile until it is listed
+    /// here (and so checked); `gather()` then shows that the registry holds exactly these.
+    fn metrics(telemetry: &Telemetry) -> BTreeMap<String, (MetricType, String)> {
+        let Telemetry {
+            registry,
+            mqtt_messages,
+            mqtt_rejected,
+            samples_stored,
+            http_ingest_rejected,
+            store_errors,
+            http_requests,
+            http_duration,
+            hosts_online,
+            hosts_known,
+            store_map_size_bytes,
+            policy_load_errors,
+            agent_policy_load_errors,
+            batches_missing,
+            batches_late,
+            http_auth_failures,
+            actions,
+            mqtt_duplicates,
+            mqtt_auth_failures,
+            enrollments,
+            tls_handshake_failures,
+            json_mirror_messages,
+            json_mirror_dropped,
+        } = telemetry;
+        let counter_vecs = [
+            mqtt_messages,
+            mqtt_rejected,
+            samples_stored,
+            http_ingest_rejected,
+            store_errors,
+            http_requests,
+            policy_load_errors,
+            http_auth_failures,
+            actions,
+            mqtt_duplicates,
+            mqtt_auth_failures,
+            enrollments,
+            tls_handshake_failures,
+            json_mirror_messages,
+            json_mirror_dropped,
+        ];
+        counter_vecs.iter().for_each(|v| touch(v));
+        touch(http_duration);
+        touch(agent_policy_load_errors);
+        let mut collectors: Vec<&dyn Collector> = vec![
+            http_duration,
+            hosts_online,
+            hosts_known,
+            store_map_size_bytes,
+            agent_policy_load_errors,
+            batches_missing,
+            batches_late,
+        ];
+        collectors.extend(counter_vecs.iter().map(|v| *v as &dyn Collector));
+
+        let mut by_name = BTreeMap::new();
+        for collector in collectors {
+            let descs = collector.desc();
+            let families = collector.collect();
+            assert_eq!(descs.len(), 1, "one metric per collector: {descs:?}");
+            assert_eq!(families.len(), 1, "one family per collector");
+            assert_eq!(families[0].name(), descs[0].fq_name);
+            let previous = by_name.insert(
+                descs[0].fq_name.clone(),
+                (families[0].get_field_type(), descs[0].help.clone()),
+            );
+            assert!(previous.is_none(), "{} twice", descs[0].fq_name);
+        }
+        let registered: BTreeMap<String, MetricType> = registry
+            .gather()
+            .iter()
+            .map(|f| (f.name().to_string(), f.get_field_type()))
+            .collect();
+        let listed: BTreeMap<String, MetricType> = by_name
+            .iter()
+            .map(|(name, (kind, _))| (name.clone(), *kind))
+            .collect();
+        assert_eq!(
+            registered, listed,
+            "the registry holds exactly the struct's metrics"
+        );
+        by_name
+    }
+
+    /// Why `name` (of type `kind`) breaks a Prometheus naming convention, if it does.
+    fn naming_problem(name: &str, kind: MetricType) -> Option<String> {
+        if !name.starts_with("vigil_") {
+            return Some("no `vigil_` prefix".into());
+        }
+        if !name[6..]
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Some("not snake_case".into());
+        }
+        let is_counter = kind == MetricType::COUNTER;
+        if is_counter != name.ends_with("_total") {
+            return Some(if is_counter {
+                "a counter without the `_total` suffix".into()
+            } else {
+                format!("a {kind:?} with the counters' `_total` suffix")
+            });
+        }
+        for reserved in ["_bucket", "_sum", "_count", "_created", "_info"] {
+            if name.ends_with(reserved) {
+                return Some(format!("ends in the reserved suffix `{reserved}`"));
+            }
+        }
+        // The name without `_total`: its last word is the unit, if it has one.
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        let words: Vec<&str> = base.split('_').collect();
+        let has = |w: &[&str]| words.iter().any(|word| w.contains(word));
+        // Durations in seconds, sizes in bytes: base units only.
+        let other_units = [
+            "ms",
+            "millis",
+            "milliseconds",
+            "us",
+            "micros",
+            "microseconds",
+            "ns",
+            "nanoseconds",
+            "minutes",
+            "hours",
+            "days",
+            "kb",
+            "mb",
+            "gb",
+            "kib",
+            "mib",
+            "gib",
+            "kilobytes",
+            "megabytes",
+            "gigabytes",
+        ];
+        if let Some(unit) = words.iter().find(|w| other_units.contains(w)) {
+            return Some(format!(
+                "unit `{unit}`: durations are `_seconds`, sizes `_bytes`"
+            ));
+        }
+        let duration = has(&[
+            "duration", "latency", "time", "elapsed", "age", "delay", "lag", "seconds", "uptime",
+        ]);
+        if duration && !base.ends_with("_seconds") {
+            return Some("a duration not ending in `_seconds`".into());
+        }
+        let size = has(&["size", "bytes", "memory"]);
+        if size && !base.ends_with("_bytes") {
+            return Some("a size not ending in `_bytes`".into());
+        }
+        if kind == MetricType::HISTOGRAM && !(duration || size) {
+            return Some("a histogram without a unit (`_seconds`, `_bytes`)".into());
+        }
+        None
+    }
+
+    #[test]
+    fn every_metric_follows_the_prometheus_naming_conventions() {
+        let metrics = metrics(&Telemetry::new());
+        assert!(metrics.len() >= 22, "{metrics:?}");
+        let problems: Vec<String> = metrics
+            .iter()
+            .filter_map(|(name, (kind, help))| {
+                if help.trim().is_empty() {
+                    return Some(format!("{name}: no help text"));
+                }
+                naming_problem(name, *kind).map(|why| format!("{name} ({kind:?}): {why}"))
+            })
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "naming problems:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_naming_check_catches_bad_names() {
+        use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+        for (name, kind) in [
+            ("vigil_requests_total", COUNTER),
+            ("vigil_hosts_online", GAUGE),
+            ("vigil_request_duration_seconds", HISTOGRAM),
+            ("vigil_busy_seconds_total", COUNTER),
+            ("vigil_store_map_size_bytes", GAUGE),
+        ] {
+            assert_eq!(naming_problem(name, kind), None, "{name}");
+        }
+        for (name, kind) in [
+            ("requests_total", COUNTER),
+            ("vigil_requests", COUNTER),
+            ("vigil_hosts_online_total", GAUGE),
+            ("vigil_request_duration_ms", HISTOGRAM),
+            ("vigil_request_duration", HISTOGRAM),
+            ("vigil_request_latency_seconds_total_ms", GAUGE),
+            ("vigil_map_size", GAUGE),
+            ("vigil_map_size_mb", GAUGE),
+            ("vigil_queue_depth", HISTOGRAM),
+            ("vigil_hosts_count", GAUGE),
+        ] {
+            assert!(naming_problem(name, kind).is_some(), "{name} passes");
+        }
+    }
+
+    #[test]
+    fn series_known_up_front_exist_from_the_start() {
+        let text = Telemetry::new().render();
+        for series in [
+            r#"vigil_tls_handshake_failures_total{listener="http",reason="handshake"} 0"#,
+            r#"vigil_mqtt_auth_failures_total{reason="bad_password"} 0"#,
+            r#"vigil_http_auth_failures_total{reason="missing"} 0"#,
+            r#"vigil_actions_total{state="dead_letter"} 0"#,
+            r#"vigil_mqtt_messages_rejected_total{channel="metrics",reason="bad_signature"} 0"#,
+            r#"vigil_json_mirror_dropped_total{stream="metrics"} 0"#,
+            "vigil_metric_batches_missing_total 0",
+            "vigil_metric_batches_late_total 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == series),
+                "{series} missing:\n{text}"
+            );
+        }
     }
 }

@@ -156,7 +156,7 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
 }
 
 /// One transition as JSON.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TransitionJson<'a> {
     /// The state entered.
     pub state: &'static str,
@@ -170,7 +170,7 @@ pub struct TransitionJson<'a> {
 
 /// One action as JSON: the seed's fields first, then Vigil's (a struct, so that the keys
 /// keep this order on the wire; see the module documentation for their meaning).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ActionJson<'a> {
     id: &'a str,
     target: &'a str,
@@ -186,6 +186,7 @@ pub struct ActionJson<'a> {
     dry_run: bool,
     executor: Option<&'a str>,
     step: Option<u32>,
+    #[schema(value_type = Object)]
     params: Value,
     outcome: Option<&'static str>,
     created_at: String,
@@ -194,8 +195,8 @@ pub struct ActionJson<'a> {
 }
 
 /// A page of actions as JSON: `{"count","actions"}`.
-#[derive(Serialize)]
-struct ListJson<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ActionList<'a> {
     count: usize,
     actions: Vec<ActionJson<'a>>,
 }
@@ -297,7 +298,7 @@ async fn list_actions(
         let actions = tokio::task::spawn_blocking(move || store.actions(&query))
             .await
             .map_err(task_failed)??;
-        Ok(warp::reply::json(&ListJson {
+        Ok(warp::reply::json(&ActionList {
             count: actions.len(),
             actions: actions.iter().map(action_json).collect(),
         }))
@@ -624,8 +625,8 @@ async fn set_paused(host: String, api: Arc<Api>, paused: bool) -> Response {
 }
 
 /// The last task an agent's queue finished, in seed 003's shape.
-#[derive(Serialize, Clone)]
-struct LastTask {
+#[derive(Serialize, Clone, utoipa::ToSchema)]
+pub struct LastTask {
     task_id: String,
     action_id: String,
     target: String,
@@ -636,8 +637,8 @@ struct LastTask {
 }
 
 /// Queue stats in seed 003's shape (plus Vigil's fields after them).
-#[derive(Serialize, Default)]
-struct QueueJson {
+#[derive(Serialize, Default, utoipa::ToSchema)]
+pub struct QueueJson {
     queue_length: u64,
     tasks_enqueued: u64,
     tasks_dequeued: u64,
@@ -701,11 +702,12 @@ impl QueueJson {
 
 /// The whole answer of the queue stats routes: the totals (seed 003's fields first), then
 /// each host's queue and the audit trail's counts.
-#[derive(Serialize)]
-struct StatsJson {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatsJson {
     #[serde(flatten)]
     total: QueueJson,
     hosts: BTreeMap<String, QueueJson>,
+    #[schema(value_type = Object)]
     actions: ActionCounts,
 }
 

@@ -38,10 +38,17 @@ pub enum Access {
 }
 
 /// The access `method path` needs (`/api/v1/agents…` and `/api/v1/join-tokens`: admin,
-/// except the enrollment route, whose credential is the join token in its body).
+/// except the enrollment route, whose credential is the join token in its body). The
+/// status page (`GET /`) and its assets (`GET /assets/…`) are open: they hold no data, and
+/// every data request the page makes carries the token.
 pub fn required(method: &Method, path: &str, metrics_open: bool) -> Access {
+    let read = method == Method::GET || method == Method::HEAD;
     match path {
         "/health" => return Access::Open,
+        // The API's description holds no data.
+        "/api/v1/openapi.json" => return Access::Open,
+        "/" if read => return Access::Open,
+        _ if read && path.starts_with("/assets/") => return Access::Open,
         // The join token in the body is the credential (see `api::agents`).
         "/api/v1/agents/enroll" if method == Method::POST => return Access::Open,
         "/metrics" if metrics_open => return Access::Open,
@@ -52,7 +59,7 @@ pub fn required(method: &Method, path: &str, metrics_open: bool) -> Access {
     if let ["", "api", "v1", "agents" | "join-tokens", ..] = segments.as_slice() {
         return Access::Needs(Role::Admin);
     }
-    if method == Method::GET || method == Method::HEAD {
+    if read {
         return Access::Needs(Role::Viewer);
     }
     let operator = match segments.as_slice() {
@@ -298,6 +305,11 @@ mod tests {
             Access::Needs(Role::Admin)
         );
         assert_eq!(need(Method::POST, "/api/v1/agents/enroll"), Access::Open);
+        // The status page and its assets hold no data.
+        assert_eq!(need(Method::GET, "/"), Access::Open);
+        assert_eq!(need(Method::GET, "/assets/status.js"), Access::Open);
+        assert_eq!(need(Method::GET, "/assets/status.css"), Access::Open);
+        assert_eq!(need(Method::POST, "/"), Access::Needs(Role::Admin));
         assert_eq!(
             need(Method::GET, "/api/v1/agents/enroll"),
             Access::Needs(Role::Admin)

@@ -1,8 +1,8 @@
 //! `GET /api/v1/events`: the event feed ([`crate::feed`]) as Server-Sent Events — policy
-//! violations, action transitions, hosts going online/offline, bundles applied.
+//! violations, action transitions, hosts going online/offline, bundles applied, drift.
 //!
 //! Each SSE event has `id:` = the feed sequence number, `event:` = the kind, and `data:` =
-//! the entry's JSON. Filters: `host=a,b` and `kind=violation,action,host,bundle`. A client
+//! the entry's JSON. Filters: `host=a,b` and `kind=violation,action,host,bundle,drift`. A client
 //! that reconnects with `Last-Event-ID: N` (browsers' `EventSource` does it by itself; or
 //! `?last_event_id=N`) first gets every stored entry after N, then live ones, each once.
 //! Without it, the stream starts with what happens next.

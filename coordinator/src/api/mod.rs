@@ -14,6 +14,7 @@
 //! | `/api/v1/actions…`, `/api/v1/queue/stats`, `/api/v1/hosts/{host}/remediation/…` | [`actions`] |
 //! | `/api/v1/bundles…`, `GET /api/v1/drift` | [`bundles`] |
 //! | `/api/v1/agents…` (enroll, list, revoke), `/api/v1/join-tokens` | [`agents`] |
+//! | `GET /`, `GET /assets/status.css`, `GET /assets/status.js` (the status page) | [`status_page`] |
 
 pub mod actions;
 pub mod agents;
@@ -24,9 +25,11 @@ pub mod events;
 pub mod health;
 pub mod hosts;
 pub mod ingest;
+pub mod openapi;
 pub mod params;
 pub mod policies;
 pub mod query;
+pub mod status_page;
 pub mod violations;
 
 use std::collections::HashMap;
@@ -160,6 +163,21 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
             .then(violations::list)
             .boxed(),
     );
+    let openapi = measured(
+        "/api/v1/openapi.json",
+        warp::path!("api" / "v1" / "openapi.json")
+            .and(get)
+            .map(|| {
+                warp::http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(openapi::document().into())
+                    .unwrap_or_else(|e| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                            .into_response()
+                    })
+            })
+            .boxed(),
+    );
     let events = measured(
         "/api/v1/events",
         warp::path!("api" / "v1" / "events")
@@ -170,6 +188,24 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
             .then(events::stream)
             .boxed(),
     );
+    let status_html = measured(
+        "/",
+        warp::path::end().and(get).map(status_page::page).boxed(),
+    );
+    let status_css = measured(
+        "/assets/status.css",
+        warp::path!("assets" / "status.css")
+            .and(get)
+            .map(status_page::stylesheet)
+            .boxed(),
+    );
+    let status_js = measured(
+        "/assets/status.js",
+        warp::path!("assets" / "status.js")
+            .and(get)
+            .map(status_page::script)
+            .boxed(),
+    );
 
     let unmatched = {
         let telemetry = api.telemetry.clone();
@@ -178,7 +214,7 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
             async move { Ok::<_, Infallible>(rejection_response(&telemetry, rejection)) }
         }
     };
-    auth::guard(api.auth.clone())
+    let routes = auth::guard(api.auth.clone())
         .or(health)
         .unify()
         .or(metrics)
@@ -199,6 +235,14 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
         .unify()
         .or(events)
         .unify()
+        .or(openapi)
+        .unify()
+        .or(status_html)
+        .unify()
+        .or(status_css)
+        .unify()
+        .or(status_js)
+        .unify()
         .or(policies::routes(api.clone()))
         .unify()
         .or(actions::routes(api.clone()))
@@ -208,7 +252,22 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
         .or(agents::routes(api.clone()))
         .unify()
         .recover(unmatched)
-        .unify()
+        .unify();
+    // A 405 says which methods the path has (RFC 9110), from the OpenAPI document.
+    warp::path::full()
+        .and(routes)
+        .map(|path: warp::path::FullPath, mut response: Response| {
+            if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+                if let Some(allow) = openapi::allowed_methods(path.as_str())
+                    .and_then(|methods| warp::http::HeaderValue::from_str(&methods).ok())
+                {
+                    response
+                        .headers_mut()
+                        .insert(warp::http::header::ALLOW, allow);
+                }
+            }
+            response
+        })
 }
 
 /// Wraps a route so every response it gives is counted and timed under `template`.

@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod drift;
+pub mod drift_feed;
 pub mod keys;
 pub mod layout;
 pub mod service;

@@ -53,6 +53,13 @@ pub enum Write {
         /// When it was received, epoch ms.
         received_ms: i64,
     },
+    /// An event for the feed that no other write makes (drift changes).
+    Feed {
+        /// What happened.
+        event: FeedEvent,
+        /// When, epoch ms.
+        at_ms: i64,
+    },
     /// A policy event for the audit history (ignored if its id is already stored).
     Event {
         /// The event.
@@ -199,7 +206,9 @@ fn reply_of(write: Write) -> Option<WriteReply> {
         | Write::Prune { reply, .. }
         | Write::ManualAction { reply, .. } => reply,
         Write::Flush { reply } => Some(reply),
-        Write::Status { .. } | Write::Event { .. } | Write::Action { .. } => None,
+        Write::Status { .. } | Write::Event { .. } | Write::Action { .. } | Write::Feed { .. } => {
+            None
+        }
     }
 }
 
@@ -392,6 +401,10 @@ fn apply(
                     add_to_feed(&mut txn, event.at_ms, FeedEvent::Action(event.clone()))?;
                 }
                 stored
+            }
+            Write::Feed { event, at_ms } => {
+                add_to_feed(&mut txn, *at_ms, event.clone())?;
+                1
             }
             Write::Prune { before_ms, .. } => {
                 feed::prune(store, &mut txn, *before_ms)?;
