@@ -108,21 +108,12 @@ impl AgentKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MapSize;
     use vigil_shared::agent_auth::{self, AgentKey, Sealer};
     use vigil_shared::topics::AgentChannel;
 
     #[test]
     fn a_re_enrolled_agent_is_accepted_at_once_despite_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            MapSize {
-                initial: 1 << 20,
-                max: 1 << 22,
-            },
-        )
-        .unwrap();
+        let (_dir, store) = Store::temporary();
         let mut keys = AgentKeys::new(store.clone());
         let open = |keys: &mut AgentKeys, key: &AgentKey| {
             let sealed = Sealer::new("web-01", AgentKey::from_hex(&key.private_hex()).unwrap())

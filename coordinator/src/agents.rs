@@ -289,20 +289,10 @@ pub fn mqtt_login_ok(record: &AgentRecord, password: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MapSize;
     use vigil_shared::agent_auth::AgentKey;
 
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            MapSize {
-                initial: 1 << 20,
-                max: 1 << 22,
-            },
-        )
-        .unwrap();
-        (dir, store)
+        Store::temporary()
     }
 
     fn spec(uses: u32, host: Option<&str>) -> JoinTokenSpec {

@@ -16,7 +16,7 @@ use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use warp::reply::Response;
@@ -24,8 +24,6 @@ use warp::Filter;
 
 use crate::telemetry::Telemetry;
 
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish when the coordinator stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,19 +49,7 @@ pub async fn serve<F>(
 {
     let service = TowerToHyperService::new(warp::service(routes));
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!("REST API accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((stream, addr)) = crate::tls::accept(&listener, &mut stop, "REST API").await {
         let service = service.clone();
         let tls = tls.clone();
         let telemetry = Arc::clone(&telemetry);
@@ -83,7 +69,9 @@ pub async fn serve<F>(
                     watcher.watch(connection).await
                 }
                 Some(acceptor) => {
-                    let Some(stream) = handshake(&acceptor, stream, addr, &telemetry).await else {
+                    let Some(stream) =
+                        crate::tls::handshake(&acceptor, stream, addr, "http", &telemetry).await
+                    else {
                         return;
                     };
                     let connection = http.serve_connection(TokioIo::new(stream), service);
@@ -101,30 +89,4 @@ pub async fn serve<F>(
     {
         tracing::warn!("REST connections still open after {DRAIN_TIMEOUT:?}; dropping them");
     }
-}
-
-/// The TLS handshake; a failure (a plaintext client, an unknown CA on the client's side,
-/// a timeout) is logged and counted, and the connection dropped.
-async fn handshake(
-    acceptor: &TlsAcceptor,
-    stream: TcpStream,
-    addr: SocketAddr,
-    telemetry: &Telemetry,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => return Some(stream),
-        Ok(Err(e)) => {
-            tracing::info!(client = %addr, "REST TLS handshake failed: {e}");
-            "handshake"
-        }
-        Err(_) => {
-            tracing::info!(client = %addr, "REST TLS handshake timed out");
-            "timeout"
-        }
-    };
-    telemetry
-        .tls_handshake_failures
-        .with_label_values(&["http", reason])
-        .inc();
-    None
 }

@@ -9,16 +9,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::telemetry::Telemetry;
-
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts TLS connections on `listener` and relays each to the broker at `broker`,
 /// until `stop` changes.
@@ -29,18 +25,9 @@ pub async fn run(
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("MQTT TLS accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+    while let Some((stream, client)) =
+        crate::tls::accept(&listener, &mut stop, "MQTT over TLS").await
+    {
         let acceptor = acceptor.clone();
         let telemetry = Arc::clone(&telemetry);
         tokio::spawn(async move {
@@ -59,22 +46,9 @@ async fn relay(
     telemetry: &Telemetry,
 ) {
     let _ = stream.set_nodelay(true);
-    let failed = |reason| {
-        telemetry
-            .tls_handshake_failures
-            .with_label_values(&["mqtt", reason])
-            .inc();
-    };
-    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::info!(%client, "MQTT TLS handshake failed: {e}");
-            return failed("handshake");
-        }
-        Err(_) => {
-            tracing::info!(%client, "MQTT TLS handshake timed out");
-            return failed("timeout");
-        }
+    let Some(mut tls) = crate::tls::handshake(&acceptor, stream, client, "mqtt", telemetry).await
+    else {
+        return;
     };
     let mut upstream = match TcpStream::connect(broker).await {
         Ok(upstream) => upstream,

@@ -1,14 +1,24 @@
 //! The coordinator's server side of TLS: the certificate and key both listeners serve
-//! (HTTPS through rustls here, MQTT over TLS through rumqttd, which reads the same files),
-//! checked once at start so that a bad file stops the start with its name.
+//! (HTTPS, [`crate::http_server`]; MQTT over TLS, [`crate::mqtt_tls`]), checked once at
+//! start so that a bad file stops the start with its name, and the handshake both
+//! listeners do, with a deadline and a counter.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use vigil_shared::tls::{load_certificates, load_private_key, provider, TlsError};
+
+use crate::telemetry::Telemetry;
+
+/// A TLS handshake that takes longer than this is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A loaded server certificate chain and key.
 #[derive(Clone)]
@@ -59,5 +69,55 @@ impl fmt::Debug for ServerTls {
             self.cert.display(),
             self.key.display()
         )
+    }
+}
+
+/// The server side of a TLS handshake on `listener` (`http` or `mqtt`). A failure (a
+/// plaintext client, a client that does not trust the certificate, a timeout) is logged,
+/// counted in `vigil_tls_handshake_failures_total{listener,reason}`, and the connection
+/// dropped (`None`).
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    client: SocketAddr,
+    listener: &'static str,
+    telemetry: &Telemetry,
+) -> Option<TlsStream<TcpStream>> {
+    let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => {
+            tracing::info!(%client, listener, "TLS handshake failed: {e}");
+            "handshake"
+        }
+        Err(_) => {
+            tracing::info!(%client, listener, "TLS handshake timed out");
+            "timeout"
+        }
+    };
+    telemetry
+        .tls_handshake_failures
+        .with_label_values(&[listener, reason])
+        .inc();
+    None
+}
+
+/// The next connection on `listener`, or `None` once `stop` changes. An accept error (out
+/// of file descriptors, …) is logged and retried after a pause rather than spun on.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    what: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    tracing::warn!("{what}: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = stop.changed() => return None,
+        }
     }
 }

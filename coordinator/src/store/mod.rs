@@ -198,6 +198,22 @@ impl Store {
         Ok(store)
     }
 
+    /// A small store in a new temporary directory (removed when the `TempDir` is dropped),
+    /// for tests.
+    #[cfg(test)]
+    pub(crate) fn temporary() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+        let store = Store::open(
+            dir.path(),
+            MapSize {
+                initial: 1 << 20,
+                max: 1 << 22,
+            },
+        )
+        .unwrap_or_else(|e| panic!("temporary store: {e}"));
+        (dir, store)
+    }
+
     /// The live event feed (entries as the writer commits them).
     pub fn feed(&self) -> &crate::feed::Feed {
         &self.feed

@@ -133,20 +133,12 @@ pub(super) fn json_encode<T: Serialize>(
 
 #[cfg(test)]
 mod tests {
-    use crate::store::{MapSize, Store};
+    use crate::store::Store;
     use crate::tokens::{self, Role};
 
     #[test]
     fn tokens_are_found_by_hash_listed_and_revoked_by_id_or_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            MapSize {
-                initial: 1 << 20,
-                max: 1 << 22,
-            },
-        )
-        .unwrap();
+        let (_dir, store) = Store::temporary();
         let secret = tokens::generate();
         let digest = tokens::hash(&secret);
         let record = tokens::record(&digest, "ci", Role::Viewer, 1);
