@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 None => "see `vigil-coordinator token create --role admin --name me`".into(),
             };
             println!(
-                "Vigil is up.\n  REST API:  {http}\n  MQTT:      {}\n  data dir:  {}\n  \
+                "Vigil is up.\n  REST API:  {http}  (status page: {http}/ — give it the admin token)\n  MQTT:      {}\n  data dir:  {}\n  \
                  admin token: {token_note}\n  \
                  local agent `{}` reports every {}, policies: {}\n\
                  Try:  {curl} -H \"Authorization: Bearer $(cat {})\" {http}/api/v1/hosts\n\
