@@ -33,7 +33,7 @@ use vigil_shared::topics;
 use vigil_shared::wire::MetricBatch;
 
 use crate::api::hosts::tags_json;
-use crate::feed::{Feed, FeedEntry, JSON_VERSION};
+use crate::feed::{Feed, FeedEntry, FeedEvent, JSON_VERSION};
 use crate::telemetry::Telemetry;
 
 /// Metric batches waiting for the mirror before new ones are dropped.
@@ -81,12 +81,21 @@ impl Stream {
 
     /// The stream a feed entry goes to.
     fn of(entry: &FeedEntry) -> Stream {
-        match entry.event.kind() {
-            "violation" => Stream::Violations,
-            "action" => Stream::Actions,
-            "host" => Stream::Hosts,
-            "drift" => Stream::Drift,
-            _ => Stream::Bundles,
+        match entry.event {
+            FeedEvent::Violation(_) => Stream::Violations,
+            FeedEvent::Action(_) => Stream::Actions,
+            FeedEvent::Host { .. } => Stream::Hosts,
+            FeedEvent::Bundle { .. } => Stream::Bundles,
+            FeedEvent::Drift { .. } => Stream::Drift,
+        }
+    }
+
+    /// The last topic levels of a feed entry: its host, and for drift its group too
+    /// (the topic is retained, so it holds each (host, group)'s current drift state).
+    fn topic_key(entry: &FeedEntry) -> String {
+        match &entry.event {
+            FeedEvent::Drift { host, group, .. } => format!("{host}/{group}"),
+            event => event.host().to_string(),
         }
     }
 
@@ -276,20 +285,17 @@ async fn drive(mut eventloop: EventLoop, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Publishes `body` on `vigil/v1/json/{stream}/{key}` and counts it.
 async fn publish(
     client: &AsyncClient,
     telemetry: &Telemetry,
     stream: Stream,
-    host: &str,
+    key: &str,
     qos: QoS,
     body: &Value,
 ) {
-    // Retained: one message per topic says the current state (a host's online state;
-    // the drift topic is per host, so it holds its last drift change).
-    let topic = match (stream, body["data"]["group"].as_str()) {
-        (Stream::Drift, Some(group)) => topics::json(stream.as_str(), &format!("{host}/{group}")),
-        _ => topics::json(stream.as_str(), host),
-    };
+    // Retained streams say a current state: a host's online state, a drift state.
+    let topic = topics::json(stream.as_str(), key);
     let retain = matches!(stream, Stream::Hosts | Stream::Drift);
     match client
         .publish(topic, qos, retain, body.to_string().into_bytes())
@@ -367,7 +373,7 @@ async fn mirror_feed(
                 &client,
                 &telemetry,
                 stream,
-                entry.event.host(),
+                &Stream::topic_key(&entry),
                 *qos,
                 &entry.to_json(),
             )
@@ -396,6 +402,33 @@ mod tests {
         assert!(e.contains("`metric`"), "{e}");
         let e = "actions=2".parse::<MirrorSettings>().unwrap_err();
         assert!(e.contains("0 or 1"), "{e}");
+    }
+
+    #[test]
+    fn feed_entries_go_to_their_stream_and_topic() {
+        let entry = |event| FeedEntry {
+            seq: 1,
+            stored_ms: 0,
+            at_ms: 0,
+            event,
+        };
+        let drift = entry(FeedEvent::Drift {
+            host: "web-01".into(),
+            group: "web".into(),
+            desired_version: Some(2),
+            applied_version: Some(1),
+            in_sync: false,
+        });
+        assert_eq!(Stream::of(&drift), Stream::Drift);
+        assert_eq!(Stream::topic_key(&drift), "web-01/web");
+        let bundle = entry(FeedEvent::Bundle {
+            host: "web-01".into(),
+            group: "web".into(),
+            version: 2,
+            hash: "ab".into(),
+        });
+        assert_eq!(Stream::of(&bundle), Stream::Bundles);
+        assert_eq!(Stream::topic_key(&bundle), "web-01");
     }
 
     #[test]

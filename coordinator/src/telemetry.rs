@@ -8,7 +8,6 @@ use prometheus::{
     TextEncoder,
 };
 use vigil_shared::topics::AgentChannel;
-use vigil_shared::wire::ActionState;
 
 /// Every metric the coordinator exports.
 pub struct Telemetry {
@@ -246,16 +245,7 @@ impl Telemetry {
                 mqtt_rejected.with_label_values(&[channel.as_str(), reason]);
             }
         }
-        for state in [
-            ActionState::Pending,
-            ActionState::Running,
-            ActionState::Completed,
-            ActionState::Failed,
-            ActionState::Cancelled,
-            ActionState::Resolved,
-            ActionState::NotResolved,
-            ActionState::DeadLetter,
-        ] {
+        for state in crate::store::actions::ALL_STATES {
             actions.with_label_values(&[state.as_str()]);
         }
         for reason in [
