@@ -31,6 +31,95 @@ pub enum Command {
     /// Validate and dry-run policy files offline (for CI pipelines of a policy repository).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Install this agent as a systemd service and start it: writes /etc/vigil/agent.toml
+    /// (0600), /var/lib/vigil and the unit, enables it and waits until it is ready.
+    /// Running it again with the same arguments changes nothing.
+    Install(InstallArgs),
+    /// Stop the service and remove what `install` wrote; the data directory (identity,
+    /// action history) stays unless --purge.
+    Uninstall {
+        /// Delete /var/lib/vigil too.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// What the running agent is doing: connected or not, bundles, queued and recent
+    /// actions. Exit 0: running; 3: not running; 4: unknown (it never ran here).
+    Status {
+        /// The agent's config file, to find its data directory
+        /// [default: /etc/vigil/agent.toml if it exists]
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The agent's data directory [default: from the config, else /var/lib/vigil]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `vigil-agent install` flags.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// A complete agent config file to install (instead of the flags below)
+    #[arg(long, conflicts_with_all = [
+        "coordinator", "join_token", "broker", "host", "labels", "ca", "bundle_key",
+        "allow_units", "allow_containers", "interval",
+    ])]
+    pub config: Option<PathBuf>,
+    /// The coordinator's URL (http://host:8000 or https://…), to enroll at
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// Join token to enroll with (`vigil-coordinator token create --join`)
+    #[arg(long)]
+    pub join_token: Option<String>,
+    /// MQTT broker [default: the coordinator's host, port 1883; mqtts://…:8883 for https]
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Name this host reports under [default: the machine's host name]
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Label, key=value; repeat for more
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// CA certificate (PEM) to pin; copied to /etc/vigil/ca.pem
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// The coordinator's bundle public key (64 hex characters, or a file holding them)
+    #[arg(long)]
+    pub bundle_key: Option<String>,
+    /// A systemd unit (or glob) executors may act on; repeat for more
+    #[arg(long = "allow-unit")]
+    pub allow_units: Vec<String>,
+    /// A Docker container (or glob) executors may act on; repeat for more
+    #[arg(long = "allow-container")]
+    pub allow_containers: Vec<String>,
+    /// Sampling interval, e.g. 5s
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// Enable the unit but do not start it
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+impl InstallArgs {
+    /// The request for [`crate::install::install`].
+    pub fn into_request(self) -> crate::install::InstallRequest {
+        crate::install::InstallRequest {
+            config: self.config,
+            coordinator: self.coordinator,
+            join_token: self.join_token,
+            broker: self.broker,
+            host: self.host,
+            labels: self.labels,
+            ca: self.ca,
+            bundle_key: self.bundle_key,
+            allow_units: self.allow_units,
+            allow_containers: self.allow_containers,
+            interval: self.interval,
+            no_start: self.no_start,
+        }
+    }
 }
 
 /// `vigil-agent policy …`.

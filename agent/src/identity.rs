@@ -131,7 +131,8 @@ pub enum IdentityError {
     /// There is no identity and nothing to enroll with.
     #[error(
         "this agent has no identity yet ({path}): start it once with --coordinator URL \
-         --join-token TOKEN (make one with `vigil-coordinator token create --join`)"
+         --join-token TOKEN (make one with `vigil-coordinator token create --join`); for the \
+         installed service: `vigil-agent install --coordinator URL --join-token TOKEN`"
     )]
     NotEnrolled {
         /// Where the identity file would be.

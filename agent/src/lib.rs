@@ -16,6 +16,10 @@
 //!   [`outbox`]: durable, acknowledged delivery of policy events and action transitions.
 //! - [`runner::run`] ties them together; [`config`] and [`cli`] say where settings come
 //!   from; [`policy_cli`] is `vigil-agent policy check|test`.
+//! - As a systemd service: [`install`] is `vigil-agent install|uninstall`; the runner
+//!   tells systemd when it is ready and pings its watchdog from the main loop
+//!   ([`vigil_service::ServiceManager`]) and keeps [`status_file`] current for
+//!   `vigil-agent status` ([`status_cli`]).
 //!
 //! The coordinator's `up` command runs this same code in-process as its local agent.
 
@@ -28,6 +32,7 @@ pub mod config;
 pub mod evaluator;
 pub mod execute;
 pub mod identity;
+pub mod install;
 pub mod link;
 pub mod outbox;
 pub mod policy_cli;
@@ -36,7 +41,10 @@ pub mod policy_source;
 pub mod probes;
 pub mod runner;
 pub mod sampler;
+pub mod service_report;
 pub mod signal;
+pub mod status_cli;
+pub mod status_file;
 pub mod textfile;
 pub mod watch;
 

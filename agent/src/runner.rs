@@ -42,6 +42,8 @@ use crate::policy_set;
 use crate::policy_source::PolicyDir;
 use crate::probes::{self, ProbeSet};
 use crate::sampler::HostSampler;
+use crate::service_report::ServiceReport;
+use crate::status_file;
 use crate::watch::{docker, systemd, StateUpdate};
 
 /// How often the policy directory is checked for changes.
@@ -80,6 +82,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let mut config = config;
+    let service = vigil_service::ServiceManager::from_env();
+    service.status("starting");
     let tls = config.client_tls()?;
     let identity = identity::load_or_enroll(&config, tls.as_ref()).await?;
     apply_identity(&mut config, &identity)?;
@@ -203,11 +207,18 @@ pub async fn run(
         tokio::time::Instant::now() + FIRST_STATUS_REFRESH,
         STATUS_EVERY,
     );
+    let mut report =
+        ServiceReport::new(service, config.data_dir.clone(), config.broker.to_string());
+    let mut watchdog_every = tokio::time::interval(report.watchdog_every());
+    watchdog_every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut status_file_every = tokio::time::interval(status_file::WRITE_EVERY);
     let mut seq: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = watchdog_every.tick() => report.watchdog(),
+            _ = status_file_every.tick() => report.refresh(&link, &store),
             _ = policy_poll.tick() => {
                 let queue_status = queue.status(now_ms());
                 let paused = queue.paused();
@@ -292,9 +303,11 @@ pub async fn run(
                     samples,
                 };
                 link.publish_metrics(&batch);
+                report.on_samples(&link, &store, now);
             }
         }
     }
+    report.stopping();
     tracing::info!("stopping: publishing offline status");
     let stats = evaluator.stats();
     link.update_status(|s| {

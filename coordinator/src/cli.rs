@@ -1,7 +1,8 @@
 //! The coordinator's command line (clap): `up` (coordinator plus a local agent) and
 //! `serve` (coordinator only), `bundle` (offline bundle tools, see
 //! [`crate::bundles::cli`]), `token` (REST API tokens, see [`crate::tokens_cli`]), `agent`
-//! ([`crate::agents_cli`]) and `certs` ([`crate::certs_cli`]). Every flag can also come from a `VIGIL_…` variable.
+//! ([`crate::agents_cli`]), `certs` ([`crate::certs_cli`]) and `install`/`uninstall`
+//! ([`crate::install_cli`]). Every flag can also come from a `VIGIL_…` variable.
 
 use std::path::PathBuf;
 
@@ -35,6 +36,13 @@ pub enum Command {
     Agent(crate::agents_cli::AgentArgs),
     /// Make a CA and a server certificate for TLS, for users with no PKI.
     Certs(crate::certs_cli::CertsArgs),
+    /// Install the coordinator as a systemd service running as user `vigil`, and start it:
+    /// /etc/vigil/coordinator.toml, /var/lib/vigil-coordinator and the unit. Running it
+    /// again with the same arguments changes nothing.
+    Install(crate::install_cli::InstallArgs),
+    /// Stop the service and remove what `install` wrote; the data directory (audit
+    /// history, tokens, keys) and the user stay unless --purge.
+    Uninstall(crate::install_cli::UninstallArgs),
 }
 
 /// Settings of the coordinator.

@@ -13,6 +13,7 @@
 //! - [`tokens`]: REST API tokens and roles (checked by [`api::auth`]).
 //! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
 //! - [`app`]: starts and stops all of the above as one [`app::Coordinator`].
+//! - [`install_cli`]: `install`/`uninstall` as a systemd service.
 
 pub mod agent_keys;
 pub mod agents;
@@ -29,6 +30,7 @@ pub mod config;
 pub mod feed;
 pub mod http_server;
 pub mod ingest;
+pub mod install_cli;
 pub mod json_mirror;
 pub mod local_agent;
 pub mod mqtt_tls;

@@ -1,4 +1,5 @@
-//! The `vigil-coordinator` binary: `up` (coordinator plus local agent) or `serve`.
+//! The `vigil-coordinator` binary: `up` (coordinator plus local agent), `serve`, the
+//! offline tools, and `install`/`uninstall` as a systemd service.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,8 @@ use tracing_subscriber::EnvFilter;
 use vigil_agent::config::{resolve as resolve_agent, AgentFile, Overrides as AgentOverrides};
 use vigil_agent::signal::shutdown_signal;
 use vigil_coordinator::cli::{Cli, Command, DEFAULT_AGENT_POLICIES};
-use vigil_coordinator::Coordinator;
+use vigil_coordinator::{install_cli, Coordinator};
+use vigil_service::ServiceManager;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,12 +34,47 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Token(args) => vigil_coordinator::tokens_cli::run(args),
         Command::Agent(args) => vigil_coordinator::agents_cli::run(args),
         Command::Certs(args) => vigil_coordinator::certs_cli::run(args),
+        Command::Install(args) => {
+            // systemctl waits for the coordinator's readiness: keep it off the async workers.
+            let steps = tokio::task::spawn_blocking(move || install_cli::install(&args))
+                .await
+                .map_err(|e| e.to_string())??;
+            print!("{steps}");
+            if steps.changed() {
+                println!(
+                    "vigil-coordinator is installed and running as user `{}`; its admin token \
+                     is in {}/{} (created on its first start)",
+                    install_cli::USER,
+                    install_cli::DATA_DIR,
+                    vigil_coordinator::tokens::ADMIN_TOKEN_FILE
+                );
+            } else {
+                println!("unchanged: vigil-coordinator is installed, enabled and running");
+            }
+            Ok(())
+        }
+        Command::Uninstall(args) => {
+            let steps = install_cli::uninstall(&args)?;
+            print!("{steps}");
+            println!("vigil-coordinator is uninstalled");
+            Ok(())
+        }
         Command::Serve(args) => {
+            let service = ServiceManager::from_env();
+            service.status("starting");
             let config = args.into_config().map_err(|e| e.to_string())?;
             let coordinator = Coordinator::start(config)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Listeners are bound: systemd may start what comes after this unit.
+            service.ready(&format!(
+                "REST API on {}://{}, MQTT on {}",
+                if coordinator.tls { "https" } else { "http" },
+                coordinator.http_addr,
+                coordinator.broker_url
+            ));
             shutdown_signal().await;
+            service.stopping();
             tracing::info!("shutting down");
             coordinator.stop().await;
             Ok(())
