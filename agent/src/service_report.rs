@@ -108,10 +108,9 @@ impl ServiceReport {
 
     fn snapshot(&self, link: &Link, store: &AgentStore) -> StatusSnapshot {
         let status = link.status();
-        let recent_actions = store
-            .jobs()
-            .map(|jobs| RecentAction::latest(&jobs))
-            .unwrap_or_default();
+        let mut jobs = store.jobs().unwrap_or_default();
+        jobs.extend(store.recent_finished().unwrap_or_default());
+        let recent_actions = RecentAction::latest(&jobs);
         StatusSnapshot {
             pid: std::process::id(),
             written_at_ms: now_ms(),

@@ -76,9 +76,10 @@ pub struct RecentAction {
 }
 
 impl RecentAction {
-    /// The newest `RECENT_ACTIONS` of `jobs`, newest first.
+    /// The newest `RECENT_ACTIONS` of `jobs`, newest first (the first of two with one id).
     pub fn latest(jobs: &[Job]) -> Vec<RecentAction> {
-        let mut jobs: Vec<&Job> = jobs.iter().collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut jobs: Vec<&Job> = jobs.iter().filter(|j| seen.insert(&j.id)).collect();
         jobs.sort_by(|a, b| {
             b.created_at_ms
                 .cmp(&a.created_at_ms)

@@ -609,6 +609,10 @@ impl ActionQueue {
             )?;
             self.last_policy_action.retain(|_, id| *id != job.id);
             self.jobs.remove(&job.id);
+            if let Err(e) = self.store.remember_finished(&job) {
+                // Only `vigil-agent status` reads this list.
+                tracing::warn!("cannot keep {} among the recent actions: {e}", job.id);
+            }
         } else {
             self.store.commit(&[&job], &[], &self.counters, &messages)?;
             self.jobs.insert(job.id.clone(), job);

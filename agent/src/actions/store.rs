@@ -84,6 +84,10 @@ pub struct AgentStore {
 }
 
 const COUNTERS: &[u8] = b"counters";
+/// Meta key of the last finished jobs.
+const RECENT: &[u8] = b"recent-finished";
+/// How many finished jobs [`AgentStore::remember_finished`] keeps.
+pub const RECENT_FINISHED: usize = 10;
 
 impl AgentStore {
     /// Opens (creating if needed) the store in `dir`.
@@ -210,6 +214,32 @@ impl AgentStore {
     pub fn enqueue_messages(&self, messages: &[(String, Vec<u8>)]) -> Result<(), AgentStoreError> {
         let counters = self.counters()?;
         self.commit(&[], &[], &counters, messages)
+    }
+
+    /// Keeps `job`, which reached a final state and is forgotten by the queue, among the
+    /// last [`RECENT_FINISHED`] finished jobs (for `vigil-agent status`).
+    pub fn remember_finished(&self, job: &Job) -> Result<(), AgentStoreError> {
+        let mut recent = self.recent_finished()?;
+        recent.retain(|j| j.id != job.id);
+        recent.insert(0, job.clone());
+        recent.truncate(RECENT_FINISHED);
+        let bytes = serde_json::to_vec(&recent)
+            .map_err(|e| AgentStoreError::Corrupt(format!("recent jobs: {e}")))?;
+        let mut txn = self.env.write_txn().map_err(|e| self.lmdb(e))?;
+        self.meta
+            .put(&mut txn, RECENT, &bytes)
+            .map_err(|e| self.lmdb(e))?;
+        txn.commit().map_err(|e| self.lmdb(e))
+    }
+
+    /// The last finished jobs the queue forgot, newest first.
+    pub fn recent_finished(&self) -> Result<Vec<Job>, AgentStoreError> {
+        let txn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
+        match self.meta.get(&txn, RECENT).map_err(|e| self.lmdb(e))? {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| AgentStoreError::Corrupt(format!("recent jobs: {e}"))),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Whether an action with this id finished recently (and was forgotten).

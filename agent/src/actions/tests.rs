@@ -365,3 +365,31 @@ fn executors_are_chosen_by_kind_target_and_params() {
         "systemd"
     );
 }
+
+#[tokio::test]
+async fn a_finished_manual_action_is_forgotten_by_the_queue_but_kept_among_the_recent() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut h = harness(scripted(0, log), fast(), None);
+    let mut manual = action("m1", "web");
+    manual.origin = Origin::Manual;
+    h.queue.accept(manual, 0).unwrap();
+    drive(&mut h, 0).await;
+    assert!(h.store.jobs().unwrap().iter().all(|j| j.id != "m1"));
+    let recent = h.store.recent_finished().unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(
+        (recent[0].id.as_str(), recent[0].state),
+        ("m1", ActionState::Completed)
+    );
+    for i in 0..crate::actions::store::RECENT_FINISHED + 2 {
+        let mut job = recent[0].clone();
+        job.id = format!("x{i}");
+        h.store.remember_finished(&job).unwrap();
+    }
+    let recent = h.store.recent_finished().unwrap();
+    assert_eq!(recent.len(), crate::actions::store::RECENT_FINISHED);
+    assert_eq!(
+        recent[0].id,
+        format!("x{}", crate::actions::store::RECENT_FINISHED + 1)
+    );
+}
