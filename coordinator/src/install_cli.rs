@@ -1,8 +1,8 @@
 //! `vigil-coordinator install` and `uninstall`: the coordinator as a systemd service on
 //! this machine, running as its own unprivileged user `vigil`.
 //!
-//! Install creates the system user, `/etc/vigil/coordinator.toml` (0640 root:vigil: it may
-//! hold an MQTT password), the data directory `/var/lib/vigil-coordinator` (0700 vigil),
+//! Install creates the system user, `/etc/vigil/coordinator.toml` (0600 vigil: it may hold
+//! an MQTT password, and the coordinator refuses a file with a secret that others can read), the data directory `/var/lib/vigil-coordinator` (0700 vigil),
 //! puts the binary and unit in place ([`SystemdService`]), enables the unit and (re)starts
 //! it when anything changed, waiting until the coordinator's listeners are up. A second
 //! run with the same arguments changes nothing. Uninstall keeps the data directory (the
@@ -102,13 +102,9 @@ fn steps_of_install(config: Option<String>, start: bool) -> Result<Steps, Instal
     let (owner, change) = install::ensure_system_user(USER, Path::new(DATA_DIR))?;
     steps.record("user", Path::new(USER), change);
     install::ensure_dir(Path::new("/etc/vigil"), 0o755, None)?;
-    let root_group = install::Owner {
-        uid: 0,
-        gid: owner.gid,
-    };
     let config_path = Path::new(CONFIG_FILE);
     let change = match config {
-        Some(text) => install::write_file(config_path, text.as_bytes(), 0o640, Some(root_group))?,
+        Some(text) => install::write_file(config_path, text.as_bytes(), 0o600, Some(owner))?,
         None => install::write_file(
             config_path,
             &std::fs::read(config_path).map_err(|source| InstallError::Io {
@@ -116,8 +112,8 @@ fn steps_of_install(config: Option<String>, start: bool) -> Result<Steps, Instal
                 path: config_path.to_path_buf(),
                 source,
             })?,
-            0o640,
-            Some(root_group),
+            0o600,
+            Some(owner),
         )?,
     };
     steps.record("config", config_path, change);

@@ -1,6 +1,10 @@
 //! The `vigil-coordinator` binary: `up` (coordinator plus local agent), `serve`, the
 //! offline tools, and `install`/`uninstall` as a systemd service.
 
+// The REST API's warp filter tree is deep: optimized builds (release, musl) overflow the
+// default trait-evaluation depth (E0275) proving its futures `Unpin`.
+#![recursion_limit = "256"]
+
 use std::process::ExitCode;
 
 use clap::Parser;

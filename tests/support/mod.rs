@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod docker;
+pub mod packaging;
 pub mod systemd;
 
 /// A temporary directory for one test: data dirs and process logs. If the test fails,
