@@ -105,16 +105,8 @@ fn steps_of_install(config: Option<String>, start: bool) -> Result<Steps, Instal
     let config_path = Path::new(CONFIG_FILE);
     let change = match config {
         Some(text) => install::write_file(config_path, text.as_bytes(), 0o600, Some(owner))?,
-        None => install::write_file(
-            config_path,
-            &std::fs::read(config_path).map_err(|source| InstallError::Io {
-                action: "read",
-                path: config_path.to_path_buf(),
-                source,
-            })?,
-            0o600,
-            Some(owner),
-        )?,
+        // Keep the file that is there; only its mode and owner are ours to fix.
+        None => install::set_mode_and_owner(config_path, 0o600, Some(owner))?,
     };
     steps.record("config", config_path, change);
     let change = install::ensure_dir(Path::new(DATA_DIR), 0o700, Some(owner))?;

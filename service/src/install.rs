@@ -232,7 +232,8 @@ pub fn ensure_dir(path: &Path, mode: u32, owner: Option<Owner>) -> Result<Change
     Ok(Change::Created)
 }
 
-fn set_mode_and_owner(
+/// Gives an existing file or directory `mode` (and `owner`, if given), if it differs.
+pub fn set_mode_and_owner(
     path: &Path,
     mode: u32,
     owner: Option<Owner>,
