@@ -188,8 +188,8 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
     let http = coordinator.http.clone();
     let api = format!("{http}/api/v1");
     // Each host played by hand: its own login, its messages sealed with its own key.
-    let raw_host = RawAgent::enroll(dir.path(), HOST, &coordinator.broker, "actions");
-    let raw_other = RawAgent::enroll(dir.path(), OTHER, &coordinator.broker, "actions");
+    let raw_host = RawAgent::enroll(dir.path(), HOST, &coordinator.broker);
+    let raw_other = RawAgent::enroll(dir.path(), OTHER, &coordinator.broker);
     let host_agent = Mqtt::connect(raw_host.options.clone()).await;
     let other_agent = Mqtt::connect(raw_other.options.clone()).await;
     let agent_of = |host: &str| {
@@ -530,7 +530,7 @@ async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
     let key = PublicKey::load(&key_file.display().to_string()).unwrap();
     let http = coordinator.http.clone();
     let api = format!("{http}/api/v1");
-    let raw = RawAgent::enroll(dir.path(), HOST, &coordinator.broker, "manual");
+    let raw = RawAgent::enroll(dir.path(), HOST, &coordinator.broker);
     let mut agent = Mqtt::connect(raw.options.clone()).await;
     agent
         .subscribe(&topics::agent(HOST, AgentChannel::Commands))

@@ -181,7 +181,11 @@ async fn wait_bundle_error(http: &str, name: &str, needle: &str) -> String {
 #[tokio::test]
 async fn each_host_gets_its_groups_bundles_and_tampered_ones_are_refused() {
     let dir = TestDir::new();
-    let coordinator = start_coordinator(&dir, None, &[]).await;
+    // A Mosquitto without an ACL: the test publishes bundles signed with its own key, and
+    // tampered ones, as anyone on such a broker could (the embedded broker lets nobody but
+    // the coordinator publish a bundle).
+    let mosquitto = vigil_tests::start_mosquitto(dir.path());
+    let coordinator = start_coordinator(&dir, Some(&mosquitto.url), &[]).await;
     let CoordinatorProc { http, broker, .. } = &coordinator;
     let keys = BundleKeys::generate();
     let key = keys.public_hex();
@@ -324,22 +328,23 @@ fn postcard_of(bundle: &Bundle) -> Vec<u8> {
 
 /// Starts `vigil-coordinator serve` on `data_dir` with its embedded broker on `mqtt_port`;
 /// returns it, its URL and its admin token (if it wrote one).
+/// A coordinator on `data_dir` with `broker` (`--mqtt-listen ADDR` for its embedded
+/// broker, or `--broker URL`).
 async fn coordinator_on(
     dir: &TestDir,
     name: &str,
     data_dir: &Path,
-    mqtt_port: u16,
+    broker: [&str; 2],
 ) -> (Proc, String, Option<String>) {
     let http_port = free_port();
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "serve".into(),
         "--data-dir".into(),
         data_dir.display().to_string(),
         "--listen".into(),
         format!("127.0.0.1:{http_port}"),
-        "--mqtt-listen".into(),
-        format!("127.0.0.1:{mqtt_port}"),
     ];
+    args.extend(broker.map(str::to_string));
     let proc = Proc::start(name, &bin("vigil-coordinator"), &args, dir.path());
     let http = format!("http://127.0.0.1:{http_port}");
     let url = format!("{http}/health");
@@ -380,24 +385,25 @@ async fn a_persisted_bundle_runs_while_no_broker_is_up() {
     let keys = BundleKeys::generate();
     let key = keys.public_hex();
 
-    // First life: the bundle arrives over MQTT and is persisted. The coordinator keeps its
-    // data in `<dir>/data`, where the agent is enrolled.
-    let (first, http, token) = coordinator_on(
+    // First life: the bundle arrives over MQTT and is persisted. The broker is a
+    // Mosquitto without an ACL, so the test can publish a bundle signed with its own key
+    // (the embedded broker lets nobody but the coordinator publish one). The coordinator
+    // keeps its data in `<dir>/data`, where the agent is enrolled.
+    let mosquitto =
+        vigil_tests::start_mosquitto_on(dir.path(), mqtt_port, "allow_anonymous true\n");
+    let (first, http, _) = coordinator_on(
         &dir,
         "coordinator-first",
         &dir.path().join("data"),
-        mqtt_port,
+        ["--broker", &broker],
     )
     .await;
     let agent = start_agent(&dir, "h-off", &broker, &["web=on"], &key);
-    // An integration publishing the bundle: it logs in with the coordinator's admin token.
-    let mut options = MqttOptions::new(
+    let options = MqttOptions::new(
         format!("bundle-test-{}", std::process::id()),
         "127.0.0.1",
         mqtt_port,
     );
-    options.set_credentials("api", token.expect("the first coordinator's admin token"));
-    options.set_max_packet_size(2 << 20, 2 << 20);
     let mut publisher = Publisher::connect(options).await;
     publisher
         .publish("web", &keys.sign(&bundle("web", 7, "offline-missing")))
@@ -409,6 +415,7 @@ async fn a_persisted_bundle_runs_while_no_broker_is_up() {
         .is_file());
     agent.stop();
     first.stop();
+    mosquitto.proc.stop();
 
     // Second life: no broker at all. The agent loads the persisted bundle and evaluates it.
     // The fresh coordinator that comes up later keeps its data under `second`: the agent
@@ -431,8 +438,13 @@ async fn a_persisted_bundle_runs_while_no_broker_is_up() {
 
     // A fresh coordinator (no retained bundle, no history) sees the bundle in force and
     // the event decided while the broker was down, delivered by the outbox.
-    let (_second, http, _) =
-        coordinator_on(&dir, "coordinator-second", &second.join("data"), mqtt_port).await;
+    let (_second, http, _) = coordinator_on(
+        &dir,
+        "coordinator-second",
+        &second.join("data"),
+        ["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")],
+    )
+    .await;
     wait_bundles(&http, &[("h-off", &["web:7"])]).await;
     let events = wait_for("the offline event to arrive", WAIT, || async {
         let events = fired(&http, "h-off", "offline-missing").await;

@@ -144,7 +144,7 @@ async fn bundles_are_retained_versioned_on_edit_and_invalid_edits_publish_nothin
         ),
         ("drift-old", vec![]),
     ] {
-        let raw = RawAgent::enroll(dir.path(), host, &c.broker, "drift");
+        let raw = RawAgent::enroll(dir.path(), host, &c.broker);
         let (agent, pump) = connect(raw.options.clone());
         let status = agent_status(host, applied);
         agent
@@ -374,7 +374,7 @@ async fn fanout_to_1000_subscribers() {
                 scope.spawn(move || {
                     (w..N)
                         .step_by(8)
-                        .map(|i| (i, RawAgent::enroll(dir, &format!("fan-{i}"), broker, "fan")))
+                        .map(|i| (i, RawAgent::enroll(dir, &format!("fan-{i}"), broker)))
                         .collect::<Vec<_>>()
                 })
             })

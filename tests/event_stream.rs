@@ -191,7 +191,7 @@ impl Agent {
 async fn a_client_that_reconnects_with_last_event_id_gets_each_missed_event_once() {
     let dir = TestDir::new();
     let c = start_coordinator(&dir, None, &[]).await;
-    let agent = Agent::connect(RawAgent::enroll(dir.path(), HOST, &c.broker, "sse")).await;
+    let agent = Agent::connect(RawAgent::enroll(dir.path(), HOST, &c.broker)).await;
 
     // A bad filter is refused, naming the problem.
     let url = format!("{}/api/v1/events?kind=metrics", c.http);

@@ -170,9 +170,9 @@ async fn garbage_is_rejected_counted_and_good_samples_around_it_are_kept() {
 
     // A raw MQTT client logged in as an enrolled agent, publishing on its metrics topic.
     let host = "e2e-garbage";
-    let raw = RawAgent::enroll(dir.path(), host, &coordinator.broker, "raw");
+    let raw = RawAgent::enroll(dir.path(), host, &coordinator.broker);
     // Another enrolled agent, whose seal is good but not `host`'s.
-    let other = RawAgent::enroll(dir.path(), "e2e-garbage-other", &coordinator.broker, "raw");
+    let other = RawAgent::enroll(dir.path(), "e2e-garbage-other", &coordinator.broker);
     let (client, mut eventloop) = AsyncClient::new(raw.options.clone(), 100);
     let pump = tokio::spawn(async move {
         loop {

@@ -43,7 +43,11 @@ fn pause(issued_at_ms: i64, expires_at_ms: i64) -> Command {
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_act_on_signed_commands_and_refuse_replayed_expired_and_foreign_ones() {
     let dir = TestDir::new();
-    let c = start_coordinator(&dir, None, &[]).await;
+    // A Mosquitto without an ACL, where anyone may publish on the agent's command topic
+    // (the embedded broker lets nobody but the coordinator): the agent's own checks are
+    // all that stands between an attacker on such a broker and its services.
+    let mosquitto = vigil_tests::start_mosquitto(dir.path());
+    let c = start_coordinator(&dir, Some(&mosquitto.url), &[]).await;
     let agent = start_agent(HOST, &c.broker, &[], dir.path());
     host_until(&c.http, "agent online", |h| h["online"] == true).await;
 

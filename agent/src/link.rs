@@ -93,7 +93,7 @@ impl Link {
         sealer: Arc<Sealer>,
     ) -> Result<Link, MissingTls> {
         let mut options = vigil_shared::mqtt::client_options(
-            &format!("vigil-agent-{}", config.host),
+            &vigil_shared::mqtt::agent_client_id(&config.host),
             &config.broker,
             config.mqtt_username.as_deref(),
             config.mqtt_password.as_deref(),

@@ -133,7 +133,7 @@ pub async fn run(
     let outbox_signal = OutboxSignal::default();
     let (stop_outbox, stop_outbox_rx) = watch::channel(false);
     let outbox_options = vigil_shared::mqtt::client_options(
-        &format!("vigil-agent-{}-outbox", config.host),
+        &vigil_shared::mqtt::outbox_client_id(&config.host),
         &config.broker,
         config.mqtt_username.as_deref(),
         config.mqtt_password.as_deref(),

@@ -60,9 +60,8 @@ pub struct Coordinator {
     pub tls: bool,
     /// The broker agents should connect to (`mqtts://` when TLS is on).
     pub broker_url: BrokerUrl,
-    /// The embedded broker's plaintext address on loopback, for clients in this process
-    /// and on this machine (the same as `broker_url` without TLS; `None` with an external
-    /// broker).
+    /// A plaintext address of the embedded broker's front on loopback, for agents on this
+    /// machine (the same as `broker_url` without TLS; `None` with an external broker).
     pub local_broker_url: Option<BrokerUrl>,
     /// The store (for in-process readers such as tests).
     pub store: Store,
@@ -96,6 +95,7 @@ impl Coordinator {
                 })??
         };
         let telemetry = Arc::new(Telemetry::new());
+        raise_open_files(&config, &telemetry);
         let policies = {
             let (dir, store, telemetry) = (
                 config.policies_dir.clone(),
@@ -122,45 +122,68 @@ impl Coordinator {
         // plaintext loopback address; on an external one, with the configured credentials
         // (over TLS for an mqtts:// broker).
         let broker_url = config.broker_url();
+        let mut local_front_url = None;
         let (client_url, mqtt_username, mqtt_password) = match config.broker {
             BrokerMode::Embedded { listen } => {
                 let password = crate::agents::generate_password();
-                let auth =
-                    broker::BrokerAuth::new(store.clone(), telemetry.clone(), password.clone());
-                // With TLS, rumqttd listens on a loopback port behind the TLS front.
-                let (broker_listen, front) = match &server_tls {
-                    None => (listen, None),
-                    Some(tls) => {
-                        let front =
-                            tokio::net::TcpListener::bind(listen)
-                                .await
-                                .map_err(|source| BrokerError::Bind {
-                                    addr: listen,
-                                    source,
-                                })?;
-                        (
-                            broker::free_loopback_address()?,
-                            Some((front, tls.acceptor())),
-                        )
-                    }
-                };
-                tokio::task::spawn_blocking(move || broker::start(broker_listen, auth))
+                // rumqttd listens on loopback; every client from outside goes through
+                // the front on the public address (over TLS when it is on).
+                let front_listener =
+                    tokio::net::TcpListener::bind(listen)
+                        .await
+                        .map_err(|source| BrokerError::Bind {
+                            addr: listen,
+                            source,
+                        })?;
+                let broker_listen = broker::free_loopback_address()?;
+                let internal = password.clone();
+                tokio::task::spawn_blocking(move || broker::start(broker_listen, internal))
                     .await
                     .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
-                if let Some((front, acceptor)) = front {
-                    tracing::info!(
-                        %listen,
-                        relay_to = %broker_listen,
-                        "MQTT over TLS: relaying to the embedded broker on loopback"
-                    );
-                    tasks.push(tokio::spawn(crate::mqtt_tls::run(
-                        front,
-                        acceptor,
-                        broker_listen,
-                        telemetry.clone(),
-                        stop_rx.clone(),
-                    )));
-                }
+                let front = crate::mqtt_front::Front::new(
+                    broker_listen,
+                    broker::BrokerAuth::new(store.clone(), telemetry.clone()),
+                    password.clone(),
+                    config.mqtt_limits,
+                    telemetry.clone(),
+                );
+                let public = front_listener.local_addr().unwrap_or(listen);
+                tracing::info!(%public, broker = %broker_listen, "MQTT front relaying to the embedded broker");
+                // Clients on this machine (`up`'s agent) get a plaintext front on loopback
+                // when the public one speaks TLS.
+                let local_front = match &server_tls {
+                    None => {
+                        tasks.push(tokio::spawn(front.clone().run(
+                            front_listener,
+                            None,
+                            stop_rx.clone(),
+                        )));
+                        broker::loopback_url(public)
+                    }
+                    Some(tls) => {
+                        let local = broker::free_loopback_address()?;
+                        let local =
+                            tokio::net::TcpListener::bind(local)
+                                .await
+                                .map_err(|source| BrokerError::Bind {
+                                    addr: local,
+                                    source,
+                                })?;
+                        let url = broker::loopback_url(local.local_addr().unwrap_or(listen));
+                        tasks.push(tokio::spawn(front.clone().run(
+                            front_listener,
+                            Some(tls.acceptor()),
+                            stop_rx.clone(),
+                        )));
+                        tasks.push(tokio::spawn(front.clone().run(
+                            local,
+                            None,
+                            stop_rx.clone(),
+                        )));
+                        url
+                    }
+                };
+                local_front_url = Some(local_front);
                 (
                     broker::loopback_url(broker_listen),
                     Some(crate::agents::COORDINATOR_MQTT_USER.to_string()),
@@ -173,8 +196,6 @@ impl Coordinator {
                 config.mqtt_password.clone(),
             ),
         };
-        let local_broker_url =
-            matches!(config.broker, BrokerMode::Embedded { .. }).then(|| client_url.clone());
         let client_tls = if client_url.tls {
             Some(vigil_shared::tls::ClientTls::new(config.tls_ca.as_deref())?)
         } else {
@@ -273,6 +294,7 @@ impl Coordinator {
             routes,
             listener,
             server_tls.as_ref().map(|tls| tls.acceptor()),
+            config.http_limits,
             telemetry.clone(),
             stop_rx.clone(),
         )));
@@ -288,7 +310,7 @@ impl Coordinator {
             http_addr,
             tls: server_tls.is_some(),
             broker_url,
-            local_broker_url,
+            local_broker_url: local_front_url,
             store,
             telemetry,
             admin_token_file,
@@ -312,6 +334,36 @@ impl Coordinator {
         // The writer thread ends when the last handle is gone; do not wait on handles that
         // a stuck connection might still hold.
         drop(self.writer_thread);
+    }
+}
+
+/// Lifts the soft file-descriptor limit to what the connection bounds need: three per
+/// MQTT connection (the client's socket, the front's socket to rumqttd and rumqttd's end
+/// of it), one per REST connection, and room for LMDB, logs and the rest.
+fn raise_open_files(config: &CoordinatorConfig, telemetry: &Telemetry) {
+    let needed = 3 * config.mqtt_limits.max_connections as u64
+        + config.http_limits.max_connections as u64
+        + 1024;
+    match vigil_service::limits::raise_open_files(needed) {
+        Ok(limit) => {
+            telemetry
+                .open_files_limit
+                .set(i64::try_from(limit).unwrap_or(i64::MAX));
+            if limit < needed {
+                let agents =
+                    limit.saturating_sub(1024 + config.http_limits.max_connections as u64) / 6;
+                tracing::warn!(
+                    limit,
+                    needed,
+                    "the open-file limit (hard RLIMIT_NOFILE) is below what the connection \
+                     bounds need: about {agents} agents can connect (raise LimitNOFILE, or \
+                     `ulimit -Hn`)"
+                );
+            } else {
+                tracing::info!(limit, "open-file limit");
+            }
+        }
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
 }
 

@@ -1,16 +1,19 @@
 //! The embedded MQTT broker (rumqttd), started by default so that one process gives a
-//! working Vigil. It runs on its own threads for the life of the process.
+//! working Vigil. It runs on its own threads for the life of the process, on a loopback
+//! port: clients from outside reach it through the front ([`crate::mqtt_front`]), which
+//! bounds sockets, checks logins with [`BrokerAuth`] and enforces what each may send.
 //!
-//! It refuses anonymous clients. [`BrokerAuth`] admits three kinds of login:
+//! rumqttd itself admits only logins with the coordinator's internal password (made at
+//! start-up and never written down): the coordinator's own clients, and the front on
+//! behalf of a client it has checked. A local user who finds the loopback port gets
+//! nothing from it.
+//!
+//! [`BrokerAuth`] admits two kinds of login at the front:
 //! - an enrolled, unrevoked agent: user name = its host, its MQTT password
-//!   ([`crate::agents`]), client id `vigil-agent-{host}` or `vigil-agent-{host}-…` (so one
-//!   agent cannot push another off the broker by taking its client id);
-//! - the coordinator itself ([`crate::agents::COORDINATOR_MQTT_USER`], a password made at
-//!   start-up and never written down);
-//! - integrations: user `api`, any unrevoked REST API token as the password.
-//!
-//! rumqttd has no topic ACLs, so a login says nothing about what its messages may claim:
-//! ingest checks every agent message's seal ([`crate::ingest`]).
+//!   ([`crate::agents`]), and exactly one of its two client ids, `vigil-agent-{host}`
+//!   (its link) and `vigil-outbox-{host}` (its outbox), so that no login can push
+//!   another's session off the broker or inherit it;
+//! - integrations: user `api`, any unrevoked REST API token as the password; read only.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,58 +24,63 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 use vigil_shared::broker_url::BrokerUrl;
-use vigil_shared::wire::MAX_PAYLOAD_BYTES;
+use vigil_shared::mqtt::{agent_client_id, outbox_client_id};
 
 use crate::agents::{self, API_MQTT_USER, COORDINATOR_MQTT_USER};
+use crate::mqtt_front::{FRONT_MQTT_USER, MAX_PACKET_BYTES};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+
+/// Who a login at the front is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The agent of this host.
+    Agent(String),
+    /// An integration (a REST API token): reads only.
+    Integration,
+}
+
+impl Role {
+    /// The `role` label of this login's counters.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Role::Agent(_) => "agent",
+            Role::Integration => "integration",
+        }
+    }
+}
 
 /// Decides who may log in to the embedded broker.
 #[derive(Clone)]
 pub struct BrokerAuth {
     store: Store,
     telemetry: Arc<Telemetry>,
-    coordinator_password: Arc<String>,
 }
 
 impl BrokerAuth {
-    /// Checks logins against `store`; the coordinator logs in with `coordinator_password`.
-    pub fn new(store: Store, telemetry: Arc<Telemetry>, coordinator_password: String) -> Self {
-        BrokerAuth {
-            store,
-            telemetry,
-            coordinator_password: Arc::new(coordinator_password),
-        }
+    /// Checks logins against `store`.
+    pub fn new(store: Store, telemetry: Arc<Telemetry>) -> Self {
+        BrokerAuth { store, telemetry }
     }
 
-    /// Whether the login may connect; a refusal is logged and counted by reason.
-    pub fn admit(&self, client_id: &str, user: &str, password: &str) -> bool {
-        match self.check(client_id, user, password) {
-            Ok(()) => true,
-            Err(reason) => {
-                self.telemetry
-                    .mqtt_auth_failures
-                    .with_label_values(&[reason])
-                    .inc();
-                tracing::warn!(%client_id, %user, reason, "MQTT login refused");
-                false
-            }
-        }
+    /// Logs and counts a refused login by reason.
+    pub fn count_refusal(&self, client_id: &str, user: &str, reason: &'static str) {
+        self.telemetry
+            .mqtt_auth_failures
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(%client_id, %user, reason, "MQTT login refused");
     }
 
-    fn check(&self, client_id: &str, user: &str, password: &str) -> Result<(), &'static str> {
-        let is_agent_id = client_id.starts_with("vigil-agent-");
-        let is_coordinator_id = client_id.starts_with("vigil-coordinator");
-        if user == COORDINATOR_MQTT_USER {
-            let ok: bool = password
-                .as_bytes()
-                .ct_eq(self.coordinator_password.as_bytes())
-                .into();
-            return match (ok, is_coordinator_id) {
-                (true, true) => Ok(()),
-                (false, _) => Err("bad_password"),
-                (true, false) => Err("client_id"),
-            };
+    /// Who the login is, or why it is refused (the `reason` label of
+    /// `vigil_mqtt_auth_failures_total`).
+    pub fn check(&self, client_id: &str, user: &str, password: &str) -> Result<Role, &'static str> {
+        let reserved_id = client_id.starts_with("vigil-agent-")
+            || client_id.starts_with("vigil-outbox-")
+            || client_id.starts_with("vigil-coordinator");
+        if user == COORDINATOR_MQTT_USER || user == FRONT_MQTT_USER {
+            // The coordinator's own clients use rumqttd's loopback port, never the front.
+            return Err("bad_password");
         }
         if user == API_MQTT_USER {
             let record = self
@@ -80,7 +88,7 @@ impl BrokerAuth {
                 .token(&crate::tokens::hash(password))
                 .map_err(|_| "store_error")?;
             return match record {
-                Some(r) if r.revoked_ms.is_none() && !is_agent_id && !is_coordinator_id => Ok(()),
+                Some(r) if r.revoked_ms.is_none() && !reserved_id => Ok(Role::Integration),
                 Some(r) if r.revoked_ms.is_none() => Err("client_id"),
                 Some(_) => Err("revoked"),
                 None => Err("bad_password"),
@@ -97,12 +105,24 @@ impl BrokerAuth {
         if !agents::mqtt_login_ok(&record, password) {
             return Err("bad_password");
         }
-        let own = format!("vigil-agent-{user}");
-        if client_id == own || client_id.starts_with(&format!("{own}-")) {
-            Ok(())
+        if client_id == agent_client_id(user) || client_id == outbox_client_id(user) {
+            Ok(Role::Agent(user.to_string()))
         } else {
             Err("client_id")
         }
+    }
+}
+
+/// rumqttd's own check: only the coordinator's internal password gets in.
+fn internal_login_ok(internal_password: &str, client_id: &str, user: &str, password: &str) -> bool {
+    let ok: bool = password
+        .as_bytes()
+        .ct_eq(internal_password.as_bytes())
+        .into();
+    ok && match user {
+        COORDINATOR_MQTT_USER => client_id.starts_with("vigil-coordinator"),
+        FRONT_MQTT_USER => true,
+        _ => false,
     }
 }
 
@@ -126,19 +146,25 @@ pub enum BrokerError {
 }
 
 /// The rumqttd configuration Vigil uses: one MQTT 3.1.1 listener, payloads up to the
-/// protocol's limit, room for 10,000 agents, logins checked by `auth`.
-fn config(listen: SocketAddr, auth: BrokerAuth) -> Config {
+/// protocol's limit, room for 10,000 agents (two connections each), internal logins only.
+fn config(listen: SocketAddr, internal_password: Arc<String>) -> Config {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
-        max_payload_size: MAX_PAYLOAD_BYTES + 1024,
+        max_payload_size: MAX_PACKET_BYTES,
         max_inflight_count: 500,
         auth: None,
         external_auth: None,
         dynamic_filters: true,
     };
     connections.set_auth_handler(move |client_id, user, password| {
-        let auth = auth.clone();
-        async move { auth.admit(&client_id, &user, &password) }
+        let internal_password = Arc::clone(&internal_password);
+        async move {
+            let ok = internal_login_ok(&internal_password, &client_id, &user, &password);
+            if !ok {
+                tracing::warn!(%client_id, %user, "login on the broker's loopback port refused");
+            }
+            ok
+        }
     });
     let server = ServerSettings {
         name: "vigil-v4".into(),
@@ -150,7 +176,7 @@ fn config(listen: SocketAddr, auth: BrokerAuth) -> Config {
     Config {
         id: 0,
         router: RouterConfig {
-            max_connections: 10_100,
+            max_connections: 21_000,
             max_outgoing_packet_count: 1000,
             max_segment_size: 16 * 1024 * 1024,
             max_segment_count: 4,
@@ -161,8 +187,7 @@ fn config(listen: SocketAddr, auth: BrokerAuth) -> Config {
     }
 }
 
-/// A loopback address with a port free right now, for a broker that only the TLS front
-/// ([`crate::mqtt_tls`]) and local clients reach.
+/// A loopback address with a port free right now, for the broker behind the front.
 pub fn free_loopback_address() -> Result<SocketAddr, BrokerError> {
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
     TcpListener::bind(addr)
@@ -183,8 +208,9 @@ pub fn loopback_url(listen: SocketAddr) -> BrokerUrl {
     }
 }
 
-/// Starts the broker and waits until it accepts TCP connections.
-pub fn start(listen: SocketAddr, auth: BrokerAuth) -> Result<(), BrokerError> {
+/// Starts the broker on `listen` (a loopback address) and waits until it accepts TCP
+/// connections; it admits only `internal_password`.
+pub fn start(listen: SocketAddr, internal_password: String) -> Result<(), BrokerError> {
     // rumqttd reports a failed bind only in its log; find out first, with a clear error.
     drop(
         TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -192,8 +218,8 @@ pub fn start(listen: SocketAddr, auth: BrokerAuth) -> Result<(), BrokerError> {
             source,
         })?,
     );
-    let probe_password = Arc::clone(&auth.coordinator_password);
-    let config = config(listen, auth);
+    let probe_password = Arc::new(internal_password);
+    let config = config(listen, Arc::clone(&probe_password));
     std::thread::Builder::new()
         .name("vigil-broker".into())
         .spawn(move || {

@@ -114,6 +114,24 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_AUTH_FAILURE_LIMIT")]
     pub auth_failure_limit: Option<u32>,
 
+    /// Connections the embedded broker's front holds in all; each agent uses two
+    /// [default: 21000, room for 10,000 agents]
+    #[arg(long, env = "VIGIL_MQTT_MAX_CONNECTIONS")]
+    pub mqtt_max_connections: Option<usize>,
+
+    /// Connections from one client address that have not logged in to the embedded broker
+    /// yet (more are closed at once; each has 10 s to log in) [default: 64]
+    #[arg(long, env = "VIGIL_MQTT_MAX_PENDING_PER_ADDRESS")]
+    pub mqtt_max_pending_per_address: Option<usize>,
+
+    /// Connections the REST API holds in all [default: 4096]
+    #[arg(long, env = "VIGIL_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+
+    /// Connections the REST API holds from one client address [default: 256]
+    #[arg(long, env = "VIGIL_HTTP_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub http_max_connections_per_address: Option<usize>,
+
     /// Allow the REST API or the embedded broker to listen beyond loopback without TLS:
     /// traffic, tokens and passwords cross the network in clear [default: false, refuse]
     #[arg(long, env = "VIGIL_ALLOW_PLAINTEXT_REMOTE", num_args = 0..=1, default_missing_value = "true")]
@@ -200,6 +218,10 @@ impl ServeArgs {
                 bundle_key: self.bundle_key,
                 metrics_auth: self.metrics_auth,
                 auth_failure_limit: self.auth_failure_limit,
+                mqtt_max_connections: self.mqtt_max_connections,
+                mqtt_max_pending_per_address: self.mqtt_max_pending_per_address,
+                http_max_connections: self.http_max_connections,
+                http_max_connections_per_address: self.http_max_connections_per_address,
                 allow_plaintext_remote: self.allow_plaintext_remote,
                 tls: self.tls,
                 tls_cert: self.tls_cert,

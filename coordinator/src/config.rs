@@ -67,6 +67,10 @@ pub struct CoordinatorConfig {
     /// Failed REST authentications one client address may make per minute before it
     /// gets 429 (0: no limit).
     pub auth_failure_limit: u32,
+    /// Socket bounds of the embedded broker's front.
+    pub mqtt_limits: crate::mqtt_front::FrontLimits,
+    /// Socket bounds of the REST API.
+    pub http_limits: crate::http_server::HttpLimits,
     /// Whether plaintext listeners beyond loopback were explicitly allowed.
     pub allow_plaintext_remote: bool,
     /// The certificate both listeners serve; `None`: plain HTTP and MQTT.
@@ -132,6 +136,14 @@ pub struct CoordinatorFile {
     pub metrics_auth: Option<bool>,
     /// See `--auth-failure-limit`.
     pub auth_failure_limit: Option<u32>,
+    /// See `--mqtt-max-connections`.
+    pub mqtt_max_connections: Option<usize>,
+    /// See `--mqtt-max-pending-per-address`.
+    pub mqtt_max_pending_per_address: Option<usize>,
+    /// See `--http-max-connections`.
+    pub http_max_connections: Option<usize>,
+    /// See `--http-max-connections-per-address`.
+    pub http_max_connections_per_address: Option<usize>,
     /// See `--allow-plaintext-remote`.
     pub allow_plaintext_remote: Option<bool>,
     /// See `--tls`.
@@ -226,6 +238,42 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             format!("{max} bytes is smaller than db_map_size ({initial} bytes)"),
         ));
     }
+    let count = |setting, value: Option<usize>, default: usize| match value {
+        Some(0) => Err(invalid(setting, "must be at least 1".into())),
+        Some(n) if n > 1_000_000 => Err(invalid(setting, format!("{n} is more than 1000000"))),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let mqtt_defaults = crate::mqtt_front::FrontLimits::default();
+    let mqtt_limits = crate::mqtt_front::FrontLimits {
+        max_connections: count(
+            "mqtt_max_connections",
+            over.mqtt_max_connections.or(file.mqtt_max_connections),
+            mqtt_defaults.max_connections,
+        )?,
+        max_pending_per_address: count(
+            "mqtt_max_pending_per_address",
+            over.mqtt_max_pending_per_address
+                .or(file.mqtt_max_pending_per_address),
+            mqtt_defaults.max_pending_per_address,
+        )?,
+        ..mqtt_defaults
+    };
+    let http_defaults = crate::http_server::HttpLimits::default();
+    let http_limits = crate::http_server::HttpLimits {
+        max_connections: count(
+            "http_max_connections",
+            over.http_max_connections.or(file.http_max_connections),
+            http_defaults.max_connections,
+        )?,
+        max_connections_per_address: count(
+            "http_max_connections_per_address",
+            over.http_max_connections_per_address
+                .or(file.http_max_connections_per_address),
+            http_defaults.max_connections_per_address,
+        )?,
+        ..http_defaults
+    };
     let allow_plaintext_remote = over
         .allow_plaintext_remote
         .or(file.allow_plaintext_remote)
@@ -311,6 +359,8 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             .auth_failure_limit
             .or(file.auth_failure_limit)
             .unwrap_or(crate::api::auth::DEFAULT_MAX_FAILURES),
+        mqtt_limits,
+        http_limits,
         allow_plaintext_remote,
         tls,
         tls_ca,

@@ -33,7 +33,7 @@ pub mod ingest;
 pub mod install_cli;
 pub mod json_mirror;
 pub mod local_agent;
-pub mod mqtt_tls;
+pub mod mqtt_front;
 pub mod policies;
 pub mod store;
 pub mod telemetry;

@@ -56,6 +56,14 @@ pub struct Telemetry {
     pub mqtt_auth_failures: IntCounterVec,
     /// `vigil_agent_enrollments_total{result}`: enrollment requests, by outcome.
     pub enrollments: IntCounterVec,
+    /// `vigil_connections_refused_total{listener,reason}`: connections closed at once
+    /// because a bound was reached.
+    pub connections_refused: IntCounterVec,
+    /// `vigil_mqtt_acl_refusals_total{role,reason}`: MQTT connections the broker's front
+    /// closed for a packet the login may not send.
+    pub mqtt_acl_refusals: IntCounterVec,
+    /// `vigil_open_files_limit`: the file descriptors the process may hold.
+    pub open_files_limit: IntGauge,
     /// `vigil_tls_handshake_failures_total{listener,reason}`: connections dropped because
     /// their TLS handshake failed (a plaintext client, a client that does not trust our
     /// certificate) or timed out.
@@ -210,6 +218,27 @@ impl Telemetry {
              client not trusting the certificate) or timed out",
             &["listener", "reason"],
         );
+        let connections_refused = counter(
+            "vigil_connections_refused_total",
+            "Connections closed at once because a bound was reached (connections in all, \
+             per client address, not logged in yet)",
+            &["listener", "reason"],
+        );
+        let mqtt_acl_refusals = counter(
+            "vigil_mqtt_acl_refusals_total",
+            "MQTT connections the embedded broker's front closed: a login that failed to \
+             send its CONNECT in time, or a packet it may not send (a topic not its own, a \
+             retain, a publish by an integration)",
+            &["role", "reason"],
+        );
+        let open_files_limit = IntGauge::new(
+            "vigil_open_files_limit",
+            "File descriptors the coordinator may hold (its raised RLIMIT_NOFILE)",
+        )
+        .unwrap_or_else(|e| unreachable!("gauge is well-formed: {e}"));
+        registry
+            .register(Box::new(open_files_limit.clone()))
+            .unwrap_or_else(|e| unreachable!("gauge is registered once: {e}"));
         let json_mirror_messages = counter(
             "vigil_json_mirror_messages_total",
             "JSON messages published on vigil/v1/json/ for integrations",
@@ -266,11 +295,19 @@ impl Telemetry {
                 tls_handshake_failures.with_label_values(&[listener, reason]);
             }
         }
+        for listener in ["http", "mqtt"] {
+            for reason in ["max_connections", "max_pending", "max_per_address"] {
+                connections_refused.with_label_values(&[listener, reason]);
+            }
+        }
         for stream in crate::json_mirror::Stream::ALL {
             json_mirror_dropped.with_label_values(&[stream.as_str()]);
         }
         Telemetry {
             registry,
+            connections_refused,
+            mqtt_acl_refusals,
+            open_files_limit,
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
@@ -355,6 +392,9 @@ mod tests {
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
+            connections_refused,
+            mqtt_acl_refusals,
+            open_files_limit,
         } = telemetry;
         let counter_vecs = [
             mqtt_messages,
@@ -372,6 +412,8 @@ mod tests {
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
+            connections_refused,
+            mqtt_acl_refusals,
         ];
         counter_vecs.iter().for_each(|v| touch(v));
         touch(http_duration);
@@ -381,6 +423,7 @@ mod tests {
             hosts_online,
             hosts_known,
             store_map_size_bytes,
+            open_files_limit,
             agent_policy_load_errors,
             batches_missing,
             batches_late,

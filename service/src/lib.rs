@@ -10,6 +10,7 @@
 //!   came from the Debian package or from a static binary.
 
 pub mod install;
+pub mod limits;
 pub mod notify;
 pub mod systemd_service;
 

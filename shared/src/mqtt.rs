@@ -13,6 +13,19 @@ use crate::wire::MAX_PAYLOAD_BYTES;
 /// Keep-alive interval: a dead client is noticed (and its last will sent) within 1.5× this.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
+/// The client id of `host`'s agent link (reports, commands, bundles). The embedded broker
+/// admits an agent only under this id or [`outbox_client_id`], so no login can take
+/// over another host's session.
+pub fn agent_client_id(host: &str) -> String {
+    format!("vigil-agent-{host}")
+}
+
+/// The client id of `host`'s agent outbox connection (action events). Its prefix differs
+/// from [`agent_client_id`]'s, so no host's outbox id is another host's link id.
+pub fn outbox_client_id(host: &str) -> String {
+    format!("vigil-outbox-{host}")
+}
+
 /// An `mqtts://` broker was given without TLS settings to reach it with.
 #[derive(Debug, Error)]
 #[error("broker {0} uses TLS, but no TLS settings were given (a CA certificate to trust)")]

@@ -204,7 +204,7 @@ impl Session {
         };
         // Plain MQTT only (main refuses mqtts:// brokers), so this cannot fail.
         let mut options = client_options(
-            &format!("vigil-agent-{}", me.host),
+            &vigil_shared::mqtt::agent_client_id(&me.host),
             &plan.broker.without_tls(),
             user,
             pass,

@@ -238,15 +238,16 @@ pub fn enroll_directly(host: &str, identity_dir: &Path, coordinator_data: &Path)
 pub struct RawAgent {
     /// Seals messages as this host.
     pub sealer: vigil_shared::agent_auth::Sealer,
-    /// MQTT options for `broker` with the host's login (client id
-    /// `vigil-agent-{host}-{suffix}`).
+    /// MQTT options for `broker` with the host's login and its agent's client id
+    /// (`vigil-agent-{host}`: the only other id the embedded broker admits for the host
+    /// is its outbox's).
     pub options: rumqttc::MqttOptions,
 }
 
 impl RawAgent {
     /// Enrolls `host` with the coordinator store in `<dir>/data` and prepares its login to
     /// `broker` (`mqtt://127.0.0.1:PORT`).
-    pub fn enroll(dir: &Path, host: &str, broker: &str, suffix: &str) -> RawAgent {
+    pub fn enroll(dir: &Path, host: &str, broker: &str) -> RawAgent {
         let identity_dir = dir.join(format!("raw-identity-{host}"));
         enroll_directly(host, &identity_dir, &dir.join("data"));
         let identity = vigil_agent::identity::Identity::load(&identity_dir)
@@ -254,7 +255,7 @@ impl RawAgent {
             .expect("identity written");
         let sealer = vigil_shared::agent_auth::Sealer::new(host, identity.key().expect("key"));
         let mut options = rumqttc::MqttOptions::new(
-            format!("vigil-agent-{host}-{suffix}"),
+            vigil_shared::mqtt::agent_client_id(host),
             "127.0.0.1",
             broker_port(broker),
         );
@@ -360,6 +361,17 @@ pub async fn start_coordinator(
     external_broker: Option<&str>,
     extra: &[&str],
 ) -> CoordinatorProc {
+    start_coordinator_limited(dir, external_broker, extra, None).await
+}
+
+/// [`start_coordinator`] with the soft open-file limit (`ulimit -Sn`) set to
+/// `open_files` for the coordinator process, when given.
+pub async fn start_coordinator_limited(
+    dir: &TestDir,
+    external_broker: Option<&str>,
+    extra: &[&str],
+    open_files: Option<u64>,
+) -> CoordinatorProc {
     let data_dir = dir.path().join("data");
     let http_port = free_port();
     let mut args = vec![
@@ -381,7 +393,18 @@ pub async fn start_coordinator(
         }
     };
     args.extend(extra.iter().map(|s| s.to_string()));
-    let proc = Proc::start("coordinator", &bin("vigil-coordinator"), &args, dir.path());
+    let proc = match open_files {
+        None => Proc::start("coordinator", &bin("vigil-coordinator"), &args, dir.path()),
+        Some(limit) => {
+            let mut shell = vec![
+                "-c".to_string(),
+                format!("ulimit -Sn {limit} && exec \"$0\" \"$@\""),
+                bin("vigil-coordinator").display().to_string(),
+            ];
+            shell.extend(args);
+            Proc::start("coordinator", Path::new("/bin/sh"), &shell, dir.path())
+        }
+    };
     let http = format!("http://127.0.0.1:{http_port}");
     let url = format!("{http}/health");
     wait_for("coordinator /health", Duration::from_secs(20), || {
@@ -444,12 +467,16 @@ pub fn start_mosquitto(dir: &Path) -> Mosquitto {
 
 /// Starts Mosquitto on a free loopback port with `settings` (mosquitto.conf lines) added.
 pub fn start_mosquitto_with(dir: &Path, settings: &str) -> Mosquitto {
+    start_mosquitto_on(dir, free_port(), settings)
+}
+
+/// [`start_mosquitto_with`] on a given port of 127.0.0.1.
+pub fn start_mosquitto_on(dir: &Path, port: u16, settings: &str) -> Mosquitto {
     let program = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
         .expect("mosquitto is not installed: apt-get install mosquitto (see .ci/run)");
-    let port = free_port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,

@@ -121,7 +121,7 @@ async fn measure(
     let sealer = Sealer::new(PROBE_HOST, probe.key());
     // The bench starts its own plaintext brokers, so this cannot fail.
     let options = client_options(
-        &format!("vigil-agent-{PROBE_HOST}"),
+        &vigil_shared::mqtt::agent_client_id(PROBE_HOST),
         &broker.without_tls(),
         Some(&probe.username),
         Some(&probe.password),
