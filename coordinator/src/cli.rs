@@ -120,7 +120,7 @@ pub struct ServeArgs {
     pub mqtt_max_connections: Option<usize>,
 
     /// Connections from one client address that have not logged in to the embedded broker
-    /// yet (more are closed at once; each has 10 s to log in) [default: 64]
+    /// yet (more are closed at once; each has 10 s to log in) [default: 512]
     #[arg(long, env = "VIGIL_MQTT_MAX_PENDING_PER_ADDRESS")]
     pub mqtt_max_pending_per_address: Option<usize>,
 

@@ -67,7 +67,7 @@ impl Default for FrontLimits {
         FrontLimits {
             max_connections: 21_000,
             max_pending: 1_024,
-            max_pending_per_address: 64,
+            max_pending_per_address: 512,
             connect_timeout: Duration::from_secs(10),
         }
     }

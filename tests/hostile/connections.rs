@@ -82,7 +82,13 @@ async fn connect_from(source: Ipv4Addr, target: SocketAddr) -> std::io::Result<T
 async fn slow_sockets_leave_health_and_agents_working_under_a_1024_fd_limit() {
     raise_own_open_files(8192);
     let dir = TestDir::new();
-    let c = start_coordinator_limited(&dir, None, &[], Some(1024)).await;
+    let c = start_coordinator_limited(
+        &dir,
+        None,
+        &["--mqtt-max-pending-per-address", "64"],
+        Some(1024),
+    )
+    .await;
     assert!(
         metric(&c.http, "vigil_open_files_limit").await > 1024.0,
         "the coordinator did not raise its open-file limit"
