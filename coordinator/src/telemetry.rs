@@ -66,6 +66,11 @@ pub struct Telemetry {
     /// `vigil_json_mirror_dropped_total{stream}`: JSON messages dropped because the mirror
     /// fell behind.
     pub json_mirror_dropped: IntCounterVec,
+    /// `vigil_http_requests_rejected_total{route,field}`: REST requests refused because a
+    /// parameter or body field was out of range or unreadable (a time, a TTL, a limit);
+    /// `route` is the route template, `field` one of a fixed set of names (`other` for
+    /// the rest), so the label values stay few.
+    pub http_rejected: IntCounterVec,
 }
 
 impl Telemetry {
@@ -220,6 +225,12 @@ impl Telemetry {
             "JSON mirror messages dropped because the mirror fell behind",
             &["stream"],
         );
+        let http_rejected = counter(
+            "vigil_http_requests_rejected_total",
+            "REST requests refused for an out-of-range or unreadable parameter or field \
+             (a time, a TTL, a limit), by route template and field",
+            &["route", "field"],
+        );
         // Series whose label values are known up front exist at 0 from the start, so a
         // dashboard shows 0 rather than "no data" and `rate()` has a starting point.
         for channel in [
@@ -234,6 +245,7 @@ impl Telemetry {
                 "unknown_version",
                 "malformed",
                 "invalid",
+                "implausible_time",
                 "host_mismatch",
                 "unknown_agent",
                 "revoked",
@@ -271,6 +283,7 @@ impl Telemetry {
         }
         Telemetry {
             registry,
+            http_rejected,
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
@@ -355,6 +368,7 @@ mod tests {
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
+            http_rejected,
         } = telemetry;
         let counter_vecs = [
             mqtt_messages,
@@ -372,6 +386,7 @@ mod tests {
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
+            http_rejected,
         ];
         counter_vecs.iter().for_each(|v| touch(v));
         touch(http_duration);

@@ -1,6 +1,8 @@
 //! `GET /api/v1/metrics/query?name=&host=&from=&to=&limit=`: history of one metric,
 //! time-ordered. `name` is required; `host` narrows to one host; `from`/`to` are RFC 3339
-//! or epoch ms (default: the last hour); `limit` is 1–10000 (default 1000).
+//! or epoch ms (default: the last hour), each within the plausible range
+//! ([`validate::timestamp`]: 2000 to 2200); `limit` is 1–10000 (default 1000). A bad
+//! parameter is a 422 naming it, counted in `vigil_http_requests_rejected_total`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use vigil_shared::time::{now_ms, parse_time, to_rfc3339};
 use vigil_shared::validate;
 use warp::reply::Response;
 
-use super::error::{respond, ApiError};
+use super::error::{counted, respond, ApiError};
 use super::hosts::tags_json;
 use super::Api;
 use crate::store::reader::HistoryQuery;
@@ -29,8 +31,14 @@ pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<HistoryQue
     validate::metric_name(&name).map_err(|e| ApiError::invalid_field("name", e.to_string()))?;
     let time = |key: &str, default: i64| -> Result<i64, ApiError> {
         match params.get(key) {
-            Some(text) => parse_time(text)
-                .map_err(|e| ApiError::invalid_field(key, format!("query parameter `{key}`: {e}"))),
+            Some(text) => {
+                let ms = parse_time(text).map_err(|e| {
+                    ApiError::invalid_field(key, format!("query parameter `{key}`: {e}"))
+                })?;
+                validate::timestamp(key, ms)
+                    .map_err(|e| ApiError::invalid_field(key, format!("query parameter {e}")))?;
+                Ok(ms)
+            }
             None => Ok(default),
         }
     };
@@ -52,7 +60,8 @@ pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<HistoryQue
 /// Handles one query.
 pub async fn query(params: HashMap<String, String>, api: Arc<Api>) -> Response {
     let result = async {
-        let query = parse(&params, now_ms())?;
+        let query = parse(&params, now_ms())
+            .map_err(|e| counted(&api.telemetry, "/api/v1/metrics/query", e))?;
         let store = api.store.clone();
         let q = query.clone();
         let points = tokio::task::spawn_blocking(move || store.query(&q))
@@ -115,7 +124,25 @@ mod tests {
             Some("from")
         );
         assert_eq!(
-            field(&[("name", "x"), ("from", "5"), ("to", "1")]).as_deref(),
+            field(&[
+                ("name", "x"),
+                ("from", "1700000000005"),
+                ("to", "1700000000001")
+            ])
+            .as_deref(),
+            Some("from")
+        );
+        // Implausible times, however well written, are refused and named.
+        assert_eq!(
+            field(&[("name", "x"), ("to", "253402300800000")]).as_deref(),
+            Some("to")
+        );
+        assert_eq!(
+            field(&[("name", "x"), ("from", "-5")]).as_deref(),
+            Some("from")
+        );
+        assert_eq!(
+            field(&[("name", "x"), ("from", "1970-01-01T00:00:00Z")]).as_deref(),
             Some("from")
         );
     }
