@@ -66,7 +66,7 @@ pub struct Telemetry {
     /// `vigil_json_mirror_dropped_total{stream}`: JSON messages dropped because the mirror
     /// fell behind.
     pub json_mirror_dropped: IntCounterVec,
-    /// `vigil_http_requests_rejected_total{route,field}`: REST requests refused because a
+    /// `vigil_http_requests_rejected_total{field,route}`: REST requests refused because a
     /// parameter or body field was out of range or unreadable (a time, a TTL, a limit);
     /// `route` is the route template, `field` one of a fixed set of names (`other` for
     /// the rest), so the label values stay few.
@@ -229,7 +229,7 @@ impl Telemetry {
             "vigil_http_requests_rejected_total",
             "REST requests refused for an out-of-range or unreadable parameter or field \
              (a time, a TTL, a limit), by route template and field",
-            &["route", "field"],
+            &["field", "route"],
         );
         // Series whose label values are known up front exist at 0 from the start, so a
         // dashboard shows 0 rather than "no data" and `rate()` has a starting point.

@@ -40,13 +40,13 @@ pub fn field_label(field: Option<&str>) -> &'static str {
     "other"
 }
 
-/// Counts a refused request in `vigil_http_requests_rejected_total{route,field}` (only
+/// Counts a refused request in `vigil_http_requests_rejected_total{field,route}` (only
 /// client errors: 4xx) and passes the error on.
 pub fn counted(telemetry: &Telemetry, route: &'static str, error: ApiError) -> ApiError {
     if error.status.is_client_error() {
         telemetry
             .http_rejected
-            .with_label_values(&[route, field_label(error.field.as_deref())])
+            .with_label_values(&[field_label(error.field.as_deref()), route])
             .inc();
     }
     error

@@ -8,9 +8,9 @@
 //! `name` is 1–255 characters, `value` a finite number, `tags` an optional object of string
 //! values; the `host` tag picks the host (`unknown` without one). An optional `timestamp`
 //! (RFC 3339 or epoch ms, between 2000 and 2200: [`validate::timestamp`]) backdates the
-//! sample. A refused body is a 4xx naming the field, counted in
-//! `vigil_http_ingest_rejected_total{field}` and `vigil_http_requests_rejected_total`. The sample is stored exactly like one that
-//! arrived over MQTT, and the reply (201) comes once it is committed to LMDB.
+//! sample, which is stored exactly like one that arrived over MQTT; the reply (201) comes
+//! once it is committed to LMDB. A refused body is a 4xx naming the field, counted in
+//! `vigil_http_ingest_rejected_total{field}` and `vigil_http_requests_rejected_total`.
 
 use std::sync::Arc;
 
