@@ -5,7 +5,8 @@ use thiserror::Error;
 
 /// Longest metric name accepted (seed 001 §3.2: 1–255 characters).
 pub const MAX_METRIC_NAME_LEN: usize = 255;
-/// Longest host name accepted (a DNS name's limit).
+/// Longest host name accepted, in characters (a DNS name's limit; counted in characters
+/// so that the REST API's JSON Schema can state it exactly).
 pub const MAX_HOST_LEN: usize = 253;
 /// Longest tag key or value accepted.
 pub const MAX_TAG_LEN: usize = 255;
@@ -78,13 +79,11 @@ pub fn host_name(host: &str) -> Result<(), FieldError> {
     if host.is_empty() {
         return Err(FieldError::new("host", "must not be empty"));
     }
-    if host.len() > MAX_HOST_LEN {
+    let len = host.chars().count();
+    if len > MAX_HOST_LEN {
         return Err(FieldError::new(
             "host",
-            format!(
-                "is {} bytes long; at most {MAX_HOST_LEN} are allowed",
-                host.len()
-            ),
+            format!("is {len} characters long; at most {MAX_HOST_LEN} are allowed"),
         ));
     }
     if let Some(c) = host

@@ -359,8 +359,8 @@ pub enum DecodeError {
     ImplausibleTime {
         /// The message kind.
         kind: &'static str,
-        /// Which field and why.
-        error: FieldError,
+        /// Which field and why (boxed: it keeps this error as small as it was).
+        error: Box<FieldError>,
     },
 }
 
@@ -417,7 +417,7 @@ pub fn decode<T: WireMessage>(bytes: &[u8]) -> Result<T, DecodeError> {
         .validate_times()
         .map_err(|error| DecodeError::ImplausibleTime {
             kind: T::KIND,
-            error,
+            error: Box::new(error),
         })?;
     Ok(message)
 }

@@ -219,7 +219,8 @@ struct JoinTokenBody {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     host: Option<String>,
-    uses: Option<u32>,
+    /// A whole number (JSON may write it `3.0`), checked by [`whole_number`].
+    uses: Option<serde_json::Number>,
     /// Like `24h`, `30m`.
     ttl: Option<String>,
 }
@@ -270,11 +271,33 @@ async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
             .into_response()
         }
     };
+    let uses = match body.uses.as_ref().map(whole_number) {
+        None => 1,
+        Some(Some(n)) => match u32::try_from(n) {
+            Ok(n) => n,
+            Err(_) => {
+                return counted(
+                    &api.telemetry,
+                    "/api/v1/join-tokens",
+                    ApiError::invalid_field("uses", format!("{n} is not from 1 to {}", u32::MAX)),
+                )
+                .into_response()
+            }
+        },
+        Some(None) => {
+            return counted(
+                &api.telemetry,
+                "/api/v1/join-tokens",
+                ApiError::invalid_field("uses", "must be a whole number"),
+            )
+            .into_response()
+        }
+    };
     let spec = JoinTokenSpec {
         name: body.name,
         labels: body.labels,
         host: body.host,
-        uses: body.uses.unwrap_or(1),
+        uses,
         ttl_ms,
     };
     let store = api.store.clone();
@@ -292,6 +315,16 @@ async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// A JSON number that is whole (`3` or `3.0`), as an `i64`.
+pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            // Whole and well inside i64: the conversion is exact.
+            .map(|f| f as i64)
+    })
 }
 
 async fn list_join_tokens(api: Arc<Api>) -> Response {

@@ -138,7 +138,7 @@ pub fn parse(body: &[u8], now_ms: i64) -> Result<HttpSample, ApiError> {
     let ts_ms = match object.get("timestamp") {
         // The coordinator's own clock: not checked.
         None | Some(Value::Null) => now_ms,
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
+        Some(Value::Number(n)) => super::agents::whole_number(n).ok_or_else(|| {
             ApiError::invalid_field(
                 "timestamp",
                 "field `timestamp` must be whole epoch milliseconds",
