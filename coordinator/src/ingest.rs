@@ -5,7 +5,10 @@
 //! ([`vigil_shared::agent_auth`]): the topic name is never trusted. Nothing an agent (or
 //! anyone else) publishes can crash this loop: a payload that does not decode, speaks an
 //! unknown protocol version, is not sealed by the enrolled key of the host in its topic
-//! (unknown or revoked host, bad signature, stale, replayed), breaks a content rule, or
+//! (unknown or revoked host, bad signature, stale — sealed more than 5 minutes from the
+//! coordinator's clock, retained or not —, replayed), breaks a content rule (`invalid`),
+//! carries a time outside 2000–2200 (`implausible_time`, see
+//! [`vigil_shared::validate::timestamp`]), or
 //! claims a host other than the one in its topic is logged with its topic, counted in
 //! `vigil_mqtt_messages_rejected_total{channel,reason}`, and dropped. A redelivered
 //! duplicate, and the last will of an earlier connection arriving after the agent
@@ -94,11 +97,13 @@ impl Publisher {
         let previous = self
             .last_issued_ms
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-                Some(wanted.max(last + 1))
+                Some(wanted.max(last.saturating_add(1)))
             })
             .unwrap_or_else(|last| last);
-        let issued = wanted.max(previous + 1);
-        command.expires_at_ms += issued - command.issued_at_ms;
+        let issued = wanted.max(previous.saturating_add(1));
+        command.expires_at_ms = command
+            .expires_at_ms
+            .saturating_add(issued.saturating_sub(command.issued_at_ms));
         command.issued_at_ms = issued;
         let payload = wire::encode(&command_auth::sign(&self.keys, &command));
         match tokio::time::timeout(

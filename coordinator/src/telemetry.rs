@@ -74,6 +74,11 @@ pub struct Telemetry {
     /// `vigil_json_mirror_dropped_total{stream}`: JSON messages dropped because the mirror
     /// fell behind.
     pub json_mirror_dropped: IntCounterVec,
+    /// `vigil_http_requests_rejected_total{field,route}`: REST requests refused because a
+    /// parameter or body field was out of range or unreadable (a time, a TTL, a limit);
+    /// `route` is the route template, `field` one of a fixed set of names (`other` for
+    /// the rest), so the label values stay few.
+    pub http_rejected: IntCounterVec,
 }
 
 impl Telemetry {
@@ -249,6 +254,12 @@ impl Telemetry {
             "JSON mirror messages dropped because the mirror fell behind",
             &["stream"],
         );
+        let http_rejected = counter(
+            "vigil_http_requests_rejected_total",
+            "REST requests refused for an out-of-range or unreadable parameter or field \
+             (a time, a TTL, a limit), by route template and field",
+            &["field", "route"],
+        );
         // Series whose label values are known up front exist at 0 from the start, so a
         // dashboard shows 0 rather than "no data" and `rate()` has a starting point.
         for channel in [
@@ -263,6 +274,7 @@ impl Telemetry {
                 "unknown_version",
                 "malformed",
                 "invalid",
+                "implausible_time",
                 "host_mismatch",
                 "unknown_agent",
                 "revoked",
@@ -308,6 +320,7 @@ impl Telemetry {
             connections_refused,
             mqtt_acl_refusals,
             open_files_limit,
+            http_rejected,
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
@@ -395,6 +408,7 @@ mod tests {
             connections_refused,
             mqtt_acl_refusals,
             open_files_limit,
+            http_rejected,
         } = telemetry;
         let counter_vecs = [
             mqtt_messages,
@@ -414,6 +428,7 @@ mod tests {
             json_mirror_dropped,
             connections_refused,
             mqtt_acl_refusals,
+            http_rejected,
         ];
         counter_vecs.iter().for_each(|v| touch(v));
         touch(http_duration);

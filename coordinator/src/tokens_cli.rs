@@ -49,7 +49,7 @@ pub enum TokenCommand {
         /// Join tokens: how many agents may enroll with it.
         #[arg(long, default_value_t = 1, requires = "join")]
         uses: u32,
-        /// Join tokens: how long it is valid.
+        /// Join tokens: how long it is valid (at most ten years).
         #[arg(long, default_value = "24h", requires = "join")]
         ttl: String,
     },
@@ -77,6 +77,7 @@ pub fn run(args: TokenArgs) -> Result<(), String> {
         } => {
             let ttl = humantime::parse_duration(&ttl)
                 .map_err(|e| format!("--ttl `{ttl}` is not a duration like 24h: {e}"))?;
+            let ttl_ms = vigil_shared::validate::ttl("--ttl", ttl).map_err(|e| e.to_string())?;
             let labels = labels
                 .iter()
                 .map(|pair| {
@@ -90,7 +91,7 @@ pub fn run(args: TokenArgs) -> Result<(), String> {
                 labels,
                 host,
                 uses,
-                ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+                ttl_ms,
             };
             let (token, record) =
                 agents::create_join_token(&store, &spec, now_ms()).map_err(|e| e.to_string())?;

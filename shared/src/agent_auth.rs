@@ -7,9 +7,10 @@
 //! per channel and the time it was sealed. The coordinator
 //! - finds the host's enrolled public key and checks the signature ([`open`]);
 //! - checks that the signed host and channel are the topic's;
-//! - refuses anything sealed more than [`MAX_CLOCK_SKEW_MS`] away from its clock, and
-//!   anything it has already seen or that is older than the last [`REPLAY_WINDOW`]
-//!   messages of that channel ([`ReplayGuard`]).
+//! - refuses anything sealed more than [`MAX_CLOCK_SKEW_MS`] away from its clock (also a
+//!   retained message delivered first after the coordinator restarted), and anything it
+//!   has already seen or that is older than the last [`REPLAY_WINDOW`] messages of that
+//!   channel ([`ReplayGuard`]).
 //!
 //! The last will is sealed when the agent connects, long before the broker sends it, so
 //! it cannot be fresh: each status message names the sequence number of the will armed
@@ -341,7 +342,8 @@ struct ChannelWindow {
 }
 
 /// Refuses replayed, duplicated and stale messages, per host and channel (in memory: a
-/// restarted coordinator accepts, once, a message still within [`MAX_CLOCK_SKEW_MS`]).
+/// restarted coordinator accepts, once, a message still within [`MAX_CLOCK_SKEW_MS`] —
+/// retained or not — and nothing older but the host's armed or retained last will).
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
     windows: HashMap<(String, AgentChannel), ChannelWindow>,
@@ -378,11 +380,13 @@ impl ReplayGuard {
             // dropped quietly, since reconnects make it happen without any attack.
             return Err(Refusal::SupersededWill { seq: seal.seq });
         }
-        let age_ms = now_ms - seal.sealed_at_ms;
-        // A retained message seen first after the coordinator (re)started is the host's
-        // last state, however old.
-        let first_retained = retained && window.is_none();
-        if age_ms.abs() > MAX_CLOCK_SKEW_MS && !first_retained {
+        // Every message but the will is refused when sealed too far from now, even a
+        // retained one that a coordinator which has just (re)started sees first: a
+        // retained message older than the window is an old copy (agents re-publish their
+        // status well within it), not the host's current state. Saturating: the seal time
+        // is the sender's word and may be anything.
+        let age_ms = now_ms.saturating_sub(seal.sealed_at_ms);
+        if age_ms.saturating_abs() > MAX_CLOCK_SKEW_MS {
             return Err(Refusal::Stale { age_ms });
         }
         let window = self.windows.entry(key).or_default();
@@ -558,6 +562,48 @@ mod tests {
                 .unwrap_err()
                 .reason(),
             "replayed"
+        );
+    }
+
+    #[test]
+    fn an_old_retained_message_is_stale_even_first_after_a_restart() {
+        let (sealer, public) = new_sealer();
+        let payload = sealer.seal(AgentChannel::Status, vec![1]);
+        let seal = open_payload(&payload, &public, AgentChannel::Status).unwrap();
+        // A fresh guard: the coordinator has just started and knows nothing of the host.
+        let mut guard = ReplayGuard::default();
+        let later = seal.sealed_at_ms + MAX_CLOCK_SKEW_MS + 1;
+        assert_eq!(
+            guard
+                .admit(&seal, AgentChannel::Status, true, later)
+                .unwrap_err()
+                .reason(),
+            "stale"
+        );
+        // Within the window it is accepted, once.
+        let mut guard = ReplayGuard::default();
+        let soon = seal.sealed_at_ms + MAX_CLOCK_SKEW_MS - 1;
+        guard
+            .admit(&seal, AgentChannel::Status, true, soon)
+            .unwrap();
+        // A seal time at the ends of i64 is stale, not an overflow.
+        let mut odd = seal.clone();
+        odd.sealed_at_ms = i64::MIN;
+        odd.seq += 1;
+        assert_eq!(
+            guard
+                .admit(&odd, AgentChannel::Status, false, soon)
+                .unwrap_err()
+                .reason(),
+            "stale"
+        );
+        odd.sealed_at_ms = i64::MAX;
+        assert_eq!(
+            guard
+                .admit(&odd, AgentChannel::Status, false, i64::MIN)
+                .unwrap_err()
+                .reason(),
+            "stale"
         );
     }
 

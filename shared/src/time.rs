@@ -1,6 +1,7 @@
 //! Timestamps: Vigil carries time as milliseconds since the Unix epoch (`i64`) on the wire and
 //! in storage, and shows it as RFC 3339 (UTC, millisecond precision) to people and JSON clients.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, now.
@@ -11,11 +12,28 @@ pub fn now_ms() -> i64 {
     }
 }
 
+/// The latest time [`to_rfc3339`] can write: `9999-12-31T23:59:59.999Z` (RFC 3339 has
+/// four-digit years).
+pub const MAX_RENDERABLE_MS: i64 = 253_402_300_799_999;
+
 /// Formats epoch milliseconds as RFC 3339 with milliseconds, e.g. `2026-01-20T12:34:56.789Z`.
-/// Times before the epoch are clamped to it.
+///
+/// Never panics, whatever the input: what enters Vigil is range-checked
+/// ([`crate::validate::timestamp`]), but a stored value from before those checks (or from a
+/// damaged record) must still render. Times before the epoch are clamped to
+/// `1970-01-01T00:00:00.000Z`, times after year 9999 to `9999-12-31T23:59:59.999Z` (the
+/// [`MAX_RENDERABLE_MS`]), so the output is always a valid RFC 3339 timestamp and a clamped
+/// value is recognisable by being exactly one of those two.
 pub fn to_rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
+    let clamped = u64::try_from(ms.clamp(0, MAX_RENDERABLE_MS)).unwrap_or(0);
+    let t = UNIX_EPOCH + Duration::from_millis(clamped);
+    let mut out = String::with_capacity(24);
+    // The clamp keeps the time inside what humantime can write; should it still refuse,
+    // the upper bound is written rather than panicking (`to_string` would).
+    if write!(out, "{}", humantime::format_rfc3339_millis(t)).is_err() {
+        out = "9999-12-31T23:59:59.999Z".to_string();
+    }
+    out
 }
 
 /// Parses a point in time given either as RFC 3339 (`2026-01-20T12:34:56Z`) or as an integer
@@ -55,6 +73,17 @@ mod tests {
         let text = to_rfc3339(ms);
         assert_eq!(text, "2026-01-20T12:34:56.789Z");
         assert_eq!(parse_time(&text), Ok(ms));
+    }
+
+    #[test]
+    fn any_i64_renders_without_panicking() {
+        assert_eq!(to_rfc3339(-1), "1970-01-01T00:00:00.000Z");
+        assert_eq!(to_rfc3339(i64::MIN), "1970-01-01T00:00:00.000Z");
+        assert_eq!(to_rfc3339(MAX_RENDERABLE_MS), "9999-12-31T23:59:59.999Z");
+        // Year 10000 and beyond: the latest writable time.
+        assert_eq!(to_rfc3339(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
+        assert_eq!(to_rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(parse_time(&to_rfc3339(i64::MAX)), Ok(MAX_RENDERABLE_MS));
     }
 
     #[test]

@@ -5,12 +5,20 @@ use thiserror::Error;
 
 /// Longest metric name accepted (seed 001 §3.2: 1–255 characters).
 pub const MAX_METRIC_NAME_LEN: usize = 255;
-/// Longest host name accepted (a DNS name's limit).
+/// Longest host name accepted, in characters (a DNS name's limit; counted in characters
+/// so that the REST API's JSON Schema can state it exactly).
 pub const MAX_HOST_LEN: usize = 253;
 /// Longest tag key or value accepted.
 pub const MAX_TAG_LEN: usize = 255;
 /// Most tags one sample may carry.
 pub const MAX_TAGS: usize = 64;
+
+/// Earliest time a timestamp field may hold: 2000-01-01T00:00:00Z, epoch ms.
+pub const MIN_PLAUSIBLE_MS: i64 = 946_684_800_000;
+/// First time a timestamp field may no longer hold: 2200-01-01T00:00:00Z, epoch ms.
+pub const MAX_PLAUSIBLE_MS: i64 = 7_258_118_400_000;
+/// Longest lifetime a token may be given: ten years (of 365 days).
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
 
 /// Why a field was refused. `field` names the offending field as a client would write it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -71,13 +79,11 @@ pub fn host_name(host: &str) -> Result<(), FieldError> {
     if host.is_empty() {
         return Err(FieldError::new("host", "must not be empty"));
     }
-    if host.len() > MAX_HOST_LEN {
+    let len = host.chars().count();
+    if len > MAX_HOST_LEN {
         return Err(FieldError::new(
             "host",
-            format!(
-                "is {} bytes long; at most {MAX_HOST_LEN} are allowed",
-                host.len()
-            ),
+            format!("is {len} characters long; at most {MAX_HOST_LEN} are allowed"),
         ));
     }
     if let Some(c) = host
@@ -120,6 +126,47 @@ pub fn tags<'a>(tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// A point in time (epoch ms) that came from outside — a message, a request, a parameter —
+/// must lie in [2000-01-01, 2200-01-01). The bounds are fixed rather than relative to the
+/// coordinator's clock, so a clock that is minutes, days or even years off is still kept
+/// (telling it is off is another matter) while nonsense such as year 10000 or a negative
+/// time is refused where it enters, before it is stored or rendered.
+pub fn timestamp(field: &str, ms: i64) -> Result<(), FieldError> {
+    if (MIN_PLAUSIBLE_MS..MAX_PLAUSIBLE_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "{ms} ms since the epoch is not a plausible time: it must lie between \
+                 2000-01-01T00:00:00Z ({MIN_PLAUSIBLE_MS}) and 2200-01-01T00:00:00Z \
+                 ({MAX_PLAUSIBLE_MS})"
+            ),
+        ))
+    }
+}
+
+/// An optional point in time: checked like [`timestamp`] when present.
+pub fn timestamp_opt(field: &str, ms: Option<i64>) -> Result<(), FieldError> {
+    ms.map_or(Ok(()), |ms| timestamp(field, ms))
+}
+
+/// A token's lifetime may be at most [`MAX_TTL`] (ten years); returns it in milliseconds.
+pub fn ttl(field: &str, ttl: std::time::Duration) -> Result<i64, FieldError> {
+    if ttl > MAX_TTL {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{} is longer than the longest lifetime allowed, {} days (ten years)",
+                crate::time::format_duration(ttl),
+                MAX_TTL.as_secs() / 86_400
+            ),
+        ));
+    }
+    // At most ten years, so it fits.
+    Ok(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Reads a label written as `key=value` (`role=web`), checking it like a tag.
@@ -167,6 +214,37 @@ mod tests {
         assert_eq!(parse_label("role=web"), Ok(("role".into(), "web".into())));
         assert!(parse_label("role").is_err());
         assert!(parse_label("=web").is_err());
+    }
+
+    #[test]
+    fn timestamps_must_be_plausible() {
+        assert!(timestamp("ts_ms", 1_768_912_496_789).is_ok());
+        assert!(timestamp("ts_ms", MIN_PLAUSIBLE_MS).is_ok());
+        assert!(timestamp("ts_ms", MAX_PLAUSIBLE_MS - 1).is_ok());
+        for bad in [
+            MAX_PLAUSIBLE_MS,
+            253_402_300_800_000,
+            i64::MAX,
+            0,
+            -1,
+            i64::MIN,
+        ] {
+            let e = timestamp("samples[0].ts_ms", bad).unwrap_err();
+            assert_eq!(e.field, "samples[0].ts_ms", "{bad}");
+            assert!(e.problem.contains("not a plausible time"), "{e}");
+        }
+        assert!(timestamp_opt("x", None).is_ok());
+        assert!(timestamp_opt("x", Some(5)).is_err());
+    }
+
+    #[test]
+    fn ttls_longer_than_ten_years_are_refused() {
+        use std::time::Duration;
+        assert_eq!(ttl("ttl", Duration::from_secs(3600)), Ok(3_600_000));
+        assert!(ttl("ttl", MAX_TTL).is_ok());
+        let nine_thousand_years = crate::time::parse_duration("9000y").unwrap();
+        assert_eq!(ttl("ttl", nine_thousand_years).unwrap_err().field, "ttl");
+        assert!(ttl("ttl", Duration::MAX).is_err());
     }
 
     #[test]

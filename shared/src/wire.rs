@@ -34,6 +34,13 @@ pub trait WireMessage: Serialize + DeserializeOwned {
 
     /// Checks the message's content beyond its shape (names, values, host).
     fn validate(&self) -> Result<(), FieldError>;
+
+    /// Checks that every time the message carries is plausible
+    /// ([`validate::timestamp`]); refused separately from [`WireMessage::validate`] so
+    /// the refusal has its own reason (`implausible_time`) in counters.
+    fn validate_times(&self) -> Result<(), FieldError> {
+        Ok(())
+    }
 }
 
 /// One measurement.
@@ -347,6 +354,14 @@ pub enum DecodeError {
         /// Which field and why.
         error: FieldError,
     },
+    /// Well-formed, but a time it carries is not plausible (year 10000, before 2000).
+    #[error("invalid {kind}: {error}")]
+    ImplausibleTime {
+        /// The message kind.
+        kind: &'static str,
+        /// Which field and why (boxed: it keeps this error as small as it was).
+        error: Box<FieldError>,
+    },
 }
 
 impl DecodeError {
@@ -358,6 +373,7 @@ impl DecodeError {
             DecodeError::UnknownVersion { .. } => "unknown_version",
             DecodeError::Malformed { .. } | DecodeError::TrailingBytes { .. } => "malformed",
             DecodeError::Invalid { .. } => "invalid",
+            DecodeError::ImplausibleTime { .. } => "implausible_time",
         }
     }
 }
@@ -397,6 +413,12 @@ pub fn decode<T: WireMessage>(bytes: &[u8]) -> Result<T, DecodeError> {
         kind: T::KIND,
         error,
     })?;
+    message
+        .validate_times()
+        .map_err(|error| DecodeError::ImplausibleTime {
+            kind: T::KIND,
+            error: Box::new(error),
+        })?;
     Ok(message)
 }
 
@@ -439,6 +461,14 @@ impl WireMessage for MetricBatch {
         }
         Ok(())
     }
+
+    fn validate_times(&self) -> Result<(), FieldError> {
+        validate::timestamp("sent_at_ms", self.sent_at_ms)?;
+        for (i, sample) in self.samples.iter().enumerate() {
+            validate::timestamp(&format!("samples[{i}].ts_ms"), sample.ts_ms)?;
+        }
+        Ok(())
+    }
 }
 
 impl WireMessage for AgentStatus {
@@ -451,6 +481,19 @@ impl WireMessage for AgentStatus {
     fn validate(&self) -> Result<(), FieldError> {
         validate::host_name(&self.host)?;
         validate_tags(&self.labels).map_err(|e| FieldError::new("labels", e.problem))
+    }
+
+    fn validate_times(&self) -> Result<(), FieldError> {
+        validate::timestamp("started_at_ms", self.started_at_ms)?;
+        validate::timestamp("sent_at_ms", self.sent_at_ms)?;
+        validate::timestamp_opt(
+            "policies.last_evaluation_ms",
+            self.policies.last_evaluation_ms,
+        )?;
+        validate::timestamp_opt(
+            "queue.last_processed",
+            self.queue.last_processed.as_ref().map(|(_, _, at)| *at),
+        )
     }
 }
 
@@ -466,6 +509,11 @@ impl WireMessage for ActionEvent {
         event_id(&self.id)?;
         non_empty("target", &self.target)?;
         non_empty("action", &self.action)
+    }
+
+    fn validate_times(&self) -> Result<(), FieldError> {
+        validate::timestamp("created_at_ms", self.created_at_ms)?;
+        validate::timestamp("at_ms", self.at_ms)
     }
 }
 
@@ -498,6 +546,10 @@ impl WireMessage for PolicyEvent {
         }
         Ok(())
     }
+
+    fn validate_times(&self) -> Result<(), FieldError> {
+        validate::timestamp("at_ms", self.at_ms)
+    }
 }
 
 impl WireMessage for Command {
@@ -514,12 +566,20 @@ impl WireMessage for Command {
         }
         Ok(())
     }
+
+    fn validate_times(&self) -> Result<(), FieldError> {
+        validate::timestamp("issued_at_ms", self.issued_at_ms)?;
+        validate::timestamp("expires_at_ms", self.expires_at_ms)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// A plausible time (2023-11-14).
+    const T: i64 = 1_700_000_000_000;
 
     fn batch() -> MetricBatch {
         MetricBatch {
@@ -556,8 +616,8 @@ mod tests {
             host: "h".into(),
             state: AgentState::Offline,
             agent_version: "0.1.0".into(),
-            started_at_ms: 1,
-            sent_at_ms: 2,
+            started_at_ms: T,
+            sent_at_ms: T + 2,
             interval_ms: 5000,
             labels: vec![],
             bundles: vec![AppliedBundle {
@@ -586,7 +646,7 @@ mod tests {
             action_requested: false,
             dry_run: false,
             detail: Some("flap".into()),
-            at_ms: 5,
+            at_ms: T + 5,
         };
         assert_eq!(decode::<PolicyEvent>(&encode(&event)), Ok(event.clone()));
         let bad = PolicyEvent {
@@ -607,8 +667,8 @@ mod tests {
             attempt: 1,
             dry_run: false,
             detail: Some("x".into()),
-            created_at_ms: 1,
-            at_ms: 2,
+            created_at_ms: T + 1,
+            at_ms: T + 2,
             max_attempts: 3,
             executor: Some("systemd".into()),
             step: Some(0),
@@ -618,8 +678,8 @@ mod tests {
         let command = Command {
             id: "c1".into(),
             host: "h".into(),
-            issued_at_ms: 1,
-            expires_at_ms: 2,
+            issued_at_ms: T + 1,
+            expires_at_ms: T + 2,
             kind: CommandKind::PauseRemediation(true),
         };
         assert_eq!(decode::<Command>(&encode(&command)), Ok(command));
@@ -661,6 +721,42 @@ mod tests {
             decode::<MetricBatch>(&encode(&b)).unwrap_err().reason(),
             "invalid"
         );
+    }
+
+    #[test]
+    fn implausible_times_are_refused_and_named() {
+        const YEAR_10000: i64 = 253_402_300_800_000;
+        let mut b = batch();
+        b.samples[1].ts_ms = YEAR_10000;
+        let err = decode::<MetricBatch>(&encode(&b)).unwrap_err();
+        assert_eq!(err.reason(), "implausible_time");
+        assert!(err.to_string().contains("samples[1].ts_ms"), "{err}");
+        let mut b = batch();
+        b.sent_at_ms = -1;
+        assert_eq!(
+            decode::<MetricBatch>(&encode(&b)).unwrap_err().reason(),
+            "implausible_time"
+        );
+        let event = ActionEvent {
+            id: "01HZX".into(),
+            host: "h".into(),
+            policy: None,
+            target: "t".into(),
+            action: "restart".into(),
+            state: ActionState::Completed,
+            attempt: 1,
+            dry_run: false,
+            detail: None,
+            created_at_ms: T,
+            at_ms: YEAR_10000,
+            max_attempts: 1,
+            executor: None,
+            step: None,
+            params: None,
+        };
+        let err = decode::<ActionEvent>(&encode(&event)).unwrap_err();
+        assert_eq!(err.reason(), "implausible_time");
+        assert!(err.to_string().contains("`at_ms`"), "{err}");
     }
 
     #[test]

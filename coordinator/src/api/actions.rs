@@ -268,9 +268,12 @@ pub fn parse_query(
     let since_ms = params
         .get("since")
         .map(|t| {
-            parse_time(t).map_err(|e| {
+            let ms = parse_time(t).map_err(|e| {
                 ApiError::invalid_field("since", format!("query parameter `since`: {e}"))
-            })
+            })?;
+            validate::timestamp("since", ms)
+                .map_err(|e| ApiError::invalid_field("since", format!("query parameter {e}")))?;
+            Ok::<i64, ApiError>(ms)
         })
         .transpose()?;
     let status = path_status
@@ -293,7 +296,8 @@ async fn list_actions(
     api: Arc<Api>,
 ) -> Response {
     let result = async {
-        let query = parse_query(&params, path_status.as_deref())?;
+        let query = parse_query(&params, path_status.as_deref())
+            .map_err(|e| super::error::counted(&api.telemetry, "/api/v1/actions", e))?;
         let store = api.store.clone();
         let actions = tokio::task::spawn_blocking(move || store.actions(&query))
             .await
@@ -539,7 +543,7 @@ async fn create(api: Arc<Api>, body: Bytes) -> Response {
             id: ulid::Ulid::generate().to_string(),
             host: host.host.clone(),
             issued_at_ms: now,
-            expires_at_ms: now + COMMAND_TTL_MS,
+            expires_at_ms: now.saturating_add(COMMAND_TTL_MS),
             kind: CommandKind::RunAction {
                 action_id: action_id.clone(),
                 target: new.target.clone(),
@@ -597,7 +601,7 @@ async fn set_paused(host: String, api: Arc<Api>, paused: bool) -> Response {
             id: ulid::Ulid::generate().to_string(),
             host: record.host.clone(),
             issued_at_ms: now,
-            expires_at_ms: now + COMMAND_TTL_MS,
+            expires_at_ms: now.saturating_add(COMMAND_TTL_MS),
             kind: CommandKind::PauseRemediation(paused),
         };
         api.publisher
@@ -812,9 +816,16 @@ mod tests {
         let err = parse_query(&params(&[]), Some("exploded")).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("status"));
         assert!(err.message.contains("dead_letter"), "{}", err.message);
-        let q = parse_query(&params(&[("status", "not_resolved"), ("since", "5")]), None)
-            .unwrap_or_else(|e| panic!("{}", e.message));
+        let q = parse_query(
+            &params(&[("status", "not_resolved"), ("since", "1700000000005")]),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
         assert_eq!(q.status, Some(ActionState::NotResolved));
-        assert_eq!(q.since_ms, Some(5));
+        assert_eq!(q.since_ms, Some(1_700_000_000_005));
+        for bad in ["5", "253402300800000", "-1"] {
+            let err = parse_query(&params(&[("since", bad)]), None).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("since"), "{bad}");
+        }
     }
 }

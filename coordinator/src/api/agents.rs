@@ -5,7 +5,7 @@
 //! | `POST /api/v1/agents/enroll` `{"join_token","host","public_key"}` | the join token | 201 `{"host","mqtt_username","mqtt_password","labels":{…},"coordinator_key"}`; 401 bad token, 403 token bound to another host, 409 host enrolled, 422 bad field |
 //! | `GET /api/v1/agents` | admin | `{"agents":[{"host","public_key","labels","join_token","enrolled_at","revoked_at"}]}` |
 //! | `POST /api/v1/agents/{host}/revoke` | admin | `{"ok":true,"host","revoked_at"}`; 404 if never enrolled |
-//! | `POST /api/v1/join-tokens` `{"name","labels"?,"host"?,"uses"?,"ttl"?}` | admin | 201 `{"token","id","name","labels","host","uses","expires_at"}` (the token is shown only here) |
+//! | `POST /api/v1/join-tokens` `{"name","labels"?,"host"?,"uses"?,"ttl"?}` | admin | 201 `{"token","id","name","labels","host","uses","expires_at"}` (the token is shown only here); 422 naming `ttl` for a lifetime over ten years |
 //! | `GET /api/v1/join-tokens` | admin | `{"join_tokens":[{"id","name","labels","host","uses_left","created_at","expires_at","revoked_at"}]}` |
 //!
 //! A failed enrollment counts as a failed authentication for the client's address (the
@@ -19,12 +19,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use vigil_shared::time::{now_ms, to_rfc3339};
+use vigil_shared::validate;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use super::error::{respond, ApiError};
+use super::error::{counted, respond, ApiError};
 use super::{measure, task_failed, Api};
 use crate::agents::{
     self, AgentRecord, EnrollError, EnrollRequest, JoinTokenRecord, JoinTokenSpec,
@@ -218,7 +219,8 @@ struct JoinTokenBody {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     host: Option<String>,
-    uses: Option<u32>,
+    /// A whole number (JSON may write it `3.0`), checked by [`whole_number`].
+    uses: Option<serde_json::Number>,
     /// Like `24h`, `30m`.
     ttl: Option<String>,
 }
@@ -248,16 +250,55 @@ async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
         None => DEFAULT_JOIN_TTL,
         Some(Ok(ttl)) => ttl,
         Some(Err(e)) => {
-            return ApiError::invalid_field("ttl", format!("not a duration like 24h: {e}"))
+            return counted(
+                &api.telemetry,
+                "/api/v1/join-tokens",
+                ApiError::invalid_field("ttl", format!("not a duration like 24h: {e}")),
+            )
+            .into_response()
+        }
+    };
+    // At most ten years: a longer lifetime is a mistake (or an attempt to make a token
+    // that never expires), and its expiry must stay a time Vigil can store and show.
+    let ttl_ms = match validate::ttl("ttl", ttl) {
+        Ok(ms) => ms,
+        Err(e) => {
+            return counted(
+                &api.telemetry,
+                "/api/v1/join-tokens",
+                ApiError::from_field(e),
+            )
+            .into_response()
+        }
+    };
+    let uses = match body.uses.as_ref().map(whole_number) {
+        None => 1,
+        Some(Some(n)) => match u32::try_from(n) {
+            Ok(n) => n,
+            Err(_) => {
+                return counted(
+                    &api.telemetry,
+                    "/api/v1/join-tokens",
+                    ApiError::invalid_field("uses", format!("{n} is not from 1 to {}", u32::MAX)),
+                )
                 .into_response()
+            }
+        },
+        Some(None) => {
+            return counted(
+                &api.telemetry,
+                "/api/v1/join-tokens",
+                ApiError::invalid_field("uses", "must be a whole number"),
+            )
+            .into_response()
         }
     };
     let spec = JoinTokenSpec {
         name: body.name,
         labels: body.labels,
         host: body.host,
-        uses: body.uses.unwrap_or(1),
-        ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+        uses,
+        ttl_ms,
     };
     let store = api.store.clone();
     let result =
@@ -274,6 +315,16 @@ async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// A JSON number that is whole (`3` or `3.0`), as an `i64`.
+pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            // Whole and well inside i64: the conversion is exact.
+            .map(|f| f as i64)
+    })
 }
 
 async fn list_join_tokens(api: Arc<Api>) -> Response {

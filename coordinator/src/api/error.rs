@@ -5,7 +5,52 @@ use serde_json::json;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
+use vigil_shared::validate::FieldError;
+
 use crate::store::StoreError;
+use crate::telemetry::Telemetry;
+
+/// The field names `vigil_http_requests_rejected_total` counts by name; any other field
+/// (some are chosen by clients, e.g. tag keys) is counted as `other`, so the label has
+/// few values.
+const COUNTED_FIELDS: [&str; 10] = [
+    "from",
+    "to",
+    "since",
+    "timestamp",
+    "ttl",
+    "limit",
+    "name",
+    "value",
+    "tags",
+    "tags.host",
+];
+
+/// The label under which a refusal of `field` is counted (see [`COUNTED_FIELDS`]).
+pub fn field_label(field: Option<&str>) -> &'static str {
+    let Some(field) = field else {
+        return "body";
+    };
+    if let Some(known) = COUNTED_FIELDS.iter().find(|f| **f == field) {
+        return known;
+    }
+    if field.starts_with("tags.") {
+        return "tags";
+    }
+    "other"
+}
+
+/// Counts a refused request in `vigil_http_requests_rejected_total{field,route}` (only
+/// client errors: 4xx) and passes the error on.
+pub fn counted(telemetry: &Telemetry, route: &'static str, error: ApiError) -> ApiError {
+    if error.status.is_client_error() {
+        telemetry
+            .http_rejected
+            .with_label_values(&[field_label(error.field.as_deref()), route])
+            .inc();
+    }
+    error
+}
 
 /// An error response.
 #[derive(Debug)]
@@ -30,6 +75,11 @@ impl ApiError {
             field: Some(field.into()),
             ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
         }
+    }
+
+    /// 422 for a [`FieldError`] (from [`vigil_shared::validate`]), naming its field.
+    pub fn from_field(error: FieldError) -> Self {
+        Self::invalid_field(error.field.clone(), error.to_string())
     }
 
     /// 404: the thing asked for does not exist.

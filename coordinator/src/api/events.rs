@@ -111,7 +111,7 @@ impl Cursor {
             }
             match self.live.recv().await {
                 Ok(entry) if entry.seq <= self.last => {}
-                Ok(entry) if entry.seq == self.last + 1 => {
+                Ok(entry) if entry.seq == self.last.saturating_add(1) => {
                     if let Some(entry) = self.take((*entry).clone()) {
                         return Some(entry);
                     }

@@ -102,3 +102,229 @@ pub async fn one(host: String, api: Arc<Api>) -> Response {
     };
     respond(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vigil_shared::wire::{
+        ActionEvent, ActionState, AgentStatus, PolicyEvent, PolicyRunnerStatus, QueueStatus, Sample,
+    };
+
+    use super::*;
+    use crate::api::actions::action_json;
+    use crate::api::violations::event_json;
+    use crate::store::reader::{EventQuery, HistoryQuery};
+    use crate::store::{MapSize, Source, Store, StoreWriter, Write};
+    use crate::telemetry::Telemetry;
+
+    /// Year 10000, the first time RFC 3339 cannot write.
+    const YEAR_10000: i64 = 253_402_300_800_000;
+    const LAST_WRITABLE: &str = "9999-12-31T23:59:59.999Z";
+    const EPOCH: &str = "1970-01-01T00:00:00.000Z";
+
+    fn status(host: &str) -> AgentStatus {
+        AgentStatus {
+            host: host.into(),
+            state: AgentState::Online,
+            agent_version: "0.1.0".into(),
+            started_at_ms: YEAR_10000,
+            sent_at_ms: i64::MAX,
+            interval_ms: u64::MAX,
+            labels: vec![],
+            bundles: vec![],
+            bundle_error: None,
+            remediation_paused: false,
+            detail: None,
+            policies: PolicyRunnerStatus {
+                last_evaluation_ms: Some(i64::MIN),
+                ..PolicyRunnerStatus::default()
+            },
+            queue: QueueStatus::default(),
+        }
+    }
+
+    fn action(id: &str, at_ms: i64) -> ActionEvent {
+        ActionEvent {
+            id: id.into(),
+            host: "poisoned".into(),
+            policy: None,
+            target: "nginx.service".into(),
+            action: "restart".into(),
+            state: ActionState::Completed,
+            attempt: 1,
+            dry_run: false,
+            detail: None,
+            created_at_ms: i64::MIN,
+            at_ms,
+            max_attempts: 1,
+            executor: None,
+            step: None,
+            params: None,
+        }
+    }
+
+    /// Records written before times were range-checked where they enter (or damaged in
+    /// any other way) hold times RFC 3339 cannot write: everything that renders them
+    /// — host list, one host, history, actions, violations, the event feed — serves them
+    /// clamped instead of panicking.
+    #[tokio::test]
+    async fn stored_implausible_times_are_served_not_crashed_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(
+            dir.path(),
+            MapSize {
+                initial: 1 << 20,
+                max: 1 << 30,
+            },
+        )
+        .expect("open store");
+        let (writer, thread) = StoreWriter::start(store.clone(), Arc::new(Telemetry::new()));
+        writer
+            .send(Write::Status {
+                status: status("poisoned"),
+                received_ms: YEAR_10000,
+            })
+            .await
+            .expect("queue status");
+        writer
+            .send_and_wait(|reply| Write::Samples {
+                host: "poisoned".into(),
+                labels: vec![],
+                samples: vec![
+                    Sample {
+                        name: "cpu_percent".into(),
+                        value: 1.0,
+                        ts_ms: YEAR_10000,
+                        tags: vec![],
+                    },
+                    Sample {
+                        name: "load1".into(),
+                        value: 2.0,
+                        ts_ms: i64::MIN,
+                        tags: vec![],
+                    },
+                ],
+                source: Source::Mqtt,
+                received_ms: i64::MIN,
+                reply: Some(reply),
+            })
+            .await
+            .expect("samples stored");
+        for (id, at_ms) in [("A1", YEAR_10000), ("A2", i64::MAX)] {
+            writer
+                .send(Write::Action {
+                    event: action(id, at_ms),
+                })
+                .await
+                .expect("queue action");
+        }
+        writer
+            .send(Write::Event {
+                event: PolicyEvent {
+                    id: "E1".into(),
+                    host: "poisoned".into(),
+                    policy: "p".into(),
+                    target: "poisoned".into(),
+                    severity: "critical".into(),
+                    kind: "fired".into(),
+                    summary: "s".into(),
+                    explanation: None,
+                    action: None,
+                    step: None,
+                    action_requested: false,
+                    dry_run: false,
+                    detail: None,
+                    at_ms: YEAR_10000,
+                },
+            })
+            .await
+            .expect("queue event");
+        writer.flush().await.expect("flush");
+
+        let now = vigil_shared::time::now_ms();
+        let hosts = store.hosts().expect("hosts");
+        assert_eq!(hosts.len(), 1);
+        let listed = host_json(&hosts[0], now);
+        assert_eq!(listed["agent_started_at"], LAST_WRITABLE);
+        assert_eq!(listed["last_seen"], LAST_WRITABLE);
+        assert_eq!(listed["host"], "poisoned");
+
+        let (record, latest) = store.host("poisoned").expect("read").expect("known");
+        assert_eq!(host_json(&record, now)["state"], "online");
+        let stamps: Vec<Value> = latest
+            .iter()
+            .map(|p| latest_json(p)["timestamp"].clone())
+            .collect();
+        assert_eq!(stamps, vec![json!(LAST_WRITABLE), json!(EPOCH)]);
+
+        let history = store
+            .query(&HistoryQuery {
+                host: None,
+                name: "cpu_percent".into(),
+                from_ms: i64::MIN,
+                to_ms: i64::MAX,
+                limit: 10,
+            })
+            .expect("history");
+        assert_eq!(history.len(), 1);
+        assert_eq!(to_rfc3339(history[0].ts_ms), LAST_WRITABLE);
+
+        let actions = store
+            .actions(&crate::store::actions::ActionQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .expect("actions");
+        assert_eq!(actions.len(), 2);
+        for record in &actions {
+            let shown = serde_json::to_value(action_json(record)).expect("action as JSON");
+            assert_eq!(shown["created_at"], EPOCH);
+            assert_eq!(shown["transitions"][0]["at"], LAST_WRITABLE);
+        }
+
+        let events = store
+            .events(&EventQuery {
+                limit: 10,
+                ..EventQuery::default()
+            })
+            .expect("events");
+        assert_eq!(event_json(&events[0])["timestamp"], LAST_WRITABLE);
+
+        // The event feed (SSE and the JSON mirror render these): every entry renders.
+        let feed = store.feed_after(0, 100).expect("feed");
+        assert!(feed.len() >= 3, "{feed:?}");
+        for entry in &feed {
+            let shown = entry.to_json();
+            let stamp = shown["timestamp"].as_str().expect("timestamp").to_string();
+            assert!(
+                stamp == LAST_WRITABLE || stamp == EPOCH || stamp.starts_with("20"),
+                "{shown}"
+            );
+        }
+
+        // The agent's next real run replaces the poisoned status.
+        let real = AgentStatus {
+            agent_version: "0.2.0".into(),
+            started_at_ms: now,
+            sent_at_ms: now,
+            interval_ms: 5_000,
+            policies: PolicyRunnerStatus::default(),
+            ..status("poisoned")
+        };
+        writer
+            .send(Write::Status {
+                status: real,
+                received_ms: now,
+            })
+            .await
+            .expect("queue status");
+        writer.flush().await.expect("flush");
+        let hosts = store.hosts().expect("hosts");
+        let listed = host_json(&hosts[0], now);
+        assert_eq!(listed["agent_version"], "0.2.0");
+        assert_eq!(listed["agent_started_at"], to_rfc3339(now));
+        drop(writer);
+        thread.join().expect("writer thread");
+    }
+}

@@ -7,8 +7,10 @@
 //!
 //! `name` is 1–255 characters, `value` a finite number, `tags` an optional object of string
 //! values; the `host` tag picks the host (`unknown` without one). An optional `timestamp`
-//! (RFC 3339 or epoch ms) backdates the sample. The sample is stored exactly like one that
-//! arrived over MQTT, and the reply (201) comes once it is committed to LMDB.
+//! (RFC 3339 or epoch ms, between 2000 and 2200: [`validate::timestamp`]) backdates the
+//! sample, which is stored exactly like one that arrived over MQTT; the reply (201) comes
+//! once it is committed to LMDB. A refused body is a 4xx naming the field, counted in
+//! `vigil_http_ingest_rejected_total{field}` and `vigil_http_requests_rejected_total`.
 
 use std::sync::Arc;
 
@@ -38,13 +40,16 @@ pub struct HttpSample {
 /// Handles one ingest request.
 pub async fn ingest(api: Arc<Api>, body: bytes::Bytes) -> Response {
     let result = async {
-        let parsed = parse(&body, vigil_shared::time::now_ms()).inspect_err(|e| {
-            let field = e.field.as_deref().unwrap_or("body");
-            api.telemetry
-                .http_ingest_rejected
-                .with_label_values(&[field])
-                .inc();
-        })?;
+        let parsed = parse(&body, vigil_shared::time::now_ms())
+            .inspect_err(|e| {
+                // Tag keys are the client's: counted as `tags`, so the label stays small.
+                let field = super::error::field_label(e.field.as_deref());
+                api.telemetry
+                    .http_ingest_rejected
+                    .with_label_values(&[field])
+                    .inc();
+            })
+            .map_err(|e| super::error::counted(&api.telemetry, "/api/v1/ingest", e))?;
         let metric_id = api
             .writer
             .send_and_wait(|reply| Write::Samples {
@@ -131,8 +136,9 @@ pub fn parse(body: &[u8], now_ms: i64) -> Result<HttpSample, ApiError> {
     validate::tags(tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(field)?;
 
     let ts_ms = match object.get("timestamp") {
+        // The coordinator's own clock: not checked.
         None | Some(Value::Null) => now_ms,
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
+        Some(Value::Number(n)) => super::agents::whole_number(n).ok_or_else(|| {
             ApiError::invalid_field(
                 "timestamp",
                 "field `timestamp` must be whole epoch milliseconds",
@@ -150,6 +156,9 @@ pub fn parse(body: &[u8], now_ms: i64) -> Result<HttpSample, ApiError> {
             ))
         }
     };
+    if object.get("timestamp").is_some_and(|t| !t.is_null()) {
+        validate::timestamp("timestamp", ts_ms).map_err(field)?;
+    }
 
     let host = tags
         .iter()
@@ -243,6 +252,27 @@ mod tests {
             field_of(r#"{"name":"x","value":1,"timestamp":"soon"}"#).as_deref(),
             Some("timestamp")
         );
+        for implausible in [
+            "253402300800000",
+            "-1",
+            "0",
+            "\"1969-12-31T00:00:00Z\"",
+            "\"2300-01-01T00:00:00Z\"",
+        ] {
+            assert_eq!(
+                field_of(&format!(
+                    r#"{{"name":"x","value":1,"timestamp":{implausible}}}"#
+                ))
+                .as_deref(),
+                Some("timestamp"),
+                "{implausible}"
+            );
+        }
+        assert!(parse(
+            br#"{"name":"x","value":1,"timestamp":"2026-01-20T12:34:56Z"}"#,
+            0
+        )
+        .is_ok());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -290,9 +290,193 @@ pub struct ApiDoc;
 
 /// The document as JSON text.
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_json()
+    let refined = serde_json::to_value(ApiDoc::openapi()).map(|mut doc| {
+        refine(&mut doc);
+        doc
+    });
+    refined
+        .and_then(|doc| serde_json::to_string_pretty(&doc))
         .unwrap_or_else(|e| format!("{{\"error\":\"cannot render the OpenAPI document: {e}\"}}"))
+}
+
+/// A point in time as the API reads one (`vigil_shared::validate::timestamp`): epoch
+/// milliseconds from 2000-01-01 up to (not including) 2200-01-01, exactly, or RFC 3339
+/// in UTC in those years (days up to the 28th, which every month has; the API also reads
+/// any valid date and offsets, which a pattern cannot describe exactly).
+const TIME_PATTERN: &str = "^(946684[89][0-9]{5}|94668[5-9][0-9]{6}|94669[0-9]{7}|946[7-9][0-9]{8}\
+    |94[7-9][0-9]{9}|9[5-9][0-9]{10}|[1-6][0-9]{12}|7[01][0-9]{11}|72[0-4][0-9]{10}\
+    |725[0-7][0-9]{9}|72580[0-9]{8}|725810[0-9]{7}|725811[0-7][0-9]{6}|7258118[0-2][0-9]{5}\
+    |72581183[0-9]{5}\
+    |(20|21)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{3})?Z)$";
+
+/// Text without control characters (`validate::metric_name`).
+const NO_CONTROL_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
+/// A host name (`validate::host_name`): no `/`, `+`, `#`, whitespace or control
+/// characters.
+const HOST_PATTERN: &str =
+    "^[^/+#\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$";
+
+/// Text with at least one character that is not whitespace.
+const NOT_BLANK_PATTERN: &str = "[^\\s]";
+
+fn time_schema() -> Value {
+    json!({"type": "string", "pattern": TIME_PATTERN})
+}
+
+fn host_schema() -> Value {
+    json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": vigil_shared::validate::MAX_HOST_LEN,
+        "pattern": HOST_PATTERN,
+    })
+}
+
+/// Tags as HTTP ingest (`host`: with a host tag, may be null) and join tokens read them
+/// (`validate::tags`).
+fn tags_schema(host: bool) -> Value {
+    let mut schema = json!({
+        "type": if host { json!(["object", "null"]) } else { json!("object") },
+        "maxProperties": vigil_shared::validate::MAX_TAGS,
+        "propertyNames": {"minLength": 1, "maxLength": vigil_shared::validate::MAX_TAG_LEN},
+        "additionalProperties": {"type": "string", "maxLength": vigil_shared::validate::MAX_TAG_LEN},
+    });
+    if host {
+        schema["properties"] = json!({"host": host_schema()});
+    }
+    schema
+}
+
+/// Narrows the generated schemas to exactly what the handlers accept where utoipa's
+/// attributes cannot say it (patterns, unions, ranges), so that a request the document
+/// allows is one the API takes, and one it forbids is refused.
+fn refine(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in item.iter_mut() {
+            let Some(params) = operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
+            else {
+                continue;
+            };
+            for param in params {
+                let name = param["name"].as_str().unwrap_or_default().to_string();
+                let schema = match (method.as_str(), path.as_str(), name.as_str()) {
+                    (_, _, "from" | "to" | "since") => time_schema(),
+                    ("get", "/api/v1/metrics/query", "name") => json!({
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": vigil_shared::validate::MAX_METRIC_NAME_LEN,
+                        "pattern": NO_CONTROL_PATTERN,
+                    }),
+                    ("get", "/api/v1/violations", "kind") => json!({
+                        "type": "string",
+                        "enum": ["fired", "act", "verified", "deferred", "escalated", "resolved"],
+                    }),
+                    _ => continue,
+                };
+                param["schema"] = schema;
+            }
+        }
+    }
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let mut set = |schema: &str, field: &str, value: Value| {
+        if let Some(properties) = schemas
+            .get_mut(schema)
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(Value::as_object_mut)
+        {
+            properties.insert(field.to_string(), value);
+        }
+    };
+    set(
+        "IngestBody",
+        "name",
+        json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": vigil_shared::validate::MAX_METRIC_NAME_LEN,
+            "pattern": NO_CONTROL_PATTERN,
+        }),
+    );
+    set(
+        "IngestBody",
+        "timestamp",
+        json!({"anyOf": [
+            {"type": "integer",
+             "minimum": vigil_shared::validate::MIN_PLAUSIBLE_MS,
+             "maximum": vigil_shared::validate::MAX_PLAUSIBLE_MS - 1},
+            time_schema(),
+            {"type": "null"},
+        ], "description": "RFC 3339 or epoch milliseconds, 2000 to 2199; default: now"}),
+    );
+    set("IngestBody", "tags", tags_schema(true));
+    set(
+        "ManualActionBody",
+        "action",
+        json!({
+            "type": "string",
+            "enum": ["restart", "start", "stop", "reload", "scale", "exec", "webhook", "notify"],
+        }),
+    );
+    set(
+        "ManualActionBody",
+        "status",
+        json!({"anyOf": [{"$ref": "#/components/schemas/ActionStatus"}, {"type": "null"}]}),
+    );
+    set(
+        "ManualActionBody",
+        "host",
+        json!({"anyOf": [host_schema(), {"type": "null"}]}),
+    );
+    set(
+        "EvaluateBody",
+        "target",
+        json!({"anyOf": [{"type": "string", "pattern": NOT_BLANK_PATTERN}, {"type": "null"}]}),
+    );
+    set("EnrollBody", "host", host_schema());
+    set(
+        "EnrollBody",
+        "public_key",
+        json!({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}),
+    );
+    set(
+        "JoinTokenBody",
+        "name",
+        json!({"type": "string", "pattern": NOT_BLANK_PATTERN}),
+    );
+    set("JoinTokenBody", "labels", tags_schema(false));
+    set(
+        "JoinTokenBody",
+        "host",
+        json!({"anyOf": [host_schema(), {"type": "null"}]}),
+    );
+    set(
+        "JoinTokenBody",
+        "uses",
+        json!({"type": ["integer", "null"], "minimum": 1, "maximum": u32::MAX}),
+    );
+    set(
+        "JoinTokenBody",
+        "ttl",
+        json!({
+            "type": ["string", "null"],
+            "pattern": "^[1-9][0-9]{0,2}(s|m|h|d)$",
+            "description": "How long it is valid, e.g. `24h` (default); at most ten years",
+        }),
+    );
 }
 
 /// The methods the document lists for `path` (templates such as `/api/v1/hosts/{host}`

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use vigil_shared::time::{parse_time, to_rfc3339};
+use vigil_shared::validate;
 use vigil_shared::wire::PolicyEvent;
 use warp::reply::Response;
 
@@ -46,7 +47,12 @@ pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
     let limit = super::params::limit(params, 100, MAX_LIMIT)?;
     let since_ms = params
         .get("since")
-        .map(|t| parse_time(t).map_err(|e| ApiError::invalid_field("since", e)))
+        .map(|t| {
+            let ms = parse_time(t).map_err(|e| ApiError::invalid_field("since", e))?;
+            validate::timestamp("since", ms)
+                .map_err(|e| ApiError::invalid_field("since", format!("query parameter {e}")))?;
+            Ok::<i64, ApiError>(ms)
+        })
         .transpose()?;
     if let Some(kind) = params.get("kind") {
         if !matches!(
@@ -74,7 +80,8 @@ pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
 /// Handles one request.
 pub async fn list(params: HashMap<String, String>, api: Arc<Api>) -> Response {
     let result = async {
-        let query = parse(&params)?;
+        let query = parse(&params)
+            .map_err(|e| super::error::counted(&api.telemetry, "/api/v1/violations", e))?;
         let store = api.store.clone();
         let events = tokio::task::spawn_blocking(move || store.events(&query))
             .await

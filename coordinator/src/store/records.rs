@@ -52,9 +52,10 @@ impl HostRecord {
                 let window = i64::try_from(status.interval_ms.saturating_mul(3))
                     .unwrap_or(i64::MAX)
                     .saturating_add(10_000);
-                status.state == AgentState::Online && now_ms - self.last_seen_ms <= window
+                status.state == AgentState::Online
+                    && now_ms.saturating_sub(self.last_seen_ms) <= window
             }
-            None => now_ms - self.last_seen_ms <= HTTP_HOST_ONLINE_MS,
+            None => now_ms.saturating_sub(self.last_seen_ms) <= HTTP_HOST_ONLINE_MS,
         }
     }
 

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 
 use heed::RwTxn;
 use tokio::sync::{mpsc, oneshot};
+use vigil_shared::validate;
 use vigil_shared::wire::{ActionEvent, AgentState, AgentStatus, PolicyEvent, Sample, Tag};
 
 use super::records::{HostRecord, LatestPoint, Source, StoredPoint};
@@ -460,10 +461,13 @@ fn touch_host(
     record.last_seen_ms = record.last_seen_ms.max(received_ms);
     record.source = source;
     if let Some(status) = status {
-        let newer = record
-            .status
-            .as_ref()
-            .is_none_or(|old| status.started_at_ms >= old.started_at_ms);
+        // A later agent run replaces an earlier one's status. A stored start time past the
+        // plausible range (kept from before times were checked where they enter) counts
+        // as earliest, so it cannot shut out every status after it.
+        let newer = record.status.as_ref().is_none_or(|old| {
+            old.started_at_ms >= validate::MAX_PLAUSIBLE_MS
+                || status.started_at_ms >= old.started_at_ms
+        });
         if newer {
             changes = status_changes(record.status.as_ref(), status);
             record.status = Some(status.clone());
