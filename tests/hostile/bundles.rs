@@ -308,7 +308,7 @@ async fn a_replayed_old_bundle_is_refused_after_leaving_rejoining_and_restarting
 
     // The coordinator publishes the group again (a new version): taken at once.
     write(&bundles, "web/web.yaml", &policy("replay-v3"));
-    let h = wait_host(http, "h-replay", "runs web:3", None, |h| {
+    wait_host(http, "h-replay", "runs web:3", None, |h| {
         bundles_of(h) == ["web:3"] && h["bundle_error"].is_null()
     })
     .await;
@@ -325,7 +325,7 @@ async fn a_replayed_old_bundle_is_refused_after_leaving_rejoining_and_restarting
     // ...and so does it after a restart (its floor and version 3 come from its store).
     proc.stop();
     let proc = agent.start("role=web");
-    let h = wait_host(
+    wait_host(
         http,
         "h-replay",
         "restarted with web:3",
@@ -426,7 +426,7 @@ async fn a_deleted_group_is_removed_from_agents_and_its_old_bundle_stays_refused
     // ...and stays refused after the agent restarts.
     proc.stop();
     let proc = agent.start("role=web");
-    let h = wait_host(
+    wait_host(
         http,
         "h-removed",
         "restarted without the removed group",
