@@ -104,7 +104,14 @@ impl Bundles {
         publisher: Publisher,
     ) -> Result<Bundles, StoreError> {
         let mut state = State::default();
-        for record in store.bundle_records()? {
+        let mut upgraded = Vec::new();
+        for mut record in store.bundle_records()? {
+            if record.removed && !record.hash.is_empty() {
+                // Removed before removals had tombstones: the record still holds the last
+                // bundle's version and hash. Its tombstone takes the next version.
+                record = removed_record(&record, record.created_at_ms);
+                upgraded.push(record.clone());
+            }
             if record.removed {
                 state.tombstones.insert(
                     record.group.clone(),
@@ -114,6 +121,9 @@ impl Bundles {
             state.records.insert(record.group.clone(), record);
         }
         state.tombstones_unannounced = !state.tombstones.is_empty();
+        if !upgraded.is_empty() {
+            store.put_bundle_records(&upgraded)?;
+        }
         Ok(Bundles {
             dir,
             public_hex: keys.public_hex(),
@@ -298,14 +308,7 @@ impl Bundles {
         }
         for (group, record) in &state.records {
             if !record.removed && !seen.contains(group) {
-                // The tombstone takes the next version: above every bundle of the group.
-                let gone = BundleRecord {
-                    version: record.version + 1,
-                    created_at_ms: now_ms(),
-                    removed: true,
-                    ..record.clone()
-                };
-                changed.push((gone, None));
+                changed.push((removed_record(record, now_ms()), None));
             }
         }
         (changed, report)
@@ -346,6 +349,20 @@ impl Bundles {
                 tracing::warn!("cannot republish the bundle for `{group}`: {e}");
             }
         }
+    }
+}
+
+/// The record of `last`'s group removed at `at_ms`: its tombstone takes the next version,
+/// above every bundle of the group; no hash or files (an empty hash marks a tombstone).
+fn removed_record(last: &BundleRecord, at_ms: i64) -> BundleRecord {
+    BundleRecord {
+        group: last.group.clone(),
+        version: last.version + 1,
+        hash: String::new(),
+        created_at_ms: at_ms,
+        selector: last.selector.clone(),
+        files: Vec::new(),
+        removed: true,
     }
 }
 
@@ -444,6 +461,35 @@ mod tests {
             "continues after the tombstone's version 3"
         );
         assert!(b.tombstones().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_group_removed_before_tombstones_existed_gets_one_above_its_last_version() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = bundles(data.path(), dir.path());
+            // As an older coordinator stored a removal: the last bundle's version and hash.
+            b.store
+                .put_bundle_records(&[BundleRecord {
+                    group: "old".into(),
+                    version: 5,
+                    hash: "ab".repeat(32),
+                    created_at_ms: 1,
+                    selector: vec![],
+                    files: vec![],
+                    removed: true,
+                }])
+                .unwrap();
+        }
+        for _ in 0..2 {
+            let b = bundles(data.path(), dir.path());
+            let key = vigil_shared::bundle::PublicKey::from_hex(b.public_key()).unwrap();
+            match vigil_shared::bundle::open(&b.tombstones()[0], &key, Some((5, "x"))) {
+                Ok(vigil_shared::bundle::Release::Removed(t)) => assert_eq!(t.version, 6),
+                other => panic!("not a tombstone above version 5: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

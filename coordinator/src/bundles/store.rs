@@ -20,13 +20,14 @@ pub struct BundleRecord {
     pub group: String,
     /// The last version published (for a removed group: its tombstone's).
     pub version: u64,
-    /// Its content hash (selector and files).
+    /// Its content hash (selector and files); empty for a removed group (older
+    /// coordinators kept the last bundle's hash there, see `service::Bundles::open`).
     pub hash: String,
     /// When that version was built (or the group removed), epoch ms.
     pub created_at_ms: i64,
     /// The selector.
     pub selector: Vec<Tag>,
-    /// The files.
+    /// The files (none for a removed group).
     pub files: Vec<BundleFile>,
     /// The group's folder is gone (a signed tombstone replaced its retained bundle).
     pub removed: bool,
