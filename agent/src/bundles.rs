@@ -5,21 +5,29 @@
 //! `vigil/v1/bundles/{group}`; the link forwards every one of them here. For each:
 //!
 //! 1. Decode it; the topic's group must be the envelope's.
-//! 2. A bundle whose (signed) selector does not match this host's labels is ignored, unless
-//!    this host has a bundle of that group in force: then the bundle is verified in full,
-//!    and if it checks out the host has *left* the group and the group's bundle is dropped
-//!    (a forged or replayed bundle cannot make a host drop its policies).
-//! 3. [`verify`] it against the configured public key and the version in force for the
-//!    group (signature, hash, group, version order: a replayed older version is refused).
-//! 4. Parse every policy file (`*.yaml` / `*.yml`) and the desired-state manifest; names
-//!    must be unique across the bundle.
-//! 5. Persist it ([`BundleStore`], atomically), then put it in force.
+//! 2. [`open`] it: signature (in the bundle's or tombstone's signing context), hash,
+//!    group, and version order against the group's *version floor*, the highest version
+//!    this agent ever accepted for the group. The floor is persisted and outlives the
+//!    group's bundle (leaving the group, the group's removal, restarts), so a captured
+//!    older bundle replayed later is refused ([`BundleError::Replayed`]), counted
+//!    ([`Bundles::replays_refused`]) and reported.
+//! 3. A message that does not verify is reported only if it could concern this host: its
+//!    group is in force here, or its (unverified) selector matches this host's labels.
+//!    Others are ignored quietly (forgeries for other groups are not this host's news).
+//! 4. A verified tombstone drops the group's policies and raises the floor to its
+//!    version. A verified bundle whose selector does not match this host raises the floor;
+//!    if the host had the group in force, it has *left* the group and the group's bundle is
+//!    dropped (a forged or replayed message cannot make a host drop its policies).
+//! 5. A verified bundle for this host: parse every policy file (`*.yaml` / `*.yml`) and
+//!    the desired-state manifest (names unique across the bundle), persist it and its
+//!    floor ([`BundleStore`], atomically), then put it in force.
 //!
 //! All or nothing: any failure refuses the whole bundle with a [`Refusal`] naming the
 //! reason (the [`BundleError`], or the file, policy and field), and the group's last good
-//! bundle stays in force. On start, [`Bundles::open`] loads the persisted bundles and
-//! verifies them again the same way, before the agent touches the network, so a host
-//! keeps running its groups' policies while the coordinator is unreachable.
+//! bundle stays in force. On start, [`Bundles::open`] loads the persisted floors and
+//! bundles and verifies the bundles again the same way, before the agent touches the
+//! network, so a host keeps running its groups' policies while the coordinator is
+//! unreachable.
 //!
 //! How the groups' policies combine with the local policy directory is
 //! [`crate::policy_set`]'s business.
@@ -27,12 +35,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use thiserror::Error;
-use vigil_shared::bundle::{verify, Bundle, BundleError, PublicKey, SignedBundle, MANIFEST_FILE};
+use vigil_shared::bundle::{
+    open, Bundle, BundleError, BundleKind, PublicKey, Release, SignedBundle, MANIFEST_FILE,
+};
 use vigil_shared::policy::load::{self, LoadError};
 use vigil_shared::policy::Policy;
 use vigil_shared::wire::{self, AppliedBundle, DecodeError, Tag};
 
-use crate::bundle_store::{BundleStore, StoreError};
+use crate::bundle_store::{BundleStore, Floor, StoreError};
 
 /// Why an offered (or stored) bundle was refused. The group's last good bundle stays in
 /// force.
@@ -130,6 +140,13 @@ pub enum Outcome {
         /// The group.
         group: String,
     },
+    /// The group was removed (a signed tombstone): its bundle was dropped.
+    Removed {
+        /// The group.
+        group: String,
+        /// The tombstone's version, now the group's floor.
+        version: u64,
+    },
 }
 
 /// One group's bundle in force.
@@ -147,20 +164,35 @@ pub struct Bundles {
     labels: Vec<Tag>,
     store: BundleStore,
     groups: BTreeMap<String, InForce>,
+    /// Every group's version floor (groups in force, left, removed, or never joined).
+    floors: BTreeMap<String, Floor>,
+    /// Replayed (older) bundles refused since start.
+    replays_refused: u64,
 }
 
 impl Bundles {
-    /// Loads and verifies again every persisted bundle (with `key`, against this host's
-    /// `labels`). Bundles that fail are not applied and come back as refusals; a stored
-    /// bundle whose group no longer selects this host is removed.
+    /// Loads the persisted floors, then loads and verifies again every persisted bundle
+    /// (with `key`, against this host's `labels`). Bundles that fail are not applied and
+    /// come back as refusals; a stored bundle whose group no longer selects this host, or
+    /// that is below its group's floor (the group was removed), is removed.
     pub fn open(key: PublicKey, labels: Vec<Tag>, store: BundleStore) -> (Bundles, Vec<Refusal>) {
         let mut bundles = Bundles {
             key,
             labels,
             store,
             groups: BTreeMap::new(),
+            floors: BTreeMap::new(),
+            replays_refused: 0,
         };
         let mut refusals = Vec::new();
+        for floor in bundles.store.load_floors() {
+            match floor {
+                Ok((group, floor)) => {
+                    bundles.floors.insert(group, floor);
+                }
+                Err(e) => refusals.push(Refusal::Stored(e)),
+            }
+        }
         for stored in bundles.store.load_all() {
             let outcome = stored
                 .map_err(Refusal::from)
@@ -172,7 +204,19 @@ impl Bundles {
                 Ok(Outcome::Left { group }) => {
                     tracing::info!(%group, "persisted policy bundle dropped: its group no longer selects this host");
                 }
-                Ok(Outcome::Unchanged | Outcome::Ignored) => {}
+                Ok(Outcome::Removed { .. } | Outcome::Unchanged | Outcome::Ignored) => {}
+                Err(Refusal::Verify(BundleError::Replayed {
+                    group,
+                    offered,
+                    floor,
+                })) => {
+                    // Only a crash between persisting a tombstone's floor and removing the
+                    // bundle leaves this: the group was removed.
+                    tracing::info!(%group, version = offered, floor, "persisted policy bundle dropped: its group was removed at a later version");
+                    if let Err(e) = bundles.store.remove(&group) {
+                        refusals.push(Refusal::Stored(e));
+                    }
+                }
                 Err(refusal) => refusals.push(refusal),
             }
         }
@@ -182,7 +226,8 @@ impl Bundles {
     /// Takes a bundle payload that arrived on `vigil/v1/bundles/{topic_group}`.
     pub fn offer(&mut self, topic_group: &str, payload: &[u8]) -> Result<Outcome, Refusal> {
         if payload.is_empty() {
-            // Clearing a retained message is not signed, so it cannot drop a group.
+            // Clearing a retained message is not signed, so it cannot drop a group (a
+            // removed group is dropped by its signed tombstone).
             return Ok(Outcome::Ignored);
         }
         let signed = wire::decode::<SignedBundle>(payload).map_err(|source| Refusal::Decode {
@@ -198,41 +243,66 @@ impl Bundles {
         self.accept(signed, true)
     }
 
-    /// Steps 2–5 of the module doc. `persist` is false for bundles read from the store:
-    /// those are verified in full even when their selector no longer matches, so that a
-    /// genuine one is removed from the store.
-    fn accept(&mut self, signed: SignedBundle, persist: bool) -> Result<Outcome, Refusal> {
+    /// Steps 2–5 of the module doc. `from_network` is false for bundles read from the
+    /// store: those are already persisted, and their refusals are always reported.
+    fn accept(&mut self, signed: SignedBundle, from_network: bool) -> Result<Outcome, Refusal> {
         let group = signed.group.clone();
         let in_force = self.groups.get(&group);
-        // An unverified peek, used only to skip bundles of other groups quietly.
-        let peek = postcard::from_bytes::<Bundle>(&signed.content).ok();
-        let ours = peek.as_ref().is_none_or(|b| b.selects(&self.labels));
-        if !ours && in_force.is_none() && persist {
-            return Ok(Outcome::Ignored);
-        }
-        let bundle = verify(
-            &signed,
-            &self.key,
-            in_force.map(|g| (g.version, g.hash.as_str())),
-        )?;
+        let floor = self
+            .floors
+            .get(&group)
+            .map(|f| (f.version, f.hash.as_str()));
+        let release = match open(&signed, &self.key, floor) {
+            Ok(release) => release,
+            Err(e) => {
+                if matches!(e, BundleError::Replayed { .. }) {
+                    self.replays_refused += 1;
+                }
+                if from_network && in_force.is_none() && !self.might_select_me(&signed) {
+                    tracing::debug!("bundle for a group this host is not in refused: {e}");
+                    return Ok(Outcome::Ignored);
+                }
+                return Err(e.into());
+            }
+        };
+        let bundle = match release {
+            Release::Removed(tombstone) => {
+                let dropped = self.drop_group(&signed, tombstone.version)?;
+                return Ok(if dropped {
+                    Outcome::Removed {
+                        group,
+                        version: tombstone.version,
+                    }
+                } else {
+                    Outcome::Ignored
+                });
+            }
+            Release::Bundle(bundle) => bundle,
+        };
         if !bundle.selects(&self.labels) {
-            self.groups.remove(&group);
-            self.store.remove(&group)?;
-            return Ok(Outcome::Left { group });
+            let dropped = self.drop_group(&signed, bundle.version)?;
+            return Ok(if dropped {
+                Outcome::Left { group }
+            } else {
+                Outcome::Ignored
+            });
         }
         if in_force.is_some_and(|g| g.version == bundle.version && g.hash == signed.hash) {
             return Ok(Outcome::Unchanged);
         }
         let policies = parse(&bundle)?;
-        if persist {
-            self.store
-                .save(&signed)
-                .map_err(|source| Refusal::Persist {
-                    group: group.clone(),
-                    version: bundle.version,
-                    source,
-                })?;
+        let persist_error = |source| Refusal::Persist {
+            group: group.clone(),
+            version: bundle.version,
+            source,
+        };
+        if from_network {
+            // The bundle before its floor: a crash in between leaves a floor below the
+            // stored bundle, which the next start raises again.
+            self.store.save(&signed).map_err(persist_error)?;
         }
+        self.raise_floor(&signed, bundle.version)
+            .map_err(persist_error)?;
         self.groups.insert(
             group.clone(),
             InForce {
@@ -245,6 +315,57 @@ impl Bundles {
             group,
             version: bundle.version,
         })
+    }
+
+    /// Whether an unverified message could concern this host: a bundle whose selector
+    /// matches its labels (a tombstone only concerns a group in force).
+    fn might_select_me(&self, signed: &SignedBundle) -> bool {
+        signed.kind == BundleKind::Bundle
+            && postcard::from_bytes::<Bundle>(&signed.content)
+                .map_or(true, |b| b.selects(&self.labels))
+    }
+
+    /// Raises the group's floor to `version` (the verified `signed` carried it) and
+    /// persists it; a floor already there stays.
+    fn raise_floor(&mut self, signed: &SignedBundle, version: u64) -> Result<(), StoreError> {
+        if self
+            .floors
+            .get(&signed.group)
+            .is_some_and(|f| f.version >= version)
+        {
+            return Ok(());
+        }
+        let floor = Floor {
+            version,
+            hash: signed.hash.clone(),
+        };
+        self.store.save_floor(&signed.group, &floor)?;
+        self.floors.insert(signed.group.clone(), floor);
+        Ok(())
+    }
+
+    /// Raises the group's floor to `version` first, then drops its bundle (from memory and
+    /// the store). Whether the group was in force.
+    fn drop_group(&mut self, signed: &SignedBundle, version: u64) -> Result<bool, Refusal> {
+        self.raise_floor(signed, version)
+            .map_err(|source| Refusal::Persist {
+                group: signed.group.clone(),
+                version,
+                source,
+            })?;
+        let dropped = self.groups.remove(&signed.group).is_some();
+        self.store.remove(&signed.group)?;
+        Ok(dropped)
+    }
+
+    /// Replayed (older) bundles refused since start.
+    pub fn replays_refused(&self) -> u64 {
+        self.replays_refused
+    }
+
+    /// Every group's version floor: the highest version accepted for it, sorted by group.
+    pub fn floors(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.floors.iter().map(|(g, f)| (g.as_str(), f.version))
     }
 
     /// The bundles in force, sorted by group (for the agent's status).
@@ -327,7 +448,7 @@ fn manifest(bundle: &Bundle, text: &str, label: &str) -> Result<Vec<Policy>, Ref
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vigil_shared::bundle::{BundleFile, BundleKeys};
+    use vigil_shared::bundle::{BundleFile, BundleKeys, Tombstone};
 
     fn labels(pairs: &[(&str, &str)]) -> Vec<Tag> {
         pairs
@@ -577,6 +698,140 @@ mod tests {
         let (db_host, refusals) = fx.open("db");
         assert!(refusals.is_empty());
         assert!(db_host.applied().is_empty());
+        assert!(!fx.dir.path().join("bundles/web.bundle").exists());
+    }
+
+    fn floor_of(bundles: &Bundles, group: &str) -> Option<u64> {
+        bundles.floors().find(|(g, _)| *g == group).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn an_older_bundle_is_refused_after_leaving_rejoining_and_restarting() {
+        let fx = Fixture::new();
+        let (mut bundles, _) = fx.open("web");
+        let v1 = fx.payload(&bundle("web", "web", 1, &[("a.yaml", &policy("v1"))]));
+        let v2 = fx.payload(&bundle("web", "web", 2, &[("a.yaml", &policy("v2"))]));
+        bundles.offer("web", &v1).unwrap();
+        bundles.offer("web", &v2).unwrap();
+        assert_eq!(names(&bundles), vec!["v2"]);
+
+        // The host's labels change while it is down: it leaves the group on start...
+        let (away, refusals) = fx.open("db");
+        assert!(refusals.is_empty(), "{refusals:?}");
+        assert!(away.applied().is_empty());
+        assert_eq!(
+            floor_of(&away, "web"),
+            Some(2),
+            "the floor outlives the bundle"
+        );
+        drop(away);
+        // ...and rejoins later: the captured version 1 is refused, counted and named.
+        let (mut back, _) = fx.open("web");
+        assert!(back.applied().is_empty());
+        let err = back.offer("web", &v1).unwrap_err().to_string();
+        assert!(
+            err.contains("version 1 is not newer than the applied version 2"),
+            "{err}"
+        );
+        assert_eq!(back.replays_refused(), 1);
+        assert!(back.applied().is_empty());
+        // The retained version 2 (the coordinator's) is taken again.
+        assert_eq!(
+            back.offer("web", &v2).unwrap(),
+            Outcome::Applied {
+                group: "web".into(),
+                version: 2
+            }
+        );
+        assert_eq!(names(&back), vec!["v2"]);
+
+        // A genuine bundle that makes the host leave raises the floor too.
+        let leave = fx.payload(&bundle("web", "frontend", 3, &[]));
+        assert!(matches!(
+            back.offer("web", &leave).unwrap(),
+            Outcome::Left { .. }
+        ));
+        assert!(back.offer("web", &v2).is_err(), "version 2 is now a replay");
+        assert_eq!(floor_of(&back, "web"), Some(3));
+        // A replay for a group this host is not in, whose (old) selector matches it, is
+        // reported too: it is the host it targets.
+        let (mut fresh, _) = fx.open("web");
+        assert!(fresh.offer("web", &v1).is_err());
+    }
+
+    #[test]
+    fn a_tombstone_drops_the_group_and_older_bundles_stay_refused() {
+        let fx = Fixture::new();
+        let (mut bundles, _) = fx.open("web");
+        let v2 = fx.payload(&bundle("web", "web", 2, &[("a.yaml", &policy("web-cpu"))]));
+        bundles.offer("web", &v2).unwrap();
+        let tombstone = Tombstone {
+            group: "web".into(),
+            version: 3,
+            removed_at_ms: 9,
+        };
+        let removed = wire::encode(&fx.keys.sign_tombstone(&tombstone));
+
+        // A forged tombstone drops nothing.
+        let forged = wire::encode(&BundleKeys::generate().sign_tombstone(&tombstone));
+        let err = bundles.offer("web", &forged).unwrap_err().to_string();
+        assert!(err.contains("bad signature"), "{err}");
+        assert_eq!(names(&bundles), vec!["web-cpu"]);
+
+        assert_eq!(
+            bundles.offer("web", &removed).unwrap(),
+            Outcome::Removed {
+                group: "web".into(),
+                version: 3
+            }
+        );
+        assert!(bundles.applied().is_empty());
+        assert!(names(&bundles).is_empty());
+        assert!(!fx.dir.path().join("bundles/web.bundle").exists());
+        assert_eq!(floor_of(&bundles, "web"), Some(3));
+        // Seen again (retained): nothing to do.
+        assert_eq!(bundles.offer("web", &removed).unwrap(), Outcome::Ignored);
+        let err = bundles.offer("web", &v2).unwrap_err().to_string();
+        assert!(err.contains("version 2 is not newer"), "{err}");
+
+        // After a restart: still removed, still refusing the old bundle.
+        let (mut again, refusals) = fx.open("web");
+        assert!(refusals.is_empty(), "{refusals:?}");
+        assert!(again.applied().is_empty());
+        assert!(again.offer("web", &v2).is_err());
+        assert_eq!(again.replays_refused(), 1);
+        // The group re-added continues above the tombstone.
+        let v4 = fx.payload(&bundle("web", "web", 4, &[("a.yaml", &policy("back"))]));
+        assert!(matches!(
+            again.offer("web", &v4).unwrap(),
+            Outcome::Applied { version: 4, .. }
+        ));
+
+        // A crash between the tombstone's floor and the bundle's removal: the stale
+        // bundle is dropped on start, not applied.
+        let fx = Fixture::new();
+        let (mut bundles, _) = fx.open("web");
+        bundles
+            .offer("web", &fx.payload(&bundle("web", "web", 2, &[])))
+            .unwrap();
+        let store = BundleStore::new(fx.dir.path().join("bundles"));
+        let tombstone = fx.keys.sign_tombstone(&Tombstone {
+            group: "web".into(),
+            version: 3,
+            removed_at_ms: 9,
+        });
+        store
+            .save_floor(
+                "web",
+                &Floor {
+                    version: 3,
+                    hash: tombstone.hash,
+                },
+            )
+            .unwrap();
+        let (reopened, refusals) = fx.open("web");
+        assert!(refusals.is_empty(), "{refusals:?}");
+        assert!(reopened.applied().is_empty());
         assert!(!fx.dir.path().join("bundles/web.bundle").exists());
     }
 }

@@ -3,6 +3,14 @@
 //! Precedence, highest first: command-line flags, `VIGIL_…` environment variables, the
 //! TOML config file (`--config`), built-in defaults. [`AgentFile`] is the file's shape;
 //! [`AgentConfig`] is the resolved result the agent runs with.
+//!
+//! Nearly everything the file holds widens what the agent (root on most hosts) may do:
+//! the `[allow]` lists (units, containers, `exec` commands, webhooks), the policy
+//! directory, the bundle key whose signatures it trusts, the data directory its identity
+//! is read from. So the file, and a bundle key given as a file, are refused unless owned
+//! by root or the agent's own user and writable by no one else
+//! ([`vigil_shared::config_file::load_trusted`]); the error names the file, its mode and
+//! its owner.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,8 +103,13 @@ pub struct BundleKey {
 }
 
 impl BundleKey {
-    /// Reads the key from `spec` (a file holding 64 hex characters, or the hex itself).
+    /// Reads the key from `spec` (a file holding 64 hex characters, or the hex itself). A
+    /// key file must be owned by root or this user and writable by no one else: whoever
+    /// can change it decides which bundles this agent runs.
     pub fn load(spec: &str) -> Result<BundleKey, ConfigError> {
+        if Path::new(spec).is_file() {
+            vigil_shared::config_file::check_trusted(Path::new(spec))?;
+        }
         let key = PublicKey::load(spec).map_err(|e| ConfigError::invalid("bundle_key", e))?;
         Ok(BundleKey {
             spec: spec.to_string(),
@@ -250,9 +263,10 @@ impl ConfigError {
 }
 
 impl AgentFile {
-    /// Reads and parses a config file.
+    /// Reads and parses a config file, refusing one that others may have written (see
+    /// the module documentation).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Ok(vigil_shared::config_file::load(path)?)
+        Ok(vigil_shared::config_file::load_trusted(path)?)
     }
 }
 
@@ -550,5 +564,45 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("bundle_key"), "{err}");
+    }
+
+    #[test]
+    fn a_config_or_key_file_others_may_write_is_refused_naming_file_mode_and_owner() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "host = \"h\"\n[allow]\ncommands = { sh = [\"/bin/sh\", \"-c\", \"id\"] }\n",
+        )
+        .unwrap();
+        let owner = std::fs::metadata(&path).unwrap().uid();
+        for mode in [0o666, 0o664, 0o646] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = AgentFile::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string())
+                    && err.contains(&format!("{mode:04o}"))
+                    && err.contains(&format!("owned by uid {owner}")),
+                "{err}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let file = AgentFile::load(&path).unwrap();
+        assert!(file.allow.commands.contains_key("sh"));
+
+        let key = dir.path().join("bundle.pub");
+        std::fs::write(
+            &key,
+            vigil_shared::bundle::BundleKeys::generate().public_hex(),
+        )
+        .unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = BundleKey::load(&key.display().to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bundle.pub") && err.contains("0666"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(BundleKey::load(&key.display().to_string()).is_ok());
     }
 }

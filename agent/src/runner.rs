@@ -271,9 +271,13 @@ pub async fn run(
                             tracing::info!(%group, "this host left the group: its policy bundle is dropped");
                             *refusal = None;
                         }
+                        Ok(Outcome::Removed { group, version }) => {
+                            tracing::info!(%group, version, "the group was removed (signed tombstone): its policy bundle is dropped");
+                            *refusal = None;
+                        }
                         Ok(Outcome::Unchanged | Outcome::Ignored) => continue,
                         Err(e) => {
-                            tracing::warn!("policy bundle refused, the last good one stays in force: {e}");
+                            tracing::warn!(replays_refused = set.replays_refused(), "policy bundle refused, the last good one stays in force: {e}");
                             *refusal = Some(e.to_string());
                         }
                     }

@@ -3,10 +3,19 @@
 //! `vigil/v1/bundles/{group}` and agents verify before use.
 //!
 //! - [`Bundle`] is the content: group, label selector, version, files.
-//! - [`SignedBundle`] is what travels: the content's bytes (postcard), their SHA-256, and
-//!   an ed25519 signature over those bytes.
-//! - [`BundleKeys`] signs (coordinator); [`verify`] checks signature, hash and version
-//!   order (agent), and says exactly why a bundle is refused.
+//! - [`Tombstone`] says a group was removed, at a version above its last bundle's: agents
+//!   drop the group's policies and refuse every older bundle of it.
+//! - [`SignedBundle`] is what travels on the topic: which of the two it carries
+//!   ([`BundleKind`]), the content's bytes (postcard), their SHA-256, and an ed25519
+//!   signature.
+//! - [`BundleKeys`] signs (coordinator); [`open`] (and [`verify`] for a bundle only)
+//!   checks signature, hash and version order against the group's version floor (agent),
+//!   and says exactly why a message is refused.
+//!
+//! Every signature the coordinator's key makes is domain-separated
+//! ([`SigningContext`]): the signed bytes are a context string naming the purpose
+//! (bundle, tombstone, command), a zero byte, then the content. A signature made for one
+//! purpose never verifies as another, even over identical content bytes.
 //!
 //! Keys on disk are 32 raw bytes written as 64 hex characters (private: the seed; public:
 //! the verifying key).
@@ -62,18 +71,86 @@ pub fn selects(selector: &[Tag], labels: &[Tag]) -> bool {
         .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
 }
 
-/// A bundle as it travels: content bytes, their hash, a signature.
+/// A group's removal: published (signed, retained) on the group's bundle topic in place
+/// of its last bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The group removed.
+    pub group: String,
+    /// Above the group's last bundle version: the version floor agents keep for it.
+    pub version: u64,
+    /// When the group was removed, epoch ms.
+    pub removed_at_ms: i64,
+}
+
+/// What a [`SignedBundle`] carries; it also picks the [`SigningContext`] its signature is
+/// checked in, so relabelling one kind as the other breaks the signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BundleKind {
+    /// `content` is a [`Bundle`].
+    Bundle,
+    /// `content` is a [`Tombstone`].
+    Tombstone,
+}
+
+impl BundleKind {
+    fn context(self) -> SigningContext {
+        match self {
+            BundleKind::Bundle => SigningContext::Bundle,
+            BundleKind::Tombstone => SigningContext::Tombstone,
+        }
+    }
+}
+
+/// A bundle (or a group's tombstone) as it travels: content bytes, their hash, a
+/// signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedBundle {
     /// The group (repeated outside the signed bytes so a receiver can route it; checked
     /// against the signed content).
     pub group: String,
-    /// The postcard encoding of the [`Bundle`].
+    /// Whether `content` is a bundle or a tombstone.
+    pub kind: BundleKind,
+    /// The postcard encoding of the [`Bundle`] or [`Tombstone`].
     pub content: Vec<u8>,
     /// SHA-256 of `content`, hex.
     pub hash: String,
-    /// ed25519 signature over `content` (64 bytes).
+    /// ed25519 signature over `content` in the kind's [`SigningContext`] (64 bytes).
     pub signature: Vec<u8>,
+}
+
+/// What a signature by the coordinator's key is for. The signed bytes are the context's
+/// [`label`](SigningContext::label), a zero byte, and the content: the labels differ and
+/// none holds a zero byte, so the signed bytes of two purposes never coincide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningContext {
+    /// A policy bundle ([`Bundle`]).
+    Bundle,
+    /// A group's removal ([`Tombstone`]).
+    Tombstone,
+    /// A command to one agent ([`crate::command_auth`]).
+    Command,
+}
+
+impl SigningContext {
+    /// The context string.
+    pub const fn label(self) -> &'static str {
+        match self {
+            SigningContext::Bundle => "vigil/v1/signed-bundle",
+            SigningContext::Tombstone => "vigil/v1/signed-bundle-tombstone",
+            SigningContext::Command => "vigil/v1/signed-command",
+        }
+    }
+
+    /// The bytes actually signed for `content` in this context.
+    fn message(self, content: &[u8]) -> Vec<u8> {
+        let label = self.label().as_bytes();
+        let mut out = Vec::with_capacity(label.len() + 1 + content.len());
+        out.extend_from_slice(label);
+        out.push(0);
+        out.extend_from_slice(content);
+        out
+    }
 }
 
 impl WireMessage for SignedBundle {
@@ -114,16 +191,30 @@ pub enum BundleError {
         /// The hash of the bytes received.
         actual: String,
     },
-    /// Older than (or a different bundle with the same version as) the one in force: a
-    /// replay.
-    #[error("bundle for group `{group}`: version {offered} is not newer than the applied version {applied}")]
+    /// Older than (or different content with the same version as) the newest version
+    /// ever accepted for the group: a replay.
+    #[error(
+        "bundle for group `{group}`: version {offered} is not newer than the applied version \
+         {floor} (the highest this host accepted for the group)"
+    )]
     Replayed {
         /// The group.
         group: String,
         /// The version offered.
         offered: u64,
-        /// The version in force.
-        applied: u64,
+        /// The group's version floor: the highest version accepted for it (bundle or
+        /// tombstone), whether or not the host is still in the group.
+        floor: u64,
+    },
+    /// A tombstone where a bundle was expected (or the other way round).
+    #[error("bundle for group `{group}`: a {found:?} where a {expected:?} was expected")]
+    WrongKind {
+        /// The group.
+        group: String,
+        /// What was expected.
+        expected: BundleKind,
+        /// What the message is.
+        found: BundleKind,
     },
     /// The signed content cannot be decoded, or names another group than its envelope.
     #[error("bundle for group `{group}`: {reason}")]
@@ -180,24 +271,31 @@ impl BundleKeys {
         hex::encode(self.signing.verifying_key().to_bytes())
     }
 
-    /// Signs a bundle.
-    /// An ed25519 signature over `bytes` (64 bytes): for other signed messages, such as
-    /// commands ([`crate::command_auth`]).
-    pub(crate) fn sign_bytes(&self, bytes: &[u8]) -> Vec<u8> {
-        self.signing.sign(bytes).to_bytes().to_vec()
+    /// An ed25519 signature over `content` in `context` (64 bytes).
+    pub fn sign_in(&self, context: SigningContext, content: &[u8]) -> Vec<u8> {
+        self.signing
+            .sign(&context.message(content))
+            .to_bytes()
+            .to_vec()
     }
 
+    /// Signs a bundle.
     pub fn sign(&self, bundle: &Bundle) -> SignedBundle {
-        let content = match postcard::to_stdvec(bundle) {
-            Ok(bytes) => bytes,
-            Err(e) => unreachable!("postcard cannot fail to encode a bundle: {e}"),
-        };
-        let signature = self.signing.sign(&content).to_bytes().to_vec();
+        self.envelope(&bundle.group, BundleKind::Bundle, encode(bundle))
+    }
+
+    /// Signs a group's tombstone.
+    pub fn sign_tombstone(&self, tombstone: &Tombstone) -> SignedBundle {
+        self.envelope(&tombstone.group, BundleKind::Tombstone, encode(tombstone))
+    }
+
+    fn envelope(&self, group: &str, kind: BundleKind, content: Vec<u8>) -> SignedBundle {
         SignedBundle {
-            group: bundle.group.clone(),
+            group: group.to_string(),
+            kind,
             hash: content_hash(&content),
+            signature: self.sign_in(kind.context(), &content),
             content,
-            signature,
         }
     }
 }
@@ -207,10 +305,14 @@ impl BundleKeys {
 pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
-    /// Whether `signature` is this key's ed25519 signature over `bytes`.
-    pub(crate) fn verifies(&self, bytes: &[u8], signature: &[u8]) -> bool {
+    /// Whether `signature` is this key's ed25519 signature over `content` in `context`.
+    pub fn verifies(&self, context: SigningContext, content: &[u8], signature: &[u8]) -> bool {
         <[u8; 64]>::try_from(signature)
-            .map(|sig| self.0.verify(bytes, &Signature::from_bytes(&sig)).is_ok())
+            .map(|sig| {
+                self.0
+                    .verify(&context.message(content), &Signature::from_bytes(&sig))
+                    .is_ok()
+            })
             .unwrap_or(false)
     }
 
@@ -263,26 +365,57 @@ fn read_hex_key(path: &Path) -> Result<[u8; 32], BundleError> {
     })
 }
 
-/// Verifies a signed bundle against `key` and the version in force for its group
-/// (`applied`): signature, hash, content, group, and version order. A bundle with the
-/// applied version and the same hash is accepted (a retained message seen again); the
-/// caller may skip re-applying it.
-pub fn verify(
+/// The postcard encoding of a bundle or tombstone (strings, numbers and sequences: it
+/// cannot fail).
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    match postcard::to_stdvec(value) {
+        Ok(bytes) => bytes,
+        Err(e) => unreachable!("postcard cannot fail to encode a bundle or tombstone: {e}"),
+    }
+}
+
+/// A verified message of a group's bundle topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// A bundle to apply.
+    Bundle(Bundle),
+    /// The group was removed.
+    Removed(Tombstone),
+}
+
+impl Release {
+    /// The group.
+    pub fn group(&self) -> &str {
+        match self {
+            Release::Bundle(b) => &b.group,
+            Release::Removed(t) => &t.group,
+        }
+    }
+
+    /// Its version.
+    pub fn version(&self) -> u64 {
+        match self {
+            Release::Bundle(b) => b.version,
+            Release::Removed(t) => t.version,
+        }
+    }
+}
+
+/// Verifies a signed bundle or tombstone against `key` and the group's version floor
+/// (`floor`: the highest version accepted for the group and the hash of what carried it):
+/// signature (in its kind's context), hash, content, group, and version order. The
+/// message that set the floor, seen again (same version and hash), is accepted (a
+/// retained message after a reconnect); the caller may skip re-applying it. Anything
+/// older, or different content with the floor's version, is [`BundleError::Replayed`].
+pub fn open(
     signed: &SignedBundle,
     key: &PublicKey,
-    applied: Option<(u64, &str)>,
-) -> Result<Bundle, BundleError> {
+    floor: Option<(u64, &str)>,
+) -> Result<Release, BundleError> {
     let group = signed.group.clone();
-    let signature = <[u8; 64]>::try_from(signed.signature.as_slice())
-        .map(|bytes| Signature::from_bytes(&bytes))
-        .map_err(|_| BundleError::BadSignature {
-            group: group.clone(),
-        })?;
-    key.0
-        .verify(&signed.content, &signature)
-        .map_err(|_| BundleError::BadSignature {
-            group: group.clone(),
-        })?;
+    if !key.verifies(signed.kind.context(), &signed.content, &signed.signature) {
+        return Err(BundleError::BadSignature { group });
+    }
     let actual = content_hash(&signed.content);
     if actual != signed.hash {
         return Err(BundleError::HashMismatch {
@@ -291,28 +424,51 @@ pub fn verify(
             actual,
         });
     }
-    let bundle: Bundle =
-        postcard::from_bytes(&signed.content).map_err(|e| BundleError::Malformed {
-            group: group.clone(),
-            reason: format!("content does not decode: {e}"),
-        })?;
-    if bundle.group != signed.group {
+    let malformed = |e: postcard::Error| BundleError::Malformed {
+        group: group.clone(),
+        reason: format!("content does not decode: {e}"),
+    };
+    let release = match signed.kind {
+        BundleKind::Bundle => {
+            Release::Bundle(postcard::from_bytes(&signed.content).map_err(malformed)?)
+        }
+        BundleKind::Tombstone => {
+            Release::Removed(postcard::from_bytes(&signed.content).map_err(malformed)?)
+        }
+    };
+    if release.group() != signed.group {
         return Err(BundleError::Malformed {
             group,
-            reason: format!("signed content is for group `{}`", bundle.group),
+            reason: format!("signed content is for group `{}`", release.group()),
         });
     }
-    if let Some((version, hash)) = applied {
-        let same = bundle.version == version && hash == signed.hash;
-        if bundle.version < version || (bundle.version == version && !same) {
+    if let Some((version, hash)) = floor {
+        let offered = release.version();
+        if offered < version || (offered == version && hash != signed.hash) {
             return Err(BundleError::Replayed {
                 group,
-                offered: bundle.version,
-                applied: version,
+                offered,
+                floor: version,
             });
         }
     }
-    Ok(bundle)
+    Ok(release)
+}
+
+/// [`open`] for a bundle only: a tombstone is [`BundleError::WrongKind`].
+pub fn verify(
+    signed: &SignedBundle,
+    key: &PublicKey,
+    floor: Option<(u64, &str)>,
+) -> Result<Bundle, BundleError> {
+    match open(signed, key, floor)? {
+        Release::Bundle(bundle) => Ok(bundle),
+        Release::Removed(_) => Err(BundleError::WrongKind {
+            group: signed.group.clone(),
+            expected: BundleKind::Bundle,
+            found: BundleKind::Tombstone,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -370,11 +526,99 @@ mod tests {
             err,
             BundleError::Replayed {
                 offered: 1,
-                applied: 2,
+                floor: 2,
                 ..
             }
         ));
         assert!(err.to_string().contains("not newer"), "{err}");
+    }
+
+    #[test]
+    fn a_tombstone_verifies_raises_the_floor_and_cannot_pass_as_a_bundle() {
+        let keys = BundleKeys::generate();
+        let public = PublicKey::from_hex(&keys.public_hex()).unwrap();
+        let v2 = keys.sign(&bundle(2));
+        let tombstone = Tombstone {
+            group: "web".into(),
+            version: 3,
+            removed_at_ms: 5,
+        };
+        let signed = keys.sign_tombstone(&tombstone);
+        assert_eq!(signed.kind, BundleKind::Tombstone);
+        let wire = crate::wire::encode(&signed);
+        let decoded: SignedBundle = crate::wire::decode(&wire).unwrap();
+        assert_eq!(
+            open(&decoded, &public, Some((2, &v2.hash))).unwrap(),
+            Release::Removed(tombstone.clone())
+        );
+        // Seen again: accepted (a retained message); anything older after it is a replay.
+        assert!(open(&signed, &public, Some((3, &signed.hash))).is_ok());
+        let err = open(&v2, &public, Some((3, &signed.hash))).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BundleError::Replayed {
+                    offered: 2,
+                    floor: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Same version, other content: a replay too.
+        let other = keys.sign(&bundle(3));
+        assert!(matches!(
+            open(&other, &public, Some((3, &signed.hash))),
+            Err(BundleError::Replayed { .. })
+        ));
+        // `verify` wants a bundle.
+        assert!(matches!(
+            verify(&signed, &public, None),
+            Err(BundleError::WrongKind { .. })
+        ));
+    }
+
+    #[test]
+    fn a_signature_for_one_kind_never_verifies_as_the_other() {
+        let keys = BundleKeys::generate();
+        let public = PublicKey::from_hex(&keys.public_hex()).unwrap();
+        // A bundle relabelled as a tombstone (and back): the signature was made in the
+        // other context.
+        let mut relabelled = keys.sign(&bundle(4));
+        relabelled.kind = BundleKind::Tombstone;
+        assert!(matches!(
+            open(&relabelled, &public, None),
+            Err(BundleError::BadSignature { .. })
+        ));
+        let mut relabelled = keys.sign_tombstone(&Tombstone {
+            group: "web".into(),
+            version: 4,
+            removed_at_ms: 1,
+        });
+        relabelled.kind = BundleKind::Bundle;
+        assert!(matches!(
+            open(&relabelled, &public, None),
+            Err(BundleError::BadSignature { .. })
+        ));
+        // A plain signature over the content (no context) is no bundle signature either.
+        let mut plain = keys.sign(&bundle(4));
+        plain.signature = keys.signing.sign(&plain.content).to_bytes().to_vec();
+        assert!(matches!(
+            open(&plain, &public, None),
+            Err(BundleError::BadSignature { .. })
+        ));
+        let content = b"same bytes";
+        for (a, b) in [
+            (SigningContext::Bundle, SigningContext::Tombstone),
+            (SigningContext::Bundle, SigningContext::Command),
+            (SigningContext::Tombstone, SigningContext::Command),
+        ] {
+            let signature = keys.sign_in(a, content);
+            assert!(public.verifies(a, content, &signature));
+            assert!(!public.verifies(b, content, &signature), "{a:?} as {b:?}");
+            let signature = keys.sign_in(b, content);
+            assert!(!public.verifies(a, content, &signature), "{b:?} as {a:?}");
+        }
     }
 
     #[test]

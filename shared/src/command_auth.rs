@@ -1,7 +1,8 @@
 //! Signed commands. Whoever can publish on an agent's command topic could make it restart
 //! services or stop remediating, so the coordinator signs every [`Command`] with its
-//! ed25519 key (the same key that signs policy bundles) and an agent acts only on one
-//! that
+//! ed25519 key (the same key that signs policy bundles, in its own signing context,
+//! [`SigningContext::Command`], so a bundle signature never passes as a command's) and
+//! an agent acts only on one that
 //! - verifies with the coordinator's public key it was given (`--bundle-key`),
 //! - is addressed to it (the host inside the signed bytes, not only the topic),
 //! - has not expired, and was not issued implausibly far in the future, and
@@ -14,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::bundle::{BundleKeys, PublicKey};
+use crate::bundle::{BundleKeys, PublicKey, SigningContext};
 use crate::validate::{self, FieldError};
 use crate::wire::{Command, WireMessage};
 
@@ -30,7 +31,7 @@ pub struct SignedCommand {
     pub host: String,
     /// The postcard encoding of the [`Command`].
     pub content: Vec<u8>,
-    /// ed25519 signature over `content` (64 bytes).
+    /// ed25519 signature over `content` in [`SigningContext::Command`] (64 bytes).
     pub signature: Vec<u8>,
 }
 
@@ -132,7 +133,7 @@ pub fn sign(keys: &BundleKeys, command: &Command) -> SignedCommand {
     };
     SignedCommand {
         host: command.host.clone(),
-        signature: keys.sign_bytes(&content),
+        signature: keys.sign_in(SigningContext::Command, &content),
         content,
     }
 }
@@ -147,7 +148,7 @@ pub fn verify(
     now_ms: i64,
     watermark_ms: i64,
 ) -> Result<Command, CommandRefusal> {
-    if !key.verifies(&signed.content, &signed.signature) {
+    if !key.verifies(SigningContext::Command, &signed.content, &signed.signature) {
         return Err(CommandRefusal::BadSignature {
             host: signed.host.clone(),
         });
@@ -256,5 +257,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(text.contains("replayed") && text.contains("cmd-"), "{text}");
+    }
+
+    #[test]
+    fn command_and_bundle_signatures_do_not_stand_in_for_each_other() {
+        use crate::bundle::{self, Bundle, BundleError, BundleKind, SignedBundle};
+        let keys = BundleKeys::generate();
+        let key = public(&keys);
+        let command = command("web-1", NOW);
+        let signed = sign(&keys, &command);
+        assert!(verify(&signed, &key, "web-1", NOW, 0).is_ok());
+
+        // The command's signed bytes and signature, offered as a bundle (or a tombstone).
+        for kind in [BundleKind::Bundle, BundleKind::Tombstone] {
+            let as_bundle = SignedBundle {
+                group: "web-1".into(),
+                kind,
+                hash: bundle::content_hash(&signed.content),
+                content: signed.content.clone(),
+                signature: signed.signature.clone(),
+            };
+            assert!(matches!(
+                bundle::open(&as_bundle, &key, None),
+                Err(BundleError::BadSignature { .. })
+            ));
+        }
+
+        // A bundle whose content bytes are exactly a command's: its bundle signature
+        // does not make a command.
+        let signed_bundle = keys.sign(&Bundle {
+            group: "web-1".into(),
+            selector: vec![],
+            version: 1,
+            created_at_ms: NOW,
+            files: vec![],
+        });
+        let as_command = SignedCommand {
+            host: "web-1".into(),
+            content: signed.content.clone(),
+            signature: keys.sign_in(SigningContext::Bundle, &signed.content),
+        };
+        assert_eq!(
+            verify(&as_command, &key, "web-1", NOW, 0)
+                .unwrap_err()
+                .reason(),
+            "bad_signature"
+        );
+        let as_command = SignedCommand {
+            host: "web-1".into(),
+            content: signed_bundle.content.clone(),
+            signature: signed_bundle.signature.clone(),
+        };
+        assert_eq!(
+            verify(&as_command, &key, "web-1", NOW, 0)
+                .unwrap_err()
+                .reason(),
+            "bad_signature"
+        );
     }
 }

@@ -4,6 +4,10 @@
 //! A file that holds a secret (a key named `password`, `token` or `secret`, or ending in
 //! `_password`, `_token`, `_secret`) must not be readable or writable by anyone but its
 //! owner: such a file with a mode like 0644 is refused, naming the key and the fix.
+//!
+//! A file that decides what a privileged process may do (the agent's allowlists, policy
+//! directory, bundle key) is read with [`load_trusted`]: it must also be owned by root or
+//! by the user reading it, and writable by no one else, whatever it holds.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +37,22 @@ pub enum ConfigFileError {
         key: String,
         /// The file's permission bits.
         mode: u32,
+    },
+    /// Someone other than root and this process's user owns the file, or may write it.
+    #[error(
+        "config file {path} has mode {mode:04o} and is owned by uid {owner}: it decides what \
+         this process may run, so it must be owned by root or uid {me} and writable by no one \
+         else: run `chown root: {path} && chmod 600 {path}`"
+    )]
+    Untrusted {
+        /// The file.
+        path: PathBuf,
+        /// The file's permission bits.
+        mode: u32,
+        /// The file's owner (uid).
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
     },
     /// The file is not valid TOML of the expected shape.
     #[error("config file {path}: {message}")]
@@ -69,6 +89,52 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
         }
     }
     toml::from_str(&text).map_err(parse_error)
+}
+
+/// [`load`] for a file that widens what this process may do: refused (before it is
+/// parsed) unless [`check_trusted`] passes.
+pub fn load_trusted<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
+    check_trusted(path)?;
+    load(path)
+}
+
+/// Refuses `path` unless it is owned by root or by this process's effective user, and
+/// neither its group nor others may write it. The error names the file, its mode and its
+/// owner.
+#[cfg(unix)]
+pub fn check_trusted(path: &Path) -> Result<(), ConfigFileError> {
+    use std::os::unix::fs::MetadataExt;
+    let read_error = |source| ConfigFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_error)?;
+    // Without /proc (a bare container), only root's files pass.
+    let me = effective_uid().unwrap_or(0);
+    let mode = meta.mode() & 0o7777;
+    let owner = meta.uid();
+    if (owner != 0 && owner != me) || mode & 0o022 != 0 {
+        return Err(ConfigFileError::Untrusted {
+            path: path.to_path_buf(),
+            mode,
+            owner,
+            me,
+        });
+    }
+    Ok(())
+}
+
+/// Without Unix owners and modes there is nothing to check.
+#[cfg(not(unix))]
+pub fn check_trusted(_path: &Path) -> Result<(), ConfigFileError> {
+    Ok(())
+}
+
+/// This process's effective uid: the owner of `/proc/self` (Linux).
+#[cfg(unix)]
+fn effective_uid() -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid())
 }
 
 /// The first key (dotted path) in `table` that names a non-empty secret.
@@ -156,5 +222,40 @@ mod tests {
         let path = file(dir.path(), "host = \"a\"\nmqtt_password = \"\"\n", 0o644);
         let shape: Shape = load(&path).unwrap();
         assert_eq!(shape.host.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_trusted_file_must_be_writable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o600, 0o644, 0o640, 0o400] {
+            let path = file(dir.path(), "host = \"a\"\n", mode);
+            let shape: Shape = load_trusted(&path).unwrap();
+            assert_eq!(shape.host.as_deref(), Some("a"), "mode {mode:o}");
+        }
+        for mode in [0o666, 0o646, 0o620, 0o602] {
+            let path = file(dir.path(), "host = \"a\"\n", mode);
+            let err = load_trusted::<Shape>(&path).unwrap_err().to_string();
+            let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&path).unwrap());
+            assert!(
+                err.contains(&path.display().to_string())
+                    && err.contains(&format!("mode {mode:04o}"))
+                    && err.contains(&format!("owned by uid {owner}")),
+                "{err}"
+            );
+        }
+        // Owned by another user (only root can give a file away): refused even at 0600.
+        if effective_uid().unwrap() == 0 {
+            let path = file(dir.path(), "host = \"a\"\n", 0o600);
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let err = load_trusted::<Shape>(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("owned by uid 65534") && err.contains("0600"),
+                "{err}"
+            );
+        }
+        assert!(matches!(
+            check_trusted(&dir.path().join("missing.toml")),
+            Err(ConfigFileError::Read { .. })
+        ));
     }
 }

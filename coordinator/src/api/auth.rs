@@ -4,8 +4,11 @@
 //! ([`required`]). A missing, unknown, revoked or malformed token is a 401, a role too low
 //! a 403; each is counted in `vigil_http_auth_failures_total{reason}`. A client address
 //! with more 401s in [`FAILURE_WINDOW`] than the limit (`--auth-failure-limit`, default
-//! [`DEFAULT_MAX_FAILURES`]) gets 429 until the window passes. Tokens are looked up in
-//! the store on every request, so a revocation takes effect at once.
+//! [`DEFAULT_MAX_FAILURES`]) gets 429 instead of 401 until the window passes. The token
+//! is checked first: a request with a valid token is served whatever its address's
+//! failure count (many clients may share one address behind NAT or a proxy, and one of
+//! them guessing must not lock the others out), and only failures count. Tokens are
+//! looked up in the store on every request, so a revocation takes effect at once.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -116,22 +119,22 @@ impl Auth {
         let Access::Needs(needed) = required(method, path, self.metrics_open) else {
             return None;
         };
-        if let Some(ip) = client {
-            if self.is_rate_limited(ip) {
-                return Some(self.refuse(
-                    "rate_limited",
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "too many failed authentications from {ip}: more than {} in \
-                         {FAILURE_WINDOW:?}; wait and retry with a valid token",
-                        self.max_failures
-                    ),
-                ));
-            }
-        }
+        // A failure: 429 for an address over the limit, else 401 (counted either way).
         let unauthorized = |reason: &'static str, message: String| {
             if let Some(ip) = client {
+                let limited = self.is_rate_limited(ip);
                 self.note_failure(ip);
+                if limited {
+                    return Some(self.refuse(
+                        "rate_limited",
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "too many failed authentications from {ip}: more than {} in \
+                             {FAILURE_WINDOW:?}; wait and retry with a valid token",
+                            self.max_failures
+                        ),
+                    ));
+                }
             }
             Some(self.refuse(reason, StatusCode::UNAUTHORIZED, message))
         };
@@ -313,6 +316,62 @@ mod tests {
         assert_eq!(
             need(Method::GET, "/api/v1/agents/enroll"),
             Access::Needs(Role::Admin)
+        );
+    }
+
+    #[test]
+    fn a_valid_token_is_served_from_an_address_over_the_failure_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            crate::store::MapSize {
+                initial: 1 << 24,
+                max: 1 << 26,
+            },
+        )
+        .unwrap();
+        let admin = tokens::generate();
+        let viewer = tokens::generate();
+        for (token, role) in [(&admin, Role::Admin), (&viewer, Role::Viewer)] {
+            let digest = tokens::hash(token);
+            store
+                .put_token(&digest, &tokens::record(&digest, "t", role, 1))
+                .unwrap();
+        }
+        let telemetry = Arc::new(Telemetry::new());
+        let auth = Auth::new(store, telemetry.clone(), false, 3);
+        let shared: IpAddr = "192.0.2.7".parse().unwrap();
+        let status = |header: Option<String>, path: &str, ip: IpAddr| {
+            auth.check(&Method::GET, path, header.as_deref(), Some(ip))
+                .map_or(200, |r| r.status().as_u16())
+        };
+        let bearer = |t: &str| Some(format!("Bearer {t}"));
+        let bad = bearer("vigil_guess");
+        let hosts = "/api/v1/hosts";
+        // Three failures are 401s; from then on failures are 429s.
+        for _ in 0..3 {
+            assert_eq!(status(bad.clone(), hosts, shared), 401);
+        }
+        for _ in 0..30 {
+            assert_eq!(status(bad.clone(), hosts, shared), 429);
+        }
+        assert_eq!(status(None, hosts, shared), 429);
+        // Valid tokens from the same address are served, and never counted.
+        for _ in 0..10 {
+            assert_eq!(status(bearer(&admin), hosts, shared), 200);
+            assert_eq!(status(bearer(&viewer), hosts, shared), 200);
+        }
+        // A valid token with too low a role is still a 403, not a 429.
+        assert_eq!(status(bearer(&viewer), "/api/v1/agents", shared), 403);
+        // Another address is unaffected.
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        assert_eq!(status(bad.clone(), hosts, other), 401);
+        assert_eq!(
+            telemetry
+                .http_auth_failures
+                .with_label_values(&["rate_limited"])
+                .get(),
+            31
         );
     }
 }

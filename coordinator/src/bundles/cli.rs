@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use vigil_shared::bundle::{verify, Bundle, BundleKeys, PublicKey, SignedBundle};
+use vigil_shared::bundle::{verify, Bundle, BundleKeys, BundleKind, PublicKey, SignedBundle};
 use vigil_shared::time::now_ms;
 
 use super::keys;
@@ -190,6 +190,14 @@ fn policies_of(source: &GroupSource) -> BTreeMap<String, serde_json::Value> {
 
 fn side_of_bundle(file: &Path) -> Result<(String, BTreeMap<String, serde_json::Value>), String> {
     let signed = read_signed(file)?;
+    if signed.kind != BundleKind::Bundle {
+        return Err(format!(
+            "{}: a {:?} of group `{}`, not a bundle",
+            file.display(),
+            signed.kind,
+            signed.group
+        ));
+    }
     let bundle: Bundle = postcard::from_bytes(&signed.content)
         .map_err(|e| format!("{}: content does not decode: {e}", file.display()))?;
     let source = layout::validate(&bundle.group, bundle.selector, bundle.files)

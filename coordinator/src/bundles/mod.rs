@@ -1,11 +1,13 @@
 //! Policy bundles, coordinator side: the coordinator turns a directory of host-group
 //! folders into signed, versioned bundles and publishes each one retained on
-//! `vigil/v1/bundles/{group}`; agents verify and apply them and report what they run.
+//! `vigil/v1/bundles/{group}` (a removed group: a signed tombstone); agents verify and
+//! apply them and report what they run.
 //!
 //! - [`layout`]: the directory layout, and validation of a group's files.
 //! - [`store`]: the `bundles` LMDB database (versions survive restarts).
 //! - [`keys`]: the signing key (generated on first start).
-//! - [`service`]: build, version, sign, publish; [`service::Bundles`].
+//! - [`service`]: build, version, sign, publish (bundles and tombstones);
+//!   [`service::Bundles`].
 //! - [`watch`]: reload on file changes, republish on MQTT reconnects.
 //! - [`drift`]: desired versus applied bundles, failing desired-state checks.
 //! - [`cli`]: `vigil-coordinator bundle build|verify|diff|keygen` for CI pipelines.

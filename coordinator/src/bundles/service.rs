@@ -1,6 +1,12 @@
 //! The bundle publisher: builds every group of the bundle directory, gives changed
 //! content a new version (persisted in LMDB before it is published), signs it, and
 //! publishes it retained on `vigil/v1/bundles/{group}`.
+//!
+//! A group whose folder is gone gets a signed [`Tombstone`] instead, at the next version
+//! (persisted like a bundle's), retained on the same topic: agents drop the group's
+//! policies and keep that version as the group's floor, so its old bundles are refused.
+//! Tombstones are republished after a restart and on every reconnect, like bundles;
+//! re-adding the group continues the version sequence above its tombstone.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -8,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
-use vigil_shared::bundle::{BundleKeys, SignedBundle};
+use vigil_shared::bundle::{BundleKeys, SignedBundle, Tombstone};
 use vigil_shared::bundle_manifest::Manifest;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics;
@@ -54,7 +60,7 @@ pub struct Published {
 pub struct ReloadReport {
     /// Groups published with a new version: (group, version).
     pub published: Vec<(String, u64)>,
-    /// Groups whose retained bundle was cleared.
+    /// Groups removed: their retained bundle was replaced by a signed tombstone.
     pub removed: Vec<String>,
     /// Groups published again with their stored version (first build after a restart).
     pub restored: Vec<String>,
@@ -65,6 +71,11 @@ pub struct ReloadReport {
 #[derive(Default)]
 struct State {
     published: BTreeMap<String, Published>,
+    /// The signed tombstone of every removed group.
+    tombstones: BTreeMap<String, SignedBundle>,
+    /// The tombstones read from the store are not published yet (done by the first
+    /// reload).
+    tombstones_unannounced: bool,
     /// Every record ever stored (removed groups included), for version continuity.
     records: BTreeMap<String, BundleRecord>,
     error: Option<String>,
@@ -93,8 +104,25 @@ impl Bundles {
         publisher: Publisher,
     ) -> Result<Bundles, StoreError> {
         let mut state = State::default();
-        for record in store.bundle_records()? {
+        let mut upgraded = Vec::new();
+        for mut record in store.bundle_records()? {
+            if record.removed && !record.hash.is_empty() {
+                // Removed before removals had tombstones: the record still holds the last
+                // bundle's version and hash. Its tombstone takes the next version.
+                record = removed_record(&record, record.created_at_ms);
+                upgraded.push(record.clone());
+            }
+            if record.removed {
+                state.tombstones.insert(
+                    record.group.clone(),
+                    keys.sign_tombstone(&tombstone(&record)),
+                );
+            }
             state.records.insert(record.group.clone(), record);
+        }
+        state.tombstones_unannounced = !state.tombstones.is_empty();
+        if !upgraded.is_empty() {
+            store.put_bundle_records(&upgraded)?;
         }
         Ok(Bundles {
             dir,
@@ -128,6 +156,11 @@ impl Bundles {
         self.lock().published.get(group).cloned()
     }
 
+    /// The signed tombstones of the removed groups, by group.
+    pub fn tombstones(&self) -> Vec<SignedBundle> {
+        self.lock().tombstones.values().cloned().collect()
+    }
+
     /// The last build's error(s), if it had any.
     pub fn last_error(&self) -> Option<String> {
         self.lock().error.clone()
@@ -137,8 +170,9 @@ impl Bundles {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Re-reads the directory; publishes changed groups with version + 1, clears removed
-    /// ones, keeps the last good version of refused ones.
+    /// Re-reads the directory; publishes changed groups with version + 1, a signed
+    /// tombstone (version + 1) for removed ones, keeps the last good version of refused
+    /// ones.
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let _one = self.publishing.lock().await;
         let Some(dir) = self.dir.clone() else {
@@ -165,12 +199,18 @@ impl Bundles {
                     to_send.push((group.clone(), vigil_shared::wire::encode(&p.signed)));
                 }
             }
+            if std::mem::take(&mut state.tombstones_unannounced) {
+                for (group, signed) in &state.tombstones {
+                    to_send.push((group.clone(), vigil_shared::wire::encode(signed)));
+                }
+            }
             for (record, source) in changed {
                 state.records.insert(record.group.clone(), record.clone());
                 match source {
                     Some(source) => {
                         let signed = self.keys.sign(&record.bundle());
                         tracing::info!(group = %record.group, version = record.version, hash = %record.hash, "publishing bundle");
+                        state.tombstones.remove(&record.group);
                         report
                             .published
                             .push((record.group.clone(), record.version));
@@ -186,10 +226,12 @@ impl Bundles {
                         );
                     }
                     None => {
-                        tracing::info!(group = %record.group, "bundle group removed; clearing its retained bundle");
+                        tracing::info!(group = %record.group, version = record.version, "bundle group removed; publishing its signed tombstone");
+                        let signed = self.keys.sign_tombstone(&tombstone(&record));
                         state.published.remove(&record.group);
                         report.removed.push(record.group.clone());
-                        to_send.push((record.group.clone(), Vec::new()));
+                        to_send.push((record.group.clone(), vigil_shared::wire::encode(&signed)));
+                        state.tombstones.insert(record.group.clone(), signed);
                     }
                 }
             }
@@ -266,9 +308,7 @@ impl Bundles {
         }
         for (group, record) in &state.records {
             if !record.removed && !seen.contains(group) {
-                let mut gone = record.clone();
-                gone.removed = true;
-                changed.push((gone, None));
+                changed.push((removed_record(record, now_ms()), None));
             }
         }
         (changed, report)
@@ -288,20 +328,18 @@ impl Bundles {
         self.publisher.connects()
     }
 
-    /// Publishes every current bundle again (after the MQTT connection (re)connects).
+    /// Publishes every current bundle and tombstone again (after the MQTT connection
+    /// (re)connects).
     pub async fn republish(&self) {
         let _one = self.publishing.lock().await;
-        let all: Vec<(String, Vec<u8>)> = self
-            .lock()
-            .published
-            .values()
-            .map(|p| {
-                (
-                    p.record.group.clone(),
-                    vigil_shared::wire::encode(&p.signed),
-                )
-            })
-            .collect();
+        let all: Vec<(String, Vec<u8>)> = {
+            let state = self.lock();
+            let bundles = state.published.values().map(|p| &p.signed);
+            bundles
+                .chain(state.tombstones.values())
+                .map(|signed| (signed.group.clone(), vigil_shared::wire::encode(signed)))
+                .collect()
+        };
         for (group, payload) in all {
             if let Err(e) = self
                 .publisher
@@ -311,6 +349,29 @@ impl Bundles {
                 tracing::warn!("cannot republish the bundle for `{group}`: {e}");
             }
         }
+    }
+}
+
+/// The record of `last`'s group removed at `at_ms`: its tombstone takes the next version,
+/// above every bundle of the group; no hash or files (an empty hash marks a tombstone).
+fn removed_record(last: &BundleRecord, at_ms: i64) -> BundleRecord {
+    BundleRecord {
+        group: last.group.clone(),
+        version: last.version + 1,
+        hash: String::new(),
+        created_at_ms: at_ms,
+        selector: last.selector.clone(),
+        files: Vec::new(),
+        removed: true,
+    }
+}
+
+/// The tombstone a removed group's record stands for.
+fn tombstone(record: &BundleRecord) -> Tombstone {
+    Tombstone {
+        group: record.group.clone(),
+        version: record.version,
+        removed_at_ms: record.created_at_ms,
     }
 }
 
@@ -373,18 +434,62 @@ mod tests {
         assert_eq!(report.restored, vec!["web".to_string()]);
         assert_eq!(version(&b, "web"), 2, "version kept across a restart");
 
-        // Removal clears, re-adding continues the sequence.
+        // Removal publishes a signed tombstone at the next version; re-adding continues
+        // the sequence above it.
         std::fs::rename(dir.path().join("web"), dir.path().join(".web")).unwrap();
         let report = b.reload().await.unwrap();
         assert_eq!(report.removed, vec!["web".to_string()]);
         assert!(b.get("web").is_none());
+        let key = vigil_shared::bundle::PublicKey::from_hex(b.public_key()).unwrap();
+        let tombstones = b.tombstones();
+        let removed = match vigil_shared::bundle::open(&tombstones[0], &key, Some((2, ""))) {
+            Ok(vigil_shared::bundle::Release::Removed(t)) => t,
+            other => panic!("not a tombstone: {other:?}"),
+        };
+        assert_eq!((removed.group.as_str(), removed.version), ("web", 3));
+        assert!(b.reload().await.unwrap().removed.is_empty(), "removed once");
+        drop(b);
+        // After a restart the tombstone is still there (and signed the same way).
+        let b = bundles(data.path(), dir.path());
+        assert_eq!(b.tombstones().len(), 1);
+        assert_eq!(b.tombstones()[0].content, tombstones[0].content);
         std::fs::rename(dir.path().join(".web"), dir.path().join("web")).unwrap();
         b.reload().await.unwrap();
         assert_eq!(
             version(&b, "web"),
-            3,
-            "continues after the removed version 2"
+            4,
+            "continues after the tombstone's version 3"
         );
+        assert!(b.tombstones().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_group_removed_before_tombstones_existed_gets_one_above_its_last_version() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = bundles(data.path(), dir.path());
+            // As an older coordinator stored a removal: the last bundle's version and hash.
+            b.store
+                .put_bundle_records(&[BundleRecord {
+                    group: "old".into(),
+                    version: 5,
+                    hash: "ab".repeat(32),
+                    created_at_ms: 1,
+                    selector: vec![],
+                    files: vec![],
+                    removed: true,
+                }])
+                .unwrap();
+        }
+        for _ in 0..2 {
+            let b = bundles(data.path(), dir.path());
+            let key = vigil_shared::bundle::PublicKey::from_hex(b.public_key()).unwrap();
+            match vigil_shared::bundle::open(&b.tombstones()[0], &key, Some((5, "x"))) {
+                Ok(vigil_shared::bundle::Release::Removed(t)) => assert_eq!(t.version, 6),
+                other => panic!("not a tombstone above version 5: {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The `bundles` database: per group, the last published version, so versions keep
 //! increasing across restarts. Key = the group name, value = a [`BundleRecord`] (store
-//! codec). A removed group keeps its record (`removed`), so re-adding it continues the
-//! version sequence instead of offering agents an "older" version 1.
+//! codec). A removed group keeps its record (`removed`, with the version of its signed
+//! tombstone), so re-adding it continues the version sequence instead of offering agents
+//! an "older" version 1, and its tombstone is published again after a restart.
 //!
 //! Writes are rare (a changed bundle directory), so each runs in its own short write
 //! transaction on the caller's thread (call from `spawn_blocking`).
@@ -17,17 +18,18 @@ use crate::store::{codec, Store, StoreError};
 pub struct BundleRecord {
     /// The group.
     pub group: String,
-    /// The last version published.
+    /// The last version published (for a removed group: its tombstone's).
     pub version: u64,
-    /// Its content hash (selector and files).
+    /// Its content hash (selector and files); empty for a removed group (older
+    /// coordinators kept the last bundle's hash there, see `service::Bundles::open`).
     pub hash: String,
-    /// When that version was built, epoch ms.
+    /// When that version was built (or the group removed), epoch ms.
     pub created_at_ms: i64,
     /// The selector.
     pub selector: Vec<Tag>,
-    /// The files.
+    /// The files (none for a removed group).
     pub files: Vec<BundleFile>,
-    /// The group's folder is gone (its retained bundle was cleared).
+    /// The group's folder is gone (a signed tombstone replaced its retained bundle).
     pub removed: bool,
 }
 
