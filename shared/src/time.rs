@@ -11,10 +11,14 @@ pub fn now_ms() -> i64 {
     }
 }
 
+/// The last millisecond RFC 3339 can write (its years have four digits): 9999-12-31T23:59:59.999Z.
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
 /// Formats epoch milliseconds as RFC 3339 with milliseconds, e.g. `2026-01-20T12:34:56.789Z`.
-/// Times before the epoch are clamped to it.
+/// Times before the epoch are clamped to it, times after year 9999 to its last millisecond.
 pub fn to_rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let ms = u64::try_from(ms).unwrap_or(0).min(MAX_RFC3339_MS);
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -55,6 +59,12 @@ mod tests {
         let text = to_rfc3339(ms);
         assert_eq!(text, "2026-01-20T12:34:56.789Z");
         assert_eq!(parse_time(&text), Ok(ms));
+    }
+
+    #[test]
+    fn times_past_year_9999_are_clamped_not_a_panic() {
+        assert_eq!(to_rfc3339(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
+        assert_eq!(to_rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]
