@@ -381,11 +381,12 @@ impl ReplayGuard {
             // dropped quietly, since reconnects make it happen without any attack.
             return Err(Refusal::SupersededWill { seq: seal.seq });
         }
-        let age_ms = now_ms - seal.sealed_at_ms;
+        // Saturating: the seal time is the sender's to choose, up to i64::MIN and MAX.
+        let age_ms = now_ms.saturating_sub(seal.sealed_at_ms);
         // A retained message seen first after the coordinator (re)started is the host's
         // last state, however old.
         let first_retained = retained && window.is_none();
-        if age_ms.abs() > MAX_CLOCK_SKEW_MS && !first_retained {
+        if age_ms.unsigned_abs() > MAX_CLOCK_SKEW_MS.unsigned_abs() && !first_retained {
             return Err(Refusal::Stale { age_ms });
         }
         let window = self.windows.entry(key).or_default();
@@ -562,6 +563,24 @@ mod tests {
                 .reason(),
             "replayed"
         );
+    }
+
+    #[test]
+    fn seal_times_at_the_ends_of_i64_are_stale_not_a_panic() {
+        let (sealer, public) = new_sealer();
+        let mut guard = ReplayGuard::default();
+        let payload = sealer.seal(AgentChannel::Metrics, vec![0]);
+        let mut seal = open_payload(&payload, &public, AgentChannel::Metrics).unwrap();
+        for (sealed_at_ms, now) in [(i64::MIN, 1), (i64::MAX, -2), (i64::MIN, i64::MAX)] {
+            seal.sealed_at_ms = sealed_at_ms;
+            assert_eq!(
+                guard
+                    .admit(&seal, AgentChannel::Metrics, false, now)
+                    .unwrap_err()
+                    .reason(),
+                "stale"
+            );
+        }
     }
 
     #[test]
