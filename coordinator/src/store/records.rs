@@ -52,9 +52,10 @@ impl HostRecord {
                 let window = i64::try_from(status.interval_ms.saturating_mul(3))
                     .unwrap_or(i64::MAX)
                     .saturating_add(10_000);
-                status.state == AgentState::Online && now_ms - self.last_seen_ms <= window
+                status.state == AgentState::Online
+                    && now_ms.saturating_sub(self.last_seen_ms) <= window
             }
-            None => now_ms - self.last_seen_ms <= HTTP_HOST_ONLINE_MS,
+            None => now_ms.saturating_sub(self.last_seen_ms) <= HTTP_HOST_ONLINE_MS,
         }
     }
 
@@ -99,4 +100,21 @@ pub struct Point {
     pub ts_ms: i64,
     /// Tags.
     pub tags: Vec<Tag>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_last_seen_time_at_the_end_of_i64_is_offline_not_a_panic() {
+        let record = HostRecord {
+            host: "web-01".into(),
+            first_seen_ms: 0,
+            last_seen_ms: i64::MIN,
+            source: Source::Http,
+            status: None,
+        };
+        assert!(!record.is_online(1_800_000_000_000));
+    }
 }
