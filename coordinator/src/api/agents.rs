@@ -236,28 +236,36 @@ fn join_token_json(r: &JoinTokenRecord) -> Value {
     })
 }
 
-async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
-    let body: JoinTokenBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(e) => return ApiError::bad_request(format!("join token body: {e}")).into_response(),
-    };
+/// Reads and checks a `POST /api/v1/join-tokens` body.
+pub(crate) fn join_token_spec(body: &[u8]) -> Result<JoinTokenSpec, ApiError> {
+    let body: JoinTokenBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("join token body: {e}")))?;
     if body.name.trim().is_empty() {
-        return ApiError::invalid_field("name", "must not be empty").into_response();
+        return Err(ApiError::invalid_field("name", "must not be empty"));
     }
     let ttl = match body.ttl.as_deref().map(humantime::parse_duration) {
         None => DEFAULT_JOIN_TTL,
         Some(Ok(ttl)) => ttl,
         Some(Err(e)) => {
-            return ApiError::invalid_field("ttl", format!("not a duration like 24h: {e}"))
-                .into_response()
+            return Err(ApiError::invalid_field(
+                "ttl",
+                format!("not a duration like 24h: {e}"),
+            ))
         }
     };
-    let spec = JoinTokenSpec {
+    Ok(JoinTokenSpec {
         name: body.name,
         labels: body.labels,
         host: body.host,
         uses: body.uses.unwrap_or(1),
         ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+    })
+}
+
+async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
+    let spec = match join_token_spec(&body) {
+        Ok(spec) => spec,
+        Err(e) => return e.into_response(),
     };
     let store = api.store.clone();
     let result =
