@@ -196,6 +196,16 @@ pub fn create_join_token(
     Ok((token, record))
 }
 
+/// Checks what an enrollment request says before its token is looked at.
+pub(crate) fn check_request(request: &EnrollRequest) -> Result<(), EnrollError> {
+    check_host(&request.host)?;
+    AgentPublicKey::from_hex(&request.public_key).map_err(|e| EnrollError::Invalid {
+        field: "public_key",
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
 fn check_host(host: &str) -> Result<(), EnrollError> {
     vigil_shared::validate::host_name(host).map_err(|e| EnrollError::Invalid {
         field: "host",
@@ -211,11 +221,7 @@ pub fn enroll(
     coordinator_key: &str,
     now_ms: i64,
 ) -> Result<Enrollment, EnrollError> {
-    check_host(&request.host)?;
-    AgentPublicKey::from_hex(&request.public_key).map_err(|e| EnrollError::Invalid {
-        field: "public_key",
-        reason: e.to_string(),
-    })?;
+    check_request(request)?;
     let digest = crate::tokens::hash(&request.join_token);
     let password = generate_password();
     let record = store.enroll_agent(&digest, now_ms, |token| {

@@ -28,6 +28,8 @@ pub mod certs_cli;
 pub mod cli;
 pub mod config;
 pub mod feed;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_server;
 pub mod ingest;
 pub mod install_cli;

@@ -364,8 +364,11 @@ impl ReplayGuard {
         if seal.will {
             // The broker sends the will whenever the connection dies: accept it once if
             // it is the one armed for the current connection, whatever its age.
+            // (`armed_will` 0 means none armed: a will numbered 0 is never the armed one.)
             let armed = window
-                .map(|w| w.session_ms == seal.session_ms && w.armed_will == seal.seq)
+                .map(|w| {
+                    w.armed_will != 0 && w.session_ms == seal.session_ms && w.armed_will == seal.seq
+                })
                 .unwrap_or(false);
             // A coordinator that has seen nothing of this host yet (it just started)
             // takes a retained will as the host's last word.
@@ -604,6 +607,44 @@ mod tests {
                 .unwrap_err()
                 .reason(),
             "stale"
+        );
+    }
+
+    #[test]
+    fn seal_times_at_the_ends_of_i64_are_stale_not_a_panic() {
+        let (sealer, public) = new_sealer();
+        let mut guard = ReplayGuard::default();
+        let payload = sealer.seal(AgentChannel::Metrics, vec![0]);
+        let mut seal = open_payload(&payload, &public, AgentChannel::Metrics).unwrap();
+        for (sealed_at_ms, now) in [(i64::MIN, 1), (i64::MAX, -2), (i64::MIN, i64::MAX)] {
+            seal.sealed_at_ms = sealed_at_ms;
+            assert_eq!(
+                guard
+                    .admit(&seal, AgentChannel::Metrics, false, now)
+                    .unwrap_err()
+                    .reason(),
+                "stale"
+            );
+        }
+    }
+
+    #[test]
+    fn a_will_numbered_zero_is_never_the_armed_one() {
+        let (sealer, public) = new_sealer();
+        let mut guard = ReplayGuard::default();
+        let will = sealer.seal_will(vec![9]);
+        let mut will = open_payload(&will, &public, AgentChannel::Status).unwrap();
+        will.seq = 0;
+        let now = will.sealed_at_ms;
+        // A coordinator that has just started takes a retained will once…
+        guard.admit(&will, AgentChannel::Status, true, now).unwrap();
+        // …and no copy of it after that ("0" is also what "no will armed" is stored as).
+        assert_eq!(
+            guard
+                .admit(&will, AgentChannel::Status, true, now)
+                .unwrap_err()
+                .reason(),
+            "superseded_will"
         );
     }
 

@@ -167,12 +167,13 @@ pub fn verify(
     }
     if command.expires_at_ms < now_ms {
         return Err(CommandRefusal::Expired {
-            late_ms: now_ms - command.expires_at_ms,
+            late_ms: now_ms.saturating_sub(command.expires_at_ms),
             id: command.id,
         });
     }
-    if command.issued_at_ms > now_ms + CLOCK_SKEW_MS
-        || command.expires_at_ms - command.issued_at_ms > MAX_LIFETIME_MS
+    // Saturating: both times are the signer's to choose, up to i64::MIN and MAX.
+    if command.issued_at_ms > now_ms.saturating_add(CLOCK_SKEW_MS)
+        || command.expires_at_ms.saturating_sub(command.issued_at_ms) > MAX_LIFETIME_MS
     {
         return Err(CommandRefusal::BadTimes {
             id: command.id,
@@ -220,6 +221,26 @@ mod tests {
         let decoded: SignedCommand = wire::decode(&bytes).unwrap();
         let got = verify(&decoded, &public(&keys), "web-1", NOW + 10, NOW - 1).unwrap();
         assert_eq!(got, command("web-1", NOW));
+    }
+
+    #[test]
+    fn times_at_the_ends_of_i64_are_refused_not_a_panic() {
+        let keys = BundleKeys::generate();
+        let key = public(&keys);
+        let mut long_expired = command("web-1", i64::MIN);
+        long_expired.expires_at_ms = i64::MIN;
+        let signed = sign(&keys, &long_expired);
+        assert_eq!(
+            verify(&signed, &key, "web-1", NOW, 0).unwrap_err().reason(),
+            "expired"
+        );
+        let mut forever = command("web-1", i64::MIN);
+        forever.expires_at_ms = NOW;
+        let signed = sign(&keys, &forever);
+        assert_eq!(
+            verify(&signed, &key, "web-1", NOW, 0).unwrap_err().reason(),
+            "bad_times"
+        );
     }
 
     #[test]

@@ -199,10 +199,7 @@ impl AgentStore {
             .next_seq
             .fetch_add(messages.len() as u64, Ordering::SeqCst);
         for (i, (topic, payload)) in messages.iter().enumerate() {
-            let mut value = Vec::with_capacity(2 + topic.len() + payload.len());
-            value.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-            value.extend_from_slice(topic.as_bytes());
-            value.extend_from_slice(payload);
+            let value = encode_outbox_value(topic, payload);
             self.outbox
                 .put(&mut txn, &(first + i as u64).to_be_bytes(), &value)
                 .map_err(|e| self.lmdb(e))?;
@@ -288,26 +285,7 @@ impl AgentStore {
             .take(limit)
         {
             let (key, value) = entry.map_err(|e| self.lmdb(e))?;
-            let seq = <[u8; 8]>::try_from(key)
-                .map(u64::from_be_bytes)
-                .map_err(|_| AgentStoreError::Corrupt("outbox key".into()))?;
-            let len = value
-                .get(..2)
-                .and_then(|b| <[u8; 2]>::try_from(b).ok())
-                .map(u16::from_be_bytes)
-                .ok_or_else(|| AgentStoreError::Corrupt("outbox entry".into()))?
-                as usize;
-            let topic = value
-                .get(2..2 + len)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .ok_or_else(|| AgentStoreError::Corrupt("outbox topic".into()))?
-                .to_string();
-            let payload = value.get(2 + len..).unwrap_or_default().to_vec();
-            out.push(OutboxEntry {
-                seq,
-                topic,
-                payload,
-            });
+            out.push(decode_outbox_entry(key, value)?);
         }
         Ok(out)
     }
@@ -331,4 +309,37 @@ impl AgentStore {
         let txn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
         self.outbox.len(&txn).map_err(|e| self.lmdb(e))
     }
+}
+
+/// An outbox value: the topic's length (u16, big-endian), the topic, the payload.
+pub fn encode_outbox_value(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(2 + topic.len() + payload.len());
+    value.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    value.extend_from_slice(topic.as_bytes());
+    value.extend_from_slice(payload);
+    value
+}
+
+/// Reads an outbox entry from its key (the sequence number, u64 big-endian) and value
+/// (see [`encode_outbox_value`]).
+pub fn decode_outbox_entry(key: &[u8], value: &[u8]) -> Result<OutboxEntry, AgentStoreError> {
+    let seq = <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| AgentStoreError::Corrupt("outbox key".into()))?;
+    let len = value
+        .get(..2)
+        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+        .map(u16::from_be_bytes)
+        .ok_or_else(|| AgentStoreError::Corrupt("outbox entry".into()))? as usize;
+    let topic = value
+        .get(2..2 + len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(|| AgentStoreError::Corrupt("outbox topic".into()))?
+        .to_string();
+    let payload = value.get(2 + len..).unwrap_or_default().to_vec();
+    Ok(OutboxEntry {
+        seq,
+        topic,
+        payload,
+    })
 }

@@ -328,7 +328,7 @@ async fn one(id: String, api: Arc<Api>) -> Response {
 }
 
 /// A checked `POST /api/v1/actions` body.
-struct NewAction {
+pub(crate) struct NewAction {
     target: String,
     action: String,
     status: ActionState,
@@ -342,7 +342,7 @@ const CREATE_FIELDS: [&str; 7] = [
     "target", "action", "status", "details", "host", "params", "dry_run",
 ];
 
-fn parse_new_action(body: &[u8]) -> Result<NewAction, ApiError> {
+pub(crate) fn parse_new_action(body: &[u8]) -> Result<NewAction, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not JSON: {e}")))?;
     let Value::Object(mut fields) = value else {

@@ -238,67 +238,46 @@ fn join_token_json(r: &JoinTokenRecord) -> Value {
     })
 }
 
-async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
-    let body: JoinTokenBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(e) => return ApiError::bad_request(format!("join token body: {e}")).into_response(),
-    };
+/// Reads and checks a `POST /api/v1/join-tokens` body.
+pub(crate) fn join_token_spec(body: &[u8]) -> Result<JoinTokenSpec, ApiError> {
+    let body: JoinTokenBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("join token body: {e}")))?;
     if body.name.trim().is_empty() {
-        return ApiError::invalid_field("name", "must not be empty").into_response();
+        return Err(ApiError::invalid_field("name", "must not be empty"));
     }
     let ttl = match body.ttl.as_deref().map(humantime::parse_duration) {
         None => DEFAULT_JOIN_TTL,
         Some(Ok(ttl)) => ttl,
         Some(Err(e)) => {
-            return counted(
-                &api.telemetry,
-                "/api/v1/join-tokens",
-                ApiError::invalid_field("ttl", format!("not a duration like 24h: {e}")),
-            )
-            .into_response()
+            return Err(ApiError::invalid_field(
+                "ttl",
+                format!("not a duration like 24h: {e}"),
+            ))
         }
     };
     // At most ten years: a longer lifetime is a mistake (or an attempt to make a token
     // that never expires), and its expiry must stay a time Vigil can store and show.
-    let ttl_ms = match validate::ttl("ttl", ttl) {
-        Ok(ms) => ms,
-        Err(e) => {
-            return counted(
-                &api.telemetry,
-                "/api/v1/join-tokens",
-                ApiError::from_field(e),
-            )
-            .into_response()
-        }
-    };
+    let ttl_ms = validate::ttl("ttl", ttl).map_err(ApiError::from_field)?;
     let uses = match body.uses.as_ref().map(whole_number) {
         None => 1,
-        Some(Some(n)) => match u32::try_from(n) {
-            Ok(n) => n,
-            Err(_) => {
-                return counted(
-                    &api.telemetry,
-                    "/api/v1/join-tokens",
-                    ApiError::invalid_field("uses", format!("{n} is not from 1 to {}", u32::MAX)),
-                )
-                .into_response()
-            }
-        },
-        Some(None) => {
-            return counted(
-                &api.telemetry,
-                "/api/v1/join-tokens",
-                ApiError::invalid_field("uses", "must be a whole number"),
-            )
-            .into_response()
-        }
+        Some(Some(n)) => u32::try_from(n).map_err(|_| {
+            ApiError::invalid_field("uses", format!("{n} is not from 1 to {}", u32::MAX))
+        })?,
+        Some(None) => return Err(ApiError::invalid_field("uses", "must be a whole number")),
     };
-    let spec = JoinTokenSpec {
+    Ok(JoinTokenSpec {
         name: body.name,
         labels: body.labels,
         host: body.host,
         uses,
         ttl_ms,
+    })
+}
+
+async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
+    let spec = match join_token_spec(&body) {
+        Ok(spec) => spec,
+        Err(e) => return counted(&api.telemetry, "/api/v1/join-tokens", e).into_response(),
     };
     let store = api.store.clone();
     let result =

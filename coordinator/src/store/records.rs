@@ -101,3 +101,20 @@ pub struct Point {
     /// Tags.
     pub tags: Vec<Tag>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_last_seen_time_at_the_end_of_i64_is_offline_not_a_panic() {
+        let record = HostRecord {
+            host: "web-01".into(),
+            first_seen_ms: 0,
+            last_seen_ms: i64::MIN,
+            source: Source::Http,
+            status: None,
+        };
+        assert!(!record.is_online(1_800_000_000_000));
+    }
+}

@@ -1,0 +1,27 @@
+//! Entry points for the fuzz targets in `fuzz/`, not an API: the REST request-body checks
+//! that are private to their handlers' modules, run exactly as the handlers run them
+//! (minus the store writes that follow).
+
+use crate::agents::{self, EnrollRequest};
+use crate::api::{actions, agents as agents_api};
+
+/// `POST /api/v1/actions`: reads and checks the body; the error is the 4xx message.
+pub fn new_action(body: &[u8]) -> Result<(), String> {
+    actions::parse_new_action(body)
+        .map(|_| ())
+        .map_err(|e| e.message)
+}
+
+/// `POST /api/v1/agents/enroll`: reads the body and checks host and public key.
+pub fn enroll(body: &[u8]) -> Result<(), String> {
+    let request: EnrollRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    agents::check_request(&request).map_err(|e| e.to_string())
+}
+
+/// `POST /api/v1/join-tokens`: reads and checks the body; on success, the token's
+/// lifetime in ms.
+pub fn join_token(body: &[u8]) -> Result<i64, String> {
+    agents_api::join_token_spec(body)
+        .map(|spec| spec.ttl_ms)
+        .map_err(|e| e.message)
+}
