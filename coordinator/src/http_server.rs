@@ -13,10 +13,9 @@
 //! a byte at a time is answered 408 and its connection closed). Routes that stream their
 //! response (the event stream) are bounded by the connection caps only.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -59,37 +58,6 @@ impl Default for HttpLimits {
     }
 }
 
-/// Open connections per client address.
-#[derive(Default)]
-struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
-
-impl PerAddress {
-    fn take(self: &Arc<Self>, address: IpAddr, limit: usize) -> Option<AddressSlot> {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(address).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot(Arc::clone(self), address))
-    }
-}
-
-/// One connection's place among its address's; freed on drop.
-struct AddressSlot(Arc<PerAddress>, IpAddr);
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut counts = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.1) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// The address a request came from (a request extension set by [`serve`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
@@ -114,7 +82,7 @@ pub async fn serve<F>(
     let service = TowerToHyperService::new(warp::service(routes));
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let per_address = Arc::new(PerAddress::default());
+    let per_address = Arc::new(crate::per_address::PerAddress::default());
     while let Some((stream, addr)) = crate::tls::accept(&listener, &mut stop, "REST API").await {
         let refused = |reason: &str| {
             telemetry
@@ -127,7 +95,9 @@ pub async fn serve<F>(
             refused("max_connections");
             continue;
         };
-        let Some(slot) = per_address.take(addr.ip(), limits.max_connections_per_address) else {
+        let Some(slot) =
+            per_address.take(addr.ip(), limits.max_connections_per_address, usize::MAX)
+        else {
             refused("max_per_address");
             continue;
         };

@@ -36,6 +36,7 @@ pub mod install_cli;
 pub mod json_mirror;
 pub mod local_agent;
 pub mod mqtt_front;
+mod per_address;
 pub mod policies;
 pub mod store;
 pub mod telemetry;

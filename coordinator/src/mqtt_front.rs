@@ -23,9 +23,8 @@
 //! Packets that pass are relayed unchanged, but for the CONNECT, whose login is replaced
 //! by the internal one. The broker's replies are copied back byte for byte.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -39,6 +38,7 @@ use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::MAX_PAYLOAD_BYTES;
 
 use crate::broker::{BrokerAuth, Role};
+use crate::per_address::{AddressSlot, PerAddress};
 use crate::telemetry::Telemetry;
 
 /// Largest MQTT packet a client may send: a full payload plus topic and header room.
@@ -87,7 +87,7 @@ pub struct Front {
     /// Counters.
     pub telemetry: Arc<Telemetry>,
     connections: Arc<Semaphore>,
-    pending: Arc<Pending>,
+    pending: Arc<PerAddress>,
 }
 
 impl Front {
@@ -107,7 +107,7 @@ impl Front {
             limits,
             telemetry,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
-            pending: Arc::new(Pending::default()),
+            pending: Arc::new(PerAddress::default()),
         }
     }
 
@@ -129,7 +129,11 @@ impl Front {
                 self.refuse(client, "max_connections");
                 continue;
             };
-            let Some(slot) = self.pending.take(client.ip(), &self.limits) else {
+            let Some(slot) = self.pending.take(
+                client.ip(),
+                self.limits.max_pending_per_address,
+                self.limits.max_pending,
+            ) else {
                 self.refuse(client, "max_pending");
                 continue;
             };
@@ -157,7 +161,7 @@ impl Front {
         client: SocketAddr,
         tls: Option<TlsAcceptor>,
         _permit: OwnedSemaphorePermit,
-        slot: PendingSlot,
+        slot: AddressSlot,
         stop: watch::Receiver<bool>,
     ) {
         let _ = stream.set_nodelay(true);
@@ -184,7 +188,7 @@ impl Front {
         stream: S,
         client: SocketAddr,
         deadline: tokio::time::Instant,
-        slot: PendingSlot,
+        slot: AddressSlot,
         mut stop: watch::Receiver<bool>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -407,51 +411,6 @@ impl Role {
     }
 }
 
-/// Connections not logged in yet, per client address.
-#[derive(Default)]
-struct Pending {
-    by_address: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl Pending {
-    /// A place for one more connection from `address`, if the limits allow it.
-    fn take(self: &Arc<Self>, address: IpAddr, limits: &FrontLimits) -> Option<PendingSlot> {
-        let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = by_address.values().sum();
-        let mine = by_address.entry(address).or_insert(0);
-        if *mine >= limits.max_pending_per_address || total >= limits.max_pending {
-            return None;
-        }
-        *mine += 1;
-        Some(PendingSlot {
-            pending: Arc::clone(self),
-            address,
-        })
-    }
-}
-
-/// One connection's place among the pending ones; freed on drop (login or close).
-struct PendingSlot {
-    pending: Arc<Pending>,
-    address: IpAddr,
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        let mut by_address = self
-            .pending
-            .by_address
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = by_address.get_mut(&self.address) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                by_address.remove(&self.address);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,20 +479,15 @@ mod tests {
 
     #[test]
     fn pending_connections_are_bounded_per_address_and_freed_on_drop() {
-        let pending = Arc::new(Pending::default());
-        let limits = FrontLimits {
-            max_pending_per_address: 2,
-            max_pending: 3,
-            ..FrontLimits::default()
-        };
-        let a: IpAddr = [127, 0, 0, 2].into();
-        let b: IpAddr = [127, 0, 0, 3].into();
-        let first = pending.take(a, &limits).expect("first");
-        let _second = pending.take(a, &limits).expect("second");
-        assert!(pending.take(a, &limits).is_none(), "third from one address");
-        let _third = pending.take(b, &limits).expect("other address");
-        assert!(pending.take(b, &limits).is_none(), "total reached");
+        let pending = Arc::new(PerAddress::default());
+        let a: std::net::IpAddr = [127, 0, 0, 2].into();
+        let b: std::net::IpAddr = [127, 0, 0, 3].into();
+        let first = pending.take(a, 2, 3).expect("first");
+        let _second = pending.take(a, 2, 3).expect("second");
+        assert!(pending.take(a, 2, 3).is_none(), "third from one address");
+        let _third = pending.take(b, 2, 3).expect("other address");
+        assert!(pending.take(b, 2, 3).is_none(), "total reached");
         drop(first);
-        assert!(pending.take(a, &limits).is_some(), "freed on drop");
+        assert!(pending.take(a, 2, 3).is_some(), "freed on drop");
     }
 }
