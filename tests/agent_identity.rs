@@ -6,7 +6,7 @@
 //!   refused by the coordinator and counted, and B's data is unchanged — on the embedded
 //!   broker and on Mosquitto;
 //! - a revoked agent's messages are refused within 5 s;
-//! - `up` enrolls its own local agent.
+//! - `vigil up` enrolls its own local agent.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -459,7 +459,7 @@ async fn up_enrolls_its_own_agent() {
     let data = dir.path().join("up-data");
     let _up = Proc::start(
         "up",
-        &bin("vigil-coordinator"),
+        &bin("vigil"),
         &[
             "up".into(),
             "--data-dir".into(),

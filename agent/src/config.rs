@@ -249,8 +249,8 @@ pub enum ConfigError {
     #[error(transparent)]
     Broker(#[from] BrokerUrlError),
     /// The host name could not be determined.
-    #[error("cannot determine this machine's host name ({0}); give one with --host")]
-    NoHostName(String),
+    #[error(transparent)]
+    NoHostName(#[from] vigil_service::process::NoHostName),
 }
 
 impl ConfigError {
@@ -313,7 +313,7 @@ pub struct Overrides {
 pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, ConfigError> {
     let host = match overrides.host.or(file.host) {
         Some(h) => h,
-        None => local_host_name()?,
+        None => vigil_service::process::local_host_name()?,
     };
     validate::host_name(&host).map_err(|e| ConfigError::invalid("host", e.problem))?;
 
@@ -416,19 +416,6 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
             }
         },
     })
-}
-
-/// This machine's host name, as the kernel reports it.
-pub fn local_host_name() -> Result<String, ConfigError> {
-    sysinfo::System::host_name()
-        .map_err(|e| ConfigError::NoHostName(e.to_string()))
-        .and_then(|h| {
-            if h.is_empty() {
-                Err(ConfigError::NoHostName("it is empty".into()))
-            } else {
-                Ok(h)
-            }
-        })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 //!   ([`vigil_service::ServiceManager`]) and keeps [`status_file`] current for
 //!   `vigil-agent status` ([`status_cli`]).
 //!
-//! The coordinator's `up` command runs this same code in-process as its local agent.
+//! `vigil up` runs this same code in-process as its local agent.
 
 pub mod actions;
 pub mod bundle_store;
@@ -42,7 +42,6 @@ pub mod probes;
 pub mod runner;
 pub mod sampler;
 pub mod service_report;
-pub mod signal;
 pub mod status_cli;
 pub mod status_file;
 pub mod textfile;

@@ -95,7 +95,7 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match vigil_agent::run(config, vigil_agent::signal::shutdown_signal()).await {
+            match vigil_agent::run(config, vigil_service::process::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ AgentError::Identity(IdentityError::NotEnrolled { .. })) => {
                     eprintln!("vigil-agent: {e}");

@@ -87,7 +87,10 @@ pub async fn run(
     let tls = config.client_tls()?;
     let identity = identity::load_or_enroll(&config, tls.as_ref()).await?;
     apply_identity(&mut config, &identity)?;
-    let sealer = Arc::new(Sealer::new(config.host.clone(), identity.key()?));
+    let sealer = Arc::new(Sealer::new(
+        config.host.clone(),
+        identity.key().map_err(IdentityError::from)?,
+    ));
     let started_at_ms = now_ms();
     let interval_ms = u64::try_from(config.interval.as_millis()).unwrap_or(u64::MAX);
     let status = AgentStatus {

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use vigil_shared::agent_auth::AgentPublicKey;
+pub use vigil_shared::enrollment::{EnrollRequest, Enrollment};
 
 use crate::store::{Store, StoreError};
 
@@ -41,7 +42,7 @@ pub struct AgentRecord {
     pub mqtt_password_sha256: String,
     /// Labels given by its join token.
     pub labels: BTreeMap<String, String>,
-    /// The join token it enrolled with (its id), or `local` for `up`'s own agent.
+    /// The join token it enrolled with (its id), or `local` for `vigil up`'s own agent.
     pub join_token: String,
     /// When it enrolled, epoch ms.
     pub enrolled_ms: i64,
@@ -68,33 +69,6 @@ pub struct JoinTokenRecord {
     pub expires_ms: i64,
     /// When it was revoked, epoch ms.
     pub revoked_ms: Option<i64>,
-}
-
-/// An enrollment request, as an agent sends it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    /// The join token.
-    pub join_token: String,
-    /// The host name the agent will report as.
-    pub host: String,
-    /// Its ed25519 public key, 64 hex characters.
-    pub public_key: String,
-}
-
-/// What an agent gets back.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Enrollment {
-    /// The host it is enrolled as.
-    pub host: String,
-    /// Its MQTT user name (the host name).
-    pub mqtt_username: String,
-    /// Its MQTT password (shown only this once).
-    pub mqtt_password: String,
-    /// Labels from the join token.
-    pub labels: BTreeMap<String, String>,
-    /// The coordinator's public key, hex: bundles and commands are signed with it.
-    pub coordinator_key: String,
 }
 
 /// Why an enrollment or revocation was refused.
@@ -245,12 +219,12 @@ pub fn enroll(
         mqtt_username: record.host,
         mqtt_password: password,
         labels: record.labels,
-        coordinator_key: coordinator_key.to_string(),
+        coordinator_key: Some(coordinator_key.to_string()),
     })
 }
 
 /// Enrolls `host` directly, without a join token (the coordinator's own local agent
-/// under `up`). Replaces an earlier identity of the same host. Returns the MQTT password.
+/// under `vigil up`). Replaces an earlier identity of the same host. Returns the MQTT password.
 pub fn enroll_local(
     store: &Store,
     host: &str,

@@ -62,7 +62,7 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
             )?;
             println!(
                 "`{host}` is enrolled; its identity is {}",
-                vigil_agent::identity::Identity::path(&identity_dir).display()
+                vigil_shared::enrollment::Identity::path(&identity_dir).display()
             );
             Ok(())
         }

@@ -76,6 +76,18 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// Makes sure `host` has an identity file in `data_dir` this coordinator admits,
+    /// enrolling it directly (no join token) if not: how `vigil up` gives its in-process
+    /// agent an identity. `coordinator_key` is this coordinator's bundle-signing key, hex.
+    pub fn ensure_local_identity(
+        &self,
+        data_dir: &std::path::Path,
+        host: &str,
+        coordinator_key: &str,
+    ) -> Result<(), String> {
+        crate::local_agent::ensure_identity(&self.store, data_dir, host, Some(coordinator_key))
+    }
+
     /// Starts everything; returns once the REST API and the broker accept connections.
     pub async fn start(config: CoordinatorConfig) -> Result<Coordinator, StartError> {
         if config.allow_plaintext_remote {
@@ -149,7 +161,7 @@ impl Coordinator {
                 );
                 let public = front_listener.local_addr().unwrap_or(listen);
                 tracing::info!(%public, broker = %broker_listen, "MQTT front relaying to the embedded broker");
-                // Clients on this machine (`up`'s agent) get a plaintext front on loopback
+                // Clients on this machine (`vigil up`'s agent) get a plaintext front on loopback
                 // when the public one speaks TLS.
                 let local_front = match &server_tls {
                     None => {

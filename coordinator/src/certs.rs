@@ -107,7 +107,7 @@ pub struct Issued {
 /// local agent use it) and this machine's host name.
 pub fn default_names() -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-    if let Ok(host) = vigil_agent::config::local_host_name() {
+    if let Ok(host) = vigil_service::process::local_host_name() {
         names.push(host);
     }
     names

@@ -1,5 +1,5 @@
-//! The coordinator's command line (clap): `up` (coordinator plus a local agent) and
-//! `serve` (coordinator only), `bundle` (offline bundle tools, see
+//! The coordinator's command line (clap): `serve` (the coordinator; `vigil up` runs it
+//! with a local agent), `bundle` (offline bundle tools, see
 //! [`crate::bundles::cli`]), `token` (REST API tokens, see [`crate::tokens_cli`]), `agent`
 //! ([`crate::agents_cli`]), `certs` ([`crate::certs_cli`]) and `install`/`uninstall`
 //! ([`crate::install_cli`]). Every flag can also come from a `VIGIL_…` variable.
@@ -23,9 +23,6 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the coordinator and an agent for this machine in one process: Vigil on embedded
-    /// defaults.
-    Up(UpArgs),
     /// Run the coordinator only.
     Serve(ServeArgs),
     /// Build, verify, diff policy bundles and generate signing keys (for CI pipelines).
@@ -162,37 +159,6 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_JSON_MIRROR", value_name = "STREAMS")]
     pub json_mirror: Option<String>,
 }
-
-/// Settings of `up`: the coordinator's, plus the local agent's.
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// Coordinator settings.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-
-    /// Host name the local agent reports under [default: this machine's host name]
-    #[arg(long, env = "VIGIL_AGENT_HOST")]
-    pub agent_host: Option<String>,
-
-    /// Label for the local agent, as key=value; repeat for more [default: none]
-    #[arg(
-        long = "agent-label",
-        env = "VIGIL_AGENT_LABELS",
-        value_delimiter = ','
-    )]
-    pub agent_labels: Vec<String>,
-
-    /// Local agent's sampling interval [default: 5s]
-    #[arg(long, env = "VIGIL_AGENT_INTERVAL")]
-    pub agent_interval: Option<String>,
-
-    /// Local agent's policy directory [default: policies/local, if it exists]
-    #[arg(long, env = "VIGIL_AGENT_POLICIES")]
-    pub agent_policies: Option<PathBuf>,
-}
-
-/// The local agent's policy directory when none is given.
-pub const DEFAULT_AGENT_POLICIES: &str = "policies/local";
 
 impl ServeArgs {
     /// Resolves flags, environment and config file into the coordinator's settings.

@@ -45,4 +45,6 @@ pub mod tokens;
 pub mod tokens_cli;
 
 pub use app::Coordinator;
+pub use bundles::keys::public_path as bundle_public_key_path;
 pub use config::CoordinatorConfig;
+pub use tokens::ADMIN_TOKEN_FILE;

@@ -1,12 +1,12 @@
-//! Agents enrolled without a join token: `up`'s own agent (the coordinator enrolls it and
+//! Agents enrolled without a join token: `vigil up`'s own agent (the coordinator enrolls it and
 //! writes its identity file, mode 0600, into the shared data dir, so the README's first
 //! command just works with authentication on), and `vigil-coordinator agent add`, which
 //! provisions an identity file for configuration management to copy to a host.
 
 use std::path::Path;
 
-use vigil_agent::identity::Identity;
 use vigil_shared::agent_auth::AgentKey;
+use vigil_shared::enrollment::Identity;
 use vigil_shared::time::now_ms;
 
 use crate::agents;

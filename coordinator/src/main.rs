@@ -1,5 +1,4 @@
-//! The `vigil-coordinator` binary: `up` (coordinator plus local agent), `serve`, the
-//! offline tools, and `install`/`uninstall` as a systemd service.
+//! The `vigil-coordinator` binary: `serve`, the offline tools, and `install`/`uninstall` as a systemd service.
 
 // The REST API's warp filter tree is deep: optimized builds (release, musl) overflow the
 // default trait-evaluation depth (E0275) proving its futures `Unpin`.
@@ -9,10 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use vigil_agent::config::{resolve as resolve_agent, AgentFile, Overrides as AgentOverrides};
-use vigil_agent::signal::shutdown_signal;
-use vigil_coordinator::cli::{Cli, Command, DEFAULT_AGENT_POLICIES};
+use vigil_coordinator::cli::{Cli, Command};
 use vigil_coordinator::{install_cli, Coordinator};
+use vigil_service::process::shutdown_signal;
 use vigil_service::ServiceManager;
 
 #[tokio::main]
@@ -82,83 +80,6 @@ async fn run(cli: Cli) -> Result<(), String> {
             tracing::info!("shutting down");
             coordinator.stop().await;
             Ok(())
-        }
-        Command::Up(args) => {
-            let config = args.serve.into_config().map_err(|e| e.to_string())?;
-            let data_dir = config.data_dir.clone();
-            let curl = match (&config.tls, &config.tls_ca) {
-                (Some(_), Some(ca)) => format!("curl --cacert {}", ca.display()),
-                _ => "curl".to_string(),
-            };
-            // The local agent trusts this coordinator's bundle-signing key.
-            let bundle_public_key =
-                vigil_coordinator::bundles::keys::public_path(&config.bundle_key);
-            let coordinator = Coordinator::start(config)
-                .await
-                .map_err(|e| e.to_string())?;
-            let agent_config = resolve_agent(
-                AgentFile::default(),
-                AgentOverrides {
-                    host: args.agent_host,
-                    labels: args.agent_labels,
-                    // In-process, the agent uses the broker's plaintext loopback address.
-                    broker: Some(
-                        coordinator
-                            .local_broker_url
-                            .as_ref()
-                            .unwrap_or(&coordinator.broker_url)
-                            .to_string(),
-                    ),
-                    interval: args.agent_interval,
-                    data_dir: Some(data_dir.clone()),
-                    bundle_key: Some(bundle_public_key.display().to_string()),
-                    policies: args.agent_policies.or_else(|| {
-                        let default = std::path::PathBuf::from(DEFAULT_AGENT_POLICIES);
-                        default.is_dir().then_some(default)
-                    }),
-                    ..AgentOverrides::default()
-                },
-            )
-            .map_err(|e| e.to_string())?;
-            let coordinator_key = std::fs::read_to_string(&bundle_public_key)
-                .map_err(|e| format!("cannot read {}: {e}", bundle_public_key.display()))?;
-            vigil_coordinator::local_agent::ensure_identity(
-                &coordinator.store,
-                &data_dir,
-                &agent_config.host,
-                Some(coordinator_key.trim()),
-            )?;
-            let http = format!(
-                "{}://{}",
-                if coordinator.tls { "https" } else { "http" },
-                coordinator.http_addr
-            );
-            let token_file = data_dir.join(vigil_coordinator::tokens::ADMIN_TOKEN_FILE);
-            let token_note = match &coordinator.admin_token_file {
-                Some(path) => format!("{} (created now, mode 0600)", path.display()),
-                None if token_file.is_file() => format!("{}", token_file.display()),
-                None => "see `vigil-coordinator token create --role admin --name me`".into(),
-            };
-            println!(
-                "Vigil is up.\n  REST API:  {http}  (status page: {http}/ — give it the admin token)\n  MQTT:      {}\n  data dir:  {}\n  \
-                 admin token: {token_note}\n  \
-                 local agent `{}` reports every {}, policies: {}\n\
-                 Try:  {curl} -H \"Authorization: Bearer $(cat {})\" {http}/api/v1/hosts\n\
-                 Stop with Ctrl-C.",
-                coordinator.broker_url,
-                data_dir.display(),
-                agent_config.host,
-                vigil_shared::time::format_duration(agent_config.interval),
-                agent_config
-                    .policies
-                    .as_ref()
-                    .map_or("none".to_string(), |p| p.display().to_string()),
-                token_file.display(),
-            );
-            let result = vigil_agent::run(agent_config, shutdown_signal()).await;
-            tracing::info!("shutting down");
-            coordinator.stop().await;
-            result.map_err(|e| e.to_string())
         }
     }
 }

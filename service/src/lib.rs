@@ -3,6 +3,7 @@
 //! - [`notify`]: tells systemd when the service is ready, what it is doing (`STATUS=`) and
 //!   that its main loop is alive (the watchdog), for units with `Type=notify` and
 //!   `WatchdogSec=`. Without systemd every call is a no-op.
+//! - [`process`]: the host's name and the signals that ask a daemon to stop.
 //! - [`install`]: the steps `vigil-agent install` and `vigil-coordinator install` are made
 //!   of: writing files only when their content changes (so a second run changes nothing),
 //!   directories with the right owner and mode, a system user, and `systemctl`;
@@ -12,6 +13,7 @@
 pub mod install;
 pub mod limits;
 pub mod notify;
+pub mod process;
 pub mod systemd_service;
 
 pub use notify::ServiceManager;

@@ -11,6 +11,8 @@
 //! - [`bundle_manifest`]: a bundle's desired-state manifest, as policies.
 //! - [`command_auth`]: commands to agents, signed by the coordinator and checked by agents.
 //! - [`broker_url`]: `mqtt://host:port` as users write it.
+//! - [`enrollment`]: the enrollment request and answer, and the identity file an enrolled
+//!   agent keeps.
 //! - [`config_file`]: TOML config files with errors naming file, line and key.
 //! - [`mqtt`]: MQTT client options shared by agents and the coordinator.
 //! - [`policy`]: the policy model, its YAML/JSON form, the evaluator and engine.
@@ -22,6 +24,7 @@ pub mod bundle;
 pub mod bundle_manifest;
 pub mod command_auth;
 pub mod config_file;
+pub mod enrollment;
 pub mod mqtt;
 pub mod policy;
 pub mod time;

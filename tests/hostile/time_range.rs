@@ -463,7 +463,7 @@ async fn rest_times_and_ttls_out_of_range_are_refused_naming_the_field() {
 /// Signs `seal` with the private key in `identity_dir` (what the agent's own sealer would
 /// do, but with a seal time of the test's choosing) and returns the payload to publish.
 fn seal_with_key(identity_dir: &Path, seal: &Seal) -> Vec<u8> {
-    let identity = vigil_agent::identity::Identity::load(identity_dir)
+    let identity = vigil_shared::enrollment::Identity::load(identity_dir)
         .expect("read identity")
         .expect("identity written");
     let private: [u8; 32] = hex::decode(&identity.private_key)

@@ -84,6 +84,8 @@ pub fn bin(name: &str) -> PathBuf {
                 "-p",
                 "vigil-coordinator",
                 "-p",
+                "vigil",
+                "-p",
                 "vigil-sim",
             ])
             .status()
@@ -250,7 +252,7 @@ impl RawAgent {
     pub fn enroll(dir: &Path, host: &str, broker: &str) -> RawAgent {
         let identity_dir = dir.join(format!("raw-identity-{host}"));
         enroll_directly(host, &identity_dir, &dir.join("data"));
-        let identity = vigil_agent::identity::Identity::load(&identity_dir)
+        let identity = vigil_shared::enrollment::Identity::load(&identity_dir)
             .expect("read identity")
             .expect("identity written");
         let sealer = vigil_shared::agent_auth::Sealer::new(host, identity.key().expect("key"));

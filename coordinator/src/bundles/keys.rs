@@ -1,6 +1,6 @@
 //! The coordinator's bundle signing key: `--bundle-key FILE` (64 hex characters), by
 //! default `<data-dir>/bundle-signing.key`, generated on first start with mode 0600. The
-//! public key is written next to it as `bundle-signing.pub` (for agents and `up`).
+//! public key is written next to it as `bundle-signing.pub` (for agents and `vigil up`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -256,7 +256,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         );
     }
     let (cpu_measured, cpu_baseline) = (cpu(f0, l0), cpu(f1, l1));
-    let host_processes = vigil_agent::sampler::count_processes().unwrap_or(0);
+    let host_processes = count_processes();
     let cpu_note = format!(
         "{cpu_measured:.2}% vs {cpu_baseline:.2}%: utime + stime from /proc/<pid>/stat over \
          {window:.0} s after {:.0} s of warm-up once both agents were online ({clk_tck} \
@@ -590,6 +590,20 @@ fn policy_yaml(i: usize) -> (String, String) {
         let _ = writeln!(yaml, "    {field}");
     }
     (name, yaml)
+}
+
+/// The processes on this host: the all-digit names in `/proc` (0 where it cannot be read).
+fn count_processes() -> usize {
+    std::fs::read_dir("/proc").map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.as_encoded_bytes();
+                !name.is_empty() && name.iter().all(u8::is_ascii_digit)
+            })
+            .count()
+    })
 }
 
 #[cfg(test)]
