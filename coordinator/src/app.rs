@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use vigil_shared::broker_url::BrokerUrl;
 
 use crate::api::{self, Api};
-use crate::broker::{self, BrokerError};
 use crate::config::{BrokerMode, CoordinatorConfig};
+use crate::mqtt::broker::{self, BrokerError};
 use crate::policies::{PolicyRegistry, RegistryError};
 use crate::store::{Store, StoreError, StoreWriter, Write};
 use crate::telemetry::Telemetry;
@@ -85,7 +85,12 @@ impl Coordinator {
         host: &str,
         coordinator_key: &str,
     ) -> Result<(), String> {
-        crate::local_agent::ensure_identity(&self.store, data_dir, host, Some(coordinator_key))
+        crate::security::local_agent::ensure_identity(
+            &self.store,
+            data_dir,
+            host,
+            Some(coordinator_key),
+        )
     }
 
     /// Starts everything; returns once the REST API and the broker accept connections.
@@ -107,6 +112,7 @@ impl Coordinator {
                 })??
         };
         let telemetry = Arc::new(Telemetry::new());
+        crate::events::mirror::register_metrics(&telemetry);
         raise_open_files(&config, &telemetry);
         let policies = {
             let (dir, store, telemetry) = (
@@ -124,7 +130,10 @@ impl Coordinator {
         let (writer, writer_thread) = StoreWriter::start(store.clone(), telemetry.clone());
 
         let server_tls = match &config.tls {
-            Some(files) => Some(crate::tls::ServerTls::load(&files.cert, &files.key)?),
+            Some(files) => Some(crate::security::tls::ServerTls::load(
+                &files.cert,
+                &files.key,
+            )?),
             None => None,
         };
         let (stop, stop_rx) = watch::channel(false);
@@ -137,7 +146,7 @@ impl Coordinator {
         let mut local_front_url = None;
         let (client_url, mqtt_username, mqtt_password) = match config.broker {
             BrokerMode::Embedded { listen } => {
-                let password = crate::agents::generate_password();
+                let password = crate::security::agents::generate_password();
                 // rumqttd listens on loopback; every client from outside goes through
                 // the front on the public address (over TLS when it is on).
                 let front_listener =
@@ -152,7 +161,7 @@ impl Coordinator {
                 tokio::task::spawn_blocking(move || broker::start(broker_listen, internal))
                     .await
                     .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
-                let front = crate::mqtt_front::Front::new(
+                let front = crate::mqtt::front::Front::new(
                     broker_listen,
                     broker::BrokerAuth::new(store.clone(), telemetry.clone()),
                     password.clone(),
@@ -198,7 +207,7 @@ impl Coordinator {
                 local_front_url = Some(local_front);
                 (
                     broker::loopback_url(broker_listen),
-                    Some(crate::agents::COORDINATOR_MQTT_USER.to_string()),
+                    Some(crate::security::agents::COORDINATOR_MQTT_USER.to_string()),
                     Some(password),
                 )
             }
@@ -223,7 +232,7 @@ impl Coordinator {
             )
         };
         let options = client_options("")?;
-        let (metrics_tap, mirror_tasks) = crate::json_mirror::start(
+        let (metrics_tap, mirror_tasks) = crate::events::mirror::start(
             client_options("-json")?,
             config.json_mirror.clone(),
             store.feed().clone(),
@@ -232,8 +241,8 @@ impl Coordinator {
         );
         tasks.extend(mirror_tasks);
         let keys = crate::bundles::load_key(config.bundle_key.clone()).await?;
-        let (publisher, eventloop) = crate::ingest::connect(options, Arc::clone(&keys));
-        tasks.push(tokio::spawn(crate::ingest::run(
+        let (publisher, eventloop) = crate::mqtt::publisher::connect(options, Arc::clone(&keys));
+        tasks.push(tokio::spawn(crate::mqtt::ingest::run(
             publisher.clone(),
             eventloop,
             store.clone(),
@@ -277,9 +286,12 @@ impl Coordinator {
             addr: config.listen,
             source,
         })?;
-        let admin_token_file =
-            crate::tokens::bootstrap_admin(&store, &config.data_dir, vigil_shared::time::now_ms())
-                .map_err(StartError::Tokens)?;
+        let admin_token_file = crate::security::tokens::bootstrap_admin(
+            &store,
+            &config.data_dir,
+            vigil_shared::time::now_ms(),
+        )
+        .map_err(StartError::Tokens)?;
         if let Some(path) = &admin_token_file {
             tracing::warn!(
                 file = %path.display(),

@@ -68,7 +68,7 @@ pub struct CoordinatorConfig {
     /// gets 429 (0: no limit).
     pub auth_failure_limit: u32,
     /// Socket bounds of the embedded broker's front.
-    pub mqtt_limits: crate::mqtt_front::FrontLimits,
+    pub mqtt_limits: crate::mqtt::front::FrontLimits,
     /// Socket bounds of the REST API.
     pub http_limits: crate::http_server::HttpLimits,
     /// Whether plaintext listeners beyond loopback were explicitly allowed.
@@ -79,7 +79,7 @@ pub struct CoordinatorConfig {
     /// external `mqtts://` one); `None`: public roots.
     pub tls_ca: Option<PathBuf>,
     /// Which streams are republished as JSON for integrations, at which QoS.
-    pub json_mirror: crate::json_mirror::MirrorSettings,
+    pub json_mirror: crate::events::mirror::MirrorSettings,
 }
 
 /// The server certificate chain and key (PEM) of the REST API and the embedded broker.
@@ -97,7 +97,7 @@ impl CoordinatorConfig {
         match &self.broker {
             BrokerMode::Embedded { listen } => BrokerUrl {
                 tls: self.tls.is_some(),
-                ..crate::broker::loopback_url(*listen)
+                ..crate::mqtt::broker::loopback_url(*listen)
             },
             BrokerMode::External(url) => url.clone(),
         }
@@ -244,8 +244,8 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         Some(n) => Ok(n),
         None => Ok(default),
     };
-    let mqtt_defaults = crate::mqtt_front::FrontLimits::default();
-    let mqtt_limits = crate::mqtt_front::FrontLimits {
+    let mqtt_defaults = crate::mqtt::front::FrontLimits::default();
+    let mqtt_limits = crate::mqtt::front::FrontLimits {
         max_connections: count(
             "mqtt_max_connections",
             over.mqtt_max_connections.or(file.mqtt_max_connections),
@@ -282,7 +282,7 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let made = crate::certs::CertPaths::in_data_dir(&data_dir);
+    let made = crate::security::certs::CertPaths::in_data_dir(&data_dir);
     let tls = match (
         over.tls.or(file.tls),
         over.tls_cert.or(file.tls_cert),
@@ -366,7 +366,7 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         tls_ca,
         json_mirror: match over.json_mirror.or(file.json_mirror) {
             Some(text) => text.parse().map_err(|e| invalid("json_mirror", e))?,
-            None => crate::json_mirror::MirrorSettings::default(),
+            None => crate::events::mirror::MirrorSettings::default(),
         },
     })
 }
@@ -476,8 +476,8 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("server.pem"), "{e}");
 
-        let paths = crate::certs::CertPaths::in_data_dir(dir.path());
-        crate::certs::init(&paths, &[], false).unwrap();
+        let paths = crate::security::certs::CertPaths::in_data_dir(dir.path());
+        crate::security::certs::init(&paths, &[], false).unwrap();
         let config = resolve(CoordinatorFile::default(), with_dir(Overrides::default())).unwrap();
         assert_eq!(
             config.tls,

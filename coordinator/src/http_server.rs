@@ -83,7 +83,9 @@ pub async fn serve<F>(
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let per_address = Arc::new(crate::per_address::PerAddress::default());
-    while let Some((stream, addr)) = crate::tls::accept(&listener, &mut stop, "REST API").await {
+    while let Some((stream, addr)) =
+        crate::security::tls::accept(&listener, &mut stop, "REST API").await
+    {
         let refused = |reason: &str| {
             telemetry
                 .connections_refused
@@ -127,8 +129,10 @@ pub async fn serve<F>(
                     watcher.watch(connection).await
                 }
                 Some(acceptor) => {
-                    let Some(stream) =
-                        crate::tls::handshake(&acceptor, stream, addr, "http", &telemetry).await
+                    let Some(stream) = crate::security::tls::handshake(
+                        &acceptor, stream, addr, "http", &telemetry,
+                    )
+                    .await
                     else {
                         return;
                     };

@@ -1,50 +1,40 @@
-//! `vigil-coordinator`: the fleet's meeting point.
+//! `vigil-coordinator`: the fleet's meeting point. Its folders, in the order data flows:
 //!
-//! - [`agents`]: agent identities (join tokens, enrollment, revocation);
-//!   [`agent_keys`]: their public keys as ingest checks seals with.
-//! - [`broker`]: the embedded MQTT broker (rumqttd), or none when an external one is used.
-//! - [`ingest`]: subscribes to agents' topics, checks every message, feeds the store.
-//! - [`batch_gaps`]: notices metric batches lost on the way (sequence gaps).
-//! - [`store`]: LMDB (heed): hosts, latest values, metric history with retention.
-//! - [`api`]: the REST API (warp) and `/metrics`.
-//! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
+//! - [`mqtt`]: the broker front every client connects to, the embedded broker (rumqttd),
+//!   ingest (checks every agent message, feeds the store) and the publisher of commands
+//!   and bundles.
+//! - [`store`]: LMDB (heed): hosts, latest values, metric history, the audit trail, the
+//!   event feed, agents and tokens. Its records are defined there; it knows nothing of
+//!   HTTP or MQTT.
+//! - [`events`]: the event feed's one JSON form, for REST, Server-Sent Events and the
+//!   MQTT JSON topics.
+//! - [`api`]: the REST API (warp), its server, and `/metrics`.
 //! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
-//! - [`telemetry`]: the coordinator's own Prometheus metrics.
-//! - [`tokens`]: REST API tokens and roles (checked by [`api::auth`]).
+//! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
+//! - [`security`]: agent identities, REST tokens, certificates and TLS.
+//! - [`cli`]: the command line, including the offline tools and `install`.
+//! - [`telemetry`]: the coordinator's own Prometheus metrics (a leaf: it imports nothing
+//!   of the coordinator).
 //! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
-//! - [`app`]: starts and stops all of the above as one [`app::Coordinator`].
-//! - [`install_cli`]: `install`/`uninstall` as a systemd service.
+//! - [`app`]: starts and stops all of the above as one [`Coordinator`].
 
-pub mod agent_keys;
-pub mod agents;
-pub mod agents_cli;
 pub mod api;
 pub mod app;
-pub mod batch_gaps;
-pub mod broker;
 pub mod bundles;
-pub mod certs;
-pub mod certs_cli;
 pub mod cli;
 pub mod config;
-pub mod feed;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http_server;
-pub mod ingest;
-pub mod install_cli;
-pub mod json_mirror;
-pub mod local_agent;
-pub mod mqtt_front;
+pub mod mqtt;
 mod per_address;
 pub mod policies;
+pub mod security;
 pub mod store;
 pub mod telemetry;
-pub mod tls;
-pub mod tokens;
-pub mod tokens_cli;
 
 pub use app::Coordinator;
 pub use bundles::keys::public_path as bundle_public_key_path;
 pub use config::CoordinatorConfig;
-pub use tokens::ADMIN_TOKEN_FILE;
+pub use security::tokens::ADMIN_TOKEN_FILE;

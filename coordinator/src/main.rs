@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use vigil_coordinator::cli::install as install_cli;
 use vigil_coordinator::cli::{Cli, Command};
-use vigil_coordinator::{install_cli, Coordinator};
+use vigil_coordinator::Coordinator;
 use vigil_service::process::shutdown_signal;
 use vigil_service::ServiceManager;
 
@@ -32,10 +33,10 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Bundle(args) => vigil_coordinator::bundles::cli::run(args),
-        Command::Token(args) => vigil_coordinator::tokens_cli::run(args),
-        Command::Agent(args) => vigil_coordinator::agents_cli::run(args),
-        Command::Certs(args) => vigil_coordinator::certs_cli::run(args),
+        Command::Bundle(args) => vigil_coordinator::cli::bundle::run(args),
+        Command::Token(args) => vigil_coordinator::cli::tokens::run(args),
+        Command::Agent(args) => vigil_coordinator::cli::agents::run(args),
+        Command::Certs(args) => vigil_coordinator::cli::certs::run(args),
         Command::Install(args) => {
             // systemctl waits for the coordinator's readiness: keep it off the async workers.
             let steps = tokio::task::spawn_blocking(move || install_cli::install(&args))
@@ -48,7 +49,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                      is in {}/{} (created on its first start)",
                     install_cli::USER,
                     install_cli::DATA_DIR,
-                    vigil_coordinator::tokens::ADMIN_TOKEN_FILE
+                    vigil_coordinator::security::tokens::ADMIN_TOKEN_FILE
                 );
             } else {
                 println!("unchanged: vigil-coordinator is installed, enabled and running");

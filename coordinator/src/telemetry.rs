@@ -286,7 +286,7 @@ impl Telemetry {
                 mqtt_rejected.with_label_values(&[channel.as_str(), reason]);
             }
         }
-        for state in crate::store::actions::ALL_STATES {
+        for state in vigil_shared::wire::ActionState::ALL {
             actions.with_label_values(&[state.as_str()]);
         }
         for reason in [
@@ -311,9 +311,6 @@ impl Telemetry {
             for reason in ["max_connections", "max_pending", "max_per_address"] {
                 connections_refused.with_label_values(&[listener, reason]);
             }
-        }
-        for stream in crate::json_mirror::Stream::ALL {
-            json_mirror_dropped.with_label_values(&[stream.as_str()]);
         }
         Telemetry {
             registry,
@@ -603,7 +600,6 @@ mod tests {
             r#"vigil_http_auth_failures_total{reason="missing"} 0"#,
             r#"vigil_actions_total{state="dead_letter"} 0"#,
             r#"vigil_mqtt_messages_rejected_total{channel="metrics",reason="bad_signature"} 0"#,
-            r#"vigil_json_mirror_dropped_total{stream="metrics"} 0"#,
             "vigil_metric_batches_missing_total 0",
             "vigil_metric_batches_late_total 0",
         ] {

@@ -8,14 +8,14 @@
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vigil_coordinator::agents::{AgentRecord, JoinTokenRecord};
+use vigil_coordinator::security::agents::{AgentRecord, JoinTokenRecord};
 use vigil_coordinator::api::{actions, hosts, violations};
 use vigil_coordinator::bundles::store::BundleRecord;
-use vigil_coordinator::feed::FeedEntry;
+use vigil_coordinator::store::feed::FeedEntry;
 use vigil_coordinator::store::actions::ActionRecord;
 use vigil_coordinator::store::records::{HostRecord, LatestPoint, StoredPoint};
 use vigil_coordinator::store::{codec, keys};
-use vigil_coordinator::tokens::TokenRecord;
+use vigil_coordinator::security::tokens::TokenRecord;
 use vigil_fuzz::NOW_MS;
 use vigil_shared::bundle;
 use vigil_shared::policy::PolicySpec;

@@ -227,6 +227,18 @@ pub enum ActionState {
 }
 
 impl ActionState {
+    /// Every action state, in lifecycle order.
+    pub const ALL: [ActionState; 8] = [
+        ActionState::Pending,
+        ActionState::Running,
+        ActionState::Completed,
+        ActionState::Failed,
+        ActionState::Cancelled,
+        ActionState::Resolved,
+        ActionState::NotResolved,
+        ActionState::DeadLetter,
+    ];
+
     /// The lowercase name used in JSON and the REST API.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,4 +1,4 @@
-//! Agent identity routes ([`crate::agents`]):
+//! Agent identity routes ([`crate::security::agents`]):
 //!
 //! | route | who | answer |
 //! | --- | --- | --- |
@@ -27,7 +27,7 @@ use warp::Filter;
 
 use super::error::{counted, respond, ApiError};
 use super::{measure, task_failed, Api};
-use crate::agents::{
+use crate::security::agents::{
     self, AgentRecord, EnrollError, EnrollRequest, JoinTokenRecord, JoinTokenSpec,
 };
 

@@ -22,9 +22,9 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::error::ApiError;
+use crate::security::tokens::{self, Role};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
-use crate::tokens::{self, Role};
 
 /// Failed authentications one client address may make per [`FAILURE_WINDOW`] by default.
 pub const DEFAULT_MAX_FAILURES: u32 = 30;

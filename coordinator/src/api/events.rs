@@ -1,4 +1,4 @@
-//! `GET /api/v1/events`: the event feed ([`crate::feed`]) as Server-Sent Events — policy
+//! `GET /api/v1/events`: the event feed ([`crate::store::feed`]) as Server-Sent Events — policy
 //! violations, action transitions, hosts going online/offline, bundles applied, drift.
 //!
 //! Each SSE event has `id:` = the feed sequence number, `event:` = the kind, and `data:` =
@@ -18,8 +18,8 @@ use warp::reply::{Reply, Response};
 
 use super::error::ApiError;
 use super::Api;
-use crate::feed::{FeedEntry, KINDS};
 use crate::store::feed::MAX_READ;
+use crate::store::feed::{FeedEntry, KINDS};
 use crate::store::Store;
 
 /// How often an idle stream sends a comment, so proxies keep it open.
@@ -183,7 +183,7 @@ pub async fn stream(
             warp::sse::Event::default()
                 .id(entry.seq.to_string())
                 .event(entry.event.kind())
-                .data(entry.to_json().to_string()),
+                .data(crate::events::json::entry_json(&entry).to_string()),
         )
     });
     warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events)).into_response()

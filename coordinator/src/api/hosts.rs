@@ -5,21 +5,13 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use vigil_shared::time::{now_ms, to_rfc3339};
-use vigil_shared::wire::{AgentState, Tag};
+use vigil_shared::wire::AgentState;
 use warp::reply::Response;
 
 use super::error::{respond, ApiError};
 use super::Api;
+use crate::events::json::tags_json;
 use crate::store::{HostRecord, LatestPoint};
-
-/// Tags as a JSON object.
-pub fn tags_json(tags: &[Tag]) -> Value {
-    Value::Object(
-        tags.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-}
 
 /// One host as the API shows it.
 pub fn host_json(record: &HostRecord, now_ms: i64) -> Value {
@@ -113,7 +105,7 @@ mod tests {
 
     use super::*;
     use crate::api::actions::action_json;
-    use crate::api::violations::event_json;
+    use crate::events::json::event_json;
     use crate::store::reader::{EventQuery, HistoryQuery};
     use crate::store::{MapSize, Source, Store, StoreWriter, Write};
     use crate::telemetry::Telemetry;
@@ -295,7 +287,7 @@ mod tests {
         let feed = store.feed_after(0, 100).expect("feed");
         assert!(feed.len() >= 3, "{feed:?}");
         for entry in &feed {
-            let shown = entry.to_json();
+            let shown = crate::events::json::entry_json(entry);
             let stamp = shown["timestamp"].as_str().expect("timestamp").to_string();
             assert!(
                 stamp == LAST_WRITABLE || stamp == EPOCH || stamp.starts_with("20"),

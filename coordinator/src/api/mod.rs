@@ -61,7 +61,7 @@ pub struct Api {
     /// The coordinator's policies.
     pub policies: Arc<PolicyRegistry>,
     /// Sends commands to agents.
-    pub publisher: crate::ingest::Publisher,
+    pub publisher: crate::mqtt::publisher::Publisher,
     /// The bundle publisher.
     pub bundles: Arc<crate::bundles::Bundles>,
     /// Token checks (see [`auth`]).

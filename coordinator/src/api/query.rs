@@ -14,8 +14,8 @@ use vigil_shared::validate;
 use warp::reply::Response;
 
 use super::error::{counted, respond, ApiError};
-use super::hosts::tags_json;
 use super::Api;
+use crate::events::json::tags_json;
 use crate::store::reader::HistoryQuery;
 
 /// Default number of points returned.

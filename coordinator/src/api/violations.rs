@@ -6,41 +6,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
-use vigil_shared::time::{parse_time, to_rfc3339};
+use serde_json::json;
+use vigil_shared::time::parse_time;
 use vigil_shared::validate;
-use vigil_shared::wire::PolicyEvent;
 use warp::reply::Response;
 
 use super::error::{respond, ApiError};
 use super::Api;
+use crate::events::json::event_json;
 use crate::store::reader::EventQuery;
 
 /// Most events one request returns.
 pub const MAX_LIMIT: usize = 1000;
-
-/// One event as JSON.
-pub fn event_json(event: &PolicyEvent) -> Value {
-    json!({
-        "id": event.id,
-        "host": event.host,
-        "policy": event.policy,
-        "target": event.target,
-        "severity": event.severity,
-        "kind": event.kind,
-        "summary": event.summary,
-        "explanation": event
-            .explanation
-            .as_deref()
-            .and_then(|text| serde_json::from_str::<Value>(text).ok()),
-        "action": event.action,
-        "step": event.step,
-        "action_requested": event.action_requested,
-        "dry_run": event.dry_run,
-        "detail": event.detail,
-        "timestamp": to_rfc3339(event.at_ms),
-    })
-}
 
 /// Reads the query string.
 pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {

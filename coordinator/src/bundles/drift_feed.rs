@@ -14,7 +14,7 @@ use vigil_shared::time::now_ms;
 
 use super::drift::{host_drift, GroupDrift};
 use super::Bundles;
-use crate::feed::FeedEvent;
+use crate::store::feed::FeedEvent;
 use crate::store::{Store, StoreWriter, Write};
 
 /// How often drift is recomputed.

@@ -12,7 +12,6 @@
 //! - [`drift`]: desired versus applied bundles, failing desired-state checks.
 //! - [`cli`]: `vigil-coordinator bundle build|verify|diff|keygen` for CI pipelines.
 
-pub mod cli;
 pub mod drift;
 pub mod drift_feed;
 pub mod keys;
@@ -29,7 +28,7 @@ use thiserror::Error;
 
 pub use service::{Bundles, Published, ReloadError, ReloadReport};
 
-use crate::ingest::Publisher;
+use crate::mqtt::publisher::Publisher;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 

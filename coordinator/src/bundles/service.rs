@@ -21,7 +21,7 @@ use vigil_shared::topics;
 
 use super::layout::{read_groups, GroupResults, GroupSource, LayoutError};
 use super::store::BundleRecord;
-use crate::ingest::Publisher;
+use crate::mqtt::publisher::Publisher;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 
@@ -397,7 +397,7 @@ mod tests {
             std::fs::write(data.join("k"), k.private_hex()).unwrap();
             k
         }));
-        let (publisher, _eventloop) = crate::ingest::connect(options, Arc::clone(&keys));
+        let (publisher, _eventloop) = crate::mqtt::publisher::connect(options, Arc::clone(&keys));
         Bundles::open(
             Some(dir.to_path_buf()),
             keys,

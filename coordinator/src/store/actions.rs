@@ -30,17 +30,8 @@ use crate::telemetry::Telemetry;
 /// misbehaving agent cannot grow one record without bound.
 pub const MAX_TRANSITIONS: usize = 256;
 
-/// Every action state, in lifecycle order of their names in the API.
-pub const ALL_STATES: [ActionState; 8] = [
-    ActionState::Pending,
-    ActionState::Running,
-    ActionState::Completed,
-    ActionState::Failed,
-    ActionState::Cancelled,
-    ActionState::Resolved,
-    ActionState::NotResolved,
-    ActionState::DeadLetter,
-];
+/// Every action state, in lifecycle order.
+pub const ALL_STATES: [ActionState; 8] = ActionState::ALL;
 
 const TAG_TIME: u8 = b't';
 const TAG_HOST: u8 = b'h';

@@ -3,10 +3,52 @@
 //! own transaction; enrollment checks and spends its token in the same transaction that
 //! records the agent, so two agents cannot share a one-use token.
 
-use crate::agents::{AgentRecord, EnrollError, JoinTokenRecord};
+use std::collections::BTreeMap;
 
-use super::tokens::{json_decode as decode, json_encode as encode};
+use serde::{Deserialize, Serialize};
+
+use super::codec::{json_decode as decode, json_encode as encode};
 use super::{Store, StoreError};
+
+/// What the store keeps about an enrolled agent (never its MQTT password).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// The host the agent speaks for.
+    pub host: String,
+    /// Its ed25519 public key, hex.
+    pub public_key: String,
+    /// SHA-256 of its MQTT password, hex.
+    pub mqtt_password_sha256: String,
+    /// Labels given by its join token.
+    pub labels: BTreeMap<String, String>,
+    /// The join token it enrolled with (its id), or `local` for `vigil up`'s own agent.
+    pub join_token: String,
+    /// When it enrolled, epoch ms.
+    pub enrolled_ms: i64,
+    /// When it was revoked, epoch ms.
+    pub revoked_ms: Option<i64>,
+}
+
+/// What the store keeps about a join token (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    /// A short id (the first 8 hex characters of its hash).
+    pub id: String,
+    /// Who or what it is for.
+    pub name: String,
+    /// Labels every agent enrolling with it gets.
+    pub labels: BTreeMap<String, String>,
+    /// The only host name it may enroll, if bound.
+    pub host: Option<String>,
+    /// Enrollments left.
+    pub uses_left: u32,
+    /// When it was made, epoch ms.
+    pub created_ms: i64,
+    /// After this it is refused, epoch ms.
+    pub expires_ms: i64,
+    /// When it was revoked, epoch ms.
+    pub revoked_ms: Option<i64>,
+}
 
 impl Store {
     /// The enrolled agent `host`, revoked or not.
@@ -89,34 +131,32 @@ impl Store {
         self.revoke_named(self.dbs.join_tokens, "join_tokens", which, now_ms)
     }
 
-    /// In one transaction: finds the join token whose hash is `digest`, checks that it is
-    /// usable at `now_ms`, lets `make` build the agent's record from it, checks that the
-    /// host is not enrolled (or was revoked), stores the record and spends one use.
-    pub fn enroll_agent(
+    /// In one transaction: reads the join token whose hash is `digest` and the agent
+    /// record of `host`, lets `decide` judge them (the enrollment rules live with the
+    /// caller) and return the token and agent records to keep, and stores both. Two
+    /// enrollments cannot both spend the last use of a token.
+    pub fn enroll_agent<E: From<StoreError>>(
         &self,
         digest: &[u8; 32],
-        now_ms: i64,
-        make: impl Fn(&JoinTokenRecord) -> Result<AgentRecord, EnrollError>,
-    ) -> Result<AgentRecord, EnrollError> {
+        host: &str,
+        decide: impl Fn(
+            Option<JoinTokenRecord>,
+            Option<AgentRecord>,
+        ) -> Result<(JoinTokenRecord, AgentRecord), E>,
+    ) -> Result<AgentRecord, E> {
         self.write_rare(|store, txn| {
-            let Some(bytes) = store.dbs.join_tokens.get(txn, digest)? else {
-                return Ok(Err(EnrollError::BadToken));
+            let token = match store.dbs.join_tokens.get(txn, digest)? {
+                Some(bytes) => Some(decode("join_tokens", bytes)?),
+                None => None,
             };
-            let mut token: JoinTokenRecord = decode("join_tokens", bytes)?;
-            if token.revoked_ms.is_some() || token.uses_left == 0 || now_ms > token.expires_ms {
-                return Ok(Err(EnrollError::BadToken));
-            }
-            let record = match make(&token) {
-                Ok(record) => record,
+            let existing = match store.dbs.agents.get(txn, host.as_bytes())? {
+                Some(bytes) => Some(decode("agents", bytes)?),
+                None => None,
+            };
+            let (token, record) = match decide(token, existing) {
+                Ok(decided) => decided,
                 Err(e) => return Ok(Err(e)),
             };
-            if let Some(bytes) = store.dbs.agents.get(txn, record.host.as_bytes())? {
-                let existing: AgentRecord = decode("agents", bytes)?;
-                if existing.revoked_ms.is_none() {
-                    return Ok(Err(EnrollError::AlreadyEnrolled(record.host)));
-                }
-            }
-            token.uses_left -= 1;
             store
                 .dbs
                 .join_tokens

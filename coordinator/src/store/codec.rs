@@ -1,4 +1,5 @@
-//! How records are written to LMDB: one format-version byte, then postcard.
+//! How records are written to LMDB: one format-version byte, then postcard; rare,
+//! human-inspectable records (agents, tokens, policies) as JSON ([`json_encode`]).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,4 +33,26 @@ pub fn decode<T: DeserializeOwned>(db: &'static str, bytes: &[u8]) -> Result<T, 
             reason: "empty record".into(),
         }),
     }
+}
+
+/// Reads a JSON record from database `db`.
+pub(crate) fn json_decode<T: DeserializeOwned>(
+    db: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        db,
+        reason: e.to_string(),
+    })
+}
+
+/// Writes a JSON record for database `db`.
+pub(crate) fn json_encode<T: Serialize>(
+    db: &'static str,
+    record: &T,
+) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+        db,
+        reason: e.to_string(),
+    })
 }

@@ -15,8 +15,8 @@
 //! | `event_ids` | event id | `events` key (makes redelivery idempotent) |
 //! | `actions` | action id | [`actions::ActionRecord`] (action audit trail, transitions appended) |
 //! | `action_index` | `tag · len · value · created time · id` (by time, host, target, policy, status) | empty (see [`actions`]) |
-//! | `feed` | sequence number (u64, big-endian) | [`crate::feed::FeedEntry`] (the event stream, for resuming clients) |
-//! | `bundles` | group name | [`crate::bundles::store::BundleRecord`] (last published bundle version per host group) |
+//! | `feed` | sequence number (u64, big-endian) | [`crate::store::feed::FeedEntry`] (the event stream, for resuming clients) |
+//! | `bundles` | group name | `BundleRecord` (kept by the bundles module) (last published bundle version per host group) |
 //!
 //! A series is one metric of one host; samples of it that differ in tags (`mount=/` and
 //! `mount=/var`) are told apart by the tag hash. Keys sort by time within a series, so a
@@ -143,7 +143,7 @@ pub struct Store {
     /// (LMDB requires that no transaction is open during a resize).
     pub(crate) resize_lock: Arc<RwLock<()>>,
     pub(crate) map_size: MapSize,
-    pub(crate) feed: crate::feed::Feed,
+    pub(crate) feed: crate::store::feed::Feed,
 }
 
 impl Store {
@@ -190,11 +190,11 @@ impl Store {
         let mut store = Store {
             env,
             dbs,
-            feed: crate::feed::Feed::new(0),
+            feed: crate::store::feed::Feed::new(0),
             resize_lock: Arc::new(RwLock::new(())),
             map_size,
         };
-        store.feed = crate::feed::Feed::new(store.feed_last_seq()?);
+        store.feed = crate::store::feed::Feed::new(store.feed_last_seq()?);
         Ok(store)
     }
 
@@ -215,7 +215,7 @@ impl Store {
     }
 
     /// The live event feed (entries as the writer commits them).
-    pub fn feed(&self) -> &crate::feed::Feed {
+    pub fn feed(&self) -> &crate::store::feed::Feed {
         &self.feed
     }
 

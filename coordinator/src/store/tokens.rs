@@ -2,14 +2,17 @@
 //! its [`TokenRecord`] as JSON. Rare writes, each in its own transaction (see
 //! [`super::policies`]); reads are one lookup per request.
 
+use std::fmt;
+use std::str::FromStr;
+
 use heed::types::Bytes;
 use heed::Database;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::agents::JoinTokenRecord;
-use crate::tokens::TokenRecord;
+use super::agents::JoinTokenRecord;
 
+use super::codec::{json_decode, json_encode};
 use super::{Store, StoreError};
 
 /// A stored token that can be revoked by its id or name: REST tokens and join tokens.
@@ -36,6 +39,65 @@ impl Revocable for JoinTokenRecord {
     fn revoked_ms(&mut self) -> &mut Option<i64> {
         &mut self.revoked_ms
     }
+}
+
+/// What a token may do; each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read everything.
+    Viewer,
+    /// Also: manual actions, enable/disable policies, the kill switch, HTTP ingest.
+    Operator,
+    /// Also: create, change and delete policies, reload policies and bundles.
+    Admin,
+}
+
+impl Role {
+    /// The role's name as written on the command line and in errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Role, String> {
+        match text {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role `{other}` (expected viewer, operator or admin)"
+            )),
+        }
+    }
+}
+
+/// What the store keeps about a token (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// A short id to name it by (the first 8 hex characters of its hash).
+    pub id: String,
+    /// Who or what it is for.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// When it was made, epoch ms.
+    pub created_ms: i64,
+    /// When it was revoked, epoch ms.
+    pub revoked_ms: Option<i64>,
 }
 
 impl Store {
@@ -109,32 +171,10 @@ fn encode(record: &TokenRecord) -> Result<Vec<u8>, StoreError> {
     json_encode("tokens", record)
 }
 
-/// Reads a JSON record from database `db`.
-pub(super) fn json_decode<T: DeserializeOwned>(
-    db: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        db,
-        reason: e.to_string(),
-    })
-}
-
-/// Writes a JSON record for database `db`.
-pub(super) fn json_encode<T: Serialize>(
-    db: &'static str,
-    record: &T,
-) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
-        db,
-        reason: e.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use crate::security::tokens::{self, Role};
     use crate::store::Store;
-    use crate::tokens::{self, Role};
 
     #[test]
     fn tokens_are_found_by_hash_listed_and_revoked_by_id_or_name() {

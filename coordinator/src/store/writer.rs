@@ -18,7 +18,7 @@ use vigil_shared::wire::{ActionEvent, AgentState, AgentStatus, PolicyEvent, Samp
 
 use super::records::{HostRecord, LatestPoint, Source, StoredPoint};
 use super::{actions, codec, feed, keys, Store, StoreError};
-use crate::feed::{FeedEntry, FeedEvent};
+use crate::store::feed::{FeedEntry, FeedEvent};
 use crate::telemetry::Telemetry;
 
 /// Most writes applied in one transaction.

@@ -283,7 +283,8 @@ mod tests {
         );
         load_private_key(&paths.server_key).unwrap();
         ClientTls::pinned(&paths.ca_cert).unwrap();
-        let server = crate::tls::ServerTls::load(&paths.server_cert, &paths.server_key).unwrap();
+        let server =
+            crate::security::tls::ServerTls::load(&paths.server_cert, &paths.server_key).unwrap();
         assert!(format!("{server:?}").contains("server.pem"));
     }
 

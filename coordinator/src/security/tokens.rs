@@ -8,75 +8,15 @@
 //! and revoked with `vigil-coordinator token …`; on first start the coordinator makes an
 //! admin token and writes it to [`ADMIN_TOKEN_FILE`] in its data dir (mode 0600).
 
-use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use crate::store::tokens::{Role, TokenRecord};
 
 /// File in the data dir holding the admin token made on first start.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
-
-/// What a token may do; each role includes the ones below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read everything.
-    Viewer,
-    /// Also: manual actions, enable/disable policies, the kill switch, HTTP ingest.
-    Operator,
-    /// Also: create, change and delete policies, reload policies and bundles.
-    Admin,
-}
-
-impl Role {
-    /// The role's name as written on the command line and in errors.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Role, String> {
-        match text {
-            "viewer" => Ok(Role::Viewer),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role `{other}` (expected viewer, operator or admin)"
-            )),
-        }
-    }
-}
-
-/// What the store keeps about a token (never the token itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    /// A short id to name it by (the first 8 hex characters of its hash).
-    pub id: String,
-    /// Who or what it is for.
-    pub name: String,
-    /// What it may do.
-    pub role: Role,
-    /// When it was made, epoch ms.
-    pub created_ms: i64,
-    /// When it was revoked, epoch ms.
-    pub revoked_ms: Option<i64>,
-}
 
 /// A new random token.
 pub fn generate() -> String {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use vigil_shared::time::{now_ms, to_rfc3339};
 
-use crate::agents;
 use crate::config::DEFAULT_DATA_DIR;
+use crate::security::agents;
 
 /// `agent` arguments.
 #[derive(Debug, Args)]
@@ -49,12 +49,12 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
     match args.command {
         AgentCommand::Add { host, identity_dir } => {
             // Provisioning may come before the coordinator's first start: create the store.
-            let store = crate::tokens_cli::open_or_create(&args.data_dir)?;
+            let store = crate::cli::tokens::open_or_create(&args.data_dir)?;
             let key_file = crate::bundles::keys::public_path(
                 &args.data_dir.join(crate::bundles::keys::DEFAULT_KEY_FILE),
             );
             let coordinator_key = std::fs::read_to_string(&key_file).ok();
-            crate::local_agent::ensure_identity(
+            crate::security::local_agent::ensure_identity(
                 &store,
                 &identity_dir,
                 &host,
@@ -67,7 +67,7 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
             Ok(())
         }
         AgentCommand::List => {
-            let store = crate::tokens_cli::open(&args.data_dir)?;
+            let store = crate::cli::tokens::open(&args.data_dir)?;
             println!(
                 "{:<28} {:<28} {:<28} {:<10} labels",
                 "host", "enrolled", "revoked", "via"
@@ -87,7 +87,7 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
             Ok(())
         }
         AgentCommand::Revoke { host } => {
-            let store = crate::tokens_cli::open(&args.data_dir)?;
+            let store = crate::cli::tokens::open(&args.data_dir)?;
             let record = agents::revoke(&store, &host, now_ms()).map_err(|e| e.to_string())?;
             println!(
                 "revoked `{}` (at {})",

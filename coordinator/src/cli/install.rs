@@ -19,7 +19,7 @@ use crate::config::CoordinatorFile;
 /// The coordinator's service.
 pub const SERVICE: SystemdService = SystemdService {
     name: "vigil-coordinator",
-    unit_template: include_str!("../../systemd/vigil-coordinator.service"),
+    unit_template: include_str!("../../../systemd/vigil-coordinator.service"),
 };
 
 /// The installed coordinator's config file.

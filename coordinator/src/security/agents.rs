@@ -12,17 +12,17 @@
 //! A join token has a number of uses (1 unless `--uses`), an expiry, and may be bound to
 //! one host name. An enrolled host cannot be enrolled again until it is revoked
 //! (`vigil-coordinator agent revoke HOST`), so a join token cannot take over a host.
-//! Revocation applies within [`crate::agent_keys::KEY_CACHE_TTL`] to ingest and at once
+//! Revocation applies within [`crate::security::agent_keys::KEY_CACHE_TTL`] to ingest and at once
 //! to new broker logins.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use vigil_shared::agent_auth::AgentPublicKey;
 pub use vigil_shared::enrollment::{EnrollRequest, Enrollment};
 
+pub use crate::store::agents::{AgentRecord, JoinTokenRecord};
 use crate::store::{Store, StoreError};
 
 /// The MQTT user name the coordinator itself logs in with on its embedded broker.
@@ -30,46 +30,6 @@ pub const COORDINATOR_MQTT_USER: &str = "vigil-coordinator";
 
 /// The MQTT user name integrations log in with, a REST API token as the password.
 pub const API_MQTT_USER: &str = "api";
-
-/// What the store keeps about an enrolled agent (never its MQTT password).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentRecord {
-    /// The host the agent speaks for.
-    pub host: String,
-    /// Its ed25519 public key, hex.
-    pub public_key: String,
-    /// SHA-256 of its MQTT password, hex.
-    pub mqtt_password_sha256: String,
-    /// Labels given by its join token.
-    pub labels: BTreeMap<String, String>,
-    /// The join token it enrolled with (its id), or `local` for `vigil up`'s own agent.
-    pub join_token: String,
-    /// When it enrolled, epoch ms.
-    pub enrolled_ms: i64,
-    /// When it was revoked, epoch ms.
-    pub revoked_ms: Option<i64>,
-}
-
-/// What the store keeps about a join token (never the token itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinTokenRecord {
-    /// A short id (the first 8 hex characters of its hash).
-    pub id: String,
-    /// Who or what it is for.
-    pub name: String,
-    /// Labels every agent enrolling with it gets.
-    pub labels: BTreeMap<String, String>,
-    /// The only host name it may enroll, if bound.
-    pub host: Option<String>,
-    /// Enrollments left.
-    pub uses_left: u32,
-    /// When it was made, epoch ms.
-    pub created_ms: i64,
-    /// After this it is refused, epoch ms.
-    pub expires_ms: i64,
-    /// When it was revoked, epoch ms.
-    pub revoked_ms: Option<i64>,
-}
 
 /// Why an enrollment or revocation was refused.
 #[derive(Debug, Error)]
@@ -155,7 +115,7 @@ pub fn create_join_token(
         })?;
     }
     let token = generate_join_token();
-    let digest = crate::tokens::hash(&token);
+    let digest = crate::security::tokens::hash(&token);
     let record = JoinTokenRecord {
         id: hex::encode(&digest[..4]),
         name: spec.name.clone(),
@@ -196,15 +156,25 @@ pub fn enroll(
     now_ms: i64,
 ) -> Result<Enrollment, EnrollError> {
     check_request(request)?;
-    let digest = crate::tokens::hash(&request.join_token);
+    let digest = crate::security::tokens::hash(&request.join_token);
     let password = generate_password();
-    let record = store.enroll_agent(&digest, now_ms, |token| {
+    let record = store.enroll_agent(&digest, &request.host, |token, existing| {
+        let Some(mut token) = token else {
+            return Err(EnrollError::BadToken);
+        };
+        if token.revoked_ms.is_some() || token.uses_left == 0 || now_ms > token.expires_ms {
+            return Err(EnrollError::BadToken);
+        }
         if let Some(bound) = &token.host {
             if bound != &request.host {
                 return Err(EnrollError::WrongHost(bound.clone()));
             }
         }
-        Ok(AgentRecord {
+        if existing.is_some_and(|agent| agent.revoked_ms.is_none()) {
+            return Err(EnrollError::AlreadyEnrolled(request.host.clone()));
+        }
+        token.uses_left -= 1;
+        let agent = AgentRecord {
             host: request.host.clone(),
             public_key: request.public_key.clone(),
             mqtt_password_sha256: secret_sha256(&password),
@@ -212,7 +182,8 @@ pub fn enroll(
             join_token: token.id.clone(),
             enrolled_ms: now_ms,
             revoked_ms: None,
-        })
+        };
+        Ok((token, agent))
     })?;
     Ok(Enrollment {
         host: record.host.clone(),

@@ -9,7 +9,7 @@ use vigil_shared::agent_auth::AgentKey;
 use vigil_shared::enrollment::Identity;
 use vigil_shared::time::now_ms;
 
-use crate::agents;
+use crate::security::agents;
 use crate::store::Store;
 
 /// Makes sure `host` has an identity in `data_dir` that the store accepts: keeps one that

@@ -1,6 +1,6 @@
 //! The embedded MQTT broker (rumqttd), started by default so that one process gives a
 //! working Vigil. It runs on its own threads for the life of the process, on a loopback
-//! port: clients from outside reach it through the front ([`crate::mqtt_front`]), which
+//! port: clients from outside reach it through the front ([`crate::mqtt::front`]), which
 //! bounds sockets, checks logins with [`BrokerAuth`] and enforces what each may send.
 //!
 //! rumqttd itself admits only logins with the coordinator's internal password (made at
@@ -10,7 +10,7 @@
 //!
 //! [`BrokerAuth`] admits two kinds of login at the front:
 //! - an enrolled, unrevoked agent: user name = its host, its MQTT password
-//!   ([`crate::agents`]), and exactly one of its two client ids, `vigil-agent-{host}`
+//!   ([`crate::security::agents`]), and exactly one of its two client ids, `vigil-agent-{host}`
 //!   (its link) and `vigil-outbox-{host}` (its outbox), so that no login can push
 //!   another's session off the broker or inherit it;
 //! - integrations: user `api`, any unrevoked REST API token as the password; read only.
@@ -25,11 +25,17 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::mqtt::{agent_client_id, outbox_client_id};
+use vigil_shared::wire::MAX_PAYLOAD_BYTES;
 
-use crate::agents::{self, API_MQTT_USER, COORDINATOR_MQTT_USER};
-use crate::mqtt_front::{FRONT_MQTT_USER, MAX_PACKET_BYTES};
+use crate::security::agents::{self, API_MQTT_USER, COORDINATOR_MQTT_USER};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+
+/// Largest MQTT packet a client may send: a full payload plus topic and header room.
+pub const MAX_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES + 1024;
+
+/// The user name the front logs in to rumqttd with, on behalf of a checked client.
+pub const FRONT_MQTT_USER: &str = "vigil-front";
 
 /// Who a login at the front is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +91,7 @@ impl BrokerAuth {
         if user == API_MQTT_USER {
             let record = self
                 .store
-                .token(&crate::tokens::hash(password))
+                .token(&crate::security::tokens::hash(password))
                 .map_err(|_| "store_error")?;
             return match record {
                 Some(r) if r.revoked_ms.is_none() && !reserved_id => Ok(Role::Integration),

@@ -18,8 +18,8 @@ use clap::{Args, Subcommand};
 use vigil_shared::bundle::{verify, Bundle, BundleKeys, BundleKind, PublicKey, SignedBundle};
 use vigil_shared::time::now_ms;
 
-use super::keys;
-use super::layout::{self, read_groups, GroupSource};
+use crate::bundles::keys;
+use crate::bundles::layout::{self, read_groups, GroupSource};
 
 /// `bundle` and its subcommands.
 #[derive(Debug, Args)]

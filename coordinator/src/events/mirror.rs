@@ -11,7 +11,7 @@
 //! | `bundles` | a host applying a bundle version | 1 | no |
 //! | `drift` | a host's bundle going out of sync with the published one, or back | 1 | yes |
 //!
-//! Every message has `version` (the shape's version, [`crate::feed::JSON_VERSION`]),
+//! Every message has `version` (the shape's version, [`crate::events::json::JSON_VERSION`]),
 //! `kind`, `host`, `timestamp` and `data`; feed messages also carry `seq`, the id of the
 //! same event on `GET /api/v1/events`. JSON Schemas: `schemas/json/` in the repository.
 //! The mirror has its own MQTT connection, so a slow subscriber never slows ingest:
@@ -32,8 +32,9 @@ use vigil_shared::time::to_rfc3339;
 use vigil_shared::topics;
 use vigil_shared::wire::MetricBatch;
 
-use crate::api::hosts::tags_json;
-use crate::feed::{Feed, FeedEntry, FeedEvent, JSON_VERSION};
+use crate::events::json::tags_json;
+use crate::events::json::{entry_json, JSON_VERSION};
+use crate::store::feed::{Feed, FeedEntry, FeedEvent};
 use crate::telemetry::Telemetry;
 
 /// Metric batches waiting for the mirror before new ones are dropped.
@@ -54,6 +55,16 @@ pub enum Stream {
     Bundles,
     /// Drift changes (retained).
     Drift,
+}
+
+/// Shows `vigil_json_mirror_dropped_total` at 0 for every stream from the start, so
+/// dashboards see the series before the first drop.
+pub fn register_metrics(telemetry: &Telemetry) {
+    for stream in Stream::ALL {
+        telemetry
+            .json_mirror_dropped
+            .with_label_values(&[stream.as_str()]);
+    }
 }
 
 impl Stream {
@@ -375,7 +386,7 @@ async fn mirror_feed(
                 stream,
                 &Stream::topic_key(&entry),
                 *qos,
-                &entry.to_json(),
+                &entry_json(&entry),
             )
             .await;
         }
@@ -385,6 +396,23 @@ async fn mirror_feed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropped_counters_exist_for_every_stream_from_the_start() {
+        let telemetry = Telemetry::new();
+        register_metrics(&telemetry);
+        let text = telemetry.render();
+        for stream in Stream::ALL {
+            let series = format!(
+                r#"vigil_json_mirror_dropped_total{{stream="{}"}} 0"#,
+                stream.as_str()
+            );
+            assert!(
+                text.lines().any(|l| l == series),
+                "{series} missing:\n{text}"
+            );
+        }
+    }
 
     #[test]
     fn settings_parse_lists_defaults_and_off() {

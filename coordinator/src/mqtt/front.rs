@@ -35,18 +35,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use vigil_shared::topics::{self, AgentChannel};
-use vigil_shared::wire::MAX_PAYLOAD_BYTES;
 
-use crate::broker::{BrokerAuth, Role};
+use crate::mqtt::broker::{BrokerAuth, Role, FRONT_MQTT_USER, MAX_PACKET_BYTES};
 use crate::per_address::{AddressSlot, PerAddress};
 use crate::telemetry::Telemetry;
 
-/// Largest MQTT packet a client may send: a full payload plus topic and header room.
-pub const MAX_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES + 1024;
 /// Largest retained message (an agent's status or last will) a client may leave.
 pub const MAX_RETAINED_BYTES: usize = 64 * 1024;
-/// The user name the front logs in to rumqttd with, on behalf of a checked client.
-pub const FRONT_MQTT_USER: &str = "vigil-front";
 
 /// How many sockets the front holds, and for how long before a login.
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +119,9 @@ impl Front {
         } else {
             "MQTT"
         };
-        while let Some((stream, client)) = crate::tls::accept(&listener, &mut stop, what).await {
+        while let Some((stream, client)) =
+            crate::security::tls::accept(&listener, &mut stop, what).await
+        {
             let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
                 self.refuse(client, "max_connections");
                 continue;
@@ -172,8 +169,13 @@ impl Front {
                     .await
             }
             Some(acceptor) => {
-                let handshake =
-                    crate::tls::handshake(&acceptor, stream, client, "mqtt", &self.telemetry);
+                let handshake = crate::security::tls::handshake(
+                    &acceptor,
+                    stream,
+                    client,
+                    "mqtt",
+                    &self.telemetry,
+                );
                 let Some(stream) = handshake.await else {
                     return;
                 };

@@ -1,5 +1,5 @@
 //! `vigil-coordinator token create|list|revoke`: REST API tokens and agent join tokens
-//! (`--join`, see [`crate::agents`]), managed on the
+//! (`--join`, see [`crate::security::agents`]), managed on the
 //! coordinator's machine (it opens the data dir's LMDB store directly; safe while the
 //! coordinator runs — LMDB serialises writers across processes, and a revocation applies
 //! to the running coordinator's next request).
@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use vigil_shared::time::{now_ms, to_rfc3339};
 
-use crate::agents;
 use crate::config::{self, DEFAULT_DATA_DIR};
+use crate::security::agents;
+use crate::security::tokens::{self, Role};
 use crate::store::{MapSize, Store};
-use crate::tokens::{self, Role};
 
 /// `token` arguments.
 #[derive(Debug, Args)]

@@ -1,13 +1,13 @@
 //! `vigil-coordinator certs init`: a CA and a server certificate in the data dir
-//! ([`crate::certs`]), for users with no PKI. The next start of the coordinator serves
+//! ([`crate::security::certs`]), for users with no PKI. The next start of the coordinator serves
 //! HTTPS and MQTT over TLS with them.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::certs::{self, CertPaths};
 use crate::config::DEFAULT_DATA_DIR;
+use crate::security::certs::{self, CertPaths};
 
 /// `certs` arguments.
 #[derive(Debug, Args)]

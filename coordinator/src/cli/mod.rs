@@ -1,8 +1,14 @@
 //! The coordinator's command line (clap): `serve` (the coordinator; `vigil up` runs it
-//! with a local agent), `bundle` (offline bundle tools, see
-//! [`crate::bundles::cli`]), `token` (REST API tokens, see [`crate::tokens_cli`]), `agent`
-//! ([`crate::agents_cli`]), `certs` ([`crate::certs_cli`]) and `install`/`uninstall`
-//! ([`crate::install_cli`]). Every flag can also come from a `VIGIL_…` variable.
+//! with a local agent), `bundle` (offline bundle tools, [`bundle`]), `token` (REST API
+//! and join tokens, [`tokens`]), `agent` ([`agents`]), `certs` ([`certs`]) and
+//! `install`/`uninstall` ([`install`]). Every flag can also come from a `VIGIL_…`
+//! variable.
+
+pub mod agents;
+pub mod bundle;
+pub mod certs;
+pub mod install;
+pub mod tokens;
 
 use std::path::PathBuf;
 
@@ -22,24 +28,25 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the coordinator only.
     Serve(ServeArgs),
     /// Build, verify, diff policy bundles and generate signing keys (for CI pipelines).
-    Bundle(crate::bundles::cli::BundleArgs),
+    Bundle(crate::cli::bundle::BundleArgs),
     /// Create, list and revoke REST API tokens and agent join tokens.
-    Token(crate::tokens_cli::TokenArgs),
+    Token(crate::cli::tokens::TokenArgs),
     /// List enrolled agents and revoke their identities.
-    Agent(crate::agents_cli::AgentArgs),
+    Agent(crate::cli::agents::AgentArgs),
     /// Make a CA and a server certificate for TLS, for users with no PKI.
-    Certs(crate::certs_cli::CertsArgs),
+    Certs(crate::cli::certs::CertsArgs),
     /// Install the coordinator as a systemd service running as user `vigil`, and start it:
     /// /etc/vigil/coordinator.toml, /var/lib/vigil-coordinator and the unit. Running it
     /// again with the same arguments changes nothing.
-    Install(crate::install_cli::InstallArgs),
+    Install(crate::cli::install::InstallArgs),
     /// Stop the service and remove what `install` wrote; the data directory (audit
     /// history, tokens, keys) and the user stay unless --purge.
-    Uninstall(crate::install_cli::UninstallArgs),
+    Uninstall(crate::cli::install::UninstallArgs),
 }
 
 /// Settings of the coordinator.

@@ -130,12 +130,12 @@ mod tests {
             open(&mut keys, &first),
             Err(Refusal::UnknownAgent(_))
         ));
-        crate::agents::enroll_local(&store, "web-01", &first.public_hex(), 1).unwrap();
+        crate::security::agents::enroll_local(&store, "web-01", &first.public_hex(), 1).unwrap();
         assert!(open(&mut keys, &first).is_ok());
 
         // Re-enrolled with a new key: accepted at once; the old key is refused.
         let second = AgentKey::generate();
-        crate::agents::enroll_local(&store, "web-01", &second.public_hex(), 2).unwrap();
+        crate::security::agents::enroll_local(&store, "web-01", &second.public_hex(), 2).unwrap();
         assert!(open(&mut keys, &second).is_ok());
         assert!(matches!(
             open(&mut keys, &first),
