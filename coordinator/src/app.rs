@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vigil_shared::broker_url::BrokerUrl;
 
-use crate::api::{self, Api};
 use crate::config::{BrokerMode, CoordinatorConfig};
+use crate::http::{self, Api};
 use crate::mqtt::broker::{self, BrokerError};
 use crate::policies::{PolicyRegistry, RegistryError};
 use crate::store::{Store, StoreError, StoreWriter, Write};
@@ -298,13 +298,13 @@ impl Coordinator {
                 "created the first REST API token (role admin); send it as `Authorization: Bearer <token>`"
             );
         }
-        let auth = Arc::new(api::auth::Auth::new(
+        let auth = Arc::new(http::auth::Auth::new(
             store.clone(),
             telemetry.clone(),
             !config.metrics_auth,
             config.auth_failure_limit,
         ));
-        let routes = api::routes(Arc::new(Api {
+        let routes = http::routes(Arc::new(Api {
             store: store.clone(),
             writer: writer.clone(),
             telemetry: telemetry.clone(),
@@ -314,7 +314,7 @@ impl Coordinator {
             auth,
             coordinator_key,
         }));
-        tasks.push(tokio::spawn(crate::http_server::serve(
+        tasks.push(tokio::spawn(crate::http::server::serve(
             routes,
             listener,
             server_tls.as_ref().map(|tls| tls.acceptor()),

@@ -70,7 +70,7 @@ pub struct CoordinatorConfig {
     /// Socket bounds of the embedded broker's front.
     pub mqtt_limits: crate::mqtt::front::FrontLimits,
     /// Socket bounds of the REST API.
-    pub http_limits: crate::http_server::HttpLimits,
+    pub http_limits: crate::http::server::HttpLimits,
     /// Whether plaintext listeners beyond loopback were explicitly allowed.
     pub allow_plaintext_remote: bool,
     /// The certificate both listeners serve; `None`: plain HTTP and MQTT.
@@ -259,8 +259,8 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         )?,
         ..mqtt_defaults
     };
-    let http_defaults = crate::http_server::HttpLimits::default();
-    let http_limits = crate::http_server::HttpLimits {
+    let http_defaults = crate::http::server::HttpLimits::default();
+    let http_limits = crate::http::server::HttpLimits {
         max_connections: count(
             "http_max_connections",
             over.http_max_connections.or(file.http_max_connections),
@@ -358,7 +358,7 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         auth_failure_limit: over
             .auth_failure_limit
             .or(file.auth_failure_limit)
-            .unwrap_or(crate::api::auth::DEFAULT_MAX_FAILURES),
+            .unwrap_or(crate::http::auth::DEFAULT_MAX_FAILURES),
         mqtt_limits,
         http_limits,
         allow_plaintext_remote,

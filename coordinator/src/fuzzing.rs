@@ -2,7 +2,7 @@
 //! that are private to their handlers' modules, run exactly as the handlers run them
 //! (minus the store writes that follow).
 
-use crate::api::{actions, agents as agents_api};
+use crate::http::handlers::{actions, agents as agents_api};
 use crate::security::agents::{self, EnrollRequest};
 
 /// `POST /api/v1/actions`: reads and checks the body; the error is the 4xx message.

@@ -8,7 +8,8 @@
 //!   HTTP or MQTT.
 //! - [`events`]: the event feed's one JSON form, for REST, Server-Sent Events and the
 //!   MQTT JSON topics.
-//! - [`api`]: the REST API (warp), its server, and `/metrics`.
+//! - [`http`]: the REST API (warp): its server, routes, auth, errors, OpenAPI document
+//!   and handlers, and `/metrics`.
 //! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
 //! - [`security`]: agent identities, REST tokens, certificates and TLS.
@@ -18,7 +19,6 @@
 //! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
 //! - [`app`]: starts and stops all of the above as one [`Coordinator`].
 
-pub mod api;
 pub mod app;
 pub mod bundles;
 pub mod cli;
@@ -26,7 +26,7 @@ pub mod config;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http_server;
+pub mod http;
 pub mod mqtt;
 mod per_address;
 pub mod policies;

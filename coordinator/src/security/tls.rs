@@ -1,5 +1,5 @@
 //! The coordinator's server side of TLS: the certificate and key both listeners serve
-//! (HTTPS, [`crate::http_server`]; the MQTT front, [`crate::mqtt::front`]), checked once at
+//! (HTTPS, [`crate::http::server`]; the MQTT front, [`crate::mqtt::front`]), checked once at
 //! start so that a bad file stops the start with its name, and the handshake both
 //! listeners do, with a deadline and a counter.
 

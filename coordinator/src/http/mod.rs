@@ -1,4 +1,5 @@
-//! The REST API (warp). Each route lives in the module named for what it serves; this
+//! The HTTP layer: the REST API (warp) and its [`server`] (TLS, connection bounds). Each
+//! route's handler lives in the [`handlers`] module named for what it serves; this
 //! module wires them together behind the token check ([`auth`]), measures every request
 //! (`vigil_http_requests_total`, `vigil_http_request_duration_seconds`, labelled by route
 //! template, not raw path), and turns warp's own rejections into JSON errors.
@@ -16,21 +17,17 @@
 //! | `/api/v1/agents…` (enroll, list, revoke), `/api/v1/join-tokens` | [`agents`] |
 //! | `GET /`, `GET /assets/status.css`, `GET /assets/status.js` (the status page) | [`status_page`] |
 
-pub mod actions;
-pub mod agents;
 pub mod auth;
-pub mod bundles;
 pub mod error;
-pub mod events;
-pub mod health;
-pub mod hosts;
-pub mod ingest;
+pub mod handlers;
 pub mod openapi;
 pub mod params;
-pub mod policies;
-pub mod query;
-pub mod status_page;
-pub mod violations;
+pub mod server;
+
+use self::handlers::{
+    actions, agents, bundles, events, health, hosts, ingest, policies, query, status_page,
+    violations,
+};
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -6,7 +6,7 @@
 //! the browser's `localStorage`, or `#token=…` in the address), and reads
 //! `GET /api/v1/events` with `fetch()` (browsers' `EventSource` cannot send
 //! `Authorization`), resuming with `Last-Event-ID` after a lost connection. So the page
-//! and its assets are open ([`super::auth::required`]); every data request carries the
+//! and its assets are open ([`crate::http::auth::required`]); every data request carries the
 //! token.
 //!
 //! | route | answer |
@@ -24,11 +24,11 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 /// The page.
-pub const HTML: &str = include_str!("../../assets/status.html");
+pub const HTML: &str = include_str!("../../../assets/status.html");
 /// Its style sheet.
-pub const CSS: &str = include_str!("../../assets/status.css");
+pub const CSS: &str = include_str!("../../../assets/status.css");
 /// Its script.
-pub const JS: &str = include_str!("../../assets/status.js");
+pub const JS: &str = include_str!("../../../assets/status.js");
 
 /// Where the page may load from and talk to: itself only, no inline scripts or styles.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \

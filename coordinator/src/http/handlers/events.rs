@@ -16,8 +16,8 @@ use futures_util::StreamExt as _;
 use tokio::sync::broadcast::{self, error::RecvError};
 use warp::reply::{Reply, Response};
 
-use super::error::ApiError;
-use super::Api;
+use crate::http::error::ApiError;
+use crate::http::Api;
 use crate::store::feed::MAX_READ;
 use crate::store::feed::{FeedEntry, KINDS};
 use crate::store::Store;

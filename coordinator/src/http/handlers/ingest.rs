@@ -20,8 +20,8 @@ use vigil_shared::wire::{Sample, Tag};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::error::{respond, ApiError};
-use super::Api;
+use crate::http::error::{respond, ApiError};
+use crate::http::Api;
 use crate::policies::json::kind;
 use crate::store::{Source, Write};
 
@@ -43,13 +43,13 @@ pub async fn ingest(api: Arc<Api>, body: bytes::Bytes) -> Response {
         let parsed = parse(&body, vigil_shared::time::now_ms())
             .inspect_err(|e| {
                 // Tag keys are the client's: counted as `tags`, so the label stays small.
-                let field = super::error::field_label(e.field.as_deref());
+                let field = crate::http::error::field_label(e.field.as_deref());
                 api.telemetry
                     .http_ingest_rejected
                     .with_label_values(&[field])
                     .inc();
             })
-            .map_err(|e| super::error::counted(&api.telemetry, "/api/v1/ingest", e))?;
+            .map_err(|e| crate::http::error::counted(&api.telemetry, "/api/v1/ingest", e))?;
         let metric_id = api
             .writer
             .send_and_wait(|reply| Write::Samples {
@@ -138,12 +138,14 @@ pub fn parse(body: &[u8], now_ms: i64) -> Result<HttpSample, ApiError> {
     let ts_ms = match object.get("timestamp") {
         // The coordinator's own clock: not checked.
         None | Some(Value::Null) => now_ms,
-        Some(Value::Number(n)) => super::agents::whole_number(n).ok_or_else(|| {
-            ApiError::invalid_field(
-                "timestamp",
-                "field `timestamp` must be whole epoch milliseconds",
-            )
-        })?,
+        Some(Value::Number(n)) => {
+            crate::http::handlers::agents::whole_number(n).ok_or_else(|| {
+                ApiError::invalid_field(
+                    "timestamp",
+                    "field `timestamp` must be whole epoch milliseconds",
+                )
+            })?
+        }
         Some(Value::String(text)) => vigil_shared::time::parse_time(text)
             .map_err(|e| ApiError::invalid_field("timestamp", format!("field `timestamp`: {e}")))?,
         Some(other) => {

@@ -31,8 +31,8 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use super::error::{respond, ApiError};
-use super::{measure, task_failed, Api, MAX_BODY_BYTES};
+use crate::http::error::{respond, ApiError};
+use crate::http::{measure, task_failed, Api, MAX_BODY_BYTES};
 use crate::policies::{json as spec_json, PolicyRegistry, PolicySource, Registered, RegistryError};
 
 /// Every policy route, measured under its route template.

@@ -34,8 +34,8 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use super::error::{respond, ApiError};
-use super::{measure, task_failed, Api, MAX_BODY_BYTES};
+use crate::http::error::{respond, ApiError};
+use crate::http::{measure, task_failed, Api, MAX_BODY_BYTES};
 use crate::store::actions::{parse_state, ActionCounts, ActionQuery, ActionRecord, ALL_STATES};
 use crate::store::{HostRecord, Write};
 
@@ -264,7 +264,7 @@ pub fn parse_query(
     params: &HashMap<String, String>,
     path_status: Option<&str>,
 ) -> Result<ActionQuery, ApiError> {
-    let limit = super::params::limit(params, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let limit = crate::http::params::limit(params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let since_ms = params
         .get("since")
         .map(|t| {
@@ -297,7 +297,7 @@ async fn list_actions(
 ) -> Response {
     let result = async {
         let query = parse_query(&params, path_status.as_deref())
-            .map_err(|e| super::error::counted(&api.telemetry, "/api/v1/actions", e))?;
+            .map_err(|e| crate::http::error::counted(&api.telemetry, "/api/v1/actions", e))?;
         let store = api.store.clone();
         let actions = tokio::task::spawn_blocking(move || store.actions(&query))
             .await

@@ -16,10 +16,10 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use super::error::{respond, ApiError};
-use super::{measure, task_failed, Api};
 use crate::bundles::drift::host_drift;
 use crate::bundles::{Published, ReloadError};
+use crate::http::error::{respond, ApiError};
+use crate::http::{measure, task_failed, Api};
 use crate::store::reader::EventQuery;
 
 /// How many of a host's newest events drift looks at for failing checks.

@@ -279,9 +279,9 @@ impl Modify for CommonParts {
     components(schemas(
         ErrorBody, Health, IngestBody, ManualActionBody, PolicyBody, EvaluateBody,
         EnrollBody, JoinTokenBody, Json, ActionStatus, Severity,
-        crate::api::actions::ActionList, crate::api::actions::ActionJson,
-        crate::api::actions::TransitionJson, crate::api::actions::StatsJson,
-        crate::api::actions::QueueJson, crate::api::actions::LastTask,
+        crate::http::handlers::actions::ActionList, crate::http::handlers::actions::ActionJson,
+        crate::http::handlers::actions::TransitionJson, crate::http::handlers::actions::StatsJson,
+        crate::http::handlers::actions::QueueJson, crate::http::handlers::actions::LastTask,
     )),
     modifiers(&CommonParts),
     security(("bearer" = []))
@@ -615,7 +615,7 @@ mod doc {
             ("policy" = Option<String>, Query, description = "Policy"),
             ("since" = Option<String>, Query, description = "RFC 3339 or epoch ms"),
         ),
-        responses((status = 200, description = "Actions, newest first", body = crate::api::actions::ActionList)))]
+        responses((status = 200, description = "Actions, newest first", body = crate::http::handlers::actions::ActionList)))]
     pub fn actions_list() {}
 
     #[utoipa::path(get, path = "/api/v1/actions/health", tag = "actions",
@@ -625,20 +625,20 @@ mod doc {
     #[utoipa::path(get, path = "/api/v1/actions/status/{status}", tag = "actions",
         params(("status" = ActionStatus, Path, description = "Status"),
                ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500 (default 100)")),
-        responses((status = 200, description = "Actions in that status", body = crate::api::actions::ActionList)))]
+        responses((status = 200, description = "Actions in that status", body = crate::http::handlers::actions::ActionList)))]
     pub fn actions_by_status() {}
 
     #[utoipa::path(get, path = "/api/v1/actions/{id}", tag = "actions",
         params(("id" = String, Path, description = "Action id")),
-        responses((status = 200, description = "One action", body = crate::api::actions::ActionJson)))]
+        responses((status = 200, description = "One action", body = crate::http::handlers::actions::ActionJson)))]
     pub fn action() {}
 
     #[utoipa::path(get, path = "/api/v1/queue/stats", tag = "actions",
-        responses((status = 200, description = "Queue statistics", body = crate::api::actions::StatsJson)))]
+        responses((status = 200, description = "Queue statistics", body = crate::http::handlers::actions::StatsJson)))]
     pub fn queue_stats() {}
 
     #[utoipa::path(get, path = "/api/v1/ui/queue/stats", tag = "actions",
-        responses((status = 200, description = "Queue statistics (alias)", body = crate::api::actions::StatsJson)))]
+        responses((status = 200, description = "Queue statistics (alias)", body = crate::http::handlers::actions::StatsJson)))]
     pub fn ui_queue_stats() {}
 
     #[utoipa::path(post, path = "/api/v1/hosts/{host}/remediation/pause", tag = "actions",
@@ -757,10 +757,10 @@ mod tests {
     fn router_templates() -> BTreeSet<String> {
         let sources = [
             include_str!("mod.rs"),
-            include_str!("actions.rs"),
-            include_str!("agents.rs"),
-            include_str!("bundles.rs"),
-            include_str!("policies.rs"),
+            include_str!("handlers/actions.rs"),
+            include_str!("handlers/agents.rs"),
+            include_str!("handlers/bundles.rs"),
+            include_str!("handlers/policies.rs"),
         ];
         let mut templates = BTreeSet::new();
         for source in sources {

@@ -13,9 +13,9 @@ use vigil_shared::time::{now_ms, parse_time, to_rfc3339};
 use vigil_shared::validate;
 use warp::reply::Response;
 
-use super::error::{counted, respond, ApiError};
-use super::Api;
 use crate::events::json::tags_json;
+use crate::http::error::{counted, respond, ApiError};
+use crate::http::Api;
 use crate::store::reader::HistoryQuery;
 
 /// Default number of points returned.
@@ -45,7 +45,7 @@ pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<HistoryQue
     };
     let to_ms = time("to", now_ms)?;
     let from_ms = time("from", to_ms.saturating_sub(3_600_000))?;
-    let limit = super::params::limit(params, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let limit = crate::http::params::limit(params, DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok(HistoryQuery {
         host: params.get("host").filter(|h| !h.is_empty()).cloned(),
         name,
@@ -68,7 +68,7 @@ pub async fn query(params: HashMap<String, String>, api: Arc<Api>) -> Response {
         } else {
             tokio::task::spawn_blocking(move || store.query(&q))
                 .await
-                .map_err(super::task_failed)??
+                .map_err(crate::http::task_failed)??
         };
         Ok(warp::reply::json(&json!({
             "name": query.name,

@@ -25,8 +25,8 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use super::error::{counted, respond, ApiError};
-use super::{measure, task_failed, Api};
+use crate::http::error::{counted, respond, ApiError};
+use crate::http::{measure, task_failed, Api};
 use crate::security::agents::{
     self, AgentRecord, EnrollError, EnrollRequest, JoinTokenRecord, JoinTokenSpec,
 };
@@ -49,7 +49,7 @@ pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
         "/api/v1/agents/enroll",
         warp::path!("api" / "v1" / "agents" / "enroll")
             .and(warp::post())
-            .and(crate::http_server::client_addr())
+            .and(crate::http::server::client_addr())
             .and(with_api.clone())
             .and(body)
             .then(enroll)

@@ -52,7 +52,7 @@ pub fn required(method: &Method, path: &str, metrics_open: bool) -> Access {
         "/api/v1/openapi.json" => return Access::Open,
         "/" if read => return Access::Open,
         _ if read && path.starts_with("/assets/") => return Access::Open,
-        // The join token in the body is the credential (see `api::agents`).
+        // The join token in the body is the credential (see `handlers::agents`).
         "/api/v1/agents/enroll" if method == Method::POST => return Access::Open,
         "/metrics" if metrics_open => return Access::Open,
         _ => {}
@@ -222,7 +222,7 @@ pub fn guard(auth: Arc<Auth>) -> BoxedFilter<(Response,)> {
     warp::method()
         .and(warp::path::full())
         .and(warp::header::optional::<String>("authorization"))
-        .and(crate::http_server::client_addr())
+        .and(crate::http::server::client_addr())
         .and_then(
             move |method: Method,
                   path: FullPath,

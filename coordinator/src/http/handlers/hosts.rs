@@ -8,9 +8,9 @@ use vigil_shared::time::{now_ms, to_rfc3339};
 use vigil_shared::wire::AgentState;
 use warp::reply::Response;
 
-use super::error::{respond, ApiError};
-use super::Api;
 use crate::events::json::tags_json;
+use crate::http::error::{respond, ApiError};
+use crate::http::Api;
 use crate::store::{HostRecord, LatestPoint};
 
 /// One host as the API shows it.
@@ -67,7 +67,7 @@ pub async fn list(api: Arc<Api>) -> Response {
             })))
         }
         Ok(Err(e)) => Err(ApiError::from(e)),
-        Err(e) => Err(super::task_failed(e)),
+        Err(e) => Err(crate::http::task_failed(e)),
     };
     respond(result)
 }
@@ -90,7 +90,7 @@ pub async fn one(host: String, api: Arc<Api>) -> Response {
         }
         Ok(Ok(None)) => Err(ApiError::not_found(format!("host `{host}` is not known"))),
         Ok(Err(e)) => Err(ApiError::from(e)),
-        Err(e) => Err(super::task_failed(e)),
+        Err(e) => Err(crate::http::task_failed(e)),
     };
     respond(result)
 }
@@ -104,8 +104,8 @@ mod tests {
     };
 
     use super::*;
-    use crate::api::actions::action_json;
     use crate::events::json::event_json;
+    use crate::http::handlers::actions::action_json;
     use crate::store::reader::{EventQuery, HistoryQuery};
     use crate::store::{MapSize, Source, Store, StoreWriter, Write};
     use crate::telemetry::Telemetry;

@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use vigil_shared::time::{now_ms, to_rfc3339};
 use warp::reply::Response;
 
-use crate::api::error::{respond, ApiError};
-use crate::api::{task_failed, Api};
+use crate::http::error::{respond, ApiError};
+use crate::http::{task_failed, Api};
 use crate::store::HostRecord;
 
 /// The `runner` object for these hosts at `now_ms`.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use serde_json::json;
 use warp::reply::{Reply, Response};
 
-use super::error::{respond, ApiError};
-use super::Api;
+use crate::http::error::{respond, ApiError};
+use crate::http::Api;
 
 /// `GET /health`: `{"status":"healthy","service":"vigil","version":…}`.
 pub fn health() -> Response {

@@ -29,8 +29,8 @@ use vigil_shared::wire::Sample;
 use warp::reply::Response;
 
 use super::json_object;
-use crate::api::error::{respond, ApiError};
-use crate::api::Api;
+use crate::http::error::{respond, ApiError};
+use crate::http::Api;
 use crate::policies::json::{kind, spec_from_value};
 
 /// The subject evaluated when the request names none.

@@ -11,9 +11,9 @@ use vigil_shared::time::parse_time;
 use vigil_shared::validate;
 use warp::reply::Response;
 
-use super::error::{respond, ApiError};
-use super::Api;
 use crate::events::json::event_json;
+use crate::http::error::{respond, ApiError};
+use crate::http::Api;
 use crate::store::reader::EventQuery;
 
 /// Most events one request returns.
@@ -21,7 +21,7 @@ pub const MAX_LIMIT: usize = 1000;
 
 /// Reads the query string.
 pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
-    let limit = super::params::limit(params, 100, MAX_LIMIT)?;
+    let limit = crate::http::params::limit(params, 100, MAX_LIMIT)?;
     let since_ms = params
         .get("since")
         .map(|t| {
@@ -58,11 +58,11 @@ pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
 pub async fn list(params: HashMap<String, String>, api: Arc<Api>) -> Response {
     let result = async {
         let query = parse(&params)
-            .map_err(|e| super::error::counted(&api.telemetry, "/api/v1/violations", e))?;
+            .map_err(|e| crate::http::error::counted(&api.telemetry, "/api/v1/violations", e))?;
         let store = api.store.clone();
         let events = tokio::task::spawn_blocking(move || store.events(&query))
             .await
-            .map_err(super::task_failed)??;
+            .map_err(crate::http::task_failed)??;
         Ok(warp::reply::json(&json!({
             "count": events.len(),
             "events": events.iter().map(event_json).collect::<Vec<_>>(),
