@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vigil_coordinator::security::agents::{AgentRecord, JoinTokenRecord};
-use vigil_coordinator::http::{actions, hosts, violations};
+use vigil_coordinator::http::handlers::{actions, hosts, violations};
 use vigil_coordinator::bundles::store::BundleRecord;
 use vigil_coordinator::store::feed::FeedEntry;
 use vigil_coordinator::store::actions::ActionRecord;

@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-/// Longest metric name accepted (seed 001 §3.2: 1–255 characters).
+/// Longest metric name accepted (names are 1–255 characters).
 pub const MAX_METRIC_NAME_LEN: usize = 255;
 /// Longest host name accepted, in characters (a DNS name's limit; counted in characters
 /// so that the REST API's JSON Schema can state it exactly).

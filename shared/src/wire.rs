@@ -124,8 +124,8 @@ pub struct AppliedBundle {
     pub hash: String,
 }
 
-/// The state of an agent's action queue, reported in its status (seed 003's queue stats,
-/// per host).
+/// The state of an agent's action queue, reported in its status (the original queue stats
+/// shape, per host).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueueStatus {
     /// Actions waiting to run (including those waiting for a retry).
@@ -204,7 +204,7 @@ pub struct PolicyEvent {
     pub at_ms: i64,
 }
 
-/// Where an action is in its lifecycle (seed 001 §3.3 statuses, plus the outcomes of
+/// Where an action is in its lifecycle (the original system's statuses, plus the outcomes of
 /// verification and the dead-letter state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ActionState {

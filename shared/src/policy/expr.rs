@@ -1,4 +1,4 @@
-//! The one-line condition expressions of the original system's YAML (seed 002):
+//! The one-line condition expressions of the original system's YAML:
 //!
 //! ```text
 //! cpu_usage > 80% for 5m                  metric_exceeds, held for 5 minutes
@@ -155,7 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seed_expressions_parse() {
+    fn the_original_expressions_parse() {
         let (c, hold) = parse("cpu_usage > 80% for 5m").unwrap();
         assert_eq!(
             c,

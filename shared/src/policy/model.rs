@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::target::Target;
 
-/// How serious a violation is (seed 001 §6.1).
+/// How serious a violation is.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

@@ -1,5 +1,5 @@
 //! Policies as users write them, in YAML files or REST bodies (JSON): the original
-//! system's shape (seed 001 §3.4) plus Vigil's extensions. [`PolicySpec::check`] turns a
+//! system's shape plus Vigil's extensions. [`PolicySpec::check`] turns a
 //! spec into a [`Policy`], or a [`PolicyError`] naming the policy and the field.
 //!
 //! ```yaml
@@ -134,7 +134,7 @@ impl<'de> Deserialize<'de> for HoldSpec {
     }
 }
 
-/// A condition as written: a map with `type:`, or a one-line expression (seed 002).
+/// A condition as written: a map with `type:`, or a one-line expression (`cpu_usage > 80`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConditionSpec {
     /// `"cpu_usage > 80% for 5m"`.

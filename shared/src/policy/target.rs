@@ -1,4 +1,4 @@
-//! Policy targets (seed 001 §6.5): an exact name, a glob such as `web-*`, or `all` / `*`.
+//! Policy targets: an exact name, a glob such as `web-*`, or `all` / `*`.
 
 use std::fmt;
 
@@ -79,7 +79,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_target_examples() {
+    fn documented_target_examples() {
         let exact = Target::parse("web-service").unwrap();
         assert!(exact.matches("web-service"));
         assert!(!exact.matches("api-service"));

@@ -607,10 +607,10 @@ fn reload_keeps_state_of_unchanged_policies() {
     );
 }
 
-/// The seed documents' policies load unchanged and evaluate as described.
+/// Policies in the original system's formats load unchanged and evaluate as its users expect.
 #[test]
-fn seed_examples_load_and_evaluate() {
-    // seed 001 §3.4 / seed 003: JSON bodies, as YAML flow maps.
+fn original_examples_load_and_evaluate() {
+    // The original REST API's JSON bodies, as YAML flow maps.
     let seed_json = r#"
 policies:
   - {"name": "high-cpu-alert", "description": "Alert when CPU exceeds 80%", "severity": "warning",
@@ -639,7 +639,7 @@ policies:
     assert_eq!(policies[0].cooldown, Duration::from_secs(300));
     assert_eq!(policies[1].actions[0].kind.as_str(), "scale");
     assert_eq!(policies[1].actions[0].params["replicas"], 2);
-    // The sandbox example of seed 001: cpu 95, memory 88 on web-server-01.
+    // The original sandbox example: cpu 95, memory 88 on web-server-01.
     let mut obs = Observations::new(0);
     obs.record("web-server-01", &sample("cpu_percent", 95.0, 0, &[]));
     obs.record("web-server-01", &sample("memory_percent", 88.0, 0, &[]));
@@ -657,7 +657,7 @@ policies:
         .iter()
         .any(|d| d.policy == "high-cpu-scale" && matches!(d.kind, DecisionKind::Act(_))));
 
-    // seed 002: one-line conditions and the original action names.
+    // One-line conditions and the original action names.
     let seed_002 = "policies:\n  - name: high-cpu-usage\n    condition: cpu_usage > 80% for 5m\n    severity: warning\n    action: scale_up\n\n  - name: service-down\n    condition: health_check_failed for 3 attempts\n    severity: critical\n    action: restart_service\n\n  - name: memory-leak\n    condition: memory_usage increasing for 30m\n    severity: warning\n    action: restart_service\n";
     let policies = load_text(seed_002, "seed-002.yaml").unwrap();
     assert_eq!(policies[1].severity, Severity::Critical);
