@@ -21,6 +21,10 @@
 //!
 //! `vigil up` runs this same code in-process as its local agent.
 
+// The crate is documented for the people who work on it (`cargo doc
+// --document-private-items`): its public docs link the private layers they describe.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod cli;
 pub mod config;
 

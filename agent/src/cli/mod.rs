@@ -99,7 +99,7 @@ pub async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match crate::run(config, vigil_service::process::shutdown_signal()).await {
+            match crate::runner::run(config, vigil_service::process::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e @ AgentError::Identity(IdentityError::NotEnrolled { .. })) => {
                     eprintln!("vigil-agent: {e}");

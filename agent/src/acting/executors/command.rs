@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{ExecError, ExecOutcome, ExecRequest};
+use super::attempt::{ExecError, ExecOutcome, ExecRequest};
 
 /// The executor's name.
 const EXECUTOR: &str = "exec";

@@ -11,19 +11,46 @@
 //! - `exec` → the allowlisted command `params.command`; `webhook` → a POST to
 //!   `params.url`; `notify` → nothing (the event itself is the notification).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
+
+use serde::Deserialize;
 
 use vigil_shared::policy::ActionKind;
 
+use super::attempt::{settle, ExecError, ExecOutcome, ExecRequest};
 use super::command;
 use super::docker::DockerExecutor;
-use super::params::settle;
 use super::systemd::SystemdExecutor;
 use super::webhook;
-use super::{ExecError, ExecOutcome, ExecRequest, ExecutorConfig};
 use crate::system::names::NameSet;
 use crate::system::retry::Retry;
 use crate::system::units::{has_unit_type, unit_id};
+
+/// What the agent's local config allows executors to touch (`[remediation]` in
+/// `agent.toml`). Everything is denied unless listed. Globs (`web-*`, `*.service`) work in
+/// the unit and container lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// systemd units that may be restarted/started/stopped/reloaded.
+    #[serde(default)]
+    pub units: Vec<String>,
+    /// Docker containers (and Compose services, for `scale`) that may be acted on.
+    #[serde(default)]
+    pub containers: Vec<String>,
+    /// Commands `exec` may run, by name: `restart-api = ["/usr/local/bin/restart-api", "--now"]`.
+    /// A policy names the command (`params.command: restart-api`); it cannot supply argv.
+    #[serde(default)]
+    pub commands: BTreeMap<String, Vec<String>>,
+    /// URL prefixes `webhook` may POST to (`http://alerts.internal:9000/`).
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// Docker's socket (default: `DOCKER_HOST` or `/var/run/docker.sock`).
+    #[serde(default)]
+    pub docker_socket: Option<PathBuf>,
+}
 
 /// All executors, with the allowlists they obey.
 pub struct Executors {

@@ -15,7 +15,7 @@
 //! Then it waits, polling every [`POLL`], until the container is up: healthy, if it has a
 //! health check (unhealthy, or dead, fails at once); else still running, on the same
 //! start, after a settle time (`params.settle`, default
-//! [`DEFAULT_SETTLE`](super::params::DEFAULT_SETTLE)) — so a
+//! [`DEFAULT_SETTLE`](super::attempt::DEFAULT_SETTLE)) — so a
 //! container that dies as soon as it starts fails the attempt instead of passing it.
 //! `Docker` answers `start` once the process runs, so the container is running again
 //! when that call returns; the settle time only delays the verdict.
@@ -33,8 +33,7 @@ use bollard::query_parameters::{RestartContainerOptions, StopContainerOptions};
 use bollard::Docker;
 use vigil_shared::policy::ActionKind;
 
-use super::params::{duration_param, settle, POLL};
-use super::{ExecError, ExecOutcome, ExecRequest};
+use super::attempt::{duration_param, settle, ExecError, ExecOutcome, ExecRequest, POLL};
 use crate::system::docker::{connect, reading_of};
 
 mod scale;
@@ -379,7 +378,7 @@ mod tests {
         let o = Options::from_request(&request(json!({}))).unwrap();
         assert_eq!(
             (o.stop_timeout, o.settle),
-            (None, super::super::params::DEFAULT_SETTLE)
+            (None, super::super::attempt::DEFAULT_SETTLE)
         );
         let o =
             Options::from_request(&request(json!({"stop_timeout": 0, "settle": "1s"}))).unwrap();

@@ -27,8 +27,7 @@ use vigil_shared::policy::ActionKind;
 use zbus::zvariant::{OwnedObjectPath, Value};
 use zbus::{Message, MessageStream};
 
-use super::params::POLL;
-use super::{ExecError, ExecOutcome};
+use super::attempt::{ExecError, ExecOutcome, POLL};
 use crate::system::systemd::{is_lost, Subscription, Systemd, SERVICE, UNIT};
 
 /// The executor's name.

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ExecError, ExecOutcome, ExecRequest};
+use super::attempt::{ExecError, ExecOutcome, ExecRequest};
 
 /// The executor's name.
 const EXECUTOR: &str = "webhook";

@@ -26,7 +26,7 @@ use bollard::Docker;
 use serde_json::Value;
 
 use super::{api_error, check_name, failed, inspect, wait_up, Options};
-use crate::acting::executors::{ExecError, ExecRequest};
+use crate::acting::executors::attempt::{ExecError, ExecRequest};
 use crate::system::docker::primary_name;
 
 /// Compose's project label.
