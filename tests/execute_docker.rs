@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
-use vigil_agent::execute::{ExecError, ExecOutcome, ExecRequest, ExecutorConfig, Executors};
+use vigil_agent::executors::{ExecError, ExecOutcome, ExecRequest, ExecutorConfig, Executors};
 use vigil_shared::policy::ActionKind;
 use vigil_tests::docker::{busybox_image, docker, try_docker, unique_name, Container};
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
-use vigil_agent::execute::{ExecError, ExecRequest, ExecutorConfig, Executors};
+use vigil_agent::executors::{ExecError, ExecRequest, ExecutorConfig, Executors};
 use vigil_shared::policy::ActionKind;
 use vigil_shared::time::parse_duration;
 
@@ -88,7 +88,7 @@ fn parse(args: &[String]) -> Result<(ExecutorConfig, ExecRequest), String> {
 
 /// The result as one JSON object.
 fn json_line(
-    result: &Result<vigil_agent::execute::ExecOutcome, ExecError>,
+    result: &Result<vigil_agent::executors::ExecOutcome, ExecError>,
     elapsed: Duration,
 ) -> Value {
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);

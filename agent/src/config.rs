@@ -24,8 +24,8 @@ use vigil_shared::tls::ClientTls;
 use vigil_shared::validate::{self, FieldError};
 use vigil_shared::wire::Tag;
 
-use crate::actions::QueueSettings;
-use crate::execute::ExecutorConfig;
+use crate::acting::executors::ExecutorConfig;
+use crate::acting::QueueSettings;
 
 /// Default sampling interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);

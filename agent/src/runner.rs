@@ -3,10 +3,10 @@
 //! samples. Between ticks it reacts at once to state changes from the watchers and
 //! probes, to attempt results from the executors, to commands and policy bundles from the
 //! coordinator, and re-reads the policy directory when a file changes. The policies in
-//! force are the directory's plus the applied bundles' ([`crate::policy_set`]). Policy events and action
+//! force are the directory's plus the applied bundles' ([`crate::policy::set`]). Policy events and action
 //! transitions go through the durable outbox; metrics and status through the link.
 //!
-//! Before anything touches the network the agent gets its identity ([`crate::identity`]):
+//! Before anything touches the network the agent gets its identity ([`crate::reporting::enrollment`]):
 //! every message is sealed with its key, it logs in to the broker with its MQTT login
 //! (unless the config names another), and it trusts the coordinator's key from it (unless
 //! the config gives a bundle key).
@@ -27,24 +27,25 @@ use vigil_shared::wire::{
     self, AgentState, AgentStatus, Command, CommandKind, MetricBatch, PolicyRunnerStatus, Sample,
 };
 
-use crate::actions::store::AgentStoreError;
-use crate::actions::{ActionQueue, AgentStore, NewAction, Origin, RunFn};
-use crate::bundle_store::BundleStore;
-use crate::bundles::{Bundles, Outcome};
-use crate::command_guard::CommandGuard;
+use crate::acting::executors::Executors;
+use crate::acting::store::AgentStoreError;
+use crate::acting::store::OutboxSignal;
+use crate::acting::{ActionQueue, AgentStore, NewAction, Origin, RunFn};
 use crate::config::{AgentConfig, BundleKey, ConfigError};
-use crate::evaluator::{EvalOutput, Evaluator, WatchSets};
-use crate::execute::dispatch::Executors;
-use crate::identity::{self, Identity, IdentityError};
-use crate::link::{Inbound, Link};
-use crate::outbox::{self, OutboxSignal};
-use crate::policy_set;
-use crate::policy_source::PolicyDir;
-use crate::probes::{self, ProbeSet};
-use crate::sampler::HostSampler;
-use crate::service_report::ServiceReport;
-use crate::status_file;
-use crate::watch::{docker, systemd, StateUpdate};
+use crate::policy::bundle_store::BundleStore;
+use crate::policy::bundles::{Bundles, Outcome};
+use crate::policy::evaluator::{EvalOutput, Evaluator, WatchSets};
+use crate::policy::set as policy_set;
+use crate::policy::source::PolicyDir;
+use crate::reporting::command_guard::CommandGuard;
+use crate::reporting::enrollment::{self, Identity, IdentityError};
+use crate::reporting::link::{Inbound, Link};
+use crate::reporting::outbox;
+use crate::reporting::service_report::ServiceReport;
+use crate::reporting::status_file;
+use crate::sampling::probes::{self, ProbeSet};
+use crate::sampling::sampler::HostSampler;
+use crate::sampling::watch::{docker, systemd, StateUpdate};
 
 /// How often the policy directory is checked for changes.
 const POLICY_POLL: Duration = Duration::from_secs(1);
@@ -85,7 +86,7 @@ pub async fn run(
     let service = vigil_service::ServiceManager::from_env();
     service.status("starting");
     let tls = config.client_tls()?;
-    let identity = identity::load_or_enroll(&config, tls.as_ref()).await?;
+    let identity = enrollment::load_or_enroll(&config, tls.as_ref()).await?;
     apply_identity(&mut config, &identity)?;
     let sealer = Arc::new(Sealer::new(
         config.host.clone(),
@@ -412,7 +413,7 @@ fn local_policies(
     }
 }
 
-/// Puts the local policies plus the bundles' in force (see [`crate::policy_set`] for name
+/// Puts the local policies plus the bundles' in force (see [`crate::policy::set`] for name
 /// clashes), points the watchers at what they need, and reports the policy counts, the
 /// bundles in force, and the last refusal or the clashes as `bundle_error`.
 fn put_in_force(
@@ -463,7 +464,7 @@ async fn sample_forever(
             let now = now_ms();
             let mut batch = sampler.sample(now);
             if let Some(dir) = dir {
-                batch.extend(crate::textfile::read_dir(&dir, now));
+                batch.extend(crate::sampling::textfile::read_dir(&dir, now));
             }
             (sampler, batch)
         })

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vigil_agent::actions::job::Job;
-use vigil_agent::actions::store::{self, Counters};
+use vigil_agent::job::Job;
+use vigil_agent::store::{self, Counters};
 use vigil_shared::bundle::SignedBundle;
 use vigil_shared::wire::decode;
 

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use vigil_agent::actions::job::{Job, Origin};
-use vigil_agent::actions::store::{encode_outbox_value, Counters};
+use vigil_agent::job::{Job, Origin};
+use vigil_agent::store::{encode_outbox_value, Counters};
 use vigil_coordinator::security::agents::{AgentRecord, JoinTokenRecord};
 use vigil_coordinator::bundles::store::BundleRecord;
 use vigil_coordinator::store::feed::{FeedEntry, FeedEvent};

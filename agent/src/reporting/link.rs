@@ -1,0 +1,286 @@
+//! The agent's MQTT connection to the broker.
+//!
+//! [`Link::connect`] sets the agent's last will (its status, marked offline, retained) and
+//! drives the connection in a background task that reconnects on its own. After every
+//! (re)connection it publishes the agent's status, retained, so the coordinator and anyone
+//! subscribing later see the host as online. [`Link::close`] publishes the offline status
+//! itself before disconnecting, since a broker sends the last will only on an unclean end.
+//!
+//! On every connection it subscribes to the agent's commands and, when a bundle key is
+//! configured, to every group's policy bundle (`vigil/v1/bundles/+`); what arrives is
+//! forwarded to the runner as [`Inbound`] messages.
+//!
+//! Everything it publishes (status, metrics, the last will) is sealed with the agent's key
+//! ([`Sealer`]): the coordinator accepts nothing else.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use vigil_shared::agent_auth::Sealer;
+use vigil_shared::mqtt::MissingTls;
+use vigil_shared::tls::ClientTls;
+use vigil_shared::topics::{self, AgentChannel};
+use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch};
+
+use crate::config::AgentConfig;
+
+/// How many publish requests may wait for the connection before new ones are dropped.
+const REQUEST_QUEUE: usize = 1024;
+
+/// A message from the coordinator, forwarded to the runner.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A payload from this host's command topic (checked by the runner's
+    /// [`crate::reporting::command_guard::CommandGuard`]).
+    Command(Vec<u8>),
+    /// A policy bundle's payload as published on `vigil/v1/bundles/{group}` (decoded and
+    /// verified by the runner's [`crate::policy::bundles::Bundles`]).
+    Bundle {
+        /// The group named by the topic.
+        group: String,
+        /// The raw payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// The MQTT client and the sealer: what publishes.
+#[derive(Clone)]
+struct Publisher {
+    client: AsyncClient,
+    sealer: Arc<Sealer>,
+}
+
+impl Publisher {
+    /// Seals `status` (stamped now) and queues it, retained.
+    fn try_status(&self, status: &AgentStatus) {
+        let mut status = status.clone();
+        status.sent_at_ms = vigil_shared::time::now_ms();
+        let topic = topics::agent(&status.host, AgentChannel::Status);
+        let payload = self
+            .sealer
+            .seal(AgentChannel::Status, wire::encode(&status));
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, true, payload)
+        {
+            tracing::warn!("cannot queue status: {e}");
+        }
+    }
+}
+
+/// A running MQTT connection.
+pub struct Link {
+    publisher: Publisher,
+    status: watch::Sender<AgentStatus>,
+    connected: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Link {
+    /// Starts connecting to the configured broker (as `config.mqtt_username`); returns at
+    /// once. Commands for this host (and bundles, if a bundle key is configured) arrive on
+    /// `inbound`; everything published is sealed by `sealer`.
+    pub fn connect(
+        config: &AgentConfig,
+        tls: Option<&ClientTls>,
+        status: AgentStatus,
+        inbound: mpsc::Sender<Inbound>,
+        sealer: Arc<Sealer>,
+    ) -> Result<Link, MissingTls> {
+        let mut options = vigil_shared::mqtt::client_options(
+            &vigil_shared::mqtt::agent_client_id(&config.host),
+            &config.broker,
+            config.mqtt_username.as_deref(),
+            config.mqtt_password.as_deref(),
+            tls,
+        )?;
+        // A persistent session: commands (QoS 1) published while the agent is down or
+        // restarting wait at the broker and arrive when it reconnects.
+        options.set_clean_session(false);
+        let will = AgentStatus {
+            state: AgentState::Offline,
+            ..status.clone()
+        };
+        // Sealed (and armed) once: every status this link publishes names this will, and
+        // the options hand the same will to the broker on every reconnection.
+        options.set_last_will(LastWill::new(
+            topics::agent(&config.host, AgentChannel::Status),
+            sealer.seal_will(wire::encode(&will)),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let (status, status_rx) = watch::channel(status);
+        let connected = Arc::new(AtomicBool::new(false));
+        let publisher = Publisher { client, sealer };
+        let task = tokio::spawn(drive(
+            eventloop,
+            publisher.clone(),
+            status_rx,
+            connected.clone(),
+            config.broker.to_string(),
+            config.bundle_key.is_some(),
+            inbound,
+        ));
+        Ok(Link {
+            publisher,
+            status,
+            connected,
+            dropped: Arc::new(AtomicU64::new(0)),
+            task,
+        })
+    }
+
+    /// Whether the broker has accepted the connection (and not lost it since).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Queues a metric batch for publishing (QoS 1). If the queue is full (the broker has
+    /// been unreachable for a long time), the batch is dropped and counted.
+    pub fn publish_metrics(&self, batch: &MetricBatch) {
+        let topic = topics::agent(&batch.host, AgentChannel::Metrics);
+        let payload = self
+            .publisher
+            .sealer
+            .seal(AgentChannel::Metrics, wire::encode(batch));
+        if let Err(e) = self
+            .publisher
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, "outgoing queue full, metric batch dropped: {e}");
+            }
+        }
+    }
+
+    /// The status as last set.
+    pub fn status(&self) -> AgentStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Changes the status and publishes it (retained) if connected; it is also published
+    /// after every reconnection.
+    pub fn update_status(&self, change: impl FnOnce(&mut AgentStatus)) {
+        self.status.send_modify(change);
+        if !self.is_connected() {
+            return;
+        }
+        let status = self.status.borrow().clone();
+        self.publisher.try_status(&status);
+    }
+
+    /// Publishes the offline status, disconnects, and waits (at most `grace`) for both to
+    /// reach the broker.
+    pub async fn close(self, grace: Duration) {
+        let mut status = self.status.borrow().clone();
+        status.state = AgentState::Offline;
+        status.sent_at_ms = vigil_shared::time::now_ms();
+        let topic = topics::agent(&status.host, AgentChannel::Status);
+        let payload = self
+            .publisher
+            .sealer
+            .seal(AgentChannel::Status, wire::encode(&status));
+        let _ = self
+            .publisher
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await;
+        let _ = self.publisher.client.disconnect().await;
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            tracing::warn!("broker did not confirm the disconnect within {grace:?}");
+        }
+    }
+}
+
+/// Polls the event loop for as long as the connection is wanted, publishing the status
+/// after every connection and backing off after errors.
+async fn drive(
+    mut eventloop: EventLoop,
+    publisher: Publisher,
+    status: watch::Receiver<AgentStatus>,
+    connected: Arc<AtomicBool>,
+    broker: String,
+    bundles: bool,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let client = &publisher.client;
+    let mut failures: u32 = 0;
+    let host = status.borrow().host.clone();
+    let command_topic = topics::agent(&host, AgentChannel::Commands);
+    let bundle_filter = topics::bundle("+");
+    let bundle_prefix = topics::bundle("");
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                connected.store(true, Ordering::Relaxed);
+                failures = 0;
+                tracing::info!(%broker, "connected to broker");
+                let online = status.borrow().clone();
+                publisher.try_status(&online);
+                if let Err(e) = client.try_subscribe(command_topic.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!("cannot subscribe to commands: {e}");
+                }
+                if bundles {
+                    if let Err(e) = client.try_subscribe(bundle_filter.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!("cannot subscribe to policy bundles: {e}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish)))
+                if bundles && publish.topic.starts_with(&bundle_prefix) =>
+            {
+                let group = publish.topic[bundle_prefix.len()..].to_string();
+                let message = Inbound::Bundle {
+                    group,
+                    payload: publish.payload.to_vec(),
+                };
+                if inbound.send(message).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == command_topic => {
+                if inbound
+                    .send(Inbound::Command(publish.payload.to_vec()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                connected.store(false, Ordering::Relaxed);
+                // Let the disconnect flush, then stop.
+                let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                connected.store(false, Ordering::Relaxed);
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    if matches!(e, rumqttc::ConnectionError::Tls(_)) {
+                        // Most often a certificate that does not chain to --ca: the agent
+                        // will not talk to a broker it cannot authenticate.
+                        tracing::error!(
+                            %broker,
+                            failures,
+                            "refusing the broker: TLS failed ({e}); is --ca the coordinator's CA?"
+                        );
+                    } else {
+                        tracing::warn!(%broker, failures, "broker connection failed: {e}");
+                    }
+                }
+                let backoff = Duration::from_millis(200 * u64::from(failures.min(10)));
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}

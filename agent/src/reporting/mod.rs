@@ -1,0 +1,18 @@
+//! Telling the coordinator, and the machine, what the agent sees and does.
+//!
+//! - [`enrollment`]: the agent's identity (its key and MQTT login), enrolled once with a
+//!   join token; every message the agent publishes is sealed with that key
+//!   ([`vigil_shared::agent_auth`]).
+//! - [`link`]: the MQTT connection (status, last will, metrics, commands, bundles), with
+//!   [`command_guard`] checking every command's signature, expiry and freshness.
+//! - [`outbox`]: durable, acknowledged delivery of policy events and action transitions.
+//! - [`status_file`]: what the agent is doing, for `vigil-agent status`;
+//!   [`service_report`]: readiness, status and watchdog pings for systemd
+//!   ([`vigil_service::ServiceManager`]), and the status file kept current.
+
+pub(crate) mod command_guard;
+pub(crate) mod enrollment;
+pub(crate) mod link;
+pub(crate) mod outbox;
+pub(crate) mod service_report;
+pub(crate) mod status_file;
