@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use vigil_coordinator::http::handlers::{actions, events, ingest, policies, query, violations};
 use vigil_coordinator::fuzzing;
+use vigil_coordinator::http::handlers::{actions, events, ingest, policies, query, violations};
 use vigil_coordinator::policies::json as spec_json;
 use vigil_fuzz::NOW_MS;
 use vigil_shared::policy::PolicySpec;
