@@ -25,3 +25,8 @@ pub fn join_token(body: &[u8]) -> Result<i64, String> {
         .map(|spec| spec.ttl_ms)
         .map_err(|e| e.message)
 }
+
+/// What the fuzz targets decode and render, from the coordinator's private modules.
+pub use crate::bundles::store::BundleRecord;
+pub use crate::events::json::{entry_json, event_json, tags_json};
+pub use crate::policies::json as spec_json;

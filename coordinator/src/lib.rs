@@ -19,18 +19,18 @@
 //! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
 //! - [`app`]: starts and stops all of the above as one [`Coordinator`].
 
-pub mod app;
-pub mod bundles;
+pub(crate) mod app;
+pub(crate) mod bundles;
 pub mod cli;
-pub mod config;
-pub mod events;
+pub(crate) mod config;
+pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
-pub mod mqtt;
+pub(crate) mod mqtt;
 mod per_address;
-pub mod policies;
-pub mod security;
+pub(crate) mod policies;
+pub(crate) mod security;
 pub mod store;
 pub mod telemetry;
 

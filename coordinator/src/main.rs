@@ -49,7 +49,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                      is in {}/{} (created on its first start)",
                     install_cli::USER,
                     install_cli::DATA_DIR,
-                    vigil_coordinator::security::tokens::ADMIN_TOKEN_FILE
+                    vigil_coordinator::ADMIN_TOKEN_FILE
                 );
             } else {
                 println!("unchanged: vigil-coordinator is installed, enabled and running");

@@ -8,13 +8,13 @@
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vigil_coordinator::bundles::store::BundleRecord;
+use vigil_coordinator::fuzzing::BundleRecord;
 use vigil_coordinator::http::handlers::{actions, hosts};
-use vigil_coordinator::security::agents::{AgentRecord, JoinTokenRecord};
-use vigil_coordinator::security::tokens::TokenRecord;
 use vigil_coordinator::store::actions::ActionRecord;
+use vigil_coordinator::store::agents::{AgentRecord, JoinTokenRecord};
 use vigil_coordinator::store::feed::FeedEntry;
 use vigil_coordinator::store::records::{HostRecord, LatestPoint, StoredPoint};
+use vigil_coordinator::store::tokens::TokenRecord;
 use vigil_coordinator::store::{codec, keys};
 use vigil_fuzz::NOW_MS;
 use vigil_shared::bundle;
@@ -51,16 +51,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = host.is_online(NOW_MS);
     }
     if let Some(point) = record::<LatestPoint>(data) {
-        serve(&vigil_coordinator::events::json::tags_json(&point.tags));
+        serve(&vigil_coordinator::fuzzing::tags_json(&point.tags));
     }
     if let Some(point) = record::<StoredPoint>(data) {
-        serve(&vigil_coordinator::events::json::tags_json(&point.tags));
+        serve(&vigil_coordinator::fuzzing::tags_json(&point.tags));
     }
     if let Some(event) = record::<PolicyEvent>(data) {
-        serve(&vigil_coordinator::events::json::event_json(&event));
+        serve(&vigil_coordinator::fuzzing::event_json(&event));
     }
     if let Some(entry) = record::<FeedEntry>(data) {
-        serve(&vigil_coordinator::events::json::entry_json(&entry));
+        serve(&vigil_coordinator::fuzzing::entry_json(&entry));
     }
     if let Some(action) = record::<ActionRecord>(data) {
         serde_json::to_vec(&actions::action_json(&action)).expect("an action serializes");

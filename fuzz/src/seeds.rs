@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 
 use vigil_agent::job::{Job, Origin};
 use vigil_agent::store::{encode_outbox_value, Counters};
-use vigil_coordinator::bundles::store::BundleRecord;
-use vigil_coordinator::security::agents::{AgentRecord, JoinTokenRecord};
-use vigil_coordinator::security::tokens::{Role, TokenRecord};
+use vigil_coordinator::fuzzing::BundleRecord;
 use vigil_coordinator::store::actions::{ActionRecord, ActionSource, Transition};
+use vigil_coordinator::store::agents::{AgentRecord, JoinTokenRecord};
 use vigil_coordinator::store::feed::{FeedEntry, FeedEvent};
 use vigil_coordinator::store::records::{HostRecord, LatestPoint, Source, StoredPoint};
+use vigil_coordinator::store::tokens::{Role, TokenRecord};
 use vigil_coordinator::store::{codec, keys};
 use vigil_shared::agent_auth::{open, AgentKey, Seal, SealedMessage, Sealer};
 use vigil_shared::bundle::{Bundle, BundleFile};

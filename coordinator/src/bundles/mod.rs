@@ -26,7 +26,7 @@ use vigil_shared::bundle::BundleKeys;
 
 use thiserror::Error;
 
-pub use service::{Bundles, Published, ReloadError, ReloadReport};
+pub use service::{Bundles, Published, ReloadError};
 
 use crate::mqtt::publisher::Publisher;
 use crate::store::{Store, StoreError};

@@ -95,8 +95,6 @@ pub enum CertsError {
 /// What `init` made.
 #[derive(Debug)]
 pub struct Issued {
-    /// Where the files are.
-    pub paths: CertPaths,
     /// The names the server certificate is valid for.
     pub names: Vec<String>,
     /// SHA-256 of the CA certificate (DER), hex: operators compare it on agents.
@@ -183,7 +181,6 @@ pub fn init(paths: &CertPaths, extra_names: &[String], force: bool) -> Result<Is
         false,
     )?;
     Ok(Issued {
-        paths: paths.clone(),
         names,
         ca_fingerprint: fingerprint(ca_cert.der()),
     })
