@@ -62,10 +62,7 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
 /// The top-level modules `code` names as `crate::NAME`, outside comments and its test
 /// module.
 fn crate_imports(code: &str) -> Vec<String> {
-    let code = code
-        .split("#[cfg(test)]\nmod tests")
-        .next()
-        .unwrap_or_default();
+    let code = without_test_module(code);
     let mut names = Vec::new();
     for line in code.lines() {
         let line = line.trim_start();
@@ -93,6 +90,28 @@ fn crate_imports(code: &str) -> Vec<String> {
         }
     }
     names
+}
+
+/// `code` without its `#[cfg(test)] mod tests { … }` block (braces matched).
+fn without_test_module(code: &str) -> String {
+    let Some(start) = code.find("#[cfg(test)]\nmod tests {") else {
+        return code.to_string();
+    };
+    let open = start + code[start..].find('{').unwrap();
+    let mut depth = 0;
+    for (i, c) in code[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return format!("{}{}", &code[..start], &code[open + i + 1..]);
+                }
+            }
+            _ => {}
+        }
+    }
+    code[..start].to_string()
 }
 
 /// Checks that no module of `crate_dir/src` imports a layer listed after its own.
