@@ -22,7 +22,7 @@ use vigil_shared::wire::{
 };
 use vigil_tests::{
     bin, connected, free_port, get_json, host_entry, metric, post_raw, start_agent,
-    start_coordinator, start_mosquitto, wait_for, Proc, RawAgent, TestDir,
+    start_agent_with, start_coordinator, start_mosquitto, wait_for, Proc, RawAgent, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -307,22 +307,17 @@ async fn an_agent_enrolls_with_a_one_time_join_token() {
     assert!(token.starts_with("vigil_join_"), "{token}");
 
     let agent_data = dir.path().join("agent-joined");
-    let _agent = Proc::start(
-        "agent-joined",
-        &bin("vigil-agent"),
+    let _agent = start_agent_with(
+        "idt-joined",
+        &c.broker,
+        "200ms",
         &[
-            "--host".into(),
-            "idt-joined".into(),
-            "--broker".into(),
-            c.broker.clone(),
-            "--interval".into(),
-            "200ms".into(),
-            "--data-dir".into(),
-            agent_data.display().to_string(),
-            "--coordinator".into(),
-            c.http.clone(),
-            "--join-token".into(),
-            token.clone(),
+            "--data-dir",
+            &agent_data.display().to_string(),
+            "--coordinator",
+            &c.http,
+            "--join-token",
+            &token,
         ],
         dir.path(),
     );

@@ -7,7 +7,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use reqwest::Method;
-use vigil_tests::{create_token, metric, start_coordinator, token_cli, with_token, TestDir};
+use vigil_tests::{create_token, metric, start_coordinator, token_cli, TestDir};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -183,12 +183,10 @@ async fn call(http: &str, method: &Method, path: &str, body: &str, token: Option
             .header("content-type", "application/json")
             .body(body.to_string());
     }
-    with_token(request, token)
-        .send()
-        .await
-        .expect("request")
-        .status()
-        .as_u16()
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request.send().await.expect("request").status().as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,6 +8,30 @@ use crate::process::{Launcher, Proc};
 use crate::{or_panic, KitError};
 
 impl Launcher {
+    /// Starts `vigil-agent` reporting as `host` to `broker` every `interval` (`200ms`,
+    /// `1s`, …), with the arguments `more` after those, logging to `agent-<host>…` under
+    /// `log_dir`.
+    pub fn start_agent_with(
+        self,
+        host: &str,
+        broker: &str,
+        interval: &str,
+        more: &[&str],
+        log_dir: &Path,
+    ) -> Result<Proc, KitError> {
+        let args: Vec<String> = ["--host", host, "--broker", broker, "--interval", interval]
+            .iter()
+            .chain(more)
+            .map(|s| s.to_string())
+            .collect();
+        self.start(
+            &format!("agent-{host}"),
+            &self.program("vigil-agent")?,
+            &args,
+            log_dir,
+        )
+    }
+
     /// Starts `vigil-agent` reporting as `host` to `broker` every 200 ms, with `labels`
     /// (`key=value`), logging under `log_dir`.
     pub fn start_agent(
@@ -17,23 +41,8 @@ impl Launcher {
         labels: &[&str],
         log_dir: &Path,
     ) -> Result<Proc, KitError> {
-        let mut args = vec![
-            "--host".to_string(),
-            host.to_string(),
-            "--broker".into(),
-            broker.to_string(),
-            "--interval".into(),
-            "200ms".into(),
-        ];
-        for label in labels {
-            args.extend(["--label".to_string(), label.to_string()]);
-        }
-        self.start(
-            &format!("agent-{host}"),
-            &self.program("vigil-agent")?,
-            &args,
-            log_dir,
-        )
+        let more: Vec<&str> = labels.iter().flat_map(|l| ["--label", *l]).collect();
+        self.start_agent_with(host, broker, "200ms", &more, log_dir)
     }
 
     /// Enrolls `host` in the coordinator store under `coordinator_data` and writes its
@@ -64,6 +73,17 @@ impl Launcher {
 /// Starts `vigil-agent` for a test (see [`Launcher::start_agent`]).
 pub fn start_agent(host: &str, broker: &str, labels: &[&str], log_dir: &Path) -> Proc {
     or_panic(Launcher::Tests.start_agent(host, broker, labels, log_dir))
+}
+
+/// Starts `vigil-agent` for a test with more arguments (see [`Launcher::start_agent_with`]).
+pub fn start_agent_with(
+    host: &str,
+    broker: &str,
+    interval: &str,
+    more: &[&str],
+    log_dir: &Path,
+) -> Proc {
+    or_panic(Launcher::Tests.start_agent_with(host, broker, interval, more, log_dir))
 }
 
 /// Enrolls `host` for a test (see [`Launcher::enroll_directly`]).

@@ -32,7 +32,7 @@ pub mod wait;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use agent::{enroll_directly, start_agent};
+pub use agent::{enroll_directly, start_agent, start_agent_with};
 pub use coordinator::{
     start_coordinator, start_coordinator_limited, CoordinatorOptions, CoordinatorProc,
 };

@@ -8,16 +8,15 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
-use vigil_tests::{bin, create_token, metric, start_coordinator, with_token, TestDir};
+use vigil_tests::{bin, create_token, metric, start_coordinator, TestDir};
 
 /// GETs `url` with `Authorization: Bearer <token>` (none without a token); the status.
 async fn get_status(client: &reqwest::Client, url: &str, token: Option<&str>) -> u16 {
-    with_token(client.get(url), token)
-        .send()
-        .await
-        .expect("request")
-        .status()
-        .as_u16()
+    let mut request = client.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("request").status().as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,10 +3,14 @@
 //! simulator) and are re-exported here, so a test imports everything from this crate; what
 //! only the tests need is defined here:
 //! - [`RawAgent`]: an enrolled identity for publishing agent messages by hand;
+//! - [`write`], [`bundles_of`]: bundle directories as a deploy writes them, and the
+//!   bundles a host reports;
 //! - [`docker`], [`systemd`], [`packaging`]: containers, a systemd container, and the
 //!   release artifacts.
 
 use std::path::Path;
+
+use serde_json::Value;
 
 pub use vigil_testkit::*;
 
@@ -54,4 +58,27 @@ impl RawAgent {
         self.sealer
             .seal(channel, vigil_shared::wire::encode(message))
     }
+}
+
+/// Writes `dir/path` atomically, creating its folders, as an editor or a deploy would.
+pub fn write(dir: &Path, path: &str, text: &str) {
+    let path = dir.join(path);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, &path).expect("rename");
+}
+
+/// `group:version` of every bundle a host entry reports, sorted.
+pub fn bundles_of(host: &Value) -> Vec<String> {
+    let mut out: Vec<String> = host["bundles"]
+        .as_array()
+        .map(|bs| {
+            bs.iter()
+                .map(|b| format!("{}:{}", b["group"].as_str().unwrap_or("?"), b["version"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
