@@ -54,7 +54,7 @@ impl Agent {
         }
     }
 
-    /// Starts it with `label` (it trusts the coordinator's key: the support code passes
+    /// Starts it with `label` (it trusts the coordinator's key: the test kit passes
     /// `<dir>/data/bundle-signing.pub` as `VIGIL_BUNDLE_KEY`).
     fn start(&self, label: &str) -> Proc {
         let args: Vec<String> = [
