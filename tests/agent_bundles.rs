@@ -13,8 +13,8 @@ use serde_json::Value;
 use vigil_shared::bundle::{Bundle, BundleFile, BundleKeys, SignedBundle};
 use vigil_shared::topics;
 use vigil_tests::{
-    adopt_admin_token, bin, client_options, free_port, get_json, start_coordinator, wait_for,
-    CoordinatorProc, Proc, TestDir,
+    adopt_admin_token, bin, bundles_of, client_options, free_port, get_json, start_agent_with,
+    start_coordinator, wait_for, CoordinatorProc, Proc, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -56,25 +56,12 @@ fn start_agent_in(
     key: &str,
 ) -> Proc {
     let data = dir.path().join(format!("agent-data-{host}"));
-    let mut args: Vec<String> = [
-        "--host",
-        host,
-        "--broker",
-        broker,
-        "--interval",
-        "200ms",
-        "--data-dir",
-        &data.display().to_string(),
-        "--bundle-key",
-        key,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let data = data.display().to_string();
+    let mut more = vec!["--data-dir", &data, "--bundle-key", key];
     for label in labels {
-        args.extend(["--label".to_string(), label.to_string()]);
+        more.extend(["--label", label]);
     }
-    Proc::start(&format!("agent-{host}"), &bin("vigil-agent"), &args, root)
+    start_agent_with(host, broker, "200ms", &more, root)
 }
 
 /// A raw MQTT publisher: publishes retained QoS 1 and waits for the broker's ack.
@@ -121,20 +108,6 @@ impl Publisher {
 
 async fn host(http: &str, host: &str) -> Value {
     get_json(&format!("{http}/api/v1/hosts/{host}")).await.1
-}
-
-/// `group:version` of every bundle the host reports, sorted.
-fn bundles_of(host: &Value) -> Vec<String> {
-    let mut out: Vec<String> = host["bundles"]
-        .as_array()
-        .map(|bs| {
-            bs.iter()
-                .map(|b| format!("{}:{}", b["group"].as_str().unwrap_or("?"), b["version"]))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
 }
 
 /// Waits until every host reports exactly its expected bundles.

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
@@ -21,31 +21,11 @@ use vigil_shared::wire::{
     QueueStatus, Sample,
 };
 use vigil_tests::{
-    bin, free_port, get_json, host_entry, metric, post_raw, start_agent, start_coordinator,
-    start_mosquitto, wait_for, Proc, RawAgent, TestDir,
+    bin, connected, free_port, get_json, host_entry, metric, post_raw, start_agent,
+    start_agent_with, start_coordinator, start_mosquitto, wait_for, Proc, RawAgent, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Connects with `options`; `Ok` with a running client once the broker accepts, `Err`
-/// with the broker's answer if it refuses.
-async fn connect(options: MqttOptions) -> Result<AsyncClient, String> {
-    let (client, mut eventloop) = AsyncClient::new(options, 100);
-    let answer = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await
-    .map_err(|_| "no answer from the broker".to_string())?;
-    answer?;
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    Ok(client)
-}
 
 fn batch(host: &str, seq: u64, name: &str) -> MetricBatch {
     MetricBatch {
@@ -154,7 +134,7 @@ async fn impersonation_is_refused(external_broker: Option<&str>) {
     let before_detail = host_detail(&c.http, "idt-b").await.expect("idt-b known");
 
     let a = RawAgent::enroll(dir.path(), "idt-a", &c.broker);
-    let client = connect(a.options.clone())
+    let client = connected(a.options.clone())
         .await
         .expect("A's own credentials are accepted");
     // A speaking for itself works.
@@ -272,28 +252,28 @@ async fn the_embedded_broker_refuses_anonymous_wrong_and_borrowed_logins() {
 
     let anonymous = MqttOptions::new("someone", "127.0.0.1", port);
     assert!(
-        connect(anonymous).await.is_err(),
+        connected(anonymous).await.is_err(),
         "anonymous client admitted"
     );
 
     let mut wrong = a.options.clone();
     wrong.set_credentials("idt-login", "not-the-password");
-    assert!(connect(wrong).await.is_err(), "wrong password admitted");
+    assert!(connected(wrong).await.is_err(), "wrong password admitted");
 
     // A's real login, but B's client id (which would push B off the broker).
     let mut borrowed = a.options.clone();
     borrowed.set_client_id("vigil-agent-someone-else".into());
     assert!(
-        connect(borrowed).await.is_err(),
+        connected(borrowed).await.is_err(),
         "borrowed client id admitted"
     );
 
     let mut unknown = a.options.clone();
     unknown.set_client_id("vigil-agent-ghost".into());
     unknown.set_credentials("ghost", "whatever");
-    assert!(connect(unknown).await.is_err(), "unknown user admitted");
+    assert!(connected(unknown).await.is_err(), "unknown user admitted");
 
-    connect(a.options.clone())
+    connected(a.options.clone())
         .await
         .expect("the real login is admitted");
     for reason in ["bad_password", "client_id", "unknown_user"] {
@@ -327,22 +307,17 @@ async fn an_agent_enrolls_with_a_one_time_join_token() {
     assert!(token.starts_with("vigil_join_"), "{token}");
 
     let agent_data = dir.path().join("agent-joined");
-    let _agent = Proc::start(
-        "agent-joined",
-        &bin("vigil-agent"),
+    let _agent = start_agent_with(
+        "idt-joined",
+        &c.broker,
+        "200ms",
         &[
-            "--host".into(),
-            "idt-joined".into(),
-            "--broker".into(),
-            c.broker.clone(),
-            "--interval".into(),
-            "200ms".into(),
-            "--data-dir".into(),
-            agent_data.display().to_string(),
-            "--coordinator".into(),
-            c.http.clone(),
-            "--join-token".into(),
-            token.clone(),
+            "--data-dir",
+            &agent_data.display().to_string(),
+            "--coordinator",
+            &c.http,
+            "--join-token",
+            &token,
         ],
         dir.path(),
     );
@@ -389,7 +364,7 @@ async fn a_revoked_agent_is_refused_within_five_seconds() {
     let dir = TestDir::new();
     let c = start_coordinator(&dir, None, &[]).await;
     let a = RawAgent::enroll(dir.path(), "idt-revoked", &c.broker);
-    let client = connect(a.options.clone()).await.expect("connect");
+    let client = connected(a.options.clone()).await.expect("connect");
     let topic = topics::agent("idt-revoked", AgentChannel::Metrics);
     let sealer = std::sync::Arc::new(a);
     let publisher = {
@@ -447,7 +422,7 @@ async fn a_revoked_agent_is_refused_within_five_seconds() {
     assert!(metric(&c.http, &series).await > refused_before);
     let mut again = sealer.options.clone();
     again.set_client_id("vigil-agent-idt-revoked-again".into());
-    assert!(connect(again).await.is_err(), "revoked login admitted");
+    assert!(connected(again).await.is_err(), "revoked login admitted");
     publisher.abort();
 }
 

@@ -6,18 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vigil_tests::{bin, get_json, start_coordinator, wait_for, Proc, TestDir};
+use vigil_tests::{get_json, start_agent_with, start_coordinator, wait_for, write, Proc, TestDir};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn write(dir: &Path, path: &str, text: &str) {
-    let path = dir.join(path);
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    // Atomic, like an editor or a deploy would do it.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, &path).expect("rename");
-}
 
 fn policy(name: &str, threshold: u32) -> String {
     format!("policies:\n  - name: {name}\n    condition: cpu_percent > {threshold} for 1m\n")
@@ -25,27 +16,12 @@ fn policy(name: &str, threshold: u32) -> String {
 
 fn start_agent(dir: &TestDir, host: &str, broker: &str, labels: &[&str], key: &Path) -> Proc {
     let data = dir.path().join(format!("agent-data-{host}"));
-    let mut args: Vec<String> = vec![
-        "--host".into(),
-        host.into(),
-        "--broker".into(),
-        broker.into(),
-        "--interval".into(),
-        "500ms".into(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--bundle-key".into(),
-        key.display().to_string(),
-    ];
+    let (data, key) = (data.display().to_string(), key.display().to_string());
+    let mut more = vec!["--data-dir", &data, "--bundle-key", &key];
     for label in labels {
-        args.extend(["--label".to_string(), label.to_string()]);
+        more.extend(["--label", label]);
     }
-    Proc::start(
-        &format!("agent-{host}"),
-        &bin("vigil-agent"),
-        &args,
-        dir.path(),
-    )
+    start_agent_with(host, broker, "500ms", &more, dir.path())
 }
 
 /// `host → {group → applied version}` from the drift report.

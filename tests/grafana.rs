@@ -265,14 +265,12 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_live_coordinator() {
     );
     // The agent's reports really went through: the panels have data, not just names.
     assert!(
-        vigil_sim::procs::prometheus_value(
-            &page,
-            r#"vigil_mqtt_messages_total{channel="metrics"}"#
-        ) >= 1.0,
+        vigil_tests::prometheus_value(&page, r#"vigil_mqtt_messages_total{channel="metrics"}"#)
+            >= 1.0,
         "{page}"
     );
     assert!(
-        vigil_sim::procs::prometheus_value(&page, "vigil_hosts_online") >= 1.0,
+        vigil_tests::prometheus_value(&page, "vigil_hosts_online") >= 1.0,
         "{page}"
     );
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use vigil_tests::{bin, broker_token, start_coordinator, wait_for, Proc, TestDir};
+use vigil_tests::{broker_token, start_agent_with, start_coordinator, wait_for, TestDir};
 
 const WAIT: Duration = Duration::from_secs(60);
 const HOST: &str = "json-web";
@@ -140,22 +140,17 @@ async fn mosquitto_sub_sees_metrics_violations_and_action_transitions_that_match
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let _agent = Proc::start(
-        "agent-json",
-        &bin("vigil-agent"),
+    let _agent = start_agent_with(
+        HOST,
+        &c.broker,
+        "300ms",
         &[
-            "--host".into(),
-            HOST.into(),
-            "--broker".into(),
-            c.broker.clone(),
-            "--interval".into(),
-            "300ms".into(),
-            "--policies".into(),
-            policies.display().to_string(),
-            "--textfile-dir".into(),
-            textfiles.display().to_string(),
-            "--config".into(),
-            config.display().to_string(),
+            "--policies",
+            &policies.display().to_string(),
+            "--textfile-dir",
+            &textfiles.display().to_string(),
+            "--config",
+            &config.display().to_string(),
         ],
         dir.path(),
     );

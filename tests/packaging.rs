@@ -245,7 +245,7 @@ async fn static_agent_runs_alone_in_a_scratch_container() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let admin = vigil_sim::procs::read_admin_token(&data, Duration::from_secs(10))
+    let admin = vigil_tests::read_admin_token(&data, Duration::from_secs(10))
         .await
         .unwrap_or_else(|| {
             panic!(

@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vigil_tests::{bin, get_json, metric, start_coordinator, wait_for, Proc, TestDir};
+use vigil_tests::{
+    bin, get_json, metric, start_agent_with, start_coordinator, wait_for, Proc, TestDir,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -19,25 +21,16 @@ fn start_policy_agent(
     policies: &Path,
     textfiles: &Path,
 ) -> Proc {
-    let args: Vec<String> = [
-        "--host",
+    start_agent_with(
         host,
-        "--broker",
         broker,
-        "--interval",
         "200ms",
-        "--policies",
-        &policies.display().to_string(),
-        "--textfile-dir",
-        &textfiles.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    Proc::start(
-        &format!("agent-{host}"),
-        &bin("vigil-agent"),
-        &args,
+        &[
+            "--policies",
+            &policies.display().to_string(),
+            "--textfile-dir",
+            &textfiles.display().to_string(),
+        ],
         dir.path(),
     )
 }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_tests::docker::{busybox_image, docker, unique_name, Container};
-use vigil_tests::{bin, get_json, post_raw, start_coordinator, wait_for, Proc, TestDir};
+use vigil_tests::{
+    get_json, post_raw, start_agent_with, start_coordinator, wait_for, Proc, TestDir,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -19,28 +21,10 @@ fn docker_time_ms(text: &str) -> i64 {
 /// An agent for `host`, evaluating `policies`, with `extra` flags, every 500 ms.
 fn start_agent(dir: &TestDir, host: &str, broker: &str, policies: &Path, extra: &[&str]) -> Proc {
     let data = dir.path().join(format!("agent-data-{host}"));
-    let mut args: Vec<String> = [
-        "--host",
-        host,
-        "--broker",
-        broker,
-        "--interval",
-        "500ms",
-        "--policies",
-        &policies.display().to_string(),
-        "--data-dir",
-        &data.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Proc::start(
-        &format!("agent-{host}"),
-        &bin("vigil-agent"),
-        &args,
-        dir.path(),
-    )
+    let (policies, data) = (policies.display().to_string(), data.display().to_string());
+    let mut more = vec!["--policies", &policies, "--data-dir", &data];
+    more.extend(extra);
+    start_agent_with(host, broker, "500ms", &more, dir.path())
 }
 
 fn write_policies(dir: &TestDir, yaml: &str) -> PathBuf {

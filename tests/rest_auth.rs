@@ -5,10 +5,9 @@
 //! to a 0600 file.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 use reqwest::Method;
-use vigil_tests::{bin, metric, start_coordinator, TestDir};
+use vigil_tests::{create_token, metric, start_coordinator, token_cli, TestDir};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -174,33 +173,6 @@ fn routes() -> Vec<(Method, &'static str, &'static str, Needs)> {
             Needs::Admin,
         ),
     ]
-}
-
-/// Makes a token with the coordinator's CLI; returns it.
-fn create_token(data_dir: &std::path::Path, role: &str, name: &str) -> String {
-    let (ok, out) = token_cli(data_dir, &["create", "--role", role, "--name", name]);
-    assert!(ok, "{out}");
-    // stdout (the token alone) comes first, then stderr's note.
-    out.lines().next().unwrap_or_default().trim().to_string()
-}
-
-/// Runs `vigil-coordinator token ARGS --data-dir DIR`: success, and stdout then stderr.
-fn token_cli(data_dir: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let output = Command::new(bin("vigil-coordinator"))
-        .arg("token")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .expect("vigil-coordinator token runs");
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
 }
 
 async fn call(http: &str, method: &Method, path: &str, body: &str, token: Option<&str>) -> u16 {

@@ -124,7 +124,7 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
     // store's idempotence absorbed them (checked above: each stored once). (On the status
     // channel, an old connection's last will arriving after the reconnect is dropped and
     // counted there too; abrupt disconnects make that legitimately happen.)
-    let counter = |name: &str| vigil_sim::procs::prometheus_value(&page, name) as u64;
+    let counter = |name: &str| vigil_tests::prometheus_value(&page, name) as u64;
     for channel in ["metrics", "actions", "events"] {
         assert_eq!(
             counter(&format!(

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+use rumqttc::MqttOptions;
 use serde_json::Value;
 use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::tls::ClientTls;
-use vigil_tests::{bin, free_port, wait_for, Proc, TestDir};
+use vigil_tests::{bin, free_port, wait_for, KitError, Proc, TestDir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -92,7 +92,7 @@ async fn start(dir: &TestDir) -> TlsCoordinator {
         }
     })
     .await;
-    let token = vigil_sim::procs::read_admin_token(&data, vigil_sim::procs::ADMIN_TOKEN_WAIT)
+    let token = vigil_tests::read_admin_token(&data, vigil_tests::ADMIN_TOKEN_WAIT)
         .await
         .expect("admin token");
     TlsCoordinator {
@@ -157,19 +157,8 @@ impl TlsCoordinator {
 }
 
 /// Connects with `options`: `Ok` once the broker sends CONNACK, `Err` with the failure.
-async fn mqtt_connect(options: MqttOptions) -> Result<(), String> {
-    let (_client, mut eventloop) = AsyncClient::new(options, 10);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await
-    .map_err(|_| "no answer within 10 s".to_string())?
+async fn mqtt_connect(options: MqttOptions) -> Result<(), KitError> {
+    vigil_tests::login(options).await.map(drop)
 }
 
 fn tls_failures(listener: &str) -> String {

@@ -13,7 +13,6 @@ pub mod chaos;
 pub mod enroll;
 pub mod fleet;
 pub mod mode;
-pub mod procs;
 pub mod report;
 pub mod verify;
 pub mod virtual_agent;

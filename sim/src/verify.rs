@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::chaos::Malformed;
 use crate::fleet::Outcome;
-use crate::procs::{prometheus_value, with_token};
+use vigil_testkit::{prometheus_value, with_token};
 
 /// The coordinator's counters a verification compares (read before and after a run).
 #[derive(Debug, Clone, Default, PartialEq)]

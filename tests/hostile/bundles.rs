@@ -8,7 +8,7 @@
 //! - A group removed from the bundle directory is removed from agents (a signed
 //!   tombstone), and its old bundle replayed afterwards stays refused.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
@@ -16,20 +16,11 @@ use serde_json::Value;
 use vigil_shared::bundle::{self, BundleKind, PublicKey, Release, SignedBundle};
 use vigil_shared::{topics, wire};
 use vigil_tests::{
-    bin, bundle_subscriber, client_options, enroll_directly, get_json, start_coordinator, wait_for,
-    Proc, TestDir,
+    bin, bundle_subscriber, bundles_of, client_options, enroll_directly, get_json,
+    start_coordinator, wait_for, write, Proc, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Writes `dir/path` atomically (as a deploy would).
-fn write(dir: &Path, path: &str, text: &str) {
-    let path = dir.join(path);
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, &path).expect("rename");
-}
 
 /// A policy that fires at once on any host (no process has this name).
 fn policy(name: &str) -> String {
@@ -63,7 +54,7 @@ impl Agent {
         }
     }
 
-    /// Starts it with `label` (it trusts the coordinator's key: the support code passes
+    /// Starts it with `label` (it trusts the coordinator's key: the test kit passes
     /// `<dir>/data/bundle-signing.pub` as `VIGIL_BUNDLE_KEY`).
     fn start(&self, label: &str) -> Proc {
         let args: Vec<String> = [
@@ -92,20 +83,6 @@ impl Agent {
 
 async fn host(http: &str, name: &str) -> Value {
     get_json(&format!("{http}/api/v1/hosts/{name}")).await.1
-}
-
-/// `group:version` of every bundle the host reports, sorted.
-fn bundles_of(host: &Value) -> Vec<String> {
-    let mut out: Vec<String> = host["bundles"]
-        .as_array()
-        .map(|bs| {
-            bs.iter()
-                .map(|b| format!("{}:{}", b["group"].as_str().unwrap_or("?"), b["version"]))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
 }
 
 /// Waits until the host's status comes from a run started after `after` (its

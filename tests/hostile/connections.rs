@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_tests::{
-    bin, broker_port, host_entry, metric, start_agent, start_coordinator,
+    bin, broker_port, host_entry, login, metric, start_agent, start_coordinator,
     start_coordinator_limited, subscriber, wait_for, RawAgent, TestDir,
 };
 
@@ -21,21 +21,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A client connection: `Ok` with the client and a count of the errors its event loop
 /// has seen since (a session pushed off the broker shows up there), or the refusal.
 async fn connect(options: MqttOptions) -> Result<(AsyncClient, Arc<AtomicUsize>), String> {
-    let (client, mut eventloop) = AsyncClient::new(options, 100);
-    let answer = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await
-    .map_err(|_| "no answer from the broker".to_string())??;
-    if answer.code != ConnectReturnCode::Success {
-        return Err(format!("{:?}", answer.code));
-    }
+    let (client, mut eventloop) = login(options).await.map_err(|e| e.to_string())?;
     let errors = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&errors);
     tokio::spawn(async move {

@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
-use vigil_tests::{bin, metric, start_coordinator, TestDir};
+use vigil_tests::{bin, create_token, metric, start_coordinator, TestDir};
 
 /// GETs `url` with `Authorization: Bearer <token>` (none without a token); the status.
 async fn get_status(client: &reqwest::Client, url: &str, token: Option<&str>) -> u16 {
@@ -17,27 +17,6 @@ async fn get_status(client: &reqwest::Client, url: &str, token: Option<&str>) ->
         request = request.bearer_auth(token);
     }
     request.send().await.expect("request").status().as_u16()
-}
-
-/// Makes a REST token with the coordinator's CLI (`token create`); returns it.
-fn create_token(data_dir: &std::path::Path, role: &str) -> String {
-    let output = Command::new(bin("vigil-coordinator"))
-        .args(["token", "create", "--role", role, "--name", "behind-nat"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .expect("vigil-coordinator token create runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,7 +28,7 @@ async fn failed_authentications_from_one_address_do_not_lock_out_its_valid_token
         .token
         .clone()
         .expect("the coordinator wrote an admin token");
-    let viewer = create_token(&dir.path().join("data"), "viewer");
+    let viewer = create_token(&dir.path().join("data"), "viewer", "behind-nat");
     let hosts = format!("{}/api/v1/hosts", c.http);
     let client = reqwest::Client::new();
 

@@ -7,11 +7,10 @@
 //! was down, is refused (`stale`) after the restart.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use ed25519_dalek::Signer as _;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
 use vigil_shared::agent_auth::{Seal, SealedMessage, MAX_CLOCK_SKEW_MS};
 use vigil_shared::time::now_ms;
@@ -21,8 +20,8 @@ use vigil_shared::wire::{
     QueueStatus, Sample,
 };
 use vigil_tests::{
-    authorized, bin, get_json, metric, post_raw, start_agent, start_coordinator, start_mosquitto,
-    wait_for, RawAgent, TestDir,
+    authorized, connected, get_json, metric, post_raw, start_agent, start_coordinator,
+    start_mosquitto, token_cli, wait_for, RawAgent, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -31,20 +30,9 @@ const YEAR_10000: i64 = 253_402_300_800_000;
 
 /// Connects with `options` and keeps the connection running; panics if refused.
 async fn connect(options: MqttOptions) -> AsyncClient {
-    let (client, mut eventloop) = AsyncClient::new(options, 100);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return,
-                Ok(_) => {}
-                Err(e) => panic!("broker refused the raw agent: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("CONNACK in time");
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    client
+    connected(options)
+        .await
+        .unwrap_or_else(|e| panic!("broker refused the raw agent: {e}"))
 }
 
 fn status(host: &str, version: &str, started_at_ms: i64) -> AgentStatus {
@@ -106,25 +94,6 @@ fn rejected(channel: &str, reason: &str) -> String {
 
 fn http_rejected(route: &str, field: &str) -> String {
     format!("vigil_http_requests_rejected_total{{field=\"{field}\",route=\"{route}\"}}")
-}
-
-/// Runs `vigil-coordinator token …` on `data_dir`: success and stdout + stderr.
-fn token_cli(data_dir: &Path, args: &[&str]) -> (bool, String) {
-    let output = Command::new(bin("vigil-coordinator"))
-        .arg("token")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .expect("run vigil-coordinator token");
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
 }
 
 /// GETs `url` with `token`: status and JSON body (`Null` for an empty or broken reply).

@@ -31,8 +31,9 @@ use vigil_coordinator::store::{MapSize, Store, StoreWriter, Write};
 use vigil_coordinator::telemetry::Telemetry;
 use vigil_shared::wire::{ActionEvent, ActionState};
 
+use super::stack::{self, start_coordinator};
 use super::{Baseline, BenchEnv, BenchError, Figure};
-use crate::procs::{start_coordinator, CoordinatorProc};
+use vigil_testkit::CoordinatorProc;
 
 /// Actions per host, in both stores.
 const ACTIONS_PER_HOST: usize = 1_000;
@@ -116,8 +117,8 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         );
     }
 
-    let big_proc = start_coordinator(&big_dir, None, &[]).await?;
-    let small_proc = start_coordinator(&small_dir, None, &[]).await?;
+    let big_proc = start_coordinator(&big_dir).await?;
+    let small_proc = start_coordinator(&small_dir).await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -216,8 +217,8 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
             big.took.as_secs_f64()
         ),
     });
-    big_proc.proc.stop();
-    small_proc.proc.stop();
+    stack::stop(big_proc.proc);
+    stack::stop(small_proc.proc);
     Ok(figures)
 }
 

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::stack::{self, join_token};
 use super::{Baseline, BenchEnv, BenchError, Figure};
-use crate::procs::{self, Proc};
+use vigil_testkit::{KitError, Launcher, Proc};
 
 /// Policies the measured agent loads.
 const POLICIES: usize = 50;
@@ -37,12 +38,11 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     let policy_dir = dir.join("policies");
     write_policies(&policy_dir, POLICIES)?;
 
-    let coordinator = procs::start_coordinator(&dir, None, &[]).await?;
-    let agent_program = procs::sibling("vigil-agent")?;
+    let coordinator = stack::start_coordinator(&dir).await?;
+    let agent_program = Launcher::Simulator.program("vigil-agent")?;
     // Both agents enroll themselves at start-up, through the real path: a join token
     // (two uses) and `--coordinator`.
-    let join_token = coordinator
-        .join_token(2)
+    let join_token = join_token(&coordinator, 2)
         .await
         .map_err(|e| BenchError::Failed(format!("footprint: {e}")))?;
     let start_agent = |host: &str, policies: Option<&Path>| -> Result<Proc, BenchError> {
@@ -65,7 +65,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         if let Some(p) = policies {
             args.extend(["--policies".into(), p.display().to_string()]);
         }
-        Ok(Proc::start(host, &agent_program, &args, &dir)?)
+        Ok(Launcher::Simulator.start(host, &agent_program, &args, &dir)?)
     };
     let mut measured = start_agent(HOST_POLICIES, Some(&policy_dir))?;
     let mut baseline = start_agent(HOST_BASELINE, None)?;
@@ -75,8 +75,8 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     // Start-up: both agents connected and their samples stored.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        check_alive(&mut measured, &dir)?;
-        check_alive(&mut baseline, &dir)?;
+        check_alive(&mut measured)?;
+        check_alive(&mut baseline)?;
         let hosts = get_json(
             &client,
             coordinator.token.as_deref(),
@@ -135,8 +135,8 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
             break;
         }
     }
-    check_alive(&mut measured, &dir)?;
-    check_alive(&mut baseline, &dir)?;
+    check_alive(&mut measured)?;
+    check_alive(&mut baseline)?;
 
     // Both agents really reported all along, and the 50 policies were loaded and run.
     let hosts = get_json(
@@ -211,9 +211,9 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     .map_err(BenchError::Failed)?;
     let fired = events["count"].as_u64().unwrap_or(0);
 
-    measured.stop();
-    baseline.stop();
-    coordinator.proc.stop();
+    stack::stop(measured);
+    stack::stop(baseline);
+    stack::stop(coordinator.proc);
 
     let (Some(f0), Some(l0), Some(f1), Some(l1)) = (first[0], last[0], first[1], last[1]) else {
         return Err(BenchError::Failed("footprint: no /proc readings".into()));
@@ -355,13 +355,13 @@ fn clock_ticks_per_second() -> Result<f64, BenchError> {
     Ok(ticks as f64)
 }
 
-fn check_alive(proc: &mut Proc, dir: &Path) -> Result<(), BenchError> {
+fn check_alive(proc: &mut Proc) -> Result<(), BenchError> {
     match proc.child.try_wait() {
         Ok(None) => Ok(()),
         Ok(Some(status)) => Err(BenchError::Failed(format!(
             "footprint: {} exited ({status}); see {}",
             proc.name,
-            dir.join(format!("{}.log", proc.name)).display()
+            proc.log.display()
         ))),
         Err(e) => Err(BenchError::Failed(format!(
             "footprint: cannot check on {}: {e}",
@@ -375,7 +375,7 @@ async fn get_json(
     token: Option<&str>,
     url: &str,
 ) -> Result<Value, String> {
-    let response = procs::with_token(client.get(url), token)
+    let response = vigil_testkit::with_token(client.get(url), token)
         .send()
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
@@ -399,7 +399,7 @@ fn host_entry<'a>(hosts: &'a Value, host: &str) -> Option<&'a Value> {
 
 fn create_dir(path: &Path) -> Result<(), BenchError> {
     std::fs::create_dir_all(path).map_err(|source| {
-        BenchError::Proc(procs::ProcError::Write {
+        BenchError::Proc(KitError::Write {
             path: path.to_path_buf(),
             source,
         })
@@ -422,7 +422,7 @@ fn write_policies(dir: &Path, n: usize) -> Result<(), BenchError> {
         let (name, yaml) = policy_yaml(i);
         let path = dir.join(format!("{i:02}-{name}.yaml"));
         std::fs::write(&path, yaml).map_err(|source| {
-            BenchError::Proc(procs::ProcError::Write {
+            BenchError::Proc(KitError::Write {
                 path: path.clone(),
                 source,
             })

@@ -20,12 +20,13 @@
 
 use std::time::{Duration, Instant};
 
+use super::stack::{self, Stack};
 use super::{Baseline, BenchEnv, BenchError, Figure};
 use crate::chaos::Chaos;
 use crate::fleet::{Fleet, FleetConfig};
 use crate::mode::Mode;
-use crate::procs::{self, prometheus_value};
 use crate::virtual_agent::Plan;
+use vigil_testkit::prometheus_value;
 
 /// Samples per batch, as the issue asks.
 const BATCH: usize = 100;
@@ -132,7 +133,7 @@ async fn measure(
             "embedded"
         }
     );
-    let stack = procs::Stack::start(&env.work_dir.join(&label), via_mosquitto).await?;
+    let stack = Stack::start(&env.work_dir.join(&label), via_mosquitto).await?;
     let coordinator = &stack.coordinator;
     // Give an external broker's subscription a moment to be in place.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -172,8 +173,7 @@ async fn measure(
         logins: Default::default(),
     };
     // Enrolled before the clock starts: the figure is ingest, not enrollment.
-    config.logins = coordinator
-        .enroll(&config.hosts())
+    config.logins = stack::enroll(coordinator, &config.hosts())
         .await
         .map_err(|e| BenchError::Failed(format!("{label}: {e}")))?;
     let fleet = Fleet::start(config).map_err(BenchError::Failed)?;

@@ -19,11 +19,11 @@ use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{self, MetricBatch, Sample};
 
+use super::stack::{self, Stack};
 use super::{Baseline, BenchEnv, BenchError, Figure};
 use crate::chaos::Chaos;
 use crate::fleet::{Fleet, FleetConfig};
 use crate::mode::Mode;
-use crate::procs;
 use crate::virtual_agent::Plan;
 
 /// The probe's host name and metric.
@@ -83,7 +83,7 @@ async fn measure(
     } else {
         "latency-embedded"
     };
-    let stack = procs::Stack::start(&env.work_dir.join(label), via_mosquitto).await?;
+    let stack = Stack::start(&env.work_dir.join(label), via_mosquitto).await?;
     let coordinator = &stack.coordinator;
     let broker = stack.broker.clone();
     let mut config = FleetConfig {
@@ -107,8 +107,7 @@ async fn measure(
     };
     let mut hosts = config.hosts();
     hosts.push(PROBE_HOST.to_string());
-    let mut logins = coordinator
-        .enroll(&hosts)
+    let mut logins = stack::enroll(coordinator, &hosts)
         .await
         .map_err(|e| BenchError::Failed(format!("{label}: {e}")))?;
     let probe = logins

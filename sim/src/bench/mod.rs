@@ -11,20 +11,21 @@ pub mod audit;
 pub mod footprint;
 pub mod ingest;
 pub mod latency;
+pub mod stack;
 
 use std::fmt;
 use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::procs::ProcError;
+use vigil_testkit::KitError;
 
 /// Why a benchmark could not run.
 #[derive(Debug, Error)]
 pub enum BenchError {
     /// A process could not be started.
     #[error(transparent)]
-    Proc(#[from] ProcError),
+    Proc(#[from] KitError),
     /// Something else went wrong; the message says what.
     #[error("{0}")]
     Failed(String),
