@@ -1,5 +1,5 @@
-//! End-to-end tests of the action audit trail and the actions API (seed 001 §3.3, seed
-//! 003's queue stats) against the real `vigil-coordinator` binary: action events
+//! End-to-end tests of the action audit trail and the actions API (and the queue
+//! stats) against the real `vigil-coordinator` binary: action events
 //! published by a raw MQTT client (with redeliveries and out-of-order transitions) become
 //! one record per action, every route and filter reads them back, a manual action and the
 //! kill switch arrive at the agent's command topic as signed commands, and bad requests
@@ -370,7 +370,7 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
         "every redelivery was sealed anew"
     );
 
-    // One record per action, newest created first, the seed's fields first.
+    // One record per action, newest created first, the original API's fields first.
     let (status, all) = get_json(&format!("{api}/actions")).await;
     assert_eq!(status, 200, "{all}");
     assert_eq!(all["count"], 3, "{all}");
@@ -498,7 +498,7 @@ async fn action_events_become_one_record_each_and_every_route_reads_them() {
         serde_json::json!({"status": "healthy", "service": "actions"})
     );
 
-    // Queue stats: seed 003's shape summed over the agents' queues, plus per host.
+    // Queue stats: the original shape summed over the agents' queues, plus per host.
     let (status, stats) = get_json(&format!("{api}/queue/stats")).await;
     assert_eq!(status, 200, "{stats}");
     assert_eq!(stats["queue_length"], 3, "{stats}");

@@ -1,4 +1,4 @@
-//! Agents speak only for their own host (issue 10), with real processes and brokers:
+//! Agents speak only for their own host, with real processes and brokers:
 //! - the embedded broker refuses clients without credentials, with a wrong password, or
 //!   with another agent's client id;
 //! - an agent enrolls with a one-time join token and reports with the token's labels;

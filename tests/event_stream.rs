@@ -1,4 +1,4 @@
-//! The live event stream (issue 9), with a real coordinator and real HTTP:
+//! The live event stream, with a real coordinator and real HTTP:
 //! `GET /api/v1/events` streams action transitions and violations as Server-Sent Events,
 //! filters by host and kind, and a client that was disconnected while events happened
 //! reconnects with `Last-Event-ID` and gets each missed event exactly once.

@@ -1,4 +1,4 @@
-//! The Grafana dashboard `contrib/grafana/vigil.json` (issue 9), against real parts: a real
+//! The Grafana dashboard `contrib/grafana/vigil.json`, against real parts: a real
 //! coordinator with one real agent reporting to its embedded broker. Every metric name a
 //! panel queries must be one the live coordinator exposes on `GET /metrics`, so a renamed
 //! or removed metric breaks this test instead of silently emptying a panel.

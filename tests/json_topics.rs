@@ -1,4 +1,4 @@
-//! JSON topics for integrations (issue 9), with real parts: a real agent whose policy
+//! JSON topics for integrations, with real parts: a real agent whose policy
 //! fires and runs an allowlisted command, the coordinator's embedded broker, and Debian's
 //! `mosquitto_sub` subscribed to `vigil/v1/json/#`. Every message it sees must validate
 //! against its schema in `schemas/json/` (checked with Debian's python3-jsonschema).

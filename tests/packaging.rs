@@ -1,4 +1,4 @@
-//! Packaging (issue 8), with the real release artifacts of `scripts/dist` (built once per
+//! Packaging, with the real release artifacts of `scripts/dist` (built once per
 //! test process; a quick no-op when `.ci/run` built them already):
 //! - the static x86_64 musl agent runs alone in a container built `FROM scratch` (the
 //!   binary, its config and the coordinator's CA; no libc, no shell) and reports over

@@ -1,7 +1,7 @@
-//! End-to-end tests of the coordinator's policy API (seed 001 §3.4) against the real
+//! End-to-end tests of the coordinator's policy API against the real
 //! `vigil-coordinator` binary: CRUD over REST persisted in LMDB across a restart, the
 //! `--policies` directory (file policies REST cannot touch, reload, a bad file), the
-//! sandbox on the seed's example, and the runner status.
+//! sandbox on the original API's example, and the runner status.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,7 +12,7 @@ use vigil_tests::{
     bin, delete, free_port, get_json, metric, post_raw, put_raw, start_coordinator, TestDir,
 };
 
-/// The seed's example policy (§3.4, `POST /api/v1/policies`).
+/// The original API's example policy (`POST /api/v1/policies`).
 fn seed_policy() -> Value {
     json!({
         "name": "high-cpu-alert",
@@ -118,7 +118,7 @@ async fn policies_are_managed_over_rest_and_survive_a_restart() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["ok"], false);
 
-    // The seed's partial update.
+    // A partial update, as the original API takes it.
     let (status, body) = put_raw(
         &format!("{api}/high-cpu-alert"),
         r#"{"description": "Updated description", "severity": "critical", "enabled": false}"#,

@@ -1,4 +1,4 @@
-//! REST tokens with roles (issue 10), against the real coordinator binary: every route ×
+//! REST tokens with roles, against the real coordinator binary: every route ×
 //! {no token, viewer, operator, admin, revoked token} answers 401 / 403 / allowed as the
 //! README's role table says; a revocation applies to the next request; failed
 //! authentications are counted and rate-limited; the first start writes the admin token

@@ -1,4 +1,4 @@
-//! Commands to agents are signed (issue 10): a real agent acts on the coordinator's
+//! Commands to agents are signed: a real agent acts on the coordinator's
 //! signed commands, and refuses — saying why in its status — a captured command
 //! replayed, one past its expiry, one signed by another key, and an unsigned one.
 

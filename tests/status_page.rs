@@ -1,4 +1,4 @@
-//! The coordinator's status page (issue 9), with real parts and a real browser: a real
+//! The coordinator's status page, with real parts and a real browser: a real
 //! coordinator and agent, and Debian's headless Chromium driven over the Chrome DevTools
 //! Protocol (a small Python driver using `python3-websocket`; `.ci/run` installs both).
 //! The page is opened with `#token=…`, shows the agent's host online, and — without a

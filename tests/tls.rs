@@ -1,4 +1,4 @@
-//! TLS (issue 10), with real processes: after `vigil-coordinator certs init` the
+//! TLS, with real processes: after `vigil-coordinator certs init` the
 //! coordinator serves HTTPS and MQTT over TLS only:
 //! - plaintext HTTP and MQTT clients cannot connect (and are counted), clients that trust
 //!   the CA can;

@@ -1,4 +1,4 @@
-//! The simulator's load shapes (seed 001 §5.1): how many batches each virtual agent sends
+//! The simulator's load shapes: how many batches each virtual agent sends
 //! per tick, as a function of time since the start.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Benchmark part: audit — REST latency of a filtered page of 50 actions over a large
-//! action audit trail (issue 6), against a same-run baseline over a small one.
+//! action audit trail, against a same-run baseline over a small one.
 //!
 //! Two coordinator data dirs are filled in-process through the store's real writer
 //! ([`StoreWriter`], one [`Write::Action`] per transition, as ingest does), then served by
