@@ -1,8 +1,9 @@
 //! Benchmark part: the agent's footprint: resident memory and CPU share of a
-//! real agent at a 1 s interval, against an idle baseline agent.
+//! real agent with 50 policies at a 1 s interval, against one with none.
 //!
 //! One real coordinator (embedded broker) and two real `vigil-agent` processes (enrolled
-//! at start-up with a join token, sealing what they send) reporting to it every second: one with 50 policies loaded from 50 YAML files (host-health
+//! at start-up with a join token, sealing what they send) reporting to it every second: one with 50 policies loaded from 50 YAML files
+//! (host-health
 //! thresholds with `for` holds and actions, none of which fires on a healthy host), and
 //! one with no policies, the same-run baseline. Both are sampled once a second from
 //! `/proc/<pid>/status` (VmRSS, VmHWM) and `/proc/<pid>/stat` (utime + stime). Before the
