@@ -2,9 +2,9 @@
 //! real agent with 50 policies at a 1 s interval, against one with none.
 //!
 //! One real coordinator (embedded broker) and two real `vigil-agent` processes (enrolled
-//! at start-up with a join token, sealing what they send) reporting to it every second: one with 50 policies loaded from 50 YAML files
-//! (host-health
-//! thresholds with `for` holds and actions, none of which fires on a healthy host), and
+//! at start-up with a join token, sealing what they send) reporting to it every second:
+//! one with 50 policies loaded from 50 YAML files (host-health thresholds with `for`
+//! holds and actions, none of which fires on a healthy host), and
 //! one with no policies, the same-run baseline. Both are sampled once a second from
 //! `/proc/<pid>/status` (VmRSS, VmHWM) and `/proc/<pid>/stat` (utime + stime). Before the
 //! figures are believed, the coordinator's REST API must show both agents online and
