@@ -241,19 +241,29 @@ pub fn access(method: &Method, path: &str) -> Access {
         .unwrap_or(VIEWER)
 }
 
-/// The methods some route serves at `path`, for the `Allow` header of a 405; `None` when
-/// no route has the path.
+/// The methods of the resource `path` names, for the `Allow` header of a 405: those of
+/// the routes with the template that matches it most literally (`/api/v1/policies/reload`
+/// is the reload resource, not the policy named `reload`), as the OpenAPI document lists
+/// them; `None` when no route has the path.
 pub fn allowed_methods(path: &str) -> Option<String> {
+    let literal = |route: &Route| segments(route.path).filter(|s| !is_param(s)).count();
+    // The first such template in table order (`max_by_key` keeps the last of a tie).
+    let template = ROUTES
+        .iter()
+        .rev()
+        .filter(|route| route.matches(path))
+        .max_by_key(|route| literal(route))?
+        .path;
     let methods: Vec<&str> = [Method::GET, Method::POST, Method::PUT, Method::DELETE]
         .iter()
         .filter(|method| {
             ROUTES
                 .iter()
-                .any(|route| route.method == **method && route.matches(path))
+                .any(|route| route.path == template && route.method == **method)
         })
         .map(Method::as_str)
         .collect();
-    (!methods.is_empty()).then(|| methods.join(", "))
+    Some(methods.join(", "))
 }
 
 /// `get` → `Method::GET`, for the four methods the table uses.
@@ -841,8 +851,8 @@ mod tests {
             ("/api/v1/hosts", "GET"),
             ("/api/v1/actions", "GET, POST"),
             ("/api/v1/policies/high-cpu", "GET, PUT, DELETE"),
-            // `reload` is also a policy name: `GET /api/v1/policies/reload` reads it.
-            ("/api/v1/policies/reload", "GET, POST, PUT, DELETE"),
+            // The reload resource, though `GET` reads a policy named `reload`.
+            ("/api/v1/policies/reload", "POST"),
             ("/", "GET"),
         ];
         for (path, methods) in cases {
