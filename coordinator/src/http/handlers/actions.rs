@@ -1,5 +1,5 @@
-//! The action routes (seed 001 §3.3) over the action audit trail, manual actions sent to
-//! agents, the remediation kill switch, and queue stats (seed 003).
+//! The action routes over the action audit trail, manual actions sent to
+//! agents, the remediation kill switch, and queue stats.
 //!
 //! | route | answer |
 //! | --- | --- |
@@ -8,10 +8,10 @@
 //! | `GET /api/v1/actions/{id}` | one action; 404 if unknown |
 //! | `GET /api/v1/actions/status/{status}` | as the list, filtered; 422 for an unknown status |
 //! | `GET /api/v1/actions/health` | `{"status":"healthy","service":"actions"}` |
-//! | `GET /api/v1/queue/stats`, `GET /api/v1/ui/queue/stats` | seed 003's queue stats over every agent's queue, plus `"hosts"` |
+//! | `GET /api/v1/queue/stats`, `GET /api/v1/ui/queue/stats` | the original queue stats over every agent's queue, plus `"hosts"` |
 //! | `POST /api/v1/hosts/{host}/remediation/pause`, `…/resume` | the kill switch: `{"ok":true,"message":…}` |
 //!
-//! An action shows the seed's fields first (`id`, `target`, `action`, `status`, `details`,
+//! An action shows the original fields first (`id`, `target`, `action`, `status`, `details`,
 //! `started_at`), then Vigil's: `host`, `policy`, `source`, `attempts`, `max_attempts`,
 //! `dry_run`, `executor`, `step`, `params`, `outcome`, `created_at`, `finished_at` and
 //! `transitions` (`[{state, attempt, at, detail}]`, oldest first). `started_at` is when it
@@ -57,7 +57,7 @@ pub struct TransitionJson<'a> {
     pub detail: Option<&'a str>,
 }
 
-/// One action as JSON: the seed's fields first, then Vigil's (a struct, so that the keys
+/// One action as JSON: the original fields first, then Vigil's (a struct, so that the keys
 /// keep this order on the wire; see the module documentation for their meaning).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ActionJson<'a> {
@@ -528,7 +528,7 @@ pub(crate) async fn set_paused(host: String, api: Arc<Api>, paused: bool) -> Res
     respond(result)
 }
 
-/// The last task an agent's queue finished, in seed 003's shape.
+/// The last task an agent's queue finished, in the original queue stats shape.
 #[derive(Serialize, Clone, utoipa::ToSchema)]
 pub struct LastTask {
     task_id: String,
@@ -540,7 +540,7 @@ pub struct LastTask {
     at_ms: i64,
 }
 
-/// Queue stats in seed 003's shape (plus Vigil's fields after them).
+/// Queue stats in the original shape (plus Vigil's fields after them).
 #[derive(Serialize, Default, utoipa::ToSchema)]
 pub struct QueueJson {
     queue_length: u64,
@@ -604,7 +604,7 @@ impl QueueJson {
     }
 }
 
-/// The whole answer of the queue stats routes: the totals (seed 003's fields first), then
+/// The whole answer of the queue stats routes: the totals (the original fields first), then
 /// each host's queue and the audit trail's counts.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct StatsJson {

@@ -1,5 +1,5 @@
 //! `POST /api/v1/ingest` and its alias `POST /api/v1/ingest/agent/metrics`: one metric in
-//! the original JSON shape (seed 001 §3.2), for things that cannot speak MQTT.
+//! the original JSON shape, for things that cannot speak MQTT.
 //!
 //! ```json
 //! {"name": "cpu_usage", "value": 85.5, "tags": {"host": "web-server-01", "region": "us-east-1"}}

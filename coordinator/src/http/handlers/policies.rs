@@ -1,4 +1,4 @@
-//! The policy routes (seed 001 §3.4), backed by the [`PolicyRegistry`]:
+//! The policy routes, backed by the [`PolicyRegistry`]:
 //!
 //! | route | answer |
 //! | --- | --- |
@@ -49,7 +49,7 @@ pub fn policy_json(registered: &Registered) -> Value {
     value
 }
 
-/// A set of policies in the seed's list shape (without `ok`).
+/// A set of policies in the original list shape (without `ok`).
 fn listing(policies: &[Arc<Registered>]) -> Map<String, Value> {
     let enabled = policies.iter().filter(|r| r.policy.enabled).count();
     let mut body = Map::new();
