@@ -1,7 +1,9 @@
-//! Who may call what. Every request passes [`guard`] before any route: `/health` is open,
-//! `/metrics` is open unless configured otherwise, and everything else needs a token
-//! (`Authorization: Bearer vigil_…`) whose role is high enough for the route
-//! ([`required`]). A missing, unknown, revoked or malformed token is a 401, a role too low
+//! Who may call what. Every request passes [`guard`] before any route: what it needs is
+//! the [`Access`] of the route that serves it, from the route table
+//! ([`routes::access`]): open (`/health`, the API's description, the status page,
+//! enrollment, whose credential is the join token in its body), `/metrics` open unless
+//! configured otherwise, and everything else a token (`Authorization: Bearer vigil_…`)
+//! whose role is high enough for the route. A missing, unknown, revoked or malformed token is a 401, a role too low
 //! a 403; each is counted in `vigil_http_auth_failures_total{reason}`. A client address
 //! with more 401s in [`FAILURE_WINDOW`] than the limit (`--auth-failure-limit`, default
 //! [`DEFAULT_MAX_FAILURES`]) gets 429 instead of 401 until the window passes. The token
@@ -22,6 +24,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::error::ApiError;
+use super::routes::{self, Access};
 use crate::security::tokens::{self, Role};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -30,56 +33,6 @@ use crate::telemetry::Telemetry;
 pub const DEFAULT_MAX_FAILURES: u32 = 30;
 /// The window for the failure limit.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-
-/// What a route needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// No token.
-    Open,
-    /// A token with at least this role.
-    Needs(Role),
-}
-
-/// The access `method path` needs (`/api/v1/agents…` and `/api/v1/join-tokens`: admin,
-/// except the enrollment route, whose credential is the join token in its body). The
-/// status page (`GET /`) and its assets (`GET /assets/…`) are open: they hold no data, and
-/// every data request the page makes carries the token.
-pub fn required(method: &Method, path: &str, metrics_open: bool) -> Access {
-    let read = method == Method::GET || method == Method::HEAD;
-    match path {
-        "/health" => return Access::Open,
-        // The API's description holds no data.
-        "/api/v1/openapi.json" => return Access::Open,
-        "/" if read => return Access::Open,
-        _ if read && path.starts_with("/assets/") => return Access::Open,
-        // The join token in the body is the credential (see `handlers::agents`).
-        "/api/v1/agents/enroll" if method == Method::POST => return Access::Open,
-        "/metrics" if metrics_open => return Access::Open,
-        _ => {}
-    }
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    // Agent identities and join tokens are the admin's, read or write.
-    if let ["", "api", "v1", "agents" | "join-tokens", ..] = segments.as_slice() {
-        return Access::Needs(Role::Admin);
-    }
-    if read {
-        return Access::Needs(Role::Viewer);
-    }
-    let operator = match segments.as_slice() {
-        // A sandbox evaluation changes nothing.
-        ["", "api", "v1", "policies", "evaluate"] => return Access::Needs(Role::Viewer),
-        ["", "api", "v1", "actions"] => true,
-        ["", "api", "v1", "ingest", ..] => true,
-        ["", "api", "v1", "hosts", _, "remediation", _] => true,
-        ["", "api", "v1", "policies", _, "enable" | "disable"] => true,
-        _ => false,
-    };
-    Access::Needs(if operator {
-        Role::Operator
-    } else {
-        Role::Admin
-    })
-}
 
 /// The authentication state shared by every request.
 pub struct Auth {
@@ -116,8 +69,11 @@ impl Auth {
         header: Option<&str>,
         client: Option<IpAddr>,
     ) -> Option<Response> {
-        let Access::Needs(needed) = required(method, path, self.metrics_open) else {
-            return None;
+        let needed = match routes::access(method, path) {
+            Access::Open | Access::JoinToken => return None,
+            Access::Scrape if self.metrics_open => return None,
+            Access::Scrape => Role::Viewer,
+            Access::Needs(role) => role,
         };
         // A failure: 429 for an address over the limit, else 401 (counted either way).
         let unauthorized = |reason: &'static str, message: String| {
@@ -251,13 +207,9 @@ mod tests {
 
     #[test]
     fn routes_need_the_roles_the_readme_gives() {
-        let need = |m: Method, p: &str| required(&m, p, true);
+        let need = |m: Method, p: &str| routes::access(&m, p);
         assert_eq!(need(Method::GET, "/health"), Access::Open);
-        assert_eq!(need(Method::GET, "/metrics"), Access::Open);
-        assert_eq!(
-            required(&Method::GET, "/metrics", false),
-            Access::Needs(Role::Viewer)
-        );
+        assert_eq!(need(Method::GET, "/metrics"), Access::Scrape);
         assert_eq!(
             need(Method::GET, "/api/v1/hosts"),
             Access::Needs(Role::Viewer)
@@ -265,6 +217,15 @@ mod tests {
         assert_eq!(
             need(Method::POST, "/api/v1/policies/evaluate"),
             Access::Needs(Role::Viewer)
+        );
+        // A policy *named* `evaluate` is changed by an admin only.
+        assert_eq!(
+            need(Method::PUT, "/api/v1/policies/evaluate"),
+            Access::Needs(Role::Admin)
+        );
+        assert_eq!(
+            need(Method::DELETE, "/api/v1/policies/evaluate"),
+            Access::Needs(Role::Admin)
         );
         assert_eq!(
             need(Method::POST, "/api/v1/actions"),
@@ -279,7 +240,7 @@ mod tests {
             Access::Needs(Role::Operator)
         );
         assert_eq!(
-            need(Method::POST, "/api/v1/policies/cpu/disable"),
+            need(Method::PUT, "/api/v1/policies/cpu/disable"),
             Access::Needs(Role::Operator)
         );
         // A policy *named* `enable` is changed by an admin only.
@@ -307,15 +268,34 @@ mod tests {
             need(Method::GET, "/api/v1/join-tokens"),
             Access::Needs(Role::Admin)
         );
-        assert_eq!(need(Method::POST, "/api/v1/agents/enroll"), Access::Open);
+        assert_eq!(
+            need(Method::POST, "/api/v1/agents/enroll"),
+            Access::JoinToken
+        );
         // The status page and its assets hold no data.
         assert_eq!(need(Method::GET, "/"), Access::Open);
         assert_eq!(need(Method::GET, "/assets/status.js"), Access::Open);
         assert_eq!(need(Method::GET, "/assets/status.css"), Access::Open);
-        assert_eq!(need(Method::POST, "/"), Access::Needs(Role::Admin));
+        // A method the path does not have (405) needs what the path's strictest route
+        // needs: the wrong method on an operator route needs an operator.
+        assert_eq!(
+            need(Method::POST, "/api/v1/policies/cpu/disable"),
+            Access::Needs(Role::Operator)
+        );
+        assert_eq!(
+            need(Method::DELETE, "/api/v1/join-tokens"),
+            Access::Needs(Role::Admin)
+        );
+        assert_eq!(need(Method::HEAD, "/health"), Access::Open);
+        assert_eq!(need(Method::POST, "/"), Access::Open);
         assert_eq!(
             need(Method::GET, "/api/v1/agents/enroll"),
-            Access::Needs(Role::Admin)
+            Access::JoinToken
+        );
+        // A path no route has (404) needs a token.
+        assert_eq!(
+            need(Method::POST, "/api/v1/nothing"),
+            Access::Needs(Role::Viewer)
         );
     }
 

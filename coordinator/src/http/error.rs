@@ -26,7 +26,7 @@ const COUNTED_FIELDS: [&str; 10] = [
     "tags.host",
 ];
 
-/// The label under which a refusal of `field` is counted (see [`COUNTED_FIELDS`]).
+/// The label under which a refusal of `field` is counted (see `COUNTED_FIELDS`).
 pub fn field_label(field: Option<&str>) -> &'static str {
     let Some(field) = field else {
         return "body";

@@ -1,35 +1,24 @@
-//! The HTTP layer: the REST API (warp) and its [`server`] (TLS, connection bounds). Each
-//! route's handler lives in the [`handlers`] module named for what it serves; this
-//! module wires them together behind the token check ([`auth`]), measures every request
+//! The HTTP layer: the REST API (warp) and its [`server`] (TLS, connection bounds). Every
+//! route is declared once, in the table of [`routes`](mod@routes) (method, path template, who may
+//! call it, handler, OpenAPI operation); its handler lives in the [`handlers`] module named
+//! for what it serves. [`routes()`](fn@routes) builds the router from that table: every request passes
+//! the token check ([`auth`]) first, every route's requests are measured
 //! (`vigil_http_requests_total`, `vigil_http_request_duration_seconds`, labelled by route
-//! template, not raw path), and turns warp's own rejections into JSON errors.
+//! template, not raw path), warp's own rejections become JSON errors ([`error`]), and a
+//! 405 says which methods the path has. The [`openapi`] document is built from the same
+//! table; [`params`] reads the query parameters the list routes share.
 //!
-//! | route | module |
-//! | --- | --- |
-//! | `GET /health`, `GET /metrics`, `GET /api/v1/ingest/health` | [`health`] |
-//! | `POST /api/v1/ingest`, `POST /api/v1/ingest/agent/metrics` | [`ingest`] |
-//! | `GET /api/v1/hosts`, `GET /api/v1/hosts/{host}` | [`hosts`] |
-//! | `GET /api/v1/metrics/query` | [`query`] |
-//! | `GET /api/v1/violations` | [`violations`] |
-//! | `/api/v1/policies…` (list, CRUD, enable/disable, severity, evaluate, reload, runner) | [`policies`] |
-//! | `/api/v1/actions…`, `/api/v1/queue/stats`, `/api/v1/hosts/{host}/remediation/…` | [`actions`] |
-//! | `/api/v1/bundles…`, `GET /api/v1/drift` | [`bundles`] |
-//! | `/api/v1/agents…` (enroll, list, revoke), `/api/v1/join-tokens` | [`agents`] |
-//! | `GET /`, `GET /assets/status.css`, `GET /assets/status.js` (the status page) | [`status_page`] |
+//! Children, in the order a request meets them: [`server`], [`auth`], [`routes`](mod@routes),
+//! [`params`], [`handlers`], [`error`], [`openapi`].
 
 pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod openapi;
 pub mod params;
+pub mod routes;
 pub mod server;
 
-use self::handlers::{
-    actions, agents, bundles, events, health, hosts, ingest, policies, query, status_page,
-    violations,
-};
-
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,135 +64,14 @@ pub fn task_failed(e: tokio::task::JoinError) -> ApiError {
     )
 }
 
-type Route = BoxedFilter<(Response,)>;
-
-/// Every route, measured, with JSON errors for anything unmatched.
+/// Every route of [`routes::ROUTES`], measured, behind the token check, with JSON errors
+/// for anything unmatched.
 pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let with_api = {
-        let api = api.clone();
-        warp::any().map(move || api.clone())
-    };
-    let telemetry = api.telemetry.clone();
-    let measured =
-        |template: &'static str, route: Route| measure(telemetry.clone(), template, route);
-    let get = warp::get();
-    let body = warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
-
-    let health = measured(
-        "/health",
-        warp::path!("health").and(get).map(health::health).boxed(),
-    );
-    let metrics = measured(
-        "/metrics",
-        warp::path!("metrics")
-            .and(get)
-            .and(with_api.clone())
-            .then(health::metrics)
-            .boxed(),
-    );
-    let ingest_health = measured(
-        "/api/v1/ingest/health",
-        warp::path!("api" / "v1" / "ingest" / "health")
-            .and(get)
-            .map(health::ingest_health)
-            .boxed(),
-    );
-    let ingest = measured(
-        "/api/v1/ingest",
-        warp::path!("api" / "v1" / "ingest")
-            .and(warp::post())
-            .and(with_api.clone())
-            .and(body)
-            .then(ingest::ingest)
-            .boxed(),
-    );
-    let ingest_alias = measured(
-        "/api/v1/ingest/agent/metrics",
-        warp::path!("api" / "v1" / "ingest" / "agent" / "metrics")
-            .and(warp::post())
-            .and(with_api.clone())
-            .and(body)
-            .then(ingest::ingest)
-            .boxed(),
-    );
-    let host_list = measured(
-        "/api/v1/hosts",
-        warp::path!("api" / "v1" / "hosts")
-            .and(get)
-            .and(with_api.clone())
-            .then(hosts::list)
-            .boxed(),
-    );
-    let host_one = measured(
-        "/api/v1/hosts/{host}",
-        warp::path!("api" / "v1" / "hosts" / String)
-            .and(get)
-            .and(with_api.clone())
-            .then(hosts::one)
-            .boxed(),
-    );
-    let history = measured(
-        "/api/v1/metrics/query",
-        warp::path!("api" / "v1" / "metrics" / "query")
-            .and(get)
-            .and(warp::query::<HashMap<String, String>>())
-            .and(with_api.clone())
-            .then(query::query)
-            .boxed(),
-    );
-    let violations = measured(
-        "/api/v1/violations",
-        warp::path!("api" / "v1" / "violations")
-            .and(get)
-            .and(warp::query::<HashMap<String, String>>())
-            .and(with_api.clone())
-            .then(violations::list)
-            .boxed(),
-    );
-    let openapi = measured(
-        "/api/v1/openapi.json",
-        warp::path!("api" / "v1" / "openapi.json")
-            .and(get)
-            .map(|| {
-                warp::http::Response::builder()
-                    .header("content-type", "application/json")
-                    .body(openapi::document().into())
-                    .unwrap_or_else(|e| {
-                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                            .into_response()
-                    })
-            })
-            .boxed(),
-    );
-    let events = measured(
-        "/api/v1/events",
-        warp::path!("api" / "v1" / "events")
-            .and(get)
-            .and(warp::query::<HashMap<String, String>>())
-            .and(warp::header::optional::<String>("last-event-id"))
-            .and(with_api.clone())
-            .then(events::stream)
-            .boxed(),
-    );
-    let status_html = measured(
-        "/",
-        warp::path::end().and(get).map(status_page::page).boxed(),
-    );
-    let status_css = measured(
-        "/assets/status.css",
-        warp::path!("assets" / "status.css")
-            .and(get)
-            .map(status_page::stylesheet)
-            .boxed(),
-    );
-    let status_js = measured(
-        "/assets/status.js",
-        warp::path!("assets" / "status.js")
-            .and(get)
-            .map(status_page::script)
-            .boxed(),
-    );
-
+    let mut served = auth::guard(api.auth.clone());
+    for route in routes::ROUTES {
+        let measured = measure(api.telemetry.clone(), route.path, route.filter(api.clone()));
+        served = served.or(measured).unify().boxed();
+    }
     let unmatched = {
         let telemetry = api.telemetry.clone();
         move |rejection: Rejection| {
@@ -211,51 +79,13 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
             async move { Ok::<_, Infallible>(rejection_response(&telemetry, rejection)) }
         }
     };
-    let routes = auth::guard(api.auth.clone())
-        .or(health)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(ingest_health)
-        .unify()
-        .or(ingest)
-        .unify()
-        .or(ingest_alias)
-        .unify()
-        .or(host_list)
-        .unify()
-        .or(host_one)
-        .unify()
-        .or(history)
-        .unify()
-        .or(violations)
-        .unify()
-        .or(events)
-        .unify()
-        .or(openapi)
-        .unify()
-        .or(status_html)
-        .unify()
-        .or(status_css)
-        .unify()
-        .or(status_js)
-        .unify()
-        .or(policies::routes(api.clone()))
-        .unify()
-        .or(actions::routes(api.clone()))
-        .unify()
-        .or(bundles::routes(api.clone()))
-        .unify()
-        .or(agents::routes(api.clone()))
-        .unify()
-        .recover(unmatched)
-        .unify();
-    // A 405 says which methods the path has (RFC 9110), from the OpenAPI document.
+    let served = served.recover(unmatched).unify();
+    // A 405 says which methods the path has (RFC 9110).
     warp::path::full()
-        .and(routes)
+        .and(served)
         .map(|path: warp::path::FullPath, mut response: Response| {
             if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-                if let Some(allow) = openapi::allowed_methods(path.as_str())
+                if let Some(allow) = routes::allowed_methods(path.as_str())
                     .and_then(|methods| warp::http::HeaderValue::from_str(&methods).ok())
                 {
                     response
@@ -268,7 +98,11 @@ pub fn routes(api: Arc<Api>) -> impl Filter<Extract = (Response,), Error = Infal
 }
 
 /// Wraps a route so every response it gives is counted and timed under `template`.
-pub(crate) fn measure(telemetry: Arc<Telemetry>, template: &'static str, route: Route) -> Route {
+fn measure(
+    telemetry: Arc<Telemetry>,
+    template: &'static str,
+    route: BoxedFilter<(Response,)>,
+) -> BoxedFilter<(Response,)> {
     warp::method()
         .and(warp::any().map(Instant::now))
         .and(route)

@@ -1,17 +1,26 @@
 //! The OpenAPI 3.1 document of the REST API, served at `GET /api/v1/openapi.json`
-//! (utoipa). Response types that handlers serialize from Rust structs (actions, queue
-//! stats) derive their schema from those structs; bodies the handlers read field by field
-//! (to name the bad field in errors) and `json!`-built answers are described by the
-//! schema types below. Two checks keep the document honest: a unit test compares its
-//! paths with every route template the router declares, and `tests/openapi.rs` runs
-//! schemathesis against a live coordinator (no server error, every answer as documented).
+//! (utoipa). Its paths come from the route table ([`super::routes::ROUTES`]): each entry's
+//! operation, under the entry's method and path, with the security its access asks for.
+//! Response types that handlers serialize from Rust structs (actions, queue stats) derive
+//! their schema from those structs; bodies the handlers read field by field (to name the
+//! bad field in errors) and `json!`-built answers are described by the schema types below.
+//! The route table's tests check the document against the router, and `tests/openapi.rs`
+//! runs schemathesis against a live coordinator (no server error, every answer as
+//! documented).
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
+use utoipa::openapi::path::HttpMethod;
+use utoipa::openapi::security::SecurityRequirement;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
+use warp::http::{Method, StatusCode};
+use warp::reply::{Reply, Response};
+
+use super::error::ApiError;
+use super::routes::{Access, ROUTES};
 
 /// An error: `{"ok": false, "error": "…", "field": "…"}`.
 #[derive(ToSchema)]
@@ -254,7 +263,7 @@ impl Modify for CommonParts {
     }
 }
 
-/// The document.
+/// The document's parts that are not paths.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -264,18 +273,6 @@ impl Modify for CommonParts {
                        /api/v1 route needs `Authorization: Bearer <token>` (roles viewer, \
                        operator, admin; see README)."
     ),
-    paths(
-        doc::health, doc::metrics, doc::openapi, doc::ingest, doc::ingest_alias,
-        doc::ingest_health, doc::hosts, doc::host, doc::history, doc::violations,
-        doc::events, doc::actions_create, doc::actions_list, doc::actions_health,
-        doc::actions_by_status, doc::action, doc::queue_stats, doc::ui_queue_stats,
-        doc::pause, doc::resume, doc::policies_list, doc::policies_create,
-        doc::policies_evaluate, doc::policies_reload, doc::runner_status,
-        doc::policies_by_severity, doc::policy_get, doc::policy_put, doc::policy_delete,
-        doc::policy_enable, doc::policy_disable, doc::bundles, doc::bundles_reload,
-        doc::bundle, doc::drift, doc::enroll, doc::agents, doc::agent_revoke,
-        doc::join_tokens, doc::join_tokens_create,
-    ),
     components(schemas(
         ErrorBody, Health, IngestBody, ManualActionBody, PolicyBody, EvaluateBody,
         EnrollBody, JoinTokenBody, Json, ActionStatus, Severity,
@@ -283,14 +280,62 @@ impl Modify for CommonParts {
         crate::http::handlers::actions::TransitionJson, crate::http::handlers::actions::StatsJson,
         crate::http::handlers::actions::QueueJson, crate::http::handlers::actions::LastTask,
     )),
-    modifiers(&CommonParts),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
 
+/// The security an operation with `access` lists (`None`: the document's, a bearer token).
+fn security(access: Access) -> Option<Vec<SecurityRequirement>> {
+    let open = SecurityRequirement::default();
+    match access {
+        Access::Open | Access::JoinToken => Some(vec![open]),
+        Access::Scrape => Some(vec![
+            open,
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+        ]),
+        Access::Needs(_) => None,
+    }
+}
+
+fn http_method(method: &Method) -> HttpMethod {
+    match *method {
+        Method::POST => HttpMethod::Post,
+        Method::PUT => HttpMethod::Put,
+        Method::DELETE => HttpMethod::Delete,
+        _ => HttpMethod::Get,
+    }
+}
+
+/// The document: every documented route of the table, then the parts every operation
+/// shares (`CommonParts`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    for route in ROUTES {
+        let Some(operation) = route.operation else {
+            continue;
+        };
+        let mut operation = operation();
+        operation.security = security(route.access);
+        doc.paths
+            .add_path_operation(route.path, vec![http_method(&route.method)], operation);
+    }
+    CommonParts.modify(&mut doc);
+    doc
+}
+
+/// `GET /api/v1/openapi.json`.
+pub fn response() -> Response {
+    warp::http::Response::builder()
+        .header("content-type", "application/json")
+        .body(document().into())
+        .unwrap_or_else(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        })
+}
+
 /// The document as JSON text.
 pub fn document() -> String {
-    let refined = serde_json::to_value(ApiDoc::openapi()).map(|mut doc| {
+    let refined = serde_json::to_value(openapi()).map(|mut doc| {
         refine(&mut doc);
         doc
     });
@@ -355,11 +400,15 @@ fn refine(doc: &mut Value) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
-    for (path, item) in paths.iter_mut() {
+    for item in paths.values_mut() {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
-        for (method, operation) in item.iter_mut() {
+        for operation in item.values_mut() {
+            let id = operation["operationId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let Some(params) = operation
                 .get_mut("parameters")
                 .and_then(Value::as_array_mut)
@@ -368,15 +417,15 @@ fn refine(doc: &mut Value) {
             };
             for param in params {
                 let name = param["name"].as_str().unwrap_or_default().to_string();
-                let schema = match (method.as_str(), path.as_str(), name.as_str()) {
-                    (_, _, "from" | "to" | "since") => time_schema(),
-                    ("get", "/api/v1/metrics/query", "name") => json!({
+                let schema = match (id.as_str(), name.as_str()) {
+                    (_, "from" | "to" | "since") => time_schema(),
+                    ("history", "name") => json!({
                         "type": "string",
                         "minLength": 1,
                         "maxLength": vigil_shared::validate::MAX_METRIC_NAME_LEN,
                         "pattern": NO_CONTROL_PATTERN,
                     }),
-                    ("get", "/api/v1/violations", "kind") => json!({
+                    ("violations", "kind") => json!({
                         "type": "string",
                         "enum": ["fired", "act", "verified", "deferred", "escalated", "resolved"],
                     }),
@@ -479,346 +528,10 @@ fn refine(doc: &mut Value) {
     );
 }
 
-/// The methods the document lists for `path` (templates such as `/api/v1/hosts/{host}`
-/// match any one segment), for the `Allow` header of a 405; `None` for an unknown path.
-pub fn allowed_methods(path: &str) -> Option<String> {
-    static TABLE: std::sync::OnceLock<Vec<(Vec<String>, Vec<&'static str>)>> =
-        std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        ApiDoc::openapi()
-            .paths
-            .paths
-            .iter()
-            .map(|(template, item)| {
-                let segments = template.split('/').map(str::to_string).collect();
-                let methods = [
-                    ("GET", item.get.is_some()),
-                    ("POST", item.post.is_some()),
-                    ("PUT", item.put.is_some()),
-                    ("DELETE", item.delete.is_some()),
-                ]
-                .into_iter()
-                .filter_map(|(name, present)| present.then_some(name))
-                .collect();
-                (segments, methods)
-            })
-            .collect()
-    });
-    let wanted: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    // The most literal template wins (`/policies/reload` over `/policies/{name}`), as in
-    // the router, where literal routes come first.
-    let mut best: Option<(usize, &Vec<&'static str>)> = None;
-    for (segments, listed) in table {
-        if segments.len() != wanted.len() {
-            continue;
-        }
-        let mut literal = 0;
-        let matches = segments.iter().zip(&wanted).all(|(template, actual)| {
-            if template == actual {
-                literal += 1;
-                true
-            } else {
-                template.starts_with('{') && template.ends_with('}') && !actual.is_empty()
-            }
-        });
-        if matches && best.is_none_or(|(most, _)| literal > most) {
-            best = Some((literal, listed));
-        }
-    }
-    let methods: Vec<&str> = best.map(|(_, listed)| listed.clone()).unwrap_or_default();
-    (!methods.is_empty()).then(|| methods.join(", "))
-}
-
-/// One marker function per operation: the `#[utoipa::path]` attributes are the document.
-/// (warp has no utoipa integration, so paths and parameters are written here, next to
-/// each other; `tests` below checks them against the router's templates.)
-#[allow(dead_code)]
-mod doc {
-    use super::*;
-
-    #[utoipa::path(get, path = "/health", tag = "service", security(()),
-        responses((status = 200, description = "Up", body = Health)))]
-    pub fn health() {}
-
-    #[utoipa::path(get, path = "/metrics", tag = "service", security((), ("bearer" = [])),
-        responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
-    pub fn metrics() {}
-
-    #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service", security(()),
-        responses((status = 200, description = "This document", body = Json)))]
-    pub fn openapi() {}
-
-    #[utoipa::path(post, path = "/api/v1/ingest", tag = "ingest", request_body = IngestBody,
-        responses((status = 201, description = "Stored", body = Json)))]
-    pub fn ingest() {}
-
-    #[utoipa::path(post, path = "/api/v1/ingest/agent/metrics", tag = "ingest", request_body = IngestBody,
-        responses((status = 201, description = "Stored (alias of /api/v1/ingest)", body = Json)))]
-    pub fn ingest_alias() {}
-
-    #[utoipa::path(get, path = "/api/v1/ingest/health", tag = "ingest",
-        responses((status = 200, description = "Up", body = Health)))]
-    pub fn ingest_health() {}
-
-    #[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
-        responses((status = 200, description = "Every host", body = Json)))]
-    pub fn hosts() {}
-
-    #[utoipa::path(get, path = "/api/v1/hosts/{host}", tag = "hosts",
-        params(("host" = String, Path, description = "Host name")),
-        responses((status = 200, description = "One host and its latest values", body = Json)))]
-    pub fn host() {}
-
-    #[utoipa::path(get, path = "/api/v1/metrics/query", tag = "hosts",
-        params(
-            ("name" = String, Query, min_length = 1, description = "Metric name"),
-            ("host" = Option<String>, Query, description = "Host"),
-            ("from" = Option<String>, Query, description = "RFC 3339 or epoch ms (default: an hour ago)"),
-            ("to" = Option<String>, Query, description = "RFC 3339 or epoch ms (default: now)"),
-            ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "1–10000 (default 1000)"),
-        ),
-        responses((status = 200, description = "History, time-ordered", body = Json)))]
-    pub fn history() {}
-
-    #[utoipa::path(get, path = "/api/v1/violations", tag = "audit",
-        params(
-            ("host" = Option<String>, Query, description = "Host"),
-            ("policy" = Option<String>, Query, description = "Policy"),
-            ("target" = Option<String>, Query, description = "Target"),
-            ("kind" = Option<String>, Query, description = "fired, act, verified, deferred, escalated, resolved"),
-            ("since" = Option<String>, Query, description = "RFC 3339 or epoch ms"),
-            ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1–1000 (default 100)"),
-        ),
-        responses((status = 200, description = "Policy decisions, newest first", body = Json)))]
-    pub fn violations() {}
-
-    #[utoipa::path(get, path = "/api/v1/events", tag = "audit",
-        params(
-            ("host" = Option<String>, Query, description = "Hosts, comma-separated"),
-            ("kind" = Option<String>, Query, description = "violation, action, host, bundle, drift (comma-separated)"),
-            ("last_event_id" = Option<u64>, Query, description = "Resume after this event id"),
-            ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
-        ),
-        responses((status = 200, description = "Server-Sent Events; `data:` is the JSON of schemas/json/", content_type = "text/event-stream", body = String)))]
-    pub fn events() {}
-
-    #[utoipa::path(post, path = "/api/v1/actions", tag = "actions", request_body = ManualActionBody,
-        responses((status = 201, description = "Created (sent to the host's agent when pending)", body = Json)))]
-    pub fn actions_create() {}
-
-    #[utoipa::path(get, path = "/api/v1/actions", tag = "actions",
-        params(
-            ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500 (default 100)"),
-            ("status" = Option<ActionStatus>, Query, description = "Status"),
-            ("target" = Option<String>, Query, description = "Target"),
-            ("host" = Option<String>, Query, description = "Host"),
-            ("policy" = Option<String>, Query, description = "Policy"),
-            ("since" = Option<String>, Query, description = "RFC 3339 or epoch ms"),
-        ),
-        responses((status = 200, description = "Actions, newest first", body = crate::http::handlers::actions::ActionList)))]
-    pub fn actions_list() {}
-
-    #[utoipa::path(get, path = "/api/v1/actions/health", tag = "actions",
-        responses((status = 200, description = "Up", body = Health)))]
-    pub fn actions_health() {}
-
-    #[utoipa::path(get, path = "/api/v1/actions/status/{status}", tag = "actions",
-        params(("status" = ActionStatus, Path, description = "Status"),
-               ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1–500 (default 100)")),
-        responses((status = 200, description = "Actions in that status", body = crate::http::handlers::actions::ActionList)))]
-    pub fn actions_by_status() {}
-
-    #[utoipa::path(get, path = "/api/v1/actions/{id}", tag = "actions",
-        params(("id" = String, Path, description = "Action id")),
-        responses((status = 200, description = "One action", body = crate::http::handlers::actions::ActionJson)))]
-    pub fn action() {}
-
-    #[utoipa::path(get, path = "/api/v1/queue/stats", tag = "actions",
-        responses((status = 200, description = "Queue statistics", body = crate::http::handlers::actions::StatsJson)))]
-    pub fn queue_stats() {}
-
-    #[utoipa::path(get, path = "/api/v1/ui/queue/stats", tag = "actions",
-        responses((status = 200, description = "Queue statistics (alias)", body = crate::http::handlers::actions::StatsJson)))]
-    pub fn ui_queue_stats() {}
-
-    #[utoipa::path(post, path = "/api/v1/hosts/{host}/remediation/pause", tag = "actions",
-        params(("host" = String, Path, description = "Host")),
-        responses((status = 200, description = "Kill switch sent", body = Json)))]
-    pub fn pause() {}
-
-    #[utoipa::path(post, path = "/api/v1/hosts/{host}/remediation/resume", tag = "actions",
-        params(("host" = String, Path, description = "Host")),
-        responses((status = 200, description = "Resume sent", body = Json)))]
-    pub fn resume() {}
-
-    #[utoipa::path(get, path = "/api/v1/policies", tag = "policies",
-        responses((status = 200, description = "Every policy", body = Json)))]
-    pub fn policies_list() {}
-
-    #[utoipa::path(post, path = "/api/v1/policies", tag = "policies", request_body = PolicyBody,
-        responses((status = 201, description = "Created", body = Json),
-                  (status = 409, description = "The name exists", body = ErrorBody)))]
-    pub fn policies_create() {}
-
-    #[utoipa::path(post, path = "/api/v1/policies/evaluate", tag = "policies", request_body = EvaluateBody,
-        responses((status = 200, description = "What would fire, explained", body = Json)))]
-    pub fn policies_evaluate() {}
-
-    #[utoipa::path(post, path = "/api/v1/policies/reload", tag = "policies",
-        responses((status = 200, description = "Re-read", body = Json)))]
-    pub fn policies_reload() {}
-
-    #[utoipa::path(get, path = "/api/v1/policies/runner/status", tag = "policies",
-        responses((status = 200, description = "What each agent's evaluator reports", body = Json)))]
-    pub fn runner_status() {}
-
-    #[utoipa::path(get, path = "/api/v1/policies/severity/{severity}", tag = "policies",
-        params(("severity" = Severity, Path, description = "info, warning or critical")),
-        responses((status = 200, description = "Policies of that severity", body = Json)))]
-    pub fn policies_by_severity() {}
-
-    #[utoipa::path(get, path = "/api/v1/policies/{name}", tag = "policies",
-        params(("name" = String, Path, description = "Policy name")),
-        responses((status = 200, description = "One policy", body = Json)))]
-    pub fn policy_get() {}
-
-    #[utoipa::path(put, path = "/api/v1/policies/{name}", tag = "policies",
-        params(("name" = String, Path, description = "Policy name")), request_body = Json,
-        responses((status = 200, description = "Updated (given keys replace stored ones)", body = Json),
-                  (status = 409, description = "A file policy cannot be changed here", body = ErrorBody)))]
-    pub fn policy_put() {}
-
-    #[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "policies",
-        params(("name" = String, Path, description = "Policy name")),
-        responses((status = 200, description = "Deleted", body = Json),
-                  (status = 409, description = "A file policy cannot be deleted here", body = ErrorBody)))]
-    pub fn policy_delete() {}
-
-    #[utoipa::path(put, path = "/api/v1/policies/{name}/enable", tag = "policies",
-        params(("name" = String, Path, description = "Policy name")),
-        responses((status = 200, description = "Enabled", body = Json),
-                  (status = 409, description = "A file policy cannot be changed here", body = ErrorBody)))]
-    pub fn policy_enable() {}
-
-    #[utoipa::path(put, path = "/api/v1/policies/{name}/disable", tag = "policies",
-        params(("name" = String, Path, description = "Policy name")),
-        responses((status = 200, description = "Disabled", body = Json),
-                  (status = 409, description = "A file policy cannot be changed here", body = ErrorBody)))]
-    pub fn policy_disable() {}
-
-    #[utoipa::path(get, path = "/api/v1/bundles", tag = "bundles",
-        responses((status = 200, description = "Every group's bundle", body = Json)))]
-    pub fn bundles() {}
-
-    #[utoipa::path(post, path = "/api/v1/bundles/reload", tag = "bundles",
-        responses((status = 200, description = "Re-read", body = Json)))]
-    pub fn bundles_reload() {}
-
-    #[utoipa::path(get, path = "/api/v1/bundles/{group}", tag = "bundles",
-        params(("group" = String, Path, description = "Host group")),
-        responses((status = 200, description = "One group's bundle", body = Json)))]
-    pub fn bundle() {}
-
-    #[utoipa::path(get, path = "/api/v1/drift", tag = "bundles",
-        responses((status = 200, description = "Desired vs applied, per group and host", body = Json)))]
-    pub fn drift() {}
-
-    #[utoipa::path(post, path = "/api/v1/agents/enroll", tag = "agents", security(()), request_body = EnrollBody,
-        responses((status = 201, description = "Enrolled: the agent's MQTT login and the coordinator's key", body = Json),
-                  (status = 409, description = "The host is enrolled already", body = ErrorBody)))]
-    pub fn enroll() {}
-
-    #[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
-        responses((status = 200, description = "Enrolled agents (no secrets)", body = Json)))]
-    pub fn agents() {}
-
-    #[utoipa::path(post, path = "/api/v1/agents/{host}/revoke", tag = "agents",
-        params(("host" = String, Path, description = "Host")),
-        responses((status = 200, description = "Revoked", body = Json)))]
-    pub fn agent_revoke() {}
-
-    #[utoipa::path(get, path = "/api/v1/join-tokens", tag = "agents",
-        responses((status = 200, description = "Join tokens (hashes only)", body = Json)))]
-    pub fn join_tokens() {}
-
-    #[utoipa::path(post, path = "/api/v1/join-tokens", tag = "agents", request_body = JoinTokenBody,
-        responses((status = 201, description = "Created; `token` is shown once", body = Json)))]
-    pub fn join_tokens_create() {}
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
-
-    /// Every `measured("TEMPLATE", …)` in the router's source that serves data (`/api/…`,
-    /// `/health`, `/metrics`; the status page's HTML and assets are not API).
-    fn router_templates() -> BTreeSet<String> {
-        let sources = [
-            include_str!("mod.rs"),
-            include_str!("handlers/actions.rs"),
-            include_str!("handlers/agents.rs"),
-            include_str!("handlers/bundles.rs"),
-            include_str!("handlers/policies.rs"),
-        ];
-        let mut templates = BTreeSet::new();
-        for source in sources {
-            let mut rest = source;
-            while let Some(at) = rest.find("measured(") {
-                rest = &rest[at + "measured(".len()..];
-                let trimmed = rest.trim_start();
-                if let Some(quoted) = trimmed.strip_prefix('"') {
-                    if let Some(end) = quoted.find('"') {
-                        let template = &quoted[..end];
-                        if template.starts_with("/api/")
-                            || template == "/health"
-                            || template == "/metrics"
-                        {
-                            templates.insert(template.to_string());
-                        }
-                    }
-                }
-            }
-        }
-        templates
-    }
-
-    #[test]
-    fn every_route_is_documented_and_nothing_else() {
-        let doc = ApiDoc::openapi();
-        let documented: BTreeSet<String> = doc.paths.paths.keys().cloned().collect();
-        let routes = router_templates();
-        assert!(routes.len() > 30, "found only {routes:?}");
-        let undocumented: Vec<_> = routes.difference(&documented).collect();
-        let unknown: Vec<_> = documented.difference(&routes).collect();
-        assert!(
-            undocumented.is_empty(),
-            "routes missing from the document: {undocumented:?}"
-        );
-        assert!(
-            unknown.is_empty(),
-            "documented paths with no route: {unknown:?}"
-        );
-    }
-
-    #[test]
-    fn allowed_methods_come_from_the_document() {
-        assert_eq!(allowed_methods("/api/v1/hosts").as_deref(), Some("GET"));
-        assert_eq!(
-            allowed_methods("/api/v1/policies/high-cpu").as_deref(),
-            Some("GET, PUT, DELETE")
-        );
-        assert_eq!(
-            allowed_methods("/api/v1/actions").as_deref(),
-            Some("GET, POST")
-        );
-        assert_eq!(
-            allowed_methods("/api/v1/policies/reload").as_deref(),
-            Some("POST")
-        );
-        assert_eq!(allowed_methods("/api/v1/nothing/here"), None);
-    }
+    use crate::http::handlers::{actions, query, violations};
 
     #[test]
     fn the_document_renders_with_security_and_common_errors() {
@@ -827,5 +540,51 @@ mod tests {
         assert!(json["components"]["securitySchemes"]["bearer"].is_object());
         let hosts = &json["paths"]["/api/v1/hosts"]["get"]["responses"];
         assert!(hosts["401"].is_object() && hosts["200"].is_object());
+        // Open routes say so; `/metrics` may be open or need a token.
+        assert_eq!(json["paths"]["/health"]["get"]["security"], json!([{}]));
+        assert_eq!(
+            json["paths"]["/metrics"]["get"]["security"],
+            json!([{}, {"bearer": []}])
+        );
+        assert!(json["paths"]["/api/v1/hosts"]["get"]["security"].is_null());
+    }
+
+    /// The `limit` of each list route, as documented: its maximum, and the default its
+    /// description names, are the handler's.
+    #[test]
+    fn list_limits_are_documented_as_the_handlers_apply_them() {
+        let json: Value = serde_json::from_str(&document()).unwrap();
+        let routes = [
+            (
+                "/api/v1/actions",
+                actions::DEFAULT_LIMIT,
+                actions::MAX_LIMIT,
+            ),
+            (
+                "/api/v1/actions/status/{status}",
+                actions::DEFAULT_LIMIT,
+                actions::MAX_LIMIT,
+            ),
+            (
+                "/api/v1/violations",
+                violations::DEFAULT_LIMIT,
+                violations::MAX_LIMIT,
+            ),
+            (
+                "/api/v1/metrics/query",
+                query::DEFAULT_LIMIT,
+                query::MAX_LIMIT,
+            ),
+        ];
+        for (path, default, max) in routes {
+            let params = json["paths"][path]["get"]["parameters"].as_array().unwrap();
+            let limit = params.iter().find(|p| p["name"] == "limit").unwrap();
+            assert_eq!(limit["schema"]["maximum"], json!(max), "{path}");
+            let description = limit["description"].as_str().unwrap();
+            assert!(
+                description.contains(&format!("(default {default})")),
+                "{path}: {description}"
+            );
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The action routes (seed 001 §3.3) over the action audit trail, manual actions sent to
-//! agents, the remediation kill switch, and queue stats (seed 003).
+//! The action routes over the action audit trail, manual actions sent to
+//! agents, the remediation kill switch, and queue stats.
 //!
 //! | route | answer |
 //! | --- | --- |
@@ -8,10 +8,10 @@
 //! | `GET /api/v1/actions/{id}` | one action; 404 if unknown |
 //! | `GET /api/v1/actions/status/{status}` | as the list, filtered; 422 for an unknown status |
 //! | `GET /api/v1/actions/health` | `{"status":"healthy","service":"actions"}` |
-//! | `GET /api/v1/queue/stats`, `GET /api/v1/ui/queue/stats` | seed 003's queue stats over every agent's queue, plus `"hosts"` |
+//! | `GET /api/v1/queue/stats`, `GET /api/v1/ui/queue/stats` | the original queue stats over every agent's queue, plus `"hosts"` |
 //! | `POST /api/v1/hosts/{host}/remediation/pause`, `…/resume` | the kill switch: `{"ok":true,"message":…}` |
 //!
-//! An action shows the seed's fields first (`id`, `target`, `action`, `status`, `details`,
+//! An action shows the original fields first (`id`, `target`, `action`, `status`, `details`,
 //! `started_at`), then Vigil's: `host`, `policy`, `source`, `attempts`, `max_attempts`,
 //! `dry_run`, `executor`, `step`, `params`, `outcome`, `created_at`, `finished_at` and
 //! `transitions` (`[{state, attempt, at, detail}]`, oldest first). `started_at` is when it
@@ -29,13 +29,11 @@ use vigil_shared::policy::ActionKind;
 use vigil_shared::time::{now_ms, parse_time, to_rfc3339};
 use vigil_shared::validate;
 use vigil_shared::wire::{ActionEvent, ActionState, Command, CommandKind, QueueStatus, Tag};
-use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
-use warp::Filter;
 
 use crate::http::error::{respond, ApiError};
-use crate::http::{measure, task_failed, Api, MAX_BODY_BYTES};
+use crate::http::{task_failed, Api};
 use crate::store::actions::{parse_state, ActionCounts, ActionQuery, ActionRecord, ALL_STATES};
 use crate::store::{HostRecord, Write};
 
@@ -45,115 +43,6 @@ pub const MAX_LIMIT: usize = 500;
 pub const DEFAULT_LIMIT: usize = 50;
 /// How long an agent may take to receive a command before refusing it, ms.
 pub const COMMAND_TTL_MS: i64 = 5 * 60 * 1000;
-
-/// Every action route, measured under its route template.
-pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
-    let with_api = {
-        let api = api.clone();
-        warp::any().map(move || api.clone())
-    };
-    let telemetry = api.telemetry.clone();
-    let measured = |template: &'static str, route: BoxedFilter<(Response,)>| {
-        measure(telemetry.clone(), template, route)
-    };
-    let query = || warp::query::<HashMap<String, String>>();
-
-    let create = measured(
-        "/api/v1/actions",
-        warp::path!("api" / "v1" / "actions")
-            .and(warp::post())
-            .and(with_api.clone())
-            .and(warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes()))
-            .then(create)
-            .boxed(),
-    );
-    let list = measured(
-        "/api/v1/actions",
-        warp::path!("api" / "v1" / "actions")
-            .and(warp::get())
-            .and(query())
-            .and(with_api.clone())
-            .then(|params, api| list_actions(params, None, api))
-            .boxed(),
-    );
-    let health = measured(
-        "/api/v1/actions/health",
-        warp::path!("api" / "v1" / "actions" / "health")
-            .and(warp::get())
-            .map(|| {
-                warp::reply::json(&json!({"status": "healthy", "service": "actions"}))
-                    .into_response()
-            })
-            .boxed(),
-    );
-    let by_status = measured(
-        "/api/v1/actions/status/{status}",
-        warp::path!("api" / "v1" / "actions" / "status" / String)
-            .and(warp::get())
-            .and(query())
-            .and(with_api.clone())
-            .then(|status, params, api| list_actions(params, Some(status), api))
-            .boxed(),
-    );
-    let one = measured(
-        "/api/v1/actions/{id}",
-        warp::path!("api" / "v1" / "actions" / String)
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(one)
-            .boxed(),
-    );
-    let stats = measured(
-        "/api/v1/queue/stats",
-        warp::path!("api" / "v1" / "queue" / "stats")
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(queue_stats)
-            .boxed(),
-    );
-    let ui_stats = measured(
-        "/api/v1/ui/queue/stats",
-        warp::path!("api" / "v1" / "ui" / "queue" / "stats")
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(queue_stats)
-            .boxed(),
-    );
-    let pause = measured(
-        "/api/v1/hosts/{host}/remediation/pause",
-        warp::path!("api" / "v1" / "hosts" / String / "remediation" / "pause")
-            .and(warp::post())
-            .and(with_api.clone())
-            .then(|host, api| set_paused(host, api, true))
-            .boxed(),
-    );
-    let resume = measured(
-        "/api/v1/hosts/{host}/remediation/resume",
-        warp::path!("api" / "v1" / "hosts" / String / "remediation" / "resume")
-            .and(warp::post())
-            .and(with_api)
-            .then(|host, api| set_paused(host, api, false))
-            .boxed(),
-    );
-    create
-        .or(list)
-        .unify()
-        .or(health)
-        .unify()
-        .or(by_status)
-        .unify()
-        .or(one)
-        .unify()
-        .or(stats)
-        .unify()
-        .or(ui_stats)
-        .unify()
-        .or(pause)
-        .unify()
-        .or(resume)
-        .unify()
-        .boxed()
-}
 
 /// One transition as JSON.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -168,7 +57,7 @@ pub struct TransitionJson<'a> {
     pub detail: Option<&'a str>,
 }
 
-/// One action as JSON: the seed's fields first, then Vigil's (a struct, so that the keys
+/// One action as JSON: the original fields first, then Vigil's (a struct, so that the keys
 /// keep this order on the wire; see the module documentation for their meaning).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ActionJson<'a> {
@@ -290,14 +179,17 @@ pub fn parse_query(
     })
 }
 
-async fn list_actions(
+/// `GET /api/v1/actions` and (with the status from the path) `…/status/{status}`;
+/// refusals are counted under `route`.
+pub(crate) async fn list(
     params: HashMap<String, String>,
     path_status: Option<String>,
+    route: &'static str,
     api: Arc<Api>,
 ) -> Response {
     let result = async {
         let query = parse_query(&params, path_status.as_deref())
-            .map_err(|e| crate::http::error::counted(&api.telemetry, "/api/v1/actions", e))?;
+            .map_err(|e| crate::http::error::counted(&api.telemetry, route, e))?;
         let store = api.store.clone();
         let actions = tokio::task::spawn_blocking(move || store.actions(&query))
             .await
@@ -311,7 +203,13 @@ async fn list_actions(
     respond(result)
 }
 
-async fn one(id: String, api: Arc<Api>) -> Response {
+/// `GET /api/v1/actions/health`.
+pub(crate) fn health() -> Response {
+    warp::reply::json(&json!({"status": "healthy", "service": "actions"})).into_response()
+}
+
+/// `GET /api/v1/actions/{id}`.
+pub(crate) async fn one(id: String, api: Arc<Api>) -> Response {
     let result = async {
         let store = api.store.clone();
         let wanted = id.clone();
@@ -476,7 +374,8 @@ async fn store_manual(api: &Api, event: ActionEvent) -> Result<(), ApiError> {
         .map_err(|e| ApiError::from(&*e))
 }
 
-async fn create(api: Arc<Api>, body: Bytes) -> Response {
+/// `POST /api/v1/actions`.
+pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
     let result = async {
         let new = parse_new_action(&body)?;
         let hosts = known_hosts(&api).await?;
@@ -592,7 +491,8 @@ fn created(body: Value) -> Response {
     warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response()
 }
 
-async fn set_paused(host: String, api: Arc<Api>, paused: bool) -> Response {
+/// `POST /api/v1/hosts/{host}/remediation/pause` and `…/resume`.
+pub(crate) async fn set_paused(host: String, api: Arc<Api>, paused: bool) -> Response {
     let result = async {
         let hosts = known_hosts(&api).await?;
         let record = agent_host(&hosts, &host, None, true)?;
@@ -628,7 +528,7 @@ async fn set_paused(host: String, api: Arc<Api>, paused: bool) -> Response {
     respond(result)
 }
 
-/// The last task an agent's queue finished, in seed 003's shape.
+/// The last task an agent's queue finished, in the original queue stats shape.
 #[derive(Serialize, Clone, utoipa::ToSchema)]
 pub struct LastTask {
     task_id: String,
@@ -640,7 +540,7 @@ pub struct LastTask {
     at_ms: i64,
 }
 
-/// Queue stats in seed 003's shape (plus Vigil's fields after them).
+/// Queue stats in the original shape (plus Vigil's fields after them).
 #[derive(Serialize, Default, utoipa::ToSchema)]
 pub struct QueueJson {
     queue_length: u64,
@@ -704,7 +604,7 @@ impl QueueJson {
     }
 }
 
-/// The whole answer of the queue stats routes: the totals (seed 003's fields first), then
+/// The whole answer of the queue stats routes: the totals (the original fields first), then
 /// each host's queue and the audit trail's counts.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct StatsJson {
@@ -715,7 +615,8 @@ pub struct StatsJson {
     actions: ActionCounts,
 }
 
-async fn queue_stats(api: Arc<Api>) -> Response {
+/// `GET /api/v1/queue/stats` and `GET /api/v1/ui/queue/stats`.
+pub(crate) async fn queue_stats(api: Arc<Api>) -> Response {
     let result = async {
         let store = api.store.clone();
         let (hosts, counts) = tokio::task::spawn_blocking(move || {

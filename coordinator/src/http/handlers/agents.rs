@@ -20,85 +20,17 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use vigil_shared::time::{now_ms, to_rfc3339};
 use vigil_shared::validate;
-use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
-use warp::Filter;
 
 use crate::http::error::{counted, respond, ApiError};
-use crate::http::{measure, task_failed, Api};
+use crate::http::{task_failed, Api};
 use crate::security::agents::{
     self, AgentRecord, EnrollError, EnrollRequest, JoinTokenRecord, JoinTokenSpec,
 };
 
 /// How long a join token is valid unless the request says otherwise.
 pub const DEFAULT_JOIN_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// Every agent identity route, measured under its route template.
-pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
-    let with_api = {
-        let api = api.clone();
-        warp::any().map(move || api.clone())
-    };
-    let telemetry = api.telemetry.clone();
-    let measured = |template: &'static str, route: BoxedFilter<(Response,)>| {
-        measure(telemetry.clone(), template, route)
-    };
-    let body = warp::body::content_length_limit(64 * 1024).and(warp::body::bytes());
-    let enroll = measured(
-        "/api/v1/agents/enroll",
-        warp::path!("api" / "v1" / "agents" / "enroll")
-            .and(warp::post())
-            .and(crate::http::server::client_addr())
-            .and(with_api.clone())
-            .and(body)
-            .then(enroll)
-            .boxed(),
-    );
-    let list = measured(
-        "/api/v1/agents",
-        warp::path!("api" / "v1" / "agents")
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(list)
-            .boxed(),
-    );
-    let revoke = measured(
-        "/api/v1/agents/{host}/revoke",
-        warp::path!("api" / "v1" / "agents" / String / "revoke")
-            .and(warp::post())
-            .and(with_api.clone())
-            .then(revoke)
-            .boxed(),
-    );
-    let create_token = measured(
-        "/api/v1/join-tokens",
-        warp::path!("api" / "v1" / "join-tokens")
-            .and(warp::post())
-            .and(with_api.clone())
-            .and(body)
-            .then(create_join_token)
-            .boxed(),
-    );
-    let list_tokens = measured(
-        "/api/v1/join-tokens",
-        warp::path!("api" / "v1" / "join-tokens")
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(list_join_tokens)
-            .boxed(),
-    );
-    enroll
-        .or(list)
-        .unify()
-        .or(revoke)
-        .unify()
-        .or(create_token)
-        .unify()
-        .or(list_tokens)
-        .unify()
-        .boxed()
-}
 
 fn enroll_error(e: EnrollError) -> ApiError {
     let status = match &e {
@@ -114,7 +46,12 @@ fn enroll_error(e: EnrollError) -> ApiError {
     ApiError::new(status, e.to_string())
 }
 
-async fn enroll(remote: Option<SocketAddr>, api: Arc<Api>, body: bytes::Bytes) -> Response {
+/// `POST /api/v1/agents/enroll`.
+pub(crate) async fn enroll(
+    remote: Option<SocketAddr>,
+    api: Arc<Api>,
+    body: bytes::Bytes,
+) -> Response {
     let request: EnrollRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -182,7 +119,8 @@ fn agent_json(r: &AgentRecord) -> Value {
     })
 }
 
-async fn list(api: Arc<Api>) -> Response {
+/// `GET /api/v1/agents`.
+pub(crate) async fn list(api: Arc<Api>) -> Response {
     respond(
         api.store
             .agents()
@@ -195,7 +133,8 @@ async fn list(api: Arc<Api>) -> Response {
     )
 }
 
-async fn revoke(host: String, api: Arc<Api>) -> Response {
+/// `POST /api/v1/agents/{host}/revoke`.
+pub(crate) async fn revoke(host: String, api: Arc<Api>) -> Response {
     let store = api.store.clone();
     let result = tokio::task::spawn_blocking(move || agents::revoke(&store, &host, now_ms()))
         .await
@@ -274,10 +213,15 @@ pub(crate) fn join_token_spec(body: &[u8]) -> Result<JoinTokenSpec, ApiError> {
     })
 }
 
-async fn create_join_token(api: Arc<Api>, body: bytes::Bytes) -> Response {
+/// `POST /api/v1/join-tokens`; refusals are counted under `route`.
+pub(crate) async fn create_join_token(
+    api: Arc<Api>,
+    route: &'static str,
+    body: bytes::Bytes,
+) -> Response {
     let spec = match join_token_spec(&body) {
         Ok(spec) => spec,
-        Err(e) => return counted(&api.telemetry, "/api/v1/join-tokens", e).into_response(),
+        Err(e) => return counted(&api.telemetry, route, e).into_response(),
     };
     let store = api.store.clone();
     let result =
@@ -306,7 +250,8 @@ pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
     })
 }
 
-async fn list_join_tokens(api: Arc<Api>) -> Response {
+/// `GET /api/v1/join-tokens`.
+pub(crate) async fn list_join_tokens(api: Arc<Api>) -> Response {
     respond(
         api.store
             .join_tokens()

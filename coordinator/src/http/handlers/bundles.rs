@@ -11,70 +11,17 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use vigil_shared::time::{now_ms, to_rfc3339};
-use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
-use warp::Filter;
 
 use crate::bundles::drift::host_drift;
 use crate::bundles::{Published, ReloadError};
 use crate::http::error::{respond, ApiError};
-use crate::http::{measure, task_failed, Api};
+use crate::http::{task_failed, Api};
 use crate::store::reader::EventQuery;
 
 /// How many of a host's newest events drift looks at for failing checks.
 const DRIFT_EVENTS_PER_HOST: usize = 10_000;
-
-/// Every bundle route, measured under its route template.
-pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
-    let with_api = {
-        let api = api.clone();
-        warp::any().map(move || api.clone())
-    };
-    let telemetry = api.telemetry.clone();
-    let measured = |template: &'static str, route: BoxedFilter<(Response,)>| {
-        measure(telemetry.clone(), template, route)
-    };
-    let list = measured(
-        "/api/v1/bundles",
-        warp::path!("api" / "v1" / "bundles")
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(list)
-            .boxed(),
-    );
-    let reload = measured(
-        "/api/v1/bundles/reload",
-        warp::path!("api" / "v1" / "bundles" / "reload")
-            .and(warp::post())
-            .and(with_api.clone())
-            .then(reload)
-            .boxed(),
-    );
-    let one = measured(
-        "/api/v1/bundles/{group}",
-        warp::path!("api" / "v1" / "bundles" / String)
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(one)
-            .boxed(),
-    );
-    let drift = measured(
-        "/api/v1/drift",
-        warp::path!("api" / "v1" / "drift")
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(drift)
-            .boxed(),
-    );
-    list.or(reload)
-        .unify()
-        .or(one)
-        .unify()
-        .or(drift)
-        .unify()
-        .boxed()
-}
 
 fn bundle_json(p: &Published, with_text: bool) -> Value {
     let files: Vec<Value> = p
@@ -103,7 +50,8 @@ fn bundle_json(p: &Published, with_text: bool) -> Value {
     })
 }
 
-async fn list(api: Arc<Api>) -> Response {
+/// `GET /api/v1/bundles`.
+pub(crate) async fn list(api: Arc<Api>) -> Response {
     let bundles: Vec<Value> = api
         .bundles
         .published()
@@ -119,7 +67,8 @@ async fn list(api: Arc<Api>) -> Response {
     .into_response()
 }
 
-async fn one(group: String, api: Arc<Api>) -> Response {
+/// `GET /api/v1/bundles/{group}`.
+pub(crate) async fn one(group: String, api: Arc<Api>) -> Response {
     respond(
         api.bundles
             .get(&group)
@@ -128,7 +77,8 @@ async fn one(group: String, api: Arc<Api>) -> Response {
     )
 }
 
-async fn reload(api: Arc<Api>) -> Response {
+/// `POST /api/v1/bundles/reload`.
+pub(crate) async fn reload(api: Arc<Api>) -> Response {
     match api.bundles.reload().await {
         Ok(report) => {
             let ok = report.errors.is_empty();
@@ -158,7 +108,8 @@ async fn reload(api: Arc<Api>) -> Response {
     }
 }
 
-async fn drift(api: Arc<Api>) -> Response {
+/// `GET /api/v1/drift`.
+pub(crate) async fn drift(api: Arc<Api>) -> Response {
     let published = api.bundles.published();
     let store = api.store.clone();
     let result = tokio::task::spawn_blocking(move || {

@@ -133,6 +133,14 @@ impl Cursor {
     }
 }
 
+/// The `Last-Event-ID` header, if sent (bytes that are not text are kept as text that is
+/// no event id, so the request is refused as any bad id is).
+pub fn last_event_id(headers: &warp::http::HeaderMap) -> Option<String> {
+    headers
+        .get("last-event-id")
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+}
+
 /// Handles `GET /api/v1/events`.
 pub async fn stream(
     params: HashMap<String, String>,

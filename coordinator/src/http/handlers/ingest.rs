@@ -1,5 +1,5 @@
 //! `POST /api/v1/ingest` and its alias `POST /api/v1/ingest/agent/metrics`: one metric in
-//! the original JSON shape (seed 001 §3.2), for things that cannot speak MQTT.
+//! the original JSON shape, for things that cannot speak MQTT.
 //!
 //! ```json
 //! {"name": "cpu_usage", "value": 85.5, "tags": {"host": "web-server-01", "region": "us-east-1"}}
@@ -37,8 +37,8 @@ pub struct HttpSample {
     pub sample: Sample,
 }
 
-/// Handles one ingest request.
-pub async fn ingest(api: Arc<Api>, body: bytes::Bytes) -> Response {
+/// Handles one ingest request; refusals are counted under `route`.
+pub async fn ingest(api: Arc<Api>, route: &'static str, body: bytes::Bytes) -> Response {
     let result = async {
         let parsed = parse(&body, vigil_shared::time::now_ms())
             .inspect_err(|e| {
@@ -49,7 +49,7 @@ pub async fn ingest(api: Arc<Api>, body: bytes::Bytes) -> Response {
                     .with_label_values(&[field])
                     .inc();
             })
-            .map_err(|e| crate::http::error::counted(&api.telemetry, "/api/v1/ingest", e))?;
+            .map_err(|e| crate::http::error::counted(&api.telemetry, route, e))?;
         let metric_id = api
             .writer
             .send_and_wait(|reply| Write::Samples {

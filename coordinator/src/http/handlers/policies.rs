@@ -1,4 +1,4 @@
-//! The policy routes (seed 001 §3.4), backed by the [`PolicyRegistry`]:
+//! The policy routes, backed by the [`PolicyRegistry`]:
 //!
 //! | route | answer |
 //! | --- | --- |
@@ -26,140 +26,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use vigil_shared::policy::{LoadError, Severity};
-use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
-use warp::Filter;
 
 use crate::http::error::{respond, ApiError};
-use crate::http::{measure, task_failed, Api, MAX_BODY_BYTES};
+use crate::http::{task_failed, Api};
 use crate::policies::{json as spec_json, PolicyRegistry, PolicySource, Registered, RegistryError};
-
-/// Every policy route, measured under its route template.
-pub fn routes(api: Arc<Api>) -> BoxedFilter<(Response,)> {
-    let with_api = {
-        let api = api.clone();
-        warp::any().map(move || api.clone())
-    };
-    let telemetry = api.telemetry.clone();
-    let measured = |template: &'static str, route: BoxedFilter<(Response,)>| {
-        measure(telemetry.clone(), template, route)
-    };
-    let body = || warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes());
-
-    let list = measured(
-        "/api/v1/policies",
-        warp::path!("api" / "v1" / "policies")
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(list)
-            .boxed(),
-    );
-    let create = measured(
-        "/api/v1/policies",
-        warp::path!("api" / "v1" / "policies")
-            .and(warp::post())
-            .and(with_api.clone())
-            .and(body())
-            .then(create)
-            .boxed(),
-    );
-    let evaluate = measured(
-        "/api/v1/policies/evaluate",
-        warp::path!("api" / "v1" / "policies" / "evaluate")
-            .and(warp::post())
-            .and(with_api.clone())
-            .and(body())
-            .then(sandbox::evaluate)
-            .boxed(),
-    );
-    let reload = measured(
-        "/api/v1/policies/reload",
-        warp::path!("api" / "v1" / "policies" / "reload")
-            .and(warp::post())
-            .and(with_api.clone())
-            .then(reload)
-            .boxed(),
-    );
-    let runner = measured(
-        "/api/v1/policies/runner/status",
-        warp::path!("api" / "v1" / "policies" / "runner" / "status")
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(runner::status)
-            .boxed(),
-    );
-    let by_severity = measured(
-        "/api/v1/policies/severity/{severity}",
-        warp::path!("api" / "v1" / "policies" / "severity" / String)
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(by_severity)
-            .boxed(),
-    );
-    let get_one = measured(
-        "/api/v1/policies/{name}",
-        warp::path!("api" / "v1" / "policies" / String)
-            .and(warp::get())
-            .and(with_api.clone())
-            .then(get_one)
-            .boxed(),
-    );
-    let update = measured(
-        "/api/v1/policies/{name}",
-        warp::path!("api" / "v1" / "policies" / String)
-            .and(warp::put())
-            .and(with_api.clone())
-            .and(body())
-            .then(update)
-            .boxed(),
-    );
-    let delete = measured(
-        "/api/v1/policies/{name}",
-        warp::path!("api" / "v1" / "policies" / String)
-            .and(warp::delete())
-            .and(with_api.clone())
-            .then(delete)
-            .boxed(),
-    );
-    let enable = measured(
-        "/api/v1/policies/{name}/enable",
-        warp::path!("api" / "v1" / "policies" / String / "enable")
-            .and(warp::put())
-            .and(with_api.clone())
-            .then(|name, api| set_enabled(name, api, true))
-            .boxed(),
-    );
-    let disable = measured(
-        "/api/v1/policies/{name}/disable",
-        warp::path!("api" / "v1" / "policies" / String / "disable")
-            .and(warp::put())
-            .and(with_api)
-            .then(|name, api| set_enabled(name, api, false))
-            .boxed(),
-    );
-    list.or(create)
-        .unify()
-        .or(evaluate)
-        .unify()
-        .or(reload)
-        .unify()
-        .or(runner)
-        .unify()
-        .or(by_severity)
-        .unify()
-        .or(get_one)
-        .unify()
-        .or(update)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(enable)
-        .unify()
-        .or(disable)
-        .unify()
-        .boxed()
-}
 
 /// One policy as the API shows it: its spec, plus `source` (and `file` for file policies).
 pub fn policy_json(registered: &Registered) -> Value {
@@ -177,7 +49,7 @@ pub fn policy_json(registered: &Registered) -> Value {
     value
 }
 
-/// A set of policies in the seed's list shape (without `ok`).
+/// A set of policies in the original list shape (without `ok`).
 fn listing(policies: &[Arc<Registered>]) -> Map<String, Value> {
     let enabled = policies.iter().filter(|r| r.policy.enabled).count();
     let mut body = Map::new();

@@ -55,11 +55,14 @@ pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<HistoryQue
     })
 }
 
-/// Handles one query.
-pub async fn query(params: HashMap<String, String>, api: Arc<Api>) -> Response {
+/// Handles one query; refusals are counted under `route`.
+pub async fn query(
+    params: HashMap<String, String>,
+    route: &'static str,
+    api: Arc<Api>,
+) -> Response {
     let result = async {
-        let query = parse(&params, now_ms())
-            .map_err(|e| counted(&api.telemetry, "/api/v1/metrics/query", e))?;
+        let query = parse(&params, now_ms()).map_err(|e| counted(&api.telemetry, route, e))?;
         let store = api.store.clone();
         let q = query.clone();
         // `from` after `to` is an empty window: no points.

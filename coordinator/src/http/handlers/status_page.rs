@@ -6,7 +6,7 @@
 //! the browser's `localStorage`, or `#token=…` in the address), and reads
 //! `GET /api/v1/events` with `fetch()` (browsers' `EventSource` cannot send
 //! `Authorization`), resuming with `Last-Event-ID` after a lost connection. So the page
-//! and its assets are open ([`crate::http::auth::required`]); every data request carries the
+//! and its assets are open ([`crate::http::routes::ROUTES`]); every data request carries the
 //! token.
 //!
 //! | route | answer |

@@ -18,10 +18,12 @@ use crate::store::reader::EventQuery;
 
 /// Most events one request returns.
 pub const MAX_LIMIT: usize = 1000;
+/// Events a request returns when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 100;
 
 /// Reads the query string.
 pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
-    let limit = crate::http::params::limit(params, 100, MAX_LIMIT)?;
+    let limit = crate::http::params::limit(params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let since_ms = params
         .get("since")
         .map(|t| {
@@ -54,11 +56,11 @@ pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
     })
 }
 
-/// Handles one request.
-pub async fn list(params: HashMap<String, String>, api: Arc<Api>) -> Response {
+/// Handles one request; refusals are counted under `route`.
+pub async fn list(params: HashMap<String, String>, route: &'static str, api: Arc<Api>) -> Response {
     let result = async {
-        let query = parse(&params)
-            .map_err(|e| crate::http::error::counted(&api.telemetry, "/api/v1/violations", e))?;
+        let query =
+            parse(&params).map_err(|e| crate::http::error::counted(&api.telemetry, route, e))?;
         let store = api.store.clone();
         let events = tokio::task::spawn_blocking(move || store.events(&query))
             .await

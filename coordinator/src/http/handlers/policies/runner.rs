@@ -1,6 +1,6 @@
 //! `GET /api/v1/policies/runner/status`: the policy runners, as the agents last reported
 //! them in their status (`AgentStatus.policies`). Policies are evaluated on the agents,
-//! not here; this is the seed's runner status built from theirs:
+//! not here; this is the original runner status built from theirs:
 //!
 //! ```json
 //! {"ok": true, "runner": {"enabled": true, "running": true, "interval_seconds": 5,

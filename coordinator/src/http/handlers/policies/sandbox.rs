@@ -1,5 +1,4 @@
-//! `POST /api/v1/policies/evaluate`: the policy sandbox (seed 001 §3.4), with
-//! explanations.
+//! `POST /api/v1/policies/evaluate`: the policy sandbox, with explanations.
 //!
 //! Request: `{"metrics": {"cpu_percent": 95, …}, "target": "web-server-01",
 //! "policies": [optional specs to test instead of the registry's]}` (`target` defaults to
@@ -8,7 +7,7 @@
 //! [`vigil_shared::policy::eval::explain`].
 //!
 //! Response: `{"ok":true,"violations":[…],"actions_triggered":[…],"evaluated":N,
-//! "passed":[…],"timestamp":…}`. A violation is the seed's
+//! "passed":[…],"timestamp":…}`. A violation is the original's
 //! `{policy_name,severity,description,target,timestamp}` plus `explanation` (which
 //! conditions held, with the observed values), `summary` (the same in one line) and
 //! `holds_for` (the policy's `for`: it would fire only after holding that long; `null`
