@@ -101,13 +101,13 @@ fn routes() -> Vec<(Method, &'static str, &'static str, Needs)> {
             Needs::Admin,
         ),
         (
-            Method::POST,
+            Method::PUT,
             "/api/v1/policies/auth-matrix/disable",
             "",
             Needs::Operator,
         ),
         (
-            Method::POST,
+            Method::PUT,
             "/api/v1/policies/auth-matrix/enable",
             "",
             Needs::Operator,

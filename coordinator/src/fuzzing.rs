@@ -2,7 +2,7 @@
 //! that are private to their handlers' modules, run exactly as the handlers run them
 //! (minus the store writes that follow).
 
-use crate::http::handlers::{actions, agents as agents_api};
+use crate::http::handlers::agents as agents_api;
 use crate::security::agents::{self, EnrollRequest};
 
 /// `POST /api/v1/actions`: reads and checks the body; the error is the 4xx message.
@@ -29,4 +29,5 @@ pub fn join_token(body: &[u8]) -> Result<i64, String> {
 /// What the fuzz targets decode and render, from the coordinator's private modules.
 pub use crate::bundles::store::BundleRecord;
 pub use crate::events::json::{entry_json, event_json, tags_json};
+pub use crate::http::handlers::{actions, events, hosts, ingest, policies, query, violations};
 pub use crate::policies::json as spec_json;

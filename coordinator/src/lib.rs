@@ -26,7 +26,7 @@ pub(crate) mod config;
 pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod http;
+pub(crate) mod http;
 pub(crate) mod mqtt;
 mod per_address;
 pub(crate) mod policies;

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vigil_coordinator::fuzzing::BundleRecord;
-use vigil_coordinator::http::handlers::{actions, hosts};
+use vigil_coordinator::fuzzing::{actions, hosts};
 use vigil_coordinator::store::actions::ActionRecord;
 use vigil_coordinator::store::agents::{AgentRecord, JoinTokenRecord};
 use vigil_coordinator::store::feed::FeedEntry;

@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use vigil_coordinator::fuzzing;
 use vigil_coordinator::fuzzing::spec_json;
-use vigil_coordinator::http::handlers::{actions, events, ingest, policies, query, violations};
+use vigil_coordinator::fuzzing::{actions, events, ingest, policies, query, violations};
 use vigil_fuzz::NOW_MS;
 use vigil_shared::policy::PolicySpec;
 use vigil_shared::validate;
