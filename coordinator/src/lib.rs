@@ -19,6 +19,10 @@
 //! - [`config`]: flags, `VIGIL_…` environment variables and the TOML file.
 //! - [`app`]: starts and stops all of the above as one [`Coordinator`].
 
+// The crate is documented for the people who work on it (`cargo doc
+// --document-private-items`): its public docs link the private layers they describe.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub(crate) mod app;
 pub(crate) mod bundles;
 pub mod cli;

@@ -18,6 +18,10 @@
 //! - [`policy`]: the policy model, its YAML/JSON form, the evaluator and engine.
 //! - [`time`]: millisecond timestamps and their RFC 3339 form.
 
+// The crate is documented for the people who work on it (`cargo doc
+// --document-private-items`): its public docs link the private layers they describe.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod agent_auth;
 pub mod broker_url;
 pub mod bundle;
