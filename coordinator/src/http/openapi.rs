@@ -34,18 +34,6 @@ pub struct ErrorBody {
     field: Option<String>,
 }
 
-/// `GET /health` and the per-service health routes.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Health {
-    /// `healthy`.
-    status: String,
-    /// Which service answers.
-    service: String,
-    /// The coordinator's version (only on `/health`).
-    version: Option<String>,
-}
-
 /// One metric in the original HTTP ingest shape (other keys are ignored, as the original
 /// did).
 #[derive(ToSchema)]
@@ -274,11 +262,14 @@ impl Modify for CommonParts {
                        operator, admin; see README)."
     ),
     components(schemas(
-        ErrorBody, Health, IngestBody, ManualActionBody, PolicyBody, EvaluateBody,
+        ErrorBody, IngestBody, ManualActionBody, PolicyBody, EvaluateBody,
         EnrollBody, JoinTokenBody, Json, ActionStatus, Severity,
         crate::http::handlers::actions::ActionList, crate::http::handlers::actions::ActionJson,
         crate::http::handlers::actions::TransitionJson, crate::http::handlers::actions::StatsJson,
         crate::http::handlers::actions::QueueJson, crate::http::handlers::actions::LastTask,
+        crate::http::handlers::health::HealthJson, crate::http::handlers::ingest::Stored,
+        crate::http::handlers::violations::ViolationList,
+        crate::events::json::PolicyEventJson,
     )),
     security(("bearer" = []))
 )]

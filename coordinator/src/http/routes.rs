@@ -29,12 +29,15 @@ use warp::http::{HeaderMap, Method};
 use warp::reply::Response;
 use warp::Filter;
 
+use super::handlers::health::HealthJson;
+use super::handlers::ingest::Stored;
+use super::handlers::violations::ViolationList;
 use super::handlers::{
     actions, agents, bundles, events, health, hosts, ingest, policies, query, status_page,
     violations,
 };
 use super::openapi::{
-    ActionStatus, EnrollBody, ErrorBody, EvaluateBody, Health, IngestBody, JoinTokenBody, Json,
+    ActionStatus, EnrollBody, ErrorBody, EvaluateBody, IngestBody, JoinTokenBody, Json,
     ManualActionBody, PolicyBody, Severity,
 };
 use super::{Api, MAX_BODY_BYTES};
@@ -353,7 +356,7 @@ routes! {
     health: get "/health", OPEN, Input::Path,
         |_call| async { health::health() },
         (tag = "service",
-         responses((status = 200, description = "Up", body = Health)));
+         responses((status = 200, description = "Up", body = HealthJson)));
     metrics: get "/metrics", SCRAPE, Input::Path,
         |call| health::metrics(call.api),
         (tag = "service",
@@ -367,15 +370,15 @@ routes! {
     ingest: post "/api/v1/ingest", OPERATOR, Input::Body(MAX_BODY_BYTES),
         |call| ingest::ingest(call.api, call.route, call.body),
         (tag = "ingest", request_body = IngestBody,
-         responses((status = 201, description = "Stored", body = Json)));
+         responses((status = 201, description = "Stored", body = Stored)));
     ingest_alias: post "/api/v1/ingest/agent/metrics", OPERATOR, Input::Body(MAX_BODY_BYTES),
         |call| ingest::ingest(call.api, call.route, call.body),
         (tag = "ingest", request_body = IngestBody,
-         responses((status = 201, description = "Stored (alias of /api/v1/ingest)", body = Json)));
+         responses((status = 201, description = "Stored (alias of /api/v1/ingest)", body = Stored)));
     ingest_health: get "/api/v1/ingest/health", VIEWER, Input::Path,
         |_call| async { health::ingest_health() },
         (tag = "ingest",
-         responses((status = 200, description = "Up", body = Health)));
+         responses((status = 200, description = "Up", body = HealthJson)));
 
     // Agent identities and join tokens.
     enroll: post "/api/v1/agents/enroll", JOIN_TOKEN, Input::Body(SMALL_BODY_BYTES),
@@ -435,7 +438,7 @@ routes! {
              ("since" = Option<String>, Query, description = "RFC 3339 or epoch ms"),
              ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1–1000 (default 100)"),
          ),
-         responses((status = 200, description = "Policy decisions, newest first", body = Json)));
+         responses((status = 200, description = "Policy decisions, newest first", body = ViolationList)));
     events: get "/api/v1/events", VIEWER, Input::Query,
         |call| events::stream(call.query, events::last_event_id(&call.headers), call.api),
         (tag = "audit",
@@ -467,7 +470,7 @@ routes! {
     actions_health: get "/api/v1/actions/health", VIEWER, Input::Path,
         |_call| async { actions::health() },
         (tag = "actions",
-         responses((status = 200, description = "Up", body = Health)));
+         responses((status = 200, description = "Up", body = HealthJson)));
     actions_by_status: get "/api/v1/actions/status/{status}", VIEWER, Input::Query,
         |call| actions::list(call.query, Some(call.param), call.route, call.api),
         (tag = "actions",
