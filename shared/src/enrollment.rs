@@ -33,6 +33,7 @@ pub struct EnrollRequest {
 
 /// What an enrolled agent gets back (HTTP 201).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Enrollment {
     /// The host it is enrolled as.
     pub host: String,

@@ -1,9 +1,11 @@
 //! The OpenAPI 3.1 document of the REST API, served at `GET /api/v1/openapi.json`
 //! (utoipa). Its paths come from the route table ([`super::routes::ROUTES`]): each entry's
 //! operation, under the entry's method and path, with the security its access asks for.
-//! Response types that handlers serialize from Rust structs (actions, queue stats) derive
-//! their schema from those structs; bodies the handlers read field by field (to name the
-//! bad field in errors) and `json!`-built answers are described by the schema types below.
+//! Response types that handlers serialize from Rust structs (actions, queue stats, hosts,
+//! history, policy events, health, ingest, agents and join tokens) derive their schema from
+//! those structs; bodies the handlers read field by field (to name the bad field in errors)
+//! are described by the schema types below, and the answers still built with `json!` by
+//! the `Json` placeholder.
 //! The route table's tests check the document against the router, and `tests/openapi.rs`
 //! runs schemathesis against a live coordinator (no server error, every answer as
 //! documented).
@@ -32,18 +34,6 @@ pub struct ErrorBody {
     error: String,
     /// The field at fault, when one is.
     field: Option<String>,
-}
-
-/// `GET /health` and the per-service health routes.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Health {
-    /// `healthy`.
-    status: String,
-    /// Which service answers.
-    service: String,
-    /// The coordinator's version (only on `/health`).
-    version: Option<String>,
 }
 
 /// One metric in the original HTTP ingest shape (other keys are ignored, as the original
@@ -274,11 +264,21 @@ impl Modify for CommonParts {
                        operator, admin; see README)."
     ),
     components(schemas(
-        ErrorBody, Health, IngestBody, ManualActionBody, PolicyBody, EvaluateBody,
+        ErrorBody, IngestBody, ManualActionBody, PolicyBody, EvaluateBody,
         EnrollBody, JoinTokenBody, Json, ActionStatus, Severity,
         crate::http::handlers::actions::ActionList, crate::http::handlers::actions::ActionJson,
         crate::http::handlers::actions::TransitionJson, crate::http::handlers::actions::StatsJson,
         crate::http::handlers::actions::QueueJson, crate::http::handlers::actions::LastTask,
+        crate::http::handlers::health::HealthJson, crate::http::handlers::ingest::Stored,
+        crate::http::handlers::violations::ViolationList,
+        crate::events::json::PolicyEventJson,
+        crate::http::handlers::hosts::HostList, crate::http::handlers::hosts::HostJson,
+        crate::http::handlers::hosts::BundleJson, crate::http::handlers::hosts::LatestJson,
+        crate::http::handlers::query::History, crate::http::handlers::query::PointJson,
+        crate::http::handlers::agents::AgentList, crate::http::handlers::agents::AgentJson,
+        crate::http::handlers::agents::Revoked, crate::http::handlers::agents::JoinTokenList,
+        crate::http::handlers::agents::JoinTokenJson,
+        vigil_shared::enrollment::Enrollment,
     )),
     security(("bearer" = []))
 )]

@@ -29,16 +29,23 @@ use warp::http::{HeaderMap, Method};
 use warp::reply::Response;
 use warp::Filter;
 
+use super::handlers::agents::{AgentList, JoinTokenJson, JoinTokenList, Revoked};
+use super::handlers::health::HealthJson;
+use super::handlers::hosts::{HostJson, HostList};
+use super::handlers::ingest::Stored;
+use super::handlers::query::History;
+use super::handlers::violations::ViolationList;
 use super::handlers::{
     actions, agents, bundles, events, health, hosts, ingest, policies, query, status_page,
     violations,
 };
 use super::openapi::{
-    ActionStatus, EnrollBody, ErrorBody, EvaluateBody, Health, IngestBody, JoinTokenBody, Json,
+    ActionStatus, EnrollBody, ErrorBody, EvaluateBody, IngestBody, JoinTokenBody, Json,
     ManualActionBody, PolicyBody, Severity,
 };
 use super::{Api, MAX_BODY_BYTES};
 use crate::security::tokens::Role;
+use vigil_shared::enrollment::Enrollment;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,7 +360,7 @@ routes! {
     health: get "/health", OPEN, Input::Path,
         |_call| async { health::health() },
         (tag = "service",
-         responses((status = 200, description = "Up", body = Health)));
+         responses((status = 200, description = "Up", body = HealthJson)));
     metrics: get "/metrics", SCRAPE, Input::Path,
         |call| health::metrics(call.api),
         (tag = "service",
@@ -367,50 +374,50 @@ routes! {
     ingest: post "/api/v1/ingest", OPERATOR, Input::Body(MAX_BODY_BYTES),
         |call| ingest::ingest(call.api, call.route, call.body),
         (tag = "ingest", request_body = IngestBody,
-         responses((status = 201, description = "Stored", body = Json)));
+         responses((status = 201, description = "Stored", body = Stored)));
     ingest_alias: post "/api/v1/ingest/agent/metrics", OPERATOR, Input::Body(MAX_BODY_BYTES),
         |call| ingest::ingest(call.api, call.route, call.body),
         (tag = "ingest", request_body = IngestBody,
-         responses((status = 201, description = "Stored (alias of /api/v1/ingest)", body = Json)));
+         responses((status = 201, description = "Stored (alias of /api/v1/ingest)", body = Stored)));
     ingest_health: get "/api/v1/ingest/health", VIEWER, Input::Path,
         |_call| async { health::ingest_health() },
         (tag = "ingest",
-         responses((status = 200, description = "Up", body = Health)));
+         responses((status = 200, description = "Up", body = HealthJson)));
 
     // Agent identities and join tokens.
     enroll: post "/api/v1/agents/enroll", JOIN_TOKEN, Input::Body(SMALL_BODY_BYTES),
         |call| agents::enroll(call.client, call.api, call.body),
         (tag = "agents", request_body = EnrollBody,
-         responses((status = 201, description = "Enrolled: the agent's MQTT login and the coordinator's key", body = Json),
+         responses((status = 201, description = "Enrolled: the agent's MQTT login and the coordinator's key", body = Enrollment),
                    (status = 409, description = "The host is enrolled already", body = ErrorBody)));
     agents: get "/api/v1/agents", ADMIN, Input::Path,
         |call| agents::list(call.api),
         (tag = "agents",
-         responses((status = 200, description = "Enrolled agents (no secrets)", body = Json)));
+         responses((status = 200, description = "Enrolled agents (no secrets)", body = AgentList)));
     agent_revoke: post "/api/v1/agents/{host}/revoke", ADMIN, Input::Path,
         |call| agents::revoke(call.param, call.api),
         (tag = "agents",
          params(("host" = String, Path, description = "Host")),
-         responses((status = 200, description = "Revoked", body = Json)));
+         responses((status = 200, description = "Revoked", body = Revoked)));
     join_tokens_create: post "/api/v1/join-tokens", ADMIN, Input::Body(SMALL_BODY_BYTES),
         |call| agents::create_join_token(call.api, call.route, call.body),
         (tag = "agents", request_body = JoinTokenBody,
-         responses((status = 201, description = "Created; `token` is shown once", body = Json)));
+         responses((status = 201, description = "Created; `token` is shown once", body = JoinTokenJson)));
     join_tokens: get "/api/v1/join-tokens", ADMIN, Input::Path,
         |call| agents::list_join_tokens(call.api),
         (tag = "agents",
-         responses((status = 200, description = "Join tokens (hashes only)", body = Json)));
+         responses((status = 200, description = "Join tokens (hashes only)", body = JoinTokenList)));
 
     // Hosts and their metric history.
     hosts: get "/api/v1/hosts", VIEWER, Input::Path,
         |call| hosts::list(call.api),
         (tag = "hosts",
-         responses((status = 200, description = "Every host", body = Json)));
+         responses((status = 200, description = "Every host", body = HostList)));
     host: get "/api/v1/hosts/{host}", VIEWER, Input::Path,
         |call| hosts::one(call.param, call.api),
         (tag = "hosts",
          params(("host" = String, Path, description = "Host name")),
-         responses((status = 200, description = "One host and its latest values", body = Json)));
+         responses((status = 200, description = "One host and its latest values", body = HostJson)));
     history: get "/api/v1/metrics/query", VIEWER, Input::Query,
         |call| query::query(call.query, call.route, call.api),
         (tag = "hosts",
@@ -421,7 +428,7 @@ routes! {
              ("to" = Option<String>, Query, description = "RFC 3339 or epoch ms (default: now)"),
              ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "1–10000 (default 1000)"),
          ),
-         responses((status = 200, description = "History, time-ordered", body = Json)));
+         responses((status = 200, description = "History, time-ordered", body = History)));
 
     // The policy audit trail and the live event stream.
     violations: get "/api/v1/violations", VIEWER, Input::Query,
@@ -435,7 +442,7 @@ routes! {
              ("since" = Option<String>, Query, description = "RFC 3339 or epoch ms"),
              ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1–1000 (default 100)"),
          ),
-         responses((status = 200, description = "Policy decisions, newest first", body = Json)));
+         responses((status = 200, description = "Policy decisions, newest first", body = ViolationList)));
     events: get "/api/v1/events", VIEWER, Input::Query,
         |call| events::stream(call.query, events::last_event_id(&call.headers), call.api),
         (tag = "audit",
@@ -467,7 +474,7 @@ routes! {
     actions_health: get "/api/v1/actions/health", VIEWER, Input::Path,
         |_call| async { actions::health() },
         (tag = "actions",
-         responses((status = 200, description = "Up", body = Health)));
+         responses((status = 200, description = "Up", body = HealthJson)));
     actions_by_status: get "/api/v1/actions/status/{status}", VIEWER, Input::Query,
         |call| actions::list(call.query, Some(call.param), call.route, call.api),
         (tag = "actions",

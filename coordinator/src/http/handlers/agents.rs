@@ -3,10 +3,13 @@
 //! | route | who | answer |
 //! | --- | --- | --- |
 //! | `POST /api/v1/agents/enroll` `{"join_token","host","public_key"}` | the join token | 201 `{"host","mqtt_username","mqtt_password","labels":{…},"coordinator_key"}`; 401 bad token, 403 token bound to another host, 409 host enrolled, 422 bad field |
-//! | `GET /api/v1/agents` | admin | `{"agents":[{"host","public_key","labels","join_token","enrolled_at","revoked_at"}]}` |
-//! | `POST /api/v1/agents/{host}/revoke` | admin | `{"ok":true,"host","revoked_at"}`; 404 if never enrolled |
-//! | `POST /api/v1/join-tokens` `{"name","labels"?,"host"?,"uses"?,"ttl"?}` | admin | 201 `{"token","id","name","labels","host","uses","expires_at"}` (the token is shown only here); 422 naming `ttl` for a lifetime over ten years |
-//! | `GET /api/v1/join-tokens` | admin | `{"join_tokens":[{"id","name","labels","host","uses_left","created_at","expires_at","revoked_at"}]}` |
+//! | `GET /api/v1/agents` | admin | `{"agents":[{"enrolled_at","host","join_token","labels","public_key","revoked_at"}]}` |
+//! | `POST /api/v1/agents/{host}/revoke` | admin | `{"host","ok":true,"revoked_at"}`; 404 if never enrolled |
+//! | `POST /api/v1/join-tokens` `{"name","labels"?,"host"?,"uses"?,"ttl"?}` | admin | 201 a join token as listed, with `"token"` (shown only here); 422 naming `ttl` for a lifetime over ten years |
+//! | `GET /api/v1/join-tokens` | admin | `{"join_tokens":[{"created_at","expires_at","host","id","labels","name","revoked_at","uses_left"}]}` |
+//!
+//! The answers other than enrollment's are structs with their fields in alphabetical order,
+//! the order their keys have always had.
 //!
 //! A failed enrollment counts as a failed authentication for the client's address (the
 //! same rate limit as bad REST tokens), and in `vigil_agent_enrollments_total{result}`.
@@ -16,8 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use vigil_shared::time::{now_ms, to_rfc3339};
 use vigil_shared::validate;
 use warp::http::StatusCode;
@@ -108,15 +110,50 @@ pub(crate) async fn enroll(
     }
 }
 
-fn agent_json(r: &AgentRecord) -> Value {
-    json!({
-        "host": r.host,
-        "public_key": r.public_key,
-        "labels": r.labels,
-        "join_token": r.join_token,
-        "enrolled_at": to_rfc3339(r.enrolled_ms),
-        "revoked_at": r.revoked_ms.map(to_rfc3339),
-    })
+/// An enrolled agent (no secrets).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AgentJson<'a> {
+    /// When it enrolled, RFC 3339.
+    pub enrolled_at: String,
+    /// The host it enrolled as.
+    pub host: &'a str,
+    /// The id of the join token it used.
+    pub join_token: &'a str,
+    /// Its labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Its ed25519 public key, hex.
+    pub public_key: &'a str,
+    /// When it was revoked, RFC 3339.
+    pub revoked_at: Option<String>,
+}
+
+/// `GET /api/v1/agents`: `{"agents":[…]}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AgentList<'a> {
+    /// Every enrolled agent.
+    pub agents: Vec<AgentJson<'a>>,
+}
+
+/// `POST /api/v1/agents/{host}/revoke`: `{"host","ok","revoked_at"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Revoked {
+    /// The host.
+    pub host: String,
+    /// Always true.
+    pub ok: bool,
+    /// When, RFC 3339.
+    pub revoked_at: Option<String>,
+}
+
+fn agent_json(r: &AgentRecord) -> AgentJson<'_> {
+    AgentJson {
+        enrolled_at: to_rfc3339(r.enrolled_ms),
+        host: &r.host,
+        join_token: &r.join_token,
+        labels: &r.labels,
+        public_key: &r.public_key,
+        revoked_at: r.revoked_ms.map(to_rfc3339),
+    }
 }
 
 /// `GET /api/v1/agents`.
@@ -125,9 +162,9 @@ pub(crate) async fn list(api: Arc<Api>) -> Response {
         api.store
             .agents()
             .map(|agents| {
-                warp::reply::json(&json!({
-                    "agents": agents.iter().map(agent_json).collect::<Vec<_>>()
-                }))
+                warp::reply::json(&AgentList {
+                    agents: agents.iter().map(agent_json).collect(),
+                })
             })
             .map_err(ApiError::from),
     )
@@ -142,11 +179,11 @@ pub(crate) async fn revoke(host: String, api: Arc<Api>) -> Response {
         .and_then(|r| r.map_err(enroll_error));
     respond(result.map(|record| {
         tracing::warn!(host = %record.host, "agent identity revoked");
-        warp::reply::json(&json!({
-            "ok": true,
-            "host": record.host,
-            "revoked_at": record.revoked_ms.map(to_rfc3339),
-        }))
+        warp::reply::json(&Revoked {
+            revoked_at: record.revoked_ms.map(to_rfc3339),
+            host: record.host,
+            ok: true,
+        })
     }))
 }
 
@@ -164,17 +201,49 @@ struct JoinTokenBody {
     ttl: Option<String>,
 }
 
-fn join_token_json(r: &JoinTokenRecord) -> Value {
-    json!({
-        "id": r.id,
-        "name": r.name,
-        "labels": r.labels,
-        "host": r.host,
-        "uses_left": r.uses_left,
-        "created_at": to_rfc3339(r.created_ms),
-        "expires_at": to_rfc3339(r.expires_ms),
-        "revoked_at": r.revoked_ms.map(to_rfc3339),
-    })
+/// A join token (its hash is never shown; the token itself only when created).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JoinTokenJson<'a> {
+    /// When it was created, RFC 3339.
+    pub created_at: String,
+    /// When it expires, RFC 3339.
+    pub expires_at: String,
+    /// The only host that may use it.
+    pub host: Option<&'a str>,
+    /// Its id.
+    pub id: &'a str,
+    /// Labels given to every agent that enrolls with it.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Its name.
+    pub name: &'a str,
+    /// When it was revoked, RFC 3339.
+    pub revoked_at: Option<String>,
+    /// The token (only in the answer that creates it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Enrollments it still allows.
+    pub uses_left: u32,
+}
+
+/// `GET /api/v1/join-tokens`: `{"join_tokens":[…]}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JoinTokenList<'a> {
+    /// Every join token.
+    pub join_tokens: Vec<JoinTokenJson<'a>>,
+}
+
+fn join_token_json(r: &JoinTokenRecord) -> JoinTokenJson<'_> {
+    JoinTokenJson {
+        created_at: to_rfc3339(r.created_ms),
+        expires_at: to_rfc3339(r.expires_ms),
+        host: r.host.as_deref(),
+        id: &r.id,
+        labels: &r.labels,
+        name: &r.name,
+        revoked_at: r.revoked_ms.map(to_rfc3339),
+        token: None,
+        uses_left: r.uses_left,
+    }
 }
 
 /// Reads and checks a `POST /api/v1/join-tokens` body.
@@ -232,7 +301,7 @@ pub(crate) async fn create_join_token(
     match result {
         Ok((token, record)) => {
             let mut answer = join_token_json(&record);
-            answer["token"] = Value::String(token);
+            answer.token = Some(token);
             warp::reply::with_status(warp::reply::json(&answer), StatusCode::CREATED)
                 .into_response()
         }
@@ -256,9 +325,9 @@ pub(crate) async fn list_join_tokens(api: Arc<Api>) -> Response {
         api.store
             .join_tokens()
             .map(|tokens| {
-                warp::reply::json(&json!({
-                    "join_tokens": tokens.iter().map(join_token_json).collect::<Vec<_>>()
-                }))
+                warp::reply::json(&JoinTokenList {
+                    join_tokens: tokens.iter().map(join_token_json).collect(),
+                })
             })
             .map_err(ApiError::from),
     )

@@ -2,25 +2,44 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
+use serde::Serialize;
 use warp::reply::{Reply, Response};
 
 use crate::http::error::{respond, ApiError};
 use crate::http::Api;
 
-/// `GET /health`: `{"status":"healthy","service":"vigil","version":…}`.
+/// `GET /health` and the per-service health routes: `{"service","status","version"}`
+/// (keys in this order; `version` only on `/health`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Health)]
+pub struct HealthJson {
+    /// Which service answers.
+    pub service: &'static str,
+    /// `healthy`.
+    pub status: &'static str,
+    /// The coordinator's version (only on `/health`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<&'static str>,
+}
+
+/// `GET /health`: `{"service":"vigil","status":"healthy","version":…}`.
 pub fn health() -> Response {
-    warp::reply::json(&json!({
-        "status": "healthy",
-        "service": "vigil",
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
+    warp::reply::json(&HealthJson {
+        service: "vigil",
+        status: "healthy",
+        version: Some(env!("CARGO_PKG_VERSION")),
+    })
     .into_response()
 }
 
-/// `GET /api/v1/ingest/health`: `{"status":"healthy","service":"ingest"}`.
+/// `GET /api/v1/ingest/health`: `{"service":"ingest","status":"healthy"}`.
 pub fn ingest_health() -> Response {
-    warp::reply::json(&json!({ "status": "healthy", "service": "ingest" })).into_response()
+    warp::reply::json(&HealthJson {
+        service: "ingest",
+        status: "healthy",
+        version: None,
+    })
+    .into_response()
 }
 
 /// `GET /metrics`: Prometheus text. Host gauges are computed from the store at scrape time.

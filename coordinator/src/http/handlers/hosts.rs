@@ -3,18 +3,96 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use vigil_shared::time::{now_ms, to_rfc3339};
 use vigil_shared::wire::AgentState;
 use warp::reply::Response;
 
-use crate::events::json::tags_json;
+use crate::events::json::{tags, TagsJson};
 use crate::http::error::{respond, ApiError};
 use crate::http::Api;
 use crate::store::{HostRecord, LatestPoint};
 
-/// One host as the API shows it.
-pub fn host_json(record: &HostRecord, now_ms: i64) -> Value {
+/// One host as the API shows it (keys in this order; `metric_count` and `metrics` only
+/// on `GET /api/v1/hosts/{host}`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HostJson<'a> {
+    /// When its agent process started, RFC 3339 (null without an agent status).
+    pub agent_started_at: Option<String>,
+    /// Its agent's version.
+    pub agent_version: Option<&'a str>,
+    /// Why its agent refused the last bundle.
+    pub bundle_error: Option<&'a str>,
+    /// The bundles its agent applied.
+    pub bundles: Vec<BundleJson<'a>>,
+    /// Anything its agent wants an operator to read.
+    pub detail: Option<&'a str>,
+    /// When it was first seen, RFC 3339.
+    pub first_seen: String,
+    /// Its name.
+    pub host: &'a str,
+    /// Its agent's sampling interval, seconds.
+    pub interval_seconds: Option<f64>,
+    /// Its labels.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub labels: TagsJson<'a>,
+    /// When it was last seen, RFC 3339.
+    pub last_seen: String,
+    /// How many metric names it reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_count: Option<usize>,
+    /// The latest value of every metric it reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Vec<LatestJson<'a>>>,
+    /// Whether it reported recently.
+    pub online: bool,
+    /// Whether remediation is paused on it (kill switch).
+    pub remediation_paused: Option<bool>,
+    /// How its data arrives.
+    pub source: &'static str,
+    /// `online`, `stale` or `offline`.
+    pub state: &'static str,
+}
+
+/// A bundle a host applied.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BundleJson<'a> {
+    /// The group.
+    pub group: &'a str,
+    /// The bundle's content hash.
+    pub hash: &'a str,
+    /// The bundle's version.
+    pub version: u64,
+}
+
+/// The latest value of one metric.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LatestJson<'a> {
+    /// The metric name.
+    pub name: &'a str,
+    /// Its tags.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub tags: TagsJson<'a>,
+    /// When, RFC 3339.
+    pub timestamp: String,
+    /// The value.
+    pub value: f64,
+}
+
+/// `GET /api/v1/hosts`: `{"count","hosts","online_count"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HostList<'a> {
+    /// How many hosts.
+    pub count: usize,
+    /// Every host.
+    pub hosts: Vec<HostJson<'a>>,
+    /// How many of them are online.
+    pub online_count: usize,
+}
+
+/// One host as the API shows it, typed.
+pub fn host(record: &HostRecord, now_ms: i64) -> HostJson<'_> {
     let online = record.is_online(now_ms);
     let state = match (&record.status, online) {
         (_, true) => "online",
@@ -22,35 +100,54 @@ pub fn host_json(record: &HostRecord, now_ms: i64) -> Value {
         _ => "offline",
     };
     let status = record.status.as_ref();
-    json!({
-        "host": record.host,
-        "online": online,
-        "state": state,
-        "last_seen": to_rfc3339(record.last_seen_ms),
-        "first_seen": to_rfc3339(record.first_seen_ms),
-        "source": record.source.as_str(),
-        "agent_version": status.map(|s| s.agent_version.clone()),
-        "agent_started_at": status.map(|s| to_rfc3339(s.started_at_ms)),
-        "interval_seconds": status.map(|s| s.interval_ms as f64 / 1000.0),
-        "labels": tags_json(record.labels()),
-        "bundles": status.map(|s| s.bundles.iter().map(|b| json!({
-            "group": b.group,
-            "version": b.version,
-            "hash": b.hash,
-        })).collect::<Vec<_>>()).unwrap_or_default(),
-        "bundle_error": status.and_then(|s| s.bundle_error.clone()),
-        "remediation_paused": status.map(|s| s.remediation_paused),
-        "detail": status.and_then(|s| s.detail.clone()),
-    })
+    HostJson {
+        agent_started_at: status.map(|s| to_rfc3339(s.started_at_ms)),
+        agent_version: status.map(|s| s.agent_version.as_str()),
+        bundle_error: status.and_then(|s| s.bundle_error.as_deref()),
+        bundles: status
+            .map(|s| {
+                s.bundles
+                    .iter()
+                    .map(|b| BundleJson {
+                        group: &b.group,
+                        hash: &b.hash,
+                        version: b.version,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        detail: status.and_then(|s| s.detail.as_deref()),
+        first_seen: to_rfc3339(record.first_seen_ms),
+        host: &record.host,
+        interval_seconds: status.map(|s| s.interval_ms as f64 / 1000.0),
+        labels: tags(record.labels()),
+        last_seen: to_rfc3339(record.last_seen_ms),
+        metric_count: None,
+        metrics: None,
+        online,
+        remediation_paused: status.map(|s| s.remediation_paused),
+        source: record.source.as_str(),
+        state,
+    }
 }
 
+/// One host as a JSON value.
+pub fn host_json(record: &HostRecord, now_ms: i64) -> Value {
+    serde_json::to_value(host(record, now_ms)).unwrap_or(Value::Null)
+}
+
+fn latest(point: &LatestPoint) -> LatestJson<'_> {
+    LatestJson {
+        name: &point.name,
+        tags: tags(&point.tags),
+        timestamp: to_rfc3339(point.ts_ms),
+        value: point.value,
+    }
+}
+
+#[cfg(test)]
 fn latest_json(point: &LatestPoint) -> Value {
-    json!({
-        "name": point.name,
-        "value": point.value,
-        "tags": tags_json(&point.tags),
-        "timestamp": to_rfc3339(point.ts_ms),
-    })
+    serde_json::to_value(latest(point)).unwrap_or(Value::Null)
 }
 
 /// `GET /api/v1/hosts`: every host, with online state, last seen, agent version and labels.
@@ -60,11 +157,11 @@ pub async fn list(api: Arc<Api>) -> Response {
         Ok(Ok(hosts)) => {
             let now = now_ms();
             let online = hosts.iter().filter(|h| h.is_online(now)).count();
-            Ok(warp::reply::json(&json!({
-                "count": hosts.len(),
-                "online_count": online,
-                "hosts": hosts.iter().map(|h| host_json(h, now)).collect::<Vec<_>>(),
-            })))
+            Ok(warp::reply::json(&HostList {
+                count: hosts.len(),
+                hosts: hosts.iter().map(|h| host(h, now)).collect(),
+                online_count: online,
+            }))
         }
         Ok(Err(e)) => Err(ApiError::from(e)),
         Err(e) => Err(crate::http::task_failed(e)),
@@ -77,15 +174,14 @@ pub async fn one(host: String, api: Arc<Api>) -> Response {
     let store = api.store.clone();
     let name = host.clone();
     let result = match tokio::task::spawn_blocking(move || store.host(&name)).await {
-        Ok(Ok(Some((record, latest)))) => {
-            let mut body = host_json(&record, now_ms());
-            let metrics: Vec<Value> = latest.iter().map(latest_json).collect();
+        Ok(Ok(Some((record, latest_points)))) => {
+            let mut body = self::host(&record, now_ms());
             let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
-            for point in &latest {
+            for point in &latest_points {
                 *by_name.entry(point.name.as_str()).or_default() += 1;
             }
-            body["metric_count"] = json!(by_name.len());
-            body["metrics"] = Value::Array(metrics);
+            body.metric_count = Some(by_name.len());
+            body.metrics = Some(latest_points.iter().map(latest).collect());
             Ok(warp::reply::json(&body))
         }
         Ok(Ok(None)) => Err(ApiError::not_found(format!("host `{host}` is not known"))),
@@ -248,7 +344,10 @@ mod tests {
             .iter()
             .map(|p| latest_json(p)["timestamp"].clone())
             .collect();
-        assert_eq!(stamps, vec![json!(LAST_WRITABLE), json!(EPOCH)]);
+        assert_eq!(
+            stamps,
+            vec![serde_json::json!(LAST_WRITABLE), serde_json::json!(EPOCH)]
+        );
 
         let history = store
             .query(&HistoryQuery {

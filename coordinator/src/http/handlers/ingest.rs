@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use vigil_shared::validate;
 use vigil_shared::wire::{Sample, Tag};
 use warp::http::StatusCode;
@@ -63,16 +63,27 @@ pub async fn ingest(api: Arc<Api>, route: &'static str, body: bytes::Bytes) -> R
             .await
             .map_err(|e| ApiError::from(e.as_ref()))?;
         Ok(warp::reply::with_status(
-            warp::reply::json(&json!({
-                "ok": true,
-                "metric_id": metric_id,
-                "message": "Metric ingested successfully",
-            })),
+            warp::reply::json(&Stored {
+                message: "Metric ingested successfully",
+                metric_id,
+                ok: true,
+            }),
             StatusCode::CREATED,
         ))
     }
     .await;
     respond(result)
+}
+
+/// The 201 answer: `{"message","metric_id","ok"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Stored {
+    /// Words.
+    pub message: &'static str,
+    /// The stored metric's id.
+    pub metric_id: u64,
+    /// Always true.
+    pub ok: bool,
 }
 
 /// Reads and checks a request body, naming the first field at fault.

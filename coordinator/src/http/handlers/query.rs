@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::json;
+use serde::Serialize;
 use vigil_shared::time::{now_ms, parse_time, to_rfc3339};
 use vigil_shared::validate;
 use warp::reply::Response;
 
-use crate::events::json::tags_json;
+use crate::events::json::{tags, TagsJson};
 use crate::http::error::{counted, respond, ApiError};
 use crate::http::Api;
 use crate::store::reader::HistoryQuery;
@@ -55,6 +55,39 @@ pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<HistoryQue
     })
 }
 
+/// The answer: `{"count","from","host","name","points","to"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct History<'a> {
+    /// How many points follow.
+    pub count: usize,
+    /// The window's start, RFC 3339.
+    pub from: String,
+    /// The host asked for (null: every host).
+    pub host: Option<&'a str>,
+    /// The metric name.
+    pub name: &'a str,
+    /// The points, time-ordered.
+    pub points: Vec<PointJson<'a>>,
+    /// The window's end, RFC 3339.
+    pub to: String,
+}
+
+/// One stored point.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PointJson<'a> {
+    /// Its host.
+    pub host: &'a str,
+    /// The metric name.
+    pub name: &'a str,
+    /// Its tags.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub tags: TagsJson<'a>,
+    /// When, RFC 3339.
+    pub timestamp: String,
+    /// The value.
+    pub value: f64,
+}
+
 /// Handles one query; refusals are counted under `route`.
 pub async fn query(
     params: HashMap<String, String>,
@@ -73,20 +106,23 @@ pub async fn query(
                 .await
                 .map_err(crate::http::task_failed)??
         };
-        Ok(warp::reply::json(&json!({
-            "name": query.name,
-            "host": query.host,
-            "from": to_rfc3339(query.from_ms),
-            "to": to_rfc3339(query.to_ms),
-            "count": points.len(),
-            "points": points.iter().map(|p| json!({
-                "host": p.host,
-                "name": p.name,
-                "value": p.value,
-                "tags": tags_json(&p.tags),
-                "timestamp": to_rfc3339(p.ts_ms),
-            })).collect::<Vec<_>>(),
-        })))
+        Ok(warp::reply::json(&History {
+            count: points.len(),
+            from: to_rfc3339(query.from_ms),
+            host: query.host.as_deref(),
+            name: &query.name,
+            points: points
+                .iter()
+                .map(|p| PointJson {
+                    host: &p.host,
+                    name: &p.name,
+                    tags: tags(&p.tags),
+                    timestamp: to_rfc3339(p.ts_ms),
+                    value: p.value,
+                })
+                .collect(),
+            to: to_rfc3339(query.to_ms),
+        }))
     }
     .await;
     respond(result)

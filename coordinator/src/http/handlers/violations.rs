@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::json;
+use serde::Serialize;
 use vigil_shared::time::parse_time;
 use vigil_shared::validate;
 use warp::reply::Response;
 
-use crate::events::json::event_json;
+use crate::events::json::{event, PolicyEventJson};
 use crate::http::error::{respond, ApiError};
 use crate::http::Api;
 use crate::store::reader::EventQuery;
@@ -20,6 +20,15 @@ use crate::store::reader::EventQuery;
 pub const MAX_LIMIT: usize = 1000;
 /// Events a request returns when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
+
+/// The answer: `{"count":N,"events":[policy event…]}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ViolationList<'a> {
+    /// How many events follow.
+    pub count: usize,
+    /// The events, newest first.
+    pub events: Vec<PolicyEventJson<'a>>,
+}
 
 /// Reads the query string.
 pub fn parse(params: &HashMap<String, String>) -> Result<EventQuery, ApiError> {
@@ -65,10 +74,10 @@ pub async fn list(params: HashMap<String, String>, route: &'static str, api: Arc
         let events = tokio::task::spawn_blocking(move || store.events(&query))
             .await
             .map_err(crate::http::task_failed)??;
-        Ok(warp::reply::json(&json!({
-            "count": events.len(),
-            "events": events.iter().map(event_json).collect::<Vec<_>>(),
-        })))
+        Ok(warp::reply::json(&ViolationList {
+            count: events.len(),
+            events: events.iter().map(event).collect(),
+        }))
     }
     .await;
     respond(result)
