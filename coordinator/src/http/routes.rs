@@ -560,20 +560,20 @@ routes! {
     bundles: get "/api/v1/bundles", VIEWER, Input::Path,
         |call| bundles::list(call.api),
         (tag = "bundles",
-         responses((status = 200, description = "Every group's bundle", body = Json)));
+         responses((status = 200, description = "Every group's bundle", body = crate::http::handlers::bundles::BundleList)));
     bundles_reload: post "/api/v1/bundles/reload", ADMIN, Input::Path,
         |call| bundles::reload(call.api),
         (tag = "bundles",
-         responses((status = 200, description = "Re-read", body = Json)));
+         responses((status = 200, description = "Re-read", body = crate::http::handlers::bundles::ReloadJson)));
     bundle: get "/api/v1/bundles/{group}", VIEWER, Input::Path,
         |call| bundles::one(call.param, call.api),
         (tag = "bundles",
          params(("group" = String, Path, description = "Host group")),
-         responses((status = 200, description = "One group's bundle", body = Json)));
+         responses((status = 200, description = "One group's bundle", body = crate::http::handlers::bundles::BundleDetail)));
     drift: get "/api/v1/drift", VIEWER, Input::Path,
         |call| bundles::drift(call.api),
         (tag = "bundles",
-         responses((status = 200, description = "Desired vs applied, per group and host", body = Json)));
+         responses((status = 200, description = "Desired vs applied, per group and host", body = crate::http::handlers::bundles::DriftJson)));
 
     // The status page: no data of its own (every request it makes carries the token).
     status_page: get "/", OPEN, Input::Path,
