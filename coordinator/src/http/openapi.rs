@@ -1,9 +1,10 @@
 //! The OpenAPI 3.1 document of the REST API, served at `GET /api/v1/openapi.json`
 //! (utoipa). Its paths come from the route table ([`super::routes::ROUTES`]): each entry's
 //! operation, under the entry's method and path, with the security its access asks for.
-//! Response types that handlers serialize from Rust structs (actions, queue stats) derive
-//! their schema from those structs; bodies the handlers read field by field (to name the
-//! bad field in errors) and `json!`-built answers are described by the schema types below.
+//! Response types that handlers serialize from Rust structs (actions, queue stats, bundles,
+//! drift, policies, the policy runners) derive their schema from those structs; bodies the
+//! handlers read field by field (to name the bad field in errors) and `json!`-built answers
+//! are described by the schema types below.
 //! The route table's tests check the document against the router, and `tests/openapi.rs`
 //! runs schemathesis against a live coordinator (no server error, every answer as
 //! documented).
@@ -279,6 +280,17 @@ impl Modify for CommonParts {
         crate::http::handlers::actions::ActionList, crate::http::handlers::actions::ActionJson,
         crate::http::handlers::actions::TransitionJson, crate::http::handlers::actions::StatsJson,
         crate::http::handlers::actions::QueueJson, crate::http::handlers::actions::LastTask,
+        crate::http::handlers::bundles::BundleList, crate::http::handlers::bundles::BundleSummary,
+        crate::http::handlers::bundles::BundleDetail, crate::http::handlers::bundles::BundleFileJson,
+        crate::http::handlers::bundles::ReloadJson, crate::http::handlers::bundles::PublishedJson,
+        crate::http::handlers::bundles::DriftJson, crate::bundles::drift::HostDrift,
+        crate::bundles::drift::GroupDrift, crate::bundles::drift::FailingCheck,
+        crate::http::handlers::policies::PolicyList, crate::http::handlers::policies::PolicyOne,
+        crate::http::handlers::policies::PolicyChanged,
+        crate::http::handlers::policies::PolicyMessage,
+        crate::http::handlers::policies::runner::RunnerStatus,
+        crate::http::handlers::policies::runner::RunnerJson,
+        crate::http::handlers::policies::runner::AgentRunnerJson,
     )),
     security(("bearer" = []))
 )]
@@ -585,6 +597,23 @@ mod tests {
                 description.contains(&format!("(default {default})")),
                 "{path}: {description}"
             );
+        }
+    }
+
+    /// A response type named in the route table but missing from `components(schemas(…))`
+    /// leaves a `$ref` to nothing.
+    #[test]
+    fn every_schema_reference_resolves() {
+        let json: Value = serde_json::from_str(&document()).unwrap();
+        let schemas = json["components"]["schemas"].as_object().unwrap();
+        let text = json.to_string();
+        let prefix = "#/components/schemas/";
+        for (at, _) in text.match_indices(prefix) {
+            let name: String = text[at + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            assert!(schemas.contains_key(&name), "no schema `{name}`");
         }
     }
 }

@@ -25,8 +25,7 @@ use crate::store::reader::EventQuery;
 /// How many of a host's newest events drift looks at for failing checks.
 const DRIFT_EVENTS_PER_HOST: usize = 10_000;
 
-/// One bundle in the list: its files by name. Keys on the wire are alphabetical, so are
-/// the fields of the response structs of this module.
+/// One bundle in the list: its files by name.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct BundleSummary<'a> {
     /// When this version was built, RFC 3339.
