@@ -291,6 +291,10 @@ impl Modify for CommonParts {
         crate::http::handlers::policies::runner::RunnerStatus,
         crate::http::handlers::policies::runner::RunnerJson,
         crate::http::handlers::policies::runner::AgentRunnerJson,
+        crate::http::handlers::policies::sandbox::SandboxAnswer,
+        crate::http::handlers::policies::sandbox::SandboxPassed,
+        crate::http::handlers::policies::sandbox::SandboxViolation,
+        crate::http::handlers::policies::sandbox::SandboxAction,
     )),
     security(("bearer" = []))
 )]

@@ -512,7 +512,7 @@ routes! {
     policies_evaluate: post "/api/v1/policies/evaluate", VIEWER, Input::Body(MAX_BODY_BYTES),
         |call| policies::sandbox::evaluate(call.api, call.body),
         (tag = "policies", request_body = EvaluateBody,
-         responses((status = 200, description = "What would fire, explained", body = Json)));
+         responses((status = 200, description = "What would fire, explained", body = crate::http::handlers::policies::sandbox::SandboxAnswer)));
     policies_reload: post "/api/v1/policies/reload", ADMIN, Input::Path,
         |call| policies::reload(call.api),
         (tag = "policies",
