@@ -11,50 +11,50 @@ use vigil_shared::wire::PolicyEvent;
 use super::service::Published;
 use crate::store::HostRecord;
 
-/// One group's state on one host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One group's state on one host (fields in key order on the wire: alphabetical).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct GroupDrift {
-    /// The group.
-    pub group: String,
+    /// The version the agent reports applied (`None`: not applied).
+    pub applied_version: Option<u64>,
     /// The version published for it (`None`: the host runs a bundle of a group it is not
     /// selected by, or that no longer exists).
     pub desired_version: Option<u64>,
-    /// The version the agent reports applied (`None`: not applied).
-    pub applied_version: Option<u64>,
+    /// The group.
+    pub group: String,
     /// Applied version and hash equal the desired ones.
     pub in_sync: bool,
 }
 
-/// A desired-state check failing on a host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A desired-state check failing on a host (fields in key order on the wire: alphabetical).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FailingCheck {
-    /// The `manifest:` policy.
-    pub policy: String,
-    /// The unit or container.
-    pub target: String,
-    /// The latest event (`fired`, `act`, `escalated`).
-    pub kind: String,
-    /// Its summary.
-    pub summary: String,
     /// When, epoch ms.
     pub at_ms: i64,
+    /// The latest event (`fired`, `act`, `escalated`).
+    pub kind: String,
+    /// The `manifest:` policy.
+    pub policy: String,
+    /// Its summary.
+    pub summary: String,
+    /// The unit or container.
+    pub target: String,
 }
 
-/// One host's drift.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One host's drift (fields in key order on the wire: alphabetical).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct HostDrift {
-    /// The host.
-    pub host: String,
-    /// Whether it is online.
-    pub online: bool,
-    /// Its labels.
-    pub labels: BTreeMap<String, String>,
-    /// Desired and applied groups.
-    pub groups: Vec<GroupDrift>,
     /// Why the agent refused its last offered bundle, if it did.
     pub bundle_error: Option<String>,
     /// Desired-state checks failing now.
     pub failing_checks: Vec<FailingCheck>,
+    /// Desired and applied groups.
+    pub groups: Vec<GroupDrift>,
+    /// The host.
+    pub host: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Whether it is online.
+    pub online: bool,
 }
 
 pub use vigil_shared::bundle::selects;

@@ -2,10 +2,11 @@
 //! (utoipa). Its paths come from the route table ([`super::routes::ROUTES`]): each entry's
 //! operation, under the entry's method and path, with the security its access asks for.
 //! Response types that handlers serialize from Rust structs (actions, queue stats, hosts,
-//! history, policy events, health, ingest, agents and join tokens) derive their schema from
-//! those structs; bodies the handlers read field by field (to name the bad field in errors)
-//! are described by the schema types below, and the answers still built with `json!` by
-//! the `Json` placeholder.
+//! history, policy events, health, ingest, agents and join tokens, bundles, drift,
+//! policies, the policy runners, the sandbox) derive their schema from those structs;
+//! bodies the handlers read field by field (to name the bad field in errors) are described
+//! by the schema types below, and the few answers still built with `json!` by the `Json`
+//! placeholder.
 //! The route table's tests check the document against the router, and `tests/openapi.rs`
 //! runs schemathesis against a live coordinator (no server error, every answer as
 //! documented).
@@ -279,6 +280,21 @@ impl Modify for CommonParts {
         crate::http::handlers::agents::Revoked, crate::http::handlers::agents::JoinTokenList,
         crate::http::handlers::agents::JoinTokenJson,
         vigil_shared::enrollment::Enrollment,
+        crate::http::handlers::bundles::BundleList, crate::http::handlers::bundles::BundleSummary,
+        crate::http::handlers::bundles::BundleDetail, crate::http::handlers::bundles::BundleFileJson,
+        crate::http::handlers::bundles::ReloadJson, crate::http::handlers::bundles::PublishedJson,
+        crate::http::handlers::bundles::DriftJson, crate::bundles::drift::HostDrift,
+        crate::bundles::drift::GroupDrift, crate::bundles::drift::FailingCheck,
+        crate::http::handlers::policies::PolicyList, crate::http::handlers::policies::PolicyOne,
+        crate::http::handlers::policies::PolicyChanged,
+        crate::http::handlers::policies::PolicyMessage,
+        crate::http::handlers::policies::runner::RunnerStatus,
+        crate::http::handlers::policies::runner::RunnerJson,
+        crate::http::handlers::policies::runner::AgentRunnerJson,
+        crate::http::handlers::policies::sandbox::SandboxAnswer,
+        crate::http::handlers::policies::sandbox::SandboxPassed,
+        crate::http::handlers::policies::sandbox::SandboxViolation,
+        crate::http::handlers::policies::sandbox::SandboxAction,
     )),
     security(("bearer" = []))
 )]
@@ -585,6 +601,23 @@ mod tests {
                 description.contains(&format!("(default {default})")),
                 "{path}: {description}"
             );
+        }
+    }
+
+    /// A response type named in the route table but missing from `components(schemas(…))`
+    /// leaves a `$ref` to nothing.
+    #[test]
+    fn every_schema_reference_resolves() {
+        let json: Value = serde_json::from_str(&document()).unwrap();
+        let schemas = json["components"]["schemas"].as_object().unwrap();
+        let text = json.to_string();
+        let prefix = "#/components/schemas/";
+        for (at, _) in text.match_indices(prefix) {
+            let name: String = text[at + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            assert!(schemas.contains_key(&name), "no schema `{name}`");
         }
     }
 }

@@ -509,78 +509,78 @@ routes! {
     policies_list: get "/api/v1/policies", VIEWER, Input::Path,
         |call| policies::list(call.api),
         (tag = "policies",
-         responses((status = 200, description = "Every policy", body = Json)));
+         responses((status = 200, description = "Every policy", body = crate::http::handlers::policies::PolicyList)));
     policies_create: post "/api/v1/policies", ADMIN, Input::Body(MAX_BODY_BYTES),
         |call| policies::create(call.api, call.body),
         (tag = "policies", request_body = PolicyBody,
-         responses((status = 201, description = "Created", body = Json),
+         responses((status = 201, description = "Created", body = crate::http::handlers::policies::PolicyChanged),
                    (status = 409, description = "The name exists", body = ErrorBody)));
     // The sandbox changes nothing: a viewer may use it.
     policies_evaluate: post "/api/v1/policies/evaluate", VIEWER, Input::Body(MAX_BODY_BYTES),
         |call| policies::sandbox::evaluate(call.api, call.body),
         (tag = "policies", request_body = EvaluateBody,
-         responses((status = 200, description = "What would fire, explained", body = Json)));
+         responses((status = 200, description = "What would fire, explained", body = crate::http::handlers::policies::sandbox::SandboxAnswer)));
     policies_reload: post "/api/v1/policies/reload", ADMIN, Input::Path,
         |call| policies::reload(call.api),
         (tag = "policies",
-         responses((status = 200, description = "Re-read", body = Json)));
+         responses((status = 200, description = "Re-read", body = crate::http::handlers::policies::PolicyMessage)));
     runner_status: get "/api/v1/policies/runner/status", VIEWER, Input::Path,
         |call| policies::runner::status(call.api),
         (tag = "policies",
-         responses((status = 200, description = "What each agent's evaluator reports", body = Json)));
+         responses((status = 200, description = "What each agent's evaluator reports", body = crate::http::handlers::policies::runner::RunnerStatus)));
     policies_by_severity: get "/api/v1/policies/severity/{severity}", VIEWER, Input::Path,
         |call| policies::by_severity(call.param, call.api),
         (tag = "policies",
          params(("severity" = Severity, Path, description = "info, warning or critical")),
-         responses((status = 200, description = "Policies of that severity", body = Json)));
+         responses((status = 200, description = "Policies of that severity", body = crate::http::handlers::policies::PolicyList)));
     policy_get: get "/api/v1/policies/{name}", VIEWER, Input::Path,
         |call| policies::get_one(call.param, call.api),
         (tag = "policies",
          params(("name" = String, Path, description = "Policy name")),
-         responses((status = 200, description = "One policy", body = Json)));
+         responses((status = 200, description = "One policy", body = crate::http::handlers::policies::PolicyOne)));
     policy_put: put "/api/v1/policies/{name}", ADMIN, Input::Body(MAX_BODY_BYTES),
         |call| policies::update(call.param, call.api, call.body),
         (tag = "policies",
          params(("name" = String, Path, description = "Policy name")), request_body = Json,
-         responses((status = 200, description = "Updated (given keys replace stored ones)", body = Json),
+         responses((status = 200, description = "Updated (given keys replace stored ones)", body = crate::http::handlers::policies::PolicyChanged),
                    (status = 409, description = "A file policy cannot be changed here", body = ErrorBody)));
     policy_delete: delete "/api/v1/policies/{name}", ADMIN, Input::Path,
         |call| policies::delete(call.param, call.api),
         (tag = "policies",
          params(("name" = String, Path, description = "Policy name")),
-         responses((status = 200, description = "Deleted", body = Json),
+         responses((status = 200, description = "Deleted", body = crate::http::handlers::policies::PolicyMessage),
                    (status = 409, description = "A file policy cannot be deleted here", body = ErrorBody)));
     policy_enable: put "/api/v1/policies/{name}/enable", OPERATOR, Input::Path,
         |call| policies::set_enabled(call.param, call.api, true),
         (tag = "policies",
          params(("name" = String, Path, description = "Policy name")),
-         responses((status = 200, description = "Enabled", body = Json),
+         responses((status = 200, description = "Enabled", body = crate::http::handlers::policies::PolicyChanged),
                    (status = 409, description = "A file policy cannot be changed here", body = ErrorBody)));
     policy_disable: put "/api/v1/policies/{name}/disable", OPERATOR, Input::Path,
         |call| policies::set_enabled(call.param, call.api, false),
         (tag = "policies",
          params(("name" = String, Path, description = "Policy name")),
-         responses((status = 200, description = "Disabled", body = Json),
+         responses((status = 200, description = "Disabled", body = crate::http::handlers::policies::PolicyChanged),
                    (status = 409, description = "A file policy cannot be changed here", body = ErrorBody)));
 
     // Bundles and drift.
     bundles: get "/api/v1/bundles", VIEWER, Input::Path,
         |call| bundles::list(call.api),
         (tag = "bundles",
-         responses((status = 200, description = "Every group's bundle", body = Json)));
+         responses((status = 200, description = "Every group's bundle", body = crate::http::handlers::bundles::BundleList)));
     bundles_reload: post "/api/v1/bundles/reload", ADMIN, Input::Path,
         |call| bundles::reload(call.api),
         (tag = "bundles",
-         responses((status = 200, description = "Re-read", body = Json)));
+         responses((status = 200, description = "Re-read", body = crate::http::handlers::bundles::ReloadJson)));
     bundle: get "/api/v1/bundles/{group}", VIEWER, Input::Path,
         |call| bundles::one(call.param, call.api),
         (tag = "bundles",
          params(("group" = String, Path, description = "Host group")),
-         responses((status = 200, description = "One group's bundle", body = Json)));
+         responses((status = 200, description = "One group's bundle", body = crate::http::handlers::bundles::BundleDetail)));
     drift: get "/api/v1/drift", VIEWER, Input::Path,
         |call| bundles::drift(call.api),
         (tag = "bundles",
-         responses((status = 200, description = "Desired vs applied, per group and host", body = Json)));
+         responses((status = 200, description = "Desired vs applied, per group and host", body = crate::http::handlers::bundles::DriftJson)));
 
     // The status page: no data of its own (every request it makes carries the token).
     status_page: get "/", OPEN, Input::Path,

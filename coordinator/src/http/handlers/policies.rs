@@ -2,15 +2,15 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `GET /api/v1/policies` | `{"ok":true,"policies":{name: policy},"total":N,"enabled_count":M}` |
-//! | `POST /api/v1/policies` | 201 `{"ok":true,"message":…,"policy":…}`; 409 if the name exists |
+//! | `GET /api/v1/policies` | `{"enabled_count":M,"ok":true,"policies":{name: policy},"total":N}` |
+//! | `POST /api/v1/policies` | 201 `{"message":…,"ok":true,"policy":…}`; 409 if the name exists |
 //! | `GET /api/v1/policies/{name}` | `{"ok":true,"policy":…}`; 404 if unknown |
-//! | `PUT /api/v1/policies/{name}` | partial update (the body's keys over the stored spec) |
-//! | `DELETE /api/v1/policies/{name}` | `{"ok":true,"message":"Policy 'x' deleted"}` |
-//! | `PUT /api/v1/policies/{name}/enable`, `…/disable` | `{"ok":true,"message":…,"policy":…}` |
-//! | `GET /api/v1/policies/severity/{severity}` | as the list, filtered; 422 for an unknown severity |
+//! | `PUT /api/v1/policies/{name}` | partial update (the body's keys over the stored spec), answered as `POST` |
+//! | `DELETE /api/v1/policies/{name}` | `{"message":"Policy 'x' deleted","ok":true}` |
+//! | `PUT /api/v1/policies/{name}/enable`, `…/disable` | `{"message":…,"ok":true,"policy":…}` |
+//! | `GET /api/v1/policies/severity/{severity}` | as the list, filtered, plus `"severity"` (before `"total"`); 422 for an unknown severity |
 //! | `POST /api/v1/policies/evaluate` | the sandbox, see [`sandbox`] |
-//! | `POST /api/v1/policies/reload` | `{"ok":true,"message":"Policies reloaded successfully (N policies)"}` |
+//! | `POST /api/v1/policies/reload` | `{"message":"Policies reloaded successfully (N policies)","ok":true}` |
 //! | `GET /api/v1/policies/runner/status` | the agents' policy runners, see [`runner`] |
 //!
 //! A policy is shown as its spec (the JSON a client would POST) plus `"source"`
@@ -21,9 +21,11 @@
 pub mod runner;
 pub mod sandbox;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use vigil_shared::policy::{LoadError, Severity};
 use warp::http::StatusCode;
@@ -49,35 +51,75 @@ pub fn policy_json(registered: &Registered) -> Value {
     value
 }
 
-/// A set of policies in the original list shape (without `ok`).
-fn listing(policies: &[Arc<Registered>]) -> Map<String, Value> {
-    let enabled = policies.iter().filter(|r| r.policy.enabled).count();
-    let mut body = Map::new();
-    body.insert(
-        "policies".into(),
-        Value::Object(
-            policies
-                .iter()
-                .map(|r| (r.spec.name.clone(), policy_json(r)))
-                .collect(),
-        ),
-    );
-    body.insert("total".into(), json!(policies.len()));
-    body.insert("enabled_count".into(), json!(enabled));
-    body
+/// A set of policies in the original list shape. Keys on the wire are alphabetical (as
+/// the `json!` bodies these structs replaced were), and so are the fields of the response
+/// structs of this module.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PolicyList<'a> {
+    /// How many of them are enabled.
+    enabled_count: usize,
+    /// Always true.
+    ok: bool,
+    /// The policies by name.
+    #[schema(value_type = BTreeMap<String, Object>)]
+    policies: BTreeMap<&'a str, Value>,
+    /// The severity asked for (only on `/api/v1/policies/severity/{severity}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    severity: Option<&'static str>,
+    /// How many policies.
+    total: usize,
 }
 
-fn ok(mut body: Map<String, Value>) -> warp::reply::Json {
-    body.insert("ok".into(), Value::Bool(true));
-    warp::reply::json(&Value::Object(body))
+fn listing(policies: &[Arc<Registered>], severity: Option<&'static str>) -> warp::reply::Json {
+    warp::reply::json(&PolicyList {
+        enabled_count: policies.iter().filter(|r| r.policy.enabled).count(),
+        ok: true,
+        policies: policies
+            .iter()
+            .map(|r| (r.spec.name.as_str(), policy_json(r)))
+            .collect(),
+        severity,
+        total: policies.len(),
+    })
+}
+
+/// One policy: `GET /api/v1/policies/{name}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PolicyOne {
+    /// Always true.
+    ok: bool,
+    /// The policy: its spec plus `source` (and `file`).
+    #[schema(value_type = Object)]
+    policy: Value,
+}
+
+/// A policy created or changed, and what happened to it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PolicyChanged {
+    /// What happened, in words.
+    message: String,
+    /// Always true.
+    ok: bool,
+    /// The policy as it is now: its spec plus `source` (and `file`).
+    #[schema(value_type = Object)]
+    policy: Value,
+}
+
+/// What a delete or a reload did, in words.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PolicyMessage {
+    /// What happened.
+    message: String,
+    /// Always true.
+    ok: bool,
 }
 
 fn changed(message: String, registered: &Registered) -> warp::reply::Json {
-    warp::reply::json(&json!({
-        "ok": true,
-        "message": message,
-        "policy": policy_json(registered),
-    }))
+    warp::reply::json(&PolicyChanged {
+        message,
+        ok: true,
+        policy: policy_json(registered),
+    })
 }
 
 impl From<RegistryError> for ApiError {
@@ -156,7 +198,7 @@ async fn change<T: Send + 'static>(
 
 /// `GET /api/v1/policies`.
 pub async fn list(api: Arc<Api>) -> Response {
-    ok(listing(&api.policies.list())).into_response()
+    listing(&api.policies.list(), None).into_response()
 }
 
 /// `POST /api/v1/policies`: 201 with the policy created.
@@ -181,7 +223,12 @@ pub async fn get_one(name: String, api: Arc<Api>) -> Response {
     let result = api
         .policies
         .get(&name)
-        .map(|r| warp::reply::json(&json!({ "ok": true, "policy": policy_json(&r) })))
+        .map(|r| {
+            warp::reply::json(&PolicyOne {
+                ok: true,
+                policy: policy_json(&r),
+            })
+        })
         .ok_or_else(|| ApiError::from(RegistryError::NotFound { name }));
     respond(result)
 }
@@ -211,10 +258,10 @@ pub async fn delete(name: String, api: Arc<Api>) -> Response {
             move |r| r.delete(&name)
         })
         .await?;
-        Ok(warp::reply::json(&json!({
-            "ok": true,
-            "message": format!("Policy '{name}' deleted"),
-        })))
+        Ok(warp::reply::json(&PolicyMessage {
+            message: format!("Policy '{name}' deleted"),
+            ok: true,
+        }))
     }
     .await;
     respond(result)
@@ -240,11 +287,10 @@ pub async fn set_enabled(name: String, api: Arc<Api>, enabled: bool) -> Response
 pub async fn by_severity(severity: String, api: Arc<Api>) -> Response {
     let severity = decode_segment(&severity);
     let result = match Severity::parse(&severity) {
-        Some(level) => {
-            let mut body = listing(&api.policies.with_severity(level));
-            body.insert("severity".into(), json!(level.as_str()));
-            Ok(ok(body))
-        }
+        Some(level) => Ok(listing(
+            &api.policies.with_severity(level),
+            Some(level.as_str()),
+        )),
         None => Err(ApiError::invalid_field(
             "severity",
             format!("`{severity}` is not a severity; use info, warning or critical"),
@@ -281,18 +327,22 @@ pub async fn reload(api: Arc<Api>) -> Response {
             ),
         )
         .into_response(),
-        (Ok(count), bundles) => warp::reply::json(&json!({
-            "ok": true,
-            "message": format!(
+        (Ok(count), bundles) => warp::reply::json(&PolicyMessage {
+            message: format!(
                 "Policies reloaded successfully ({count} policies){}",
-                if bundles.is_some() { "; bundles re-read" } else { "" }
+                if bundles.is_some() {
+                    "; bundles re-read"
+                } else {
+                    ""
+                }
             ),
-        }))
+            ok: true,
+        })
         .into_response(),
-        (Err(RegistryError::NoDirectory), Some(_)) => warp::reply::json(&json!({
-            "ok": true,
-            "message": "Bundles re-read (no --policies directory is configured)",
-        }))
+        (Err(RegistryError::NoDirectory), Some(_)) => warp::reply::json(&PolicyMessage {
+            message: "Bundles re-read (no --policies directory is configured)".into(),
+            ok: true,
+        })
         .into_response(),
         (Err(other), _) => ApiError::from(other).into_response(),
     }

@@ -3,10 +3,10 @@
 //! not here; this is the original runner status built from theirs:
 //!
 //! ```json
-//! {"ok": true, "runner": {"enabled": true, "running": true, "interval_seconds": 5,
-//!   "agents": [{"host": "web-01", "online": true, "policies_loaded": 3,
-//!     "policies_enabled": 2, "last_evaluation": "2026-…Z", "evaluations": 1200,
-//!     "source": "/etc/vigil/policies", "load_error": null, "load_errors": 0}]}}
+//! {"ok": true, "runner": {"agents": [{"evaluations": 1200, "host": "web-01",
+//!     "last_evaluation": "2026-…Z", "load_error": null, "load_errors": 0, "online": true,
+//!     "policies_enabled": 2, "policies_loaded": 3, "source": "/etc/vigil/policies"}],
+//!   "enabled": true, "interval_seconds": 5.0, "running": true}}
 //! ```
 //!
 //! `running`: some agent is online with policies loaded. `interval_seconds`: the shortest
@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use vigil_shared::time::{now_ms, to_rfc3339};
 use warp::reply::Response;
 
@@ -23,8 +23,54 @@ use crate::http::error::{respond, ApiError};
 use crate::http::{task_failed, Api};
 use crate::store::HostRecord;
 
+/// `GET /api/v1/policies/runner/status`. Keys on the wire are alphabetical (as the `json!`
+/// bodies these structs replaced were), and so are the fields of this module's structs.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RunnerStatus<'a> {
+    /// Always true.
+    ok: bool,
+    /// The runners, summed up.
+    runner: RunnerJson<'a>,
+}
+
+/// The policy runners of every agent that sent a status.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct RunnerJson<'a> {
+    /// One entry per agent.
+    agents: Vec<AgentRunnerJson<'a>>,
+    /// Always true: policies are evaluated (on the agents).
+    enabled: bool,
+    /// The shortest evaluation interval among agents with policies loaded, seconds.
+    interval_seconds: Option<f64>,
+    /// Some agent is online with policies loaded.
+    running: bool,
+}
+
+/// One agent's policy runner, as it last reported it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AgentRunnerJson<'a> {
+    /// Evaluations since the agent started.
+    evaluations: u64,
+    /// The host.
+    host: &'a str,
+    /// When it last evaluated, RFC 3339.
+    last_evaluation: Option<String>,
+    /// Why its last policy load failed, if it did.
+    load_error: Option<&'a str>,
+    /// How many policy loads failed.
+    load_errors: u64,
+    /// Whether the agent is online.
+    online: bool,
+    /// Policies enabled.
+    policies_enabled: u32,
+    /// Policies loaded.
+    policies_loaded: u32,
+    /// Where its policies come from.
+    source: Option<&'a str>,
+}
+
 /// The `runner` object for these hosts at `now_ms`.
-pub fn runner_json(hosts: &[HostRecord], now_ms: i64) -> Value {
+pub(crate) fn runner_json(hosts: &[HostRecord], now_ms: i64) -> RunnerJson<'_> {
     let mut agents = Vec::new();
     let mut running = false;
     let mut interval_ms: Option<u64> = None;
@@ -41,34 +87,34 @@ pub fn runner_json(hosts: &[HostRecord], now_ms: i64) -> Value {
                     Some(interval_ms.map_or(runner.interval_ms, |m| m.min(runner.interval_ms)));
             }
         }
-        agents.push(json!({
-            "host": record.host,
-            "online": online,
-            "policies_loaded": runner.loaded,
-            "policies_enabled": runner.enabled,
-            "last_evaluation": runner.last_evaluation_ms.map(to_rfc3339),
-            "evaluations": runner.evaluations,
-            "source": runner.source,
-            "load_error": runner.load_error,
-            "load_errors": runner.load_errors,
-        }));
+        agents.push(AgentRunnerJson {
+            evaluations: runner.evaluations,
+            host: &record.host,
+            last_evaluation: runner.last_evaluation_ms.map(to_rfc3339),
+            load_error: runner.load_error.as_deref(),
+            load_errors: runner.load_errors,
+            online,
+            policies_enabled: runner.enabled,
+            policies_loaded: runner.loaded,
+            source: runner.source.as_deref(),
+        });
     }
-    json!({
-        "enabled": true,
-        "running": running,
-        "interval_seconds": interval_ms.map(|ms| ms as f64 / 1000.0),
-        "agents": agents,
-    })
+    RunnerJson {
+        agents,
+        enabled: true,
+        interval_seconds: interval_ms.map(|ms| ms as f64 / 1000.0),
+        running,
+    }
 }
 
 /// Handles one request.
 pub async fn status(api: Arc<Api>) -> Response {
     let store = api.store.clone();
     let result = match tokio::task::spawn_blocking(move || store.hosts()).await {
-        Ok(Ok(hosts)) => Ok(warp::reply::json(&json!({
-            "ok": true,
-            "runner": runner_json(&hosts, now_ms()),
-        }))),
+        Ok(Ok(hosts)) => Ok(warp::reply::json(&RunnerStatus {
+            ok: true,
+            runner: runner_json(&hosts, now_ms()),
+        })),
         Ok(Err(e)) => Err(ApiError::from(e)),
         Err(e) => Err(task_failed(e)),
     };
@@ -77,6 +123,7 @@ pub async fn status(api: Arc<Api>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
     use vigil_shared::wire::{AgentState, AgentStatus, PolicyRunnerStatus};
 
     use super::*;
@@ -116,9 +163,14 @@ mod tests {
         }
     }
 
+    /// The runner object as JSON, as it goes on the wire.
+    fn as_value(hosts: &[HostRecord]) -> Value {
+        serde_json::to_value(runner_json(hosts, NOW)).unwrap()
+    }
+
     #[test]
     fn nothing_runs_without_agents() {
-        let runner = runner_json(&[host("curl-only", true, None)], NOW);
+        let runner = as_value(&[host("curl-only", true, None)]);
         assert_eq!(runner["enabled"], true);
         assert_eq!(runner["running"], false);
         assert_eq!(runner["interval_seconds"], Value::Null);
@@ -143,14 +195,11 @@ mod tests {
             load_errors: 1,
             ..busy.clone()
         };
-        let runner = runner_json(
-            &[
-                host("a", true, Some(busy)),
-                host("b", false, Some(faster_but_offline)),
-                host("c", true, Some(PolicyRunnerStatus::default())),
-            ],
-            NOW,
-        );
+        let runner = as_value(&[
+            host("a", true, Some(busy)),
+            host("b", false, Some(faster_but_offline)),
+            host("c", true, Some(PolicyRunnerStatus::default())),
+        ]);
         assert_eq!(runner["running"], true);
         assert_eq!(runner["interval_seconds"], 2.0);
         let agents = runner["agents"].as_array().unwrap();

@@ -6,8 +6,8 @@
 //! enabled policy whose target matches is evaluated once with
 //! [`vigil_shared::policy::eval::explain`].
 //!
-//! Response: `{"ok":true,"violations":[…],"actions_triggered":[…],"evaluated":N,
-//! "passed":[…],"timestamp":…}`. A violation is the original's
+//! Response (keys alphabetical): `{"actions_triggered":[…],"evaluated":N,"ok":true,
+//! "passed":[…],"timestamp":…,"violations":[…]}`. A violation is the original's
 //! `{policy_name,severity,description,target,timestamp}` plus `explanation` (which
 //! conditions held, with the observed values), `summary` (the same in one line) and
 //! `holds_for` (the policy's `for`: it would fire only after holding that long; `null`
@@ -16,10 +16,11 @@
 //! `passed` lists the evaluated policies that did not fire, with their explanations.
 //! Nothing is stored and nothing is run.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use vigil_shared::policy::{eval, expr, Observations, Policy};
 use vigil_shared::time::{now_ms, to_rfc3339};
@@ -140,12 +141,78 @@ fn parse_policies(list: &[Value]) -> Result<Vec<Policy>, ApiError> {
     Ok(out)
 }
 
+/// The sandbox's answer. Keys on the wire are alphabetical (as the `json!` body this
+/// replaced was), and so are the fields of this module's response structs.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SandboxAnswer {
+    /// The actions the violations would trigger.
+    actions_triggered: Vec<SandboxAction>,
+    /// How many policies were evaluated.
+    evaluated: usize,
+    /// Always true.
+    ok: bool,
+    /// The evaluated policies that did not fire.
+    passed: Vec<SandboxPassed>,
+    /// When, RFC 3339.
+    timestamp: String,
+    /// The policies that would fire.
+    violations: Vec<SandboxViolation>,
+}
+
+/// A policy that did not fire, explained.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SandboxPassed {
+    /// Which conditions held, with the observed values.
+    #[schema(value_type = Object)]
+    explanation: Value,
+    /// The policy.
+    policy_name: String,
+}
+
+/// A policy that would fire, explained.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SandboxViolation {
+    /// The policy's description.
+    description: String,
+    /// Which conditions held, with the observed values.
+    #[schema(value_type = Object)]
+    explanation: Value,
+    /// The policy's `for`: it fires only after holding that long.
+    holds_for: Option<String>,
+    /// The policy.
+    policy_name: String,
+    /// Its severity.
+    severity: &'static str,
+    /// The explanation in one line.
+    summary: String,
+    /// The target evaluated.
+    target: String,
+    /// When, RFC 3339.
+    timestamp: String,
+}
+
+/// The first action of a policy that would fire.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SandboxAction {
+    /// The action as written.
+    action: String,
+    /// Its parameters.
+    #[schema(value_type = Object)]
+    params: BTreeMap<String, Value>,
+    /// The policy.
+    policy_name: String,
+    /// `triggered`, `dry_run` or `not_auto_remediated`.
+    status: &'static str,
+    /// The target evaluated.
+    target: String,
+}
+
 /// Evaluates `policies` against the request's metrics at `now_ms`; the response body.
-pub fn run<'a>(
+pub(crate) fn run<'a>(
     request: &SandboxRequest,
     policies: impl IntoIterator<Item = &'a Policy>,
     now_ms: i64,
-) -> Value {
+) -> SandboxAnswer {
     let target = request.target.as_str();
     let mut obs = Observations::new(now_ms);
     for (name, value) in &request.metrics {
@@ -171,22 +238,22 @@ pub fn run<'a>(
         evaluated += 1;
         let explanation = eval::explain(&policy.condition, &obs, target, now_ms);
         if !explanation.held {
-            passed.push(json!({
-                "policy_name": policy.name,
-                "explanation": explanation,
-            }));
+            passed.push(SandboxPassed {
+                explanation: json!(explanation),
+                policy_name: policy.name.clone(),
+            });
             continue;
         }
-        violations.push(json!({
-            "policy_name": policy.name,
-            "severity": policy.severity.as_str(),
-            "description": policy.description,
-            "target": target,
-            "timestamp": timestamp,
-            "summary": explanation.summary(),
-            "explanation": explanation,
-            "holds_for": policy.hold.map(expr::format_hold),
-        }));
+        violations.push(SandboxViolation {
+            description: policy.description.clone(),
+            summary: explanation.summary(),
+            explanation: json!(explanation),
+            holds_for: policy.hold.map(expr::format_hold),
+            policy_name: policy.name.clone(),
+            severity: policy.severity.as_str(),
+            target: target.to_string(),
+            timestamp: timestamp.clone(),
+        });
         if let Some(step) = policy.actions.first() {
             let status = if !policy.auto_remediate {
                 "not_auto_remediated"
@@ -195,23 +262,23 @@ pub fn run<'a>(
             } else {
                 "triggered"
             };
-            actions.push(json!({
-                "policy_name": policy.name,
-                "action": step.written,
-                "target": target,
-                "status": status,
-                "params": step.params,
-            }));
+            actions.push(SandboxAction {
+                action: step.written.clone(),
+                params: step.params.clone(),
+                policy_name: policy.name.clone(),
+                status,
+                target: target.to_string(),
+            });
         }
     }
-    json!({
-        "ok": true,
-        "violations": violations,
-        "actions_triggered": actions,
-        "evaluated": evaluated,
-        "passed": passed,
-        "timestamp": timestamp,
-    })
+    SandboxAnswer {
+        actions_triggered: actions,
+        evaluated,
+        ok: true,
+        passed,
+        timestamp,
+        violations,
+    }
 }
 
 /// `POST /api/v1/policies/evaluate`.
@@ -267,7 +334,7 @@ mod tests {
         }))
         .unwrap();
         let policies = req.policies.clone().unwrap();
-        let out = run(&req, &policies, NOW);
+        let out = serde_json::to_value(run(&req, &policies, NOW)).unwrap();
         let violations = out["violations"].as_array().unwrap();
         assert_eq!(violations.len(), 1, "{out}");
         let v = &violations[0];
@@ -311,7 +378,7 @@ mod tests {
             "policies": [remediating, dry, disabled, quiet],
         }))
         .unwrap();
-        let out = run(&req, req.policies.as_ref().unwrap(), NOW);
+        let out = serde_json::to_value(run(&req, req.policies.as_ref().unwrap(), NOW)).unwrap();
         assert_eq!(out["evaluated"], 3);
         assert_eq!(out["violations"][0]["holds_for"], "5m");
         assert_eq!(out["actions_triggered"][0]["status"], "triggered");
@@ -322,7 +389,8 @@ mod tests {
         let elsewhere =
             request(json!({"metrics": {"cpu_percent": 95}, "policies": [seed_policy()]})).unwrap();
         assert_eq!(elsewhere.target, DEFAULT_TARGET);
-        let out = run(&elsewhere, elsewhere.policies.as_ref().unwrap(), NOW);
+        let out = serde_json::to_value(run(&elsewhere, elsewhere.policies.as_ref().unwrap(), NOW))
+            .unwrap();
         assert_eq!(out["evaluated"], 0, "web-* does not match `sandbox`");
     }
 
