@@ -270,6 +270,8 @@ impl Modify for CommonParts {
         crate::http::handlers::actions::ActionList, crate::http::handlers::actions::ActionJson,
         crate::http::handlers::actions::TransitionJson, crate::http::handlers::actions::StatsJson,
         crate::http::handlers::actions::QueueJson, crate::http::handlers::actions::LastTask,
+        crate::http::handlers::actions::ActionCreated,
+        crate::http::handlers::actions::RemediationSent,
         crate::http::handlers::health::HealthJson, crate::http::handlers::ingest::Stored,
         crate::http::handlers::violations::ViolationList,
         crate::events::json::PolicyEventJson,

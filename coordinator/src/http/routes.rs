@@ -458,7 +458,7 @@ routes! {
     actions_create: post "/api/v1/actions", OPERATOR, Input::Body(MAX_BODY_BYTES),
         |call| actions::create(call.api, call.body),
         (tag = "actions", request_body = ManualActionBody,
-         responses((status = 201, description = "Created (sent to the host's agent when pending)", body = Json)));
+         responses((status = 201, description = "Created (sent to the host's agent when pending)", body = actions::ActionCreated)));
     actions_list: get "/api/v1/actions", VIEWER, Input::Query,
         |call| actions::list(call.query, None, call.route, call.api),
         (tag = "actions",
@@ -498,12 +498,12 @@ routes! {
         |call| actions::set_paused(call.param, call.api, true),
         (tag = "actions",
          params(("host" = String, Path, description = "Host")),
-         responses((status = 200, description = "Kill switch sent", body = Json)));
+         responses((status = 200, description = "Kill switch sent", body = actions::RemediationSent)));
     resume: post "/api/v1/hosts/{host}/remediation/resume", OPERATOR, Input::Path,
         |call| actions::set_paused(call.param, call.api, false),
         (tag = "actions",
          params(("host" = String, Path, description = "Host")),
-         responses((status = 200, description = "Resume sent", body = Json)));
+         responses((status = 200, description = "Resume sent", body = actions::RemediationSent)));
 
     // Policies.
     policies_list: get "/api/v1/policies", VIEWER, Input::Path,

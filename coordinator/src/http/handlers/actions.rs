@@ -425,15 +425,18 @@ pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
         };
         store_manual(&api, event.clone()).await?;
         if !run {
-            return Ok(created(json!({
-                "ok": true,
-                "action_id": action_id,
-                "message": format!(
+            return Ok(created(&ActionCreated {
+                action_id,
+                command_id: None,
+                host: None,
+                host_online: None,
+                message: format!(
                     "Action recorded with status `{}`; nothing was sent to an agent (only a \
                      pending action is run)",
                     new.status.as_str()
                 ),
-            })));
+                ok: true,
+            }));
         }
         let Some(host) = host else {
             return Err(ApiError::invalid_field("host", "`host` is required"));
@@ -474,21 +477,46 @@ pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
                 COMMAND_TTL_MS / 1000
             ));
         }
-        Ok(created(json!({
-            "ok": true,
-            "action_id": action_id,
-            "message": message,
-            "host": host.host,
-            "host_online": online,
-            "command_id": command.id,
-        })))
+        Ok(created(&ActionCreated {
+            action_id,
+            command_id: Some(command.id),
+            host: Some(host.host.clone()),
+            host_online: Some(online),
+            message,
+            ok: true,
+        }))
     }
     .await;
     respond(result)
 }
 
-fn created(body: Value) -> Response {
-    warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response()
+/// The answer to `POST /api/v1/actions` (keys in alphabetical order, as always on the wire;
+/// the host fields only when the action was sent to an agent).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ActionCreated {
+    action_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_online: Option<bool>,
+    message: String,
+    ok: bool,
+}
+
+/// The answer to `POST /api/v1/hosts/{host}/remediation/pause` and `…/resume`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RemediationSent {
+    command_id: String,
+    host: String,
+    message: String,
+    ok: bool,
+    paused: bool,
+}
+
+fn created(body: &ActionCreated) -> Response {
+    warp::reply::with_status(warp::reply::json(body), StatusCode::CREATED).into_response()
 }
 
 /// `POST /api/v1/hosts/{host}/remediation/pause` and `…/resume`.
@@ -516,13 +544,13 @@ pub(crate) async fn set_paused(host: String, api: Arc<Api>, paused: bool) -> Res
                 COMMAND_TTL_MS / 1000
             ));
         }
-        Ok(warp::reply::json(&json!({
-            "ok": true,
-            "message": message,
-            "host": host,
-            "paused": paused,
-            "command_id": command.id,
-        })))
+        Ok(warp::reply::json(&RemediationSent {
+            command_id: command.id,
+            host,
+            message,
+            ok: true,
+            paused,
+        }))
     }
     .await;
     respond(result)
