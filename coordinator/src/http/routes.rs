@@ -380,7 +380,7 @@ routes! {
         (tag = "ingest", request_body = IngestBody,
          responses((status = 201, description = "Stored (alias of /api/v1/ingest)", body = Stored)));
     ingest_health: get "/api/v1/ingest/health", VIEWER, Input::Path,
-        |_call| async { health::ingest_health() },
+        |_call| async { health::service_health("ingest") },
         (tag = "ingest",
          responses((status = 200, description = "Up", body = HealthJson)));
 
@@ -472,7 +472,7 @@ routes! {
          ),
          responses((status = 200, description = "Actions, newest first", body = actions::ActionList)));
     actions_health: get "/api/v1/actions/health", VIEWER, Input::Path,
-        |_call| async { actions::health() },
+        |_call| async { health::service_health("actions") },
         (tag = "actions",
          responses((status = 200, description = "Up", body = HealthJson)));
     actions_by_status: get "/api/v1/actions/status/{status}", VIEWER, Input::Query,

@@ -203,11 +203,6 @@ pub(crate) async fn list(
     respond(result)
 }
 
-/// `GET /api/v1/actions/health`.
-pub(crate) fn health() -> Response {
-    warp::reply::json(&json!({"status": "healthy", "service": "actions"})).into_response()
-}
-
 /// `GET /api/v1/actions/{id}`.
 pub(crate) async fn one(id: String, api: Arc<Api>) -> Response {
     let result = async {

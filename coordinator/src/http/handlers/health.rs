@@ -1,4 +1,4 @@
-//! `GET /health`, `GET /api/v1/ingest/health` and `GET /metrics`.
+//! `GET /health`, the services' health routes and `GET /metrics`.
 
 use std::sync::Arc;
 
@@ -32,10 +32,11 @@ pub fn health() -> Response {
     .into_response()
 }
 
-/// `GET /api/v1/ingest/health`: `{"service":"ingest","status":"healthy"}`.
-pub fn ingest_health() -> Response {
+/// A service's health route (`GET /api/v1/ingest/health`, `GET /api/v1/actions/health`):
+/// `{"service":SERVICE,"status":"healthy"}`.
+pub fn service_health(service: &'static str) -> Response {
     warp::reply::json(&HealthJson {
-        service: "ingest",
+        service,
         status: "healthy",
         version: None,
     })
