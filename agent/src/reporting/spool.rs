@@ -214,10 +214,10 @@ impl Spool {
         let mut quarantined_segments = 0;
         let mut quarantined_bytes = 0;
         let count = files.len();
-        for (index, (_, path)) in files.into_iter().enumerate() {
+        for (index, (named, path)) in files.into_iter().enumerate() {
             let newest = index + 1 == count;
             let previous = segments.back().map_or(0, |s: &Segment| s.last);
-            match load_segment(&path, newest, previous) {
+            match load_segment(&path, named, newest, previous) {
                 Loaded::Segment(segment) => segments.push_back(segment),
                 Loaded::Empty => {}
                 Loaded::Quarantined(bytes) => {
@@ -549,6 +549,10 @@ impl Spool {
                 let _ = fs::remove_file(&path);
                 return Err(SpoolError::Write { path, source });
             }
+            // The new file's name on the disk too, so that a power loss does not lose it.
+            if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+                tracing::debug!(dir = %self.dir.display(), "spool: cannot sync the directory: {e}");
+            }
             self.segments.push_back(Segment {
                 bytes: header_len + frame_len,
                 first: seq,
@@ -724,9 +728,10 @@ enum Loaded {
     Quarantined(u64),
 }
 
-/// Checks one segment file record by record. `newest`: it is the last segment, whose
-/// tail may be an append cut short. `previous`: the last seq of the segments before.
-fn load_segment(path: &Path, newest: bool, previous: u64) -> Loaded {
+/// Checks one segment file record by record. `named`: the first seq its name says;
+/// `newest`: it is the last segment, whose tail may be an append cut short; `previous`:
+/// the last seq of the segments before.
+fn load_segment(path: &Path, named: u64, newest: bool, previous: u64) -> Loaded {
     let data = match fs::read(path) {
         Ok(data) => data,
         Err(e) => {
@@ -764,6 +769,11 @@ fn load_segment(path: &Path, newest: bool, previous: u64) -> Loaded {
             true
         }
     };
+    if scan.records > 0 && scan.first != named {
+        // New segments are named by their first seq: a misnamed one could be overwritten.
+        tracing::warn!(path = %path.display(), first = scan.first, "spool: a segment not named by its first record; setting it aside");
+        return Loaded::Quarantined(quarantine(path));
+    }
     if scan.records == 0 {
         if let Err(e) = fs::remove_file(path) {
             tracing::warn!(path = %path.display(), "spool: cannot delete an empty segment: {e}");
@@ -1324,6 +1334,10 @@ mod tests {
                 }),
             ),
             (
+                "not named by its first record",
+                Box::new(|p| fs::rename(p, p.with_file_name(segment_name(66))).unwrap()),
+            ),
+            (
                 "seq not above the previous segment's",
                 Box::new(|p| {
                     let mut frame = Vec::new();
@@ -1343,6 +1357,24 @@ mod tests {
             assert_eq!(read_all(&opened.spool, 1000), expected, "{what}");
             assert_eq!(files_ending(dir, CORRUPT_SUFFIX).len(), 1, "{what}");
         }
+    }
+
+    #[test]
+    fn an_incomplete_tail_of_an_older_segment_is_cut_off_without_setting_it_aside() {
+        // What a write that failed half-way and could not be undone leaves.
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        four_segments(dir);
+        let second = dir.join(segment_name(65));
+        let size = fs::metadata(&second).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&second).unwrap();
+        file.set_len(size - 300).unwrap();
+        let opened = Spool::open(dir, 1 << 20).unwrap();
+        assert_eq!(opened.quarantined_segments, 0);
+        let expected: Vec<u64> = (1..=127).chain(129..=200).collect();
+        assert_eq!(read_all(&opened.spool, 1000), expected);
+        assert_eq!(fs::metadata(&second).unwrap().len(), size - 1016);
+        assert_eq!(opened.spool.stats().records, 199);
     }
 
     #[test]
