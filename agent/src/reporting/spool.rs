@@ -251,6 +251,10 @@ impl Spool {
                 (0, false)
             }
         };
+        if !ack_known {
+            // Starting from nothing acknowledged, as when there is no such file.
+            let _ = fs::remove_file(&ack_path);
+        }
         // Without segments and without the acknowledged position, where the sequence
         // stopped is unknown: starting again at 1 under the old epoch would look like old
         // records to the receiver, so a new epoch starts a new stream.
@@ -410,6 +414,9 @@ impl Spool {
             let path = self.dir.join(ACK_FILE);
             match write_atomically(&path, format!("{}\n", self.acked).as_bytes()) {
                 Ok(()) => self.acked_on_disk = self.acked,
+                Err(e) if self.degraded.is_some() => {
+                    tracing::debug!(path = %path.display(), "spool: cannot write the acknowledged position: {e}")
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "spool: cannot write the acknowledged position: {e}")
                 }
@@ -1539,10 +1546,13 @@ mod tests {
 
         // Nothing held and the position unreadable: a new stream.
         fs::write(dir.join(ACK_FILE), "eleven").unwrap();
-        let mut spool = open(dir, 1 << 20);
+        let spool = open(dir, 1 << 20);
         assert_ne!(spool.epoch(), 0xab);
         assert_eq!((spool.floor(), spool.next_seq()), (1, 1));
         let epoch = spool.epoch();
+        drop(spool);
+        let mut spool = open(dir, 1 << 20);
+        assert_eq!((spool.epoch(), spool.next_seq()), (epoch, 1));
         spool.push(&record(1, 100));
         drop(spool);
         let spool = open(dir, 1 << 20);
