@@ -127,6 +127,7 @@ fn status(host: &str, queue: QueueStatus) -> AgentStatus {
         detail: None,
         policies: PolicyRunnerStatus::default(),
         queue,
+        delivery: None,
     }
 }
 

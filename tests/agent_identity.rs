@@ -57,6 +57,7 @@ fn online_status(host: &str) -> AgentStatus {
         detail: Some("forged".into()),
         policies: PolicyRunnerStatus::default(),
         queue: QueueStatus::default(),
+        delivery: None,
     }
 }
 

@@ -253,6 +253,7 @@ fn agent_status(host: &str, bundles: Vec<AppliedBundle>) -> AgentStatus {
         detail: None,
         policies: PolicyRunnerStatus::default(),
         queue: QueueStatus::default(),
+        delivery: None,
     }
 }
 
@@ -426,6 +427,7 @@ async fn fanout_to_1000_subscribers() {
                 detail: None,
                 policies: PolicyRunnerStatus::default(),
                 queue: QueueStatus::default(),
+                delivery: None,
             };
             let topic = format!("vigil/v1/agents/{host}/status");
             let _ = client

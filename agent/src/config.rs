@@ -54,6 +54,9 @@ pub struct AgentConfig {
     pub textfile_dir: Option<PathBuf>,
     /// Where the agent keeps its action queue and outbox.
     pub data_dir: PathBuf,
+    /// Most bytes the metric buffer holds on disk while the coordinator is unreachable
+    /// (`metrics_buffer`); when full, the oldest batches go.
+    pub metrics_buffer_bytes: u64,
     /// What executors may touch (`[allow]`).
     pub allow: ExecutorConfig,
     /// How the action queue behaves (`[remediation]`).
@@ -126,6 +129,9 @@ impl PartialEq for BundleKey {
 
 /// Default data directory of an installed agent.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/vigil";
+/// Default size of the metric buffer: at a 1 s interval, over 24 h of batches of up to
+/// 3 KiB.
+pub const DEFAULT_METRICS_BUFFER: u64 = 256 << 20;
 
 impl AgentConfig {
     /// Defaults for `host`, with the default broker and interval and no labels.
@@ -144,6 +150,7 @@ impl AgentConfig {
             policies: None,
             textfile_dir: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            metrics_buffer_bytes: DEFAULT_METRICS_BUFFER,
             allow: ExecutorConfig::default(),
             remediation: QueueSettings::default(),
             bundle_key: None,
@@ -215,6 +222,8 @@ pub struct AgentFile {
     pub textfile_dir: Option<PathBuf>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
+    /// Metric buffer size, e.g. `"256MiB"`.
+    pub metrics_buffer: Option<String>,
     /// What executors may touch.
     #[serde(default)]
     pub allow: ExecutorConfig,
@@ -291,6 +300,8 @@ pub struct Overrides {
     pub textfile_dir: Option<PathBuf>,
     /// `--data-dir` / `VIGIL_DATA_DIR`.
     pub data_dir: Option<PathBuf>,
+    /// `--metrics-buffer` / `VIGIL_METRICS_BUFFER`.
+    pub metrics_buffer: Option<String>,
     /// `--dry-run` / `VIGIL_DRY_RUN`: record actions, never run them.
     pub dry_run: bool,
     /// `--pause-remediation` / `VIGIL_PAUSE_REMEDIATION`: start with the kill switch on.
@@ -359,6 +370,12 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
         }
     }
 
+    let metrics_buffer_bytes = match overrides.metrics_buffer.or(file.metrics_buffer) {
+        Some(text) => vigil_shared::config_file::parse_size(&text)
+            .map_err(|e| ConfigError::invalid("metrics_buffer", e))? as u64,
+        None => DEFAULT_METRICS_BUFFER,
+    };
+
     let ca = overrides.ca.or(file.ca);
     if let Some(path) = &ca {
         // Read now, so that a wrong path stops the start with its name.
@@ -382,6 +399,7 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        metrics_buffer_bytes,
         allow: {
             let mut allow = file.allow;
             allow.units.extend(overrides.allow_units);

@@ -38,10 +38,11 @@ use crate::policy::evaluator::{EvalOutput, Evaluator, WatchSets};
 use crate::policy::set as policy_set;
 use crate::policy::source::PolicyDir;
 use crate::reporting::command_guard::CommandGuard;
+use crate::reporting::delivery::{DeliveryReport, DeliveryTask, SharedSpool};
 use crate::reporting::enrollment::{self, Identity, IdentityError};
 use crate::reporting::link::{Inbound, Link};
-use crate::reporting::outbox;
 use crate::reporting::service_report::ServiceReport;
+use crate::reporting::spool::Spool;
 use crate::reporting::status_file;
 use crate::sampling::probes::{self, ProbeSet};
 use crate::sampling::sampler::HostSampler;
@@ -72,6 +73,9 @@ pub enum AgentError {
     /// The broker needs TLS and none is configured.
     #[error(transparent)]
     Tls(#[from] vigil_shared::mqtt::MissingTls),
+    /// The metric buffer's directory cannot be made or read.
+    #[error(transparent)]
+    Spool(#[from] crate::reporting::spool::SpoolError),
     /// The identity's coordinator key is not a key.
     #[error("the coordinator key in the identity file: {0}")]
     CoordinatorKey(ConfigError),
@@ -88,9 +92,13 @@ pub async fn run(
     let tls = config.client_tls()?;
     let identity = enrollment::load_or_enroll(&config, tls.as_ref()).await?;
     apply_identity(&mut config, &identity)?;
-    let sealer = Arc::new(Sealer::new(
+    let store = AgentStore::open(&config.data_dir.join("agent"))?;
+    // The session counts the agent's starts (kept in its store), never its clock.
+    let session = store.next_session()?;
+    let sealer = Arc::new(Sealer::with_session(
         config.host.clone(),
         identity.key().map_err(IdentityError::from)?,
+        session,
     ));
     let started_at_ms = now_ms();
     let interval_ms = u64::try_from(config.interval.as_millis()).unwrap_or(u64::MAX);
@@ -112,6 +120,7 @@ pub async fn run(
             source: config.policies.as_ref().map(|p| p.display().to_string()),
             ..PolicyRunnerStatus::default()
         },
+        delivery: None,
     };
     tracing::info!(
         host = %config.host,
@@ -128,7 +137,6 @@ pub async fn run(
         status.bundles = bundles.applied();
         status.bundle_error = refusal.clone();
     }
-    let store = AgentStore::open(&config.data_dir.join("agent"))?;
     let mut commands = CommandGuard::open(
         config.bundle_key.as_ref().map(|k| k.key.clone()),
         &config.host,
@@ -143,13 +151,32 @@ pub async fn run(
         config.mqtt_password.as_deref(),
         tls.as_ref(),
     )?;
-    let outbox_task = tokio::spawn(outbox::run(
-        store.clone(),
-        outbox_options,
-        sealer.clone(),
-        outbox_signal.clone(),
-        stop_outbox_rx,
-    ));
+    let opened = Spool::open(
+        &config.data_dir.join("metrics-spool"),
+        config.metrics_buffer_bytes,
+    )?;
+    if opened.quarantined_segments > 0 {
+        tracing::warn!(
+            segments = opened.quarantined_segments,
+            bytes = opened.quarantined_bytes,
+            "damaged metric buffer segments were set aside (*.corrupt in the spool directory)"
+        );
+    }
+    let spool: SharedSpool = Arc::new(std::sync::Mutex::new(opened.spool));
+    let delivery_report = Arc::new(DeliveryReport::new());
+    let outbox_task = tokio::spawn(
+        DeliveryTask {
+            store: store.clone(),
+            spool: spool.clone(),
+            quarantined_at_open: opened.quarantined_segments,
+            options: outbox_options,
+            sealer: sealer.clone(),
+            signal: outbox_signal.clone(),
+            coordinator_key: config.bundle_key.as_ref().map(|k| k.key.clone()),
+            report: delivery_report.clone(),
+        }
+        .run(stop_outbox_rx),
+    );
     let executors = Arc::new(Executors::new(config.allow.clone()));
     let run_attempt: RunFn = Arc::new(move |request| {
         let executors = executors.clone();
@@ -216,7 +243,6 @@ pub async fn run(
     let mut watchdog_every = tokio::time::interval(report.watchdog_every());
     watchdog_every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut status_file_every = tokio::time::interval(status_file::WRITE_EVERY);
-    let mut seq: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -293,24 +319,29 @@ pub async fn run(
             }
             _ = status_every.tick() => {
                 let stats = evaluator.stats();
+                let delivery = delivery_report.status();
                 link.update_status(|s| {
                     s.policies.evaluations = stats.evaluations;
                     s.policies.last_evaluation_ms = stats.last_evaluation_ms;
+                    s.delivery = Some(delivery);
                 });
             }
             Some(samples) = samples_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_samples(&samples, now);
                 handle(output, &mut queue, &store, &outbox_signal, &events_topic, now)?;
-                seq += 1;
-                let batch = MetricBatch {
-                    host: config.host.clone(),
-                    seq,
-                    sent_at_ms: now_ms(),
-                    labels: config.labels.clone(),
-                    samples,
-                };
-                link.publish_metrics(&batch);
+                {
+                    let mut spool = spool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let batch = MetricBatch {
+                        host: config.host.clone(),
+                        seq: spool.next_seq(),
+                        sent_at_ms: now_ms(),
+                        labels: config.labels.clone(),
+                        samples,
+                    };
+                    spool.push(&wire::encode(&batch));
+                }
+                outbox_signal.wake();
                 report.on_samples(&link, &store, now);
             }
         }

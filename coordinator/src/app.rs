@@ -73,6 +73,8 @@ pub struct Coordinator {
     writer_thread: ThreadHandle<()>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    front_stop: watch::Sender<bool>,
+    front_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Coordinator {
@@ -127,7 +129,9 @@ impl Coordinator {
                     reason: format!("policy load task failed: {e}"),
                 })??
         };
-        let (writer, writer_thread) = StoreWriter::start(store.clone(), telemetry.clone());
+        let (ack_notes, ack_notes_rx) = tokio::sync::mpsc::channel(crate::mqtt::acks::NOTES_QUEUE);
+        let (writer, writer_thread) =
+            StoreWriter::start_with_acks(store.clone(), telemetry.clone(), Some(ack_notes));
 
         let server_tls = match &config.tls {
             Some(files) => Some(crate::security::tls::ServerTls::load(
@@ -137,7 +141,12 @@ impl Coordinator {
             None => None,
         };
         let (stop, stop_rx) = watch::channel(false);
+        // The MQTT listeners stop first, so that nothing arrives that ingest will not take.
+        let (front_stop, front_stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        // Started once ingest has subscribed to every agent channel: a message published
+        // before would be acknowledged by the broker into nothing.
+        let mut fronts: Vec<Box<dyn FnOnce() -> tokio::task::JoinHandle<()> + Send>> = Vec::new();
 
         // On the embedded broker the coordinator logs in with a password made now, on its
         // plaintext loopback address; on an external one, with the configured credentials
@@ -174,11 +183,10 @@ impl Coordinator {
                 // when the public one speaks TLS.
                 let local_front = match &server_tls {
                     None => {
-                        tasks.push(tokio::spawn(front.clone().run(
-                            front_listener,
-                            None,
-                            stop_rx.clone(),
-                        )));
+                        let (front, stop) = (front.clone(), front_stop_rx.clone());
+                        fronts.push(Box::new(move || {
+                            tokio::spawn(front.run(front_listener, None, stop))
+                        }));
                         broker::loopback_url(public)
                     }
                     Some(tls) => {
@@ -191,16 +199,15 @@ impl Coordinator {
                                     source,
                                 })?;
                         let url = broker::loopback_url(local.local_addr().unwrap_or(listen));
-                        tasks.push(tokio::spawn(front.clone().run(
-                            front_listener,
-                            Some(tls.acceptor()),
-                            stop_rx.clone(),
-                        )));
-                        tasks.push(tokio::spawn(front.clone().run(
-                            local,
-                            None,
-                            stop_rx.clone(),
-                        )));
+                        let (public_front, stop) = (front.clone(), front_stop_rx.clone());
+                        let acceptor = tls.acceptor();
+                        fronts.push(Box::new(move || {
+                            tokio::spawn(public_front.run(front_listener, Some(acceptor), stop))
+                        }));
+                        let (local_front, stop) = (front.clone(), front_stop_rx.clone());
+                        fronts.push(Box::new(move || {
+                            tokio::spawn(local_front.run(local, None, stop))
+                        }));
                         url
                     }
                 };
@@ -231,7 +238,20 @@ impl Coordinator {
                 client_tls.as_ref(),
             )
         };
-        let options = client_options("")?;
+        // Ingest: one fixed client id and a persistent session, so that an external broker
+        // keeps (and sends again) what arrived while the coordinator was down; deliveries
+        // are acknowledged only once stored (see `mqtt::ingest`).
+        let mut options = vigil_shared::mqtt::client_options(
+            INGEST_CLIENT_ID,
+            &client_url,
+            mqtt_username.as_deref(),
+            mqtt_password.as_deref(),
+            client_tls.as_ref(),
+        )?;
+        options
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_inflight(1000);
         let (metrics_tap, mirror_tasks) = crate::events::mirror::start(
             client_options("-json")?,
             config.json_mirror.clone(),
@@ -242,6 +262,7 @@ impl Coordinator {
         tasks.extend(mirror_tasks);
         let keys = crate::bundles::load_key(config.bundle_key.clone()).await?;
         let (publisher, eventloop) = crate::mqtt::publisher::connect(options, Arc::clone(&keys));
+        let mut subscribed = publisher.connects();
         tasks.push(tokio::spawn(crate::mqtt::ingest::run(
             publisher.clone(),
             eventloop,
@@ -251,6 +272,25 @@ impl Coordinator {
             metrics_tap,
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(crate::mqtt::acks::run(
+            publisher.clone(),
+            ack_notes_rx,
+            stop_rx.clone(),
+        )));
+        if !fronts.is_empty() {
+            let ready = tokio::time::timeout(
+                Duration::from_secs(10),
+                subscribed.wait_for(|connects| *connects > 0),
+            )
+            .await;
+            if !matches!(ready, Ok(Ok(_))) {
+                tracing::error!(
+                    "ingest did not subscribe to the embedded broker within 10 s; \
+                     opening the MQTT listener anyway"
+                );
+            }
+        }
+        let front_tasks: Vec<_> = fronts.into_iter().map(|start| start()).collect();
         let coordinator_key = keys.public_hex();
         let bundles = crate::bundles::start(
             config.bundles_dir.clone(),
@@ -341,12 +381,21 @@ impl Coordinator {
             writer,
             writer_thread,
             stop,
+            front_stop,
+            front_tasks,
             tasks,
         })
     }
 
-    /// Stops ingest and the REST API, and waits until everything received is written.
+    /// Stops ingest and the REST API, and waits until everything received is written:
+    /// first the MQTT listeners (agents keep what they could not send), then, after a
+    /// moment for ingest to take what the broker already holds, everything else.
     pub async fn stop(self) {
+        let _ = self.front_stop.send(true);
+        for task in self.front_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -360,6 +409,11 @@ impl Coordinator {
         drop(self.writer_thread);
     }
 }
+
+/// The client id of the coordinator's ingest connection: fixed, so that its persistent
+/// session on an external broker survives restarts. (Two coordinators on one broker
+/// would push each other off; run one.)
+pub(crate) const INGEST_CLIENT_ID: &str = "vigil-coordinator";
 
 /// Lifts the soft file-descriptor limit to what the connection bounds need: three per
 /// MQTT connection (the client's socket, the front's socket to rumqttd and rumqttd's end

@@ -371,30 +371,7 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
     })
 }
 
-/// Reads a size such as `1GiB`, `512MiB`, `64KiB`, `4096` (bytes). Also takes KB/MB/GB/TB
-/// as powers of 1024, since that is what people mean for memory maps.
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: usize = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 1GiB, 512MiB or 4096"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown size unit `{other}` in `{text}`")),
-    };
-    number
-        .checked_mul(1usize << shift)
-        .filter(|&n| n >= 64 * 1024)
-        .ok_or_else(|| format!("`{text}` must be at least 64KiB and fit in memory addresses"))
-}
+pub use vigil_shared::config_file::parse_size;
 
 #[cfg(test)]
 mod tests {

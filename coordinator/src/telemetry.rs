@@ -38,11 +38,9 @@ pub struct Telemetry {
     /// `vigil_agent_policy_load_errors{host}`: failed policy loads each agent reported
     /// in its status (set when `/metrics` is scraped).
     pub agent_policy_load_errors: IntGaugeVec,
-    /// `vigil_metric_batches_missing_total`: metric batches that never arrived, from gaps
-    /// in agents' sequence numbers.
+    /// `vigil_metric_batches_missing_total`: metric batches an agent dropped (its full
+    /// buffer dropped the oldest) before the coordinator stored them.
     pub batches_missing: prometheus::IntCounter,
-    /// `vigil_metric_batches_late_total`: metric batches that arrived after a later one.
-    pub batches_late: prometheus::IntCounter,
     /// `vigil_http_auth_failures_total{reason}`: REST requests refused by the token check.
     pub http_auth_failures: IntCounterVec,
     /// `vigil_actions_total{state}`: action transitions stored in the audit trail (new
@@ -79,6 +77,17 @@ pub struct Telemetry {
     /// `route` is the route template, `field` one of a fixed set of names (`other` for
     /// the rest), so the label values stay few.
     pub http_rejected: IntCounterVec,
+    /// `vigil_delivery_redelivered_total{stream,outcome}`: queued agent messages not
+    /// stored because the store already had them (`duplicate`) or they were too far
+    /// ahead of what it had (`ahead`: the agent sends them again).
+    pub delivery_redelivered: IntCounterVec,
+    /// `vigil_agent_clock_skewed_total{channel}`: agent messages sealed more than five
+    /// minutes from the coordinator's clock (stored; the skew is reported).
+    pub clock_skewed: IntCounterVec,
+    /// `vigil_mqtt_deliveries_unacknowledged_total`: MQTT deliveries left unacknowledged
+    /// to the broker because the store could not take them (the broker and the agent
+    /// send them again).
+    pub mqtt_unacknowledged: prometheus::IntCounter,
 }
 
 impl Telemetry {
@@ -101,7 +110,7 @@ impl Telemetry {
         let mqtt_rejected = counter(
             "vigil_mqtt_messages_rejected_total",
             "Agent messages refused (malformed, unknown protocol version, invalid, host mismatch, \
-             unknown or revoked agent, bad signature, stale, replayed)",
+             unknown or revoked agent, bad signature, replayed, missing delivery header)",
             &["channel", "reason"],
         );
         let samples_stored = counter(
@@ -151,11 +160,7 @@ impl Telemetry {
         };
         let batches_missing = plain_counter(
             "vigil_metric_batches_missing_total",
-            "Metric batches that never arrived, from gaps in agents' batch sequence numbers",
-        );
-        let batches_late = plain_counter(
-            "vigil_metric_batches_late_total",
-            "Metric batches that arrived after a later one from the same agent (redelivered or reordered)",
+            "Metric batches agents dropped (full buffer, oldest first) before the coordinator stored them",
         );
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -280,7 +285,7 @@ impl Telemetry {
                 "revoked",
                 "bad_signature",
                 "malformed_seal",
-                "stale",
+                "no_delivery",
                 "replayed",
             ] {
                 mqtt_rejected.with_label_values(&[channel.as_str(), reason]);
@@ -312,8 +317,31 @@ impl Telemetry {
                 connections_refused.with_label_values(&[listener, reason]);
             }
         }
+        let delivery_redelivered = counter(
+            "vigil_delivery_redelivered_total",
+            "Queued agent messages not stored again: already stored (duplicate) or too far ahead \
+             of what is stored (ahead, sent again by the agent)",
+            &["stream", "outcome"],
+        );
+        for stream in vigil_shared::delivery::Stream::ALL {
+            for outcome in ["duplicate", "ahead"] {
+                delivery_redelivered.with_label_values(&[stream.as_str(), outcome]);
+            }
+        }
+        let clock_skewed = counter(
+            "vigil_agent_clock_skewed_total",
+            "Agent messages sealed more than five minutes from the coordinator's clock (stored)",
+            &["channel"],
+        );
+        let mqtt_unacknowledged = plain_counter(
+            "vigil_mqtt_deliveries_unacknowledged_total",
+            "MQTT deliveries left unacknowledged because the store could not take them",
+        );
         Telemetry {
             registry,
+            delivery_redelivered,
+            clock_skewed,
+            mqtt_unacknowledged,
             connections_refused,
             mqtt_acl_refusals,
             open_files_limit,
@@ -337,7 +365,6 @@ impl Telemetry {
             store_map_size_bytes,
             policy_load_errors,
             batches_missing,
-            batches_late,
             http_auth_failures,
             actions,
         }
@@ -393,7 +420,6 @@ mod tests {
             policy_load_errors,
             agent_policy_load_errors,
             batches_missing,
-            batches_late,
             http_auth_failures,
             actions,
             mqtt_duplicates,
@@ -406,6 +432,9 @@ mod tests {
             mqtt_acl_refusals,
             open_files_limit,
             http_rejected,
+            delivery_redelivered,
+            clock_skewed,
+            mqtt_unacknowledged,
         } = telemetry;
         let counter_vecs = [
             mqtt_messages,
@@ -426,6 +455,8 @@ mod tests {
             connections_refused,
             mqtt_acl_refusals,
             http_rejected,
+            delivery_redelivered,
+            clock_skewed,
         ];
         counter_vecs.iter().for_each(|v| touch(v));
         touch(http_duration);
@@ -438,7 +469,7 @@ mod tests {
             open_files_limit,
             agent_policy_load_errors,
             batches_missing,
-            batches_late,
+            mqtt_unacknowledged,
         ];
         collectors.extend(counter_vecs.iter().map(|v| *v as &dyn Collector));
 

@@ -30,7 +30,6 @@ struct Step {
     seal: Seal,
     channel: u8,
     retained: bool,
-    now_ms: i64,
 }
 
 fn channel(n: u8) -> AgentChannel {
@@ -54,12 +53,12 @@ fn from_wire(selector: u8, payload: &[u8]) {
         );
         let mut guard = ReplayGuard::default();
         if guard
-            .admit(&seal, channel, false, seal.sealed_at_ms)
+            .admit(&seal, channel, false)
             .is_ok()
         {
             assert!(
                 guard
-                    .admit(&seal, channel, false, seal.sealed_at_ms)
+                    .admit(&seal, channel, false)
                     .is_err(),
                 "the same message twice is refused"
             );
@@ -78,10 +77,10 @@ fn steps(selector: u8, mut bytes: &[u8]) {
         }
         first = false;
         if guard
-            .admit(&step.seal, channel, step.retained, step.now_ms)
+            .admit(&step.seal, channel, step.retained)
             .is_ok()
         {
-            let again = guard.admit(&step.seal, channel, false, step.now_ms);
+            let again = guard.admit(&step.seal, channel, false);
             assert!(
                 again.is_err(),
                 "a message accepted once is refused the second time: {:?}",

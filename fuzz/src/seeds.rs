@@ -90,6 +90,13 @@ fn status() -> AgentStatus {
             open_circuits: vec!["docker".into()],
             ..QueueStatus::default()
         },
+        delivery: Some(vigil_shared::wire::DeliveryStatus {
+            outbox_pending: 3,
+            metrics_buffered: 120,
+            clock_skew_ms: Some(360_000),
+            storage_error: Some("No space left on device".into()),
+            ..Default::default()
+        }),
     }
 }
 
@@ -364,6 +371,8 @@ fn coordinator_records() -> Vec<Vec<u8>> {
         last_seen_ms: NOW_MS,
         source: Source::Mqtt,
         status: Some(status()),
+        clock_skew_ms: Some(-42),
+        status_order: Some((3, 17)),
     };
     let http_host = HostRecord {
         source: Source::Http,

@@ -3,14 +3,20 @@
 //! ACLs, and an external broker may be shared).
 //!
 //! A [`SealedMessage`] carries the encoded message (`body`) inside a signed part that also
-//! names the host, the channel, the agent's session (its start time), a sequence number
-//! per channel and the time it was sealed. The coordinator
+//! names the host, the channel, the agent's session (a counter the agent raises at every
+//! start, kept on disk: never its clock), a sequence number per channel, the time it was
+//! sealed, and for messages from a durable queue their place in it
+//! ([`crate::delivery::Delivery`]). The coordinator
 //! - finds the host's enrolled public key and checks the signature ([`open`]);
 //! - checks that the signed host and channel are the topic's;
-//! - refuses anything sealed more than [`MAX_CLOCK_SKEW_MS`] away from its clock (also a
-//!   retained message delivered first after the coordinator restarted), and anything it
-//!   has already seen or that is older than the last [`REPLAY_WINDOW`] messages of that
-//!   channel ([`ReplayGuard`]).
+//! - refuses anything it has already seen in this session or that is older than the last
+//!   [`REPLAY_WINDOW`] messages of that channel, or from an earlier session
+//!   ([`ReplayGuard`], in memory); what must also hold across its own restarts holds by
+//!   what it stores: queued messages by their delivery windows, the status by its order.
+//!
+//! The seal time is the agent's clock: it is not a reason to refuse a message (an agent
+//! whose clock is off still has its data stored), only to report the skew when it is
+//! more than [`MAX_CLOCK_SKEW_MS`].
 //!
 //! The last will is sealed when the agent connects, long before the broker sends it, so
 //! it cannot be fresh: each status message names the sequence number of the will armed
@@ -24,11 +30,13 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, Verifying
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::delivery::Delivery;
 use crate::topics::AgentChannel;
 use crate::validate::{self, FieldError};
 use crate::wire::WireMessage;
 
-/// How far a message's seal time may be from the coordinator's clock.
+/// How far a message's seal time may be from the coordinator's clock before the agent's
+/// clock is reported as off.
 pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// How many recent sequence numbers per channel the coordinator remembers: a message up
@@ -78,8 +86,9 @@ pub struct Seal {
     pub host: String,
     /// The channel (`metrics`, `status`, `actions`, `events`).
     pub channel: String,
-    /// When the agent process started, epoch ms: a later session starts a new sequence.
-    pub session_ms: i64,
+    /// The agent's session: a counter raised at every agent start (kept on disk); a
+    /// later session starts a new sequence.
+    pub session: u64,
     /// Sequence number within the session and channel, from 1.
     pub seq: u64,
     /// When it was sealed, epoch ms.
@@ -88,6 +97,8 @@ pub struct Seal {
     pub will: bool,
     /// The sequence number of the will armed for the agent's current connection (0: none).
     pub armed_will: u64,
+    /// For a message from one of the agent's durable queues: its place there.
+    pub delivery: Option<Delivery>,
     /// The message: a version byte and its postcard encoding ([`crate::wire::encode`]).
     /// (`serde_bytes`: one copy, not a byte-by-byte sequence — this is on every message.)
     #[serde(with = "serde_bytes")]
@@ -152,22 +163,35 @@ impl AgentPublicKey {
 pub struct Sealer {
     host: String,
     key: AgentKey,
-    session_ms: i64,
+    session: u64,
     /// The next sequence number per channel (metrics, status, actions, events).
     next: [AtomicU64; 4],
     armed_will: AtomicU64,
 }
 
 impl Sealer {
-    /// A sealer for `host` whose session starts now.
-    pub fn new(host: impl Into<String>, key: AgentKey) -> Sealer {
+    /// A sealer for `host` in session `session` (the agent's start counter: higher than
+    /// every earlier session of this host).
+    pub fn with_session(host: impl Into<String>, key: AgentKey, session: u64) -> Sealer {
         Sealer {
             host: host.into(),
             key,
-            session_ms: crate::time::now_ms(),
+            session,
             next: std::array::from_fn(|_| AtomicU64::new(1)),
             armed_will: AtomicU64::new(0),
         }
+    }
+
+    /// A sealer whose session is the current time in ms: for tools that keep no state
+    /// between runs (simulators, tests). An agent uses [`Sealer::with_session`].
+    pub fn new(host: impl Into<String>, key: AgentKey) -> Sealer {
+        let session = u64::try_from(crate::time::now_ms()).unwrap_or(0);
+        Sealer::with_session(host, key, session)
+    }
+
+    /// The session it seals in.
+    pub fn session(&self) -> u64 {
+        self.session
     }
 
     /// The host it seals for.
@@ -183,16 +207,27 @@ impl Sealer {
     /// Seals an encoded message (`body`, from [`crate::wire::encode`]) for `channel`, and
     /// returns the payload to publish.
     pub fn seal(&self, channel: AgentChannel, body: Vec<u8>) -> Vec<u8> {
-        self.seal_inner(channel, body, false)
+        self.seal_inner(channel, body, false, None)
+    }
+
+    /// Seals a message taken from a durable queue, naming its place there.
+    pub fn seal_queued(&self, channel: AgentChannel, body: Vec<u8>, delivery: Delivery) -> Vec<u8> {
+        self.seal_inner(channel, body, false, Some(delivery))
     }
 
     /// Seals the last will for a new connection (an encoded offline status) and arms it:
     /// every status sealed from now on names it.
     pub fn seal_will(&self, body: Vec<u8>) -> Vec<u8> {
-        self.seal_inner(AgentChannel::Status, body, true)
+        self.seal_inner(AgentChannel::Status, body, true, None)
     }
 
-    fn seal_inner(&self, channel: AgentChannel, body: Vec<u8>, will: bool) -> Vec<u8> {
+    fn seal_inner(
+        &self,
+        channel: AgentChannel,
+        body: Vec<u8>,
+        will: bool,
+        delivery: Option<Delivery>,
+    ) -> Vec<u8> {
         let seq = self.next[slot(channel)].fetch_add(1, Ordering::SeqCst);
         if will {
             self.armed_will.store(seq, Ordering::SeqCst);
@@ -201,11 +236,12 @@ impl Sealer {
             domain: DOMAIN.to_string(),
             host: self.host.clone(),
             channel: channel.as_str().to_string(),
-            session_ms: self.session_ms,
+            session: self.session,
             seq,
             sealed_at_ms: crate::time::now_ms(),
             will,
             armed_will: self.armed_will.load(Ordering::SeqCst),
+            delivery,
             body,
         };
         let signed = match postcard::to_stdvec(&seal) {
@@ -226,8 +262,9 @@ fn slot(channel: AgentChannel) -> usize {
         AgentChannel::Metrics => 0,
         AgentChannel::Status => 1,
         AgentChannel::Actions => 2,
-        // Commands are never sealed by agents; share the events counter if ever asked.
-        AgentChannel::Events | AgentChannel::Commands => 3,
+        // Commands and acknowledgements are never sealed by agents; share the events
+        // counter if ever asked.
+        AgentChannel::Events | AgentChannel::Commands | AgentChannel::Acks => 3,
     }
 }
 
@@ -254,12 +291,6 @@ pub enum Refusal {
         /// The signed channel.
         channel: String,
     },
-    /// Sealed too long ago (or in the future).
-    #[error("sealed {age_ms} ms away from the coordinator's clock (limit {MAX_CLOCK_SKEW_MS} ms)")]
-    Stale {
-        /// Coordinator time minus seal time.
-        age_ms: i64,
-    },
     /// Already accepted once.
     #[error("already received (sequence {seq})")]
     Duplicate {
@@ -275,12 +306,10 @@ pub enum Refusal {
         seq: u64,
     },
     /// From an earlier session, or too far behind the newest message of its channel.
-    #[error(
-        "replayed: sequence {seq} of session {session_ms} is behind what this host already sent"
-    )]
+    #[error("replayed: sequence {seq} of session {session} is behind what this host already sent")]
     Replayed {
         /// The session.
-        session_ms: i64,
+        session: u64,
         /// The sequence number.
         seq: u64,
     },
@@ -295,7 +324,6 @@ impl Refusal {
             Refusal::BadSignature(_) => "bad_signature",
             Refusal::Malformed(_) => "malformed_seal",
             Refusal::WrongTopic { .. } => "host_mismatch",
-            Refusal::Stale { .. } => "stale",
             Refusal::Duplicate { .. } => "duplicate",
             Refusal::SupersededWill { .. } => "superseded_will",
             Refusal::Replayed { .. } => "replayed",
@@ -333,7 +361,7 @@ pub fn open(
 /// What the coordinator remembers about one channel of one host.
 #[derive(Debug, Clone, Default)]
 struct ChannelWindow {
-    session_ms: i64,
+    session: u64,
     highest: u64,
     /// Bit `i` set: `highest - i` was accepted.
     seen: u128,
@@ -341,23 +369,22 @@ struct ChannelWindow {
     armed_will: u64,
 }
 
-/// Refuses replayed, duplicated and stale messages, per host and channel (in memory: a
-/// restarted coordinator accepts, once, a message still within [`MAX_CLOCK_SKEW_MS`] —
-/// retained or not — and nothing older but the host's armed or retained last will).
+/// Refuses replayed and duplicated messages, per host and channel (in memory: a
+/// restarted coordinator relies on what it stored — delivery windows and the order of
+/// statuses — for messages it saw before it restarted).
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
     windows: HashMap<(String, AgentChannel), ChannelWindow>,
 }
 
 impl ReplayGuard {
-    /// Accepts `seal` (received on `channel`, at `now_ms`; `retained` if the broker
-    /// delivered it as a retained message) or says why not. Accepting records it.
+    /// Accepts `seal` (received on `channel`; `retained` if the broker delivered it as a
+    /// retained message) or says why not. Accepting records it.
     pub fn admit(
         &mut self,
         seal: &Seal,
         channel: AgentChannel,
         retained: bool,
-        now_ms: i64,
     ) -> Result<(), Refusal> {
         let key = (seal.host.clone(), channel);
         let window = self.windows.get(&key);
@@ -366,15 +393,13 @@ impl ReplayGuard {
             // it is the one armed for the current connection, whatever its age.
             // (`armed_will` 0 means none armed: a will numbered 0 is never the armed one.)
             let armed = window
-                .map(|w| {
-                    w.armed_will != 0 && w.session_ms == seal.session_ms && w.armed_will == seal.seq
-                })
+                .map(|w| w.armed_will != 0 && w.session == seal.session && w.armed_will == seal.seq)
                 .unwrap_or(false);
             // A coordinator that has seen nothing of this host yet (it just started)
             // takes a retained will as the host's last word.
             if armed || (window.is_none() && retained) {
                 let entry = self.windows.entry(key).or_default();
-                entry.session_ms = entry.session_ms.max(seal.session_ms);
+                entry.session = entry.session.max(seal.session);
                 entry.armed_will = 0;
                 return Ok(());
             }
@@ -383,28 +408,19 @@ impl ReplayGuard {
             // dropped quietly, since reconnects make it happen without any attack.
             return Err(Refusal::SupersededWill { seq: seal.seq });
         }
-        // Every message but the will is refused when sealed too far from now, even a
-        // retained one that a coordinator which has just (re)started sees first: a
-        // retained message older than the window is an old copy (agents re-publish their
-        // status well within it), not the host's current state. Saturating: the seal time
-        // is the sender's word and may be anything.
-        let age_ms = now_ms.saturating_sub(seal.sealed_at_ms);
-        if age_ms.saturating_abs() > MAX_CLOCK_SKEW_MS {
-            return Err(Refusal::Stale { age_ms });
-        }
         let window = self.windows.entry(key).or_default();
-        if seal.session_ms > window.session_ms {
+        if seal.session > window.session {
             *window = ChannelWindow {
-                session_ms: seal.session_ms,
+                session: seal.session,
                 highest: seal.seq,
                 seen: 1,
                 armed_will: seal.armed_will,
             };
             return Ok(());
         }
-        if seal.session_ms < window.session_ms {
+        if seal.session < window.session {
             return Err(Refusal::Replayed {
-                session_ms: seal.session_ms,
+                session: seal.session,
                 seq: seal.seq,
             });
         }
@@ -422,7 +438,7 @@ impl ReplayGuard {
         let behind = window.highest - seal.seq;
         if behind >= REPLAY_WINDOW {
             return Err(Refusal::Replayed {
-                session_ms: seal.session_ms,
+                session: seal.session,
                 seq: seal.seq,
             });
         }
@@ -503,10 +519,9 @@ mod tests {
     }
 
     #[test]
-    fn replays_duplicates_and_stale_messages_are_refused() {
+    fn replays_and_duplicates_are_refused() {
         let (sealer, public) = new_sealer();
         let mut guard = ReplayGuard::default();
-        let now = crate::time::now_ms();
         let seals: Vec<Seal> = (0..5)
             .map(|_| {
                 let payload = sealer.seal(AgentChannel::Metrics, vec![0]);
@@ -514,54 +529,40 @@ mod tests {
             })
             .collect();
         guard
-            .admit(&seals[0], AgentChannel::Metrics, false, now)
+            .admit(&seals[0], AgentChannel::Metrics, false)
             .unwrap();
         guard
-            .admit(&seals[2], AgentChannel::Metrics, false, now)
+            .admit(&seals[2], AgentChannel::Metrics, false)
             .unwrap();
         // Out of order within the window: accepted once.
         guard
-            .admit(&seals[1], AgentChannel::Metrics, false, now)
+            .admit(&seals[1], AgentChannel::Metrics, false)
             .unwrap();
         assert_eq!(
             guard
-                .admit(&seals[1], AgentChannel::Metrics, false, now)
+                .admit(&seals[1], AgentChannel::Metrics, false)
                 .unwrap_err()
                 .reason(),
             "duplicate"
         );
-        assert_eq!(
-            guard
-                .admit(
-                    &seals[3],
-                    AgentChannel::Metrics,
-                    false,
-                    seals[3].sealed_at_ms + MAX_CLOCK_SKEW_MS + 1
-                )
-                .unwrap_err()
-                .reason(),
-            "stale"
-        );
         // Far behind the newest: a replay.
         let mut far = seals[4].clone();
         far.seq = 500;
-        guard
-            .admit(&far, AgentChannel::Metrics, false, now)
-            .unwrap();
+        guard.admit(&far, AgentChannel::Metrics, false).unwrap();
         assert_eq!(
             guard
-                .admit(&seals[4], AgentChannel::Metrics, false, now)
+                .admit(&seals[4], AgentChannel::Metrics, false)
                 .unwrap_err()
                 .reason(),
             "replayed"
         );
         // An earlier session.
         let mut old = far.clone();
-        old.session_ms -= 1;
+        old.session -= 1;
         old.seq = 501;
         assert_eq!(
             guard
-                .admit(&old, AgentChannel::Metrics, false, now)
+                .admit(&old, AgentChannel::Metrics, false)
                 .unwrap_err()
                 .reason(),
             "replayed"
@@ -569,62 +570,23 @@ mod tests {
     }
 
     #[test]
-    fn an_old_retained_message_is_stale_even_first_after_a_restart() {
-        let (sealer, public) = new_sealer();
-        let payload = sealer.seal(AgentChannel::Status, vec![1]);
-        let seal = open_payload(&payload, &public, AgentChannel::Status).unwrap();
-        // A fresh guard: the coordinator has just started and knows nothing of the host.
-        let mut guard = ReplayGuard::default();
-        let later = seal.sealed_at_ms + MAX_CLOCK_SKEW_MS + 1;
-        assert_eq!(
-            guard
-                .admit(&seal, AgentChannel::Status, true, later)
-                .unwrap_err()
-                .reason(),
-            "stale"
-        );
-        // Within the window it is accepted, once.
-        let mut guard = ReplayGuard::default();
-        let soon = seal.sealed_at_ms + MAX_CLOCK_SKEW_MS - 1;
-        guard
-            .admit(&seal, AgentChannel::Status, true, soon)
-            .unwrap();
-        // A seal time at the ends of i64 is stale, not an overflow.
-        let mut odd = seal.clone();
-        odd.sealed_at_ms = i64::MIN;
-        odd.seq += 1;
-        assert_eq!(
-            guard
-                .admit(&odd, AgentChannel::Status, false, soon)
-                .unwrap_err()
-                .reason(),
-            "stale"
-        );
-        odd.sealed_at_ms = i64::MAX;
-        assert_eq!(
-            guard
-                .admit(&odd, AgentChannel::Status, false, i64::MIN)
-                .unwrap_err()
-                .reason(),
-            "stale"
-        );
-    }
-
-    #[test]
-    fn seal_times_at_the_ends_of_i64_are_stale_not_a_panic() {
+    fn a_seal_time_far_from_the_coordinators_clock_is_not_a_refusal() {
         let (sealer, public) = new_sealer();
         let mut guard = ReplayGuard::default();
         let payload = sealer.seal(AgentChannel::Metrics, vec![0]);
         let mut seal = open_payload(&payload, &public, AgentChannel::Metrics).unwrap();
-        for (sealed_at_ms, now) in [(i64::MIN, 1), (i64::MAX, -2), (i64::MIN, i64::MAX)] {
+        for (i, sealed_at_ms) in [
+            i64::MIN,
+            i64::MAX,
+            0,
+            seal.sealed_at_ms + 10 * MAX_CLOCK_SKEW_MS,
+        ]
+        .into_iter()
+        .enumerate()
+        {
             seal.sealed_at_ms = sealed_at_ms;
-            assert_eq!(
-                guard
-                    .admit(&seal, AgentChannel::Metrics, false, now)
-                    .unwrap_err()
-                    .reason(),
-                "stale"
-            );
+            seal.seq = 10 + i as u64;
+            guard.admit(&seal, AgentChannel::Metrics, false).unwrap();
         }
     }
 
@@ -635,13 +597,12 @@ mod tests {
         let will = sealer.seal_will(vec![9]);
         let mut will = open_payload(&will, &public, AgentChannel::Status).unwrap();
         will.seq = 0;
-        let now = will.sealed_at_ms;
         // A coordinator that has just started takes a retained will once…
-        guard.admit(&will, AgentChannel::Status, true, now).unwrap();
+        guard.admit(&will, AgentChannel::Status, true).unwrap();
         // …and no copy of it after that ("0" is also what "no will armed" is stored as).
         assert_eq!(
             guard
-                .admit(&will, AgentChannel::Status, true, now)
+                .admit(&will, AgentChannel::Status, true)
                 .unwrap_err()
                 .reason(),
             "superseded_will"
@@ -657,17 +618,12 @@ mod tests {
         let will = open_payload(&will, &public, AgentChannel::Status).unwrap();
         let online = open_payload(&online, &public, AgentChannel::Status).unwrap();
         assert_eq!(online.armed_will, will.seq);
-        let later = crate::time::now_ms() + 3_600_000;
-        guard
-            .admit(&online, AgentChannel::Status, false, online.sealed_at_ms)
-            .unwrap();
-        guard
-            .admit(&will, AgentChannel::Status, false, later)
-            .unwrap();
+        guard.admit(&online, AgentChannel::Status, false).unwrap();
+        guard.admit(&will, AgentChannel::Status, false).unwrap();
         // Sent again: the agent's run is the same, so it is dropped as superseded.
         assert_eq!(
             guard
-                .admit(&will, AgentChannel::Status, false, later)
+                .admit(&will, AgentChannel::Status, false)
                 .unwrap_err()
                 .reason(),
             "superseded_will"
@@ -675,10 +631,10 @@ mod tests {
         // So is a will of an earlier run (the agent restarted before its old connection
         // was noticed as dead); neither marks the host offline.
         let mut old = will.clone();
-        old.session_ms -= 1;
+        old.session -= 1;
         assert_eq!(
             guard
-                .admit(&old, AgentChannel::Status, false, later)
+                .admit(&old, AgentChannel::Status, false)
                 .unwrap_err()
                 .reason(),
             "superseded_will"

@@ -130,6 +130,8 @@ pub enum SigningContext {
     Tombstone,
     /// A command to one agent ([`crate::command_auth`]).
     Command,
+    /// An acknowledgement of stored messages to one agent ([`crate::delivery`]).
+    DeliveryAck,
 }
 
 impl SigningContext {
@@ -139,6 +141,7 @@ impl SigningContext {
             SigningContext::Bundle => "vigil/v1/signed-bundle",
             SigningContext::Tombstone => "vigil/v1/signed-bundle-tombstone",
             SigningContext::Command => "vigil/v1/signed-command",
+            SigningContext::DeliveryAck => "vigil/v1/signed-delivery-ack",
         }
     }
 

@@ -10,6 +10,8 @@
 //! - [`bundle`]: signed, versioned policy bundles for host groups.
 //! - [`bundle_manifest`]: a bundle's desired-state manifest, as policies.
 //! - [`command_auth`]: commands to agents, signed by the coordinator and checked by agents.
+//! - [`delivery`]: end-to-end acknowledgement: sequence windows and the coordinator's
+//!   signed acknowledgements of what it stored.
 //! - [`broker_url`]: `mqtt://host:port` as users write it.
 //! - [`enrollment`]: the enrollment request and answer, and the identity file an enrolled
 //!   agent keeps.
@@ -28,6 +30,7 @@ pub mod bundle;
 pub mod bundle_manifest;
 pub mod command_auth;
 pub mod config_file;
+pub mod delivery;
 pub mod enrollment;
 pub mod mqtt;
 pub mod policy;
@@ -39,6 +42,6 @@ pub mod wire;
 
 pub use wire::{
     decode, encode, ActionEvent, ActionState, AgentState, AgentStatus, AppliedBundle, Command,
-    CommandKind, DecodeError, MetricBatch, PolicyEvent, PolicyRunnerStatus, QueueStatus, Sample,
-    WireMessage, PROTOCOL_VERSION,
+    CommandKind, DecodeError, DeliveryStatus, MetricBatch, PolicyEvent, PolicyRunnerStatus,
+    QueueStatus, Sample, WireMessage, PROTOCOL_VERSION,
 };

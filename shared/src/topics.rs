@@ -7,6 +7,7 @@
 //! | `vigil/v1/agents/{host}/events` | agent → coordinator (policy decisions) |
 //! | `vigil/v1/agents/{host}/status` | agent → coordinator, retained, last will |
 //! | `vigil/v1/agents/{host}/commands` | coordinator → agent |
+//! | `vigil/v1/agents/{host}/acks` | coordinator → agent (what is stored) |
 //! | `vigil/v1/bundles/{group}` | coordinator → agents, retained |
 //! | `vigil/v1/json/...` | coordinator → integrations |
 
@@ -26,6 +27,8 @@ pub enum AgentChannel {
     Status,
     /// Commands for the agent.
     Commands,
+    /// The coordinator's acknowledgements of what it stored.
+    Acks,
 }
 
 impl AgentChannel {
@@ -37,6 +40,7 @@ impl AgentChannel {
             AgentChannel::Events => "events",
             AgentChannel::Status => "status",
             AgentChannel::Commands => "commands",
+            AgentChannel::Acks => "acks",
         }
     }
 
@@ -47,6 +51,7 @@ impl AgentChannel {
             "events" => AgentChannel::Events,
             "status" => AgentChannel::Status,
             "commands" => AgentChannel::Commands,
+            "acks" => AgentChannel::Acks,
             _ => return None,
         })
     }
@@ -94,6 +99,7 @@ mod tests {
             AgentChannel::Events,
             AgentChannel::Status,
             AgentChannel::Commands,
+            AgentChannel::Acks,
         ] {
             let topic = agent("web-01", channel);
             assert_eq!(parse_agent(&topic), Some(("web-01", channel)));

@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::validate::{self, FieldError};
 
 /// The protocol version this build writes and reads.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest payload [`decode`] accepts (1 MiB); anything longer is refused unread.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -111,6 +111,30 @@ pub struct AgentStatus {
     pub policies: PolicyRunnerStatus,
     /// The agent's action queue.
     pub queue: QueueStatus,
+    /// How its messages are getting to the coordinator (last: a record stored before
+    /// this field existed reads as `None`).
+    pub delivery: Option<DeliveryStatus>,
+}
+
+/// How an agent's messages are getting to the coordinator, reported in its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryStatus {
+    /// Action transitions and policy events not yet acknowledged as stored.
+    pub outbox_pending: u64,
+    /// Metric batches buffered, not yet acknowledged as stored.
+    pub metrics_buffered: u64,
+    /// Bytes the metric buffer holds on disk.
+    pub metrics_buffer_bytes: u64,
+    /// Metric batches the full buffer dropped (oldest first), since the buffer was made.
+    pub metrics_dropped_total: u64,
+    /// Corrupt buffer segments set aside since the agent started.
+    pub quarantined_segments_total: u64,
+    /// The agent's clock minus the coordinator's, ms, as last measured (from an
+    /// acknowledgement); `None` until one arrived.
+    pub clock_skew_ms: Option<i64>,
+    /// Why the agent cannot write its data directory, if it cannot (it then keeps what
+    /// it must send in memory).
+    pub storage_error: Option<String>,
 }
 
 /// A bundle an agent has applied.
@@ -642,6 +666,7 @@ mod tests {
             detail: None,
             policies: PolicyRunnerStatus::default(),
             queue: QueueStatus::default(),
+            delivery: Some(DeliveryStatus::default()),
         };
         assert_eq!(decode::<AgentStatus>(&encode(&status)), Ok(status));
         let event = PolicyEvent {

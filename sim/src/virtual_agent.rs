@@ -300,6 +300,7 @@ fn status(me: &Identity, state: AgentState) -> AgentStatus {
         detail: Some("simulated".into()),
         policies: PolicyRunnerStatus::default(),
         queue: QueueStatus::default(),
+        delivery: None,
     }
 }
 

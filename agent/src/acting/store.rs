@@ -100,9 +100,16 @@ pub struct AgentStore {
     meta: Database<Bytes, Bytes>,
     done: Database<Bytes, Bytes>,
     next_seq: std::sync::Arc<AtomicU64>,
+    outbox_epoch: u64,
 }
 
 const COUNTERS: &[u8] = b"counters";
+/// Meta key of the session counter (raised at every start).
+const SESSION: &[u8] = b"session";
+/// Meta key of the outbox's epoch (random, chosen when the store was made).
+const OUTBOX_EPOCH: &[u8] = b"outbox-epoch";
+/// Meta key of the highest outbox sequence number handed out.
+const OUTBOX_LAST: &[u8] = b"outbox-last";
 /// Meta key of the last finished jobs.
 const RECENT: &[u8] = b"recent-finished";
 /// How many finished jobs [`AgentStore::remember_finished`] keeps.
@@ -132,13 +139,34 @@ impl AgentStore {
         let outbox: Database<Bytes, Bytes> = env
             .create_database(&mut txn, Some("outbox"))
             .map_err(lmdb)?;
-        let meta = env.create_database(&mut txn, Some("meta")).map_err(lmdb)?;
+        let meta: Database<Bytes, Bytes> =
+            env.create_database(&mut txn, Some("meta")).map_err(lmdb)?;
         let done = env.create_database(&mut txn, Some("done")).map_err(lmdb)?;
         let last = outbox
             .last(&txn)
             .map_err(lmdb)?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k).ok())
             .map_or(0, u64::from_be_bytes);
+        let read_u64 = |txn: &heed::RwTxn, key: &[u8]| -> Result<Option<u64>, AgentStoreError> {
+            Ok(meta
+                .get(txn, key)
+                .map_err(lmdb)?
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes))
+        };
+        // The outbox's sequence numbers continue from the highest ever handed out (kept
+        // with the epoch), so an emptied outbox does not start again at 1.
+        let handed_out = read_u64(&txn, OUTBOX_LAST)?.unwrap_or(0);
+        let last = last.max(handed_out);
+        let outbox_epoch = match read_u64(&txn, OUTBOX_EPOCH)? {
+            Some(epoch) => epoch,
+            None => {
+                let epoch: u64 = rand::random();
+                meta.put(&mut txn, OUTBOX_EPOCH, &epoch.to_be_bytes()[..])
+                    .map_err(lmdb)?;
+                epoch
+            }
+        };
         txn.commit().map_err(lmdb)?;
         Ok(AgentStore {
             env,
@@ -148,7 +176,60 @@ impl AgentStore {
             meta,
             done,
             next_seq: std::sync::Arc::new(AtomicU64::new(last + 1)),
+            outbox_epoch,
         })
+    }
+
+    /// Raises the session counter and returns the new session: higher than every
+    /// earlier run's, whatever the clock says.
+    pub fn next_session(&self) -> Result<u64, AgentStoreError> {
+        let mut txn = self.env.write_txn().map_err(|e| self.lmdb(e))?;
+        let last = self
+            .meta
+            .get(&txn, SESSION)
+            .map_err(|e| self.lmdb(e))?
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_be_bytes);
+        let session = last + 1;
+        self.meta
+            .put(&mut txn, SESSION, &session.to_be_bytes())
+            .map_err(|e| self.lmdb(e))?;
+        txn.commit().map_err(|e| self.lmdb(e))?;
+        Ok(session)
+    }
+
+    /// The outbox's epoch: a random number chosen when the store was made.
+    pub fn outbox_epoch(&self) -> u64 {
+        self.outbox_epoch
+    }
+
+    /// The lowest sequence number still in the outbox (the next one to be handed out if
+    /// it is empty).
+    pub fn outbox_floor(&self) -> Result<u64, AgentStoreError> {
+        let txn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
+        Ok(self
+            .outbox
+            .first(&txn)
+            .map_err(|e| self.lmdb(e))?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k).ok())
+            .map_or_else(|| self.next_seq.load(Ordering::SeqCst), u64::from_be_bytes))
+    }
+
+    /// Removes every outbox entry up to and including `upto` (the coordinator stored
+    /// them); returns how many.
+    pub fn outbox_ack(&self, upto: u64) -> Result<u64, AgentStoreError> {
+        let mut txn = self.env.write_txn().map_err(|e| self.lmdb(e))?;
+        let to = upto.to_be_bytes();
+        let range = (
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Included(&to[..]),
+        );
+        let removed = self
+            .outbox
+            .delete_range(&mut txn, &range)
+            .map_err(|e| self.lmdb(e))?;
+        txn.commit().map_err(|e| self.lmdb(e))?;
+        Ok(removed as u64)
     }
 
     fn lmdb(&self, source: heed::Error) -> AgentStoreError {
@@ -221,6 +302,12 @@ impl AgentStore {
             let value = encode_outbox_value(topic, payload);
             self.outbox
                 .put(&mut txn, &(first + i as u64).to_be_bytes(), &value)
+                .map_err(|e| self.lmdb(e))?;
+        }
+        if !messages.is_empty() {
+            let last = first + messages.len() as u64 - 1;
+            self.meta
+                .put(&mut txn, OUTBOX_LAST, &last.to_be_bytes())
                 .map_err(|e| self.lmdb(e))?;
         }
         txn.commit().map_err(|e| self.lmdb(e))

@@ -158,7 +158,8 @@ pub enum PolicyCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// TOML config file (keys: host, broker, interval, mqtt_username, mqtt_password,
-    /// policies, textfile_dir, data_dir, bundle_key, coordinator, join_token, ca, [labels],
+    /// policies, textfile_dir, data_dir, metrics_buffer, bundle_key, coordinator,
+    /// join_token, ca, [labels],
     /// [allow], [remediation]; see README).
     /// Flags and environment variables override it.
     #[arg(long, env = "VIGIL_CONFIG")]
@@ -202,6 +203,12 @@ pub struct RunArgs {
     /// Where the identity, the action queue and the outbox live [default: /var/lib/vigil]
     #[arg(long, env = "VIGIL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Most disk the metric buffer may use while the coordinator is unreachable, e.g.
+    /// 256MiB (about 24 h of 1 s batches of a typical host); when full, the oldest
+    /// batches go, counted [default: 256MiB]
+    #[arg(long, env = "VIGIL_METRICS_BUFFER", value_name = "SIZE")]
+    pub metrics_buffer: Option<String>,
 
     /// Record every action as done without running anything [default: off]
     #[arg(long, env = "VIGIL_DRY_RUN")]
@@ -262,6 +269,7 @@ impl RunArgs {
                 policies: self.policies,
                 textfile_dir: self.textfile_dir,
                 data_dir: self.data_dir,
+                metrics_buffer: self.metrics_buffer,
                 dry_run: self.dry_run,
                 pause_remediation: self.pause_remediation,
                 allow_units: self.allow_units,

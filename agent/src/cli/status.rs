@@ -121,9 +121,32 @@ fn describe(s: &StatusSnapshot, running: bool, process_alive: bool, now: i64) ->
         ));
     }
     out.push_str(&format!(
-        "  outbox:       {} message(s) waiting for the broker\n",
+        "  outbox:       {} message(s) not yet stored by the coordinator\n",
         s.outbox_queued
     ));
+    if let Some(d) = &s.delivery {
+        out.push_str(&format!(
+            "  metrics:      {} batch(es) buffered ({} bytes on disk), {} dropped (buffer full)\n",
+            d.metrics_buffered, d.metrics_buffer_bytes, d.metrics_dropped_total
+        ));
+        if d.quarantined_segments_total > 0 {
+            out.push_str(&format!(
+                "  buffer:       {} damaged segment(s) set aside\n",
+                d.quarantined_segments_total
+            ));
+        }
+        if let Some(skew) = d.clock_skew_ms.filter(|s| s.abs() > 5 * 60_000) {
+            out.push_str(&format!(
+                "  CLOCK:        {} s off the coordinator's clock\n",
+                skew / 1000
+            ));
+        }
+        if let Some(error) = &d.storage_error {
+            out.push_str(&format!(
+                "  STORAGE:      data directory cannot be written ({error}); keeping data in memory\n"
+            ));
+        }
+    }
     if let Some(detail) = &s.detail {
         out.push_str(&format!("  note:         {detail}\n"));
     }
@@ -178,6 +201,7 @@ mod tests {
             bundle_error: None,
             remediation_paused: true,
             queue: Default::default(),
+            delivery: None,
             outbox_queued: 7,
             recent_actions: vec![RecentAction {
                 id: "01J".into(),

@@ -10,10 +10,11 @@
 //! configured, to every group's policy bundle (`vigil/v1/bundles/+`); what arrives is
 //! forwarded to the runner as [`Inbound`] messages.
 //!
-//! Everything it publishes (status, metrics, the last will) is sealed with the agent's key
-//! ([`Sealer`]): the coordinator accepts nothing else.
+//! Everything it publishes (status, the last will) is sealed with the agent's key
+//! ([`Sealer`]): the coordinator accepts nothing else. Metric batches, action transitions
+//! and policy events go through [`super::delivery`], which keeps them until stored.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use vigil_shared::agent_auth::Sealer;
 use vigil_shared::mqtt::MissingTls;
 use vigil_shared::tls::ClientTls;
 use vigil_shared::topics::{self, AgentChannel};
-use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch};
+use vigil_shared::wire::{self, AgentState, AgentStatus};
 
 use crate::config::AgentConfig;
 
@@ -77,7 +78,6 @@ pub struct Link {
     publisher: Publisher,
     status: watch::Sender<AgentStatus>,
     connected: Arc<AtomicBool>,
-    dropped: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -131,7 +131,6 @@ impl Link {
             publisher,
             status,
             connected,
-            dropped: Arc::new(AtomicU64::new(0)),
             task,
         })
     }
@@ -139,26 +138,6 @@ impl Link {
     /// Whether the broker has accepted the connection (and not lost it since).
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
-    }
-
-    /// Queues a metric batch for publishing (QoS 1). If the queue is full (the broker has
-    /// been unreachable for a long time), the batch is dropped and counted.
-    pub fn publish_metrics(&self, batch: &MetricBatch) {
-        let topic = topics::agent(&batch.host, AgentChannel::Metrics);
-        let payload = self
-            .publisher
-            .sealer
-            .seal(AgentChannel::Metrics, wire::encode(batch));
-        if let Err(e) = self
-            .publisher
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload)
-        {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::warn!(dropped, "outgoing queue full, metric batch dropped: {e}");
-            }
-        }
     }
 
     /// The status as last set.

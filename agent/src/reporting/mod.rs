@@ -3,9 +3,11 @@
 //! - [`enrollment`]: the agent's identity (its key and MQTT login), enrolled once with a
 //!   join token; every message the agent publishes is sealed with that key
 //!   ([`vigil_shared::agent_auth`]).
-//! - [`link`]: the MQTT connection (status, last will, metrics, commands, bundles), with
+//! - [`link`]: the MQTT connection (status, last will, commands, bundles), with
 //!   [`command_guard`] checking every command's signature, expiry and freshness.
-//! - [`outbox`]: durable, acknowledged delivery of policy events and action transitions.
+//! - [`delivery`]: the durable queues (the outbox of policy events and action
+//!   transitions, and the metric [`spool`]) sent on their own connection and forgotten
+//!   only when the coordinator acknowledges that it stored them.
 //! - [`status_file`]: what the agent is doing, for `vigil-agent status`;
 //!   [`service_report`]: readiness, status and watchdog pings for systemd
 //!   ([`vigil_service::ServiceManager`]), and the status file kept current.
@@ -13,11 +15,9 @@
 //!   acknowledges them.
 
 pub(crate) mod command_guard;
+pub(crate) mod delivery;
 pub(crate) mod enrollment;
 pub(crate) mod link;
-pub(crate) mod outbox;
 pub(crate) mod service_report;
-// Only its tests call it until the runner sends metric batches through it.
-#[allow(dead_code)]
 pub(crate) mod spool;
 pub(crate) mod status_file;

@@ -127,6 +127,7 @@ impl ServiceReport {
             remediation_paused: status.remediation_paused,
             queue: status.queue.clone(),
             outbox_queued: store.outbox_len().unwrap_or(0),
+            delivery: status.delivery.clone(),
             recent_actions,
             detail: status.detail.clone(),
         }

@@ -393,15 +393,20 @@ impl Spool {
     ///
     /// The position is written to the `acked` file first (atomically); only segments it
     /// covers are deleted, so that after a restart the sequence goes on past them. A
-    /// position beyond the last seq given out is taken as the last seq given out.
+    /// position beyond the last seq given out means the receiver stored records this
+    /// spool lost (an unsynced tail, after a power loss): the sequence goes on after it,
+    /// so that new records are not taken for those.
     pub fn ack(&mut self, upto: u64) {
         let last = self.next_seq - 1;
-        let upto = if upto > last {
-            tracing::warn!(upto, last, "spool: acknowledgement beyond the last record");
-            last
-        } else {
-            upto
-        };
+        if upto > last {
+            tracing::warn!(
+                upto,
+                last,
+                "spool: the receiver holds records past the last one here (lost before \
+                 they reached the disk); numbering goes on after them"
+            );
+            self.next_seq = upto.saturating_add(1);
+        }
         if upto > self.acked {
             self.acked = upto;
             self.full_logged = false;

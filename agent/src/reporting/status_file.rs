@@ -50,8 +50,13 @@ pub struct StatusSnapshot {
     pub remediation_paused: bool,
     /// The action queue's state.
     pub queue: QueueStatus,
-    /// Messages (policy events, action transitions) waiting in the outbox for the broker.
+    /// Messages (policy events, action transitions) waiting in the outbox until the
+    /// coordinator has stored them.
     pub outbox_queued: u64,
+    /// How delivery to the coordinator is going (buffered metrics, clock skew, a data
+    /// directory that cannot be written).
+    #[serde(default)]
+    pub delivery: Option<vigil_shared::wire::DeliveryStatus>,
     /// The latest actions, newest first.
     pub recent_actions: Vec<RecentAction>,
     /// Anything the agent wants an operator to read.
@@ -175,6 +180,7 @@ mod tests {
             bundle_error: None,
             remediation_paused: false,
             queue: QueueStatus::default(),
+            delivery: None,
             outbox_queued: 0,
             recent_actions: Vec::new(),
             detail: None,

@@ -15,7 +15,7 @@
 //! - **What each login may send**, checked packet by packet with rumqttc's MQTT 3.1.1
 //!   codec: an agent publishes only on its own `metrics`, `events`, `actions` and
 //!   `status` topics, retains only its status (at most [`MAX_RETAINED_BYTES`]), and
-//!   subscribes only to its own commands and the bundles; an integration publishes
+//!   subscribes only to its own commands and acknowledgements and to the bundles; an integration publishes
 //!   nothing (no will either) and subscribes only under `vigil/v1/`. A packet outside
 //!   these rules closes the connection (MQTT 3.1.1 cannot refuse a single PUBLISH), is
 //!   logged and counted in `vigil_mqtt_acl_refusals_total{role,reason}`.
@@ -382,7 +382,7 @@ impl Role {
                     _ => return Err("foreign_topic"),
                 };
                 match channel {
-                    AgentChannel::Commands => Err("foreign_topic"),
+                    AgentChannel::Commands | AgentChannel::Acks => Err("foreign_topic"),
                     AgentChannel::Status if retain && len > MAX_RETAINED_BYTES => {
                         Err("retained_too_large")
                     }
@@ -400,6 +400,7 @@ impl Role {
             Role::Integration => filter.starts_with(&format!("{}/", topics::ROOT)),
             Role::Agent(host) => {
                 filter == topics::agent(host, AgentChannel::Commands)
+                    || filter == topics::agent(host, AgentChannel::Acks)
                     || filter
                         .strip_prefix(&topics::bundle(""))
                         .is_some_and(|group| !group.contains('/') || group == "#")
@@ -466,6 +467,15 @@ mod tests {
     fn an_agent_subscribes_to_its_commands_and_the_bundles() {
         let web = Role::Agent("web".into());
         assert_eq!(web.may_subscribe("vigil/v1/agents/web/commands"), Ok(()));
+        assert_eq!(web.may_subscribe("vigil/v1/agents/web/acks"), Ok(()));
+        assert_eq!(
+            web.may_subscribe("vigil/v1/agents/web-01/acks"),
+            Err("foreign_filter")
+        );
+        assert_eq!(
+            web.may_publish("vigil/v1/agents/web/acks", false, 10),
+            Err("foreign_topic")
+        );
         assert_eq!(web.may_subscribe("vigil/v1/bundles/+"), Ok(()));
         assert_eq!(web.may_subscribe("vigil/v1/bundles/#"), Ok(()));
         assert_eq!(

@@ -1,40 +1,53 @@
-//! MQTT ingest: subscribes to every agent's topics, decodes and checks each message, and
-//! hands the good ones to the store writer.
+//! MQTT ingest: subscribes to every agent's topics, decodes and checks each message,
+//! hands the good ones to the store writer, and acknowledges each delivery to the broker
+//! only once the store has committed it.
 //!
 //! Every agent message is sealed with the agent's own key
 //! ([`vigil_shared::agent_auth`]): the topic name is never trusted. Nothing an agent (or
 //! anyone else) publishes can crash this loop: a payload that does not decode, speaks an
 //! unknown protocol version, is not sealed by the enrolled key of the host in its topic
-//! (unknown or revoked host, bad signature, stale — sealed more than 5 minutes from the
-//! coordinator's clock, retained or not —, replayed), breaks a content rule (`invalid`),
-//! carries a time outside 2000–2200 (`implausible_time`, see
-//! [`vigil_shared::validate::timestamp`]), or
-//! claims a host other than the one in its topic is logged with its topic, counted in
+//! (unknown or revoked host, bad signature, replayed), breaks a content rule
+//! (`invalid`), carries a time outside 2000–2200 (`implausible_time`, see
+//! [`vigil_shared::validate::timestamp`]), claims a host other than the one in its
+//! topic, or comes on a queued channel (metrics, actions, events) without its place in
+//! the agent's queue (`no_delivery`) is logged with its topic, counted in
 //! `vigil_mqtt_messages_rejected_total{channel,reason}`, and dropped. A redelivered
 //! duplicate, and the last will of an earlier connection arriving after the agent
 //! reconnected, are dropped quietly and counted in `vigil_mqtt_messages_duplicate_total`.
+//! A seal time more than five minutes from the coordinator's clock is no reason to
+//! refuse: the message is stored, the skew counted (`vigil_agent_clock_skewed_total`),
+//! logged, and kept in the host record.
+//!
+//! Deliveries are acknowledged to the broker (manual acks, in the order received) once
+//! the store has committed what they carry, or at once when they carry nothing to
+//! store. When the store cannot take them (a full disk), they stay unacknowledged and,
+//! after [`REDELIVER_AFTER`], the connection is dropped and resumed, so that the broker
+//! sends them again; the agents keep them too until the store acknowledges them
+//! ([`super::acks`]).
 //!
 //! The same MQTT connection carries the coordinator's commands to agents: see
 //! [`super::publisher`], whose [`connect`](super::publisher::connect) makes the
 //! connection that [`run`] drives.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{Event, EventLoop, Packet, Publish, QoS};
-use tokio::sync::watch;
-use vigil_shared::agent_auth::{self, ReplayGuard, SealedMessage};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
+use tokio::sync::{oneshot, watch};
+use vigil_shared::agent_auth::{self, ReplayGuard, Seal, SealedMessage, MAX_CLOCK_SKEW_MS};
+use vigil_shared::delivery::Stream;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
     self, ActionEvent, AgentStatus, DecodeError, MetricBatch, PolicyEvent, WireMessage,
 };
 
-use super::batch_gaps::{BatchGaps, Sequence};
 use super::publisher::Publisher;
 use crate::events::mirror::MetricsTap;
 use crate::security::agent_keys::AgentKeys;
-use crate::store::{Source, Store, StoreWriter, Write};
+use crate::store::writer::{StatusOrder, WriteReply};
+use crate::store::{Source, Store, StoreError, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
 /// The channels the coordinator listens to.
@@ -45,7 +58,22 @@ const CHANNELS: [AgentChannel; 4] = [
     AgentChannel::Events,
 ];
 
-/// Runs the subscriber until `stop` turns true. Reconnects on its own.
+/// How long deliveries the store could not take stay unacknowledged before the
+/// connection is resumed to have the broker send them again.
+pub const REDELIVER_AFTER: Duration = Duration::from_secs(3);
+
+/// How often the clock skew of one host is logged at most.
+const SKEW_LOG_EVERY_MS: i64 = 60_000;
+
+/// A delivery waiting for its acknowledgement to the broker.
+struct Pending {
+    publish: Publish,
+    /// The store's answer; `None`: nothing to wait for.
+    answer: Option<oneshot::Receiver<Result<u64, Arc<StoreError>>>>,
+}
+
+/// Runs the subscriber until `stop` turns true. Reconnects on its own. `subscribed`
+/// turns true once the first connection has subscribed to every agent channel.
 pub async fn run(
     publisher: Publisher,
     mut eventloop: EventLoop,
@@ -59,20 +87,58 @@ pub async fn run(
         client, connects, ..
     } = publisher;
     let mut failures: u32 = 0;
-    let mut gaps = BatchGaps::default();
     let mut gate = Gate {
         keys: AgentKeys::new(store),
         guard: ReplayGuard::default(),
+        skew_logged: HashMap::new(),
     };
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut suback_wanted = 0usize;
+    let mut redeliver_at: Option<tokio::time::Instant> = None;
     loop {
+        acknowledge_ready(&client, &mut pending, &telemetry, &mut redeliver_at);
+        let front = pending.front_mut().and_then(|p| p.answer.as_mut());
         let event = tokio::select! {
             _ = stop.changed() => break,
+            answer = async {
+                match front {
+                    Some(answer) => answer.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(done) = pending.pop_front() {
+                    let stored = matches!(answer, Ok(Ok(_)));
+                    settle(&client, done.publish, stored, &telemetry, &mut redeliver_at);
+                }
+                continue;
+            }
+            _ = async {
+                match redeliver_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                redeliver_at = None;
+                tracing::warn!(
+                    unacknowledged = pending.len(),
+                    "resuming the broker session to have it send again what the store could not take"
+                );
+                pending.clear();
+                eventloop.clean();
+                continue;
+            }
             event = eventloop.poll() => event,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
-                tracing::info!("ingest connected to broker; subscribing to agent topics");
+                // What was waiting belongs to the old connection: the broker sends it again.
+                pending.clear();
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "ingest connected to broker; subscribing to agent topics"
+                );
+                suback_wanted = CHANNELS.len();
                 for channel in CHANNELS {
                     if let Err(e) = client
                         .subscribe(topics::all_agents(channel), QoS::AtLeastOnce)
@@ -81,21 +147,27 @@ pub async fn run(
                         tracing::error!("cannot subscribe to {channel:?}: {e}");
                     }
                 }
-                connects.send_modify(|n| *n += 1);
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) if suback_wanted > 0 => {
+                suback_wanted -= 1;
+                if suback_wanted == 0 {
+                    connects.send_modify(|n| *n += 1);
+                }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                handle(
+                let answer = handle(
                     &publish,
                     &mut gate,
                     &writer,
                     &telemetry,
-                    &mut gaps,
                     metrics_tap.as_ref(),
                 )
                 .await;
+                pending.push_back(Pending { publish, answer });
             }
             Ok(_) => {}
             Err(e) => {
+                pending.clear();
                 failures = failures.saturating_add(1);
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(failures, "ingest lost the broker: {e}");
@@ -104,18 +176,83 @@ pub async fn run(
             }
         }
     }
+    // Whatever the store already has is acknowledged; the rest the broker keeps.
+    let _ = writer.flush().await;
+    acknowledge_ready(&client, &mut pending, &telemetry, &mut redeliver_at);
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(done) = pending.pop_front() {
+            let stored = match done.answer {
+                Some(answer) => matches!(answer.await, Ok(Ok(_))),
+                None => true,
+            };
+            settle(&client, done.publish, stored, &telemetry, &mut redeliver_at);
+        }
+        // Let the event loop send the acknowledgements.
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                if eventloop.poll().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    })
+    .await;
     let _ = client.disconnect().await;
 }
 
-/// Checks one message and queues what it carries for the store.
+/// Acknowledges, in order, every delivery at the front of `pending` whose outcome is
+/// known.
+fn acknowledge_ready(
+    client: &AsyncClient,
+    pending: &mut VecDeque<Pending>,
+    telemetry: &Telemetry,
+    redeliver_at: &mut Option<tokio::time::Instant>,
+) {
+    while let Some(front) = pending.front_mut() {
+        let answer = match &mut front.answer {
+            None => true,
+            Some(answer) => match answer.try_recv() {
+                Ok(result) => result.is_ok(),
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Err(oneshot::error::TryRecvError::Closed) => false,
+            },
+        };
+        let Some(done) = pending.pop_front() else {
+            return;
+        };
+        settle(client, done.publish, answer, telemetry, redeliver_at);
+    }
+}
+
+/// Acknowledges `publish` to the broker if the store took it; otherwise leaves it for the
+/// broker to send again after [`REDELIVER_AFTER`].
+fn settle(
+    client: &AsyncClient,
+    publish: Publish,
+    stored: bool,
+    telemetry: &Telemetry,
+    redeliver_at: &mut Option<tokio::time::Instant>,
+) {
+    if stored {
+        if let Err(e) = client.try_ack(&publish) {
+            tracing::debug!("cannot queue an acknowledgement: {e}");
+        }
+    } else {
+        telemetry.mqtt_unacknowledged.inc();
+        redeliver_at.get_or_insert_with(|| tokio::time::Instant::now() + REDELIVER_AFTER);
+    }
+}
+
+/// Checks one message and queues what it carries for the store; returns where the
+/// store's answer will come, if the delivery must wait for it.
 async fn handle(
     publish: &Publish,
     gate: &mut Gate,
     writer: &StoreWriter,
     telemetry: &Telemetry,
-    gaps: &mut BatchGaps,
     metrics_tap: Option<&MetricsTap>,
-) {
+) -> Option<oneshot::Receiver<Result<u64, Arc<StoreError>>>> {
     let Some((host, channel)) = topics::parse_agent(&publish.topic) else {
         reject(
             telemetry,
@@ -124,14 +261,14 @@ async fn handle(
             &publish.topic,
             "not an agent topic",
         );
-        return;
+        return None;
     };
     let received_ms = now_ms();
-    if channel == AgentChannel::Commands {
-        return;
+    if matches!(channel, AgentChannel::Commands | AgentChannel::Acks) {
+        return None;
     }
-    let body = match gate.open(host, channel, publish, received_ms) {
-        Ok(body) => body,
+    let seal = match gate.open(host, channel, publish) {
+        Ok(seal) => seal,
         Err(Rejection::Seal(
             agent_auth::Refusal::Duplicate { .. } | agent_auth::Refusal::SupersededWill { .. },
         )) => {
@@ -139,14 +276,18 @@ async fn handle(
                 .mqtt_duplicates
                 .with_label_values(&[channel.as_str()])
                 .inc();
-            return;
+            return None;
         }
-        Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+        Err(rejection) => {
+            rejection.report(telemetry, channel, &publish.topic);
+            return None;
+        }
     };
+    let clock_skew_ms = gate.skew(host, channel, &seal, publish.retain, received_ms, telemetry);
+    let body = &seal.body;
     let write = match channel {
-        AgentChannel::Metrics => match checked::<MetricBatch>(host, &body) {
+        AgentChannel::Metrics => match checked::<MetricBatch>(host, body) {
             Ok(batch) => {
-                note_sequence(gaps, telemetry, &batch);
                 if let Some(tap) = metrics_tap {
                     tap.offer(&batch, received_ms);
                 }
@@ -159,24 +300,75 @@ async fn handle(
                     reply: None,
                 }
             }
-            Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+            Err(rejection) => {
+                rejection.report(telemetry, channel, &publish.topic);
+                return None;
+            }
         },
-        AgentChannel::Status => match checked::<AgentStatus>(host, &body) {
+        AgentChannel::Status => match checked::<AgentStatus>(host, body) {
             Ok(status) => Write::Status {
                 status,
                 received_ms,
+                clock_skew_ms,
+                order: Some(StatusOrder {
+                    session: seal.session,
+                    seq: seal.seq,
+                    will: seal.will,
+                }),
             },
-            Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+            Err(rejection) => {
+                rejection.report(telemetry, channel, &publish.topic);
+                return None;
+            }
         },
-        AgentChannel::Actions => match checked::<ActionEvent>(host, &body) {
+        AgentChannel::Actions => match checked::<ActionEvent>(host, body) {
             Ok(event) => Write::Action { event },
-            Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+            Err(rejection) => {
+                rejection.report(telemetry, channel, &publish.topic);
+                return None;
+            }
         },
-        AgentChannel::Events => match checked::<PolicyEvent>(host, &body) {
+        AgentChannel::Events => match checked::<PolicyEvent>(host, body) {
             Ok(event) => Write::Event { event },
-            Err(rejection) => return rejection.report(telemetry, channel, &publish.topic),
+            Err(rejection) => {
+                rejection.report(telemetry, channel, &publish.topic);
+                return None;
+            }
         },
-        AgentChannel::Commands => return,
+        AgentChannel::Commands | AgentChannel::Acks => return None,
+    };
+    let expected = match channel {
+        AgentChannel::Metrics => Some(Stream::Metrics),
+        AgentChannel::Actions | AgentChannel::Events => Some(Stream::Outbox),
+        _ => None,
+    };
+    let (write, answer) = match (expected, seal.delivery) {
+        (None, _) => (write, None),
+        (Some(stream), Some(delivery)) if delivery.stream == stream => {
+            let (reply, answer): (WriteReply, _) = oneshot::channel();
+            (
+                Write::Queued {
+                    host: host.to_string(),
+                    delivery,
+                    write: Box::new(write),
+                    reply: Some(reply),
+                },
+                Some(answer),
+            )
+        }
+        (Some(stream), _) => {
+            reject(
+                telemetry,
+                channel.as_str(),
+                "no_delivery",
+                &publish.topic,
+                &format!(
+                    "not sealed with its place in the agent's {} queue",
+                    stream.as_str()
+                ),
+            );
+            return None;
+        }
     };
     telemetry
         .mqtt_messages
@@ -189,58 +381,73 @@ async fn handle(
             .inc();
         tracing::error!(topic = %publish.topic, "cannot queue message for the store: {e}");
     }
-}
-
-/// Counts the batches missing before `batch`, or `batch` as late (see [`BatchGaps`]).
-fn note_sequence(gaps: &mut BatchGaps, telemetry: &Telemetry, batch: &MetricBatch) {
-    match gaps.observe(&batch.host, batch.seq) {
-        Sequence::Gap(missing) => {
-            let before = telemetry.batches_missing.get();
-            telemetry.batches_missing.inc_by(missing);
-            // Logged when the total passes 1, 2, 4, 8, …: loss under overload must not
-            // also flood the log.
-            let total = before + missing;
-            if before == 0 || total.ilog2() > before.ilog2() {
-                tracing::warn!(
-                    host = %batch.host,
-                    seq = batch.seq,
-                    missing,
-                    total_missing = total,
-                    "metric batches lost on the way from this agent \
-                     (vigil_metric_batches_missing_total)"
-                );
-            }
-        }
-        Sequence::Late => telemetry.batches_late.inc(),
-        Sequence::InOrder | Sequence::Restarted => {}
-    }
+    answer
 }
 
 /// Checks seals: the enrolled agents' keys and what each has already sent.
 struct Gate {
     keys: AgentKeys,
     guard: ReplayGuard,
+    /// When each host's clock skew was last logged, epoch ms.
+    skew_logged: HashMap<String, i64>,
 }
 
 impl Gate {
-    /// Opens a sealed payload from `host`'s `channel` topic and returns the message inside
-    /// (still encoded), or why it is refused.
+    /// Opens a sealed payload from `host`'s `channel` topic and returns its seal (the
+    /// message inside still encoded), or why it is refused.
     fn open(
         &mut self,
         host: &str,
         channel: AgentChannel,
         publish: &Publish,
-        now_ms: i64,
-    ) -> Result<Vec<u8>, Rejection> {
+    ) -> Result<Seal, Rejection> {
         let sealed = wire::decode::<SealedMessage>(&publish.payload).map_err(Rejection::Decode)?;
         let seal = self
             .keys
             .check(host, |key| agent_auth::open(&sealed, key, host, channel))
             .map_err(Rejection::Seal)?;
         self.guard
-            .admit(&seal, channel, publish.retain, now_ms)
+            .admit(&seal, channel, publish.retain)
             .map_err(Rejection::Seal)?;
-        Ok(seal.body)
+        Ok(seal)
+    }
+
+    /// The host's clock minus ours, from a fresh message's seal (`None` for the last
+    /// will and retained messages, sealed long before they arrive). Counted and logged
+    /// (once a minute per host) when more than [`MAX_CLOCK_SKEW_MS`].
+    fn skew(
+        &mut self,
+        host: &str,
+        channel: AgentChannel,
+        seal: &Seal,
+        retained: bool,
+        received_ms: i64,
+        telemetry: &Telemetry,
+    ) -> Option<i64> {
+        if seal.will || retained {
+            return None;
+        }
+        let skew_ms = seal.sealed_at_ms.saturating_sub(received_ms);
+        if skew_ms.saturating_abs() > MAX_CLOCK_SKEW_MS {
+            telemetry
+                .clock_skewed
+                .with_label_values(&[channel.as_str()])
+                .inc();
+            let last = self.skew_logged.get(host).copied().unwrap_or(i64::MIN);
+            if received_ms.saturating_sub(last) >= SKEW_LOG_EVERY_MS {
+                if self.skew_logged.len() >= 100_000 {
+                    self.skew_logged.clear();
+                }
+                self.skew_logged.insert(host.to_string(), received_ms);
+                tracing::warn!(
+                    %host,
+                    skew_ms,
+                    "the agent's clock is off; its data is stored with its own times \
+                     and the coordinator's receive time"
+                );
+            }
+        }
+        Some(skew_ms)
     }
 }
 

@@ -1,11 +1,12 @@
 //! MQTT, in the order a message travels: the [`front`] every outside client connects to
 //! (TLS, connection bounds, who may publish or subscribe to what), the embedded
 //! [`broker`] behind it (rumqttd on loopback, or none with an external broker), then
-//! [`ingest`], which checks every agent message and hands it to the store writer
-//! ([`batch_gaps`] notices metric batches lost on the way), and the [`publisher`] that
-//! sends signed commands and retained bundles back to agents.
+//! [`ingest`], which checks every agent message, hands it to the store writer and
+//! acknowledges it to the broker once stored, and the [`publisher`] that sends signed
+//! commands, retained bundles and acknowledgements of what is stored ([`acks`]) back to
+//! agents.
 
-pub mod batch_gaps;
+pub mod acks;
 pub mod broker;
 pub mod front;
 pub mod ingest;

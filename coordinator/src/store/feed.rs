@@ -269,6 +269,7 @@ mod tests {
             detail: None,
             policies: Default::default(),
             queue: Default::default(),
+            delivery: None,
         }
     }
 
@@ -319,6 +320,8 @@ mod tests {
         let (writer, thread) = StoreWriter::start(store.clone(), Arc::new(Telemetry::new()));
         let writes = vec![
             Write::Status {
+                clock_skew_ms: None,
+                order: None,
                 status: status(AgentState::Online, None),
                 received_ms: 5,
             },
@@ -331,14 +334,20 @@ mod tests {
                 event: action(ActionState::Running),
             },
             Write::Status {
+                clock_skew_ms: None,
+                order: None,
                 status: status(AgentState::Online, Some("aa")),
                 received_ms: 6,
             },
             Write::Status {
+                clock_skew_ms: None,
+                order: None,
                 status: status(AgentState::Online, Some("aa")), // nothing changed
                 received_ms: 7,
             },
             Write::Status {
+                clock_skew_ms: None,
+                order: None,
                 status: status(AgentState::Offline, Some("aa")),
                 received_ms: 8,
             },

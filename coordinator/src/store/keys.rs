@@ -1,6 +1,19 @@
 //! Key construction for the store's databases (see the table in [`super`]).
 
+use vigil_shared::delivery::Stream;
 use vigil_shared::wire::Tag;
+
+/// `host \0 stream`: the key of a host's delivery window in `deliveries`.
+pub fn delivery(host: &str, stream: Stream) -> Vec<u8> {
+    let mut key = Vec::with_capacity(host.len() + 2);
+    key.extend_from_slice(host.as_bytes());
+    key.push(0);
+    key.push(match stream {
+        Stream::Outbox => 0,
+        Stream::Metrics => 1,
+    });
+    key
+}
 
 /// `host \0 name`: the key of a series in the `series` database.
 pub fn series(host: &str, name: &str) -> Vec<u8> {

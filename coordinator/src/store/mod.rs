@@ -16,6 +16,7 @@
 //! | `actions` | action id | [`actions::ActionRecord`] (action audit trail, transitions appended) |
 //! | `action_index` | `tag · len · value · created time · id` (by time, host, target, policy, status) | empty (see [`actions`]) |
 //! | `feed` | sequence number (u64, big-endian) | [`crate::store::feed::FeedEntry`] (the event stream, for resuming clients) |
+//! | `deliveries` | `host \0 stream` | [`vigil_shared::delivery::Window`]: what is stored of each agent queue |
 //! | `bundles` | group name | `BundleRecord` (kept by the bundles module) (last published bundle version per host group) |
 //!
 //! A series is one metric of one host; samples of it that differ in tags (`mount=/` and
@@ -132,6 +133,7 @@ pub(crate) struct Dbs {
     pub agents: Database<Bytes, Bytes>,
     pub join_tokens: Database<Bytes, Bytes>,
     pub feed: Database<Bytes, Bytes>,
+    pub deliveries: Database<Bytes, Bytes>,
 }
 
 /// An open store. Cheap to clone; all clones share one environment.
@@ -185,6 +187,7 @@ impl Store {
             agents: create("agents").map_err(open_err)?,
             join_tokens: create("join_tokens").map_err(open_err)?,
             feed: create("feed").map_err(open_err)?,
+            deliveries: create("deliveries").map_err(open_err)?,
         };
         wtxn.commit().map_err(open_err)?;
         let mut store = Store {

@@ -96,7 +96,7 @@ impl Store {
                 .iter(txn)?
                 .map(|entry| {
                     let (_, bytes) = entry?;
-                    codec::decode::<HostRecord>("hosts", bytes)
+                    HostRecord::decode(bytes)
                 })
                 .collect()
         })
@@ -108,7 +108,7 @@ impl Store {
             let Some(bytes) = self.dbs.hosts.get(txn, host.as_bytes())? else {
                 return Ok(None);
             };
-            let record = codec::decode::<HostRecord>("hosts", bytes)?;
+            let record = HostRecord::decode(bytes)?;
             let mut latest = Vec::new();
             for entry in self
                 .dbs
@@ -415,6 +415,7 @@ mod tests {
             detail: None,
             policies: Default::default(),
             queue: Default::default(),
+            delivery: None,
         };
         for s in [
             status(AgentState::Offline, 20),
@@ -422,6 +423,8 @@ mod tests {
         ] {
             writer
                 .send(Write::Status {
+                    clock_skew_ms: None,
+                    order: None,
                     status: s,
                     received_ms: 5,
                 })

@@ -35,12 +35,36 @@ pub struct HostRecord {
     pub source: Source,
     /// The last status its agent published, if it has an agent.
     pub status: Option<AgentStatus>,
+    /// The agent's clock minus the coordinator's, ms, as last measured from a message's
+    /// seal time.
+    pub clock_skew_ms: Option<i64>,
+    /// The session and sequence number of the status applied last: an earlier one
+    /// (replayed, or delivered late) is not applied over it.
+    pub status_order: Option<(u64, u64)>,
 }
 
 /// How long an HTTP-only host counts as online after its last sample.
 pub const HTTP_HOST_ONLINE_MS: i64 = 60_000;
 
 impl HostRecord {
+    /// Reads a stored record. A record written before the last fields were added is
+    /// their prefix (each added field is last, and an absent `Option` is one zero byte):
+    /// it is read with those fields `None`.
+    pub fn decode(bytes: &[u8]) -> Result<HostRecord, super::StoreError> {
+        let first = super::codec::decode::<HostRecord>("hosts", bytes);
+        if first.is_ok() {
+            return first;
+        }
+        for zeros in 1..=3 {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len() + zeros, 0);
+            if let Ok(record) = super::codec::decode::<HostRecord>("hosts", &padded) {
+                return Ok(record);
+            }
+        }
+        first
+    }
+
     /// Whether the host counts as online at `now_ms`.
     ///
     /// A host with an agent is online while its last status says so and it has been heard
@@ -109,6 +133,8 @@ mod tests {
     #[test]
     fn a_last_seen_time_at_the_end_of_i64_is_offline_not_a_panic() {
         let record = HostRecord {
+            clock_skew_ms: None,
+            status_order: None,
             host: "web-01".into(),
             first_seen_ms: 0,
             last_seen_ms: i64::MIN,

@@ -3,8 +3,14 @@
 //!
 //! One writer means no write-lock contention and few, large transactions (LMDB's commit
 //! cost is per transaction, not per key). When the map fills up, the writer grows it (up
-//! to [`super::MapSize::max`]) and retries; at the ceiling it answers
-//! [`StoreError::Full`] and carries on with later writes.
+//! to [`super::MapSize::max`]) and retries; at the ceiling (or when the file system is
+//! full) it answers [`StoreError::Full`] (or the I/O error) and carries on with later
+//! writes.
+//!
+//! A message from an agent's durable queue comes as a [`Write::Queued`]: the writer
+//! keeps each host's delivery [`Window`] in the same transaction as the data, so a
+//! message is stored at most once however often it is sent, and after each commit it
+//! tells the acknowledgement sender ([`Stored`]) how far each touched stream is stored.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -13,6 +19,7 @@ use std::thread::JoinHandle;
 
 use heed::RwTxn;
 use tokio::sync::{mpsc, oneshot};
+use vigil_shared::delivery::{Admit, Delivery, Stream, Window};
 use vigil_shared::validate;
 use vigil_shared::wire::{ActionEvent, AgentState, AgentStatus, PolicyEvent, Sample, Tag};
 
@@ -30,8 +37,48 @@ const QUEUE: usize = 8192;
 /// number of points deleted.
 pub type WriteReply = oneshot::Sender<Result<u64, Arc<StoreError>>>;
 
+/// How far one agent stream is stored, after a commit: what the agent may forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The host.
+    pub host: String,
+    /// The stream.
+    pub stream: Stream,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Everything up to here is stored.
+    pub upto: u64,
+}
+
+/// Where a status stands among one agent's statuses: later sessions and, within one,
+/// higher sequence numbers are newer. The last will is sealed when the agent connects,
+/// before the statuses it supersedes, so it is newer than anything of an earlier session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusOrder {
+    /// The agent's session.
+    pub session: u64,
+    /// The seal's sequence number.
+    pub seq: u64,
+    /// Whether it is the last will.
+    pub will: bool,
+}
+
 /// One thing to write.
+// A status is the largest variant; writes are moved once, into the writer's queue.
+#[allow(clippy::large_enum_variant)]
 pub enum Write {
+    /// A message from an agent's durable queue: `write` is stored unless the host's
+    /// delivery window says it already is. Answers 1 if stored now, 0 if not.
+    Queued {
+        /// The host (the one the message was sealed by).
+        host: String,
+        /// Its place in the agent's queue.
+        delivery: Delivery,
+        /// What it carries (samples, an action transition or a policy event).
+        write: Box<Write>,
+        /// Where to send the outcome once committed, if anyone waits for it.
+        reply: Option<WriteReply>,
+    },
     /// Samples from one host.
     Samples {
         /// The host.
@@ -53,6 +100,10 @@ pub enum Write {
         status: AgentStatus,
         /// When it was received, epoch ms.
         received_ms: i64,
+        /// The agent's clock minus the coordinator's, ms, from the message's seal.
+        clock_skew_ms: Option<i64>,
+        /// Where the status stands among the agent's statuses (from its seal).
+        order: Option<StatusOrder>,
     },
     /// An event for the feed that no other write makes (drift changes).
     Feed {
@@ -101,10 +152,21 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Starts the writer thread for `store`.
     pub fn start(store: Store, telemetry: Arc<Telemetry>) -> (StoreWriter, JoinHandle<()>) {
+        Self::start_with_acks(store, telemetry, None)
+    }
+
+    /// Starts the writer thread for `store`; after every commit that touched agent
+    /// streams, what they have stored goes to `acks` (dropped if it is full: the next
+    /// message of the stream brings it again).
+    pub fn start_with_acks(
+        store: Store,
+        telemetry: Arc<Telemetry>,
+        acks: Option<mpsc::Sender<Vec<Stored>>>,
+    ) -> (StoreWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("vigil-store-writer".into())
-            .spawn(move || run(store, telemetry, rx))
+            .spawn(move || run(store, telemetry, rx, acks))
             .unwrap_or_else(|e| panic!("cannot start the store writer thread: {e}"));
         (StoreWriter { tx }, thread)
     }
@@ -141,12 +203,19 @@ struct WriterState {
     series: HashMap<Vec<u8>, u64>,
     next_series_id: u64,
     samples_total: u64,
+    /// Delivery windows read so far, by host and stream.
+    windows: HashMap<(String, Stream), Window>,
 }
 
 const META_NEXT_SERIES: &[u8] = b"next_series_id";
 const META_SAMPLES: &[u8] = b"samples_total";
 
-fn run(store: Store, telemetry: Arc<Telemetry>, mut rx: mpsc::Receiver<Write>) {
+fn run(
+    store: Store,
+    telemetry: Arc<Telemetry>,
+    mut rx: mpsc::Receiver<Write>,
+    acks: Option<mpsc::Sender<Vec<Stored>>>,
+) {
     let mut state = match load_state(&store) {
         Ok(state) => state,
         Err(e) => {
@@ -166,19 +235,34 @@ fn run(store: Store, telemetry: Arc<Telemetry>, mut rx: mpsc::Receiver<Write>) {
             }
         }
         match apply_growing(&store, &mut state, &telemetry, &batch) {
-            Ok((outcomes, feed_entries)) => {
+            Ok(Applied {
+                outcomes,
+                admitted,
+                feed_entries,
+                stored,
+            }) => {
                 store.feed.committed(feed_entries);
-                for (write, outcome) in batch.into_iter().zip(outcomes) {
-                    if let Write::Samples {
+                if let (Some(acks), false) = (&acks, stored.is_empty()) {
+                    let _ = acks.try_send(stored);
+                }
+                for ((write, outcome), admitted) in batch.into_iter().zip(outcomes).zip(admitted) {
+                    let inner = match &write {
+                        Write::Queued { write, .. } if admitted => Some(&**write),
+                        Write::Queued { .. } => None,
+                        other => Some(other),
+                    };
+                    if let Some(Write::Samples {
                         source, samples, ..
-                    } = &write
+                    }) = inner
                     {
                         telemetry
                             .samples_stored
                             .with_label_values(&[source.as_str()])
                             .inc_by(samples.len() as u64);
                     }
-                    super::actions::count_stored(&telemetry, &write, outcome);
+                    if let Some(inner) = inner {
+                        super::actions::count_stored(&telemetry, inner, outcome);
+                    }
                     if let Some(reply) = reply_of(write) {
                         let _ = reply.send(Ok(outcome));
                     }
@@ -205,6 +289,7 @@ fn reply_of(write: Write) -> Option<WriteReply> {
     match write {
         Write::Samples { reply, .. }
         | Write::Prune { reply, .. }
+        | Write::Queued { reply, .. }
         | Write::ManualAction { reply, .. } => reply,
         Write::Flush { reply } => Some(reply),
         Write::Status { .. } | Write::Event { .. } | Write::Action { .. } | Write::Feed { .. } => {
@@ -241,18 +326,31 @@ fn load_state(store: &Store) -> Result<WriterState, StoreError> {
         series,
         next_series_id,
         samples_total,
+        windows: HashMap::new(),
     })
 }
 
 /// Applies a batch; on a full map, grows it and retries, up to the ceiling.
+/// What a committed batch did.
+struct Applied {
+    /// Each write's outcome.
+    outcomes: Vec<u64>,
+    /// Whether each write was applied (false: a queued message already stored).
+    admitted: Vec<bool>,
+    /// The feed entries it added.
+    feed_entries: Vec<FeedEntry>,
+    /// How far each agent stream it touched is now stored.
+    stored: Vec<Stored>,
+}
+
 fn apply_growing(
     store: &Store,
     state: &mut WriterState,
     telemetry: &Telemetry,
     batch: &[Write],
-) -> Result<(Vec<u64>, Vec<FeedEntry>), StoreError> {
+) -> Result<Applied, StoreError> {
     loop {
-        match apply(store, state, batch) {
+        match apply(store, state, telemetry, batch) {
             Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull))) => {
                 let current = store.current_map_size();
                 if current >= store.map_size.max {
@@ -284,8 +382,9 @@ fn apply_growing(
 fn apply(
     store: &Store,
     state: &mut WriterState,
+    telemetry: &Telemetry,
     batch: &[Write],
-) -> Result<(Vec<u64>, Vec<FeedEntry>), StoreError> {
+) -> Result<Applied, StoreError> {
     let _guard = store
         .resize_lock
         .read()
@@ -308,7 +407,60 @@ fn apply(
     let mut next_series_id = state.next_series_id;
     let mut samples_total = state.samples_total;
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut admitted = Vec::with_capacity(batch.len());
+    let mut windows: HashMap<(String, Stream), Window> = HashMap::new();
+    let mut missing = 0u64;
+    let mut redelivered: Vec<(Stream, &'static str)> = Vec::new();
     for write in batch {
+        let write = match write {
+            Write::Queued {
+                host,
+                delivery,
+                write,
+                ..
+            } => {
+                let key = (host.clone(), delivery.stream);
+                let window = match windows.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        let known = match state.windows.get(entry.key()) {
+                            Some(window) => Some(window.clone()),
+                            None => read_window(store, &txn, host, delivery.stream)?,
+                        };
+                        entry.insert(known.unwrap_or_else(|| Window::new(delivery)))
+                    }
+                };
+                match window.admit(delivery) {
+                    Admit::New { skipped } => {
+                        if skipped > 0 {
+                            if delivery.stream == Stream::Metrics {
+                                missing += skipped;
+                            }
+                            tracing::warn!(
+                                %host,
+                                stream = delivery.stream.as_str(),
+                                skipped,
+                                "the agent dropped queued messages before they were stored"
+                            );
+                        }
+                        &**write
+                    }
+                    refused @ (Admit::Duplicate | Admit::Ahead) => {
+                        let outcome = if refused == Admit::Ahead {
+                            "ahead"
+                        } else {
+                            "duplicate"
+                        };
+                        redelivered.push((delivery.stream, outcome));
+                        outcomes.push(0);
+                        admitted.push(false);
+                        continue;
+                    }
+                }
+            }
+            other => other,
+        };
+        admitted.push(true);
         let outcome = match write {
             Write::Samples {
                 host,
@@ -318,7 +470,7 @@ fn apply(
                 received_ms,
                 ..
             } => {
-                touch_host(store, &mut txn, host, *source, *received_ms, None)?;
+                touch_host(store, &mut txn, host, *source, *received_ms, None, None)?;
                 for sample in samples {
                     let key = keys::series(host, &sample.name);
                     let id = match state.series.get(&key) {
@@ -371,6 +523,8 @@ fn apply(
             Write::Status {
                 status,
                 received_ms,
+                clock_skew_ms,
+                order,
             } => {
                 let changes = touch_host(
                     store,
@@ -378,7 +532,8 @@ fn apply(
                     &status.host,
                     Source::Mqtt,
                     *received_ms,
-                    Some(status),
+                    Some((status, *order)),
+                    *clock_skew_ms,
                 )?;
                 for change in changes {
                     add_to_feed(&mut txn, *received_ms, change)?;
@@ -411,9 +566,17 @@ fn apply(
                 feed::prune(store, &mut txn, *before_ms)?;
                 prune(store, &mut txn, *before_ms)?
             }
-            Write::Flush { .. } => 0,
+            // A queued write never holds another.
+            Write::Flush { .. } | Write::Queued { .. } => 0,
         };
         outcomes.push(outcome);
+    }
+    for ((host, stream), window) in &windows {
+        store.dbs.deliveries.put(
+            &mut txn,
+            &keys::delivery(host, *stream),
+            &codec::encode(window),
+        )?;
     }
     store
         .dbs
@@ -427,50 +590,109 @@ fn apply(
     state.series.extend(new_series);
     state.next_series_id = next_series_id;
     state.samples_total = samples_total;
-    Ok((outcomes, feed_entries))
+    telemetry.batches_missing.inc_by(missing);
+    for (stream, outcome) in redelivered {
+        telemetry
+            .delivery_redelivered
+            .with_label_values(&[stream.as_str(), outcome])
+            .inc();
+    }
+    let stored = windows
+        .iter()
+        .map(|((host, stream), window)| Stored {
+            host: host.clone(),
+            stream: *stream,
+            epoch: window.epoch,
+            upto: window.upto,
+        })
+        .collect();
+    state.windows.extend(windows);
+    Ok(Applied {
+        outcomes,
+        admitted,
+        feed_entries,
+        stored,
+    })
+}
+
+/// The stored delivery window of `host`'s `stream`, if there is one.
+fn read_window(
+    store: &Store,
+    txn: &RwTxn,
+    host: &str,
+    stream: Stream,
+) -> Result<Option<Window>, StoreError> {
+    match store
+        .dbs
+        .deliveries
+        .get(txn, &keys::delivery(host, stream))?
+    {
+        Some(bytes) => codec::decode("deliveries", bytes).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Creates or updates a host record: last seen, source, and (if given) its agent status.
 /// Returns what the feed should say about it: the host coming online or going offline,
 /// bundles applied.
 ///
-/// A status from an older agent run (earlier `started_at_ms`) than the stored one is
-/// ignored, so a late retained message cannot undo a newer run. Within one run, arrival
-/// order decides: the broker delivers one client's messages in order, and the last will
-/// (stamped when the agent connected, but sent by the broker when it vanished) must win
-/// over the online status that came before it.
+/// A status older than the stored one (by [`StatusOrder`]: an earlier session, or an
+/// earlier sequence number in the same one) is ignored, so a late retained message or a
+/// replay cannot undo a newer state. The last will (sealed when the agent connected, but
+/// sent by the broker when it vanished) wins over every status of its session. A record
+/// stored without an order falls back to the agents' start times.
 fn touch_host(
     store: &Store,
     txn: &mut RwTxn,
     host: &str,
     source: Source,
     received_ms: i64,
-    status: Option<&AgentStatus>,
+    status: Option<(&AgentStatus, Option<StatusOrder>)>,
+    clock_skew_ms: Option<i64>,
 ) -> Result<Vec<FeedEvent>, StoreError> {
     let mut changes = Vec::new();
     let mut record = match store.dbs.hosts.get(txn, host.as_bytes())? {
-        Some(bytes) => codec::decode::<HostRecord>("hosts", bytes)?,
+        Some(bytes) => HostRecord::decode(bytes)?,
         None => HostRecord {
             host: host.to_string(),
             first_seen_ms: received_ms,
             last_seen_ms: received_ms,
             source,
             status: None,
+            clock_skew_ms: None,
+            status_order: None,
         },
     };
     record.last_seen_ms = record.last_seen_ms.max(received_ms);
     record.source = source;
-    if let Some(status) = status {
-        // A later agent run replaces an earlier one's status. A stored start time past the
-        // plausible range (kept from before times were checked where they enter) counts
-        // as earliest, so it cannot shut out every status after it.
-        let newer = record.status.as_ref().is_none_or(|old| {
-            old.started_at_ms >= validate::MAX_PLAUSIBLE_MS
-                || status.started_at_ms >= old.started_at_ms
-        });
+    if clock_skew_ms.is_some() {
+        record.clock_skew_ms = clock_skew_ms;
+    }
+    if let Some((status, order)) = status {
+        let newer = match (order, record.status_order) {
+            (Some(new), Some((session, _))) if new.will => new.session >= session,
+            (Some(new), Some(old)) => (new.session, new.seq) > old,
+            (Some(_), None) => true,
+            // A later agent run replaces an earlier one's status. A stored start time
+            // past the plausible range (kept from before times were checked where they
+            // enter) counts as earliest, so it cannot shut out every status after it.
+            (None, _) => record.status.as_ref().is_none_or(|old| {
+                old.started_at_ms >= validate::MAX_PLAUSIBLE_MS
+                    || status.started_at_ms >= old.started_at_ms
+            }),
+        };
         if newer {
             changes = status_changes(record.status.as_ref(), status);
             record.status = Some(status.clone());
+            if let Some(order) = order {
+                // A will of the current session is older by number than the statuses it
+                // supersedes: keep the highest number seen, so they cannot come back.
+                let seq = match record.status_order {
+                    Some((session, seq)) if session == order.session => seq.max(order.seq),
+                    _ => order.seq,
+                };
+                record.status_order = Some((order.session, seq));
+            }
         }
     }
     store

@@ -229,6 +229,7 @@ mod tests {
                 ..PolicyRunnerStatus::default()
             },
             queue: QueueStatus::default(),
+            delivery: None,
         }
     }
 
@@ -270,6 +271,8 @@ mod tests {
         let (writer, thread) = StoreWriter::start(store.clone(), Arc::new(Telemetry::new()));
         writer
             .send(Write::Status {
+                clock_skew_ms: None,
+                order: None,
                 status: status("poisoned"),
                 received_ms: YEAR_10000,
             })
@@ -405,6 +408,8 @@ mod tests {
         };
         writer
             .send(Write::Status {
+                clock_skew_ms: None,
+                order: None,
                 status: real,
                 received_ms: now,
             })

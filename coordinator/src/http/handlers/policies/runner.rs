@@ -133,6 +133,8 @@ mod tests {
 
     fn host(name: &str, online: bool, runner: Option<PolicyRunnerStatus>) -> HostRecord {
         HostRecord {
+            clock_skew_ms: None,
+            status_order: None,
             host: name.into(),
             first_seen_ms: NOW - 60_000,
             last_seen_ms: NOW - 1_000,
@@ -159,6 +161,7 @@ mod tests {
                 detail: None,
                 policies,
                 queue: Default::default(),
+                delivery: None,
             }),
         }
     }

@@ -1,0 +1,74 @@
+//! Acknowledgements to agents of what the store holds ([`vigil_shared::delivery`]).
+//!
+//! After every commit that touched agent streams, the store writer says how far each is
+//! stored ([`Stored`]). This task gathers those notes for a moment ([`GATHER`]), keeps
+//! the latest per host and stream, and publishes one [`DeliveryAck`] per host on
+//! `vigil/v1/agents/{host}/acks`, signed with the coordinator's key. An agent forgets
+//! queued messages only when such an acknowledgement covers them.
+//!
+//! An acknowledgement that cannot be queued (the connection is down or busy) is dropped:
+//! the agent sends the messages again, the store finds them already stored, and a new
+//! acknowledgement follows.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use vigil_shared::delivery::{DeliveryAck, StreamAck};
+
+use super::publisher::Publisher;
+use crate::store::writer::Stored;
+
+/// How long notes are gathered before they are sent.
+const GATHER: Duration = Duration::from_millis(20);
+
+/// How many notes the writer may leave waiting for this task.
+pub const NOTES_QUEUE: usize = 4096;
+
+/// Sends acknowledgements for the writer's notes until `stop` turns true or the writer
+/// is gone.
+pub async fn run(
+    publisher: Publisher,
+    mut notes: mpsc::Receiver<Vec<Stored>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut latest: HashMap<String, Vec<StreamAck>> = HashMap::new();
+    loop {
+        let first = tokio::select! {
+            _ = stop.changed() => return,
+            first = notes.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        note(&mut latest, first);
+        let deadline = tokio::time::Instant::now() + GATHER;
+        while let Ok(Some(more)) = tokio::time::timeout_at(deadline, notes.recv()).await {
+            note(&mut latest, more);
+        }
+        let now_ms = vigil_shared::time::now_ms();
+        for (host, streams) in latest.drain() {
+            publisher.ack(&DeliveryAck {
+                host,
+                coordinator_ms: now_ms,
+                streams,
+            });
+        }
+    }
+}
+
+/// Keeps the newest position per host and stream.
+fn note(latest: &mut HashMap<String, Vec<StreamAck>>, stored: Vec<Stored>) {
+    for s in stored {
+        let ack = StreamAck {
+            stream: s.stream,
+            epoch: s.epoch,
+            upto: s.upto,
+        };
+        let streams = latest.entry(s.host).or_default();
+        match streams.iter_mut().find(|a| a.stream == ack.stream) {
+            Some(known) => *known = ack,
+            None => streams.push(ack),
+        }
+    }
+}

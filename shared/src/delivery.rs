@@ -1,0 +1,379 @@
+//! End-to-end delivery: how an agent knows the coordinator has *stored* what it sent.
+//!
+//! An agent keeps two durable queues: the outbox (action transitions and policy events)
+//! and the metrics spool. Every message taken from one carries a [`Delivery`] header in
+//! its seal: which queue ([`Stream`]), the queue's `epoch` (a random number chosen when
+//! the queue was created, so a wiped queue is a new stream), the message's sequence
+//! number in the queue (it survives agent restarts), and the queue's `floor`, the lowest
+//! sequence number the agent still holds.
+//!
+//! The coordinator keeps a [`Window`] per host and stream, in the same LMDB transaction
+//! as the data: a message at or below the window, or already marked in it, is a
+//! duplicate and is not stored again; one too far ahead is left for the agent to send
+//! again. After each commit the coordinator publishes a [`DeliveryAck`], signed with its
+//! key, on the agent's `acks` topic; the agent deletes what is acknowledged, and nothing
+//! else. What the agent dropped itself (a full spool drops its oldest batches) it says
+//! with its floor; the coordinator counts those as missing and moves on.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::bundle::{BundleKeys, PublicKey, SigningContext};
+use crate::validate::{self, FieldError};
+use crate::wire::WireMessage;
+
+/// How far ahead of the window's bottom a message may be and still be taken (the agent
+/// sends far fewer than this without an acknowledgement).
+pub const WINDOW: u64 = 1024;
+
+/// An agent's durable queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Stream {
+    /// Action transitions and policy events.
+    Outbox,
+    /// Metric batches.
+    Metrics,
+}
+
+impl Stream {
+    /// Both streams.
+    pub const ALL: [Stream; 2] = [Stream::Outbox, Stream::Metrics];
+
+    /// A short, stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Outbox => "outbox",
+            Stream::Metrics => "metrics",
+        }
+    }
+}
+
+/// Where a message sits in its agent's durable queue (part of the signed seal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The queue.
+    pub stream: Stream,
+    /// The queue's random identity, chosen when it was created.
+    pub epoch: u64,
+    /// The message's position in the queue, from 1.
+    pub seq: u64,
+    /// The lowest position the agent still holds: everything below was acknowledged or
+    /// dropped by the agent.
+    pub floor: u64,
+}
+
+/// What the coordinator has stored of one host's stream: everything up to `upto`, and
+/// the positions marked in `above` (bit `i` is `upto + 1 + i`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// The stream's epoch.
+    pub epoch: u64,
+    /// Everything up to here is stored (or was dropped by the agent).
+    pub upto: u64,
+    /// Stored positions above `upto + 1`, as a bitmap of [`WINDOW`] bits.
+    pub above: [u64; 16],
+}
+
+/// What to do with a message, by its [`Delivery`] header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Store it. `skipped` positions below it were dropped by the agent (never coming).
+    New {
+        /// How many positions the window passed over because the agent no longer has them.
+        skipped: u64,
+    },
+    /// Already stored: do not store it again (but acknowledge it).
+    Duplicate,
+    /// Too far ahead of what is stored: drop it; the agent sends it again.
+    Ahead,
+}
+
+impl Window {
+    /// A window for a stream first seen with `delivery`.
+    pub fn new(delivery: &Delivery) -> Window {
+        Window {
+            epoch: delivery.epoch,
+            upto: delivery.floor.saturating_sub(1),
+            above: [0; 16],
+        }
+    }
+
+    /// Decides about `delivery` and, for a new message, records it.
+    pub fn admit(&mut self, delivery: &Delivery) -> Admit {
+        let mut skipped = 0;
+        if delivery.epoch != self.epoch {
+            // A new queue (the agent's data was wiped): start over at its floor.
+            *self = Window::new(delivery);
+        } else if delivery.floor > self.upto.saturating_add(1) {
+            // The agent dropped everything below its floor: stop waiting for it.
+            let gap = delivery.floor - self.upto - 1;
+            if gap >= WINDOW {
+                let marked: u64 = self.above.iter().map(|w| u64::from(w.count_ones())).sum();
+                skipped = gap - marked;
+                self.upto = delivery.floor - 1;
+                self.above = [0; 16];
+            } else {
+                for _ in 0..gap {
+                    if !self.bit(self.upto + 1) {
+                        skipped += 1;
+                    }
+                    self.shift();
+                }
+            }
+            self.settle();
+        }
+        let seq = delivery.seq;
+        if seq <= self.upto {
+            return Admit::Duplicate;
+        }
+        if seq - self.upto > WINDOW {
+            return Admit::Ahead;
+        }
+        if self.bit(seq) {
+            return Admit::Duplicate;
+        }
+        let offset = seq - self.upto - 1;
+        self.above[(offset / 64) as usize] |= 1 << (offset % 64);
+        self.settle();
+        Admit::New { skipped }
+    }
+
+    /// Whether position `seq` (above `upto`, within the window) is marked.
+    fn bit(&self, seq: u64) -> bool {
+        let offset = seq - self.upto - 1;
+        offset < WINDOW && self.above[(offset / 64) as usize] & (1 << (offset % 64)) != 0
+    }
+
+    /// Moves `upto` up by one, dropping the lowest bit.
+    fn shift(&mut self) {
+        self.upto += 1;
+        for i in 0..self.above.len() {
+            let carry = self.above.get(i + 1).map_or(0, |next| next & 1);
+            self.above[i] = (self.above[i] >> 1) | (carry << 63);
+        }
+    }
+
+    /// Moves `upto` over every marked position right above it.
+    fn settle(&mut self) {
+        while self.above[0] & 1 != 0 {
+            self.shift();
+        }
+    }
+}
+
+/// How far one stream is stored, as acknowledged to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamAck {
+    /// The stream.
+    pub stream: Stream,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Everything up to here is stored: the agent may forget it.
+    pub upto: u64,
+}
+
+/// The coordinator's acknowledgement to one agent, on `vigil/v1/agents/{host}/acks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryAck {
+    /// The host it is for.
+    pub host: String,
+    /// The coordinator's clock when it sent this, epoch ms (the agent compares it with
+    /// its own to notice a clock that is off).
+    pub coordinator_ms: i64,
+    /// Each stream that has news.
+    pub streams: Vec<StreamAck>,
+}
+
+impl WireMessage for DeliveryAck {
+    const KIND: &'static str = "delivery_ack";
+
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        validate::host_name(&self.host)?;
+        validate::timestamp("coordinator_ms", self.coordinator_ms)?;
+        if self.streams.len() > Stream::ALL.len() {
+            return Err(FieldError::new("streams", "at most one entry per stream"));
+        }
+        Ok(())
+    }
+}
+
+/// A [`DeliveryAck`] as it travels: its postcard encoding and the coordinator's
+/// signature over it in [`SigningContext::DeliveryAck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAck {
+    /// The postcard encoding of the [`DeliveryAck`].
+    #[serde(with = "serde_bytes")]
+    pub content: Vec<u8>,
+    /// ed25519 signature (64 bytes).
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl WireMessage for SignedAck {
+    const KIND: &'static str = "signed_ack";
+
+    fn host(&self) -> &str {
+        ""
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.signature.len() != 64 {
+            return Err(FieldError::new("signature", "must be 64 bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Why an agent refused an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AckRefusal {
+    /// Not signed by the coordinator's key.
+    #[error("acknowledgement not signed by the coordinator's key")]
+    BadSignature,
+    /// Does not decode or breaks a rule.
+    #[error("malformed acknowledgement: {0}")]
+    Malformed(String),
+    /// Addressed to another host.
+    #[error("acknowledgement for host `{0}`, not this host")]
+    WrongHost(String),
+}
+
+/// Signs `ack` with the coordinator's key; returns the payload to publish.
+pub fn sign(keys: &BundleKeys, ack: &DeliveryAck) -> Vec<u8> {
+    let content = match postcard::to_stdvec(ack) {
+        Ok(bytes) => bytes,
+        Err(e) => unreachable!("postcard cannot fail to encode an acknowledgement: {e}"),
+    };
+    crate::wire::encode(&SignedAck {
+        signature: keys.sign_in(SigningContext::DeliveryAck, &content),
+        content,
+    })
+}
+
+/// Opens an acknowledgement payload for host `me`, checking the signature with `key`
+/// (`None`: the agent has no coordinator key and trusts the broker's topic rules alone).
+pub fn open(payload: &[u8], key: Option<&PublicKey>, me: &str) -> Result<DeliveryAck, AckRefusal> {
+    let signed = crate::wire::decode::<SignedAck>(payload)
+        .map_err(|e| AckRefusal::Malformed(e.to_string()))?;
+    if let Some(key) = key {
+        if !key.verifies(
+            SigningContext::DeliveryAck,
+            &signed.content,
+            &signed.signature,
+        ) {
+            return Err(AckRefusal::BadSignature);
+        }
+    }
+    let ack: DeliveryAck =
+        postcard::from_bytes(&signed.content).map_err(|e| AckRefusal::Malformed(e.to_string()))?;
+    ack.validate()
+        .map_err(|e| AckRefusal::Malformed(e.to_string()))?;
+    if ack.host != me {
+        return Err(AckRefusal::WrongHost(ack.host));
+    }
+    Ok(ack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seq: u64, floor: u64) -> Delivery {
+        Delivery {
+            stream: Stream::Outbox,
+            epoch: 7,
+            seq,
+            floor,
+        }
+    }
+
+    #[test]
+    fn in_order_messages_advance_the_window_and_repeats_are_duplicates() {
+        let mut w = Window::new(&at(1, 1));
+        for seq in 1..=3000 {
+            assert_eq!(w.admit(&at(seq, 1)), Admit::New { skipped: 0 });
+        }
+        assert_eq!(w.upto, 3000);
+        assert_eq!(w.above, [0; 16]);
+        assert_eq!(w.admit(&at(17, 1)), Admit::Duplicate);
+        assert_eq!(w.admit(&at(3000, 1)), Admit::Duplicate);
+    }
+
+    #[test]
+    fn out_of_order_messages_are_taken_once_within_the_window() {
+        let mut w = Window::new(&at(1, 1));
+        assert_eq!(w.admit(&at(3, 1)), Admit::New { skipped: 0 });
+        assert_eq!(w.admit(&at(3, 1)), Admit::Duplicate);
+        assert_eq!(w.upto, 0);
+        assert_eq!(w.admit(&at(2, 1)), Admit::New { skipped: 0 });
+        assert_eq!(w.admit(&at(1, 1)), Admit::New { skipped: 0 });
+        assert_eq!(w.upto, 3);
+        assert_eq!(w.admit(&at(3 + WINDOW + 1, 1)), Admit::Ahead);
+        assert_eq!(w.admit(&at(3 + WINDOW, 1)), Admit::New { skipped: 0 });
+        assert_eq!(w.upto, 3);
+        // Bits far up the map survive shifts.
+        for seq in 4..3 + WINDOW {
+            assert_eq!(w.admit(&at(seq, 1)), Admit::New { skipped: 0 });
+        }
+        assert_eq!(w.upto, 3 + WINDOW);
+    }
+
+    #[test]
+    fn a_raised_floor_skips_what_the_agent_dropped_and_counts_it() {
+        let mut w = Window::new(&at(1, 1));
+        assert_eq!(w.admit(&at(1, 1)), Admit::New { skipped: 0 });
+        assert_eq!(w.admit(&at(5, 1)), Admit::New { skipped: 0 });
+        // The agent dropped 2..=9 from its full spool; 5 was stored, so 7 are missing.
+        assert_eq!(w.admit(&at(10, 10)), Admit::New { skipped: 7 });
+        assert_eq!(w.upto, 10);
+    }
+
+    #[test]
+    fn a_new_epoch_starts_over_at_its_floor() {
+        let mut w = Window::new(&at(1, 1));
+        for seq in 1..=50 {
+            w.admit(&at(seq, 1));
+        }
+        let fresh = Delivery {
+            epoch: 8,
+            ..at(1, 1)
+        };
+        assert_eq!(w.admit(&fresh), Admit::New { skipped: 0 });
+        assert_eq!((w.epoch, w.upto), (8, 1));
+    }
+
+    #[test]
+    fn an_ack_opens_only_with_the_coordinators_key_and_for_its_host() {
+        let keys = BundleKeys::generate();
+        let public = PublicKey::from_hex(&keys.public_hex()).unwrap();
+        let ack = DeliveryAck {
+            host: "web-01".into(),
+            coordinator_ms: 1_800_000_000_000,
+            streams: vec![StreamAck {
+                stream: Stream::Metrics,
+                epoch: 3,
+                upto: 99,
+            }],
+        };
+        let payload = sign(&keys, &ack);
+        assert_eq!(open(&payload, Some(&public), "web-01"), Ok(ack.clone()));
+        assert_eq!(
+            open(&payload, Some(&public), "web-02"),
+            Err(AckRefusal::WrongHost("web-01".into()))
+        );
+        let other = BundleKeys::generate();
+        let forged = sign(&other, &ack);
+        assert_eq!(
+            open(&forged, Some(&public), "web-01"),
+            Err(AckRefusal::BadSignature)
+        );
+        assert!(matches!(
+            open(b"\x02junk", Some(&public), "web-01"),
+            Err(AckRefusal::Malformed(_))
+        ));
+    }
+}
