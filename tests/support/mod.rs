@@ -27,6 +27,10 @@ pub struct RawAgent {
     /// (`vigil-agent-{host}`: the only other id the embedded broker admits for the host
     /// is its outbox's).
     pub options: rumqttc::MqttOptions,
+    /// The epoch of its (imaginary) queues.
+    epoch: u64,
+    /// The next sequence number of its outbox and metric queues.
+    next: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl RawAgent {
@@ -46,17 +50,43 @@ impl RawAgent {
         );
         options.set_credentials(identity.mqtt_username, identity.mqtt_password);
         options.set_max_packet_size(2 << 20, 2 << 20);
-        RawAgent { sealer, options }
+        RawAgent {
+            sealer,
+            options,
+            epoch: rand::random(),
+            next: [
+                std::sync::atomic::AtomicU64::new(1),
+                std::sync::atomic::AtomicU64::new(1),
+            ],
+        }
     }
 
-    /// `message` encoded and sealed for `channel`: the payload to publish.
+    /// `message` encoded and sealed for `channel`: the payload to publish. A message for
+    /// a queued channel (metrics, actions, events) gets the next place in its queue, as
+    /// a real agent's does; the queue claims to hold everything from 1 (so the
+    /// coordinator never takes one it refused as dropped).
     pub fn seal<T: vigil_shared::wire::WireMessage>(
         &self,
         channel: vigil_shared::topics::AgentChannel,
         message: &T,
     ) -> Vec<u8> {
-        self.sealer
-            .seal(channel, vigil_shared::wire::encode(message))
+        use vigil_shared::delivery::{Delivery, Stream};
+        use vigil_shared::topics::AgentChannel;
+        let body = vigil_shared::wire::encode(message);
+        let stream = match channel {
+            AgentChannel::Metrics => Stream::Metrics,
+            AgentChannel::Actions | AgentChannel::Events => Stream::Outbox,
+            _ => return self.sealer.seal(channel, body),
+        };
+        let seq = self.next[usize::from(stream == Stream::Metrics)]
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let delivery = Delivery {
+            stream,
+            epoch: self.epoch,
+            seq,
+            floor: 1,
+        };
+        self.sealer.seal_queued(channel, body, delivery)
     }
 }
 
