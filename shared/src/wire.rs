@@ -123,6 +123,9 @@ pub struct DeliveryStatus {
     pub outbox_pending: u64,
     /// Metric batches buffered, not yet acknowledged as stored.
     pub metrics_buffered: u64,
+    /// Metric batches the agent has made since its buffer was created (the last
+    /// sequence number given out).
+    pub metrics_generated_total: u64,
     /// Bytes the metric buffer holds on disk.
     pub metrics_buffer_bytes: u64,
     /// Metric batches the full buffer dropped (oldest first), since the buffer was made.

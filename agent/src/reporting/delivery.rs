@@ -47,6 +47,7 @@ const READ_BATCH: usize = 64;
 pub struct DeliveryReport {
     outbox_pending: AtomicU64,
     metrics_buffered: AtomicU64,
+    metrics_generated_total: AtomicU64,
     metrics_buffer_bytes: AtomicU64,
     metrics_dropped_total: AtomicU64,
     quarantined_segments_total: AtomicU64,
@@ -70,6 +71,7 @@ impl DeliveryReport {
         DeliveryStatus {
             outbox_pending: self.outbox_pending.load(Ordering::Relaxed),
             metrics_buffered: self.metrics_buffered.load(Ordering::Relaxed),
+            metrics_generated_total: self.metrics_generated_total.load(Ordering::Relaxed),
             metrics_buffer_bytes: self.metrics_buffer_bytes.load(Ordering::Relaxed),
             metrics_dropped_total: self.metrics_dropped_total.load(Ordering::Relaxed),
             quarantined_segments_total: self.quarantined_segments_total.load(Ordering::Relaxed),
@@ -330,12 +332,7 @@ impl DeliveryTask {
 
     /// Up to `max` messages of `stream` from `from` on: sequence number, topic, channel
     /// and the encoded message.
-    fn read(
-        &self,
-        stream: Stream,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<QueuedMessage>, String> {
+    fn read(&self, stream: Stream, from: u64, max: usize) -> Result<Vec<QueuedMessage>, String> {
         match stream {
             Stream::Outbox => {
                 let entries = self
