@@ -632,7 +632,8 @@ mod tests {
             r#"vigil_actions_total{state="dead_letter"} 0"#,
             r#"vigil_mqtt_messages_rejected_total{channel="metrics",reason="bad_signature"} 0"#,
             "vigil_metric_batches_missing_total 0",
-            "vigil_metric_batches_late_total 0",
+            r#"vigil_delivery_redelivered_total{outcome="duplicate",stream="outbox"} 0"#,
+            "vigil_mqtt_deliveries_unacknowledged_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == series),

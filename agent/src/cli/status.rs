@@ -201,8 +201,13 @@ mod tests {
             bundle_error: None,
             remediation_paused: true,
             queue: Default::default(),
-            delivery: None,
             outbox_queued: 7,
+            delivery: Some(vigil_shared::wire::DeliveryStatus {
+                metrics_buffered: 120,
+                clock_skew_ms: Some(360_000),
+                storage_error: Some("No space left on device".into()),
+                ..Default::default()
+            }),
             recent_actions: vec![RecentAction {
                 id: "01J".into(),
                 action: "restart-service".into(),
@@ -222,7 +227,13 @@ mod tests {
         assert!(text.contains("up 1h 2m"), "{text}");
         assert!(text.contains("NOT connected"), "{text}");
         assert!(text.contains("PAUSED"), "{text}");
-        assert!(text.contains("7 message(s) waiting"), "{text}");
+        assert!(
+            text.contains("7 message(s) not yet stored by the coordinator"),
+            "{text}"
+        );
+        assert!(text.contains("120 batch(es) buffered"), "{text}");
+        assert!(text.contains("CLOCK:        360 s off"), "{text}");
+        assert!(text.contains("STORAGE:      data directory cannot be written"), "{text}");
         assert!(
             text.contains("1m 1s ago  restart-service nginx.service → completed"),
             "{text}"

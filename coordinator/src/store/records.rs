@@ -143,4 +143,43 @@ mod tests {
         };
         assert!(!record.is_online(1_800_000_000_000));
     }
+
+    #[test]
+    fn a_record_stored_before_the_delivery_fields_still_reads() {
+        let status = AgentStatus {
+            host: "web-01".into(),
+            state: AgentState::Online,
+            agent_version: "0.1.0".into(),
+            started_at_ms: 1_700_000_000_000,
+            sent_at_ms: 1_700_000_000_000,
+            interval_ms: 1000,
+            labels: vec![("role".into(), "web".into())],
+            bundles: Vec::new(),
+            bundle_error: None,
+            remediation_paused: false,
+            detail: None,
+            policies: Default::default(),
+            queue: Default::default(),
+            delivery: None,
+        };
+        for status in [Some(status), None] {
+            let record = HostRecord {
+                host: "web-01".into(),
+                first_seen_ms: 1,
+                last_seen_ms: 2,
+                source: Source::Mqtt,
+                status,
+                clock_skew_ms: None,
+                status_order: None,
+            };
+            let now = super::super::codec::encode(&record);
+            // The old layout: without the two trailing `None`s of the record and, with a
+            // status, the trailing `None` of the status.
+            let dropped = if record.status.is_some() { 3 } else { 2 };
+            let old = &now[..now.len() - dropped];
+            assert_eq!(HostRecord::decode(old).unwrap(), record);
+            assert_eq!(HostRecord::decode(&now).unwrap(), record);
+        }
+        assert!(HostRecord::decode(&[1, 0xff]).is_err());
+    }
 }
