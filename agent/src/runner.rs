@@ -239,7 +239,8 @@ pub async fn run(
         STATUS_EVERY,
     );
     let mut report =
-        ServiceReport::new(service, config.data_dir.clone(), config.broker.to_string());
+        ServiceReport::new(service, config.data_dir.clone(), config.broker.to_string())
+            .with_delivery(delivery_report.clone());
     let mut watchdog_every = tokio::time::interval(report.watchdog_every());
     watchdog_every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut status_file_every = tokio::time::interval(status_file::WRITE_EVERY);

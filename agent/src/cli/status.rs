@@ -233,7 +233,10 @@ mod tests {
         );
         assert!(text.contains("120 batch(es) buffered"), "{text}");
         assert!(text.contains("CLOCK:        360 s off"), "{text}");
-        assert!(text.contains("STORAGE:      data directory cannot be written"), "{text}");
+        assert!(
+            text.contains("STORAGE:      data directory cannot be written"),
+            "{text}"
+        );
         assert!(
             text.contains("1m 1s ago  restart-service nginx.service → completed"),
             "{text}"

@@ -97,6 +97,8 @@ impl DeliveryReport {
         let stats = spool.stats();
         self.metrics_buffered
             .store(stats.records, Ordering::Relaxed);
+        self.metrics_generated_total
+            .store(spool.next_seq().saturating_sub(1), Ordering::Relaxed);
         self.metrics_buffer_bytes
             .store(stats.bytes, Ordering::Relaxed);
         self.metrics_dropped_total
@@ -262,6 +264,10 @@ impl DeliveryTask {
         }
         self.report.note_spool(&spool, self.quarantined_at_open);
         self.report.set_storage_error(spool.degraded());
+        drop(spool);
+        if let Ok(pending) = self.store.outbox_len() {
+            self.report.outbox_pending.store(pending, Ordering::Relaxed);
+        }
     }
 
     /// Sends from `cursor`'s queue while the in-flight bound and the client's queue allow.

@@ -26,6 +26,7 @@ pub struct ServiceReport {
     last_sample_at_ms: Option<i64>,
     status_line: String,
     write_failed: bool,
+    delivery: Option<std::sync::Arc<super::delivery::DeliveryReport>>,
 }
 
 impl ServiceReport {
@@ -39,7 +40,18 @@ impl ServiceReport {
             last_sample_at_ms: None,
             status_line: String::new(),
             write_failed: false,
+            delivery: None,
         }
+    }
+
+    /// Takes the delivery figures for the status file from `report` (current, where the
+    /// published status has them as of its last refresh).
+    pub fn with_delivery(
+        mut self,
+        report: std::sync::Arc<super::delivery::DeliveryReport>,
+    ) -> ServiceReport {
+        self.delivery = Some(report);
+        self
     }
 
     /// How often the main loop must call [`ServiceReport::watchdog`]; an hour when
@@ -127,7 +139,11 @@ impl ServiceReport {
             remediation_paused: status.remediation_paused,
             queue: status.queue.clone(),
             outbox_queued: store.outbox_len().unwrap_or(0),
-            delivery: status.delivery.clone(),
+            delivery: self
+                .delivery
+                .as_ref()
+                .map(|report| report.status())
+                .or_else(|| status.delivery.clone()),
             recent_actions,
             detail: status.detail.clone(),
         }

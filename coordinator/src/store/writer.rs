@@ -848,7 +848,10 @@ mod tests {
             let (writer, thread) =
                 StoreWriter::start_with_acks(store.clone(), telemetry.clone(), Some(acks));
             for seq in [1, 2, 2, 1, 4] {
-                writer.send(queued("h", seq, 1, 1_000 + seq as i64)).await.unwrap();
+                writer
+                    .send(queued("h", seq, 1, 1_000 + seq as i64))
+                    .await
+                    .unwrap();
             }
             writer.flush().await.unwrap();
             let mut last = None;
@@ -874,7 +877,10 @@ mod tests {
         let (writer, _thread) =
             StoreWriter::start_with_acks(store.clone(), telemetry.clone(), Some(acks));
         for seq in [4, 3, 3, 1] {
-            writer.send(queued("h", seq, 1, 1_000 + seq as i64)).await.unwrap();
+            writer
+                .send(queued("h", seq, 1, 1_000 + seq as i64))
+                .await
+                .unwrap();
         }
         writer.flush().await.unwrap();
         let mut last = None;
@@ -899,7 +905,6 @@ mod tests {
         assert_eq!(telemetry.batches_missing.get(), 5);
         assert_eq!(points(&store, "h").len(), 5);
     }
-
 
     #[test]
     fn sample_tags_win_over_labels_and_host_is_dropped() {
