@@ -19,9 +19,12 @@ pub struct Mosquitto {
 }
 
 impl Launcher {
-    /// Starts Mosquitto listening on `port` of 127.0.0.1, without persistence, with
-    /// `settings` (`mosquitto.conf` lines, each ending in a newline) added; its config and
-    /// log go to `dir`. Returns once the port accepts connections.
+    /// Starts Mosquitto listening on `port` of 127.0.0.1, without persistence, with the
+    /// queue settings Vigil's README recommends (the coordinator acknowledges deliveries
+    /// only once stored, so it wants a wide in-flight window, and a persistent session
+    /// that holds what arrives while it restarts) and `settings` (`mosquitto.conf` lines,
+    /// each ending in a newline) added; its config and log go to `dir`. Returns once the
+    /// port accepts connections.
     pub fn start_mosquitto(
         self,
         dir: &Path,
@@ -41,7 +44,10 @@ impl Launcher {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\npersistence false\n{settings}"),
+            format!(
+                "listener {port} 127.0.0.1\npersistence false\n\
+                 max_inflight_messages 1000\nmax_queued_messages 100000\n{settings}"
+            ),
         )
         .map_err(|source| KitError::Write {
             path: conf.clone(),
