@@ -19,8 +19,9 @@ use vigil_shared::delivery::{DeliveryAck, StreamAck};
 use super::publisher::Publisher;
 use crate::store::writer::Stored;
 
-/// How long notes are gathered before they are sent.
-const GATHER: Duration = Duration::from_millis(20);
+/// How long notes are gathered before they are sent: at most four acknowledgements a
+/// second per host (each is a signature).
+const GATHER: Duration = Duration::from_millis(250);
 
 /// How many notes the writer may leave waiting for this task.
 pub const NOTES_QUEUE: usize = 4096;

@@ -130,7 +130,7 @@ impl Publisher {
 /// `keys`), and the event loop that [`super::ingest::run`] drives (nothing is sent or received until it
 /// runs).
 pub fn connect(options: MqttOptions, keys: Arc<BundleKeys>) -> (Publisher, EventLoop) {
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let (client, eventloop) = AsyncClient::new(options, 4096);
     let connects = Arc::new(watch::channel(0).0);
     (
         Publisher {
