@@ -1,0 +1,201 @@
+//! Delivery from a real agent to a real coordinator through the faults that happen to an
+//! agent itself: SIGKILLs while actions are queued, a damaged metric buffer, and what the
+//! agent says about them. (Coordinator, broker and network faults: `tests/faults.rs`.)
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use vigil_tests::{
+    get_json, post_raw, start_agent_with, start_coordinator, wait_for, Proc, TestDir,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The agent's data directory in a test.
+fn data_dir(dir: &TestDir, host: &str) -> PathBuf {
+    dir.path().join(format!("agent-data-{host}"))
+}
+
+/// An agent for `host` with `extra` flags, sampling every `interval`.
+fn start_agent(dir: &TestDir, host: &str, broker: &str, interval: &str, extra: &[&str]) -> Proc {
+    let data = data_dir(dir, host).display().to_string();
+    let mut more = vec!["--data-dir", &data];
+    more.extend(extra);
+    start_agent_with(host, broker, interval, &more, dir.path())
+}
+
+/// `vigil-agent status --json` of the agent keeping its data in `data`.
+fn agent_status(data: &Path) -> Value {
+    let output = std::process::Command::new(vigil_tests::bin("vigil-agent"))
+        .args(["status", "--json", "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("run vigil-agent status");
+    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+}
+
+fn states(action: &Value) -> Vec<String> {
+    action["transitions"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["state"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn actions_queued_through_twenty_agent_sigkills_each_end_exactly_once() {
+    let dir = TestDir::new();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[allow.commands]\nslow = [\"/bin/sleep\", \"0.3\"]\n",
+    )
+    .expect("write agent config");
+    let config_arg = config.display().to_string();
+    let coordinator = start_coordinator(&dir, None, &[]).await;
+    let http = coordinator.http.clone();
+    let host = "dl-kill";
+    let mut agent = start_agent(
+        &dir,
+        host,
+        &coordinator.broker,
+        "1s",
+        &["--config", &config_arg],
+    );
+    wait_for("agent online", WAIT, || async {
+        vigil_tests::host_entry(&http, host)
+            .await
+            .filter(|h| h["online"] == true)
+    })
+    .await;
+    let post = || async {
+        let (status, reply) = post_raw(
+            &format!("{http}/api/v1/actions"),
+            &format!(
+                r#"{{"host":"{host}","target":"batch-job","action":"exec","params":{{"command":"slow"}},"details":"kill test"}}"#
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{reply}");
+        reply["action_id"].as_str().expect("action id").to_string()
+    };
+    let mut ids = Vec::new();
+    for round in 0..20u64 {
+        ids.push(post().await);
+        ids.push(post().await);
+        // Somewhere between queued and half-way through the next attempt.
+        tokio::time::sleep(Duration::from_millis(200 + (round * 137) % 700)).await;
+        agent.kill();
+        agent = start_agent(
+            &dir,
+            host,
+            &coordinator.broker,
+            "1s",
+            &["--config", &config_arg],
+        );
+    }
+    let mut interrupted = 0;
+    let mut dead_letter = 0;
+    for id in &ids {
+        let action = wait_for(&format!("{id} final"), Duration::from_secs(120), || async {
+            let (_, a) = get_json(&format!("{http}/api/v1/actions/{id}")).await;
+            matches!(a["status"].as_str(), Some("completed" | "dead_letter")).then_some(a)
+        })
+        .await;
+        let states = states(&action);
+        let finals = states
+            .iter()
+            .filter(|s| matches!(s.as_str(), "completed" | "dead_letter" | "cancelled"))
+            .count();
+        assert_eq!(finals, 1, "exactly one final state: {action}");
+        // Every attempt killed (three kills in a row landed on it) ends in the dead-letter
+        // queue, once; any other ends completed.
+        let attempts = states.iter().filter(|s| *s == "running").count();
+        let killed = states.iter().filter(|s| *s == "failed").count();
+        match action["status"].as_str() {
+            Some("completed") => assert_eq!(killed, attempts - 1, "{action}"),
+            Some("dead_letter") => assert_eq!(killed, 3, "{action}"),
+            other => panic!("unexpected final status {other:?}: {action}"),
+        }
+        interrupted += killed;
+        dead_letter += usize::from(action["status"] == "dead_letter");
+    }
+    eprintln!(
+        "{} actions through 20 SIGKILLs: each ended exactly once ({dead_letter} in the \
+         dead-letter queue after three interrupted attempts); {interrupted} attempts were \
+         interrupted and recorded as failed",
+        ids.len()
+    );
+    // Everything the agent queued is stored: its outbox empties.
+    wait_for("outbox empty", WAIT, || async {
+        let status = agent_status(&data_dir(&dir, host));
+        (status["outbox_queued"] == 0).then_some(())
+    })
+    .await;
+    drop(agent);
+    coordinator.proc.stop();
+}
+
+#[tokio::test]
+async fn a_damaged_metric_buffer_segment_is_set_aside_and_the_agent_starts_and_says_so() {
+    let dir = TestDir::new();
+    let coordinator = start_coordinator(&dir, None, &[]).await;
+    let http = coordinator.http.clone();
+    let host = "dl-corrupt";
+    let spool = data_dir(&dir, host).join("metrics-spool");
+    // A first run with no broker to reach leaves batches in the buffer.
+    let dead_broker = format!("mqtt://127.0.0.1:{}", vigil_tests::free_port());
+    let agent = start_agent(
+        &dir,
+        host,
+        &dead_broker,
+        "100ms",
+        &["--metrics-buffer", "4MiB"],
+    );
+    let segments = wait_for("segments on disk", Duration::from_secs(90), || async {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&spool)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        segments.sort();
+        (segments.len() >= 2).then_some(segments)
+    })
+    .await;
+    agent.stop();
+    // Damage the middle of the oldest segment (not its torn tail).
+    let oldest = &segments[0];
+    let mut bytes = std::fs::read(oldest).expect("read segment");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(oldest, &bytes).expect("write segment");
+
+    let agent = start_agent(&dir, host, &coordinator.broker, "1s", &[]);
+    wait_for("agent online", WAIT, || async {
+        vigil_tests::host_entry(&http, host)
+            .await
+            .filter(|h| h["online"] == true)
+    })
+    .await;
+    let status = wait_for("quarantine reported", WAIT, || async {
+        let status = agent_status(&data_dir(&dir, host));
+        (status["delivery"]["quarantined_segments_total"].as_u64() >= Some(1)).then_some(status)
+    })
+    .await;
+    assert!(
+        oldest.with_extension("seg.corrupt").exists(),
+        "the damaged segment is set aside: {status}"
+    );
+    // The rest of the buffer is delivered: the buffer empties.
+    wait_for("buffer delivered", WAIT, || async {
+        let status = agent_status(&data_dir(&dir, host));
+        (status["delivery"]["metrics_buffered"] == 0).then_some(())
+    })
+    .await;
+    drop(agent);
+    coordinator.proc.stop();
+}
