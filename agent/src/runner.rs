@@ -191,7 +191,8 @@ pub async fn run(
         results_tx,
         outbox_signal.clone(),
         started_at_ms,
-    )?;
+    )?
+    .with_report(delivery_report.clone());
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
     status.remediation_paused = queue.paused();
     status.queue = queue.status(started_at_ms);
@@ -268,7 +269,7 @@ pub async fn run(
             Some(update) = state_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_state(update, now);
-                handle(output, &mut queue, &store, &outbox_signal, &events_topic, now)?;
+                handle(output, &mut queue, &events_topic, now)?;
             }
             Some(result) = results_rx.recv() => {
                 let now = now_ms();
@@ -320,7 +321,12 @@ pub async fn run(
             }
             _ = status_every.tick() => {
                 let stats = evaluator.stats();
-                let delivery = delivery_report.status();
+                let mut delivery = delivery_report.status();
+                // The delivery task reports the metric spool's storage; the queue's own
+                // trouble with the store must not be hidden by a healthy spool.
+                if delivery.storage_error.is_none() {
+                    delivery.storage_error = queue.storage_error();
+                }
                 link.update_status(|s| {
                     s.policies.evaluations = stats.evaluations;
                     s.policies.last_evaluation_ms = stats.last_evaluation_ms;
@@ -330,7 +336,7 @@ pub async fn run(
             Some(samples) = samples_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_samples(&samples, now);
-                handle(output, &mut queue, &store, &outbox_signal, &events_topic, now)?;
+                handle(output, &mut queue, &events_topic, now)?;
                 {
                     let mut spool = spool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let batch = MetricBatch {
@@ -517,8 +523,6 @@ async fn sample_forever(
 fn handle(
     output: EvalOutput,
     queue: &mut ActionQueue,
-    store: &AgentStore,
-    outbox_signal: &OutboxSignal,
     events_topic: &str,
     now_ms: i64,
 ) -> Result<(), AgentStoreError> {
@@ -528,8 +532,9 @@ fn handle(
             .iter()
             .map(|e| (events_topic.to_string(), wire::encode(e)))
             .collect();
-        store.enqueue_messages(&messages)?;
-        outbox_signal.wake();
+        // Through the queue: held in memory with its own messages while the store
+        // refuses writes, so the outbox keeps their order.
+        queue.enqueue_messages(messages, now_ms)?;
     }
     for (policy, target, resolved) in output.verified {
         queue.verify(&policy, &target, resolved, now_ms)?;

@@ -7,8 +7,15 @@
 //! The queue does not run executors itself: [`ActionQueue::schedule`] starts attempts as
 //! tasks that call a [`RunFn`], and their results come back through the channel the
 //! runner passes to [`ActionQueue::on_result`].
+//!
+//! When the store refuses writes for want of space (or because the disk fails), the queue
+//! goes on from memory: actions run, retry and cool down as before, the outbox messages
+//! it could not store wait in memory ([`MAX_HELD`] at most, the oldest dropped and
+//! counted), and every later save, or one every [`RETRY_SAVE_MS`], writes the whole
+//! state and the held messages, in order, once the store takes writes again. The
+//! agent's status says so meanwhile (`delivery.storage_error`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +31,7 @@ use super::breaker::Breakers;
 use super::job::{Job, Origin};
 use super::store::{AgentStore, AgentStoreError, Counters, OutboxSignal};
 use crate::acting::executors::{ExecError, ExecOutcome, ExecRequest};
+use crate::reporting::delivery::DeliveryReport;
 use crate::system::units::has_unit_type;
 
 /// Runs one attempt (the executors, behind a function so the queue does not care which).
@@ -32,6 +40,57 @@ pub type RunFn = Arc<
         + Send
         + Sync,
 >;
+
+/// Most outbox messages held in memory while the store refuses writes.
+pub(crate) const MAX_HELD: usize = 10_000;
+
+/// How often the queue tries to save again while the store refuses writes (it also tries
+/// at every change).
+pub(crate) const RETRY_SAVE_MS: i64 = 2_000;
+
+/// What the queue owes the store while the store refuses writes: the jobs themselves are
+/// in [`ActionQueue::jobs`] and are all written again at the next save.
+struct Unsaved {
+    /// Why the last save failed.
+    error: String,
+    /// Jobs forgotten since (to delete from the store, and to refuse again as done).
+    forget: Vec<String>,
+    /// Outbox messages not stored yet, oldest first.
+    held: VecDeque<(String, Vec<u8>)>,
+    /// Messages dropped because `held` was full.
+    dropped: u64,
+    /// When a save was last tried.
+    tried_ms: i64,
+}
+
+impl Unsaved {
+    /// Keeps `messages` after the ones held, dropping the oldest past [`MAX_HELD`].
+    fn hold(&mut self, messages: Vec<(String, Vec<u8>)>) {
+        self.held.extend(messages);
+        let over = self.held.len().saturating_sub(MAX_HELD);
+        if over > 0 {
+            if self.dropped == 0 {
+                tracing::warn!(
+                    held = MAX_HELD,
+                    "the agent store still refuses writes: dropping the oldest outbox messages held in memory"
+                );
+            }
+            self.held.drain(..over);
+            self.dropped += over as u64;
+        }
+    }
+
+    /// The text for the agent's status.
+    fn describe(&self) -> String {
+        format!(
+            "cannot write the agent store ({}): remediating from memory; {} outbox \
+             messages held, {} dropped",
+            self.error,
+            self.held.len(),
+            self.dropped
+        )
+    }
+}
 
 /// How the queue behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +173,10 @@ pub struct ActionQueue {
     /// (policy, target) → the id of the last action that policy took there, for
     /// verification.
     last_policy_action: HashMap<(String, String), String>,
+    /// Where the queue says that the store refuses writes.
+    report: Option<Arc<DeliveryReport>>,
+    /// Set while the store refuses writes.
+    unsaved: Option<Unsaved>,
 }
 
 impl ActionQueue {
@@ -148,6 +211,8 @@ impl ActionQueue {
             running: 0,
             next_seq,
             last_policy_action: HashMap::new(),
+            report: None,
+            unsaved: None,
         };
         if queue.settings.paused {
             queue.set_paused(true, now_ms)?;
@@ -170,6 +235,37 @@ impl ActionQueue {
         Ok(queue)
     }
 
+    /// Reports in `report` (`delivery.storage_error`) while the store refuses writes.
+    pub fn with_report(mut self, report: Arc<DeliveryReport>) -> ActionQueue {
+        if let Some(unsaved) = &self.unsaved {
+            report.set_storage_error(Some(unsaved.describe()));
+        }
+        self.report = Some(report);
+        self
+    }
+
+    /// Why the store refuses writes, while it does (the queue goes on from memory).
+    pub fn storage_error(&self) -> Option<String> {
+        self.unsaved.as_ref().map(Unsaved::describe)
+    }
+
+    /// How many outbox messages wait in memory for the store to take writes again.
+    #[cfg(test)]
+    pub fn held_messages(&self) -> usize {
+        self.unsaved.as_ref().map_or(0, |u| u.held.len())
+    }
+
+    /// Adds messages to the outbox (after any held in memory), then wakes it.
+    pub fn enqueue_messages(
+        &mut self,
+        messages: Vec<(String, Vec<u8>)>,
+        now_ms: i64,
+    ) -> Result<(), AgentStoreError> {
+        self.save(&[], &[], messages, now_ms)?;
+        self.outbox.wake();
+        Ok(())
+    }
+
     /// Whether remediation is paused (the kill switch).
     pub fn paused(&self) -> bool {
         self.counters.paused
@@ -179,7 +275,14 @@ impl ActionQueue {
     /// (a redelivered command) is ignored. While paused, the action is recorded as
     /// cancelled.
     pub fn accept(&mut self, action: NewAction, now_ms: i64) -> Result<(), AgentStoreError> {
-        if self.jobs.contains_key(&action.id) || self.store.is_done(&action.id)? {
+        let forgotten_unsaved = self
+            .unsaved
+            .as_ref()
+            .is_some_and(|u| u.forget.contains(&action.id));
+        if self.jobs.contains_key(&action.id)
+            || forgotten_unsaved
+            || self.store.is_done(&action.id)?
+        {
             return Ok(());
         }
         let max_attempts = action
@@ -221,11 +324,19 @@ impl ActionQueue {
             job.detail = Some("remediation is paused on this host (kill switch)".into());
             events.push(job.event(ActionState::Cancelled, now_ms, job.detail.clone()));
         }
-        self.persist(job, events)
+        self.persist(job, events, now_ms)
     }
 
-    /// Starts every attempt that may start now.
+    /// Starts every attempt that may start now (and, while the store refuses writes,
+    /// tries to save again if it has not for [`RETRY_SAVE_MS`]).
     pub fn schedule(&mut self, now_ms: i64) -> Result<(), AgentStoreError> {
+        if self
+            .unsaved
+            .as_ref()
+            .is_some_and(|u| now_ms - u.tried_ms >= RETRY_SAVE_MS)
+        {
+            self.retry_save(now_ms)?;
+        }
         self.forget_unverified(now_ms)?;
         if self.counters.paused {
             return Ok(());
@@ -296,7 +407,7 @@ impl ActionQueue {
         };
         self.busy_targets.insert(job.target.clone());
         self.running += 1;
-        self.persist(job, vec![event])?;
+        self.persist(job, vec![event], now_ms)?;
         let run = self.run.clone();
         let results = self.results.clone();
         let id = id.to_string();
@@ -380,7 +491,7 @@ impl ActionQueue {
             job.state = ActionState::Pending;
             job.not_before_ms = now_ms + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             job.detail = Some(detail);
-            return self.persist(job, vec![event]);
+            return self.persist(job, vec![event], now_ms);
         }
         let detail = if retryable {
             format!(
@@ -429,7 +540,7 @@ impl ActionQueue {
         }
         self.counters.last_processed = Some((job.id.clone(), job.target.clone(), now_ms));
         events.push(job.event(state, now_ms, detail));
-        self.persist(job, events)
+        self.persist(job, events, now_ms)
     }
 
     /// Reports whether a policy's last action on `target` fixed the problem (the policy
@@ -457,7 +568,7 @@ impl ActionQueue {
                 // Judged before the executor finished: apply it when the action completes.
                 let mut job = job.clone();
                 job.early_verification = Some(resolved);
-                return self.persist(job, Vec::new());
+                return self.persist(job, Vec::new(), now_ms);
             }
             _ => return Ok(()),
         }
@@ -500,8 +611,15 @@ impl ActionQueue {
             self.jobs.remove(id);
         }
         self.last_policy_action.retain(|_, id| !stale.contains(id));
-        self.store.commit(&[], &stale, &self.counters, &[])?;
-        self.store.prune_done(now_ms - 24 * KEEP_MS)?;
+        self.save(&[], &stale, Vec::new(), now_ms)?;
+        if self.unsaved.is_none() {
+            match self.store.prune_done(now_ms - 24 * KEEP_MS) {
+                Ok(_) => {}
+                // Pruning waits for the next time: the store will say so at the next save.
+                Err(e) if e.is_write_failure() => tracing::debug!("cannot prune done ids: {e}"),
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 
@@ -530,16 +648,18 @@ impl ActionQueue {
             }
             Ok(())
         } else {
-            self.store.commit(&[], &[], &self.counters, &[])
+            self.save(&[], &[], Vec::new(), now_ms)
         }
     }
 
     /// When [`ActionQueue::schedule`] should next run on its own: the earliest future
-    /// backoff deadline, or in a second if a due job waits for an open circuit. (Jobs that
-    /// wait for a busy target are started when that target's attempt ends.)
+    /// backoff deadline, or in a second if a due job waits for an open circuit, or the next
+    /// try to save while the store refuses writes. (Jobs that wait for a busy target are
+    /// started when that target's attempt ends.)
     pub fn next_due_ms(&self, now_ms: i64) -> Option<i64> {
+        let retry = self.unsaved.as_ref().map(|u| u.tried_ms + RETRY_SAVE_MS);
         if self.counters.paused {
-            return None;
+            return retry;
         }
         let open = self.breakers.open(now_ms);
         self.jobs
@@ -558,6 +678,7 @@ impl ActionQueue {
                     None
                 }
             })
+            .chain(retry)
             .min()
     }
 
@@ -589,7 +710,12 @@ impl ActionQueue {
 
     /// Stores a job and its events in one transaction, then wakes the outbox. Final jobs
     /// that need no verification are kept as a dead-letter record or forgotten.
-    fn persist(&mut self, job: Job, events: Vec<wire::ActionEvent>) -> Result<(), AgentStoreError> {
+    fn persist(
+        &mut self,
+        job: Job,
+        events: Vec<wire::ActionEvent>,
+        now_ms: i64,
+    ) -> Result<(), AgentStoreError> {
         let topic = topics::agent(&self.host, AgentChannel::Actions);
         let messages: Vec<(String, Vec<u8>)> = events
             .iter()
@@ -601,24 +727,101 @@ impl ActionQueue {
             _ => false,
         };
         if forget {
-            self.store.commit(
-                &[],
-                std::slice::from_ref(&job.id),
-                &self.counters,
-                &messages,
-            )?;
             self.last_policy_action.retain(|_, id| *id != job.id);
             self.jobs.remove(&job.id);
-            if let Err(e) = self.store.remember_finished(&job) {
-                // Only `vigil-agent status` reads this list.
-                tracing::warn!("cannot keep {} among the recent actions: {e}", job.id);
+            self.save(&[], std::slice::from_ref(&job.id), messages, now_ms)?;
+            if self.unsaved.is_none() {
+                if let Err(e) = self.store.remember_finished(&job) {
+                    // Only `vigil-agent status` reads this list.
+                    tracing::warn!("cannot keep {} among the recent actions: {e}", job.id);
+                }
             }
         } else {
-            self.store.commit(&[&job], &[], &self.counters, &messages)?;
-            self.jobs.insert(job.id.clone(), job);
+            self.jobs.insert(job.id.clone(), job.clone());
+            self.save(&[&job], &[], messages, now_ms)?;
         }
         self.outbox.wake();
         Ok(())
+    }
+
+    /// Writes `jobs`, the removal of `forget`, the counters and `messages` in one
+    /// transaction. When the store refuses the write for want of space (or a failing
+    /// disk), the queue goes on from memory (see [`Unsaved`]) and this still succeeds;
+    /// only other store errors are returned.
+    fn save(
+        &mut self,
+        jobs: &[&Job],
+        forget: &[String],
+        messages: Vec<(String, Vec<u8>)>,
+        now_ms: i64,
+    ) -> Result<(), AgentStoreError> {
+        if let Some(unsaved) = &mut self.unsaved {
+            unsaved.forget.extend_from_slice(forget);
+            unsaved.hold(messages);
+            return self.retry_save(now_ms);
+        }
+        match self.store.commit(jobs, forget, &self.counters, &messages) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_write_failure() => {
+                tracing::error!(
+                    "cannot write the agent store: {e}; remediating from memory and holding \
+                     outbox messages (up to {MAX_HELD}) until it takes writes again"
+                );
+                let mut unsaved = Unsaved {
+                    error: e.to_string(),
+                    forget: forget.to_vec(),
+                    held: VecDeque::new(),
+                    dropped: 0,
+                    tried_ms: now_ms,
+                };
+                unsaved.hold(messages);
+                self.unsaved = Some(unsaved);
+                self.report_storage();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// While the store refuses writes: writes every job, the forgotten ones' removal, the
+    /// counters and the held messages (in order) in one transaction; on success the queue
+    /// is saved again and the outbox is woken.
+    fn retry_save(&mut self, now_ms: i64) -> Result<(), AgentStoreError> {
+        let Some(unsaved) = &mut self.unsaved else {
+            return Ok(());
+        };
+        unsaved.tried_ms = now_ms;
+        let jobs: Vec<&Job> = self.jobs.values().collect();
+        let held = unsaved.held.make_contiguous();
+        match self
+            .store
+            .commit(&jobs, &unsaved.forget, &self.counters, held)
+        {
+            Ok(()) => {
+                tracing::info!(
+                    written = unsaved.held.len(),
+                    dropped = unsaved.dropped,
+                    "the agent store takes writes again: the queue and the held outbox messages are saved"
+                );
+                self.unsaved = None;
+                self.report_storage();
+                self.outbox.wake();
+                Ok(())
+            }
+            Err(e) if e.is_write_failure() => {
+                unsaved.error = e.to_string();
+                self.report_storage();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts the store's state into the report, if the queue has one.
+    fn report_storage(&self) {
+        if let Some(report) = &self.report {
+            report.set_storage_error(self.storage_error());
+        }
     }
 }
 

@@ -395,3 +395,252 @@ async fn a_finished_manual_action_is_forgotten_by_the_queue_but_kept_among_the_r
         format!("x{}", crate::acting::store::RECENT_FINISHED + 1)
     );
 }
+
+/// A tmpfs mounted for a test, unmounted (lazily) when dropped.
+struct Tmpfs {
+    path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` on a new directory in `parent`; `None` (saying why on
+    /// stderr) where mounting is not permitted (it needs root).
+    fn mount(parent: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let path = parent.join("tmpfs");
+        std::fs::create_dir_all(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs { path }),
+            Ok(out) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Writes `path` until its file system is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0_u8; 4096];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+}
+
+/// A run function whose first attempt of every action fails (retryable), and whose
+/// second succeeds, recording the action ids it ran.
+fn fails_once(log: Arc<Mutex<Vec<String>>>) -> RunFn {
+    Arc::new(move |req: ExecRequest| {
+        let log = log.clone();
+        Box::pin(async move {
+            let first = {
+                let mut log = log.lock().unwrap();
+                let first = !log.contains(&req.action_id);
+                log.push(req.action_id.clone());
+                first
+            };
+            if first {
+                Err(ExecError::Failed {
+                    executor: "docker",
+                    message: "first attempt broke".into(),
+                })
+            } else {
+                Ok(ExecOutcome {
+                    executor: "docker",
+                    detail: format!("{} running", req.target),
+                })
+            }
+        })
+    })
+}
+
+/// An action with a large parameter: its record needs new pages in the store.
+fn padded(id: &str, target: &str, origin: Origin) -> NewAction {
+    let mut a = action(id, target);
+    a.origin = origin;
+    a.params.insert(
+        "pad".into(),
+        serde_json::Value::String("p".repeat(64 * 1024)),
+    );
+    a
+}
+
+#[tokio::test]
+async fn on_a_full_disk_the_queue_runs_from_memory_and_saves_everything_later() {
+    use ActionState::*;
+    let base = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(base.path(), "2m") else {
+        return;
+    };
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let report = Arc::new(crate::reporting::delivery::DeliveryReport::new());
+    let h = harness(
+        fails_once(log.clone()),
+        fast(),
+        Some(tempfile::tempdir_in(&fs.path).unwrap()),
+    );
+    let mut h = Harness {
+        queue: h.queue.with_report(report.clone()),
+        ..h
+    };
+
+    // Before the disk fills: stored as usual.
+    h.queue.accept(action("before", "web"), 0).unwrap();
+    let mut now = drive(&mut h, 0).await;
+    assert_eq!(
+        states(&h.store, "before"),
+        vec![Pending, Running, Failed, Running, Completed]
+    );
+
+    fill(&fs.path.join("filler"));
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = format!("full-{i}");
+        let origin = if i % 2 == 0 {
+            Origin::Manual
+        } else {
+            Origin::Policy {
+                name: "p".into(),
+                step: 0,
+            }
+        };
+        h.queue
+            .accept(padded(&id, &format!("t{i}"), origin), now)
+            .unwrap();
+        ids.push(id);
+        if h.queue.storage_error().is_some() {
+            break;
+        }
+    }
+    let error = h
+        .queue
+        .storage_error()
+        .expect("the store took every write on a full file system");
+    eprintln!("degraded after {} actions: {error}", ids.len());
+    let stored_before = events(&h.store).len();
+    // A few more once the store refuses writes.
+    for i in 0..3 {
+        let id = format!("more-{i}");
+        h.queue
+            .accept(padded(&id, &format!("m{i}"), Origin::Manual), now)
+            .unwrap();
+        ids.push(id);
+    }
+
+    // Every action runs, fails once, is retried after its backoff and completes, with the
+    // store refusing every write.
+    now = drive(&mut h, now).await;
+    let status = h.queue.status(now);
+    assert_eq!(status.completed_total as usize, 1 + ids.len(), "{status:?}");
+    assert_eq!((status.pending, status.running), (0, 0), "{status:?}");
+    let ran = log.lock().unwrap().clone();
+    for id in &ids {
+        assert_eq!(ran.iter().filter(|r| *r == id).count(), 2, "{id}: {ran:?}");
+    }
+    let reported = report
+        .status()
+        .storage_error
+        .expect("storage error in the status");
+    assert!(
+        reported.contains("cannot write the agent store"),
+        "{reported}"
+    );
+    assert_eq!(
+        events(&h.store).len(),
+        stored_before,
+        "stored on a full disk"
+    );
+    let held = h.queue.held_messages();
+    assert!(held >= 4 * ids.len(), "held {held}");
+    eprintln!("status while full: {reported}");
+
+    // Space again: the next try saves the queue and the held messages, in order.
+    std::fs::remove_file(fs.path.join("filler")).unwrap();
+    h.queue.schedule(now + RETRY_SAVE_MS).unwrap();
+    assert_eq!(h.queue.storage_error(), None);
+    assert_eq!(report.status().storage_error, None);
+    let stored = events(&h.store);
+    assert_eq!(stored.len(), stored_before + held);
+    for id in &ids {
+        assert_eq!(
+            states(&h.store, id),
+            vec![Pending, Running, Failed, Running, Completed],
+            "{id}"
+        );
+    }
+    let seqs: Vec<u64> = h
+        .store
+        .outbox_from(0, 1000)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "outbox sequence has gaps: {seqs:?}"
+    );
+    // The queue's state is in the store: manual actions forgotten (and remembered as
+    // done), policy ones kept for their verification.
+    let jobs = h.store.jobs().unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let manual = id.starts_with("more") || i % 2 == 0;
+        if manual {
+            assert!(jobs.iter().all(|j| &j.id != id), "{id} still stored");
+            assert!(h.store.is_done(id).unwrap(), "{id} not done");
+        } else {
+            let job = jobs
+                .iter()
+                .find(|j| &j.id == id)
+                .expect("policy job stored");
+            assert_eq!(job.state, Completed, "{id}");
+        }
+    }
+    let counters = h.store.counters().unwrap();
+    assert_eq!(counters.completed_total as usize, 1 + ids.len());
+    drop(h);
+    drop(fs);
+}
+
+#[test]
+fn held_messages_are_bounded_and_the_oldest_dropped_are_counted() {
+    let mut unsaved = Unsaved {
+        error: "full".into(),
+        forget: Vec::new(),
+        held: VecDeque::new(),
+        dropped: 0,
+        tried_ms: 0,
+    };
+    let message = |i: usize| ("t".to_string(), i.to_be_bytes().to_vec());
+    unsaved.hold((0..MAX_HELD - 1).map(message).collect());
+    assert_eq!(unsaved.dropped, 0);
+    unsaved.hold((MAX_HELD - 1..MAX_HELD + 5).map(message).collect());
+    assert_eq!((unsaved.held.len(), unsaved.dropped), (MAX_HELD, 5));
+    assert_eq!(unsaved.held.front(), Some(&message(5)));
+    assert_eq!(unsaved.held.back(), Some(&message(MAX_HELD + 4)));
+    assert!(unsaved.describe().contains("5 dropped"));
+}

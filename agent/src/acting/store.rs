@@ -46,6 +46,23 @@ pub enum AgentStoreError {
     Corrupt(String),
 }
 
+impl AgentStoreError {
+    /// Whether a write failed for want of space or because the disk failed (`ENOSPC`,
+    /// `EDQUOT`, `EIO` — LMDB reports a write cut short by a full disk as `EIO` — or a
+    /// full LMDB map): the store may take the same write again later, so the queue goes
+    /// on from memory. A corrupt record or an LMDB panic is not such a failure.
+    pub fn is_write_failure(&self) -> bool {
+        match self {
+            AgentStoreError::Lmdb { source, .. } => matches!(
+                source,
+                heed::Error::Io(_)
+                    | heed::Error::Mdb(heed::MdbError::MapFull | heed::MdbError::Other(_))
+            ),
+            AgentStoreError::CreateDir { .. } | AgentStoreError::Corrupt(_) => false,
+        }
+    }
+}
+
 /// Counters and flags kept across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
@@ -295,9 +312,9 @@ impl AgentStore {
         self.meta
             .put(&mut txn, COUNTERS, &bytes)
             .map_err(|e| self.lmdb(e))?;
-        let first = self
-            .next_seq
-            .fetch_add(messages.len() as u64, Ordering::SeqCst);
+        // Sequence numbers are taken only when the transaction commits (writers take
+        // turns at LMDB's write lock), so a failed commit leaves no gap in the outbox.
+        let first = self.next_seq.load(Ordering::SeqCst);
         for (i, (topic, payload)) in messages.iter().enumerate() {
             let value = encode_outbox_value(topic, payload);
             self.outbox
@@ -310,13 +327,10 @@ impl AgentStore {
                 .put(&mut txn, OUTBOX_LAST, &last.to_be_bytes())
                 .map_err(|e| self.lmdb(e))?;
         }
-        txn.commit().map_err(|e| self.lmdb(e))
-    }
-
-    /// Adds messages to the outbox.
-    pub fn enqueue_messages(&self, messages: &[(String, Vec<u8>)]) -> Result<(), AgentStoreError> {
-        let counters = self.counters()?;
-        self.commit(&[], &[], &counters, messages)
+        txn.commit().map_err(|e| self.lmdb(e))?;
+        self.next_seq
+            .store(first + messages.len() as u64, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Keeps `job`, which reached a final state and is forgotten by the queue, among the

@@ -99,8 +99,22 @@ impl ApiError {
 
 impl From<&StoreError> for ApiError {
     fn from(e: &StoreError) -> Self {
+        if e.is_write_refused() {
+            let message = match e {
+                StoreError::Full { .. } => e.to_string(),
+                _ if e.is_out_of_space() => format!(
+                    "insufficient storage: the coordinator's data directory is full ({e}); \
+                     free disk space there, reads still work"
+                ),
+                _ => format!(
+                    "insufficient storage: the coordinator cannot write its data directory \
+                     ({e}; a full disk cuts writes short like this); check its space and \
+                     disk, reads still work"
+                ),
+            };
+            return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, message);
+        }
         let status = match e {
-            StoreError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
             StoreError::WriterGone => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

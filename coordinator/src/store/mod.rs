@@ -77,7 +77,8 @@ pub enum StoreError {
         /// The ceiling.
         max_bytes: usize,
     },
-    /// Any other LMDB error (including I/O errors such as a full disk).
+    /// Any other LMDB error (including I/O errors such as a full disk: see
+    /// [`StoreError::is_out_of_space`]).
     #[error("store error: {0}")]
     Lmdb(#[from] heed::Error),
     /// A stored record could not be decoded.
@@ -96,6 +97,9 @@ pub enum StoreError {
 impl StoreError {
     /// A short label for the `vigil_store_errors_total` counter.
     pub fn reason(&self) -> &'static str {
+        if self.is_out_of_space() && !matches!(self, StoreError::Full { .. }) {
+            return "disk_full";
+        }
         match self {
             StoreError::Full { .. } => "map_full",
             StoreError::Lmdb(heed::Error::Io(_)) => "io",
@@ -103,6 +107,47 @@ impl StoreError {
             StoreError::WriterGone => "writer_gone",
             _ => "lmdb",
         }
+    }
+
+    /// Whether nothing more can be written for want of space: the map is at its ceiling
+    /// ([`StoreError::Full`]), or the file system under the data directory is full or over
+    /// its quota (`ENOSPC`, `EDQUOT`). Reads still work then.
+    pub fn is_out_of_space(&self) -> bool {
+        let kind = match self {
+            StoreError::Full { .. } => return true,
+            // heed turns an OS error code from LMDB into `Io`; `Mdb(Other)` is the same
+            // code when it comes unconverted.
+            StoreError::Lmdb(heed::Error::Io(e))
+            | StoreError::Open {
+                source: heed::Error::Io(e),
+                ..
+            }
+            | StoreError::CreateDir { source: e, .. } => e.kind(),
+            StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::Other(code)))
+            | StoreError::Open {
+                source: heed::Error::Mdb(heed::MdbError::Other(code)),
+                ..
+            } => std::io::Error::from_raw_os_error(*code).kind(),
+            _ => return false,
+        };
+        matches!(
+            kind,
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    }
+
+    /// Whether LMDB could not write its pages: out of space ([`Self::is_out_of_space`]),
+    /// or an I/O error (`EIO`), which is how LMDB reports a write the file system cut
+    /// short — what a full disk does to a write that only partly fits.
+    pub fn is_write_refused(&self) -> bool {
+        /// `EIO` (5 on every Unix the coordinator is built for).
+        const EIO: i32 = 5;
+        self.is_out_of_space()
+            || matches!(self, StoreError::Lmdb(heed::Error::Io(e)) if e.raw_os_error() == Some(EIO))
+            || matches!(
+                self,
+                StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::Other(EIO)))
+            )
     }
 }
 
@@ -225,5 +270,50 @@ impl Store {
     /// The current size of the memory map, in bytes.
     pub fn current_map_size(&self) -> usize {
         self.env.info().map_size
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::StoreError;
+    use crate::http::error::ApiError;
+
+    fn io(code: i32) -> StoreError {
+        StoreError::Lmdb(heed::Error::Io(std::io::Error::from_raw_os_error(code)))
+    }
+
+    #[test]
+    fn a_full_or_over_quota_disk_is_out_of_space_and_answers_507() {
+        let unconverted = StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::Other(122)));
+        for e in [io(28), io(122), unconverted] {
+            assert!(e.is_out_of_space(), "{e}");
+            assert_eq!(e.reason(), "disk_full", "{e}");
+            assert_eq!(ApiError::from(&e).status.as_u16(), 507, "{e}");
+        }
+        let full = StoreError::Full { max_bytes: 1 };
+        assert!(full.is_out_of_space());
+        assert_eq!(full.reason(), "map_full");
+        assert_eq!(ApiError::from(&full).status.as_u16(), 507);
+    }
+
+    #[test]
+    fn a_short_write_answers_507_but_other_errors_do_not() {
+        // LMDB reports a write the file system cut short as EIO.
+        let short = io(5);
+        assert!(!short.is_out_of_space());
+        assert!(short.is_write_refused());
+        assert_eq!(short.reason(), "io");
+        assert_eq!(ApiError::from(&short).status.as_u16(), 507);
+        for e in [
+            io(13),
+            StoreError::Corrupt {
+                db: "hosts",
+                reason: "bad".into(),
+            },
+            StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::Corrupted)),
+        ] {
+            assert!(!e.is_write_refused(), "{e}");
+            assert_eq!(ApiError::from(&e).status.as_u16(), 500, "{e}");
+        }
     }
 }
