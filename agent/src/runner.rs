@@ -321,12 +321,7 @@ pub async fn run(
             }
             _ = status_every.tick() => {
                 let stats = evaluator.stats();
-                let mut delivery = delivery_report.status();
-                // The delivery task reports the metric spool's storage; the queue's own
-                // trouble with the store must not be hidden by a healthy spool.
-                if delivery.storage_error.is_none() {
-                    delivery.storage_error = queue.storage_error();
-                }
+                let delivery = delivery_report.status();
                 link.update_status(|s| {
                     s.policies.evaluations = stats.evaluations;
                     s.policies.last_evaluation_ms = stats.last_evaluation_ms;

@@ -200,18 +200,25 @@ impl AgentStore {
     /// Raises the session counter and returns the new session: higher than every
     /// earlier run's, whatever the clock says.
     pub fn next_session(&self) -> Result<u64, AgentStoreError> {
-        let mut txn = self.env.write_txn().map_err(|e| self.lmdb(e))?;
-        let last = self
-            .meta
-            .get(&txn, SESSION)
-            .map_err(|e| self.lmdb(e))?
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(0, u64::from_be_bytes);
+        let last = {
+            let txn = self.env.read_txn().map_err(|e| self.lmdb(e))?;
+            self.meta
+                .get(&txn, SESSION)
+                .map_err(|e| self.lmdb(e))?
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes)
+        };
         let session = last + 1;
-        self.meta
-            .put(&mut txn, SESSION, &session.to_be_bytes())
-            .map_err(|e| self.lmdb(e))?;
-        txn.commit().map_err(|e| self.lmdb(e))?;
+        let saved = self.env.write_txn().and_then(|mut txn| {
+            self.meta.put(&mut txn, SESSION, &session.to_be_bytes())?;
+            txn.commit()
+        });
+        if let Err(e) = saved {
+            // A full data dir must not keep the agent from starting. The next start reads
+            // the same counter and may reuse this session; the coordinator then takes its
+            // first messages for replays until the new run's numbers pass this one's.
+            tracing::warn!("cannot keep the session counter ({e}); running as session {session}");
+        }
         Ok(session)
     }
 

@@ -53,7 +53,10 @@ pub struct DeliveryReport {
     quarantined_segments_total: AtomicU64,
     /// The agent's clock minus the coordinator's; `i64::MIN`: not measured yet.
     clock_skew_ms: AtomicI64,
+    /// Why the agent store cannot be written (set by the action queue).
     storage_error: Mutex<Option<String>>,
+    /// Why the metric spool cannot be written.
+    spool_error: Mutex<Option<String>>,
 }
 
 impl DeliveryReport {
@@ -80,11 +83,25 @@ impl DeliveryReport {
                 .storage_error
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+                .clone()
+                .or_else(|| {
+                    self.spool_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone()
+                }),
         }
     }
 
-    /// Notes why the data directory cannot be written (`None`: it can again).
+    /// Notes why the metric spool cannot be written (`None`: it can again).
+    fn set_spool_error(&self, error: Option<String>) {
+        *self
+            .spool_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error;
+    }
+
+    /// Notes why the agent store cannot be written (`None`: it can again).
     pub fn set_storage_error(&self, error: Option<String>) {
         *self
             .storage_error
@@ -263,7 +280,7 @@ impl DeliveryTask {
             Err(e) => tracing::debug!("spool: cannot sync: {e}"),
         }
         self.report.note_spool(&spool, self.quarantined_at_open);
-        self.report.set_storage_error(spool.degraded());
+        self.report.set_spool_error(spool.degraded());
         drop(spool);
         if let Ok(pending) = self.store.outbox_len() {
             self.report.outbox_pending.store(pending, Ordering::Relaxed);
