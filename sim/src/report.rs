@@ -47,6 +47,9 @@ pub struct Counters {
     pub unacknowledged: AtomicU64,
     /// Acknowledgements an agent refused (bad signature, malformed, another host's).
     pub acks_refused: AtomicU64,
+    /// Times a queue had messages out and no acknowledgement for
+    /// [`crate::virtual_agent::RESEND_AFTER`], and sent them again.
+    pub stalls: AtomicU64,
     /// Malformed payloads published, by [`Malformed`] kind (in [`Malformed::ALL`] order).
     pub malformed: [AtomicU64; Malformed::ALL.len()],
     /// Publishes the broker acknowledged (PUBACK; everything is sent at QoS 1).
@@ -90,6 +93,7 @@ impl Counters {
             stored: get(&self.stored),
             unacknowledged: get(&self.unacknowledged),
             acks_refused: get(&self.acks_refused),
+            stalls: get(&self.stalls),
             malformed: Malformed::ALL
                 .iter()
                 .zip(&self.malformed)
@@ -136,6 +140,8 @@ pub struct Snapshot {
     pub unacknowledged: u64,
     /// See [`Counters::acks_refused`].
     pub acks_refused: u64,
+    /// See [`Counters::stalls`].
+    pub stalls: u64,
     /// See [`Counters::malformed`].
     pub malformed: Vec<(Malformed, u64)>,
     /// See [`Counters::acked`].
@@ -229,11 +235,13 @@ impl fmt::Display for Snapshot {
         )?;
         writeln!(
             f,
-            "  stored               {} of {} queued messages acknowledged by the coordinator; {} unacknowledged at the end; {} acknowledgements refused",
+            "  stored               {} of {} queued messages acknowledged by the coordinator; {} unacknowledged at the end; {} acknowledgements refused; {} waits of {:?} without one",
             self.stored,
             self.queued(),
             self.unacknowledged,
-            self.acks_refused
+            self.acks_refused,
+            self.stalls,
+            crate::virtual_agent::RESEND_AFTER
         )?;
         writeln!(
             f,

@@ -263,14 +263,16 @@ impl Queue {
     }
 
     /// Takes what may be sent now: from the cursor up to [`IN_FLIGHT`] above the floor,
-    /// starting over at the floor when nothing was acknowledged for [`RESEND_AFTER`].
-    fn due(&mut self, out: &mut Vec<Due>) {
+    /// starting over at the floor when nothing was acknowledged for [`RESEND_AFTER`]
+    /// (then it returns true: the queue stalled).
+    fn due(&mut self, out: &mut Vec<Due>) -> bool {
+        let mut stalled = false;
         let floor = self.floor();
         if self.next_send < floor {
             self.next_send = floor;
         }
         if self.next_send > floor && self.progress.elapsed() >= RESEND_AFTER {
-            tracing::debug!(
+            tracing::info!(
                 stream = self.stream.as_str(),
                 from = floor,
                 unacknowledged = self.next_send - floor,
@@ -278,6 +280,7 @@ impl Queue {
             );
             self.next_send = floor;
             self.progress = Instant::now();
+            stalled = true;
         }
         let limit = floor.saturating_add(IN_FLIGHT);
         for (&seq, entry) in self.held.range(self.next_send..limit) {
@@ -299,6 +302,7 @@ impl Queue {
             self.next_send = seq + 1;
             self.sent_high = self.sent_high.max(seq);
         }
+        stalled
     }
 }
 
@@ -605,8 +609,11 @@ async fn send_due(
     let mut due = Vec::new();
     {
         let mut queues = lock(queues);
-        queues.outbox.due(&mut due);
-        queues.metrics.due(&mut due);
+        for stalled in [queues.outbox.due(&mut due), queues.metrics.due(&mut due)] {
+            if stalled {
+                Counters::inc(&shared.counters.stalls);
+            }
+        }
     }
     for item in due {
         let stream = item.delivery.stream;
@@ -965,7 +972,7 @@ mod tests {
         let series = series_of_batch(25);
         assert_eq!(series.len(), 25);
         assert_eq!(series[0], ("cpu_percent", "0".to_string()));
-        assert_eq!(series[24], ("process_count", "2".to_string()));
+        assert_eq!(series[24], ("load5", "2".to_string()));
         let distinct: BTreeSet<_> = series.iter().collect();
         assert_eq!(distinct.len(), 25);
     }
