@@ -283,6 +283,11 @@ async fn the_simulate_command_verifies_its_own_run() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("verify: PASSED"), "{stdout}");
+    // Without a REST token nothing can be looked up by id: it says so.
+    assert!(
+        stdout.contains("verify: nothing looked up by id"),
+        "{stdout}"
+    );
     // Without the admin token, hosts enrolled earlier cannot be replaced (the join token
     // has uses left: it is the host names that are taken).
     let output = Command::new(bin("vigil-sim"))

@@ -146,6 +146,9 @@ pub struct Verification {
     pub transitions: IdCheck,
     /// Metric samples, looked up by host, metric and timestamp.
     pub samples: IdCheck,
+    /// Why nothing was looked up by id, if nothing was (no REST token, and the
+    /// coordinator wants one).
+    pub lookups_skipped: Option<String>,
     /// Queued messages the agents still held unacknowledged when they finished.
     pub unacknowledged: u64,
     /// Why the rejection counters were not compared, if they were not.
@@ -184,10 +187,16 @@ impl Verification {
 
 impl fmt::Display for Verification {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(why) = &self.lookups_skipped {
+            writeln!(f, "verify: nothing looked up by id: {why}")?;
+        }
         for (what, unit, check) in [
             ("action transitions", "actions", &self.transitions),
             ("metric samples", "host series", &self.samples),
         ] {
+            if self.lookups_skipped.is_some() {
+                break;
+            }
             writeln!(
                 f,
                 "verify: {what} generated {}: lost {}, stored twice {} ({} {unit} looked up; {} stored that this run did not generate)",
@@ -288,7 +297,11 @@ pub async fn verify(
     }
 
     // Every id, again while something is missing and time is left.
+    let lookups_skipped = lookups_refused(&client, http, token).await?;
     let (transitions, samples) = loop {
+        if lookups_skipped.is_some() {
+            break (IdCheck::default(), IdCheck::default());
+        }
         let transitions = check_actions(&client, http, token, &outcome.actions).await?;
         let samples = check_samples(&client, http, token, &outcome.batches).await?;
         let missing = transitions.lost > 0 || samples.lost > 0;
@@ -324,6 +337,7 @@ pub async fn verify(
     Ok(Verification {
         transitions,
         samples,
+        lookups_skipped,
         unacknowledged: outcome.report.unacknowledged,
         counters_skipped,
         malformed_sent,
@@ -336,6 +350,36 @@ pub async fn verify(
         duplicates_dropped: (now.duplicates - before.duplicates).max(0.0) as u64,
         redelivered: (now.redelivered - before.redelivered).max(0.0) as u64,
     })
+}
+
+/// Why the REST API cannot be asked about ids, if it cannot: no token, and the
+/// coordinator wants one. A token it refuses is an error.
+async fn lookups_refused(
+    client: &reqwest::Client,
+    http: &str,
+    token: Option<&str>,
+) -> Result<Option<String>, String> {
+    let url = format!("{http}/api/v1/actions?limit=1");
+    let response = with_token(client.get(&url), token)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(None);
+    }
+    if token.is_none()
+        && matches!(
+            status,
+            reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+        )
+    {
+        return Ok(Some(format!(
+            "the coordinator's REST API wants a token (HTTP {status}): give --token to \
+             have every action transition and metric sample looked up"
+        )));
+    }
+    Err(format!("GET {url}: HTTP {status}"))
 }
 
 /// Why the counters cannot be compared, if they cannot.
