@@ -708,6 +708,8 @@ pub async fn run(
     let mut generated_batches: u64 = 0;
     let mut drain_deadline: Option<Instant> = None;
     let mut last_ts_ms: i64 = 0;
+    // Connections in a row that ended before they came up.
+    let mut failures: u32 = 0;
     // Encodings used for the malformed kinds that need whole messages (sealed when sent).
     let invalid = {
         let mut b = batch(&me, 0, 1, &mut rng, now_ms());
@@ -737,8 +739,15 @@ pub async fn run(
         }
         loop {
             if session.is_dead() {
+                // As a real agent backs off: longer after each connection that never
+                // came up (a broker that is down or overwhelmed), up to ten pauses.
+                if session.connected.load(Ordering::Relaxed) {
+                    failures = 0;
+                } else {
+                    failures = failures.saturating_add(1);
+                }
                 session.close(&shared, true).await;
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+                tokio::time::sleep(RECONNECT_PAUSE * failures.clamp(1, 10)).await;
                 continue 'sessions;
             }
             let finished = started.elapsed() >= plan.duration
