@@ -58,7 +58,10 @@ impl Chaos {
 /// (`vigil_mqtt_messages_rejected_total{reason}`). The first four never get past the
 /// seal layer (the payload is not a sealed message); `Invalid` and `HostMismatch` are
 /// sealed properly and refused for what they carry; `Forged` is sealed with a key the
-/// coordinator never enrolled.
+/// coordinator never enrolled; `Unqueued` is a good batch sealed without its place in the
+/// agent's metrics queue. All are sealed without a delivery header (they are not queued:
+/// the content rules are checked before the header, so each is refused for its own
+/// reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Malformed {
     /// Zero bytes (`empty`).
@@ -77,12 +80,15 @@ pub enum Malformed {
     /// A batch sealed for this host with a key that is not the one it enrolled
     /// (`bad_signature`).
     Forged,
+    /// A well-formed batch, properly sealed but without its place in the agent's metrics
+    /// queue (`no_delivery`).
+    Unqueued,
 }
 
 /// What a [`Malformed`] kind is made from (the caller seals; see [`Malformed::payload`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingredient {
-    /// A well-formed batch, sealed with the agent's key.
+    /// A well-formed batch, sealed with the agent's key (without a delivery header).
     Sealed,
     /// A batch breaking a content rule, sealed with the agent's key.
     SealedInvalid,
@@ -94,7 +100,7 @@ pub enum Ingredient {
 
 impl Malformed {
     /// Every kind, in a fixed order.
-    pub const ALL: [Malformed; 7] = [
+    pub const ALL: [Malformed; 8] = [
         Malformed::Empty,
         Malformed::UnknownVersion,
         Malformed::Truncated,
@@ -102,6 +108,7 @@ impl Malformed {
         Malformed::Invalid,
         Malformed::HostMismatch,
         Malformed::Forged,
+        Malformed::Unqueued,
     ];
 
     /// A short name for reports.
@@ -114,6 +121,7 @@ impl Malformed {
             Malformed::Invalid => "invalid",
             Malformed::HostMismatch => "host_mismatch",
             Malformed::Forged => "forged",
+            Malformed::Unqueued => "unqueued",
         }
     }
 
@@ -127,6 +135,7 @@ impl Malformed {
             Malformed::Invalid => "invalid",
             Malformed::HostMismatch => "host_mismatch",
             Malformed::Forged => "bad_signature",
+            Malformed::Unqueued => "no_delivery",
         }
     }
 
@@ -160,6 +169,7 @@ impl Malformed {
             Malformed::Invalid => make(Ingredient::SealedInvalid),
             Malformed::HostMismatch => make(Ingredient::SealedOtherHost),
             Malformed::Forged => make(Ingredient::Forged),
+            Malformed::Unqueued => make(Ingredient::Sealed),
         }
     }
 }
@@ -194,6 +204,11 @@ mod tests {
         };
         for kind in Malformed::ALL {
             let bad = kind.payload(make);
+            if kind == Malformed::Unqueued {
+                // Whole and well-sealed: only the missing delivery header is wrong.
+                assert_eq!(bad, good);
+                continue;
+            }
             assert_ne!(bad, good, "{kind:?}");
             assert!(!kind.reason().is_empty());
         }

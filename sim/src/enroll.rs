@@ -26,9 +26,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a request that failed for a passing reason (connection, 429, 5xx) is tried.
 const ATTEMPTS: u32 = 5;
 
-/// One enrolled virtual agent: its key and its MQTT login at the coordinator's broker.
+/// One enrolled virtual agent: its key, its MQTT login at the coordinator's broker, and
+/// the coordinator's public key (to check its acknowledgements with).
 #[derive(Clone)]
 pub struct AgentLogin {
+    /// The coordinator's public key, 64 hex characters, if the enrollment named it.
+    pub coordinator_key: Option<String>,
     /// The host it enrolled as.
     pub host: String,
     /// Its private ed25519 key, 64 hex characters.
@@ -52,6 +55,7 @@ impl AgentLogin {
 impl fmt::Debug for AgentLogin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AgentLogin")
+            .field("coordinator_key", &self.coordinator_key)
             .field("host", &self.host)
             .field("private_key", &"<redacted>")
             .field("username", &self.username)
@@ -303,6 +307,7 @@ impl Enroller {
                         })
                     };
                     return Ok(AgentLogin {
+                        coordinator_key: answer["coordinator_key"].as_str().map(str::to_string),
                         host: host.to_string(),
                         private_key: key.private_hex(),
                         username: field("mqtt_username")?,

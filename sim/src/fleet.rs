@@ -12,7 +12,7 @@ use vigil_shared::wire::Tag;
 
 use crate::enroll::AgentLogin;
 use crate::report::Snapshot;
-use crate::virtual_agent::{self, Identity, Plan, Shared};
+use crate::virtual_agent::{self, ActionLedger, HostBatches, Identity, Plan, Shared};
 
 /// Roles handed out round-robin as the `role` label, so fleets have groups to target.
 const ROLES: [&str; 3] = ["web", "db", "cache"];
@@ -73,11 +73,13 @@ pub const MAX_AGENTS: usize = 10_000;
 pub struct Outcome {
     /// The final counters.
     pub report: Snapshot,
-    /// Action id → (host, distinct well-formed transitions published).
-    pub actions: HashMap<String, (String, u32)>,
+    /// Action id → its host and the transitions generated.
+    pub actions: HashMap<String, ActionLedger>,
+    /// Host → the metric batches it generated.
+    pub batches: HashMap<String, HostBatches>,
 }
 
-/// Stops a fleet: every agent finishes (draining outstanding action transitions first).
+/// Stops a fleet: every agent finishes (waiting for its queues to be acknowledged first).
 #[derive(Clone)]
 pub struct StopHandle(Arc<watch::Sender<bool>>);
 
@@ -160,7 +162,7 @@ impl Fleet {
             .snapshot(self.started.elapsed(), self.agents)
     }
 
-    /// Asks every agent to finish (they drain outstanding action transitions first).
+    /// Asks every agent to finish (they wait for their queues to be acknowledged first).
     pub fn stop(&self) {
         self.stop.stop();
     }
@@ -197,7 +199,18 @@ impl Fleet {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        Outcome { report, actions }
+        let batches = std::mem::take(
+            &mut *self
+                .shared
+                .batches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        Outcome {
+            report,
+            actions,
+            batches,
+        }
     }
 }
 

@@ -114,9 +114,12 @@ struct SimulateArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     progress: Duration,
     /// Verify the run against the coordinator (at URL, or at --coordinator when no URL is
-    /// given): its counters are read before and after (every malformed payload counted
-    /// as rejected under its kind's reason, nothing else rejected) and every action
-    /// transition must be stored exactly once; exits non-zero if it does not hold.
+    /// given), one id at a time over its REST API: every action transition generated
+    /// must be stored exactly once, and every metric sample generated must be stored
+    /// (each host's series at each batch's timestamp); its counters are read before and
+    /// after (every malformed payload counted as rejected under its kind's reason,
+    /// nothing else rejected; skipped with a note if the coordinator restarted). Exits
+    /// non-zero if it does not hold.
     #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
     verify: Option<String>,
 }
@@ -289,7 +292,10 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
     let stop = fleet.stop_handle();
     let stopper = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("vigil-sim: stopping (waiting for outstanding action events)");
+            eprintln!(
+                "vigil-sim: stopping (waiting for the coordinator to acknowledge what the \
+                 agents queued)"
+            );
             stop.stop();
         }
     });

@@ -1,5 +1,10 @@
 //! What a simulated fleet did: counters shared by every virtual agent, a one-line
 //! progress summary, and the final report.
+//!
+//! Well-formed batches and action transitions are *queued* by their agent and count as
+//! `stored` once the coordinator's acknowledgement covers them
+//! ([`vigil_shared::delivery`]); what was still unacknowledged when the agents finished
+//! is reported as such.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,18 +26,30 @@ pub struct Counters {
     pub abrupt_disconnects: AtomicU64,
     /// Retained status messages published (online on connect, offline on a clean stop).
     pub statuses: AtomicU64,
-    /// Well-formed metric batches published.
+    /// Well-formed metric batches generated (queued for delivery).
     pub batches: AtomicU64,
     /// Samples in those batches.
     pub samples: AtomicU64,
     /// Of those batches, ones with out-of-order timestamps and sequence numbers.
     pub out_of_order: AtomicU64,
-    /// Distinct well-formed action transitions published (each counted once however
-    /// often it was sent).
+    /// Distinct well-formed action transitions generated (queued for delivery; each
+    /// counted once however often it was sent).
     pub action_transitions: AtomicU64,
     /// Extra publishes of an action transition already sent: injected duplicates and
-    /// resends after a lost connection.
+    /// resends of what was not acknowledged (after a reconnection or a wait).
     pub action_redeliveries: AtomicU64,
+    /// Extra publishes of a metric batch already sent: resends of what was not
+    /// acknowledged (after a reconnection or a wait).
+    pub batch_resends: AtomicU64,
+    /// Queued messages (batches and transitions) the coordinator acknowledged as stored.
+    pub stored: AtomicU64,
+    /// Queued messages still unacknowledged when their agent finished.
+    pub unacknowledged: AtomicU64,
+    /// Acknowledgements an agent refused (bad signature, malformed, another host's).
+    pub acks_refused: AtomicU64,
+    /// Times a queue had messages out and no acknowledgement for
+    /// [`crate::virtual_agent::RESEND_AFTER`], and sent them again.
+    pub stalls: AtomicU64,
     /// Malformed payloads published, by [`Malformed`] kind (in [`Malformed::ALL`] order).
     pub malformed: [AtomicU64; Malformed::ALL.len()],
     /// Publishes the broker acknowledged (PUBACK; everything is sent at QoS 1).
@@ -72,6 +89,11 @@ impl Counters {
             out_of_order: get(&self.out_of_order),
             action_transitions: get(&self.action_transitions),
             action_redeliveries: get(&self.action_redeliveries),
+            batch_resends: get(&self.batch_resends),
+            stored: get(&self.stored),
+            unacknowledged: get(&self.unacknowledged),
+            acks_refused: get(&self.acks_refused),
+            stalls: get(&self.stalls),
             malformed: Malformed::ALL
                 .iter()
                 .zip(&self.malformed)
@@ -110,6 +132,16 @@ pub struct Snapshot {
     pub action_transitions: u64,
     /// See [`Counters::action_redeliveries`].
     pub action_redeliveries: u64,
+    /// See [`Counters::batch_resends`].
+    pub batch_resends: u64,
+    /// See [`Counters::stored`].
+    pub stored: u64,
+    /// See [`Counters::unacknowledged`].
+    pub unacknowledged: u64,
+    /// See [`Counters::acks_refused`].
+    pub acks_refused: u64,
+    /// See [`Counters::stalls`].
+    pub stalls: u64,
     /// See [`Counters::malformed`].
     pub malformed: Vec<(Malformed, u64)>,
     /// See [`Counters::acked`].
@@ -130,24 +162,31 @@ impl Snapshot {
             + self.batches
             + self.action_transitions
             + self.action_redeliveries
+            + self.batch_resends
             + self.malformed_total()
+    }
+
+    /// Queued messages: well-formed batches and distinct action transitions.
+    pub fn queued(&self) -> u64 {
+        self.batches + self.action_transitions
     }
 
     /// The one-line progress summary printed while a fleet runs.
     pub fn progress_line(&self) -> String {
         let secs = self.elapsed.as_secs_f64().max(1e-3);
         format!(
-            "[{:>5.0}s] agents {}/{} connected | batches {} ({:.0} samples/s) | actions {} (+{} redelivered) | malformed {} | acked {}/{} | disconnects {} | errors {}",
+            "[{:>5.0}s] agents {}/{} connected | batches {} ({:.0} samples/s, +{} resent) | actions {} (+{} redelivered) | malformed {} | stored {}/{} | disconnects {} | errors {}",
             self.elapsed.as_secs_f64(),
             self.connected,
             self.agents,
             self.batches,
             self.samples as f64 / secs,
+            self.batch_resends,
             self.action_transitions,
             self.action_redeliveries,
             self.malformed_total(),
-            self.acked,
-            self.published(),
+            self.stored,
+            self.queued(),
             self.abrupt_disconnects,
             self.connection_errors + self.send_failures,
         )
@@ -166,11 +205,12 @@ impl fmt::Display for Snapshot {
         )?;
         writeln!(
             f,
-            "  metric batches       {} ({} samples, {:.0} samples/s; {} out of order)",
+            "  metric batches       {} ({} samples, {:.0} samples/s; {} out of order), {} resent",
             self.batches,
             self.samples,
             self.samples as f64 / secs,
-            self.out_of_order
+            self.out_of_order,
+            self.batch_resends
         )?;
         writeln!(
             f,
@@ -195,7 +235,17 @@ impl fmt::Display for Snapshot {
         )?;
         writeln!(
             f,
-            "  acknowledged         {} of {} publishes; {} could not be sent",
+            "  stored               {} of {} queued messages acknowledged by the coordinator; {} unacknowledged at the end; {} acknowledgements refused; {} waits of {:?} without one",
+            self.stored,
+            self.queued(),
+            self.unacknowledged,
+            self.acks_refused,
+            self.stalls,
+            crate::virtual_agent::RESEND_AFTER
+        )?;
+        writeln!(
+            f,
+            "  broker               {} of {} publishes acknowledged (PUBACK); {} could not be sent",
             self.acked,
             self.published(),
             self.send_failures
@@ -216,6 +266,7 @@ mod tests {
         counters.malformed_sent(Malformed::Garbage);
         Counters::inc(&counters.action_transitions);
         counters.acked.fetch_add(3, Ordering::Relaxed);
+        counters.stored.fetch_add(2, Ordering::Relaxed);
         let snap = counters.snapshot(Duration::from_secs(2), 5);
         assert_eq!(snap.malformed_total(), 2);
         assert_eq!(snap.published(), 4);
@@ -223,6 +274,7 @@ mod tests {
         assert!(text.contains("simulated 5 agents"), "{text}");
         assert!(text.contains("garbage 2"), "{text}");
         assert!(text.contains("3 of 4 publishes"), "{text}");
+        assert!(text.contains("2 of 2 queued messages"), "{text}");
         assert!(snap.progress_line().contains("50 samples/s"));
     }
 }

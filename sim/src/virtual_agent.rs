@@ -10,22 +10,36 @@
 //! virtual agent without an enrollment seals with a key of its own that no coordinator
 //! knows (for load on a bare broker).
 //!
-//! Action transitions are never lost, as with a real agent's durable outbox: each one
-//! stays outstanding until the broker acknowledges it, and whatever is outstanding when a
-//! connection dies is published again on the next one (a redelivery the coordinator must
-//! store only once). Metric batches are fire-and-count, as a real agent's are.
+//! Like a real agent ([`vigil_shared::delivery`]), each virtual agent keeps what it must
+//! not lose in two queues held in memory — the outbox (action transitions) and the
+//! metrics queue (well-formed batches) — each with a random epoch and sequence numbers
+//! from 1, and seals every message taken from one with its place there
+//! ([`Sealer::seal_queued`]). It subscribes to its own `acks` topic on every connection
+//! and forgets only what the coordinator's acknowledgements say is stored (checked with
+//! the coordinator's key when the enrollment named it). At most [`IN_FLIGHT`] messages
+//! per queue are out unacknowledged (more keep queueing); after a reconnection, and
+//! after [`RESEND_AFTER`] without progress, everything unacknowledged is sent again from
+//! the queue's floor: the coordinator stores each message once. A finished agent drains:
+//! it waits (up to [`DRAIN_TIMEOUT`]) until both queues are acknowledged.
+//!
+//! What the fleet generated is written down in [`Shared`]'s ledgers (each action's
+//! transitions, each host's batch timestamps), for [`crate::verify`] to look up one by
+//! one.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, LastWill, Outgoing, Packet, QoS};
-use tokio::sync::watch;
+use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
+use vigil_shared::agent_auth::{AgentKey, Sealer};
 use vigil_shared::broker_url::BrokerUrl;
+use vigil_shared::bundle::PublicKey;
+use vigil_shared::delivery::{self, Delivery, DeliveryAck, Stream};
 use vigil_shared::mqtt::client_options;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
@@ -34,8 +48,6 @@ use vigil_shared::wire::{
     QueueStatus, Sample, Tag,
 };
 
-use vigil_shared::agent_auth::{AgentKey, Sealer};
-
 use crate::chaos::{Chaos, Ingredient, Malformed};
 use crate::enroll::AgentLogin;
 use crate::mode::Mode;
@@ -43,7 +55,7 @@ use crate::report::Counters;
 
 /// Metric names a virtual agent reports; each batch cycles through them, with a
 /// `core` tag to make distinct series.
-const METRICS: [&str; 10] = [
+pub const METRICS: [&str; 10] = [
     "cpu_percent",
     "memory_used_percent",
     "disk_used_percent",
@@ -56,13 +68,21 @@ const METRICS: [&str; 10] = [
     "swap_used_percent",
 ];
 
-/// How long a finished agent waits for its outstanding action transitions to be
-/// acknowledged before it disconnects.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most messages per queue sent and not yet acknowledged (as a real agent; well inside
+/// the coordinator's window, [`vigil_shared::delivery::WINDOW`]).
+pub const IN_FLIGHT: u64 = 256;
+/// How long sent messages may wait for an acknowledgement before they are sent again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// How long a finished agent waits for its queues to be acknowledged before it
+/// disconnects.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause before reconnecting after a lost connection.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 /// Requests a connection's queue holds before publishing waits (backpressure).
 const CLIENT_QUEUE: usize = 256;
+/// How often an agent waiting for acknowledgements looks at its queues anyway (resends
+/// after [`RESEND_AFTER`], a lost connection).
+const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// What every virtual agent of a fleet does.
 #[derive(Debug, Clone)]
@@ -76,13 +96,13 @@ pub struct Plan {
     pub mode: Mode,
     /// Faults to inject.
     pub chaos: Chaos,
-    /// Time between ticks; zero sends as fast as the connection takes.
+    /// Time between ticks; zero generates as fast as the agent's loop turns.
     pub interval: Duration,
     /// Samples per metric batch.
     pub samples_per_batch: usize,
-    /// An action's transitions are published every this many batches; 0 for none.
+    /// An action's transitions are generated every this many batches; 0 for none.
     pub action_every: u64,
-    /// How long the fleet runs (ignored once `batches_per_agent` are sent).
+    /// How long the fleet runs (ignored once `batches_per_agent` are generated).
     pub duration: Duration,
     /// Stop after this many well-formed batches, if set.
     pub batches_per_agent: Option<u64>,
@@ -103,14 +123,45 @@ pub struct Identity {
     pub login: Option<AgentLogin>,
 }
 
-/// What a fleet's agents share: counters, and the ledger of well-formed action
-/// transitions for checking that each was stored exactly once.
+/// One action as generated: its host and its transitions, `(state, attempt)`, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionLedger {
+    /// The host it ran on.
+    pub host: String,
+    /// Its transitions.
+    pub transitions: Vec<(ActionState, u32)>,
+}
+
+/// The metric batches one host generated: every batch holds the same series
+/// (`samples_per_batch` samples, see [`series_of_batch`]) at one timestamp.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostBatches {
+    /// Samples in each batch.
+    pub samples_per_batch: usize,
+    /// Each batch's sample timestamp, epoch ms (distinct: batches at the same time hold
+    /// the same points).
+    pub timestamps: BTreeSet<i64>,
+    /// Batches generated (a timestamp may repeat: a late batch may land on an earlier one).
+    pub batches: u64,
+}
+
+/// The series a batch of `size` samples holds: `(metric name, core tag)`.
+pub fn series_of_batch(size: usize) -> Vec<(&'static str, String)> {
+    (0..size)
+        .map(|i| (METRICS[i % METRICS.len()], (i / METRICS.len()).to_string()))
+        .collect()
+}
+
+/// What a fleet's agents share: counters, and the ledgers of what they generated, for
+/// checking that each action transition and each batch was stored exactly once.
 #[derive(Debug, Default)]
 pub struct Shared {
     /// The counters.
     pub counters: Counters,
-    /// Action id → (host, distinct transitions published).
-    pub ledger: Mutex<HashMap<String, (String, u32)>>,
+    /// Action id → what was generated.
+    pub ledger: Mutex<HashMap<String, ActionLedger>>,
+    /// Host → its metric batches.
+    pub batches: Mutex<HashMap<String, HostBatches>>,
 }
 
 impl Shared {
@@ -118,63 +169,210 @@ impl Shared {
         let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
         ledger
             .entry(event.id.clone())
-            .or_insert_with(|| (event.host.clone(), 0))
-            .1 += 1;
+            .or_insert_with(|| ActionLedger {
+                host: event.host.clone(),
+                transitions: Vec::new(),
+            })
+            .transitions
+            .push((event.state, event.attempt));
+    }
+
+    fn record_batch(&self, host: &str, samples_per_batch: usize, ts_ms: i64) {
+        let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = batches.entry(host.to_string()).or_default();
+        entry.samples_per_batch = samples_per_batch;
+        entry.timestamps.insert(ts_ms);
+        entry.batches += 1;
     }
 }
 
-/// Matches broker acknowledgements to the action transitions they acknowledge.
-///
-/// rumqttc reports each publish it writes (`Outgoing::Publish(pkid)`) in the order they
-/// were queued, so a FIFO of what was queued tells which packet id carries which
-/// transition; a PUBACK for that id settles it.
-#[derive(Debug, Default)]
-struct Tracker {
-    /// What each queued, not yet written publish carries (an outstanding key or nothing).
-    queued: VecDeque<Option<u64>>,
-    /// Written, not yet acknowledged publishes by packet id.
-    in_flight: HashMap<u16, Option<u64>>,
-    /// Action transitions not yet acknowledged, by local key.
-    outstanding: BTreeMap<u64, ActionEvent>,
-    next_key: u64,
+/// A queued message: where it goes and what it carries (sealed each time it is sent).
+#[derive(Debug)]
+struct Entry {
+    channel: AgentChannel,
+    body: Vec<u8>,
 }
 
-impl Tracker {
-    fn queue(&mut self, action: Option<ActionEvent>) {
-        let key = action.map(|event| {
-            let key = self.next_key;
-            self.next_key += 1;
-            self.outstanding.insert(key, event);
-            key
-        });
-        self.queued.push_back(key);
-    }
+/// One of an agent's queues, in memory.
+#[derive(Debug)]
+struct Queue {
+    stream: Stream,
+    epoch: u64,
+    /// The sequence number the next message gets.
+    next_seq: u64,
+    /// Unacknowledged messages by sequence number: always a run from the floor up.
+    held: BTreeMap<u64, Entry>,
+    /// The next sequence number to send.
+    next_send: u64,
+    /// The highest sequence number ever sent (what is sent at or below it is a resend).
+    sent_high: u64,
+    /// When an acknowledgement last moved the floor, or sending last restarted.
+    progress: Instant,
+}
 
-    fn written(&mut self, pkid: u16) {
-        let key = self.queued.pop_front().flatten();
-        self.in_flight.insert(pkid, key);
-    }
+/// A message due to be sent now.
+struct Due {
+    delivery: Delivery,
+    channel: AgentChannel,
+    body: Vec<u8>,
+    /// Sent before.
+    resend: bool,
+}
 
-    fn acked(&mut self, pkid: u16) {
-        if let Some(Some(key)) = self.in_flight.remove(&pkid) {
-            self.outstanding.remove(&key);
+impl Queue {
+    fn new(stream: Stream, epoch: u64) -> Queue {
+        Queue {
+            stream,
+            epoch,
+            next_seq: 1,
+            held: BTreeMap::new(),
+            next_send: 1,
+            sent_high: 0,
+            progress: Instant::now(),
         }
     }
 
-    /// Takes every unacknowledged transition, for resending on a new connection.
-    fn take_outstanding(&mut self) -> Vec<ActionEvent> {
-        self.queued.clear();
-        self.in_flight.clear();
-        std::mem::take(&mut self.outstanding)
-            .into_values()
-            .collect()
+    fn push(&mut self, channel: AgentChannel, body: Vec<u8>) {
+        self.held.insert(self.next_seq, Entry { channel, body });
+        self.next_seq += 1;
+    }
+
+    /// The lowest sequence number still held (the next one when nothing is).
+    fn floor(&self) -> u64 {
+        self.held.keys().next().copied().unwrap_or(self.next_seq)
+    }
+
+    /// Forgets everything up to `upto` if `epoch` is this queue's; returns how many.
+    fn ack(&mut self, epoch: u64, upto: u64) -> u64 {
+        if epoch != self.epoch {
+            return 0;
+        }
+        let before = self.held.len();
+        self.held = self.held.split_off(&upto.saturating_add(1));
+        let forgotten = (before - self.held.len()) as u64;
+        if forgotten > 0 {
+            self.progress = Instant::now();
+        }
+        forgotten
+    }
+
+    /// Sends everything again from the floor (a new connection).
+    fn restart(&mut self) {
+        self.next_send = self.floor();
+        self.progress = Instant::now();
+    }
+
+    /// Takes what may be sent now: from the cursor up to [`IN_FLIGHT`] above the floor,
+    /// starting over at the floor when nothing was acknowledged for [`RESEND_AFTER`]
+    /// (then it returns true: the queue stalled).
+    fn due(&mut self, out: &mut Vec<Due>) -> bool {
+        let mut stalled = false;
+        let floor = self.floor();
+        if self.next_send < floor {
+            self.next_send = floor;
+        }
+        if self.next_send > floor && self.progress.elapsed() >= RESEND_AFTER {
+            tracing::info!(
+                stream = self.stream.as_str(),
+                from = floor,
+                unacknowledged = self.next_send - floor,
+                "no acknowledgement for {RESEND_AFTER:?}: sending again"
+            );
+            self.next_send = floor;
+            self.progress = Instant::now();
+            stalled = true;
+        }
+        let limit = floor.saturating_add(IN_FLIGHT);
+        for (&seq, entry) in self.held.range(self.next_send..limit) {
+            if self.next_send <= floor {
+                // The first message of a new run of sends: acknowledgements are due.
+                self.progress = Instant::now();
+            }
+            out.push(Due {
+                delivery: Delivery {
+                    stream: self.stream,
+                    epoch: self.epoch,
+                    seq,
+                    floor,
+                },
+                channel: entry.channel,
+                body: entry.body.clone(),
+                resend: seq <= self.sent_high,
+            });
+            self.next_send = seq + 1;
+            self.sent_high = self.sent_high.max(seq);
+        }
+        stalled
     }
 }
 
-type SharedTracker = Arc<Mutex<Tracker>>;
+/// An agent's two queues, shared by its main loop (which fills and sends) and its
+/// connection's driver (which takes in acknowledgements).
+#[derive(Debug)]
+struct Queues {
+    outbox: Queue,
+    metrics: Queue,
+}
 
-fn lock(tracker: &SharedTracker) -> std::sync::MutexGuard<'_, Tracker> {
-    tracker.lock().unwrap_or_else(PoisonError::into_inner)
+impl Queues {
+    fn get(&mut self, stream: Stream) -> &mut Queue {
+        match stream {
+            Stream::Outbox => &mut self.outbox,
+            Stream::Metrics => &mut self.metrics,
+        }
+    }
+
+    /// Messages held in both queues.
+    fn held(&self) -> u64 {
+        (self.outbox.held.len() + self.metrics.held.len()) as u64
+    }
+
+    /// Takes in an acknowledgement; returns how many messages it let go.
+    fn take_ack(&mut self, ack: &DeliveryAck) -> u64 {
+        ack.streams
+            .iter()
+            .map(|s| self.get(s.stream).ack(s.epoch, s.upto))
+            .sum()
+    }
+}
+
+type SharedQueues = Arc<Mutex<Queues>>;
+
+fn lock(queues: &SharedQueues) -> MutexGuard<'_, Queues> {
+    queues.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a connection's driver needs to take in acknowledgements.
+struct AckInbox {
+    topic: String,
+    host: String,
+    /// The coordinator's key (`None`: acknowledgements are trusted as the broker
+    /// delivers them).
+    key: Option<PublicKey>,
+    queues: SharedQueues,
+    /// Woken when an acknowledgement let messages go (room to send more).
+    wake: Arc<Notify>,
+}
+
+impl AckInbox {
+    fn take(&self, payload: &[u8], shared: &Shared) {
+        match delivery::open(payload, self.key.as_ref(), &self.host) {
+            Ok(ack) => {
+                let forgotten = lock(&self.queues).take_ack(&ack);
+                if forgotten > 0 {
+                    shared
+                        .counters
+                        .stored
+                        .fetch_add(forgotten, Ordering::Relaxed);
+                    self.wake.notify_one();
+                }
+            }
+            Err(e) => {
+                Counters::inc(&shared.counters.acks_refused);
+                tracing::warn!(host = %self.host, "refused an acknowledgement: {e}");
+            }
+        }
+    }
 }
 
 /// One MQTT connection: the client and the task that drives its event loop.
@@ -188,13 +386,15 @@ struct Session {
 }
 
 impl Session {
-    /// Opens a connection; its last will is sealed (and armed) here, so the caller's
-    /// online status, sealed after, names it.
+    /// Opens a connection and subscribes to the agent's acknowledgements (queued first,
+    /// so the subscription is in place before anything this connection sends is
+    /// stored); its last will is sealed (and armed) here, so the caller's online status,
+    /// sealed after, names it.
     fn open(
         me: &Identity,
         plan: &Plan,
         shared: &Arc<Shared>,
-        tracker: &SharedTracker,
+        inbox: &Arc<AckInbox>,
         sealer: &Sealer,
     ) -> Session {
         let (user, pass) = match (&plan.credentials, &me.login) {
@@ -219,12 +419,15 @@ impl Session {
             true,
         ));
         let (client, mut eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+        if let Err(e) = client.try_subscribe(inbox.topic.clone(), QoS::AtLeastOnce) {
+            tracing::warn!(host = %me.host, "cannot subscribe to acknowledgements: {e}");
+        }
         let (dead_tx, dead) = watch::channel(false);
         let connected = Arc::new(AtomicBool::new(false));
         let closing = Arc::new(AtomicBool::new(false));
         let driver = {
             let shared = Arc::clone(shared);
-            let tracker = Arc::clone(tracker);
+            let inbox = Arc::clone(inbox);
             let connected = Arc::clone(&connected);
             let closing = Arc::clone(&closing);
             tokio::spawn(async move {
@@ -235,12 +438,11 @@ impl Session {
                             Counters::inc(&shared.counters.connected);
                             Counters::inc(&shared.counters.connects);
                         }
-                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                            lock(&tracker).acked(ack.pkid);
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
                             Counters::inc(&shared.counters.acked);
                         }
-                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                            lock(&tracker).written(pkid)
+                        Ok(Event::Incoming(Packet::Publish(p))) if p.topic == inbox.topic => {
+                            inbox.take(&p.payload, &shared);
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -253,6 +455,7 @@ impl Session {
                     }
                 }
                 let _ = dead_tx.send(true);
+                inbox.wake.notify_one();
             })
         };
         Session {
@@ -282,9 +485,16 @@ impl Session {
     fn is_dead(&self) -> bool {
         *self.dead.borrow()
     }
+
+    /// Publishes at QoS 1; false if the connection is gone.
+    async fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) -> bool {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .is_ok()
+    }
 }
 
-/// The retained status a virtual agent publishes (and its last will).
 fn status(me: &Identity, state: AgentState) -> AgentStatus {
     AgentStatus {
         host: me.host.clone(),
@@ -363,49 +573,99 @@ fn rng_target(index: usize) -> usize {
     index % 7
 }
 
-/// Publishes at QoS 1, tracking action transitions; false if the connection is gone.
-async fn publish(
-    session: &Session,
-    tracker: &SharedTracker,
-    topic: String,
-    retain: bool,
-    payload: Vec<u8>,
-    action: Option<ActionEvent>,
-) -> bool {
-    lock(tracker).queue(action);
-    session
-        .client
-        .publish(topic, QoS::AtLeastOnce, retain, payload)
-        .await
-        .is_ok()
+/// The topics one agent publishes on.
+struct AgentTopics {
+    metrics: String,
+    actions: String,
+    status: String,
 }
 
-/// Publishes one action transition, sealed now (a resend or an injected duplicate is a
-/// new seal, as a real agent's outbox seals at send time: the coordinator's idempotent
-/// store is what keeps it from being stored twice), tracked until acknowledged. A failed
-/// hand-over leaves it outstanding: it is resent on the next connection.
-async fn publish_action(
+impl AgentTopics {
+    fn of(&self, channel: AgentChannel) -> &str {
+        match channel {
+            AgentChannel::Actions => &self.actions,
+            AgentChannel::Status => &self.status,
+            _ => &self.metrics,
+        }
+    }
+}
+
+/// Sends what both queues have due, each message sealed with its place in its queue; an
+/// action transition sent for the first time goes out twice when the duplicate dice say
+/// so (the coordinator must store it once). An agent that expects no acknowledgements
+/// (not enrolled: nothing stores what it sends) forgets each message once sent. False if
+/// the connection is gone.
+#[allow(clippy::too_many_arguments)]
+async fn send_due(
     session: &Session,
-    tracker: &SharedTracker,
+    queues: &SharedQueues,
     sealer: &Sealer,
-    topic: &str,
-    event: ActionEvent,
-) {
-    let payload = sealer.seal(AgentChannel::Actions, wire::encode(&event));
-    let _ = publish(
-        session,
-        tracker,
-        topic.to_string(),
-        false,
-        payload,
-        Some(event),
-    )
-    .await;
+    topics: &AgentTopics,
+    chaos: &Chaos,
+    rng: &mut StdRng,
+    shared: &Shared,
+    acknowledged: bool,
+) -> bool {
+    let mut due = Vec::new();
+    {
+        let mut queues = lock(queues);
+        for stalled in [queues.outbox.due(&mut due), queues.metrics.due(&mut due)] {
+            if stalled {
+                Counters::inc(&shared.counters.stalls);
+            }
+        }
+    }
+    for item in due {
+        let stream = item.delivery.stream;
+        let copies = if stream == Stream::Outbox
+            && !item.resend
+            && chaos.duplicate_rate > 0.0
+            && rng.random_bool(chaos.duplicate_rate)
+        {
+            2
+        } else {
+            1
+        };
+        for copy in 0..copies {
+            let payload = sealer.seal_queued(item.channel, item.body.clone(), item.delivery);
+            if !session
+                .publish(topics.of(item.channel), false, payload)
+                .await
+            {
+                Counters::inc(&shared.counters.send_failures);
+                return false;
+            }
+            if item.resend || copy > 0 {
+                Counters::inc(match stream {
+                    Stream::Outbox => &shared.counters.action_redeliveries,
+                    Stream::Metrics => &shared.counters.batch_resends,
+                });
+            }
+        }
+        if !acknowledged {
+            lock(queues)
+                .get(stream)
+                .ack(item.delivery.epoch, item.delivery.seq);
+        }
+    }
+    true
 }
 
-/// Runs one virtual agent until the plan's duration has passed, its batches are sent,
-/// or `stop` turns true; then waits for its outstanding action transitions to be
-/// acknowledged and disconnects cleanly.
+/// The coordinator's key from an enrollment, if it names one that reads.
+fn coordinator_key(me: &Identity) -> Option<PublicKey> {
+    let hex = me.login.as_ref()?.coordinator_key.as_deref()?;
+    match PublicKey::from_hex(hex) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            tracing::warn!(host = %me.host, "the enrollment's coordinator key does not read ({e}); acknowledgements are not checked");
+            None
+        }
+    }
+}
+
+/// Runs one virtual agent until the plan's duration has passed, its batches are
+/// generated, or `stop` turns true; then waits for its queues to be acknowledged (up to
+/// [`DRAIN_TIMEOUT`]) and disconnects cleanly.
 pub async fn run(
     me: Identity,
     plan: Arc<Plan>,
@@ -421,18 +681,35 @@ pub async fn run(
     );
     // Seals with a key the coordinator never enrolled (the `forged` fault).
     let forger = Sealer::new(me.host.clone(), AgentKey::generate());
-    let tracker: SharedTracker = Arc::default();
+    // Only an enrolled agent has a coordinator to store (and acknowledge) what it sends.
+    let acknowledged = me.login.is_some();
+    // Epochs are random, not from the seeded dice: a later run under the same host names
+    // is a new stream, not a repeat of the earlier one.
+    let queues: SharedQueues = Arc::new(Mutex::new(Queues {
+        outbox: Queue::new(Stream::Outbox, rand::random()),
+        metrics: Queue::new(Stream::Metrics, rand::random()),
+    }));
+    let inbox = Arc::new(AckInbox {
+        topic: topics::agent(&me.host, AgentChannel::Acks),
+        host: me.host.clone(),
+        key: coordinator_key(&me),
+        queues: Arc::clone(&queues),
+        wake: Arc::new(Notify::new()),
+    });
+    let agent_topics = AgentTopics {
+        metrics: topics::agent(&me.host, AgentChannel::Metrics),
+        actions: topics::agent(&me.host, AgentChannel::Actions),
+        status: topics::agent(&me.host, AgentChannel::Status),
+    };
     let started = Instant::now();
     let mut ticker = tokio::time::interval(plan.interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u64 = 0;
-    let mut sent_batches: u64 = 0;
-    let mut resend: Vec<ActionEvent> = Vec::new();
+    let mut generated_batches: u64 = 0;
     let mut drain_deadline: Option<Instant> = None;
     let mut last_ts_ms: i64 = 0;
-    let metrics_topic = topics::agent(&me.host, AgentChannel::Metrics);
-    let actions_topic = topics::agent(&me.host, AgentChannel::Actions);
-    let status_topic = topics::agent(&me.host, AgentChannel::Status);
+    // Connections in a row that ended before they came up.
+    let mut failures: u32 = 0;
     // Encodings used for the malformed kinds that need whole messages (sealed when sent).
     let invalid = {
         let mut b = batch(&me, 0, 1, &mut rng, now_ms());
@@ -446,125 +723,167 @@ pub async fn run(
     };
 
     'sessions: loop {
-        let session = Session::open(&me, &plan, &shared, &tracker, &sealer);
+        let session = Session::open(&me, &plan, &shared, &inbox, &sealer);
         let online = sealer.seal(
             AgentChannel::Status,
             wire::encode(&status(&me, AgentState::Online)),
         );
-        if publish(&session, &tracker, status_topic.clone(), true, online, None).await {
+        if session.publish(&agent_topics.status, true, online).await {
             Counters::inc(&shared.counters.statuses);
         }
-        for event in resend.drain(..) {
-            Counters::inc(&shared.counters.action_redeliveries);
-            publish_action(&session, &tracker, &sealer, &actions_topic, event).await;
+        // Whatever was sent on an earlier connection may be lost: all of it again.
+        {
+            let mut queues = lock(&queues);
+            queues.outbox.restart();
+            queues.metrics.restart();
         }
         loop {
             if session.is_dead() {
+                // As a real agent backs off: longer after each connection that never
+                // came up (a broker that is down or overwhelmed), up to ten pauses.
+                if session.connected.load(Ordering::Relaxed) {
+                    failures = 0;
+                } else {
+                    failures = failures.saturating_add(1);
+                }
                 session.close(&shared, true).await;
-                resend = lock(&tracker).take_outstanding();
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+                tokio::time::sleep(RECONNECT_PAUSE * failures.clamp(1, 10)).await;
                 continue 'sessions;
             }
             let finished = started.elapsed() >= plan.duration
-                || plan.batches_per_agent.is_some_and(|n| sent_batches >= n)
+                || plan
+                    .batches_per_agent
+                    .is_some_and(|n| generated_batches >= n)
                 || *stop.borrow();
             if finished {
-                // Wait for outstanding action transitions to be acknowledged (a lost
-                // connection meanwhile resends them), then leave cleanly.
+                // Wait for both queues to be acknowledged (a lost connection meanwhile
+                // sends them again), then leave cleanly.
                 let deadline =
                     *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
-                let outstanding = lock(&tracker).outstanding.len();
-                if outstanding == 0 || Instant::now() > deadline {
-                    if outstanding > 0 {
-                        tracing::warn!(host = %me.host, outstanding, "action transitions still unacknowledged after {DRAIN_TIMEOUT:?}");
+                let held = if acknowledged {
+                    lock(&queues).held()
+                } else {
+                    0
+                };
+                if held == 0 || Instant::now() > deadline {
+                    if held > 0 {
+                        tracing::warn!(host = %me.host, held, "queued messages still unacknowledged after {DRAIN_TIMEOUT:?}");
+                        shared
+                            .counters
+                            .unacknowledged
+                            .fetch_add(held, Ordering::Relaxed);
                     }
                     let offline = sealer.seal(
                         AgentChannel::Status,
                         wire::encode(&status(&me, AgentState::Offline)),
                     );
-                    if publish(
-                        &session,
-                        &tracker,
-                        status_topic.clone(),
-                        true,
-                        offline,
-                        None,
-                    )
-                    .await
-                    {
+                    if session.publish(&agent_topics.status, true, offline).await {
                         Counters::inc(&shared.counters.statuses);
                     }
                     session.close(&shared, false).await;
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                send_due(
+                    &session,
+                    &queues,
+                    &sealer,
+                    &agent_topics,
+                    &plan.chaos,
+                    &mut rng,
+                    &shared,
+                    acknowledged,
+                )
+                .await;
+                tokio::select! {
+                    _ = inbox.wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_CHECK) => {}
+                }
                 continue;
             }
-            if plan.interval.is_zero() {
-                tokio::task::yield_now().await;
+            let tick = if plan.interval.is_zero() {
+                // As fast as the coordinator stores: generate only while little waits.
+                if lock(&queues).metrics.held.len() as u64 >= 2 * IN_FLIGHT {
+                    tokio::select! {
+                        _ = inbox.wake.notified() => {}
+                        _ = tokio::time::sleep(IDLE_CHECK) => {}
+                        _ = stop.changed() => {}
+                    }
+                    false
+                } else {
+                    tokio::task::yield_now().await;
+                    true
+                }
             } else {
                 tokio::select! {
-                    _ = ticker.tick() => {}
+                    _ = ticker.tick() => true,
+                    _ = inbox.wake.notified() => false,
+                    _ = tokio::time::sleep(IDLE_CHECK) => false,
                     _ = stop.changed() => continue,
                 }
-            }
-            if plan.chaos.disconnect_rate > 0.0 && rng.random_bool(plan.chaos.disconnect_rate) {
-                Counters::inc(&shared.counters.abrupt_disconnects);
-                session.close(&shared, true).await;
-                resend = lock(&tracker).take_outstanding();
-                // As a real agent backs off: the broker sends the last will of this
-                // connection before the next one's online status arrives.
-                tokio::time::sleep(RECONNECT_PAUSE).await;
-                continue 'sessions;
-            }
-            let rate = plan.mode.batches_per_tick(started.elapsed(), plan.duration);
-            let whole = rate.floor();
-            let count = whole as u64 + u64::from(rng.random_bool((rate - whole).clamp(0.0, 1.0)));
-            for _ in 0..count {
-                if plan.batches_per_agent.is_some_and(|n| sent_batches >= n) {
-                    break;
+            };
+            if tick {
+                if plan.chaos.disconnect_rate > 0.0 && rng.random_bool(plan.chaos.disconnect_rate) {
+                    Counters::inc(&shared.counters.abrupt_disconnects);
+                    session.close(&shared, true).await;
+                    // As a real agent backs off: the broker sends the last will of this
+                    // connection before the next one's online status arrives.
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    continue 'sessions;
                 }
-                // One point per series and millisecond, as a real agent sends: batches
-                // sent faster than that get the next free millisecond.
-                last_ts_ms = now_ms().max(last_ts_ms + 1);
-                let mut ts_ms = last_ts_ms;
-                let mut batch_seq = seq;
-                let late = plan.chaos.out_of_order_rate > 0.0
-                    && rng.random_bool(plan.chaos.out_of_order_rate);
-                if late {
-                    ts_ms -= rng.random_range(1_000..3_600_000);
-                    batch_seq = seq.saturating_sub(rng.random_range(1..10));
-                }
-                let encoded = wire::encode(&batch(
-                    &me,
-                    batch_seq,
-                    plan.samples_per_batch,
-                    &mut rng,
-                    ts_ms,
-                ));
-                seq += 1;
-                if plan.chaos.malformed_rate > 0.0 && rng.random_bool(plan.chaos.malformed_rate) {
-                    let kind = Malformed::pick(&mut rng);
-                    let bad = kind.payload(|what| match what {
-                        Ingredient::Sealed => sealer.seal(AgentChannel::Metrics, encoded),
-                        Ingredient::SealedInvalid => {
-                            sealer.seal(AgentChannel::Metrics, invalid.clone())
-                        }
-                        Ingredient::SealedOtherHost => {
-                            sealer.seal(AgentChannel::Metrics, other_host.clone())
-                        }
-                        Ingredient::Forged => forger.seal(AgentChannel::Metrics, encoded),
-                    });
-                    if publish(&session, &tracker, metrics_topic.clone(), false, bad, None).await {
-                        shared.counters.malformed_sent(kind);
-                    } else {
-                        Counters::inc(&shared.counters.send_failures);
+                let rate = plan.mode.batches_per_tick(started.elapsed(), plan.duration);
+                let whole = rate.floor();
+                let count =
+                    whole as u64 + u64::from(rng.random_bool((rate - whole).clamp(0.0, 1.0)));
+                for _ in 0..count {
+                    if plan
+                        .batches_per_agent
+                        .is_some_and(|n| generated_batches >= n)
+                    {
+                        break;
                     }
-                    continue;
-                }
-                let good = sealer.seal(AgentChannel::Metrics, encoded);
-                if publish(&session, &tracker, metrics_topic.clone(), false, good, None).await {
-                    sent_batches += 1;
+                    // One point per series and millisecond, as a real agent sends: batches
+                    // made faster than that get the next free millisecond.
+                    last_ts_ms = now_ms().max(last_ts_ms + 1);
+                    let mut ts_ms = last_ts_ms;
+                    let mut batch_seq = seq;
+                    let late = plan.chaos.out_of_order_rate > 0.0
+                        && rng.random_bool(plan.chaos.out_of_order_rate);
+                    if late {
+                        ts_ms -= rng.random_range(1_000..3_600_000);
+                        batch_seq = seq.saturating_sub(rng.random_range(1..10));
+                    }
+                    let encoded = wire::encode(&batch(
+                        &me,
+                        batch_seq,
+                        plan.samples_per_batch,
+                        &mut rng,
+                        ts_ms,
+                    ));
+                    seq += 1;
+                    if plan.chaos.malformed_rate > 0.0 && rng.random_bool(plan.chaos.malformed_rate)
+                    {
+                        // Not queued: published once, as it is, to be refused.
+                        let kind = Malformed::pick(&mut rng);
+                        let bad = kind.payload(|what| match what {
+                            Ingredient::Sealed => sealer.seal(AgentChannel::Metrics, encoded),
+                            Ingredient::SealedInvalid => {
+                                sealer.seal(AgentChannel::Metrics, invalid.clone())
+                            }
+                            Ingredient::SealedOtherHost => {
+                                sealer.seal(AgentChannel::Metrics, other_host.clone())
+                            }
+                            Ingredient::Forged => forger.seal(AgentChannel::Metrics, encoded),
+                        });
+                        if session.publish(&agent_topics.metrics, false, bad).await {
+                            shared.counters.malformed_sent(kind);
+                        } else {
+                            Counters::inc(&shared.counters.send_failures);
+                        }
+                        continue;
+                    }
+                    lock(&queues).metrics.push(AgentChannel::Metrics, encoded);
+                    shared.record_batch(&me.host, plan.samples_per_batch, ts_ms);
+                    generated_batches += 1;
                     Counters::inc(&shared.counters.batches);
                     if late {
                         Counters::inc(&shared.counters.out_of_order);
@@ -573,36 +892,97 @@ pub async fn run(
                         .counters
                         .samples
                         .fetch_add(plan.samples_per_batch as u64, Ordering::Relaxed);
-                } else {
-                    Counters::inc(&shared.counters.send_failures);
-                }
-                if plan.action_every > 0 && seq % plan.action_every == 0 {
-                    for event in action_lifecycle(&me, &mut rng) {
-                        shared.record_transition(&event);
-                        Counters::inc(&shared.counters.action_transitions);
-                        let copies = if plan.chaos.duplicate_rate > 0.0
-                            && rng.random_bool(plan.chaos.duplicate_rate)
-                        {
-                            2
-                        } else {
-                            1
-                        };
-                        for copy in 0..copies {
-                            if copy > 0 {
-                                Counters::inc(&shared.counters.action_redeliveries);
-                            }
-                            publish_action(
-                                &session,
-                                &tracker,
-                                &sealer,
-                                &actions_topic,
-                                event.clone(),
-                            )
-                            .await;
+                    if plan.action_every > 0 && seq % plan.action_every == 0 {
+                        for event in action_lifecycle(&me, &mut rng) {
+                            shared.record_transition(&event);
+                            Counters::inc(&shared.counters.action_transitions);
+                            lock(&queues)
+                                .outbox
+                                .push(AgentChannel::Actions, wire::encode(&event));
                         }
                     }
                 }
             }
+            send_due(
+                &session,
+                &queues,
+                &sealer,
+                &agent_topics,
+                &plan.chaos,
+                &mut rng,
+                &shared,
+                acknowledged,
+            )
+            .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_with(n: u64) -> Queue {
+        let mut q = Queue::new(Stream::Metrics, 7);
+        for i in 0..n {
+            q.push(AgentChannel::Metrics, vec![i as u8]);
+        }
+        q
+    }
+
+    fn seqs(due: &[Due]) -> Vec<u64> {
+        due.iter().map(|d| d.delivery.seq).collect()
+    }
+
+    #[test]
+    fn at_most_the_in_flight_bound_goes_out_and_acks_make_room() {
+        let mut q = queue_with(IN_FLIGHT + 10);
+        let mut due = Vec::new();
+        q.due(&mut due);
+        assert_eq!(seqs(&due), (1..=IN_FLIGHT).collect::<Vec<_>>());
+        assert!(due.iter().all(|d| d.delivery.floor == 1 && !d.resend));
+        due.clear();
+        q.due(&mut due);
+        assert!(due.is_empty());
+        // Another epoch's acknowledgement changes nothing.
+        assert_eq!(q.ack(8, 100), 0);
+        assert_eq!(q.ack(7, 5), 5);
+        assert_eq!(q.floor(), 6);
+        q.due(&mut due);
+        assert_eq!(
+            seqs(&due),
+            (IN_FLIGHT + 1..=IN_FLIGHT + 5).collect::<Vec<_>>()
+        );
+        assert!(due.iter().all(|d| d.delivery.floor == 6));
+    }
+
+    #[test]
+    fn a_new_connection_sends_everything_unacknowledged_again() {
+        let mut q = queue_with(4);
+        let mut due = Vec::new();
+        q.due(&mut due);
+        assert_eq!(q.ack(7, 2), 2);
+        q.restart();
+        due.clear();
+        q.due(&mut due);
+        assert_eq!(seqs(&due), vec![3, 4]);
+        assert!(due.iter().all(|d| d.resend));
+        assert_eq!(q.ack(7, 4), 2);
+        assert_eq!(q.floor(), 5);
+        q.push(AgentChannel::Metrics, vec![9]);
+        due.clear();
+        q.due(&mut due);
+        assert_eq!(seqs(&due), vec![5]);
+        assert!(!due[0].resend);
+    }
+
+    #[test]
+    fn a_batch_holds_one_sample_per_series() {
+        let series = series_of_batch(25);
+        assert_eq!(series.len(), 25);
+        assert_eq!(series[0], ("cpu_percent", "0".to_string()));
+        assert_eq!(series[24], ("load5", "2".to_string()));
+        let distinct: BTreeSet<_> = series.iter().collect();
+        assert_eq!(distinct.len(), 25);
     }
 }

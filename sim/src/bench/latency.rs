@@ -2,8 +2,9 @@
 //! queryable over REST, p50 and p99, through the embedded broker and — the same-run
 //! baseline — through Mosquitto as an external broker.
 //!
-//! A probe — an enrolled agent, sealing what it sends — publishes one batch at a time
-//! (QoS 1, like an agent) holding one sample
+//! A probe — an enrolled agent, sealing what it sends with its place in a metrics queue
+//! of its own (it holds only the current batch: the floor is its sequence number) —
+//! publishes one batch at a time (QoS 1, like an agent) holding one sample
 //! whose value is the probe's sequence number, then polls
 //! `GET /api/v1/metrics/query` until that value comes back; the time from handing the
 //! batch to the MQTT client to the first answer that holds it is one measurement.
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, QoS};
 use vigil_shared::agent_auth::Sealer;
+use vigil_shared::delivery::{Delivery, Stream};
 use vigil_shared::mqtt::client_options;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
@@ -118,6 +120,7 @@ async fn measure(
 
     // The probe is an enrolled agent too: its login, its client id, its seal.
     let sealer = Sealer::new(PROBE_HOST, probe.key());
+    let epoch: u64 = rand::random();
     // The bench starts its own plaintext brokers, so this cannot fail.
     let options = client_options(
         &vigil_shared::mqtt::agent_client_id(PROBE_HOST),
@@ -159,16 +162,25 @@ async fn measure(
             coordinator.http,
             ts_ms - 1
         );
+        // Queue position seq + 1 (from 1); nothing older is held.
+        let delivery = Delivery {
+            stream: Stream::Metrics,
+            epoch,
+            seq: seq + 1,
+            floor: seq + 1,
+        };
+        let encoded = wire::encode(&batch);
         let sent = Instant::now();
         client
             .publish(
                 topic.as_str(),
                 QoS::AtLeastOnce,
                 false,
-                sealer.seal(AgentChannel::Metrics, wire::encode(&batch)),
+                sealer.seal_queued(AgentChannel::Metrics, encoded.clone(), delivery),
             )
             .await
             .map_err(|e| BenchError::Failed(format!("probe publish: {e}")))?;
+        let mut resent = Instant::now();
         let timeout = if seq == 0 {
             Duration::from_secs(30)
         } else {
@@ -189,6 +201,17 @@ async fn measure(
                 return Err(BenchError::Failed(format!(
                     "{label}: probe {seq} was not queryable after {timeout:?}"
                 )));
+            }
+            // Sent before the connection was up, or lost with it: again, as an agent
+            // sends what is not acknowledged (stored once however often it comes).
+            if resent.elapsed() > Duration::from_secs(2) {
+                resent = Instant::now();
+                let _ = client.try_publish(
+                    topic.as_str(),
+                    QoS::AtLeastOnce,
+                    false,
+                    sealer.seal_queued(AgentChannel::Metrics, encoded.clone(), delivery),
+                );
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
