@@ -273,7 +273,8 @@ impl Coordinator {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(crate::mqtt::acks::run(
-            publisher.clone(),
+            client_options("-acks")?,
+            Arc::clone(&keys),
             ack_notes_rx,
             stop_rx.clone(),
         )));

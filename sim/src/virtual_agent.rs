@@ -73,6 +73,9 @@ pub const METRICS: [&str; 10] = [
 pub const IN_FLIGHT: u64 = 256;
 /// How long sent messages may wait for an acknowledgement before they are sent again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// The longest wait before sending again (the wait doubles while resends bring nothing,
+/// so that a coordinator that is behind is not flooded with copies).
+pub const RESEND_MAX: Duration = Duration::from_secs(80);
 /// How long a finished agent waits for its queues to be acknowledged before it
 /// disconnects.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -208,6 +211,9 @@ struct Queue {
     sent_high: u64,
     /// When an acknowledgement last moved the floor, or sending last restarted.
     progress: Instant,
+    /// How long to wait without progress before sending again: [`RESEND_AFTER`], doubled
+    /// after every resend that brought nothing (up to [`RESEND_MAX`]).
+    resend_after: Duration,
 }
 
 /// A message due to be sent now.
@@ -229,6 +235,7 @@ impl Queue {
             next_send: 1,
             sent_high: 0,
             progress: Instant::now(),
+            resend_after: RESEND_AFTER,
         }
     }
 
@@ -252,6 +259,7 @@ impl Queue {
         let forgotten = (before - self.held.len()) as u64;
         if forgotten > 0 {
             self.progress = Instant::now();
+            self.resend_after = RESEND_AFTER;
         }
         forgotten
     }
@@ -271,15 +279,17 @@ impl Queue {
         if self.next_send < floor {
             self.next_send = floor;
         }
-        if self.next_send > floor && self.progress.elapsed() >= RESEND_AFTER {
+        if self.next_send > floor && self.progress.elapsed() >= self.resend_after {
             tracing::info!(
                 stream = self.stream.as_str(),
                 from = floor,
                 unacknowledged = self.next_send - floor,
-                "no acknowledgement for {RESEND_AFTER:?}: sending again"
+                "no acknowledgement for {:?}: sending again",
+                self.resend_after
             );
             self.next_send = floor;
             self.progress = Instant::now();
+            self.resend_after = (self.resend_after * 2).min(RESEND_MAX);
             stalled = true;
         }
         let limit = floor.saturating_add(IN_FLIGHT);

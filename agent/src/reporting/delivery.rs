@@ -8,8 +8,9 @@
 //! acknowledgement on `vigil/v1/agents/{host}/acks` after each commit; this task deletes
 //! what it covers. At most [`IN_FLIGHT`] messages per queue go out unacknowledged. After
 //! a reconnection, or when nothing has been acknowledged for [`RESEND_AFTER`] while
-//! messages wait, everything not acknowledged is sent again from the floor: the
-//! coordinator stores each message once, however often it comes.
+//! messages wait (doubling up to [`RESEND_MAX`] while resends bring nothing), everything
+//! not acknowledged is sent again from the floor: the coordinator stores each message
+//! once, however often it comes.
 //!
 //! The acknowledgements also carry the coordinator's clock: the difference to the
 //! agent's is reported in its status ([`DeliveryReport`]).
@@ -35,6 +36,9 @@ pub const IN_FLIGHT: u64 = 256;
 
 /// How long sent messages may wait for an acknowledgement before they are sent again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// The longest wait before sending again: the wait doubles while resends bring nothing,
+/// so that a coordinator that is behind is not flooded with copies.
+pub const RESEND_MAX: Duration = Duration::from_secs(80);
 
 /// How often the spool's newest segment is synced to disk.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
@@ -140,6 +144,8 @@ struct Cursor {
     next: u64,
     /// When an acknowledgement last moved the floor, or sending last restarted.
     progress: Instant,
+    /// How long to wait without progress before sending again.
+    resend_after: Duration,
 }
 
 /// Everything the task needs.
@@ -179,6 +185,7 @@ impl DeliveryTask {
             stream,
             next: 0,
             progress: Instant::now(),
+            resend_after: RESEND_AFTER,
         });
         let mut last_sync = Instant::now();
         loop {
@@ -297,15 +304,17 @@ impl DeliveryTask {
             cursor.next = floor;
         }
         // Nothing acknowledged for a while although messages wait: send them again.
-        if cursor.next > floor && cursor.progress.elapsed() >= RESEND_AFTER {
+        if cursor.next > floor && cursor.progress.elapsed() >= cursor.resend_after {
             tracing::info!(
                 stream = cursor.stream.as_str(),
                 from = floor,
                 unacknowledged = cursor.next - floor,
-                "no acknowledgement for {RESEND_AFTER:?}: sending again"
+                "no acknowledgement for {:?}: sending again",
+                cursor.resend_after
             );
             cursor.next = floor;
             cursor.progress = Instant::now();
+            cursor.resend_after = (cursor.resend_after * 2).min(RESEND_MAX);
         }
         while cursor.next < floor.saturating_add(IN_FLIGHT) {
             let room = (floor + IN_FLIGHT - cursor.next).min(READ_BATCH as u64) as usize;
@@ -437,6 +446,7 @@ impl DeliveryTask {
             }
             if self.floor(stream_ack.stream) > floor_before {
                 cursor.progress = Instant::now();
+                cursor.resend_after = RESEND_AFTER;
             }
         }
     }

@@ -6,6 +6,8 @@
 //! `vigil/v1/agents/{host}/acks`, signed with the coordinator's key. An agent forgets
 //! queued messages only when such an acknowledgement covers them.
 //!
+//! They go out on a connection of their own, so that a fleet's acknowledgements never
+//! crowd the ingest connection's queue (where the broker's deliveries are acknowledged).
 //! An acknowledgement that cannot be queued (the connection is down or busy) is dropped:
 //! the agent sends the messages again, the store finds them already stored, and a new
 //! acknowledgement follows.
@@ -13,10 +15,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
 use tokio::sync::{mpsc, watch};
-use vigil_shared::delivery::{DeliveryAck, StreamAck};
+use vigil_shared::bundle::BundleKeys;
+use vigil_shared::delivery::{self, DeliveryAck, StreamAck};
+use vigil_shared::topics::{self, AgentChannel};
 
-use super::publisher::Publisher;
 use crate::store::writer::Stored;
 
 /// How long notes are gathered before they are sent: at most four acknowledgements a
@@ -26,12 +30,46 @@ const GATHER: Duration = Duration::from_millis(250);
 /// How many notes the writer may leave waiting for this task.
 pub const NOTES_QUEUE: usize = 4096;
 
-/// Sends acknowledgements for the writer's notes until `stop` turns true or the writer
-/// is gone.
+/// Sends acknowledgements for the writer's notes, signed with `keys`, on a connection
+/// made with `options`, until `stop` turns true or the writer is gone.
 pub async fn run(
-    publisher: Publisher,
+    options: MqttOptions,
+    keys: std::sync::Arc<BundleKeys>,
     mut notes: mpsc::Receiver<Vec<Stored>>,
     mut stop: watch::Receiver<bool>,
+) {
+    let (client, eventloop) = AsyncClient::new(options, 8192);
+    let driver = tokio::spawn(drive(eventloop, stop.clone()));
+    send(&client, &keys, &mut notes, &mut stop).await;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;
+}
+
+/// Polls the connection (reconnecting after errors) until `stop` turns true.
+async fn drive(mut eventloop: EventLoop, mut stop: watch::Receiver<bool>) {
+    let mut failures: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            event = eventloop.poll() => match event {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(failures, "acknowledgement connection lost the broker: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+                }
+            }
+        }
+    }
+}
+
+async fn send(
+    client: &AsyncClient,
+    keys: &BundleKeys,
+    notes: &mut mpsc::Receiver<Vec<Stored>>,
+    stop: &mut watch::Receiver<bool>,
 ) {
     let mut latest: HashMap<String, Vec<StreamAck>> = HashMap::new();
     loop {
@@ -49,11 +87,16 @@ pub async fn run(
         }
         let now_ms = vigil_shared::time::now_ms();
         for (host, streams) in latest.drain() {
-            publisher.ack(&DeliveryAck {
+            let ack = DeliveryAck {
                 host,
                 coordinator_ms: now_ms,
                 streams,
-            });
+            };
+            let topic = topics::agent(&ack.host, AgentChannel::Acks);
+            let payload = delivery::sign(keys, &ack);
+            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                tracing::debug!(host = %ack.host, "acknowledgement dropped: {e}");
+            }
         }
     }
 }

@@ -93,10 +93,24 @@ pub async fn run(
         skew_logged: HashMap::new(),
     };
     let mut pending: VecDeque<Pending> = VecDeque::new();
+    // Acknowledgements the client's queue had no room for, in order: sent first.
+    let mut unsent: VecDeque<Publish> = VecDeque::new();
     let mut suback_wanted = 0usize;
     let mut redeliver_at: Option<tokio::time::Instant> = None;
     loop {
-        acknowledge_ready(&client, &mut pending, &telemetry, &mut redeliver_at);
+        while let Some(publish) = unsent.front() {
+            if client.try_ack(publish).is_err() {
+                break;
+            }
+            unsent.pop_front();
+        }
+        acknowledge_ready(
+            &client,
+            &mut pending,
+            &mut unsent,
+            &telemetry,
+            &mut redeliver_at,
+        );
         let front = pending.front_mut().and_then(|p| p.answer.as_mut());
         let event = tokio::select! {
             _ = stop.changed() => break,
@@ -108,7 +122,7 @@ pub async fn run(
             } => {
                 if let Some(done) = pending.pop_front() {
                     let stored = matches!(answer, Ok(Ok(_)));
-                    settle(&client, done.publish, stored, &telemetry, &mut redeliver_at);
+                    settle(&client, done.publish, stored, &mut unsent, &telemetry, &mut redeliver_at);
                 }
                 continue;
             }
@@ -124,6 +138,7 @@ pub async fn run(
                     "resuming the broker session to have it send again what the store could not take"
                 );
                 pending.clear();
+                unsent.clear();
                 eventloop.clean();
                 continue;
             }
@@ -134,6 +149,7 @@ pub async fn run(
                 failures = 0;
                 // What was waiting belongs to the old connection: the broker sends it again.
                 pending.clear();
+                unsent.clear();
                 tracing::info!(
                     session_present = ack.session_present,
                     "ingest connected to broker; subscribing to agent topics"
@@ -178,14 +194,30 @@ pub async fn run(
     }
     // Whatever the store already has is acknowledged; the rest the broker keeps.
     let _ = writer.flush().await;
-    acknowledge_ready(&client, &mut pending, &telemetry, &mut redeliver_at);
+    acknowledge_ready(
+        &client,
+        &mut pending,
+        &mut unsent,
+        &telemetry,
+        &mut redeliver_at,
+    );
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while let Some(done) = pending.pop_front() {
             let stored = match done.answer {
                 Some(answer) => matches!(answer.await, Ok(Ok(_))),
                 None => true,
             };
-            settle(&client, done.publish, stored, &telemetry, &mut redeliver_at);
+            settle(
+                &client,
+                done.publish,
+                stored,
+                &mut unsent,
+                &telemetry,
+                &mut redeliver_at,
+            );
+        }
+        for publish in unsent.drain(..) {
+            let _ = client.try_ack(&publish);
         }
         // Let the event loop send the acknowledgements.
         let _ = tokio::time::timeout(Duration::from_millis(200), async {
@@ -206,6 +238,7 @@ pub async fn run(
 fn acknowledge_ready(
     client: &AsyncClient,
     pending: &mut VecDeque<Pending>,
+    unsent: &mut VecDeque<Publish>,
     telemetry: &Telemetry,
     redeliver_at: &mut Option<tokio::time::Instant>,
 ) {
@@ -221,22 +254,32 @@ fn acknowledge_ready(
         let Some(done) = pending.pop_front() else {
             return;
         };
-        settle(client, done.publish, answer, telemetry, redeliver_at);
+        settle(
+            client,
+            done.publish,
+            answer,
+            unsent,
+            telemetry,
+            redeliver_at,
+        );
     }
 }
 
-/// Acknowledges `publish` to the broker if the store took it; otherwise leaves it for the
-/// broker to send again after [`REDELIVER_AFTER`].
+/// Acknowledges `publish` to the broker if the store took it (queued in `unsent` when the
+/// client has no room now, or behind others waiting there: a lost acknowledgement would
+/// hold one of the broker's in-flight slots for good); otherwise leaves it for the broker
+/// to send again after [`REDELIVER_AFTER`].
 fn settle(
     client: &AsyncClient,
     publish: Publish,
     stored: bool,
+    unsent: &mut VecDeque<Publish>,
     telemetry: &Telemetry,
     redeliver_at: &mut Option<tokio::time::Instant>,
 ) {
     if stored {
-        if let Err(e) = client.try_ack(&publish) {
-            tracing::debug!("cannot queue an acknowledgement: {e}");
+        if !unsent.is_empty() || client.try_ack(&publish).is_err() {
+            unsent.push_back(publish);
         }
     } else {
         telemetry.mqtt_unacknowledged.inc();

@@ -11,7 +11,6 @@ use thiserror::Error;
 use tokio::sync::watch;
 use vigil_shared::bundle::BundleKeys;
 use vigil_shared::command_auth;
-use vigil_shared::delivery::{self, DeliveryAck};
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{self, Command};
 
@@ -106,19 +105,6 @@ impl Publisher {
         }
     }
 
-    /// Signs `ack` and queues it for its host's `acks` topic (QoS 1) without waiting; if
-    /// the connection's queue is full it is dropped (see [`super::acks`]).
-    pub fn ack(&self, ack: &DeliveryAck) {
-        let topic = topics::agent(&ack.host, AgentChannel::Acks);
-        let payload = delivery::sign(&self.keys, ack);
-        if let Err(e) = self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload)
-        {
-            tracing::debug!(host = %ack.host, "acknowledgement dropped: {e}");
-        }
-    }
-
     /// A receiver that changes every time the connection is (re)established and has
     /// subscribed to every agent channel.
     pub fn connects(&self) -> watch::Receiver<u64> {
@@ -130,7 +116,7 @@ impl Publisher {
 /// `keys`), and the event loop that [`super::ingest::run`] drives (nothing is sent or received until it
 /// runs).
 pub fn connect(options: MqttOptions, keys: Arc<BundleKeys>) -> (Publisher, EventLoop) {
-    let (client, eventloop) = AsyncClient::new(options, 4096);
+    let (client, eventloop) = AsyncClient::new(options, 1024);
     let connects = Arc::new(watch::channel(0).0);
     (
         Publisher {
