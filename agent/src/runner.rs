@@ -192,7 +192,7 @@ pub async fn run(
         outbox_signal.clone(),
         started_at_ms,
     )?
-    .with_report(delivery_report.clone());
+    .with_alarm(delivery_report.storage_alarm());
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
     status.remediation_paused = queue.paused();
     status.queue = queue.status(started_at_ms);

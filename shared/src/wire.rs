@@ -128,7 +128,7 @@ pub struct DeliveryStatus {
     pub metrics_generated_total: u64,
     /// Bytes the metric buffer holds on disk.
     pub metrics_buffer_bytes: u64,
-    /// Metric batches the full buffer dropped (oldest first), since the buffer was made.
+    /// Metric batches the full buffer dropped (oldest first), since the agent started.
     pub metrics_dropped_total: u64,
     /// Corrupt buffer segments set aside since the agent started.
     pub quarantined_segments_total: u64,

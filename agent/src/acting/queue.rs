@@ -29,9 +29,8 @@ use vigil_shared::wire::{self, ActionState, QueueStatus};
 
 use super::breaker::Breakers;
 use super::job::{Job, Origin};
-use super::store::{AgentStore, AgentStoreError, Counters, OutboxSignal};
+use super::store::{AgentStore, AgentStoreError, Counters, OutboxSignal, StorageAlarm};
 use crate::acting::executors::{ExecError, ExecOutcome, ExecRequest};
-use crate::reporting::delivery::DeliveryReport;
 use crate::system::units::has_unit_type;
 
 /// Runs one attempt (the executors, behind a function so the queue does not care which).
@@ -174,7 +173,7 @@ pub struct ActionQueue {
     /// verification.
     last_policy_action: HashMap<(String, String), String>,
     /// Where the queue says that the store refuses writes.
-    report: Option<Arc<DeliveryReport>>,
+    alarm: Option<StorageAlarm>,
     /// Set while the store refuses writes.
     unsaved: Option<Unsaved>,
 }
@@ -211,7 +210,7 @@ impl ActionQueue {
             running: 0,
             next_seq,
             last_policy_action: HashMap::new(),
-            report: None,
+            alarm: None,
             unsaved: None,
         };
         if queue.settings.paused {
@@ -235,12 +234,11 @@ impl ActionQueue {
         Ok(queue)
     }
 
-    /// Reports in `report` (`delivery.storage_error`) while the store refuses writes.
-    pub fn with_report(mut self, report: Arc<DeliveryReport>) -> ActionQueue {
-        if let Some(unsaved) = &self.unsaved {
-            report.set_storage_error(Some(unsaved.describe()));
-        }
-        self.report = Some(report);
+    /// Sets `alarm` (shown as `delivery.storage_error` in the status) while the store
+    /// refuses writes.
+    pub fn with_alarm(mut self, alarm: StorageAlarm) -> ActionQueue {
+        alarm.set(self.unsaved.as_ref().map(Unsaved::describe));
+        self.alarm = Some(alarm);
         self
     }
 
@@ -817,10 +815,10 @@ impl ActionQueue {
         }
     }
 
-    /// Puts the store's state into the report, if the queue has one.
+    /// Puts the store's state into the alarm, if the queue has one.
     fn report_storage(&self) {
-        if let Some(report) = &self.report {
-            report.set_storage_error(self.storage_error());
+        if let Some(alarm) = &self.alarm {
+            alarm.set(self.storage_error());
         }
     }
 }

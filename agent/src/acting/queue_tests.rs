@@ -498,14 +498,14 @@ async fn on_a_full_disk_the_queue_runs_from_memory_and_saves_everything_later() 
         return;
     };
     let log = Arc::new(Mutex::new(Vec::new()));
-    let report = Arc::new(crate::reporting::delivery::DeliveryReport::new());
+    let alarm = crate::acting::store::StorageAlarm::default();
     let h = harness(
         fails_once(log.clone()),
         fast(),
         Some(tempfile::tempdir_in(&fs.path).unwrap()),
     );
     let mut h = Harness {
-        queue: h.queue.with_report(report.clone()),
+        queue: h.queue.with_alarm(alarm.clone()),
         ..h
     };
 
@@ -562,10 +562,7 @@ async fn on_a_full_disk_the_queue_runs_from_memory_and_saves_everything_later() 
     for id in &ids {
         assert_eq!(ran.iter().filter(|r| *r == id).count(), 2, "{id}: {ran:?}");
     }
-    let reported = report
-        .status()
-        .storage_error
-        .expect("storage error in the status");
+    let reported = alarm.get().expect("storage error in the status");
     assert!(
         reported.contains("cannot write the agent store"),
         "{reported}"
@@ -583,7 +580,7 @@ async fn on_a_full_disk_the_queue_runs_from_memory_and_saves_everything_later() 
     std::fs::remove_file(fs.path.join("filler")).unwrap();
     h.queue.schedule(now + RETRY_SAVE_MS).unwrap();
     assert_eq!(h.queue.storage_error(), None);
-    assert_eq!(report.status().storage_error, None);
+    assert_eq!(alarm.get(), None);
     let stored = events(&h.store);
     assert_eq!(stored.len(), stored_before + held);
     for id in &ids {

@@ -91,6 +91,29 @@ pub struct OutboxEntry {
     pub payload: Vec<u8>,
 }
 
+/// Where the action queue says that the agent store refuses writes (read by the status).
+/// Cheap to clone; clones share one slot.
+#[derive(Debug, Clone, Default)]
+pub struct StorageAlarm(Arc<std::sync::Mutex<Option<String>>>);
+
+impl StorageAlarm {
+    /// Sets (`Some`: why) or clears the alarm.
+    pub fn set(&self, error: Option<String>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
+    /// Why the store refuses writes, while it does.
+    pub fn get(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Wakes the outbox publisher ([`crate::reporting::outbox`]) when new entries are stored.
 #[derive(Clone, Default)]
 pub struct OutboxSignal(Arc<Notify>);

@@ -28,7 +28,7 @@ use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::DeliveryStatus;
 
 use super::spool::Spool;
-use crate::acting::store::{AgentStore, OutboxSignal};
+use crate::acting::store::{AgentStore, OutboxSignal, StorageAlarm};
 
 /// Most messages per queue sent and not yet acknowledged (well inside the coordinator's
 /// window, [`vigil_shared::delivery::WINDOW`]).
@@ -58,7 +58,7 @@ pub struct DeliveryReport {
     /// The agent's clock minus the coordinator's; `i64::MIN`: not measured yet.
     clock_skew_ms: AtomicI64,
     /// Why the agent store cannot be written (set by the action queue).
-    storage_error: Mutex<Option<String>>,
+    storage_error: StorageAlarm,
     /// Why the metric spool cannot be written.
     spool_error: Mutex<Option<String>>,
 }
@@ -83,17 +83,12 @@ impl DeliveryReport {
             metrics_dropped_total: self.metrics_dropped_total.load(Ordering::Relaxed),
             quarantined_segments_total: self.quarantined_segments_total.load(Ordering::Relaxed),
             clock_skew_ms: (skew != i64::MIN).then_some(skew),
-            storage_error: self
-                .storage_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-                .or_else(|| {
-                    self.spool_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clone()
-                }),
+            storage_error: self.storage_error.get().or_else(|| {
+                self.spool_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            }),
         }
     }
 
@@ -105,12 +100,9 @@ impl DeliveryReport {
             .unwrap_or_else(PoisonError::into_inner) = error;
     }
 
-    /// Notes why the agent store cannot be written (`None`: it can again).
-    pub fn set_storage_error(&self, error: Option<String>) {
-        *self
-            .storage_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = error;
+    /// The slot where the action queue says why the agent store cannot be written.
+    pub fn storage_alarm(&self) -> StorageAlarm {
+        self.storage_error.clone()
     }
 
     /// Takes in the spool's figures.

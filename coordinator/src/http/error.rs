@@ -145,3 +145,48 @@ pub fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
         Err(e) => e.into_response(),
     }
 }
+
+#[cfg(test)]
+mod store_error_tests {
+    use super::ApiError;
+    use crate::store::StoreError;
+
+    fn io(code: i32) -> StoreError {
+        StoreError::Lmdb(heed::Error::Io(std::io::Error::from_raw_os_error(code)))
+    }
+
+    #[test]
+    fn a_full_or_over_quota_disk_is_out_of_space_and_answers_507() {
+        let unconverted = StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::Other(122)));
+        for e in [io(28), io(122), unconverted] {
+            assert!(e.is_out_of_space(), "{e}");
+            assert_eq!(e.reason(), "disk_full", "{e}");
+            assert_eq!(ApiError::from(&e).status.as_u16(), 507, "{e}");
+        }
+        let full = StoreError::Full { max_bytes: 1 };
+        assert!(full.is_out_of_space());
+        assert_eq!(full.reason(), "map_full");
+        assert_eq!(ApiError::from(&full).status.as_u16(), 507);
+    }
+
+    #[test]
+    fn a_short_write_answers_507_but_other_errors_do_not() {
+        // LMDB reports a write the file system cut short as EIO.
+        let short = io(5);
+        assert!(!short.is_out_of_space());
+        assert!(short.is_write_refused());
+        assert_eq!(short.reason(), "io");
+        assert_eq!(ApiError::from(&short).status.as_u16(), 507);
+        for e in [
+            io(13),
+            StoreError::Corrupt {
+                db: "hosts",
+                reason: "bad".into(),
+            },
+            StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::Corrupted)),
+        ] {
+            assert!(!e.is_write_refused(), "{e}");
+            assert_eq!(ApiError::from(&e).status.as_u16(), 500, "{e}");
+        }
+    }
+}
