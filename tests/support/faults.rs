@@ -205,7 +205,8 @@ pub struct Tally {
     pub generated: u64,
     /// What its status said it made (`delivery.metrics_generated_total`), if it said.
     pub status_generated: Option<u64>,
-    /// Batches its full buffer dropped, as its status said.
+    /// Batches its full buffer dropped that the coordinator never stored: what the
+    /// coordinator counts as missing.
     pub dropped: u64,
     /// Records still in its spool, not acknowledged.
     pub held: u64,
@@ -217,7 +218,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Batches neither stored nor dropped by the agent: lost on the way.
+    /// Batches neither stored nor counted missing: lost on the way (negative: stored
+    /// more than made, or counted missing although stored).
     pub fn lost(&self) -> i64 {
         self.generated as i64 - self.dropped as i64 - self.stored as i64
     }
@@ -232,7 +234,7 @@ pub fn not_increasing(timestamps: &[i64]) -> u64 {
 pub fn print_table(scenario: &str, tallies: &[Tally], extra: &[String]) {
     let mut out = format!(
         "\n=== {scenario} ===\n{:<26} {:>9} {:>9} {:>8} {:>7} {:>6} {:>5} {:>9}\n",
-        "agent", "generated", "status", "dropped", "stored", "held", "lost", "unordered"
+        "agent", "generated", "status", "missing", "stored", "held", "lost", "unordered"
     );
     for t in tallies {
         out.push_str(&format!(
@@ -268,7 +270,7 @@ pub fn assert_delivered(scenario: &str, tallies: &[Tally]) {
         assert_eq!(
             t.lost(),
             0,
-            "{scenario}: {} lost batches: made {}, dropped {}, stored {}: {t:?}",
+            "{scenario}: {} lost batches: made {}, missing {}, stored {}: {t:?}",
             t.host,
             t.generated,
             t.dropped,
