@@ -174,9 +174,12 @@ pub async fn stored_timestamps(
     let url = format!(
         "{http}/api/v1/metrics/query?name={name}&host={host}&from={from_ms}&to={to_ms}&limit=10000"
     );
-    let request = super::with_token(reqwest::Client::new().get(&url), token)
-        .timeout(Duration::from_secs(20));
-    let response = request.send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    let request =
+        super::with_token(reqwest::Client::new().get(&url), token).timeout(Duration::from_secs(20));
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
     let status = response.status();
     let body: Value = response
         .json()
