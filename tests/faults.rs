@@ -1145,8 +1145,8 @@ async fn agent_clock_ahead_then_behind() {
             format!("vigil_mqtt_messages_rejected_total = {rejected}"),
         ],
     );
-    assert_delivered("clock +6m", &[ahead.clone()]);
-    assert_delivered("clock -90s", &[both.clone()]);
+    assert_delivered("clock +6m", std::slice::from_ref(&ahead));
+    assert_delivered("clock -90s", std::slice::from_ref(&both));
     assert!(
         both.generated > ahead.generated && both.stored > ahead.stored,
         "the agent behind did not get new batches stored: {ahead:?} then {both:?}"
