@@ -11,11 +11,13 @@
 //!   `VIGIL_FAULTS_PARTITION_SECS` (default 20, must-show 300) and a fourth, with a 64 KiB
 //!   buffer, until its buffer overflows;
 //! - `coordinator_restarts_*`: the coordinator SIGKILLed three times and SIGTERMed three
-//!   times under load, on its embedded broker and with a real Mosquitto;
+//!   times under load (four agents at 200 ms), on its embedded broker and with a real
+//!   Mosquitto, up `VIGIL_FAULTS_RESTART_UP_SECS` (default 4) and down
+//!   `VIGIL_FAULTS_RESTART_DOWN_SECS` (default 2) each time;
 //! - `coordinator_disk_full`: the coordinator's data dir on a 16 MiB tmpfs, filled for
 //!   `VIGIL_FAULTS_DISK_FULL_SECS` (default 20, must-show 120);
-//! - `agent_clock_*`: an agent under `faketime` six minutes ahead, then 90 s behind, on
-//!   the same data dir.
+//! - `agent_clock_*`: an agent under libfaketime six minutes ahead, then 90 s behind, on
+//!   the same data dir, `VIGIL_FAULTS_CLOCK_SECS` (default 10) each.
 //!
 //! Run one with `CARGO_TARGET_DIR=… cargo test -p vigil-tests --test faults NAME --
 //! --nocapture`.
@@ -772,7 +774,7 @@ async fn restarts(broker_label: &str, external: Option<&str>, dir: &TestDir) {
         tokio::time::sleep(up).await;
         coordinator.assert_alive("under load");
         lives.push(format!(
-            "life {}: stored {} samples before its {signal}",
+            "life {}: vigil_samples_stored_total {} before its {signal}",
             coordinator.starts,
             coordinator.metric("vigil_samples_stored_total").await
         ));
