@@ -6,7 +6,8 @@
 //! - [`write`], [`bundles_of`]: bundle directories as a deploy writes them, and the
 //!   bundles a host reports;
 //! - [`docker`], [`systemd`], [`packaging`]: containers, a systemd container, and the
-//!   release artifacts.
+//!   release artifacts;
+//! - [`faults`]: the fault suite's delivery check (spool on disk against stored points).
 
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use serde_json::Value;
 pub use vigil_testkit::*;
 
 pub mod docker;
+pub mod faults;
 pub mod packaging;
 pub mod systemd;
 
