@@ -238,9 +238,9 @@ impl Coordinator {
                 client_tls.as_ref(),
             )
         };
-        // Ingest: one fixed client id and a persistent session, so that an external broker
-        // keeps (and sends again) what arrived while the coordinator was down; deliveries
-        // are acknowledged only once stored (see `mqtt::ingest`).
+        // Ingest: one fixed client id and, on an external broker, a persistent session, so
+        // that the broker keeps (and sends again) what arrived while the coordinator was
+        // down; deliveries are acknowledged only once stored (see `mqtt::ingest`).
         let mut options = vigil_shared::mqtt::client_options(
             INGEST_CLIENT_ID,
             &client_url,
@@ -248,8 +248,10 @@ impl Coordinator {
             mqtt_password.as_deref(),
             client_tls.as_ref(),
         )?;
+        // (On the embedded broker the session lives and dies with this process: nothing
+        // to resume, and rumqttd's session resumption is best left out of the way.)
         options
-            .set_clean_session(false)
+            .set_clean_session(!matches!(config.broker, BrokerMode::Embedded { .. }))
             .set_manual_acks(true)
             .set_inflight(1000);
         let (metrics_tap, mirror_tasks) = crate::events::mirror::start(

@@ -94,7 +94,7 @@ async fn send(
             };
             let topic = topics::agent(&ack.host, AgentChannel::Acks);
             let payload = delivery::sign(keys, &ack);
-            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+            if let Err(e) = client.try_publish(topic, QoS::AtMostOnce, false, payload) {
                 tracing::debug!(host = %ack.host, "acknowledgement dropped: {e}");
             }
         }

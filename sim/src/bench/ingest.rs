@@ -91,11 +91,15 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     }
     let duration = Duration::from_secs(if env.quick { 5 } else { 20 });
     let load = Load::Sustained { duration };
-    let embedded = measure(env, 1000, load, false).await?;
-    let mosquitto = measure(env, 1000, load, true).await?;
+    // The quick run keeps the fleet at 300: with 1,000 agents that subscribe (to their
+    // acknowledgements, as real agents do) connecting while traffic flows, the embedded
+    // broker (rumqttd 0.20) stops routing — see README, Performance.
+    let fleet = if env.quick { 300 } else { 1000 };
+    let embedded = measure(env, fleet, load, false).await?;
+    let mosquitto = measure(env, fleet, load, true).await?;
     figures.push(Figure {
         name: format!(
-            "ingest sustained, 1000 agents, {} samples/s offered",
+            "ingest sustained, {fleet} agents, {} samples/s offered",
             sustained_rate(env.quick)
         ),
         value: embedded.rate,
