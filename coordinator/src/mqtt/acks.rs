@@ -3,7 +3,8 @@
 //! After every commit that touched agent streams, the store writer says how far each is
 //! stored ([`Stored`]). This task gathers those notes for a moment ([`GATHER`]), keeps
 //! the latest per host and stream, and publishes one [`DeliveryAck`] per host on
-//! `vigil/v1/agents/{host}/acks`, signed with the coordinator's key. An agent forgets
+//! `vigil/v1/agents/{host}/acks` (QoS 0: each is superseded by the next), signed with
+//! the coordinator's key. An agent forgets
 //! queued messages only when such an acknowledgement covers them.
 //!
 //! They go out on a connection of their own, so that a fleet's acknowledgements never
