@@ -21,7 +21,7 @@ fn every_benchmark_part_runs_and_prints_its_figures() {
     for figure in [
         "ingest burst, 100 agents",
         "ingest burst, 1000 agents",
-        "ingest sustained, 1000 agents",
+        "ingest sustained, 300 agents",
         "sample → queryable over REST, p50",
         "sample → queryable over REST, p99",
         "agent resident memory",
