@@ -184,6 +184,7 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 pending.clear();
+                unsent.clear();
                 failures = failures.saturating_add(1);
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(failures, "ingest lost the broker: {e}");
