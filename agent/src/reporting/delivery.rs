@@ -308,6 +308,7 @@ impl DeliveryTask {
             cursor.progress = Instant::now();
             cursor.resend_after = (cursor.resend_after * 2).min(RESEND_MAX);
         }
+        let epoch = self.epoch(cursor.stream);
         while cursor.next < floor.saturating_add(IN_FLIGHT) {
             let room = (floor + IN_FLIGHT - cursor.next).min(READ_BATCH as u64) as usize;
             let entries = match self.read(cursor.stream, cursor.next, room) {
@@ -326,7 +327,7 @@ impl DeliveryTask {
             for (seq, topic, channel, body) in entries {
                 let delivery = Delivery {
                     stream: cursor.stream,
-                    epoch: self.epoch(cursor.stream),
+                    epoch,
                     seq,
                     floor,
                 };
