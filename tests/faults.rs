@@ -426,6 +426,37 @@ async fn wait_caught_up(agents: &[&dyn FaultAgent], what: &str) {
     );
 }
 
+/// Starts `count` debug agents on the host (`{prefix}-{i}-{pid}`, every 200 ms) against
+/// `coordinator`, and waits until it stored a first batch of each.
+async fn start_agents(
+    dir: &TestDir,
+    coordinator: &Coordinator,
+    prefix: &str,
+    count: usize,
+    since_ms: i64,
+) -> Vec<HostAgent> {
+    let pid = std::process::id();
+    let agents: Vec<HostAgent> = (1..=count)
+        .map(|i| {
+            HostAgent::start(
+                dir.path(),
+                &format!("{prefix}-{i}-{pid}"),
+                &coordinator.broker,
+                "200ms",
+            )
+        })
+        .collect();
+    let hosts: Vec<&str> = agents.iter().map(|a| a.host.as_str()).collect();
+    wait_first_batches(
+        &coordinator.http,
+        coordinator.token.as_deref(),
+        &hosts,
+        since_ms,
+    )
+    .await;
+    agents
+}
+
 /// Waits until the coordinator stored at least one batch of each agent.
 async fn wait_first_batches(http: &str, token: Option<&str>, hosts: &[&str], since_ms: i64) {
     for host in hosts {
@@ -745,23 +776,11 @@ async fn restarts(broker_label: &str, external: Option<&str>, dir: &TestDir) {
     let down = secs_from_env("VIGIL_FAULTS_RESTART_DOWN_SECS", 2);
     let since_ms = now_ms() - 60_000;
     let mut coordinator = Coordinator::start(dir.path(), external).await;
-    let pid = std::process::id();
-    let mut agents: Vec<HostAgent> = (1..=4)
-        .map(|i| {
-            HostAgent::start(
-                dir.path(),
-                &format!("restart-{broker_label}-{i}-{pid}"),
-                &coordinator.broker,
-                "200ms",
-            )
-        })
-        .collect();
-    let hosts: Vec<String> = agents.iter().map(|a| a.host.clone()).collect();
-    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    wait_first_batches(
-        &coordinator.http,
-        coordinator.token.as_deref(),
-        &hosts,
+    let mut agents = start_agents(
+        dir,
+        &coordinator,
+        &format!("restart-{broker_label}"),
+        4,
         since_ms,
     )
     .await;
@@ -907,26 +926,7 @@ async fn coordinator_disk_full() {
     };
     let since_ms = now_ms() - 60_000;
     let mut coordinator = Coordinator::start(dir.path(), None).await;
-    let pid = std::process::id();
-    let mut agents: Vec<HostAgent> = (1..=3)
-        .map(|i| {
-            HostAgent::start(
-                dir.path(),
-                &format!("diskfull-{i}-{pid}"),
-                &coordinator.broker,
-                "200ms",
-            )
-        })
-        .collect();
-    let hosts: Vec<String> = agents.iter().map(|a| a.host.clone()).collect();
-    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    wait_first_batches(
-        &coordinator.http,
-        coordinator.token.as_deref(),
-        &hosts,
-        since_ms,
-    )
-    .await;
+    let mut agents = start_agents(&dir, &coordinator, "diskfull", 3, since_ms).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let unacked_before = coordinator
