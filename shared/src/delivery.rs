@@ -15,6 +15,8 @@
 //! else. What the agent dropped itself (a full spool drops its oldest batches) it says
 //! with its floor; the coordinator counts those as missing and moves on.
 
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -25,6 +27,63 @@ use crate::wire::WireMessage;
 /// How far ahead of the window's bottom a message may be and still be taken (the agent
 /// sends far fewer than this without an acknowledgement).
 pub const WINDOW: u64 = 1024;
+
+/// How long sent messages wait for an acknowledgement before they are sent again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// The longest wait before sending again: the wait doubles while resends bring nothing,
+/// so that a coordinator that is behind is not flooded with copies.
+pub const RESEND_MAX: Duration = Duration::from_secs(80);
+
+/// When a queue sends its unacknowledged messages again: once [`RESEND_AFTER`] passed
+/// without an acknowledgement moving its floor, then after twice as long, up to
+/// [`RESEND_MAX`], while resends bring nothing; back to [`RESEND_AFTER`] on progress.
+#[derive(Debug, Clone)]
+pub struct ResendTimer {
+    /// When an acknowledgement last moved the floor, or sending last (re)started.
+    since: Instant,
+    /// How long to wait from `since`.
+    wait: Duration,
+}
+
+impl Default for ResendTimer {
+    fn default() -> Self {
+        ResendTimer {
+            since: Instant::now(),
+            wait: RESEND_AFTER,
+        }
+    }
+}
+
+impl ResendTimer {
+    /// An acknowledgement moved the floor: wait [`RESEND_AFTER`] from now.
+    pub fn progressed(&mut self) {
+        self.since = Instant::now();
+        self.wait = RESEND_AFTER;
+    }
+
+    /// Sending (re)started (a new connection, or the first message after a quiet
+    /// spell): the wait counts from now, and stays as long as it was.
+    pub fn restarted(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// Whether the wait is over; if so, returns how long it was and starts the next,
+    /// twice as long (up to [`RESEND_MAX`]). Call it only while messages wait for an
+    /// acknowledgement.
+    pub fn expired(&mut self) -> Option<Duration> {
+        self.expired_at(Instant::now())
+    }
+
+    fn expired_at(&mut self, now: Instant) -> Option<Duration> {
+        if now.saturating_duration_since(self.since) < self.wait {
+            return None;
+        }
+        let waited = self.wait;
+        self.since = now;
+        self.wait = (self.wait * 2).min(RESEND_MAX);
+        Some(waited)
+    }
+}
 
 /// An agent's durable queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -281,6 +340,28 @@ pub fn open(payload: &[u8], key: Option<&PublicKey>, me: &str) -> Result<Deliver
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resends_wait_longer_while_they_bring_nothing_and_start_over_on_progress() {
+        let mut timer = ResendTimer::default();
+        let start = timer.since;
+        assert_eq!(timer.expired_at(start + Duration::from_secs(9)), None);
+        let mut at = start;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            at += RESEND_MAX;
+            waits.push(timer.expired_at(at).map(|d| d.as_secs()));
+        }
+        assert_eq!(waits, [Some(10), Some(20), Some(40), Some(80), Some(80)]);
+        timer.progressed();
+        let since = timer.since;
+        assert_eq!(timer.expired_at(since + Duration::from_secs(5)), None);
+        assert_eq!(
+            timer.expired_at(since + RESEND_AFTER),
+            Some(RESEND_AFTER),
+            "progress brings the first wait back"
+        );
+    }
 
     fn at(seq: u64, floor: u64) -> Delivery {
         Delivery {

@@ -48,7 +48,7 @@ pub struct Counters {
     /// Acknowledgements an agent refused (bad signature, malformed, another host's).
     pub acks_refused: AtomicU64,
     /// Times a queue had messages out and no acknowledgement for
-    /// [`crate::virtual_agent::RESEND_AFTER`], and sent them again.
+    /// [`vigil_shared::delivery::RESEND_AFTER`], and sent them again.
     pub stalls: AtomicU64,
     /// Malformed payloads published, by [`Malformed`] kind (in [`Malformed::ALL`] order).
     pub malformed: [AtomicU64; Malformed::ALL.len()],
@@ -241,7 +241,7 @@ impl fmt::Display for Snapshot {
             self.unacknowledged,
             self.acks_refused,
             self.stalls,
-            crate::virtual_agent::RESEND_AFTER
+            vigil_shared::delivery::RESEND_AFTER
         )?;
         writeln!(
             f,

@@ -34,6 +34,12 @@ const QUERY_LIMIT: usize = 10_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many problems are listed by id.
 const LISTED: usize = 10;
+/// How many times a GET that failed before any answer is sent again.
+const GET_ATTEMPTS: u32 = 3;
+/// How long a pooled connection may idle before it is closed: shorter than the
+/// coordinator's wait for the next request's headers (10 s), so a request is never sent
+/// on a connection the server is closing.
+const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// The coordinator's counters a verification compares (read before and after a run).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -274,6 +280,7 @@ pub async fn verify(
     let deadline = tokio::time::Instant::now() + settle;
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
+        .pool_idle_timeout(POOL_IDLE)
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     let malformed_sent = outcome.report.malformed_total();
@@ -360,8 +367,7 @@ async fn lookups_refused(
     token: Option<&str>,
 ) -> Result<Option<String>, String> {
     let url = format!("{http}/api/v1/actions?limit=1");
-    let response = with_token(client.get(&url), token)
-        .send()
+    let response = get(with_token(client.get(&url), token))
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
     let status = response.status();
@@ -446,8 +452,7 @@ async fn check_actions(
                 .map(|(state, attempt)| (state.as_str(), *attempt))
                 .collect();
             async move {
-                let response = with_token(client.get(&url), token.as_deref())
-                    .send()
+                let response = get(with_token(client.get(&url), token.as_deref()))
                     .await
                     .map_err(|e| format!("GET {url}: {e}"))?;
                 let stored: Vec<(String, u64)> = if response.status().is_success() {
@@ -546,6 +551,38 @@ async fn check_samples(
     bounded(jobs).await
 }
 
+/// Sends a GET, again (up to [`GET_ATTEMPTS`] in all) when it failed before any answer
+/// came (a refused or reset connection: a GET is safe to repeat). The error names its
+/// causes, not only reqwest's summary.
+async fn get(request: reqwest::RequestBuilder) -> Result<reqwest::Response, String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(copy) = request.try_clone() else {
+            return request.send().await.map_err(|e| causes(&e));
+        };
+        match copy.send().await {
+            Err(e) if attempt < GET_ATTEMPTS && (e.is_connect() || e.is_request()) => {
+                tracing::debug!("GET failed, sending it again: {}", causes(&e));
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            outcome => return outcome.map_err(|e| causes(&e)),
+        }
+    }
+}
+
+/// An error and its causes, `: `-separated.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The stored points of `host`'s metric `name` from `from` to `to` (inclusive), as
 /// `(timestamp, core tag)`; a window with more than [`QUERY_LIMIT`] points is split.
 async fn stored_points(
@@ -568,8 +605,7 @@ async fn stored_points(
             ("to", b.to_string()),
             ("limit", QUERY_LIMIT.to_string()),
         ]);
-        let response = with_token(request, token)
-            .send()
+        let response = get(with_token(request, token))
             .await
             .map_err(|e| format!("GET {url} ({host} {name}): {e}"))?;
         if !response.status().is_success() {

@@ -18,8 +18,9 @@
 //! and forgets only what the coordinator's acknowledgements say is stored (checked with
 //! the coordinator's key when the enrollment named it). At most [`IN_FLIGHT`] messages
 //! per queue are out unacknowledged (more keep queueing); after a reconnection, and
-//! after [`RESEND_AFTER`] without progress, everything unacknowledged is sent again from
-//! the queue's floor: the coordinator stores each message once. A finished agent drains:
+//! when the shared [`ResendTimer`] says so (as a real agent's), everything
+//! unacknowledged is sent again from the queue's floor: the coordinator stores each
+//! message once. A finished agent drains:
 //! it waits (up to [`DRAIN_TIMEOUT`]) until both queues are acknowledged.
 //!
 //! What the fleet generated is written down in [`Shared`]'s ledgers (each action's
@@ -39,7 +40,7 @@ use tokio::task::JoinHandle;
 use vigil_shared::agent_auth::{AgentKey, Sealer};
 use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::bundle::PublicKey;
-use vigil_shared::delivery::{self, Delivery, DeliveryAck, Stream};
+use vigil_shared::delivery::{self, Delivery, DeliveryAck, ResendTimer, Stream};
 use vigil_shared::mqtt::client_options;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
@@ -71,11 +72,6 @@ pub const METRICS: [&str; 10] = [
 /// Most messages per queue sent and not yet acknowledged (as a real agent; well inside
 /// the coordinator's window, [`vigil_shared::delivery::WINDOW`]).
 pub const IN_FLIGHT: u64 = 256;
-/// How long sent messages may wait for an acknowledgement before they are sent again.
-pub const RESEND_AFTER: Duration = Duration::from_secs(10);
-/// The longest wait before sending again (the wait doubles while resends bring nothing,
-/// so that a coordinator that is behind is not flooded with copies).
-pub const RESEND_MAX: Duration = Duration::from_secs(80);
 /// How long a finished agent waits for its queues to be acknowledged before it
 /// disconnects.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -84,7 +80,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 /// Requests a connection's queue holds before publishing waits (backpressure).
 const CLIENT_QUEUE: usize = 256;
 /// How often an agent waiting for acknowledgements looks at its queues anyway (resends
-/// after [`RESEND_AFTER`], a lost connection).
+/// due, a lost connection).
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// What every virtual agent of a fleet does.
@@ -209,11 +205,8 @@ struct Queue {
     next_send: u64,
     /// The highest sequence number ever sent (what is sent at or below it is a resend).
     sent_high: u64,
-    /// When an acknowledgement last moved the floor, or sending last restarted.
-    progress: Instant,
-    /// How long to wait without progress before sending again: [`RESEND_AFTER`], doubled
-    /// after every resend that brought nothing (up to [`RESEND_MAX`]).
-    resend_after: Duration,
+    /// When to send the unacknowledged messages again.
+    resend: ResendTimer,
 }
 
 /// A message due to be sent now.
@@ -234,8 +227,7 @@ impl Queue {
             held: BTreeMap::new(),
             next_send: 1,
             sent_high: 0,
-            progress: Instant::now(),
-            resend_after: RESEND_AFTER,
+            resend: ResendTimer::default(),
         }
     }
 
@@ -258,8 +250,7 @@ impl Queue {
         self.held = self.held.split_off(&upto.saturating_add(1));
         let forgotten = (before - self.held.len()) as u64;
         if forgotten > 0 {
-            self.progress = Instant::now();
-            self.resend_after = RESEND_AFTER;
+            self.resend.progressed();
         }
         forgotten
     }
@@ -267,36 +258,35 @@ impl Queue {
     /// Sends everything again from the floor (a new connection).
     fn restart(&mut self) {
         self.next_send = self.floor();
-        self.progress = Instant::now();
+        self.resend.restarted();
     }
 
     /// Takes what may be sent now: from the cursor up to [`IN_FLIGHT`] above the floor,
-    /// starting over at the floor when nothing was acknowledged for [`RESEND_AFTER`]
-    /// (then it returns true: the queue stalled).
+    /// starting over at the floor when nothing was acknowledged for a while (then it
+    /// returns true: the queue stalled).
     fn due(&mut self, out: &mut Vec<Due>) -> bool {
         let mut stalled = false;
         let floor = self.floor();
         if self.next_send < floor {
             self.next_send = floor;
         }
-        if self.next_send > floor && self.progress.elapsed() >= self.resend_after {
-            tracing::info!(
-                stream = self.stream.as_str(),
-                from = floor,
-                unacknowledged = self.next_send - floor,
-                "no acknowledgement for {:?}: sending again",
-                self.resend_after
-            );
-            self.next_send = floor;
-            self.progress = Instant::now();
-            self.resend_after = (self.resend_after * 2).min(RESEND_MAX);
-            stalled = true;
+        if self.next_send > floor {
+            if let Some(waited) = self.resend.expired() {
+                tracing::info!(
+                    stream = self.stream.as_str(),
+                    from = floor,
+                    unacknowledged = self.next_send - floor,
+                    "no acknowledgement for {waited:?}: sending again"
+                );
+                self.next_send = floor;
+                stalled = true;
+            }
         }
         let limit = floor.saturating_add(IN_FLIGHT);
         for (&seq, entry) in self.held.range(self.next_send..limit) {
             if self.next_send <= floor {
                 // The first message of a new run of sends: acknowledgements are due.
-                self.progress = Instant::now();
+                self.resend.restarted();
             }
             out.push(Due {
                 delivery: Delivery {

@@ -7,10 +7,10 @@
 //! sequence number, and the queue's floor). The coordinator publishes a signed
 //! acknowledgement on `vigil/v1/agents/{host}/acks` after each commit; this task deletes
 //! what it covers. At most [`IN_FLIGHT`] messages per queue go out unacknowledged. After
-//! a reconnection, or when nothing has been acknowledged for [`RESEND_AFTER`] while
-//! messages wait (doubling up to [`RESEND_MAX`] while resends bring nothing), everything
-//! not acknowledged is sent again from the floor: the coordinator stores each message
-//! once, however often it comes.
+//! a reconnection, or when nothing has been acknowledged for a while although messages
+//! wait ([`ResendTimer`]: 10 s, doubling up to 80 s while resends bring nothing),
+//! everything not acknowledged is sent again from the floor: the coordinator stores each
+//! message once, however often it comes.
 //!
 //! The acknowledgements also carry the coordinator's clock: the difference to the
 //! agent's is reported in its status ([`DeliveryReport`]).
@@ -23,7 +23,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use vigil_shared::agent_auth::{Sealer, MAX_CLOCK_SKEW_MS};
 use vigil_shared::bundle::PublicKey;
-use vigil_shared::delivery::{self, Delivery, Stream};
+use vigil_shared::delivery::{self, Delivery, ResendTimer, Stream};
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::DeliveryStatus;
 
@@ -33,12 +33,6 @@ use crate::acting::store::{AgentStore, OutboxSignal, StorageAlarm};
 /// Most messages per queue sent and not yet acknowledged (well inside the coordinator's
 /// window, [`vigil_shared::delivery::WINDOW`]).
 pub const IN_FLIGHT: u64 = 256;
-
-/// How long sent messages may wait for an acknowledgement before they are sent again.
-pub const RESEND_AFTER: Duration = Duration::from_secs(10);
-/// The longest wait before sending again: the wait doubles while resends bring nothing,
-/// so that a coordinator that is behind is not flooded with copies.
-pub const RESEND_MAX: Duration = Duration::from_secs(80);
 
 /// How often the spool's newest segment is synced to disk.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
@@ -134,10 +128,8 @@ struct Cursor {
     stream: Stream,
     /// The next sequence number to send.
     next: u64,
-    /// When an acknowledgement last moved the floor, or sending last restarted.
-    progress: Instant,
-    /// How long to wait without progress before sending again.
-    resend_after: Duration,
+    /// When to send the unacknowledged messages again.
+    resend: ResendTimer,
 }
 
 /// Everything the task needs.
@@ -176,8 +168,7 @@ impl DeliveryTask {
         let mut cursors = [Stream::Outbox, Stream::Metrics].map(|stream| Cursor {
             stream,
             next: 0,
-            progress: Instant::now(),
-            resend_after: RESEND_AFTER,
+            resend: ResendTimer::default(),
         });
         let mut last_sync = Instant::now();
         loop {
@@ -217,7 +208,7 @@ impl DeliveryTask {
                             // Whatever was sent before may be lost: send it all again.
                             for cursor in &mut cursors {
                                 cursor.next = 0;
-                                cursor.progress = Instant::now();
+                                cursor.resend.restarted();
                             }
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) if p.topic == acks_topic => {
@@ -296,17 +287,16 @@ impl DeliveryTask {
             cursor.next = floor;
         }
         // Nothing acknowledged for a while although messages wait: send them again.
-        if cursor.next > floor && cursor.progress.elapsed() >= cursor.resend_after {
-            tracing::info!(
-                stream = cursor.stream.as_str(),
-                from = floor,
-                unacknowledged = cursor.next - floor,
-                "no acknowledgement for {:?}: sending again",
-                cursor.resend_after
-            );
-            cursor.next = floor;
-            cursor.progress = Instant::now();
-            cursor.resend_after = (cursor.resend_after * 2).min(RESEND_MAX);
+        if cursor.next > floor {
+            if let Some(waited) = cursor.resend.expired() {
+                tracing::info!(
+                    stream = cursor.stream.as_str(),
+                    from = floor,
+                    unacknowledged = cursor.next - floor,
+                    "no acknowledgement for {waited:?}: sending again"
+                );
+                cursor.next = floor;
+            }
         }
         let epoch = self.epoch(cursor.stream);
         while cursor.next < floor.saturating_add(IN_FLIGHT) {
@@ -341,7 +331,7 @@ impl DeliveryTask {
                 if cursor.next <= floor {
                     // The first message of a new run of sends: acknowledgements are due
                     // from now on.
-                    cursor.progress = Instant::now();
+                    cursor.resend.restarted();
                 }
                 cursor.next = seq + 1;
             }
@@ -438,8 +428,7 @@ impl DeliveryTask {
                 }
             }
             if self.floor(stream_ack.stream) > floor_before {
-                cursor.progress = Instant::now();
-                cursor.resend_after = RESEND_AFTER;
+                cursor.resend.progressed();
             }
         }
     }
