@@ -692,8 +692,8 @@ async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
     // Bad requests name the field, and send nothing.
     let bad: [(&str, String, u16, Option<&str>); 10] = [
         (
-            "drain-pod",
-            format!(r#"{{"target":"x","action":"drain-pod","host":"{HOST}"}}"#),
+            "misspelt action",
+            format!(r#"{{"target":"x","action":"drain-nodes","host":"{HOST}"}}"#),
             422,
             Some("action"),
         ),
