@@ -692,8 +692,8 @@ async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
     // Bad requests name the field, and send nothing.
     let bad: [(&str, String, u16, Option<&str>); 10] = [
         (
-            "drain-pod",
-            format!(r#"{{"target":"x","action":"drain-pod","host":"{HOST}"}}"#),
+            "misspelt action",
+            format!(r#"{{"target":"x","action":"drain-nodes","host":"{HOST}"}}"#),
             422,
             Some("action"),
         ),
@@ -780,5 +780,36 @@ async fn manual_actions_and_the_kill_switch_reach_the_agent_as_commands() {
         metric(&http, "vigil_actions_total{state=\"pending\"}").await,
         2.0
     );
+    coordinator.proc.stop();
+}
+
+#[tokio::test]
+async fn a_running_coordinator_removes_actions_older_than_the_audit_retention() {
+    let dir = TestDir::new();
+    let coordinator = start_coordinator(&dir, None, &["--audit-retention", "2s"]).await;
+    let http = coordinator.http.clone();
+    let actions = format!("{http}/api/v1/actions");
+    let (code, reply) = post_raw(
+        &actions,
+        r#"{"target":"web-service","action":"restart","status":"completed","details":"done by hand"}"#,
+    )
+    .await;
+    assert_eq!(code, 201, "{reply}");
+    let id = reply["action_id"].as_str().expect("action_id").to_string();
+    let (code, _) = get_json(&format!("{actions}/{id}")).await;
+    assert_eq!(code, 200);
+    // Within a couple of passes after it is 2 s old, the record is gone from every route.
+    wait_for("the action pruned", WAIT, || async {
+        let (code, _) = get_json(&format!("{actions}/{id}")).await;
+        (code == 404).then_some(())
+    })
+    .await;
+    let (_, list) = get_json(&actions).await;
+    assert_eq!(list["count"], 0, "{list}");
+    let (_, stats) = get_json(&format!("{http}/api/v1/ui/queue/stats")).await;
+    assert_eq!(stats["actions"]["total"], 0, "{stats}");
+    assert_eq!(stats["actions"]["by_status"]["completed"], 0, "{stats}");
+    assert!(metric(&http, r#"vigil_audit_pruned_total{kind="action"}"#).await >= 1.0);
+    assert!(metric(&http, r#"vigil_audit_pruned_total{kind="feed"}"#).await >= 1.0);
     coordinator.proc.stop();
 }

@@ -94,7 +94,7 @@ async fn policies_are_managed_over_rest_and_survive_a_restart() {
     );
     let mut bad = seed_policy();
     bad["name"] = json!("bad");
-    bad["action"] = json!("drain-pod");
+    bad["action"] = json!("drain-nodes");
     assert_invalid("action", post_raw(&api, &bad.to_string()).await, "action");
     let (status, body) = post_raw(&api, "this is not json").await;
     assert_eq!(status, 400, "{body}");
@@ -392,7 +392,7 @@ fn a_bad_policy_directory_stops_the_start_with_a_precise_message() {
     std::fs::create_dir_all(&policy_dir).expect("policy dir");
     std::fs::write(
         policy_dir.join("cpu.yaml"),
-        "policies:\n  - name: cpu\n    condition: {type: metric_exceeds, metric: cpu_percent, threshold: 80}\n    action: drain-pod\n",
+        "policies:\n  - name: cpu\n    condition: {type: metric_exceeds, metric: cpu_percent, threshold: 80}\n    action: drain-nodes\n",
     )
     .expect("write policy");
     let output = run_to_exit(
@@ -442,4 +442,44 @@ fn run_to_exit(args: &[&str], cwd: &Path) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[tokio::test]
+async fn every_action_of_the_original_format_loads_from_a_policy_directory() {
+    let dir = TestDir::new();
+    let policy_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).expect("policy dir");
+    let mut yaml = String::from("policies:\n");
+    for action in ["drain-pod", "rebalance", "snapshot", "scale-up", "restart"] {
+        yaml.push_str(&format!(
+            "  - name: p-{action}\n    condition: {{type: metric_exceeds, metric: cpu_percent, threshold: 80}}\n    auto_remediate: true\n    action: {action}\n"
+        ));
+    }
+    std::fs::write(policy_dir.join("original.yaml"), yaml).expect("write policy");
+    let policy_arg = policy_dir.display().to_string();
+    let coordinator = start_coordinator(&dir, None, &["--policies", &policy_arg]).await;
+    let (status, body) = get_json(&format!("{}/api/v1/policies", coordinator.http)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 5, "{body}");
+    assert_eq!(
+        body["policies"]["p-drain-pod"]["action"], "drain-pod",
+        "{body}"
+    );
+    // A warning in the log for each action that runs only where an agent maps it.
+    let log: String = std::fs::read_dir(dir.path())
+        .expect("log dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("coordinator"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect();
+    for action in ["drain-pod", "rebalance", "snapshot"] {
+        assert!(
+            log.contains(&format!(
+                "policy `p-{action}`: action `{action}` has no built-in meaning"
+            )),
+            "{log}"
+        );
+    }
+    assert!(!log.contains("policy `p-scale-up`: action"), "{log}");
+    coordinator.proc.stop();
 }

@@ -356,3 +356,31 @@ fn the_example_policies_in_the_repository_are_valid() {
         );
     }
 }
+
+#[test]
+fn policy_check_loads_the_originals_drain_pod_with_a_warning() {
+    let dir = TestDir::new();
+    let file = dir.path().join("original.yaml");
+    std::fs::write(
+        &file,
+        "policies:\n  - name: drain\n    condition: {type: metric_exceeds, metric: cpu_percent, threshold: 80}\n    action: drain-pod\n  - name: grow\n    condition: cpu_percent > 90\n    action: scale-up\n",
+    )
+    .expect("write");
+    let output = Command::new(bin("vigil-agent"))
+        .args(["policy", "check", &file.display().to_string()])
+        .output()
+        .expect("run policy check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("ok: ") && stdout.contains("(2 policies)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warning: ")
+            && stdout.contains("policy `drain`: action `drain-pod`")
+            && stdout.contains("not_runnable"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("policy `grow`"), "{stdout}");
+}

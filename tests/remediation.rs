@@ -383,3 +383,99 @@ async fn from_threshold_crossing_to_executor_start_and_a_manual_action_result() 
     );
     coordinator.proc.stop();
 }
+
+/// Every log file in `dir` whose name starts with `prefix`, joined.
+fn logs(dir: &Path, prefix: &str) -> String {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_originals_drain_pod_runs_where_it_is_mapped_and_is_recorded_not_runnable_elsewhere() {
+    let dir = TestDir::new();
+    let textfiles = dir.path().join("textfiles");
+    std::fs::create_dir_all(&textfiles).expect("mkdir");
+    std::fs::write(
+        textfiles.join("app.prom"),
+        "cpu_percent{target=\"app-d\"} 99\n",
+    )
+    .expect("write");
+    // The original system's policy, unchanged.
+    let policies = write_policies(
+        &dir,
+        "policies:\n  - name: drain-hot\n    target: app-d\n    severity: critical\n    enabled: true\n    auto_remediate: true\n    condition: {type: metric_exceeds, metric: cpu_percent, threshold: 90}\n    action: drain-pod\n",
+    );
+    let drained = dir.path().join("drained");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[allow.commands]\ndrain-node = [\"/bin/sh\", \"-c\", \"echo drained >> {}\"]\n\
+             [actions]\ndrain-pod = {{ exec = \"drain-node\" }}\n",
+            drained.display()
+        ),
+    )
+    .expect("write config");
+    let coordinator = start_coordinator(&dir, None, &[]).await;
+    let http = coordinator.http.clone();
+    let textfile_arg = textfiles.display().to_string();
+    let config_arg = config.display().to_string();
+    let _mapped = start_agent(
+        &dir,
+        "e2e-mapped",
+        &coordinator.broker,
+        &policies,
+        &["--config", &config_arg, "--textfile-dir", &textfile_arg],
+    );
+    let _unmapped = start_agent(
+        &dir,
+        "e2e-unmapped",
+        &coordinator.broker,
+        &policies,
+        &["--textfile-dir", &textfile_arg],
+    );
+
+    let ran = wait_for("mapped drain-pod completed", WAIT, || async {
+        actions(&http, "host=e2e-mapped&target=app-d")
+            .await
+            .into_iter()
+            .find(|a| a["status"] == "completed")
+    })
+    .await;
+    assert_eq!(ran["action"], "drain-pod", "{ran}");
+    assert_eq!(ran["executor"], "exec", "{ran}");
+    assert_eq!(
+        states(&ran)[..3],
+        ["pending", "running", "completed"],
+        "{ran}"
+    );
+    let written = std::fs::read_to_string(&drained).expect("the mapped command ran");
+    assert!(written.starts_with("drained"), "{written}");
+
+    let refused = wait_for("unmapped drain-pod recorded", WAIT, || async {
+        actions(&http, "host=e2e-unmapped&target=app-d")
+            .await
+            .into_iter()
+            .find(|a| a["status"] == "dead_letter")
+    })
+    .await;
+    assert_eq!(refused["action"], "drain-pod", "{refused}");
+    assert_eq!(
+        refused["details"],
+        "not_runnable: no mapping for drain-pod on this host ([actions] in agent.toml)",
+        "{refused}"
+    );
+    assert_eq!(states(&refused), ["pending", "dead_letter"], "{refused}");
+    // Both agents loaded the policy; the one without a mapping said so at load.
+    let warning = "action `drain-pod` has no built-in meaning on a host";
+    let log = logs(dir.path(), "agent-e2e-unmapped");
+    assert!(log.contains(warning), "{log}");
+    let log = logs(dir.path(), "agent-e2e-mapped");
+    assert!(!log.contains(warning), "{log}");
+    coordinator.proc.stop();
+}

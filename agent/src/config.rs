@@ -25,6 +25,7 @@ use vigil_shared::validate::{self, FieldError};
 use vigil_shared::wire::Tag;
 
 use crate::acting::executors::ExecutorConfig;
+use crate::acting::mapping::{ActionMappings, MappingFile};
 use crate::acting::QueueSettings;
 
 /// Default sampling interval.
@@ -59,6 +60,9 @@ pub struct AgentConfig {
     pub metrics_buffer_bytes: u64,
     /// What executors may touch (`[allow]`).
     pub allow: ExecutorConfig,
+    /// What the original system's `drain-pod`, `rebalance` and `snapshot` run as here
+    /// (`[actions]`).
+    pub actions: ActionMappings,
     /// How the action queue behaves (`[remediation]`).
     pub remediation: QueueSettings,
     /// The coordinator's public key for policy bundles; without it bundles are ignored.
@@ -86,6 +90,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("textfile_dir", &self.textfile_dir)
             .field("data_dir", &self.data_dir)
             .field("allow", &self.allow)
+            .field("actions", &self.actions)
             .field("remediation", &self.remediation)
             .field("bundle_key", &self.bundle_key)
             .field("coordinator", &self.coordinator)
@@ -152,6 +157,7 @@ impl AgentConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             metrics_buffer_bytes: DEFAULT_METRICS_BUFFER,
             allow: ExecutorConfig::default(),
+            actions: ActionMappings::default(),
             remediation: QueueSettings::default(),
             bundle_key: None,
             coordinator: None,
@@ -227,6 +233,9 @@ pub struct AgentFile {
     /// What executors may touch.
     #[serde(default)]
     pub allow: ExecutorConfig,
+    /// What actions without a built-in meaning run as: `drain-pod = { exec = "…" }`.
+    #[serde(default)]
+    pub actions: std::collections::BTreeMap<String, MappingFile>,
     /// Action queue settings.
     #[serde(default)]
     pub remediation: RemediationFile,
@@ -382,9 +391,19 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
         ClientTls::pinned(path).map_err(|e| ConfigError::invalid("ca", e))?;
     }
 
+    let allow = {
+        let mut allow = file.allow;
+        allow.units.extend(overrides.allow_units);
+        allow.containers.extend(overrides.allow_containers);
+        allow
+    };
+    let actions = ActionMappings::resolve(&file.actions, &allow)
+        .map_err(|e| ConfigError::invalid("actions", e))?;
+
     Ok(AgentConfig {
         ca,
         bundle_key,
+        actions,
         coordinator,
         join_token: overrides.join_token.or(file.join_token),
         host,
@@ -400,12 +419,7 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         metrics_buffer_bytes,
-        allow: {
-            let mut allow = file.allow;
-            allow.units.extend(overrides.allow_units);
-            allow.containers.extend(overrides.allow_containers);
-            allow
-        },
+        allow,
         remediation: {
             let r = file.remediation;
             let defaults = QueueSettings::default();
@@ -492,6 +506,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("host"), "{err}");
+    }
+
+    #[test]
+    fn the_actions_table_maps_onto_the_allowlists_and_a_bad_entry_is_named() {
+        let file: AgentFile = toml::from_str(
+            "host = \"h\"\n[allow.commands]\ndrain-node = [\"/bin/true\"]\n\
+             [actions]\ndrain-pod = { exec = \"drain-node\" }\n",
+        )
+        .unwrap();
+        let config = resolve(file, Overrides::default()).unwrap();
+        assert!(config
+            .actions
+            .runs(vigil_shared::policy::ActionKind::DrainPod));
+        assert!(!config
+            .actions
+            .runs(vigil_shared::policy::ActionKind::Snapshot));
+        let file: AgentFile =
+            toml::from_str("host = \"h\"\n[actions]\nsnapshot = { exec = \"backup\" }\n").unwrap();
+        let err = resolve(file, Overrides::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("setting `actions`") && err.contains("`actions.snapshot.exec`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ use vigil_shared::wire::{
 };
 
 use crate::acting::executors::Executors;
+use crate::acting::mapping::ActionMappings;
 use crate::acting::store::AgentStoreError;
 use crate::acting::store::OutboxSignal;
 use crate::acting::{ActionQueue, AgentStore, NewAction, Origin, RunFn};
@@ -222,6 +223,7 @@ pub async fn run(
         &link,
         &local,
         bundles.as_ref(),
+        &config.actions,
     );
 
     // Sampling runs in its own task, so that a slow /proc scan never delays the reaction
@@ -263,13 +265,20 @@ pub async fn run(
                 let Some(dir) = policy_dir.as_mut() else { continue };
                 let Some(result) = dir.poll() else { continue };
                 if local_policies(result, dir, &mut local, &link, &mut load_errors) {
-                    put_in_force(&mut evaluator, &mut watchers, &link, &local, bundles.as_ref());
+                    put_in_force(
+                        &mut evaluator,
+                        &mut watchers,
+                        &link,
+                        &local,
+                        bundles.as_ref(),
+                        &config.actions,
+                    );
                 }
             }
             Some(update) = state_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_state(update, now);
-                handle(output, &mut queue, &events_topic, now)?;
+                handle(output, &mut queue, &events_topic, &config.actions, now)?;
             }
             Some(result) = results_rx.recv() => {
                 let now = now_ms();
@@ -281,7 +290,7 @@ pub async fn run(
                     let now = now_ms();
                     match commands.check(&payload, now) {
                         Ok(command) => {
-                            run_command(command, &mut queue, &link, now)?;
+                            run_command(command, &mut queue, &link, &config.actions, now)?;
                             queue.schedule(now)?;
                         }
                         Err(refusal) => {
@@ -313,7 +322,14 @@ pub async fn run(
                             *refusal = Some(e.to_string());
                         }
                     }
-                    put_in_force(&mut evaluator, &mut watchers, &link, &local, bundles.as_ref());
+                    put_in_force(
+                        &mut evaluator,
+                        &mut watchers,
+                        &link,
+                        &local,
+                        bundles.as_ref(),
+                        &config.actions,
+                    );
                 }
             },
             _ = sleep_until_due(queue.next_due_ms(now_ms())) => {
@@ -331,7 +347,7 @@ pub async fn run(
             Some(samples) = samples_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_samples(&samples, now);
-                handle(output, &mut queue, &events_topic, now)?;
+                handle(output, &mut queue, &events_topic, &config.actions, now)?;
                 {
                     let mut spool = spool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let batch = MetricBatch {
@@ -455,6 +471,7 @@ fn put_in_force(
     link: &Link,
     local: &[Policy],
     bundles: Option<&(Bundles, Option<String>)>,
+    actions: &ActionMappings,
 ) {
     let combined = match bundles {
         Some((set, _)) => policy_set::combine(local, set.group_policies()),
@@ -462,6 +479,11 @@ fn put_in_force(
     };
     for clash in &combined.clashes {
         tracing::warn!("{clash}");
+    }
+    for policy in &combined.policies {
+        for warning in policy.unmapped_actions(|kind| actions.runs(kind)) {
+            tracing::warn!("{warning}");
+        }
     }
     evaluator.set_policies(combined.policies);
     watchers.follow(evaluator.watch_sets());
@@ -519,6 +541,7 @@ fn handle(
     output: EvalOutput,
     queue: &mut ActionQueue,
     events_topic: &str,
+    actions: &ActionMappings,
     now_ms: i64,
 ) -> Result<(), AgentStoreError> {
     if !output.events.is_empty() {
@@ -534,7 +557,8 @@ fn handle(
     for (policy, target, resolved) in output.verified {
         queue.verify(&policy, &target, resolved, now_ms)?;
     }
-    for action in output.actions {
+    for mut action in output.actions {
+        let kind = actions.apply(action.request.kind, &mut action.request.params);
         queue.accept(
             NewAction {
                 id: action.id,
@@ -543,7 +567,7 @@ fn handle(
                     step: u32::try_from(action.request.step).unwrap_or(u32::MAX),
                 },
                 target: action.target,
-                kind: action.request.kind,
+                kind,
                 written: action.request.written,
                 params: action.request.params,
                 dry_run: action.request.dry_run,
@@ -559,6 +583,7 @@ fn run_command(
     command: Command,
     queue: &mut ActionQueue,
     link: &Link,
+    actions: &ActionMappings,
     now_ms: i64,
 ) -> Result<(), AgentStoreError> {
     match command.kind {
@@ -576,7 +601,7 @@ fn run_command(
                     return Ok(());
                 }
             };
-            let params = params
+            let mut params = params
                 .into_iter()
                 .map(|(k, v)| {
                     let value = serde_json::from_str::<serde_json::Value>(&v)
@@ -586,6 +611,7 @@ fn run_command(
                     (k, value)
                 })
                 .collect();
+            let kind = actions.apply(kind, &mut params);
             tracing::info!(action = %action_id, %target, "manual action from the coordinator");
             queue.accept(
                 NewAction {

@@ -318,6 +318,11 @@ impl Coordinator {
             config.retention,
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(audit_retention(
+            writer.clone(),
+            config.audit_retention,
+            stop_rx.clone(),
+        )));
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -463,6 +468,50 @@ async fn retention(writer: StoreWriter, retention: Duration, mut stop: watch::Re
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(deleted, "retention removed old metric history"),
                     Err(e) => tracing::warn!("retention pass failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Removes audit records (actions, policy events, feed entries) older than `retention`,
+/// once a minute (or ten times per retention window, if that is shorter), in chunks of
+/// [`crate::store::audit::DEFAULT_CHUNK`] records so that other writes wait at most one
+/// chunk.
+async fn audit_retention(
+    writer: StoreWriter,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticker.tick() => {
+                let before_ms = vigil_shared::time::now_ms().saturating_sub(retention_ms);
+                let started = std::time::Instant::now();
+                let pass = writer.prune_audit(before_ms, crate::store::audit::DEFAULT_CHUNK);
+                // A pass stops with the coordinator (the next one starts where it left).
+                let pass = tokio::select! {
+                    _ = stop.changed() => return,
+                    pass = pass => pass,
+                };
+                match pass {
+                    Ok(pruned) if pruned.total() == 0 => {
+                        tracing::debug!(kept = pruned.kept, "audit retention: nothing to remove");
+                    }
+                    Ok(pruned) => tracing::info!(
+                        actions = pruned.actions,
+                        events = pruned.events,
+                        feed = pruned.feed,
+                        kept = pruned.kept,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "audit retention removed records older than {}",
+                        vigil_shared::time::format_duration(retention)
+                    ),
+                    Err(e) => tracing::warn!("audit retention pass failed: {e}"),
                 }
             }
         }

@@ -22,6 +22,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
 /// Default metric history retention.
 pub const DEFAULT_RETENTION: &str = "7d";
+/// Default audit retention: action records, policy events and the event feed.
+pub const DEFAULT_AUDIT_RETENTION: &str = "90d";
+/// The shortest audit retention accepted.
+const MIN_AUDIT_RETENTION: Duration = Duration::from_secs(1);
+/// The longest audit retention accepted (100 years).
+const MAX_AUDIT_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// Default initial LMDB map size.
 pub const DEFAULT_DB_MAP_SIZE: &str = "1GiB";
 /// Default ceiling the LMDB map may grow to.
@@ -54,6 +60,8 @@ pub struct CoordinatorConfig {
     pub mqtt_password: Option<String>,
     /// How long metric history is kept.
     pub retention: Duration,
+    /// How long the audit trail (actions, policy events, the event feed) is kept.
+    pub audit_retention: Duration,
     /// LMDB map sizes.
     pub map_size: MapSize,
     /// The policy directory (`*.yaml` / `*.yml`), if any.
@@ -122,6 +130,8 @@ pub struct CoordinatorFile {
     pub mqtt_password: Option<String>,
     /// See `--retention`.
     pub retention: Option<String>,
+    /// See `--audit-retention`.
+    pub audit_retention: Option<String>,
     /// See `--db-map-size`.
     pub db_map_size: Option<String>,
     /// See `--db-max-size`.
@@ -219,6 +229,18 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         .unwrap_or(DEFAULT_RETENTION.into());
     let retention =
         vigil_shared::time::parse_duration(&retention_text).map_err(|e| invalid("retention", e))?;
+    let audit_retention_text = over
+        .audit_retention
+        .or(file.audit_retention)
+        .unwrap_or(DEFAULT_AUDIT_RETENTION.into());
+    let audit_retention = vigil_shared::time::parse_duration(&audit_retention_text)
+        .map_err(|e| invalid("audit_retention", e))?;
+    if !(MIN_AUDIT_RETENTION..=MAX_AUDIT_RETENTION).contains(&audit_retention) {
+        return Err(invalid(
+            "audit_retention",
+            format!("`{audit_retention_text}` is not between 1s and 100 years"),
+        ));
+    }
     let size = |setting, text: String| parse_size(&text).map_err(|e| invalid(setting, e));
     let initial = size(
         "db_map_size",
@@ -352,6 +374,7 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         mqtt_username: over.mqtt_username.or(file.mqtt_username),
         mqtt_password: over.mqtt_password.or(file.mqtt_password),
         retention,
+        audit_retention,
         map_size: MapSize { initial, max },
         policies_dir: over.policies.or(file.policies),
         metrics_auth: over.metrics_auth.or(file.metrics_auth).unwrap_or(false),
@@ -398,6 +421,7 @@ mod tests {
         );
         assert_eq!(config.broker_url().to_string(), "mqtt://127.0.0.1:1883");
         assert_eq!(config.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(config.audit_retention, Duration::from_secs(90 * 86400));
         assert_eq!(config.policies_dir, None);
     }
 
@@ -532,5 +556,29 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
         assert!(toml::from_str::<CoordinatorFile>("listne = 1").is_err());
+    }
+
+    #[test]
+    fn audit_retention_comes_from_the_file_or_a_flag_and_is_range_checked() {
+        let file: CoordinatorFile = toml::from_str("audit_retention = \"30d\"\n").unwrap();
+        let config = resolve(file, Overrides::default()).unwrap();
+        assert_eq!(config.audit_retention, Duration::from_secs(30 * 86400));
+        let file: CoordinatorFile = toml::from_str("audit_retention = \"30d\"\n").unwrap();
+        let over = Overrides {
+            audit_retention: Some("12h".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            resolve(file, over).unwrap().audit_retention,
+            Duration::from_secs(12 * 3600)
+        );
+        for bad in ["0s", "500ms", "200years", "soon", ""] {
+            let over = Overrides {
+                audit_retention: Some(bad.into()),
+                ..Overrides::default()
+            };
+            let e = resolve(CoordinatorFile::default(), over).unwrap_err();
+            assert!(e.to_string().contains("audit_retention"), "{bad}: {e}");
+        }
     }
 }

@@ -300,6 +300,12 @@ impl PolicyRegistry {
             dir = %dir.display(),
             "policy files loaded"
         );
+        // The coordinator runs no action; whether one runs is up to each agent's mapping.
+        for p in &loaded {
+            for warning in p.policy.unmapped_actions(|_| false) {
+                tracing::warn!(file = %p.file, "{warning}");
+            }
+        }
         Ok(loaded
             .into_iter()
             .map(|p| {
@@ -526,7 +532,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         registry.create(spec("cpu")).unwrap();
-        match registry.update("cpu", json!({"action": "drain-pod"}).as_object().unwrap()) {
+        match registry.update("cpu", json!({"action": "drain-nodes"}).as_object().unwrap()) {
             Err(RegistryError::Invalid(e)) => assert_eq!(e.field, "action"),
             other => panic!("{other:?}"),
         }

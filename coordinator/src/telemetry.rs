@@ -88,6 +88,9 @@ pub struct Telemetry {
     /// to the broker because the store could not take them (the broker and the agent
     /// send them again).
     pub mqtt_unacknowledged: prometheus::IntCounter,
+    /// `vigil_audit_pruned_total{kind}`: audit records removed by the audit retention
+    /// (`action`: whole action records, `event`: policy events, `feed`: feed entries).
+    pub audit_pruned: IntCounterVec,
 }
 
 impl Telemetry {
@@ -337,8 +340,18 @@ impl Telemetry {
             "vigil_mqtt_deliveries_unacknowledged_total",
             "MQTT deliveries left unacknowledged because the store could not take them",
         );
+        let audit_pruned = counter(
+            "vigil_audit_pruned_total",
+            "Audit records removed by --audit-retention, by kind (action: whole action records, \
+             event: policy events, feed: event feed entries)",
+            &["kind"],
+        );
+        for kind in ["action", "event", "feed"] {
+            audit_pruned.with_label_values(&[kind]);
+        }
         Telemetry {
             registry,
+            audit_pruned,
             delivery_redelivered,
             clock_skewed,
             mqtt_unacknowledged,
@@ -435,6 +448,7 @@ mod tests {
             delivery_redelivered,
             clock_skewed,
             mqtt_unacknowledged,
+            audit_pruned,
         } = telemetry;
         let counter_vecs = [
             mqtt_messages,
@@ -457,6 +471,7 @@ mod tests {
             http_rejected,
             delivery_redelivered,
             clock_skewed,
+            audit_pruned,
         ];
         counter_vecs.iter().for_each(|v| touch(v));
         touch(http_duration);

@@ -4,6 +4,8 @@
 //! - [`job`]: one queued action and the [`vigil_shared::wire::ActionEvent`]s it produces.
 //! - [`store`]: the agent's LMDB store (jobs, the outbox, counters, the kill switch).
 //! - [`breaker`]: a circuit breaker per executor.
+//! - [`mapping`]: the original system's `drain-pod`, `rebalance` and `snapshot`, mapped
+//!   onto an allowlisted command or webhook (`[actions]`), or recorded as not runnable.
 //! - [`queue`]: ordering, parallelism, retries with backoff, dead-letter, dry-run, kill
 //!   switch, verification; it hands each attempt to
 //! - [`executors`]: the parts that change things on the host (systemd units, Docker
@@ -12,6 +14,7 @@
 pub(crate) mod breaker;
 pub mod executors;
 pub mod job;
+pub mod mapping;
 pub(crate) mod queue;
 pub mod store;
 

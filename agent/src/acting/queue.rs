@@ -363,6 +363,14 @@ impl ActionQueue {
                 self.finish(&id, ActionState::Completed, Some(detail), now_ms)?;
                 continue;
             }
+            // Still an action that needs a mapping: this host has none for it.
+            if job.kind.needs_mapping() {
+                let detail = super::mapping::not_runnable(job.kind);
+                tracing::warn!(action = %id, target = %job.target, "{detail}");
+                self.counters.failed_total += 1;
+                self.finish(&id, ActionState::DeadLetter, Some(detail), now_ms)?;
+                continue;
+            }
             let executor = executor_name(job.kind, &job.target, &job.params);
             if !self.breakers.allow(executor, now_ms) {
                 continue;
@@ -835,6 +843,7 @@ pub fn executor_name(
         ActionKind::Exec => return "exec",
         ActionKind::Webhook => return "webhook",
         ActionKind::Notify => return "notify",
+        kind if kind.needs_mapping() => return "none",
         _ => {}
     }
     match params.get("executor").and_then(serde_json::Value::as_str) {

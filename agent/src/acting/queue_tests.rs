@@ -641,3 +641,65 @@ fn held_messages_are_bounded_and_the_oldest_dropped_are_counted() {
     assert_eq!(unsaved.held.back(), Some(&message(MAX_HELD + 4)));
     assert!(unsaved.describe().contains("5 dropped"));
 }
+
+#[tokio::test]
+async fn an_action_without_a_mapping_is_recorded_not_runnable_and_runs_nothing() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut h = harness(scripted(0, log.clone()), fast(), None);
+    let mut drain = action("D1", "pod-7");
+    drain.kind = ActionKind::DrainPod;
+    drain.written = "drain-pod".into();
+    h.queue.accept(drain, 1).unwrap();
+    drive(&mut h, 1).await;
+    assert!(log.lock().unwrap().is_empty(), "nothing ran");
+    assert_eq!(
+        states(&h.store, "D1"),
+        vec![ActionState::Pending, ActionState::DeadLetter]
+    );
+    let last = events(&h.store).into_iter().last().unwrap();
+    assert_eq!(last.action, "drain-pod");
+    assert_eq!(
+        last.detail.as_deref(),
+        Some("not_runnable: no mapping for drain-pod on this host ([actions] in agent.toml)")
+    );
+    assert_eq!(h.queue.status(10).dead_letter, 1);
+}
+
+#[tokio::test]
+async fn a_mapped_action_runs_as_its_exec_and_keeps_its_name() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut h = harness(scripted(0, log.clone()), fast(), None);
+    let allow = crate::acting::executors::ExecutorConfig {
+        commands: [("drain-node".to_string(), vec!["/bin/true".to_string()])].into(),
+        ..Default::default()
+    };
+    let file = [(
+        "drain-pod".to_string(),
+        crate::acting::mapping::MappingFile {
+            exec: Some("drain-node".into()),
+            webhook: None,
+        },
+    )]
+    .into();
+    let mappings = crate::acting::mapping::ActionMappings::resolve(&file, &allow).unwrap();
+    let mut drain = action("D2", "pod-8");
+    drain.kind = mappings.apply(ActionKind::DrainPod, &mut drain.params);
+    drain.written = "drain-pod".into();
+    h.queue.accept(drain, 1).unwrap();
+    drive(&mut h, 1).await;
+    assert_eq!(*log.lock().unwrap(), vec!["pod-8".to_string()]);
+    assert_eq!(
+        states(&h.store, "D2"),
+        vec![
+            ActionState::Pending,
+            ActionState::Running,
+            ActionState::Completed
+        ]
+    );
+    let running = events(&h.store)
+        .into_iter()
+        .find(|e| e.state == ActionState::Running)
+        .unwrap();
+    assert_eq!(running.action, "drain-pod");
+    assert_eq!(running.executor.as_deref(), Some("exec"));
+}

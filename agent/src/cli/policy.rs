@@ -42,12 +42,21 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Policy>, LoadError> {
     Ok(all.into_iter().map(|(p, _)| p).collect())
 }
 
-/// `policy check`.
+/// `policy check`. An action that runs only through an agent's mapping (`drain-pod`,
+/// `rebalance`, `snapshot`) is a warning, not an error: it loads, and is recorded as not
+/// runnable on agents that do not map it.
 pub fn check(paths: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for path in paths {
         match load_paths(std::slice::from_ref(path)) {
-            Ok(policies) => println!("ok: {} ({} policies)", path.display(), policies.len()),
+            Ok(policies) => {
+                println!("ok: {} ({} policies)", path.display(), policies.len());
+                for policy in &policies {
+                    for warning in policy.unmapped_actions(|_| false) {
+                        println!("warning: {}: {warning}", path.display());
+                    }
+                }
+            }
             Err(e) => {
                 ok = false;
                 eprintln!("invalid: {e}");

@@ -86,6 +86,12 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_RETENTION")]
     pub retention: Option<String>,
 
+    /// How long the audit trail is kept: action records (an action goes whole once its
+    /// latest transition is older), policy events and the event feed, e.g. 90d, 12h
+    /// [default: 90d]
+    #[arg(long, env = "VIGIL_AUDIT_RETENTION")]
+    pub audit_retention: Option<String>,
+
     /// Initial LMDB map size [default: 1GiB]
     #[arg(long, env = "VIGIL_DB_MAP_SIZE")]
     pub db_map_size: Option<String>,
@@ -184,6 +190,7 @@ impl ServeArgs {
                 mqtt_username: self.mqtt_username,
                 mqtt_password: self.mqtt_password,
                 retention: self.retention,
+                audit_retention: self.audit_retention,
                 db_map_size: self.db_map_size,
                 db_max_size: self.db_max_size,
                 policies: self.policies,

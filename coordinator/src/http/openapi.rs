@@ -495,7 +495,13 @@ fn refine(doc: &mut Value) {
         "action",
         json!({
             "type": "string",
-            "enum": ["restart", "start", "stop", "reload", "scale", "exec", "webhook", "notify"],
+            "enum": [
+                "restart", "start", "stop", "reload", "scale", "exec", "webhook", "notify",
+                "drain-pod", "rebalance", "snapshot"
+            ],
+            "description": "drain-pod, rebalance and snapshot run only on agents that map \
+                            them ([actions] in agent.toml); elsewhere they are recorded as \
+                            not runnable",
         }),
     );
     set(

@@ -283,6 +283,21 @@ fn index_key(tag: u8, value: &str, created_ms: i64, id: &str) -> Vec<u8> {
     key
 }
 
+/// Every index key of `record` (its status key for its current status).
+fn index_keys(record: &ActionRecord) -> Vec<Vec<u8>> {
+    let (created, id) = (record.created_at_ms, record.id.as_str());
+    let mut index = vec![
+        index_key(TAG_TIME, "", created, id),
+        index_key(TAG_HOST, &record.host, created, id),
+        index_key(TAG_TARGET, &record.target, created, id),
+        index_key(TAG_STATUS, record.status.as_str(), created, id),
+    ];
+    if let Some(policy) = &record.policy {
+        index.push(index_key(TAG_POLICY, policy, created, id));
+    }
+    index
+}
+
 /// The smallest key greater than every key starting with `prefix`, if there is one.
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -336,17 +351,7 @@ pub(crate) fn store_action(
     let Some(bytes) = store.dbs.actions.get(txn, id)? else {
         let mut record = ActionRecord::new(event, source);
         record.add(event);
-        let created = record.created_at_ms;
-        let mut index = vec![
-            index_key(TAG_TIME, "", created, &record.id),
-            index_key(TAG_HOST, &record.host, created, &record.id),
-            index_key(TAG_TARGET, &record.target, created, &record.id),
-            index_key(TAG_STATUS, record.status.as_str(), created, &record.id),
-        ];
-        if let Some(policy) = &record.policy {
-            index.push(index_key(TAG_POLICY, policy, created, &record.id));
-        }
-        for key in index {
+        for key in index_keys(&record) {
             store.dbs.action_index.put(txn, &key, &[])?;
         }
         store.dbs.actions.put(txn, id, &codec::encode(&record))?;
@@ -396,6 +401,87 @@ pub(crate) fn store_action(
         .actions
         .put(txn, record.id.as_bytes(), &codec::encode(&record))?;
     Ok(1)
+}
+
+/// What one walk of [`prune`] did.
+pub(crate) struct PruneWalk {
+    /// Index keys walked (records removed, kept, or missing).
+    pub walked: usize,
+    /// Records removed.
+    pub deleted: u64,
+    /// The last key walked: the next walk starts after it.
+    pub last: Option<Vec<u8>>,
+    /// The walk reached the cut-off: nothing created earlier is left to look at.
+    pub done: bool,
+}
+
+/// Walks up to `limit` actions created before `before_ms`, oldest first, starting after
+/// the time index key `after`; removes each whose latest transition is also before
+/// `before_ms`: its record, every index key and its counts.
+pub(crate) fn prune(
+    store: &Store,
+    txn: &mut RwTxn,
+    before_ms: i64,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<PruneWalk, StoreError> {
+    let prefix = index_prefix(TAG_TIME, "");
+    let mut end = prefix.clone();
+    end.extend_from_slice(&keys::time_bytes(before_ms));
+    let start = match after {
+        Some(after) => Bound::Excluded(after),
+        None => Bound::Included(prefix.as_slice()),
+    };
+    let range = (start, Bound::Excluded(end.as_slice()));
+    let mut walked: Vec<Vec<u8>> = Vec::new();
+    for entry in store.dbs.action_index.range(txn, &range)? {
+        if walked.len() >= limit {
+            break;
+        }
+        let (key, _) = entry?;
+        walked.push(key.to_vec());
+    }
+    let mut walk = PruneWalk {
+        walked: walked.len(),
+        deleted: 0,
+        last: walked.last().cloned(),
+        done: walked.len() < limit,
+    };
+    for key in walked {
+        let id = key.get(prefix.len() + 8..).unwrap_or_default();
+        let Some(bytes) = store.dbs.actions.get(txn, id)? else {
+            tracing::warn!(
+                id = %String::from_utf8_lossy(id),
+                "the action time index names a record that is not stored; removed the key"
+            );
+            store.dbs.action_index.delete(txn, &key)?;
+            continue;
+        };
+        let record = codec::decode::<ActionRecord>("actions", bytes)?;
+        let latest = record
+            .transitions
+            .iter()
+            .map(|t| t.at_ms)
+            .max()
+            .unwrap_or(record.created_at_ms);
+        if latest >= before_ms {
+            continue;
+        }
+        remove(store, txn, &record)?;
+        walk.deleted += 1;
+    }
+    Ok(walk)
+}
+
+/// Deletes `record`, its index keys and its counts.
+fn remove(store: &Store, txn: &mut RwTxn, record: &ActionRecord) -> Result<(), StoreError> {
+    for key in index_keys(record) {
+        store.dbs.action_index.delete(txn, &key)?;
+    }
+    store.dbs.actions.delete(txn, record.id.as_bytes())?;
+    bump(store, txn, META_TOTAL, false)?;
+    bump(store, txn, &status_key(record.status), false)?;
+    Ok(())
 }
 
 /// Counts a stored transition in `vigil_actions_total{state}` once its write committed
@@ -576,6 +662,65 @@ impl Store {
         let txn = self.env.read_txn()?;
         f(&txn)
     }
+}
+
+/// Checks that the action records, their index keys and the counts agree: every index
+/// key names a stored record and is one of its keys, every record has all its keys, and
+/// the counters match the records. Returns the number of records.
+#[cfg(test)]
+pub(crate) fn check_consistency(store: &Store) -> Result<u64, String> {
+    let e = |e: StoreError| e.to_string();
+    store
+        .read_actions(|txn| {
+            let mut expected = std::collections::BTreeSet::new();
+            let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
+            let mut records = 0u64;
+            for entry in store.dbs.actions.iter(txn)? {
+                let (_, bytes) = entry?;
+                let record = codec::decode::<ActionRecord>("actions", bytes)?;
+                records += 1;
+                *by_status.entry(record.status.as_str()).or_default() += 1;
+                expected.extend(index_keys(&record));
+            }
+            let mut found = std::collections::BTreeSet::new();
+            for entry in store.dbs.action_index.iter(txn)? {
+                let (key, _) = entry?;
+                found.insert(key.to_vec());
+            }
+            let mut problems = Vec::new();
+            if expected != found {
+                problems.push(format!(
+                    "{} index keys without their record, {} missing",
+                    found.difference(&expected).count(),
+                    expected.difference(&found).count()
+                ));
+            }
+            if read_counter(store, txn, META_TOTAL)? != records {
+                problems.push(format!(
+                    "total counter {} for {records} records",
+                    read_counter(store, txn, META_TOTAL)?
+                ));
+            }
+            for state in ALL_STATES {
+                let counted = read_counter(store, txn, &status_key(state))?;
+                let actual = by_status.get(state.as_str()).copied().unwrap_or(0);
+                if counted != actual {
+                    problems.push(format!(
+                        "{} counter {counted}, records {actual}",
+                        state.as_str()
+                    ));
+                }
+            }
+            Ok((records, problems))
+        })
+        .map_err(e)
+        .and_then(|(records, problems)| {
+            if problems.is_empty() {
+                Ok(records)
+            } else {
+                Err(problems.join("; "))
+            }
+        })
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //! The store writer appends an entry, with the next sequence number, in the same
 //! transaction that stores what it reports (so a redelivered message, which stores
 //! nothing, adds nothing to the feed) and broadcasts it once committed ([`Feed`]). Entries
-//! are kept in the `feed` database (pruned with the metric retention), so a client that
-//! reconnects with the last sequence number it saw gets exactly what it missed.
+//! are kept in the `feed` database (pruned with the audit retention, see
+//! [`super::audit`]), so a client that reconnects with the last sequence number it saw
+//! gets exactly what it missed, if that is still kept.
 //!
 //! The `feed` database: every [`FeedEntry`] by sequence number (u64, big-endian), for
 //! clients that resume the event stream (see [`crate::store::feed`]).
@@ -179,13 +180,18 @@ impl Store {
         Ok(entries)
     }
 
-    /// The sequence number of the last stored entry (0: none).
+    /// The sequence number of the last entry stored, pruned or not (0: none yet).
     pub fn feed_last_seq(&self) -> Result<u64, StoreError> {
         let rtxn = self.env.read_txn()?;
-        Ok(match self.dbs.feed.last(&rtxn)? {
+        let stored = match self.dbs.feed.last(&rtxn)? {
             Some((key, _)) => seq_of(key)?,
             None => 0,
-        })
+        };
+        let pruned = match self.dbs.meta.get(&rtxn, META_PRUNED_UPTO)? {
+            Some(bytes) => seq_of(bytes)?,
+            None => 0,
+        };
+        Ok(stored.max(pruned))
     }
 }
 
@@ -198,12 +204,27 @@ pub(crate) fn append(store: &Store, txn: &mut RwTxn, entry: &FeedEntry) -> Resul
     Ok(())
 }
 
-/// Deletes entries stored before `before_ms`; returns how many.
-pub(crate) fn prune(store: &Store, txn: &mut RwTxn, before_ms: i64) -> Result<u64, StoreError> {
+/// The `meta` key holding the highest sequence number pruned: sequence numbers go on from
+/// it when every entry is gone.
+const META_PRUNED_UPTO: &[u8] = b"feed_pruned_upto";
+
+/// Deletes up to `limit` entries stored before `before_ms`, oldest first; returns how
+/// many, and whether none older is left.
+pub(crate) fn prune(
+    store: &Store,
+    txn: &mut RwTxn,
+    before_ms: i64,
+    limit: usize,
+) -> Result<(u64, bool), StoreError> {
     let mut old = Vec::new();
+    let mut done = true;
     for item in store.dbs.feed.iter(txn)? {
         let (key, bytes) = item?;
         if codec::decode::<FeedEntry>("feed", bytes)?.stored_ms >= before_ms {
+            break;
+        }
+        if old.len() >= limit {
+            done = false;
             break;
         }
         old.push(seq_of(key)?);
@@ -211,7 +232,13 @@ pub(crate) fn prune(store: &Store, txn: &mut RwTxn, before_ms: i64) -> Result<u6
     for seq in &old {
         store.dbs.feed.delete(txn, &seq.to_be_bytes())?;
     }
-    Ok(old.len() as u64)
+    if let Some(last) = old.last() {
+        store
+            .dbs
+            .meta
+            .put(txn, META_PRUNED_UPTO, &last.to_be_bytes())?;
+    }
+    Ok((old.len() as u64, done))
 }
 
 fn seq_of(key: &[u8]) -> Result<u64, StoreError> {

@@ -23,6 +23,9 @@
 //! `mount=/var`) are told apart by the tag hash. Keys sort by time within a series, so a
 //! history query is one range scan and retention is one range delete per series.
 //!
+//! Metric history is kept for `--retention`; actions, policy events and the feed for
+//! `--audit-retention` ([`audit`]).
+//!
 //! All writes go through one writer thread ([`writer`]) that batches them into few
 //! transactions. Reads run on the caller's thread. When LMDB's map fills up, the writer
 //! grows it up to the configured ceiling, and past that rejects writes with
@@ -30,6 +33,7 @@
 
 pub mod actions;
 pub mod agents;
+pub mod audit;
 pub mod codec;
 pub mod feed;
 pub mod keys;

@@ -23,8 +23,9 @@ use vigil_shared::delivery::{Admit, Delivery, Stream, Window};
 use vigil_shared::validate;
 use vigil_shared::wire::{ActionEvent, AgentState, AgentStatus, PolicyEvent, Sample, Tag};
 
+use super::audit::{AuditChunk, AuditCursor, AuditReply};
 use super::records::{HostRecord, LatestPoint, Source, StoredPoint};
-use super::{actions, codec, feed, keys, Store, StoreError};
+use super::{actions, audit, codec, feed, keys, Store, StoreError};
 use crate::store::feed::{FeedEntry, FeedEvent};
 use crate::telemetry::Telemetry;
 
@@ -129,7 +130,19 @@ pub enum Write {
         /// Where to send the outcome, if anyone waits for it.
         reply: Option<WriteReply>,
     },
-    /// Delete history older than `before_ms`.
+    /// Delete audit records (actions, policy events, feed entries) older than
+    /// `before_ms`: one chunk of an audit retention pass (see [`super::audit`]).
+    PruneAudit {
+        /// The cut-off, epoch ms.
+        before_ms: i64,
+        /// Most records this chunk removes or looks at.
+        limit: usize,
+        /// Where the pass is.
+        cursor: AuditCursor,
+        /// Where to send what the chunk did.
+        reply: Option<AuditReply>,
+    },
+    /// Delete metric history older than `before_ms`.
     Prune {
         /// The cut-off, epoch ms.
         before_ms: i64,
@@ -240,8 +253,10 @@ fn run(
                 admitted,
                 feed_entries,
                 stored,
+                audits,
             }) => {
                 store.feed.committed(feed_entries);
+                let mut audits = audits.into_iter();
                 if let (Some(acks), false) = (&acks, stored.is_empty()) {
                     let _ = acks.try_send(stored);
                 }
@@ -263,6 +278,16 @@ fn run(
                     if let Some(inner) = inner {
                         super::actions::count_stored(&telemetry, inner, outcome);
                     }
+                    if let Write::PruneAudit { reply, .. } = write {
+                        let chunk = audits.next().unwrap_or_default();
+                        for (kind, n) in chunk.pruned.by_kind() {
+                            telemetry.audit_pruned.with_label_values(&[kind]).inc_by(n);
+                        }
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(chunk));
+                        }
+                        continue;
+                    }
                     if let Some(reply) = reply_of(write) {
                         let _ = reply.send(Ok(outcome));
                     }
@@ -276,7 +301,12 @@ fn run(
                 tracing::error!(writes = batch.len(), "store write failed: {e}");
                 let e = Arc::new(e);
                 for write in batch {
-                    if let Some(reply) = reply_of(write) {
+                    if let Write::PruneAudit {
+                        reply: Some(reply), ..
+                    } = write
+                    {
+                        let _ = reply.send(Err(e.clone()));
+                    } else if let Some(reply) = reply_of(write) {
                         let _ = reply.send(Err(e.clone()));
                     }
                 }
@@ -292,9 +322,11 @@ fn reply_of(write: Write) -> Option<WriteReply> {
         | Write::Queued { reply, .. }
         | Write::ManualAction { reply, .. } => reply,
         Write::Flush { reply } => Some(reply),
-        Write::Status { .. } | Write::Event { .. } | Write::Action { .. } | Write::Feed { .. } => {
-            None
-        }
+        Write::Status { .. }
+        | Write::Event { .. }
+        | Write::Action { .. }
+        | Write::Feed { .. }
+        | Write::PruneAudit { .. } => None,
     }
 }
 
@@ -341,6 +373,8 @@ struct Applied {
     feed_entries: Vec<FeedEntry>,
     /// How far each agent stream it touched is now stored.
     stored: Vec<Stored>,
+    /// What each audit prune chunk did, in batch order.
+    audits: Vec<AuditChunk>,
 }
 
 fn apply_growing(
@@ -411,6 +445,7 @@ fn apply(
     let mut windows: HashMap<(String, Stream), Window> = HashMap::new();
     let mut missing = 0u64;
     let mut redelivered: Vec<(Stream, &'static str)> = Vec::new();
+    let mut audits = Vec::new();
     for write in batch {
         let write = match write {
             Write::Queued {
@@ -562,9 +597,17 @@ fn apply(
                 add_to_feed(&mut txn, *at_ms, event.clone())?;
                 1
             }
-            Write::Prune { before_ms, .. } => {
-                feed::prune(store, &mut txn, *before_ms)?;
-                prune(store, &mut txn, *before_ms)?
+            Write::Prune { before_ms, .. } => prune(store, &mut txn, *before_ms)?,
+            Write::PruneAudit {
+                before_ms,
+                limit,
+                cursor,
+                ..
+            } => {
+                let chunk = audit::prune_chunk(store, &mut txn, *before_ms, *limit, cursor)?;
+                let removed = chunk.pruned.total();
+                audits.push(chunk);
+                removed
             }
             // A queued write never holds another.
             Write::Flush { .. } | Write::Queued { .. } => 0,
@@ -612,6 +655,7 @@ fn apply(
         admitted,
         feed_entries,
         stored,
+        audits,
     })
 }
 

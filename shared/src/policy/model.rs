@@ -211,6 +211,14 @@ pub enum ActionKind {
     Webhook,
     /// Record an event only.
     Notify,
+    /// The original system's `drain-pod`: runs only where the agent maps it
+    /// (`[actions]` in its config), else it is recorded as not runnable.
+    #[serde(rename = "drain-pod")]
+    DrainPod,
+    /// The original system's `rebalance` (mapped like [`ActionKind::DrainPod`]).
+    Rebalance,
+    /// The original system's `snapshot` (mapped like [`ActionKind::DrainPod`]).
+    Snapshot,
 }
 
 impl ActionKind {
@@ -225,12 +233,30 @@ impl ActionKind {
             ActionKind::Exec => "exec",
             ActionKind::Webhook => "webhook",
             ActionKind::Notify => "notify",
+            ActionKind::DrainPod => "drain-pod",
+            ActionKind::Rebalance => "rebalance",
+            ActionKind::Snapshot => "snapshot",
         }
     }
 
-    /// Reads an action name, accepting the original system's names where they have an
-    /// edge meaning (`restart-service`, `scale-up`, `custom`, …) and refusing, with the
-    /// reason, those that have none here (`drain-pod`, `rebalance`, `snapshot`).
+    /// The original system's actions that have no built-in meaning on a host: an agent
+    /// runs them through its `[actions]` mapping (an allowlisted command or webhook), or
+    /// records them as not runnable.
+    pub const MAPPED: [ActionKind; 3] = [
+        ActionKind::DrainPod,
+        ActionKind::Rebalance,
+        ActionKind::Snapshot,
+    ];
+
+    /// Whether this action runs only through an agent's mapping (see [`Self::MAPPED`]).
+    pub fn needs_mapping(self) -> bool {
+        Self::MAPPED.contains(&self)
+    }
+
+    /// Reads an action name, accepting the original system's names: those with an edge
+    /// meaning (`restart-service`, `scale-up`, `custom`, …) map onto it, and those without
+    /// one (`drain-pod`, `rebalance`, `snapshot`) are kinds that run through an agent's
+    /// mapping ([`Self::needs_mapping`]).
     pub fn parse(name: &str) -> Result<ActionKind, String> {
         let normal = name.trim().to_ascii_lowercase().replace('_', "-");
         Ok(match normal.as_str() {
@@ -242,22 +268,14 @@ impl ActionKind {
             "exec" => ActionKind::Exec,
             "webhook" | "custom" => ActionKind::Webhook,
             "notify" | "alert" | "none" => ActionKind::Notify,
-            "drain-pod" => {
-                return Err(format!(
-                    "action `{name}` drains a Kubernetes pod; Vigil agents act through systemd and \
-                     Docker on their own host (use restart, stop or scale)"
-                ))
-            }
-            "rebalance" | "snapshot" => {
-                return Err(format!(
-                    "action `{name}` has no meaning on a single host; use exec with an allowlisted \
-                     command or webhook"
-                ))
-            }
+            "drain-pod" => ActionKind::DrainPod,
+            "rebalance" => ActionKind::Rebalance,
+            "snapshot" => ActionKind::Snapshot,
             _ => {
                 return Err(format!(
                     "unknown action `{name}`; expected one of restart, start, stop, reload, scale, \
-                     exec, webhook, notify"
+                     exec, webhook, notify, or the original system's drain-pod, rebalance, \
+                     snapshot (run through an agent's [actions] mapping)"
                 ))
             }
         })
@@ -313,6 +331,27 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Warnings for the steps of this policy that run only through an agent's mapping
+    /// ([`ActionKind::needs_mapping`]) and `mapped` says are not mapped: such a step is
+    /// recorded as not runnable.
+    pub fn unmapped_actions(&self, mapped: impl Fn(ActionKind) -> bool) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter(|step| step.kind.needs_mapping() && !mapped(step.kind))
+            .map(|step| {
+                format!(
+                    "policy `{}`: action `{}` has no built-in meaning on a host; it runs only \
+                     where the agent maps it (`[actions] {} = {{ exec = \"…\" }}` or \
+                     `{{ webhook = \"…\" }}` in agent.toml), elsewhere it is recorded as \
+                     not_runnable",
+                    self.name,
+                    step.written,
+                    step.kind.as_str()
+                )
+            })
+            .collect()
+    }
+
     /// The longest history any of this policy's conditions looks at.
     pub fn lookback(&self) -> Duration {
         fn walk(c: &Condition) -> Duration {

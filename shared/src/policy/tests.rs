@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::engine::{DecisionKind, Engine};
 use super::eval::{explain, holds};
 use super::load::{load_text, LoadError};
-use super::model::{Condition, Direction, Severity};
+use super::model::{ActionKind, Condition, Direction, Severity};
 use super::observations::{Observations, StateKind, StateReading};
 use super::spec::PolicySpec;
 use crate::wire::Sample;
@@ -702,7 +702,7 @@ fn bad_policies_name_file_policy_and_field() {
         ("policies:\n  - name: a\n    condition: {type: metric_exceedz, metric: cpu, threshold: 1}\n", "unknown variant `metric_exceedz`"),
         ("policies:\n  - name: a\n    condition: {metric: cpu, threshold: 1}\n", "needs `type`"),
         ("policies:\n  - name: a\n    severity: severe\n    condition: cpu > 1\n", "severe"),
-        ("policies:\n  - name: a\n    condition: {type: metric_exceeds, metric: cpu, threshold: 1}\n    action: drain-pod\n", "Kubernetes"),
+        ("policies:\n  - name: a\n    condition: {type: metric_exceeds, metric: cpu, threshold: 1}\n    action: drain-nodes\n", "drain-pod, rebalance"),
         ("policies:\n  - name: a\n    condition: {type: all, conditions: []}\n", "condition.conditions"),
         ("policies:\n  - name: a\n    condition: {type: any, conditions: [{type: metric_below, metric: \"\", threshold: 1}]}\n", "condition.conditions[0].metric"),
         ("policies:\n  - name: a\n    condition: cpu > 1 for 1m\n    for: 2m\n", "for"),
@@ -735,4 +735,56 @@ fn specs_round_trip_through_json() {
         assert_eq!(back, spec, "{json}");
         assert_eq!(back.check().unwrap(), spec.check().unwrap());
     }
+}
+
+#[test]
+fn every_action_of_the_original_format_loads_and_unmapped_ones_are_named() {
+    let yaml = "policies:
+  - name: drain
+    condition: {type: metric_exceeds, metric: cpu_percent, threshold: 90}
+    auto_remediate: true
+    actions: [DRAIN_POD, {action: rebalance, params: {zone: a}}, restart]
+  - name: backup
+    condition: disk_free_percent < 5
+    action: snapshot
+  - name: grow
+    condition: cpu_percent > 80
+    action: scale-up
+";
+    let policies = load_text(yaml, "original.yaml").unwrap();
+    let kinds: Vec<Vec<ActionKind>> = policies
+        .iter()
+        .map(|p| p.actions.iter().map(|a| a.kind).collect())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            vec![
+                ActionKind::DrainPod,
+                ActionKind::Rebalance,
+                ActionKind::Restart
+            ],
+            vec![ActionKind::Snapshot],
+            vec![ActionKind::Scale],
+        ]
+    );
+    assert_eq!(policies[0].actions[0].written, "DRAIN_POD");
+    let none = policies[0].unmapped_actions(|_| false);
+    assert_eq!(none.len(), 2);
+    assert!(
+        none[0].contains("policy `drain`: action `DRAIN_POD`"),
+        "{}",
+        none[0]
+    );
+    assert!(none[0].contains("[actions] drain-pod"), "{}", none[0]);
+    assert!(none[0].contains("not_runnable"), "{}", none[0]);
+    let some = policies[0].unmapped_actions(|k| k == ActionKind::DrainPod);
+    assert_eq!(some.len(), 1);
+    assert!(some[0].contains("`rebalance`"), "{}", some[0]);
+    assert!(policies[2].unmapped_actions(|_| false).is_empty());
+    for kind in ActionKind::MAPPED {
+        assert_eq!(ActionKind::parse(kind.as_str()), Ok(kind));
+        assert!(kind.needs_mapping());
+    }
+    assert!(!ActionKind::Restart.needs_mapping());
 }

@@ -270,6 +270,12 @@ impl Executors {
                 Route::Webhook(url)
             }
             ActionKind::Notify => Route::Notify,
+            // Mapped onto exec or webhook when queued; what reaches here has no mapping.
+            kind @ (ActionKind::DrainPod | ActionKind::Rebalance | ActionKind::Snapshot) => {
+                return Err(ExecError::Invalid(crate::acting::mapping::not_runnable(
+                    kind,
+                )))
+            }
         };
         self.allow(route, target)
     }
@@ -294,14 +300,20 @@ impl Executors {
     /// `http://hooks:9000` allows `http://hooks:9000/x` but not `http://hooks:9000.evil/`
     /// or `http://hooks:9000@evil/`.
     fn webhook_allowed(&self, url: &str) -> bool {
-        self.config.webhooks.iter().any(|prefix| {
-            let prefix = prefix.trim();
-            !prefix.is_empty()
-                && url.strip_prefix(prefix).is_some_and(|rest| {
-                    prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?', '#'])
-                })
-        })
+        webhook_allowed(&self.config.webhooks, url)
     }
+}
+
+/// Whether `url` starts with one of `prefixes`, ending at a boundary (see
+/// [`Executors::webhook_allowed`]).
+pub(crate) fn webhook_allowed(prefixes: &[String], url: &str) -> bool {
+    prefixes.iter().any(|prefix| {
+        let prefix = prefix.trim();
+        !prefix.is_empty()
+            && url.strip_prefix(prefix).is_some_and(|rest| {
+                prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?', '#'])
+            })
+    })
 }
 
 /// The refusal of `reload` on a container.

@@ -21,4 +21,5 @@ mod systemd;
 mod webhook;
 
 pub use attempt::{ExecError, ExecOutcome, ExecRequest};
+pub(crate) use dispatch::webhook_allowed;
 pub use dispatch::{ExecutorConfig, Executors};

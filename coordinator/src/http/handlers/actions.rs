@@ -688,7 +688,7 @@ mod tests {
         );
         assert_eq!(field_of(r#"{"target":"x"}"#).as_deref(), Some("action"));
         assert_eq!(
-            field_of(r#"{"target":"x","action":"drain-pod"}"#).as_deref(),
+            field_of(r#"{"target":"x","action":"drain-nodes"}"#).as_deref(),
             Some("action")
         );
         assert_eq!(
