@@ -172,6 +172,16 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     if let Some(m) = monit.as_mut() {
         check_alive(&mut m.proc)?;
     }
+    // Where the resident pages are, at the end of the window.
+    let agent_pages = Breakdown::of(measured.pid()).map_err(|e| {
+        BenchError::Failed(format!("footprint: /proc/{}/smaps: {e}", measured.pid()))
+    })?;
+    let monit_pages = match &monit {
+        Some(m) => Some(Breakdown::of(m.proc.pid()).map_err(|e| {
+            BenchError::Failed(format!("footprint: /proc/{}/smaps: {e}", m.proc.pid()))
+        })?),
+        None => None,
+    };
 
     // Both agents really reported all along, and the 50 policies were loaded and run.
     let hosts = get_json(
@@ -268,6 +278,8 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         agent_program,
         agent_bytes,
         monit_noticed,
+        agent_pages,
+        monit_pages,
     };
     figures.make(&watched)
 }
@@ -283,6 +295,10 @@ struct Figures {
     agent_bytes: u64,
     /// Whether Monit logged that the measured agent stopped (`None`: no Monit).
     monit_noticed: Option<bool>,
+    /// The measured agent's resident pages by mapping, at the end of the window.
+    agent_pages: Breakdown,
+    /// Monit's.
+    monit_pages: Option<Breakdown>,
 }
 
 impl Figures {
@@ -307,7 +323,7 @@ impl Figures {
              MiB), counted in full for each agent though shared. {POLICIES} policies in \
              {POLICIES} YAML files, written not to fire ({fired} policy events recorded), \
              {evaluations} policy x target evaluations by the last status; both agents \
-             online {:.1} s after start.",
+             online {:.1} s after start. The agent's resident pages at the end (smaps): {}.",
             mib(a.rss_peak_kib),
             mib(a.rss_mean_kib),
             mib(b.rss_peak_kib),
@@ -317,6 +333,7 @@ impl Figures {
             self.agent_program.display(),
             self.agent_bytes as f64 / 1024.0 / 1024.0,
             self.online_after.as_secs_f64(),
+            self.agent_pages.describe(),
         );
         if fired > 0 {
             let _ = write!(
@@ -397,11 +414,15 @@ impl Figures {
              libraries (libc, OpenSSL, PAM, zlib), both shared with other processes. The \
              agent: {POLICIES} policies at a 1 s interval, reporting over MQTT; monit: `monit \
              -I -c FILE`, `set daemon 1`, one process check (the agent, by pid file; cpu and \
-             totalmem limits), no HTTP interface, logging to a file. {noticed}.",
+             totalmem limits), no HTTP interface, logging to a file. {noticed}. Monit's \
+             resident pages at the end (smaps): {}.",
             split(a),
             mib(a.rss_peak_kib),
             split(m),
             mib(m.rss_peak_kib),
+            self.monit_pages
+                .as_ref()
+                .map_or_else(|| "not read".into(), Breakdown::describe),
         );
         let cpu_note = format!(
             "{:.2}% vs {:.2}%: utime + stime from /proc/<pid>/stat over the same {window:.0} \
@@ -586,6 +607,117 @@ impl Watched {
             file_mean_kib: self.file_sum_kib / n,
             cpu_percent,
         })
+    }
+}
+
+/// Where a process's resident pages are, from `/proc/<pid>/smaps`, in KiB.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Breakdown {
+    /// The program's own executable segment (machine code).
+    code: u64,
+    /// The program's read-only segments (constants, relocation-free tables, unwind
+    /// tables, headers).
+    rodata: u64,
+    /// The program's writable segments (data, and the relocated read-only-after-start data
+    /// of a position-independent binary).
+    data: u64,
+    /// Other files: shared libraries, memory-mapped databases.
+    other_files: u64,
+    /// The `brk` heap.
+    heap: u64,
+    /// Anonymous mappings that follow a guard page: thread stacks.
+    thread_stacks: u64,
+    /// How many such stacks.
+    stacks: u64,
+    /// Other anonymous mappings: large allocations, allocator arenas.
+    anon_other: u64,
+    /// The main thread's stack.
+    main_stack: u64,
+    /// Everything else (`[vdso]`, `[vvar]`, …).
+    other: u64,
+}
+
+impl Breakdown {
+    /// Reads `/proc/<pid>/smaps` (and `/proc/<pid>/exe`).
+    fn of(pid: u32) -> Result<Breakdown, String> {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+            .map_err(|e| format!("smaps: {e}"))?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_err(|e| format!("exe: {e}"))?;
+        Ok(Breakdown::parse(&smaps, &exe.to_string_lossy()))
+    }
+
+    /// Classifies each mapping of the text of `/proc/<pid>/smaps` (`exe` is the program's
+    /// path as the mappings name it).
+    fn parse(smaps: &str, exe: &str) -> Breakdown {
+        let mut b = Breakdown::default();
+        // (permissions, path) of the mapping being read, and of the one before it.
+        let mut current: Option<(String, String)> = None;
+        let mut previous_perms = String::new();
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let Some(first) = fields.next() else { continue };
+            if first.contains('-') && !first.ends_with(':') {
+                // A mapping's header: `start-end perms offset dev inode [path]`.
+                if let Some((perms, _)) = current.take() {
+                    previous_perms = perms;
+                }
+                let perms = fields.next().unwrap_or("").to_string();
+                let path = fields.nth(3).unwrap_or("").to_string();
+                current = Some((perms, path));
+                continue;
+            }
+            if first != "Rss:" {
+                continue;
+            }
+            let Some(kib) = fields.next().and_then(|v| v.parse::<u64>().ok()) else {
+                continue;
+            };
+            let Some((perms, path)) = &current else { continue };
+            let slot = if path == exe {
+                if perms.contains('x') {
+                    &mut b.code
+                } else if perms.contains('w') {
+                    &mut b.data
+                } else {
+                    &mut b.rodata
+                }
+            } else if path.starts_with('/') {
+                &mut b.other_files
+            } else if path == "[heap]" {
+                &mut b.heap
+            } else if path == "[stack]" {
+                &mut b.main_stack
+            } else if path.is_empty() && previous_perms.starts_with("---") {
+                b.stacks += 1;
+                &mut b.thread_stacks
+            } else if path.is_empty() {
+                &mut b.anon_other
+            } else {
+                &mut b.other
+            };
+            *slot += kib;
+        }
+        b
+    }
+
+    /// One line for a figure's note.
+    fn describe(&self) -> String {
+        let m = |kib: u64| format!("{:.2}", kib as f64 / 1024.0);
+        format!(
+            "code {} MiB, read-only data {}, writable data {}, other files {}, heap {}, \
+             {} thread stacks {}, other anonymous {}, main stack {}, other {}",
+            m(self.code),
+            m(self.rodata),
+            m(self.data),
+            m(self.other_files),
+            m(self.heap),
+            self.stacks,
+            m(self.thread_stacks),
+            m(self.anon_other),
+            m(self.main_stack),
+            m(self.other),
+        )
     }
 }
 
@@ -1015,6 +1147,51 @@ mod tests {
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         let (rss, hwm) = parse_status(&own).unwrap();
         assert!(rss > 0 && hwm >= rss);
+    }
+
+    #[test]
+    fn sorts_resident_pages_by_mapping() {
+        let smaps = "\
+55d0-55d1 r--p 00000000 08:01 42 /usr/bin/vigil-agent
+Rss:                  40 kB
+55d1-55d9 r-xp 00001000 08:01 42 /usr/bin/vigil-agent
+Size:               2048 kB
+Rss:                1500 kB
+55d9-55da rw-p 00009000 08:01 42 /usr/bin/vigil-agent
+Rss:                  12 kB
+55da-55db rw-p 00000000 00:00 0                          [heap]
+Rss:                 300 kB
+7f00-7f01 ---p 00000000 00:00 0
+Rss:                   0 kB
+7f01-7f02 rw-p 00000000 00:00 0
+Rss:                  16 kB
+7f02-7f03 rw-p 00000000 00:00 0
+Rss:                 100 kB
+7f03-7f04 r--s 00000000 08:01 77 /var/lib/vigil/agent/data.mdb
+Rss:                  64 kB
+7ffd-7ffe rw-p 00000000 00:00 0                          [stack]
+Rss:                  24 kB
+7ffe-7fff r-xp 00000000 00:00 0                          [vdso]
+Rss:                   4 kB
+";
+        let b = Breakdown::parse(smaps, "/usr/bin/vigil-agent");
+        assert_eq!(
+            b,
+            Breakdown {
+                code: 1500,
+                rodata: 40,
+                data: 12,
+                other_files: 64,
+                heap: 300,
+                thread_stacks: 16,
+                stacks: 1,
+                anon_other: 100,
+                main_stack: 24,
+                other: 4,
+            }
+        );
+        let own = Breakdown::of(std::process::id()).unwrap();
+        assert!(own.code > 0, "{own:?}");
     }
 
     #[test]
