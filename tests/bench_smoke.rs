@@ -41,10 +41,7 @@ fn every_benchmark_part_runs_and_prints_its_figures() {
         .iter()
         .any(|p| std::path::Path::new(p).is_file());
     if monit_installed {
-        for figure in [
-            "agent vs monit: resident memory",
-            "agent vs monit: CPU",
-        ] {
+        for figure in ["agent vs monit: resident memory", "agent vs monit: CPU"] {
             let line = stdout
                 .lines()
                 .find(|l| l.starts_with(figure))

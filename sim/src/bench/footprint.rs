@@ -308,8 +308,7 @@ impl Figures {
         let (Some(agent), Some(base)) = (watched.first(), watched.get(1)) else {
             return Err(BenchError::Failed("footprint: no /proc readings".into()));
         };
-        let (Some(a), Some(b)) = (agent.summary(self.clk_tck), base.summary(self.clk_tck))
-        else {
+        let (Some(a), Some(b)) = (agent.summary(self.clk_tck), base.summary(self.clk_tck)) else {
             return Err(BenchError::Failed("footprint: no /proc readings".into()));
         };
         let window = a.window_s;
@@ -522,11 +521,7 @@ fn start_monit(program: &Path, dir: &Path, agent_pid: u32) -> Result<Monit, Benc
         pid_file = pid_file.display(),
     );
     write(&control, &text, 0o600)?;
-    let args = vec![
-        "-I".to_string(),
-        "-c".into(),
-        control.display().to_string(),
-    ];
+    let args = vec!["-I".to_string(), "-c".into(), control.display().to_string()];
     let proc = Launcher::Simulator.start("monit", program, &args, dir)?;
     Ok(Monit { proc, log })
 }
@@ -642,8 +637,8 @@ impl Breakdown {
     fn of(pid: u32) -> Result<Breakdown, String> {
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
             .map_err(|e| format!("smaps: {e}"))?;
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map_err(|e| format!("exe: {e}"))?;
+        let exe =
+            std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| format!("exe: {e}"))?;
         Ok(Breakdown::parse(&smaps, &exe.to_string_lossy()))
     }
 
@@ -673,7 +668,9 @@ impl Breakdown {
             let Some(kib) = fields.next().and_then(|v| v.parse::<u64>().ok()) else {
                 continue;
             };
-            let Some((perms, path)) = &current else { continue };
+            let Some((perms, path)) = &current else {
+                continue;
+            };
             let slot = if path == exe {
                 if perms.contains('x') {
                     &mut b.code
