@@ -5,9 +5,11 @@
 //! (`warn`, `info,rumqttc=warn`, `vigil_agent=debug`), without the span and field filters
 //! of `EnvFilter`, which would link a regex engine into the agent for nothing.
 //!
-//! The runtime has one thread: the agent's work per tick is small, and one thread spares
-//! the wake-ups between worker threads and a worker (and its stack) per core of the host.
-//! Blocking work (the `/proc` scans, `install`) runs on tokio's blocking pool.
+//! The runtime has two worker threads, whatever the host's core count: the agent's work
+//! per tick is small, and two threads spare the wake-ups between many workers and a
+//! worker (and its stack) per core of a large host, while a slow step (an LMDB commit
+//! waiting for the disk) still leaves a thread for the MQTT connections. Blocking work
+//! (the `/proc` scans, `install`) runs on tokio's blocking pool.
 
 use std::process::ExitCode;
 
@@ -15,7 +17,7 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
