@@ -1,7 +1,9 @@
 //! The benchmark command still runs end to end: `vigil-sim bench --quick` (small sizes,
 //! short runs, debug binaries) measures every part against real processes and prints
 //! each figure with its same-run baseline. The figures themselves are not asserted
-//! (machines here are noisy); the README's come from a release build.
+//! (machines here are noisy); the README's come from a release build. The footprint part
+//! measures the agent next to Debian's Monit when `monit` is installed (CI installs it),
+//! and says it skipped that comparison otherwise.
 
 use std::process::Command;
 
@@ -34,5 +36,22 @@ fn every_benchmark_part_runs_and_prints_its_figures() {
             .find(|l| l.starts_with(figure))
             .unwrap_or_else(|| panic!("no `{figure}` figure in:\n{stdout}"));
         assert!(line.contains("baseline"), "{line}");
+    }
+    let monit_installed = ["/usr/bin/monit", "/usr/sbin/monit"]
+        .iter()
+        .any(|p| std::path::Path::new(p).is_file());
+    if monit_installed {
+        for figure in ["agent vs monit: resident memory", "agent vs monit: CPU"] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(figure))
+                .unwrap_or_else(|| panic!("no `{figure}` figure in:\n{stdout}"));
+            assert!(line.contains("baseline monit"), "{line}");
+        }
+    } else {
+        assert!(
+            stdout.contains("agent vs monit: skipped"),
+            "no monit, and no word of skipping it:\n{stdout}"
+        );
     }
 }

@@ -139,6 +139,10 @@ struct BenchArgs {
     /// Scratch directory for data and logs [default: a temporary directory]
     #[arg(long)]
     work_dir: Option<std::path::PathBuf>,
+    /// The agent binary the footprint part measures, e.g. the static build of
+    /// `scripts/dist` [default: the vigil-agent beside this program]
+    #[arg(long, value_name = "PATH")]
+    agent: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -173,6 +177,7 @@ async fn bench_main(args: BenchArgs) -> ExitCode {
     let env = BenchEnv {
         work_dir,
         quick: args.quick,
+        agent: args.agent,
     };
     match bench::run(&env, &parts).await {
         Ok(_) => ExitCode::SUCCESS,

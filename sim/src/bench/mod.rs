@@ -5,7 +5,7 @@
 //!
 //! Parts: [`ingest`] (samples/s stored and queryable, embedded broker vs Mosquitto),
 //! [`latency`] (sample leaves an agent → queryable over REST), [`footprint`] (one real
-//! agent's memory and CPU), [`audit`] (REST audit query over a large audit trail).
+//! agent's memory and CPU, next to Monit's), [`audit`] (REST audit query over a large audit trail).
 
 pub mod audit;
 pub mod footprint;
@@ -38,6 +38,9 @@ pub struct BenchEnv {
     pub work_dir: PathBuf,
     /// Smaller sizes and shorter runs (for a smoke test), not the README's figures.
     pub quick: bool,
+    /// The agent binary the footprint part measures (e.g. the shipped static build);
+    /// `None`: the `vigil-agent` beside this program.
+    pub agent: Option<PathBuf>,
 }
 
 /// One measured figure, with the same-run baseline it is compared to.
