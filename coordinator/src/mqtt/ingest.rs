@@ -526,7 +526,7 @@ impl Gate {
         };
         let key = self
             .sessions
-            .lookup(host, &enrolled, id, std::time::Instant::now())?;
+            .lookup(host, &enrolled, id, channel, std::time::Instant::now())?;
         agent_auth::open_mac(sealed, seal, key, host, channel)
     }
 

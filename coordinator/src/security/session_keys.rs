@@ -1,18 +1,25 @@
 //! The agents' session keys, as ingest holds them ([`vigil_shared::agent_auth`]): per
-//! host, the current key (from the host's latest accepted handshake) and the previous one.
+//! host, the key of its latest accepted handshake and the few before it the agent may
+//! still be sealing with.
 //!
 //! - A Hello must be newer than every handshake this coordinator has seen from the host
 //!   (a later session, or a higher rekey number within the session) and not from a
 //!   session before the host's stored status: otherwise it is refused as
 //!   `replayed_handshake`.
-//! - A new key replaces the current one. If the current one was used (a message arrived
-//!   under it), it becomes the previous key and stays valid for [`GRACE`] after the
-//!   first message under the new key (messages the agent sealed before the Welcome
-//!   reached it are still in flight); a message under it after that is refused as
-//!   `rekeyed`. A current key never used is simply replaced (its Welcome was lost, or
-//!   the Hello was a replay nobody can finish).
-//! - A key older than the current one and not the previous: `rekeyed`; any other
-//!   unknown key: `unknown_session`.
+//! - The coordinator cannot know whether the agent got a Welcome (a reconnection may lose
+//!   it, and the agent keeps sealing with the key it had; under an ingest backlog, the
+//!   Hellos of several reconnections may be read before any message under their keys).
+//!   So it keeps the [`KEPT`] newest keys and the newest key a message has already
+//!   arrived under (the agent surely holds it).
+//! - The first message under a key on a channel starts the [`GRACE`] of every older key
+//!   on that channel: messages the agent sealed before it switched are still in flight;
+//!   after the grace a message under an older key on that channel is refused as
+//!   `rekeyed`. The grace runs per channel because the broker keeps order only within a
+//!   topic: under a backlog, one channel's messages (say the agent's action transitions)
+//!   may reach ingest many seconds after another's sealed later (its metrics). Whatever
+//!   the channel, an older key dies [`MAX_OVERLAP`] after the first message under a newer
+//!   one. A key older than the newest and no longer kept is `rekeyed` too; any other
+//!   key: `unknown_session`.
 //! - Keys are tied to the enrolled public key they were made under: a revoked host, or
 //!   one re-enrolled with another key, loses them at the first message after ingest's
 //!   key cache sees it ([`super::agent_keys::KEY_CACHE_TTL`], 1 s).
@@ -25,9 +32,32 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use vigil_shared::agent_auth::{AgentPublicKey, KeyId, Refusal, SessionKey};
+use vigil_shared::topics::AgentChannel;
 
-/// How long the previous key stays valid after the first message under its successor.
+/// How long older keys stay valid on a channel after the first message under a newer
+/// one on that channel.
 pub const GRACE: Duration = Duration::from_secs(5);
+
+/// How long older keys stay valid on any channel after the first message under a newer
+/// one (two rekey periods).
+pub const MAX_OVERLAP: Duration = Duration::from_secs(200);
+
+/// The channels a grace runs on apart (metrics, status, actions, events).
+const CHANNELS: usize = 4;
+
+fn channel_slot(channel: AgentChannel) -> usize {
+    match channel {
+        AgentChannel::Metrics => 0,
+        AgentChannel::Status => 1,
+        AgentChannel::Actions => 2,
+        _ => 3,
+    }
+}
+
+/// How many of a host's newest keys are kept (besides the newest used one): enough for
+/// the Hellos of many reconnections while ingest is far behind (their keys' messages
+/// still queued), few enough to bound memory.
+const KEPT: usize = 16;
 
 /// Most hosts held (enrolled agents that handshook); beyond it the table starts over.
 const MAX_HOSTS: usize = 1_000_000;
@@ -35,8 +65,15 @@ const MAX_HOSTS: usize = 1_000_000;
 /// One key and how it is used.
 struct Slot {
     key: SessionKey,
-    /// A message arrived under it.
+    /// A message arrived under it (on any channel).
     used: bool,
+    /// A message arrived under it, per channel.
+    seen: [bool; CHANNELS],
+    /// When it stops being accepted, per channel (set by the first message under a newer
+    /// key on that channel).
+    until: [Option<Instant>; CHANNELS],
+    /// When it stops being accepted on every channel.
+    dies: Option<Instant>,
 }
 
 /// What is known about one host.
@@ -45,11 +82,8 @@ struct HostKeys {
     enrolled: AgentPublicKey,
     /// The newest handshake accepted.
     newest: KeyId,
-    current: Option<Slot>,
-    previous: Option<Slot>,
-    /// When the previous key stops being accepted (set by the first message under the
-    /// current one).
-    previous_until: Option<Instant>,
+    /// The keys kept, oldest first.
+    slots: Vec<Slot>,
 }
 
 /// Every host's session keys.
@@ -80,20 +114,30 @@ impl SessionKeys {
         }
     }
 
-    /// Installs the key of an accepted handshake as `host`'s current key.
+    /// Installs the key of an accepted handshake as `host`'s newest key.
     pub fn install(&mut self, host: &str, enrolled: &AgentPublicKey, key: SessionKey) {
         let id = key.id();
-        let slot = Slot { key, used: false };
+        let slot = Slot {
+            key,
+            used: false,
+            seen: [false; CHANNELS],
+            until: [None; CHANNELS],
+            dies: None,
+        };
         match self.hosts.get_mut(host) {
             Some(known) if known.enrolled == *enrolled => {
                 known.newest = known.newest.max(id);
-                if let Some(current) = known.current.take() {
-                    if current.used {
-                        known.previous = Some(current);
-                        known.previous_until = None;
-                    }
-                }
-                known.current = Some(slot);
+                known.slots.push(slot);
+                known.slots.sort_by_key(|s| s.key.id());
+                // Keep the three newest and the newest used.
+                let count = known.slots.len();
+                let used = known.slots.iter().rposition(|s| s.used);
+                let mut index = 0;
+                known.slots.retain(|_| {
+                    let keep = index + KEPT >= count || Some(index) == used;
+                    index += 1;
+                    keep
+                });
             }
             _ => {
                 if self.hosts.len() >= MAX_HOSTS {
@@ -104,9 +148,7 @@ impl SessionKeys {
                     HostKeys {
                         enrolled: enrolled.clone(),
                         newest: id,
-                        current: Some(slot),
-                        previous: None,
-                        previous_until: None,
+                        slots: vec![slot],
                     },
                 );
             }
@@ -114,12 +156,13 @@ impl SessionKeys {
     }
 
     /// The key `id` of `host` (whose enrolled key is `enrolled`), if a message under it
-    /// is acceptable `now`.
+    /// on `channel` is acceptable `now`.
     pub fn lookup(
         &mut self,
         host: &str,
         enrolled: &AgentPublicKey,
         id: KeyId,
+        channel: AgentChannel,
         now: Instant,
     ) -> Result<&SessionKey, Refusal> {
         if self
@@ -132,30 +175,32 @@ impl SessionKeys {
         let Some(known) = self.hosts.get_mut(host) else {
             return Err(Refusal::UnknownSession(id));
         };
-        let current_id = known.current.as_ref().map(|slot| slot.key.id());
-        if current_id == Some(id) {
-            if let Some(current) = known.current.as_mut() {
-                if !current.used {
-                    current.used = true;
-                    if known.previous.is_some() {
-                        known.previous_until = Some(now + GRACE);
-                    }
+        let Some(at) = known.slots.iter().position(|s| s.key.id() == id) else {
+            return Err(if id < known.newest {
+                Refusal::Rekeyed(id)
+            } else {
+                Refusal::UnknownSession(id)
+            });
+        };
+        let c = channel_slot(channel);
+        let slot = &known.slots[at];
+        if slot.until[c].is_some_and(|until| now >= until)
+            || slot.dies.is_some_and(|dies| now >= dies)
+        {
+            return Err(Refusal::Rekeyed(id));
+        }
+        if !known.slots[at].seen[c] {
+            let first = !known.slots[at].used;
+            known.slots[at].seen[c] = true;
+            known.slots[at].used = true;
+            for older in &mut known.slots[..at] {
+                older.until[c].get_or_insert(now + GRACE);
+                if first {
+                    older.dies.get_or_insert(now + MAX_OVERLAP);
                 }
-                return Ok(&current.key);
             }
         }
-        if let Some(previous) = known.previous.as_ref() {
-            if previous.key.id() == id {
-                return match known.previous_until {
-                    Some(until) if now >= until => Err(Refusal::Rekeyed(id)),
-                    _ => Ok(&previous.key),
-                };
-            }
-        }
-        match current_id {
-            Some(current) if id < current => Err(Refusal::Rekeyed(id)),
-            _ => Err(Refusal::UnknownSession(id)),
-        }
+        Ok(&known.slots[at].key)
     }
 
     /// Forgets `host`'s keys (revoked, re-enrolled, or no longer enrolled).
@@ -169,6 +214,7 @@ mod tests {
     use super::*;
     use vigil_shared::agent_auth::{self, AgentKey, Sealer, SignedHello};
     use vigil_shared::bundle::{BundleKeys, PublicKey};
+    use vigil_shared::topics::AgentChannel;
     use vigil_shared::wire::decode;
 
     /// A key made by a real handshake between `sealer` and `coordinator`.
@@ -223,29 +269,52 @@ mod tests {
                 "replayed_handshake"
             );
         }
-        keys.lookup("web-01", &enrolled, first.id(), t0).unwrap();
+        keys.lookup("web-01", &enrolled, first.id(), AgentChannel::Metrics, t0)
+            .unwrap();
         let second = handshake(&sealer, &enrolled, &coordinator);
         keys.admit_hello("web-01", &enrolled, second.id(), 9)
             .unwrap();
         keys.install("web-01", &enrolled, second.clone());
         // Until the new key is used, the old one is good whatever the time.
-        keys.lookup("web-01", &enrolled, first.id(), t0 + GRACE * 10)
-            .unwrap();
+        keys.lookup(
+            "web-01",
+            &enrolled,
+            first.id(),
+            AgentChannel::Metrics,
+            t0 + GRACE * 10,
+        )
+        .unwrap();
         let t1 = t0 + GRACE * 10;
-        keys.lookup("web-01", &enrolled, second.id(), t1).unwrap();
-        keys.lookup("web-01", &enrolled, first.id(), t1 + GRACE / 2)
+        keys.lookup("web-01", &enrolled, second.id(), AgentChannel::Metrics, t1)
             .unwrap();
+        keys.lookup(
+            "web-01",
+            &enrolled,
+            first.id(),
+            AgentChannel::Metrics,
+            t1 + GRACE / 2,
+        )
+        .unwrap();
         assert_eq!(
-            keys.lookup("web-01", &enrolled, first.id(), t1 + GRACE)
-                .unwrap_err()
-                .reason(),
+            keys.lookup(
+                "web-01",
+                &enrolled,
+                first.id(),
+                AgentChannel::Metrics,
+                t1 + GRACE
+            )
+            .unwrap_err()
+            .reason(),
             "rekeyed"
         );
-        // A third key drops the first for good; a key never made is unknown.
-        let third = handshake(&sealer, &enrolled, &coordinator);
-        keys.install("web-01", &enrolled, third.clone());
+        // KEPT more keys drop the first for good; a key never made is unknown.
+        let mut third = second.clone();
+        for _ in 0..KEPT {
+            third = handshake(&sealer, &enrolled, &coordinator);
+            keys.install("web-01", &enrolled, third.clone());
+        }
         assert_eq!(
-            keys.lookup("web-01", &enrolled, first.id(), t1)
+            keys.lookup("web-01", &enrolled, first.id(), AgentChannel::Metrics, t1)
                 .unwrap_err()
                 .reason(),
             "rekeyed"
@@ -253,7 +322,7 @@ mod tests {
         let mut never = third.id();
         never.rekey += 10;
         assert_eq!(
-            keys.lookup("web-01", &enrolled, never, t1)
+            keys.lookup("web-01", &enrolled, never, AgentChannel::Metrics, t1)
                 .unwrap_err()
                 .reason(),
             "unknown_session"
@@ -261,13 +330,13 @@ mod tests {
         // Another enrolled key (re-enrollment): everything is gone.
         let other = AgentPublicKey::from_hex(&AgentKey::generate().public_hex()).unwrap();
         assert_eq!(
-            keys.lookup("web-01", &other, third.id(), t1)
+            keys.lookup("web-01", &other, third.id(), AgentChannel::Metrics, t1)
                 .unwrap_err()
                 .reason(),
             "unknown_session"
         );
         assert_eq!(
-            keys.lookup("web-01", &enrolled, third.id(), t1)
+            keys.lookup("web-01", &enrolled, third.id(), AgentChannel::Metrics, t1)
                 .unwrap_err()
                 .reason(),
             "unknown_session"
@@ -275,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unused_key_is_replaced_without_retiring_the_one_in_use() {
+    fn a_key_whose_welcome_may_be_lost_is_kept_beside_the_one_in_use() {
         let coordinator = BundleKeys::generate();
         let agent = AgentKey::generate();
         let enrolled = AgentPublicKey::from_hex(&agent.public_hex()).unwrap();
@@ -286,19 +355,59 @@ mod tests {
         let now = Instant::now();
         let first = handshake(&sealer, &enrolled, &coordinator);
         keys.install("web-01", &enrolled, first.clone());
-        keys.lookup("web-01", &enrolled, first.id(), now).unwrap();
-        let lost = handshake(&sealer, &enrolled, &coordinator);
-        keys.install("web-01", &enrolled, lost.clone());
+        keys.lookup("web-01", &enrolled, first.id(), AgentChannel::Metrics, now)
+            .unwrap();
+        // Two handshakes without a message under them (their Welcomes may or may not have
+        // arrived): the key in use and both new ones are good.
+        let second = handshake(&sealer, &enrolled, &coordinator);
+        keys.install("web-01", &enrolled, second.clone());
         let third = handshake(&sealer, &enrolled, &coordinator);
         keys.install("web-01", &enrolled, third.clone());
-        // The first key (in use) is still the previous one; the unused second is gone.
-        keys.lookup("web-01", &enrolled, first.id(), now).unwrap();
+        keys.lookup("web-01", &enrolled, first.id(), AgentChannel::Metrics, now)
+            .unwrap();
+        keys.lookup("web-01", &enrolled, second.id(), AgentChannel::Metrics, now)
+            .unwrap();
+        // The second is used now: the first gets its grace; the third stays.
+        keys.lookup(
+            "web-01",
+            &enrolled,
+            first.id(),
+            AgentChannel::Metrics,
+            now + GRACE,
+        )
+        .unwrap_err();
+        keys.lookup(
+            "web-01",
+            &enrolled,
+            third.id(),
+            AgentChannel::Metrics,
+            now + GRACE,
+        )
+        .unwrap();
+        // KEPT more: the third (the newest used) and the KEPT newest are kept; the first
+        // and second are gone.
+        let fourth = handshake(&sealer, &enrolled, &coordinator);
+        keys.install("web-01", &enrolled, fourth.clone());
+        let mut fifth = fourth.clone();
+        for _ in 1..KEPT {
+            fifth = handshake(&sealer, &enrolled, &coordinator);
+            keys.install("web-01", &enrolled, fifth.clone());
+        }
+        keys.lookup("web-01", &enrolled, fourth.id(), AgentChannel::Metrics, now)
+            .unwrap();
+        keys.lookup("web-01", &enrolled, fifth.id(), AgentChannel::Metrics, now)
+            .unwrap();
         assert_eq!(
-            keys.lookup("web-01", &enrolled, lost.id(), now)
+            keys.lookup("web-01", &enrolled, second.id(), AgentChannel::Metrics, now)
                 .unwrap_err()
                 .reason(),
             "rekeyed"
         );
-        keys.lookup("web-01", &enrolled, third.id(), now).unwrap();
+        assert_eq!(
+            keys.lookup("web-01", &enrolled, first.id(), AgentChannel::Metrics, now)
+                .unwrap_err()
+                .reason(),
+            "rekeyed"
+        );
     }
 }
