@@ -69,7 +69,7 @@ async fn actions_queued_through_twenty_agent_sigkills_each_end_exactly_once() {
     wait_for("agent online", WAIT, || async {
         vigil_tests::host_entry(&http, host)
             .await
-            .filter(|h| h["online"] == true)
+            .filter(|h| h["online"] == true && h["agent_version"].is_string())
     })
     .await;
     let post = || async {
@@ -178,7 +178,7 @@ async fn a_damaged_metric_buffer_segment_is_set_aside_and_the_agent_starts_and_s
     wait_for("agent online", WAIT, || async {
         vigil_tests::host_entry(&http, host)
             .await
-            .filter(|h| h["online"] == true)
+            .filter(|h| h["online"] == true && h["agent_version"].is_string())
     })
     .await;
     let status = wait_for("quarantine reported", WAIT, || async {

@@ -83,7 +83,7 @@ async fn a_killed_container_is_restarted_and_the_audit_shows_the_lifecycle() {
     wait_for("agent online", WAIT, || async {
         vigil_tests::host_entry(&http, "e2e-docker")
             .await
-            .filter(|h| h["online"] == true)
+            .filter(|h| h["online"] == true && h["agent_version"].is_string())
     })
     .await;
     // Let the watcher report the container as running first.
@@ -246,7 +246,7 @@ async fn manual_actions_survive_an_agent_sigkill_and_each_ends_exactly_once() {
     wait_for("agent online", WAIT, || async {
         vigil_tests::host_entry(&http, "e2e-crash")
             .await
-            .filter(|h| h["online"] == true)
+            .filter(|h| h["online"] == true && h["agent_version"].is_string())
     })
     .await;
     let post = || async {
@@ -327,7 +327,7 @@ async fn from_threshold_crossing_to_executor_start_and_a_manual_action_result() 
     wait_for("agent online", WAIT, || async {
         vigil_tests::host_entry(&http, "e2e-latency")
             .await
-            .filter(|h| h["online"] == true)
+            .filter(|h| h["online"] == true && h["agent_version"].is_string())
     })
     .await;
     let tmp = textfiles.join(".app.tmp");

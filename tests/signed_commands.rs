@@ -49,7 +49,10 @@ async fn agents_act_on_signed_commands_and_refuse_replayed_expired_and_foreign_o
     let mosquitto = vigil_tests::start_mosquitto(dir.path());
     let c = start_coordinator(&dir, Some(&mosquitto.url), &[]).await;
     let agent = start_agent(HOST, &c.broker, &[], dir.path());
-    host_until(&c.http, "agent online", |h| h["online"] == true).await;
+    host_until(&c.http, "agent online", |h| {
+        h["online"] == true && h["agent_version"].is_string()
+    })
+    .await;
 
     // Listen on the agent's command topic, as an attacker on the broker could.
     let topic = topics::agent(HOST, AgentChannel::Commands);
