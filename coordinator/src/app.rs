@@ -453,17 +453,36 @@ fn raise_open_files(config: &CoordinatorConfig, telemetry: &Telemetry) {
     }
 }
 
-/// Deletes metric history older than `retention`, once a minute (or ten times per
-/// retention window, if that is shorter).
+/// When a retention job runs: once a minute, or ten times per retention window if that
+/// is shorter (at most once a second).
+struct RetentionPasses {
+    ticker: tokio::time::Interval,
+    retention_ms: i64,
+}
+
+impl RetentionPasses {
+    fn new(retention: Duration) -> RetentionPasses {
+        let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        RetentionPasses {
+            ticker: tokio::time::interval(every),
+            retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Waits for the next pass; returns its cut-off (epoch ms): what is older goes.
+    async fn next(&mut self) -> i64 {
+        self.ticker.tick().await;
+        vigil_shared::time::now_ms().saturating_sub(self.retention_ms)
+    }
+}
+
+/// Deletes metric history older than `retention` ([`RetentionPasses`]).
 async fn retention(writer: StoreWriter, retention: Duration, mut stop: watch::Receiver<bool>) {
-    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    let mut ticker = tokio::time::interval(every);
+    let mut passes = RetentionPasses::new(retention);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = ticker.tick() => {
-                let before_ms = vigil_shared::time::now_ms().saturating_sub(retention_ms);
+            before_ms = passes.next() => {
                 match writer.send_and_wait(|reply| Write::Prune { before_ms, reply: Some(reply) }).await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(deleted, "retention removed old metric history"),
@@ -474,23 +493,19 @@ async fn retention(writer: StoreWriter, retention: Duration, mut stop: watch::Re
     }
 }
 
-/// Removes audit records (actions, policy events, feed entries) older than `retention`,
-/// once a minute (or ten times per retention window, if that is shorter), in chunks of
-/// [`crate::store::audit::DEFAULT_CHUNK`] records so that other writes wait at most one
-/// chunk.
+/// Removes audit records (actions, policy events, feed entries) older than `retention`
+/// ([`RetentionPasses`]), in chunks of [`crate::store::audit::DEFAULT_CHUNK`] records so
+/// that other writes wait at most one chunk.
 async fn audit_retention(
     writer: StoreWriter,
     retention: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    let mut ticker = tokio::time::interval(every);
+    let mut passes = RetentionPasses::new(retention);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = ticker.tick() => {
-                let before_ms = vigil_shared::time::now_ms().saturating_sub(retention_ms);
+            before_ms = passes.next() => {
                 let started = std::time::Instant::now();
                 let pass = writer.prune_audit(before_ms, crate::store::audit::DEFAULT_CHUNK);
                 // A pass stops with the coordinator (the next one starts where it left).
