@@ -42,6 +42,9 @@ pub enum StartError {
     /// The coordinator's own MQTT client cannot be set up.
     #[error(transparent)]
     MqttClient(#[from] vigil_shared::mqtt::MissingTls),
+    /// The alert routing file could not be used.
+    #[error(transparent)]
+    AlertRoutes(#[from] crate::alerts::routing::RoutesError),
     /// The REST port could not be bound.
     #[error("REST API cannot listen on {addr}: {source} (use --listen to pick another address)")]
     Listen {
@@ -129,6 +132,14 @@ impl Coordinator {
                     reason: format!("policy load task failed: {e}"),
                 })??
         };
+        let alert_routes = Arc::new(match &config.alert_routes {
+            Some(path) => {
+                let routes = crate::alerts::routing::AlertRoutes::load(path)?;
+                tracing::info!(file = %path.display(), routes = routes.len(), "alert routes loaded");
+                routes
+            }
+            None => crate::alerts::routing::AlertRoutes::default(),
+        });
         let (ack_notes, ack_notes_rx) = tokio::sync::mpsc::channel(crate::mqtt::acks::NOTES_QUEUE);
         let (writer, writer_thread) =
             StoreWriter::start_with_acks(store.clone(), telemetry.clone(), Some(ack_notes));
@@ -361,6 +372,7 @@ impl Coordinator {
             bundles,
             auth,
             coordinator_key,
+            alert_routes,
         }));
         tasks.push(tokio::spawn(crate::http::server::serve(
             routes,

@@ -88,6 +88,8 @@ pub struct CoordinatorConfig {
     pub tls_ca: Option<PathBuf>,
     /// Which streams are republished as JSON for integrations, at which QoS.
     pub json_mirror: crate::events::mirror::MirrorSettings,
+    /// The file mapping Alertmanager alerts to actions, if any.
+    pub alert_routes: Option<PathBuf>,
 }
 
 /// The server certificate chain and key (PEM) of the REST API and the embedded broker.
@@ -166,6 +168,8 @@ pub struct CoordinatorFile {
     pub tls_ca: Option<PathBuf>,
     /// See `--json-mirror`.
     pub json_mirror: Option<String>,
+    /// See `--alert-routes`.
+    pub alert_routes: Option<PathBuf>,
 }
 
 /// Settings given as flags or environment variables (`None` when absent).
@@ -391,6 +395,7 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             Some(text) => text.parse().map_err(|e| invalid("json_mirror", e))?,
             None => crate::events::mirror::MirrorSettings::default(),
         },
+        alert_routes: over.alert_routes.or(file.alert_routes),
     })
 }
 

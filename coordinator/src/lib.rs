@@ -10,6 +10,8 @@
 //!   MQTT JSON topics.
 //! - [`http`]: the REST API (warp): its server, routes, auth, errors, OpenAPI document
 //!   and handlers, and `/metrics`.
+//! - [`alerts`]: Alertmanager's webhook payload and the routing file that maps alerts to
+//!   actions.
 //! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
 //! - [`security`]: agent identities, REST tokens, certificates and TLS.
@@ -23,6 +25,7 @@
 // --document-private-items`): its public docs link the private layers they describe.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub(crate) mod alerts;
 pub(crate) mod app;
 pub(crate) mod bundles;
 pub mod cli;

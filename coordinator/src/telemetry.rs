@@ -91,7 +91,24 @@ pub struct Telemetry {
     /// `vigil_audit_pruned_total{kind}`: audit records removed by the audit retention
     /// (`action`: whole action records, `event`: policy events, `feed`: feed entries).
     pub audit_pruned: IntCounterVec,
+    /// `vigil_alertmanager_alerts_total{outcome}`: alerts received from Alertmanager, by
+    /// what became of them (see [`ALERT_OUTCOMES`]).
+    pub alertmanager_alerts: IntCounterVec,
 }
+
+/// The outcomes `vigil_alertmanager_alerts_total` counts: a firing alert `routed` to an
+/// action, a `duplicate` (a repeat of one already routed, or an end already recorded),
+/// `unrouted` (no route matches it), `refused` (its route gives no usable host or
+/// target, the host has no agent, or the command could not be sent); a `resolved` alert
+/// recorded against its action, or `resolved_unknown` (no action was run for it).
+pub const ALERT_OUTCOMES: [&str; 6] = [
+    "routed",
+    "duplicate",
+    "unrouted",
+    "refused",
+    "resolved",
+    "resolved_unknown",
+];
 
 impl Telemetry {
     /// Creates and registers every metric.
@@ -349,8 +366,18 @@ impl Telemetry {
         for kind in ["action", "event", "feed"] {
             audit_pruned.with_label_values(&[kind]);
         }
+        let alertmanager_alerts = counter(
+            "vigil_alertmanager_alerts_total",
+            "Alerts received from Alertmanager's webhook, by outcome (routed, duplicate, unrouted, \
+             refused, resolved, resolved_unknown)",
+            &["outcome"],
+        );
+        for outcome in ALERT_OUTCOMES {
+            alertmanager_alerts.with_label_values(&[outcome]);
+        }
         Telemetry {
             registry,
+            alertmanager_alerts,
             audit_pruned,
             delivery_redelivered,
             clock_skewed,
@@ -449,6 +476,7 @@ mod tests {
             clock_skewed,
             mqtt_unacknowledged,
             audit_pruned,
+            alertmanager_alerts,
         } = telemetry;
         let counter_vecs = [
             mqtt_messages,
@@ -472,6 +500,7 @@ mod tests {
             delivery_redelivered,
             clock_skewed,
             audit_pruned,
+            alertmanager_alerts,
         ];
         counter_vecs.iter().for_each(|v| touch(v));
         touch(http_duration);

@@ -7,7 +7,8 @@
 //!   bundles a host reports;
 //! - [`docker`], [`systemd`], [`packaging`]: containers, a systemd container, and the
 //!   release artifacts;
-//! - [`faults`]: the fault suite's delivery check (spool on disk against stored points).
+//! - [`faults`]: the fault suite's delivery check (spool on disk against stored points);
+//! - [`monitoring`]: Debian's real Prometheus and Alertmanager, and `promtool`.
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ pub use vigil_testkit::*;
 
 pub mod docker;
 pub mod faults;
+pub mod monitoring;
 pub mod packaging;
 pub mod systemd;
 

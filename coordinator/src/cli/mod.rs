@@ -171,6 +171,11 @@ pub struct ServeArgs {
     /// optional =QoS [default: all (metrics=0, the others=1)]
     #[arg(long, env = "VIGIL_JSON_MIRROR", value_name = "STREAMS")]
     pub json_mirror: Option<String>,
+
+    /// Routing file (YAML) mapping Alertmanager alerts, received at POST
+    /// /api/v1/alertmanager, to actions; read at start [default: none, no alert is routed]
+    #[arg(long, env = "VIGIL_ALERT_ROUTES", value_name = "FILE")]
+    pub alert_routes: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -208,6 +213,7 @@ impl ServeArgs {
                 tls_key: self.tls_key,
                 tls_ca: self.tls_ca,
                 json_mirror: self.json_mirror,
+                alert_routes: self.alert_routes,
             },
         )
     }

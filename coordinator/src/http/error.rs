@@ -37,6 +37,10 @@ pub fn field_label(field: Option<&str>) -> &'static str {
     if field.starts_with("tags.") {
         return "tags";
     }
+    // Alertmanager's payload (`alerts[3].startsAt`, `version`).
+    if field.starts_with("alerts") {
+        return "alerts";
+    }
     "other"
 }
 

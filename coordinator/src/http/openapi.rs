@@ -272,6 +272,8 @@ impl Modify for CommonParts {
         crate::http::handlers::actions::QueueJson, crate::http::handlers::actions::LastTask,
         crate::http::handlers::actions::ActionCreated,
         crate::http::handlers::actions::RemediationSent,
+        crate::http::handlers::alertmanager::AlertmanagerReceived,
+        crate::http::handlers::alertmanager::AlertOutcome,
         crate::http::handlers::health::HealthJson, crate::http::handlers::ingest::Stored,
         crate::http::handlers::violations::ViolationList,
         crate::events::json::PolicyEventJson,

@@ -36,8 +36,8 @@ use super::handlers::ingest::Stored;
 use super::handlers::query::History;
 use super::handlers::violations::ViolationList;
 use super::handlers::{
-    actions, agents, bundles, events, health, hosts, ingest, policies, query, status_page,
-    violations,
+    actions, agents, alertmanager, bundles, events, health, hosts, ingest, policies, query,
+    status_page, violations,
 };
 use super::openapi::{
     ActionStatus, EnrollBody, ErrorBody, EvaluateBody, IngestBody, JoinTokenBody, Json,
@@ -505,6 +505,12 @@ routes! {
          params(("host" = String, Path, description = "Host")),
          responses((status = 200, description = "Resume sent", body = actions::RemediationSent)));
 
+    alertmanager_webhook: post "/api/v1/alertmanager", OPERATOR, Input::Body(alertmanager::MAX_BODY_BYTES),
+        |call| alertmanager::receive(call.api, call.route, call.body),
+        (tag = "actions", request_body = Json,
+         responses((status = 200, description = "Alertmanager's webhook (version 4): each alert's outcome", body = alertmanager::AlertmanagerReceived),
+                   (status = 422, description = "Not Alertmanager's payload; `field` names what is wrong", body = ErrorBody)));
+
     // Policies.
     policies_list: get "/api/v1/policies", VIEWER, Input::Path,
         |call| policies::list(call.api),
@@ -755,6 +761,7 @@ mod tests {
             bundles: Arc::new(bundles),
             auth,
             coordinator_key: keys.public_hex(),
+            alert_routes: Arc::default(),
         });
         Fixture {
             api,

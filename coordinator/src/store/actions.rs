@@ -49,6 +49,8 @@ pub enum ActionSource {
     Agent,
     /// `POST /api/v1/actions`.
     Api,
+    /// An Alertmanager alert (`POST /api/v1/alertmanager`).
+    Alertmanager,
 }
 
 impl ActionSource {
@@ -57,6 +59,7 @@ impl ActionSource {
         match self {
             ActionSource::Agent => "agent",
             ActionSource::Api => "api",
+            ActionSource::Alertmanager => "alertmanager",
         }
     }
 }
@@ -487,7 +490,12 @@ fn remove(store: &Store, txn: &mut RwTxn, record: &ActionRecord) -> Result<(), S
 /// Counts a stored transition in `vigil_actions_total{state}` once its write committed
 /// (`outcome` 1: new; 0: a redelivery, not counted).
 pub(crate) fn count_stored(telemetry: &Telemetry, write: &Write, outcome: u64) {
-    if let Write::Action { event } | Write::ManualAction { event, .. } = write {
+    let event = match write {
+        Write::Action { event } | Write::ManualAction { event, .. } => Some(event),
+        Write::Alert { action, .. } => action.as_ref(),
+        _ => None,
+    };
+    if let Some(event) = event {
         if outcome == 1 {
             telemetry
                 .actions

@@ -130,6 +130,19 @@ pub enum Write {
         /// Where to send the outcome, if anyone waits for it.
         reply: Option<WriteReply>,
     },
+    /// An Alertmanager alert as the audit trail records it, in one transaction: its policy
+    /// event (`act` for a firing alert routed to an action, `resolved` when it ends) and,
+    /// with `act`, the action's first transition (source `alertmanager`). Answers 1 if it
+    /// is new, 0 if already stored (the action's id, or else the event's): a repeat of
+    /// the same alert.
+    Alert {
+        /// The action the alert causes, if it causes one.
+        action: Option<ActionEvent>,
+        /// The alert's event in the policy audit history.
+        event: PolicyEvent,
+        /// Where to send the outcome, if anyone waits for it.
+        reply: Option<WriteReply>,
+    },
     /// Delete audit records (actions, policy events, feed entries) older than
     /// `before_ms`: one chunk of an audit retention pass (see [`super::audit`]).
     PruneAudit {
@@ -320,7 +333,8 @@ fn reply_of(write: Write) -> Option<WriteReply> {
         Write::Samples { reply, .. }
         | Write::Prune { reply, .. }
         | Write::Queued { reply, .. }
-        | Write::ManualAction { reply, .. } => reply,
+        | Write::ManualAction { reply, .. }
+        | Write::Alert { reply, .. } => reply,
         Write::Flush { reply } => Some(reply),
         Write::Status { .. }
         | Write::Event { .. }
@@ -592,6 +606,32 @@ fn apply(
                     add_to_feed(&mut txn, event.at_ms, FeedEvent::Action(event.clone()))?;
                 }
                 stored
+            }
+            Write::Alert { action, event, .. } => {
+                let fresh = match action {
+                    Some(action) => {
+                        let source = actions::ActionSource::Alertmanager;
+                        let stored = actions::store_action(store, &mut txn, action, source)?;
+                        if stored == 1 {
+                            add_to_feed(&mut txn, action.at_ms, FeedEvent::Action(action.clone()))?;
+                        }
+                        stored
+                    }
+                    None => 1,
+                };
+                let noted = if fresh == 1 {
+                    store_event(store, &mut txn, event)?
+                } else {
+                    0
+                };
+                if noted == 1 {
+                    add_to_feed(&mut txn, event.at_ms, FeedEvent::Violation(event.clone()))?;
+                }
+                if action.is_some() {
+                    fresh
+                } else {
+                    noted
+                }
             }
             Write::Feed { event, at_ms } => {
                 add_to_feed(&mut txn, *at_ms, event.clone())?;

@@ -310,7 +310,7 @@ pub(crate) fn parse_new_action(body: &[u8]) -> Result<NewAction, ApiError> {
     })
 }
 
-async fn known_hosts(api: &Api) -> Result<Vec<HostRecord>, ApiError> {
+pub(crate) async fn known_hosts(api: &Api) -> Result<Vec<HostRecord>, ApiError> {
     let store = api.store.clone();
     Ok(tokio::task::spawn_blocking(move || store.hosts())
         .await
@@ -319,7 +319,7 @@ async fn known_hosts(api: &Api) -> Result<Vec<HostRecord>, ApiError> {
 
 /// The host named `name`, if it is known and (when `need_agent`) has an agent that could
 /// receive a command.
-fn agent_host<'a>(
+pub(crate) fn agent_host<'a>(
     hosts: &'a [HostRecord],
     name: &str,
     field: Option<&str>,
@@ -345,7 +345,7 @@ fn agent_host<'a>(
 
 /// Executor parameters as a command carries them: strings as they are, anything else as
 /// JSON text.
-fn params_as_tags(params: &Map<String, Value>) -> Vec<Tag> {
+pub(crate) fn params_as_tags(params: &Map<String, Value>) -> Vec<Tag> {
     params
         .iter()
         .map(|(k, v)| {
@@ -436,33 +436,7 @@ pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
         let Some(host) = host else {
             return Err(ApiError::invalid_field("host", "`host` is required"));
         };
-        let command = Command {
-            id: ulid::Ulid::generate().to_string(),
-            host: host.host.clone(),
-            issued_at_ms: now,
-            expires_at_ms: now.saturating_add(COMMAND_TTL_MS),
-            kind: CommandKind::RunAction {
-                action_id: action_id.clone(),
-                target: new.target.clone(),
-                action: new.action.clone(),
-                params: params_as_tags(&new.params),
-                dry_run: new.dry_run,
-            },
-        };
-        if let Err(e) = api.publisher.command(&command).await {
-            // The record stays, withdrawn, so the audit trail shows the attempt.
-            let cancelled = ActionEvent {
-                state: ActionState::Cancelled,
-                detail: Some(format!("could not be sent to the agent: {e}")),
-                at_ms: now_ms().max(now),
-                ..event
-            };
-            store_manual(&api, cancelled).await?;
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("action `{action_id}` was recorded but not sent: {e}"),
-            ));
-        }
+        let command_id = dispatch(&api, &event, &new.params).await?;
         let online = host.is_online(now);
         let mut message = "Action created successfully".to_string();
         if !online {
@@ -474,7 +448,7 @@ pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
         }
         Ok(created(&ActionCreated {
             action_id,
-            command_id: Some(command.id),
+            command_id: Some(command_id),
             host: Some(host.host.clone()),
             host_online: Some(online),
             message,
@@ -483,6 +457,45 @@ pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
     }
     .await;
     respond(result)
+}
+
+/// Sends the pending action `event` (stored already) to its host's agent as a signed
+/// command with executor parameters `params`; answers the command's id. If it cannot be
+/// sent, the record is withdrawn (cancelled, so the audit trail shows the attempt) and the
+/// answer is 503.
+pub(crate) async fn dispatch(
+    api: &Api,
+    event: &ActionEvent,
+    params: &Map<String, Value>,
+) -> Result<String, ApiError> {
+    let now = now_ms();
+    let command = Command {
+        id: ulid::Ulid::generate().to_string(),
+        host: event.host.clone(),
+        issued_at_ms: now,
+        expires_at_ms: now.saturating_add(COMMAND_TTL_MS),
+        kind: CommandKind::RunAction {
+            action_id: event.id.clone(),
+            target: event.target.clone(),
+            action: event.action.clone(),
+            params: params_as_tags(params),
+            dry_run: event.dry_run,
+        },
+    };
+    if let Err(e) = api.publisher.command(&command).await {
+        let cancelled = ActionEvent {
+            state: ActionState::Cancelled,
+            detail: Some(format!("could not be sent to the agent: {e}")),
+            at_ms: now.max(event.at_ms),
+            ..event.clone()
+        };
+        store_manual(api, cancelled).await?;
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("action `{}` was recorded but not sent: {e}", event.id),
+        ));
+    }
+    Ok(command.id)
 }
 
 /// The answer to `POST /api/v1/actions` (keys in alphabetical order, as always on the wire;
