@@ -26,6 +26,14 @@ pub fn join_token(body: &[u8]) -> Result<i64, String> {
         .map_err(|e| e.message)
 }
 
+/// `POST /api/v1/alertmanager`: reads and checks Alertmanager's payload; on success, the
+/// number of alerts.
+pub fn alertmanager(body: &[u8]) -> Result<usize, String> {
+    crate::alerts::webhook::parse(body)
+        .map(|n| n.alerts.len())
+        .map_err(|e| e.to_string())
+}
+
 /// What the fuzz targets decode and render, from the coordinator's private modules.
 pub use crate::bundles::store::BundleRecord;
 pub use crate::events::json::{entry_json, event_json, tags_json};

@@ -1,7 +1,7 @@
 //! REST request bodies and query strings, through the same parsing and checks the
-//! handlers run: ingest, manual actions, enrollment, join tokens, policy create and
-//! update (and the JSON the created policy is stored as), and the list routes' query
-//! parameters. Nothing panics, and what is accepted obeys the rules it was checked by.
+//! handlers run: ingest, manual actions, Alertmanager's webhook, enrollment, join tokens,
+//! policy create and update (and the JSON the created policy is stored as), and the list
+//! routes' query parameters. Nothing panics, and what is accepted obeys the rules it was checked by.
 #![no_main]
 
 use std::collections::HashMap;
@@ -54,6 +54,9 @@ fn bodies(body: &[u8]) {
         validate::metric_value(sample.sample.value).expect("an accepted value is finite");
     }
     let _ = fuzzing::new_action(body);
+    if let Ok(alerts) = fuzzing::alertmanager(body) {
+        assert!(alerts <= 500, "at most 500 alerts are accepted");
+    }
     let _ = fuzzing::enroll(body);
     if let Ok(ttl_ms) = fuzzing::join_token(body) {
         assert!(ttl_ms >= 0, "a join token's lifetime is not negative");

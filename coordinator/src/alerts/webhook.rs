@@ -315,7 +315,11 @@ fn parse_go_time(text: &str) -> Result<i64, String> {
     if text.len() > 64 || !text.contains('T') {
         return Err(unreadable());
     }
-    let (base, offset_minutes) = match text.len().checked_sub(6).map(|at| text.split_at(at)) {
+    let split = text
+        .len()
+        .checked_sub(6)
+        .and_then(|at| Some((text.get(..at)?, text.get(at..)?)));
+    let (base, offset_minutes) = match split {
         Some((base, offset))
             if matches!(offset.as_bytes(), [b'+' | b'-', h1, h2, b':', m1, m2]
                 if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit())) =>
@@ -465,5 +469,8 @@ mod tests {
         assert_eq!(parse_go_time("1970-01-01T00:00:00.5-00:30"), Ok(1_800_500));
         assert!(parse_go_time("1970-01-01 00:00:00").is_err());
         assert!(parse_go_time("x").is_err());
+        // Not a character boundary where an offset would start: refused, no panic.
+        assert!(parse_go_time("2026-01-20T12:34:56ééé").is_err());
+        assert!(parse_go_time("T€€").is_err());
     }
 }
