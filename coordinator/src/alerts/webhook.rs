@@ -21,9 +21,9 @@ use vigil_shared::validate;
 pub const MAX_ALERTS: usize = 500;
 /// Most labels (and, separately, annotations) one alert may carry.
 pub const MAX_LABELS: usize = 64;
-/// The longest label value.
+/// The longest label value (and receiver name), in characters.
 pub const MAX_LABEL_VALUE: usize = 1024;
-/// The longest annotation value.
+/// The longest annotation value, in characters.
 pub const MAX_ANNOTATION_VALUE: usize = 16 * 1024;
 /// The longest fingerprint (Alertmanager's are 16 hex digits).
 pub const MAX_FINGERPRINT: usize = 64;
@@ -117,12 +117,12 @@ pub fn parse(body: &[u8]) -> Result<Notification, PayloadError> {
     }
     let receiver = match top.get("receiver") {
         None | Some(Value::Null) => String::new(),
-        Some(Value::String(r)) if r.len() <= MAX_LABEL_VALUE => r.clone(),
+        Some(Value::String(r)) if r.chars().count() <= MAX_LABEL_VALUE => r.clone(),
         Some(other) => {
             return Err(refuse(
                 "receiver",
                 format!(
-                    "must be a string of at most {MAX_LABEL_VALUE} bytes, got {}",
+                    "must be a string of at most {MAX_LABEL_VALUE} characters, got {}",
                     brief(other)
                 ),
             ))
@@ -212,13 +212,16 @@ fn string_map(
         }
         let at = format!("{field}.{name}");
         match value {
-            Value::String(text) if text.len() <= max_value => {
+            Value::String(text) if text.chars().count() <= max_value => {
                 out.insert(name.clone(), text.clone());
             }
             Value::String(text) => {
                 return Err(refuse(
                     at,
-                    format!("is {} bytes, more than {max_value}", text.len()),
+                    format!(
+                        "is {} characters, more than {max_value}",
+                        text.chars().count()
+                    ),
                 ))
             }
             other => {

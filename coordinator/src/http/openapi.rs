@@ -105,6 +105,15 @@ pub struct PolicyBody {
     params: Option<Value>,
 }
 
+/// Alertmanager's webhook payload (version 4); its schema is written out in full by
+/// `alertmanager_schema`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AlertmanagerBody {
+    /// `"4"`.
+    version: String,
+}
+
 /// The policy sandbox's input.
 #[derive(ToSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,7 +274,7 @@ impl Modify for CommonParts {
                        operator, admin; see README)."
     ),
     components(schemas(
-        ErrorBody, IngestBody, ManualActionBody, PolicyBody, EvaluateBody,
+        ErrorBody, IngestBody, ManualActionBody, PolicyBody, EvaluateBody, AlertmanagerBody,
         EnrollBody, JoinTokenBody, Json, ActionStatus, Severity,
         crate::http::handlers::actions::ActionList, crate::http::handlers::actions::ActionJson,
         crate::http::handlers::actions::TransitionJson, crate::http::handlers::actions::StatsJson,
@@ -413,6 +422,67 @@ fn tags_schema(host: bool) -> Value {
     schema
 }
 
+/// A time as Alertmanager writes one (RFC 3339, up to nanoseconds, `Z` or an offset) that
+/// `alerts::webhook` takes: in 2001–2199 (so that no offset takes it out of the range
+/// `validate::timestamp` accepts), days up to the 28th.
+const GO_TIME_PATTERN: &str =
+    "(200[1-9]|20[1-9][0-9]|21[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])\
+    T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])";
+
+/// Alertmanager's webhook payload, exactly as `alerts::webhook::parse` takes it: the
+/// fields it reads are checked, the others (`groupLabels`, `externalURL`, …) pass.
+fn alertmanager_schema() -> Value {
+    use crate::alerts::webhook::{
+        MAX_ALERTS, MAX_ANNOTATION_VALUE, MAX_FINGERPRINT, MAX_LABELS, MAX_LABEL_VALUE,
+    };
+    let names = json!({"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$", "maxLength": 128});
+    let status = json!({"type": "string", "enum": ["firing", "resolved"]});
+    let time = format!("^{GO_TIME_PATTERN}$");
+    json!({
+        "type": "object",
+        "description": "Alertmanager's webhook payload, version 4 (what its webhook receiver sends)",
+        "required": ["version", "status", "alerts"],
+        "properties": {
+            "version": {"type": "string", "enum": ["4"]},
+            "receiver": {"type": ["string", "null"], "maxLength": MAX_LABEL_VALUE},
+            "status": status,
+            "alerts": {
+                "type": "array",
+                "maxItems": MAX_ALERTS,
+                "items": {
+                    "type": "object",
+                    "required": ["status", "labels", "startsAt", "fingerprint"],
+                    "properties": {
+                        "status": status,
+                        "labels": {
+                            "type": "object",
+                            "required": ["alertname"],
+                            "maxProperties": MAX_LABELS,
+                            "propertyNames": names,
+                            "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE},
+                        },
+                        "annotations": {
+                            "type": ["object", "null"],
+                            "maxProperties": MAX_LABELS,
+                            "propertyNames": names,
+                            "additionalProperties": {"type": "string", "maxLength": MAX_ANNOTATION_VALUE},
+                        },
+                        "startsAt": {"type": "string", "pattern": time},
+                        "endsAt": {
+                            "type": ["string", "null"],
+                            "pattern": format!("^(0001-01-01T00:00:00Z|{GO_TIME_PATTERN})$"),
+                        },
+                        "fingerprint": {
+                            "type": "string",
+                            "pattern": format!("^[0-9a-fA-F]{{1,{MAX_FINGERPRINT}}}$"),
+                        },
+                    },
+                },
+            },
+        },
+    })
+}
+
 /// Narrows the generated schemas to exactly what the handlers accept where utoipa's
 /// attributes cannot say it (patterns, unions, ranges), so that a request the document
 /// allows is one the API takes, and one it forbids is refused.
@@ -552,6 +622,7 @@ fn refine(doc: &mut Value) {
             "description": "How long it is valid, e.g. `24h` (default); at most ten years",
         }),
     );
+    schemas.insert("AlertmanagerBody".into(), alertmanager_schema());
 }
 
 #[cfg(test)]

@@ -40,8 +40,8 @@ use super::handlers::{
     status_page, violations,
 };
 use super::openapi::{
-    ActionStatus, EnrollBody, ErrorBody, EvaluateBody, IngestBody, JoinTokenBody, Json,
-    ManualActionBody, PolicyBody, Severity,
+    ActionStatus, AlertmanagerBody, EnrollBody, ErrorBody, EvaluateBody, IngestBody, JoinTokenBody,
+    Json, ManualActionBody, PolicyBody, Severity,
 };
 use super::{Api, MAX_BODY_BYTES};
 use crate::security::tokens::Role;
@@ -507,7 +507,7 @@ routes! {
 
     alertmanager_webhook: post "/api/v1/alertmanager", OPERATOR, Input::Body(alertmanager::MAX_BODY_BYTES),
         |call| alertmanager::receive(call.api, call.route, call.body),
-        (tag = "actions", request_body = Json,
+        (tag = "actions", request_body = AlertmanagerBody,
          responses((status = 200, description = "Alertmanager's webhook (version 4): each alert's outcome", body = alertmanager::AlertmanagerReceived),
                    (status = 422, description = "Not Alertmanager's payload; `field` names what is wrong", body = ErrorBody)));
 
