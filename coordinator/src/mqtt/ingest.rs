@@ -3,7 +3,15 @@
 //! only once the store has committed it.
 //!
 //! Every agent message is sealed with the agent's own key
-//! ([`vigil_shared::agent_auth`]): the topic name is never trusted. Nothing an agent (or
+//! ([`vigil_shared::agent_auth`]): the topic name is never trusted. A message is signed
+//! (ed25519) or MAC'd under a session key from a handshake: the agent's Hello on
+//! `vigil/v1/agents/{host}/session` is checked with its enrolled key, must be newer than
+//! any handshake of the host ([`SessionKeys`]), and is answered with a Welcome signed with
+//! the coordinator's key on `vigil/v1/agents/{host}/welcome` (QoS 1, from this
+//! connection); each handshake is counted in `vigil_agent_handshakes_total{outcome}`. A
+//! MAC'd message under a key this coordinator does not hold (it restarted) is refused
+//! (`unknown_session`) and the agent is sent a signed notice to handshake again (at most
+//! every [`NUDGE_EVERY`] per host). Nothing an agent (or
 //! anyone else) publishes can crash this loop: a payload that does not decode, speaks an
 //! unknown protocol version, is not sealed by the enrolled key of the host in its topic
 //! (unknown or revoked host, bad signature, replayed), breaks a content rule
@@ -35,7 +43,10 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio::sync::{oneshot, watch};
-use vigil_shared::agent_auth::{self, ReplayGuard, Seal, SealedMessage, MAX_CLOCK_SKEW_MS};
+use vigil_shared::agent_auth::{
+    self, Authenticator, Refusal, ReplayGuard, Seal, SealedMessage, SignedHello, MAX_CLOCK_SKEW_MS,
+};
+use vigil_shared::bundle::BundleKeys;
 use vigil_shared::delivery::Stream;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
@@ -46,17 +57,23 @@ use vigil_shared::wire::{
 use super::publisher::Publisher;
 use crate::events::mirror::MetricsTap;
 use crate::security::agent_keys::AgentKeys;
+use crate::security::session_keys::SessionKeys;
 use crate::store::writer::{StatusOrder, WriteReply};
 use crate::store::{Source, Store, StoreError, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
 /// The channels the coordinator listens to.
-const CHANNELS: [AgentChannel; 4] = [
+const CHANNELS: [AgentChannel; 5] = [
     AgentChannel::Metrics,
     AgentChannel::Status,
     AgentChannel::Actions,
     AgentChannel::Events,
+    AgentChannel::Session,
 ];
+
+/// How often one host is asked to handshake again at most (its messages name a session
+/// key this coordinator does not hold).
+pub const NUDGE_EVERY: Duration = Duration::from_secs(2);
 
 /// How long deliveries the store could not take stay unacknowledged before the
 /// connection is resumed to have the broker send them again.
@@ -84,11 +101,18 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let Publisher {
-        client, connects, ..
+        client,
+        connects,
+        keys: bundle_keys,
+        ..
     } = publisher;
     let mut failures: u32 = 0;
     let mut gate = Gate {
-        keys: AgentKeys::new(store),
+        keys: AgentKeys::new(store.clone()),
+        store,
+        sessions: SessionKeys::default(),
+        coordinator: bundle_keys,
+        nudged: HashMap::new(),
         guard: ReplayGuard::default(),
         skew_logged: HashMap::new(),
     };
@@ -173,6 +197,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let answer = handle(
                     &publish,
+                    &client,
                     &mut gate,
                     &writer,
                     &telemetry,
@@ -292,6 +317,7 @@ fn settle(
 /// store's answer will come, if the delivery must wait for it.
 async fn handle(
     publish: &Publish,
+    client: &AsyncClient,
     gate: &mut Gate,
     writer: &StoreWriter,
     telemetry: &Telemetry,
@@ -308,14 +334,19 @@ async fn handle(
         return None;
     };
     let received_ms = now_ms();
-    if matches!(channel, AgentChannel::Commands | AgentChannel::Acks) {
+    if matches!(
+        channel,
+        AgentChannel::Commands | AgentChannel::Acks | AgentChannel::Welcome
+    ) {
+        return None;
+    }
+    if channel == AgentChannel::Session {
+        gate.handshake(host, publish, client, telemetry);
         return None;
     }
     let seal = match gate.open(host, channel, publish) {
         Ok(seal) => seal,
-        Err(Rejection::Seal(
-            agent_auth::Refusal::Duplicate { .. } | agent_auth::Refusal::SupersededWill { .. },
-        )) => {
+        Err(Rejection::Seal(Refusal::Duplicate { .. } | Refusal::SupersededWill { .. })) => {
             telemetry
                 .mqtt_duplicates
                 .with_label_values(&[channel.as_str()])
@@ -323,6 +354,9 @@ async fn handle(
             return None;
         }
         Err(rejection) => {
+            if let Rejection::Seal(Refusal::UnknownSession(id)) = &rejection {
+                gate.nudge(host, id.session, client);
+            }
             rejection.report(telemetry, channel, &publish.topic);
             return None;
         }
@@ -379,7 +413,10 @@ async fn handle(
                 return None;
             }
         },
-        AgentChannel::Commands | AgentChannel::Acks => return None,
+        AgentChannel::Commands
+        | AgentChannel::Acks
+        | AgentChannel::Session
+        | AgentChannel::Welcome => return None,
     };
     let expected = match channel {
         AgentChannel::Metrics => Some(Stream::Metrics),
@@ -428,9 +465,17 @@ async fn handle(
     answer
 }
 
-/// Checks seals: the enrolled agents' keys and what each has already sent.
+/// Checks seals: the enrolled agents' keys, their session keys, and what each has
+/// already sent.
 struct Gate {
     keys: AgentKeys,
+    /// For the hosts' stored status order (a Hello's session floor).
+    store: Store,
+    sessions: SessionKeys,
+    /// Signs Welcomes.
+    coordinator: Arc<BundleKeys>,
+    /// When each host was last asked to handshake again.
+    nudged: HashMap<String, std::time::Instant>,
     guard: ReplayGuard,
     /// When each host's clock skew was last logged, epoch ms.
     skew_logged: HashMap<String, i64>,
@@ -446,14 +491,148 @@ impl Gate {
         publish: &Publish,
     ) -> Result<Seal, Rejection> {
         let sealed = wire::decode::<SealedMessage>(&publish.payload).map_err(Rejection::Decode)?;
-        let seal = self
-            .keys
-            .check(host, |key| agent_auth::open(&sealed, key, host, channel))
-            .map_err(Rejection::Seal)?;
+        let seal = match &sealed.auth {
+            Authenticator::Signature(_) => self
+                .keys
+                .check(host, |key| agent_auth::open(&sealed, key, host, channel)),
+            Authenticator::Mac(_) => self.open_mac(host, channel, &sealed),
+        }
+        .map_err(Rejection::Seal)?;
         self.guard
             .admit(&seal, channel, publish.retain)
             .map_err(Rejection::Seal)?;
         Ok(seal)
+    }
+
+    /// Checks a MAC'd message with the session key it names. The host's enrolled key
+    /// is looked up (cached, [`AgentKeys`]) for every message, so that a revocation drops
+    /// its session keys as soon as the cache sees it.
+    fn open_mac(
+        &mut self,
+        host: &str,
+        channel: AgentChannel,
+        sealed: &SealedMessage,
+    ) -> Result<Seal, Refusal> {
+        let enrolled = match self.keys.check(host, |key| Ok(key.clone())) {
+            Ok(enrolled) => enrolled,
+            Err(refusal) => {
+                self.sessions.forget(host);
+                return Err(refusal);
+            }
+        };
+        let seal = agent_auth::peek(sealed)?;
+        let Some(id) = seal.key_id() else {
+            return Err(Refusal::Malformed("MAC'd, yet names no session key".into()));
+        };
+        let key = self
+            .sessions
+            .lookup(host, &enrolled, id, channel, std::time::Instant::now())?;
+        agent_auth::open_mac(sealed, seal, key, host, channel)
+    }
+
+    /// Answers a Hello on `host`'s session topic: checks it, and publishes the Welcome
+    /// (the new key is installed first, so messages under it are accepted as soon as the
+    /// agent has it). Counted by outcome.
+    fn handshake(
+        &mut self,
+        host: &str,
+        publish: &Publish,
+        client: &AsyncClient,
+        telemetry: &Telemetry,
+    ) {
+        let outcome = self.hello(host, publish).and_then(|payload| {
+            client
+                .try_publish(
+                    topics::agent(host, AgentChannel::Welcome),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .map_err(|e| Rejection::Unanswered(format!("cannot queue the Welcome: {e}")))
+        });
+        let reason = match outcome {
+            Ok(()) => {
+                telemetry
+                    .agent_handshakes
+                    .with_label_values(&["accepted"])
+                    .inc();
+                return;
+            }
+            Err(ref rejection) => rejection.reason(),
+        };
+        telemetry
+            .agent_handshakes
+            .with_label_values(&[reason])
+            .inc();
+        if let Err(rejection) = outcome {
+            rejection.report(telemetry, AgentChannel::Session, &publish.topic);
+        }
+    }
+
+    /// Checks a Hello and makes the session key; returns the Welcome to publish.
+    fn hello(&mut self, host: &str, publish: &Publish) -> Result<Vec<u8>, Rejection> {
+        let signed = wire::decode::<SignedHello>(&publish.payload).map_err(Rejection::Decode)?;
+        let checked = self.keys.check(host, |key| {
+            agent_auth::open_hello(&signed, key, host).map(|hello| (hello, key.clone()))
+        });
+        let (hello, enrolled) = match checked {
+            Ok(checked) => checked,
+            Err(refusal) => {
+                if matches!(refusal, Refusal::Revoked(_) | Refusal::UnknownAgent(_)) {
+                    self.sessions.forget(host);
+                }
+                return Err(Rejection::Seal(refusal));
+            }
+        };
+        let id = hello.key_id();
+        // A Hello is never retained by an agent: a retained one is a copy.
+        if publish.retain {
+            return Err(Rejection::Seal(Refusal::ReplayedHandshake(id)));
+        }
+        let stored = match self.store.host_record(host) {
+            Ok(record) => record
+                .and_then(|r| r.status_order)
+                .map(|(session, _)| session),
+            Err(e) => {
+                tracing::error!(%host, "cannot read the host's status order: {e}");
+                None
+            }
+        };
+        let floor = stored
+            .unwrap_or(0)
+            .max(self.guard.session(host).unwrap_or(0));
+        self.sessions
+            .admit_hello(host, &enrolled, id, floor)
+            .map_err(Rejection::Seal)?;
+        let (payload, key) = agent_auth::welcome(&self.coordinator, &hello, &signed.signed)
+            .map_err(Rejection::Seal)?;
+        self.sessions.install(host, &enrolled, key);
+        tracing::debug!(%host, key = %id, "session key made");
+        Ok(payload)
+    }
+
+    /// Asks `host` to handshake again (its message named a key this coordinator does
+    /// not hold), at most every [`NUDGE_EVERY`].
+    fn nudge(&mut self, host: &str, session: u64, client: &AsyncClient) {
+        let now = std::time::Instant::now();
+        if let Some(at) = self.nudged.get(host) {
+            if now.duration_since(*at) < NUDGE_EVERY {
+                return;
+            }
+        }
+        if self.nudged.len() >= 100_000 {
+            self.nudged.clear();
+        }
+        self.nudged.insert(host.to_string(), now);
+        let notice = agent_auth::rehandshake_notice(&self.coordinator, host, session);
+        if let Err(e) = client.try_publish(
+            topics::agent(host, AgentChannel::Welcome),
+            QoS::AtLeastOnce,
+            false,
+            notice,
+        ) {
+            tracing::debug!(%host, "cannot queue the request to handshake again: {e}");
+        }
     }
 
     /// The host's clock minus ours, from a fresh message's seal (`None` for the last
@@ -498,11 +677,25 @@ impl Gate {
 /// Why a message was refused.
 enum Rejection {
     Decode(DecodeError),
-    Seal(agent_auth::Refusal),
-    HostMismatch { claimed: String },
+    Seal(Refusal),
+    HostMismatch {
+        claimed: String,
+    },
+    /// A good Hello whose Welcome could not be queued.
+    Unanswered(String),
 }
 
 impl Rejection {
+    /// The counters' label.
+    fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Decode(e) => e.reason(),
+            Rejection::Seal(refusal) => refusal.reason(),
+            Rejection::HostMismatch { .. } => "host_mismatch",
+            Rejection::Unanswered(_) => "unanswered",
+        }
+    }
+
     fn report(self, telemetry: &Telemetry, channel: AgentChannel, topic: &str) {
         match self {
             Rejection::Decode(e) => reject(
@@ -526,6 +719,9 @@ impl Rejection {
                 topic,
                 &format!("payload speaks for host `{claimed}`"),
             ),
+            Rejection::Unanswered(problem) => {
+                reject(telemetry, channel.as_str(), "unanswered", topic, &problem)
+            }
         }
     }
 }
