@@ -44,6 +44,7 @@ use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use vigil_shared::agent_auth::{AgentKey, Sealer, Taken, REKEY_EVERY};
+
 use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::bundle::PublicKey;
 use vigil_shared::delivery::{self, Delivery, DeliveryAck, ResendTimer, Stream};
@@ -192,6 +193,10 @@ impl Shared {
         entry.batches += 1;
     }
 }
+
+/// How long a Hello may stay unanswered before it is sent again (then twice as long
+/// each time, up to [`REKEY_EVERY`]), as a real agent does.
+const HELLO_RETRY: Duration = Duration::from_secs(5);
 
 /// A queued message: where it goes and what it carries (sealed each time it is sent).
 #[derive(Debug)]
@@ -456,15 +461,27 @@ impl Session {
             };
             let sealer = Arc::clone(sealer);
             tokio::spawn(async move {
-                let mut rekey = tokio::time::interval_at(
-                    tokio::time::Instant::now() + REKEY_EVERY,
-                    REKEY_EVERY,
-                );
+                // A Hello is due at `due`: every REKEY_EVERY, and again after an
+                // unanswered one (HELLO_RETRY, doubling up to REKEY_EVERY), as a real
+                // agent does. `None`: waiting for the connection.
+                let mut due: Option<tokio::time::Instant> = None;
+                let mut retry = HELLO_RETRY;
+                let send_hello = |retry: &mut Duration| {
+                    hello();
+                    let next = tokio::time::Instant::now() + *retry;
+                    *retry = (*retry * 2).min(REKEY_EVERY);
+                    Some(next)
+                };
                 loop {
                     let event = tokio::select! {
                         event = eventloop.poll() => event,
-                        _ = rekey.tick(), if handshakes => {
-                            hello();
+                        _ = async {
+                            match due {
+                                Some(at) => tokio::time::sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        }, if handshakes => {
+                            due = send_hello(&mut retry);
                             continue;
                         }
                     };
@@ -474,13 +491,20 @@ impl Session {
                             Counters::inc(&shared.counters.connected);
                             Counters::inc(&shared.counters.connects);
                             if handshakes {
-                                hello();
+                                retry = HELLO_RETRY;
+                                due = send_hello(&mut retry);
                             }
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) if p.topic == welcome_topic => {
                             match sealer.accept_welcome(&p.payload) {
-                                Ok(Taken::Key(_)) => {}
-                                Ok(Taken::HandshakeAgain) => hello(),
+                                Ok(Taken::Key(_)) => {
+                                    retry = HELLO_RETRY;
+                                    due = Some(tokio::time::Instant::now() + REKEY_EVERY);
+                                }
+                                Ok(Taken::HandshakeAgain) => {
+                                    retry = HELLO_RETRY;
+                                    due = send_hello(&mut retry);
+                                }
                                 Err(e) => {
                                     tracing::debug!(host = %sealer.host(), "session key answer refused: {e}")
                                 }

@@ -4,12 +4,9 @@
 //!
 //! Every agent message is sealed with the agent's own key
 //! ([`vigil_shared::agent_auth`]): the topic name is never trusted. A message is signed
-//! (ed25519) or MAC'd under a session key from a handshake: the agent's Hello on
-//! `vigil/v1/agents/{host}/session` is checked with its enrolled key, must be newer than
-//! any handshake of the host ([`SessionKeys`]), and is answered with a Welcome signed with
-//! the coordinator's key on `vigil/v1/agents/{host}/welcome` (QoS 1, from this
-//! connection); each handshake is counted in `vigil_agent_handshakes_total{outcome}`. A
-//! MAC'd message under a key this coordinator does not hold (it restarted) is refused
+//! (ed25519) or MAC'd under a session key from a handshake ([`super::handshake`], which
+//! answers Hellos on its own connection and fills the key table read here). A MAC'd
+//! message under a key this coordinator does not hold (it restarted) is refused
 //! (`unknown_session`) and the agent is sent a signed notice to handshake again (at most
 //! every [`NUDGE_EVERY`] per host). Nothing an agent (or
 //! anyone else) publishes can crash this loop: a payload that does not decode, speaks an
@@ -44,7 +41,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio::sync::{oneshot, watch};
 use vigil_shared::agent_auth::{
-    self, Authenticator, Refusal, ReplayGuard, Seal, SealedMessage, SignedHello, MAX_CLOCK_SKEW_MS,
+    self, Authenticator, Refusal, ReplayGuard, Seal, SealedMessage, MAX_CLOCK_SKEW_MS,
 };
 use vigil_shared::bundle::BundleKeys;
 use vigil_shared::delivery::Stream;
@@ -54,21 +51,20 @@ use vigil_shared::wire::{
     self, ActionEvent, AgentStatus, DecodeError, MetricBatch, PolicyEvent, WireMessage,
 };
 
+use super::handshake::SharedSessionKeys;
 use super::publisher::Publisher;
 use crate::events::mirror::MetricsTap;
 use crate::security::agent_keys::AgentKeys;
-use crate::security::session_keys::SessionKeys;
 use crate::store::writer::{StatusOrder, WriteReply};
 use crate::store::{Source, Store, StoreError, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
 /// The channels the coordinator listens to.
-const CHANNELS: [AgentChannel; 5] = [
+const CHANNELS: [AgentChannel; 4] = [
     AgentChannel::Metrics,
     AgentChannel::Status,
     AgentChannel::Actions,
     AgentChannel::Events,
-    AgentChannel::Session,
 ];
 
 /// How often one host is asked to handshake again at most (its messages name a session
@@ -95,6 +91,7 @@ pub async fn run(
     publisher: Publisher,
     mut eventloop: EventLoop,
     store: Store,
+    sessions: SharedSessionKeys,
     writer: StoreWriter,
     telemetry: Arc<Telemetry>,
     metrics_tap: Option<MetricsTap>,
@@ -108,9 +105,8 @@ pub async fn run(
     } = publisher;
     let mut failures: u32 = 0;
     let mut gate = Gate {
-        keys: AgentKeys::new(store.clone()),
-        store,
-        sessions: SessionKeys::default(),
+        keys: AgentKeys::new(store),
+        sessions,
         coordinator: bundle_keys,
         nudged: HashMap::new(),
         guard: ReplayGuard::default(),
@@ -336,12 +332,8 @@ async fn handle(
     let received_ms = now_ms();
     if matches!(
         channel,
-        AgentChannel::Commands | AgentChannel::Acks | AgentChannel::Welcome
+        AgentChannel::Commands | AgentChannel::Acks | AgentChannel::Session | AgentChannel::Welcome
     ) {
-        return None;
-    }
-    if channel == AgentChannel::Session {
-        gate.handshake(host, publish, client, telemetry);
         return None;
     }
     let seal = match gate.open(host, channel, publish) {
@@ -469,9 +461,7 @@ async fn handle(
 /// already sent.
 struct Gate {
     keys: AgentKeys,
-    /// For the hosts' stored status order (a Hello's session floor).
-    store: Store,
-    sessions: SessionKeys,
+    sessions: SharedSessionKeys,
     /// Signs Welcomes.
     coordinator: Arc<BundleKeys>,
     /// When each host was last asked to handshake again.
@@ -516,7 +506,7 @@ impl Gate {
         let enrolled = match self.keys.check(host, |key| Ok(key.clone())) {
             Ok(enrolled) => enrolled,
             Err(refusal) => {
-                self.sessions.forget(host);
+                self.sessions.lock().forget(host);
                 return Err(refusal);
             }
         };
@@ -526,89 +516,10 @@ impl Gate {
         };
         let key = self
             .sessions
-            .lookup(host, &enrolled, id, channel, std::time::Instant::now())?;
-        agent_auth::open_mac(sealed, seal, key, host, channel)
-    }
-
-    /// Answers a Hello on `host`'s session topic: checks it, and publishes the Welcome
-    /// (the new key is installed first, so messages under it are accepted as soon as the
-    /// agent has it). Counted by outcome.
-    fn handshake(
-        &mut self,
-        host: &str,
-        publish: &Publish,
-        client: &AsyncClient,
-        telemetry: &Telemetry,
-    ) {
-        let outcome = self.hello(host, publish).and_then(|payload| {
-            client
-                .try_publish(
-                    topics::agent(host, AgentChannel::Welcome),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                )
-                .map_err(|e| Rejection::Unanswered(format!("cannot queue the Welcome: {e}")))
-        });
-        let reason = match outcome {
-            Ok(()) => {
-                telemetry
-                    .agent_handshakes
-                    .with_label_values(&["accepted"])
-                    .inc();
-                return;
-            }
-            Err(ref rejection) => rejection.reason(),
-        };
-        telemetry
-            .agent_handshakes
-            .with_label_values(&[reason])
-            .inc();
-        if let Err(rejection) = outcome {
-            rejection.report(telemetry, AgentChannel::Session, &publish.topic);
-        }
-    }
-
-    /// Checks a Hello and makes the session key; returns the Welcome to publish.
-    fn hello(&mut self, host: &str, publish: &Publish) -> Result<Vec<u8>, Rejection> {
-        let signed = wire::decode::<SignedHello>(&publish.payload).map_err(Rejection::Decode)?;
-        let checked = self.keys.check(host, |key| {
-            agent_auth::open_hello(&signed, key, host).map(|hello| (hello, key.clone()))
-        });
-        let (hello, enrolled) = match checked {
-            Ok(checked) => checked,
-            Err(refusal) => {
-                if matches!(refusal, Refusal::Revoked(_) | Refusal::UnknownAgent(_)) {
-                    self.sessions.forget(host);
-                }
-                return Err(Rejection::Seal(refusal));
-            }
-        };
-        let id = hello.key_id();
-        // A Hello is never retained by an agent: a retained one is a copy.
-        if publish.retain {
-            return Err(Rejection::Seal(Refusal::ReplayedHandshake(id)));
-        }
-        let stored = match self.store.host_record(host) {
-            Ok(record) => record
-                .and_then(|r| r.status_order)
-                .map(|(session, _)| session),
-            Err(e) => {
-                tracing::error!(%host, "cannot read the host's status order: {e}");
-                None
-            }
-        };
-        let floor = stored
-            .unwrap_or(0)
-            .max(self.guard.session(host).unwrap_or(0));
-        self.sessions
-            .admit_hello(host, &enrolled, id, floor)
-            .map_err(Rejection::Seal)?;
-        let (payload, key) = agent_auth::welcome(&self.coordinator, &hello, &signed.signed)
-            .map_err(Rejection::Seal)?;
-        self.sessions.install(host, &enrolled, key);
-        tracing::debug!(%host, key = %id, "session key made");
-        Ok(payload)
+            .lock()
+            .lookup(host, &enrolled, id, channel, std::time::Instant::now())?
+            .clone();
+        agent_auth::open_mac(sealed, seal, &key, host, channel)
     }
 
     /// Asks `host` to handshake again (its message named a key this coordinator does
@@ -678,24 +589,10 @@ impl Gate {
 enum Rejection {
     Decode(DecodeError),
     Seal(Refusal),
-    HostMismatch {
-        claimed: String,
-    },
-    /// A good Hello whose Welcome could not be queued.
-    Unanswered(String),
+    HostMismatch { claimed: String },
 }
 
 impl Rejection {
-    /// The counters' label.
-    fn reason(&self) -> &'static str {
-        match self {
-            Rejection::Decode(e) => e.reason(),
-            Rejection::Seal(refusal) => refusal.reason(),
-            Rejection::HostMismatch { .. } => "host_mismatch",
-            Rejection::Unanswered(_) => "unanswered",
-        }
-    }
-
     fn report(self, telemetry: &Telemetry, channel: AgentChannel, topic: &str) {
         match self {
             Rejection::Decode(e) => reject(
@@ -719,9 +616,6 @@ impl Rejection {
                 topic,
                 &format!("payload speaks for host `{claimed}`"),
             ),
-            Rejection::Unanswered(problem) => {
-                reject(telemetry, channel.as_str(), "unanswered", topic, &problem)
-            }
         }
     }
 }

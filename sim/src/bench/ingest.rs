@@ -213,8 +213,9 @@ async fn measure(
     let mut high: Option<(Instant, f64)> = None;
     let mut backlog: f64 = 0.0;
     let deadline = started + Duration::from_secs(300);
+    let mut page: String;
     let (stored, missing) = loop {
-        let page = match client.get(&metrics_url).send().await {
+        page = match client.get(&metrics_url).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(e) => return Err(BenchError::Failed(format!("GET {metrics_url}: {e}"))),
         };
@@ -235,9 +236,10 @@ async fn measure(
             return Err(BenchError::Failed(format!(
                 "{label}: only {stored} of {expected} samples stored after {:.0} s, \
                  {missing} batches lost on the way (vigil_metric_batches_missing_total); \
-                 sent: {}",
+                 sent: {}; coordinator: {}",
                 started.elapsed().as_secs_f64(),
-                fleet.snapshot().progress_line()
+                fleet.snapshot().progress_line(),
+                refusals(&page)
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -286,7 +288,8 @@ async fn measure(
     };
     eprintln!(
         "  {label}: {rate:.0} samples/s, {overall:.0} overall, {stored} samples in \
-         {elapsed:.1} s, largest backlog {backlog:.0}"
+         {elapsed:.1} s, largest backlog {backlog:.0}; coordinator: {}",
+        refusals(&page)
     );
     stack.stop();
     Ok(Run {
@@ -294,4 +297,26 @@ async fn measure(
         overall,
         backlog,
     })
+}
+
+/// What the coordinator refused, took twice or asked for again during a run, from its
+/// last `/metrics` page: every non-zero series of those counters, one `name{labels} value`
+/// each (what to read first when a run is slow or fails).
+fn refusals(page: &str) -> String {
+    const COUNTERS: [&str; 4] = [
+        "vigil_mqtt_messages_rejected_total",
+        "vigil_agent_handshakes_total",
+        "vigil_mqtt_messages_duplicate_total",
+        "vigil_delivery_redelivered_total",
+    ];
+    let found: Vec<&str> = page
+        .lines()
+        .filter(|line| COUNTERS.iter().any(|c| line.starts_with(c)))
+        .filter(|line| line.rsplit(' ').next().is_some_and(|v| v != "0"))
+        .collect();
+    if found.is_empty() {
+        "nothing refused".to_string()
+    } else {
+        found.join(", ")
+    }
 }
