@@ -289,8 +289,7 @@ impl Coordinator {
         tasks.push(tokio::spawn(crate::mqtt::ingest::run(
             publisher.clone(),
             eventloop,
-            store.clone(),
-            sessions,
+            crate::mqtt::ingest::Gate::new(store.clone(), sessions, Arc::clone(&keys)),
             writer.clone(),
             telemetry.clone(),
             metrics_tap,

@@ -90,28 +90,16 @@ struct Pending {
 pub async fn run(
     publisher: Publisher,
     mut eventloop: EventLoop,
-    store: Store,
-    sessions: SharedSessionKeys,
+    mut gate: Gate,
     writer: StoreWriter,
     telemetry: Arc<Telemetry>,
     metrics_tap: Option<MetricsTap>,
     mut stop: watch::Receiver<bool>,
 ) {
     let Publisher {
-        client,
-        connects,
-        keys: bundle_keys,
-        ..
+        client, connects, ..
     } = publisher;
     let mut failures: u32 = 0;
-    let mut gate = Gate {
-        keys: AgentKeys::new(store),
-        sessions,
-        coordinator: bundle_keys,
-        nudged: HashMap::new(),
-        guard: ReplayGuard::default(),
-        skew_logged: HashMap::new(),
-    };
     let mut pending: VecDeque<Pending> = VecDeque::new();
     // Acknowledgements the client's queue had no room for, in order: sent first.
     let mut unsent: VecDeque<Publish> = VecDeque::new();
@@ -459,10 +447,10 @@ async fn handle(
 
 /// Checks seals: the enrolled agents' keys, their session keys, and what each has
 /// already sent.
-struct Gate {
+pub struct Gate {
     keys: AgentKeys,
     sessions: SharedSessionKeys,
-    /// Signs Welcomes.
+    /// Signs the notices to handshake again.
     coordinator: Arc<BundleKeys>,
     /// When each host was last asked to handshake again.
     nudged: HashMap<String, std::time::Instant>,
@@ -472,6 +460,19 @@ struct Gate {
 }
 
 impl Gate {
+    /// A gate over the enrolled keys in `store` and the session keys [`super::handshake`]
+    /// makes; `coordinator` signs notices to handshake again.
+    pub fn new(store: Store, sessions: SharedSessionKeys, coordinator: Arc<BundleKeys>) -> Gate {
+        Gate {
+            keys: AgentKeys::new(store),
+            sessions,
+            coordinator,
+            nudged: HashMap::new(),
+            guard: ReplayGuard::default(),
+            skew_logged: HashMap::new(),
+        }
+    }
+
     /// Opens a sealed payload from `host`'s `channel` topic and returns its seal (the
     /// message inside still encoded), or why it is refused.
     fn open(
