@@ -58,6 +58,7 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
             duration: Duration::from_secs(60),
             batches_per_agent: None,
             seed: 42,
+            signatures_only: false,
         },
         logins: Default::default(),
     };
@@ -360,6 +361,7 @@ async fn a_coordinator_killed_mid_run_loses_nothing_and_stores_nothing_twice() {
             duration: Duration::from_secs(25),
             batches_per_agent: None,
             seed: 9,
+            signatures_only: false,
         },
         logins: Default::default(),
     };

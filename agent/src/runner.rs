@@ -96,11 +96,16 @@ pub async fn run(
     let store = AgentStore::open(&config.data_dir.join("agent"))?;
     // The session counts the agent's starts (kept in its store), never its clock.
     let session = store.next_session()?;
-    let sealer = Arc::new(Sealer::with_session(
-        config.host.clone(),
-        identity.key().map_err(IdentityError::from)?,
-        session,
-    ));
+    // With the coordinator's key the sealer can check Welcomes and move to session keys
+    // (the link makes the handshakes); without it every message stays signed.
+    let sealer = Arc::new(
+        Sealer::with_session(
+            config.host.clone(),
+            identity.key().map_err(IdentityError::from)?,
+            session,
+        )
+        .with_coordinator_key(config.bundle_key.as_ref().map(|k| k.key.clone())),
+    );
     let started_at_ms = now_ms();
     let interval_ms = u64::try_from(config.interval.as_millis()).unwrap_or(u64::MAX);
     let status = AgentStatus {

@@ -276,10 +276,31 @@ impl Coordinator {
         let keys = crate::bundles::load_key(config.bundle_key.clone()).await?;
         let (publisher, eventloop) = crate::mqtt::publisher::connect(options, Arc::clone(&keys));
         let mut subscribed = publisher.connects();
+        // Handshakes: a persistent session on an external broker too (fixed client id), so
+        // Hellos sent while the coordinator was down are answered when it is back.
+        let mut handshake_options = vigil_shared::mqtt::client_options(
+            HANDSHAKE_CLIENT_ID,
+            &client_url,
+            mqtt_username.as_deref(),
+            mqtt_password.as_deref(),
+            client_tls.as_ref(),
+        )?;
+        handshake_options.set_clean_session(!matches!(config.broker, BrokerMode::Embedded { .. }));
+        let sessions = crate::mqtt::handshake::SharedSessionKeys::default();
+        let (handshakes_subscribed, mut handshakes_ready) = watch::channel(false);
+        tasks.push(tokio::spawn(crate::mqtt::handshake::run(
+            handshake_options,
+            store.clone(),
+            sessions.clone(),
+            Arc::clone(&keys),
+            telemetry.clone(),
+            handshakes_subscribed,
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(crate::mqtt::ingest::run(
             publisher.clone(),
             eventloop,
-            store.clone(),
+            crate::mqtt::ingest::Gate::new(store.clone(), sessions, Arc::clone(&keys)),
             writer.clone(),
             telemetry.clone(),
             metrics_tap,
@@ -292,15 +313,16 @@ impl Coordinator {
             stop_rx.clone(),
         )));
         if !fronts.is_empty() {
-            let ready = tokio::time::timeout(
-                Duration::from_secs(10),
-                subscribed.wait_for(|connects| *connects > 0),
-            )
+            let ready = tokio::time::timeout(Duration::from_secs(10), async {
+                let ingest = subscribed.wait_for(|connects| *connects > 0).await.is_ok();
+                let handshakes = handshakes_ready.wait_for(|ready| *ready).await.is_ok();
+                ingest && handshakes
+            })
             .await;
-            if !matches!(ready, Ok(Ok(_))) {
+            if !matches!(ready, Ok(true)) {
                 tracing::error!(
-                    "ingest did not subscribe to the embedded broker within 10 s; \
-                     opening the MQTT listener anyway"
+                    "ingest or the handshake connection did not subscribe to the embedded \
+                     broker within 10 s; opening the MQTT listener anyway"
                 );
             }
         }
@@ -434,6 +456,10 @@ impl Coordinator {
 /// session on an external broker survives restarts. (Two coordinators on one broker
 /// would push each other off; run one.)
 pub(crate) const INGEST_CLIENT_ID: &str = "vigil-coordinator";
+
+/// The client id of the coordinator's handshake connection ([`crate::mqtt::handshake`]),
+/// fixed for the same reason.
+pub(crate) const HANDSHAKE_CLIENT_ID: &str = "vigil-coordinator-handshakes";
 
 /// Lifts the soft file-descriptor limit to what the connection bounds need: three per
 /// MQTT connection (the client's socket, the front's socket to rumqttd and rumqttd's end

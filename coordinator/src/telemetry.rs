@@ -52,6 +52,9 @@ pub struct Telemetry {
     pub mqtt_duplicates: IntCounterVec,
     /// `vigil_mqtt_auth_failures_total{reason}`: logins the embedded broker refused.
     pub mqtt_auth_failures: IntCounterVec,
+    /// `vigil_agent_handshakes_total{outcome}`: session key handshakes (Hellos), by
+    /// outcome (`accepted` or the refusal's reason).
+    pub agent_handshakes: IntCounterVec,
     /// `vigil_agent_enrollments_total{result}`: enrollment requests, by outcome.
     pub enrollments: IntCounterVec,
     /// `vigil_connections_refused_total{listener,reason}`: connections closed at once
@@ -130,7 +133,8 @@ impl Telemetry {
         let mqtt_rejected = counter(
             "vigil_mqtt_messages_rejected_total",
             "Agent messages refused (malformed, unknown protocol version, invalid, host mismatch, \
-             unknown or revoked agent, bad signature, replayed, missing delivery header)",
+             unknown or revoked agent, bad signature or MAC, replayed, missing delivery header, \
+             unknown or replaced session key, replayed handshake)",
             &["channel", "reason"],
         );
         let samples_stored = counter(
@@ -292,6 +296,7 @@ impl Telemetry {
             AgentChannel::Status,
             AgentChannel::Events,
             AgentChannel::Actions,
+            AgentChannel::Session,
         ] {
             for reason in [
                 "empty",
@@ -307,9 +312,32 @@ impl Telemetry {
                 "malformed_seal",
                 "no_delivery",
                 "replayed",
+                "unknown_session",
+                "rekeyed",
+                "replayed_handshake",
             ] {
                 mqtt_rejected.with_label_values(&[channel.as_str(), reason]);
             }
+        }
+        let agent_handshakes = counter(
+            "vigil_agent_handshakes_total",
+            "Agent session key handshakes (Hellos on vigil/v1/agents/+/session), by outcome: \
+             accepted, or why refused (unknown_agent, revoked, bad_signature, malformed, \
+             malformed_seal, host_mismatch, replayed_handshake, unanswered)",
+            &["outcome"],
+        );
+        for outcome in [
+            "accepted",
+            "unknown_agent",
+            "revoked",
+            "bad_signature",
+            "malformed",
+            "malformed_seal",
+            "host_mismatch",
+            "replayed_handshake",
+            "unanswered",
+        ] {
+            agent_handshakes.with_label_values(&[outcome]);
         }
         for state in vigil_shared::wire::ActionState::ALL {
             actions.with_label_values(&[state.as_str()]);
@@ -391,6 +419,7 @@ impl Telemetry {
             json_mirror_dropped,
             mqtt_duplicates,
             mqtt_auth_failures,
+            agent_handshakes,
             enrollments,
             agent_policy_load_errors,
             mqtt_messages,
@@ -464,6 +493,7 @@ mod tests {
             actions,
             mqtt_duplicates,
             mqtt_auth_failures,
+            agent_handshakes,
             enrollments,
             tls_handshake_failures,
             json_mirror_messages,
@@ -490,6 +520,7 @@ mod tests {
             actions,
             mqtt_duplicates,
             mqtt_auth_failures,
+            agent_handshakes,
             enrollments,
             tls_handshake_failures,
             json_mirror_messages,

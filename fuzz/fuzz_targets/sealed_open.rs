@@ -14,7 +14,7 @@
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use vigil_fuzz::{mode, AGENT};
-use vigil_shared::agent_auth::{open, ReplayGuard, Seal, SealedMessage};
+use vigil_shared::agent_auth::{open, Authenticator, ReplayGuard, Seal, SealedMessage};
 use vigil_shared::topics::AgentChannel;
 use vigil_shared::wire::{decode, encode};
 
@@ -98,7 +98,7 @@ fn sign_and_open(seal: &Seal, channel: AgentChannel) {
     let signed = postcard::to_stdvec(seal).expect("a seal encodes");
     let sealed = SealedMessage {
         host: seal.host.clone(),
-        signature: AGENT.sign(&signed),
+        auth: Authenticator::Signature(AGENT.sign(&signed)),
         signed,
     };
     let Ok(sealed) = decode::<SealedMessage>(&encode(&sealed)) else {

@@ -14,7 +14,7 @@
 //!
 //! Every signature the coordinator's key makes is domain-separated
 //! ([`SigningContext`]): the signed bytes are a context string naming the purpose
-//! (bundle, tombstone, command), a zero byte, then the content. A signature made for one
+//! (bundle, tombstone, command, delivery acknowledgement, session welcome), a zero byte, then the content. A signature made for one
 //! purpose never verifies as another, even over identical content bytes.
 //!
 //! Keys on disk are 32 raw bytes written as 64 hex characters (private: the seed; public:
@@ -132,6 +132,9 @@ pub enum SigningContext {
     Command,
     /// An acknowledgement of stored messages to one agent ([`crate::delivery`]).
     DeliveryAck,
+    /// The coordinator's half of a session key handshake
+    /// ([`crate::agent_auth::SignedWelcome`]).
+    SessionWelcome,
 }
 
 impl SigningContext {
@@ -142,6 +145,7 @@ impl SigningContext {
             SigningContext::Tombstone => "vigil/v1/signed-bundle-tombstone",
             SigningContext::Command => "vigil/v1/signed-command",
             SigningContext::DeliveryAck => "vigil/v1/signed-delivery-ack",
+            SigningContext::SessionWelcome => "vigil/v1/signed-session-welcome",
         }
     }
 
@@ -611,11 +615,18 @@ mod tests {
             Err(BundleError::BadSignature { .. })
         ));
         let content = b"same bytes";
-        for (a, b) in [
-            (SigningContext::Bundle, SigningContext::Tombstone),
-            (SigningContext::Bundle, SigningContext::Command),
-            (SigningContext::Tombstone, SigningContext::Command),
-        ] {
+        let all = [
+            SigningContext::Bundle,
+            SigningContext::Tombstone,
+            SigningContext::Command,
+            SigningContext::DeliveryAck,
+            SigningContext::SessionWelcome,
+        ];
+        let pairs = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (*a, *b)))
+            .filter(|(a, b)| a != b);
+        for (a, b) in pairs {
             let signature = keys.sign_in(a, content);
             assert!(public.verifies(a, content, &signature));
             assert!(!public.verifies(b, content, &signature), "{a:?} as {b:?}");

@@ -8,6 +8,8 @@
 //! | `vigil/v1/agents/{host}/status` | agent → coordinator, retained, last will |
 //! | `vigil/v1/agents/{host}/commands` | coordinator → agent |
 //! | `vigil/v1/agents/{host}/acks` | coordinator → agent (what is stored) |
+//! | `vigil/v1/agents/{host}/session` | agent → coordinator (session key handshake: hello) |
+//! | `vigil/v1/agents/{host}/welcome` | coordinator → agent (session key handshake: answer) |
 //! | `vigil/v1/bundles/{group}` | coordinator → agents, retained |
 //! | `vigil/v1/json/...` | coordinator → integrations |
 
@@ -29,6 +31,10 @@ pub enum AgentChannel {
     Commands,
     /// The coordinator's acknowledgements of what it stored.
     Acks,
+    /// The agent's session key handshake ([`crate::agent_auth::SignedHello`]).
+    Session,
+    /// The coordinator's answer to a handshake ([`crate::agent_auth::SignedWelcome`]).
+    Welcome,
 }
 
 impl AgentChannel {
@@ -41,6 +47,8 @@ impl AgentChannel {
             AgentChannel::Status => "status",
             AgentChannel::Commands => "commands",
             AgentChannel::Acks => "acks",
+            AgentChannel::Session => "session",
+            AgentChannel::Welcome => "welcome",
         }
     }
 
@@ -52,6 +60,8 @@ impl AgentChannel {
             "status" => AgentChannel::Status,
             "commands" => AgentChannel::Commands,
             "acks" => AgentChannel::Acks,
+            "session" => AgentChannel::Session,
+            "welcome" => AgentChannel::Welcome,
             _ => return None,
         })
     }
@@ -100,6 +110,8 @@ mod tests {
             AgentChannel::Status,
             AgentChannel::Commands,
             AgentChannel::Acks,
+            AgentChannel::Session,
+            AgentChannel::Welcome,
         ] {
             let topic = agent("web-01", channel);
             assert_eq!(parse_agent(&topic), Some(("web-01", channel)));

@@ -7,7 +7,11 @@
 //!
 //! Postcard is not self-describing, so any change to a message's fields is a new protocol
 //! version; the version byte lets a coordinator refuse (and count) what it cannot read
-//! instead of misreading it.
+//! instead of misreading it. A message whose layout did not change in a new version is
+//! still read at the versions since its last change ([`WireMessage::MIN_VERSION`]): an
+//! upgraded agent still reads the bundles and queued messages it stored before, while a
+//! message whose layout changed (the sealed envelope in version 3) is refused at the
+//! older version as `unknown_version`.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -15,8 +19,13 @@ use thiserror::Error;
 
 use crate::validate::{self, FieldError};
 
-/// The protocol version this build writes and reads.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// The protocol version this build writes (and the newest it reads).
+pub const PROTOCOL_VERSION: u8 = 3;
+
+/// The oldest version whose layouts this build still reads, for messages that did not
+/// change since (version 3 changed only the sealed agent envelope and added the session
+/// handshake: [`crate::agent_auth`]).
+pub const OLDEST_READABLE_VERSION: u8 = 2;
 
 /// Largest payload [`decode`] accepts (1 MiB); anything longer is refused unread.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -28,6 +37,10 @@ pub type Tag = (String, String);
 pub trait WireMessage: Serialize + DeserializeOwned {
     /// What the message is called in errors and counters (`metric_batch`, `agent_status`, …).
     const KIND: &'static str;
+
+    /// The oldest protocol version whose encoding of this message is the current one:
+    /// [`decode`] reads versions from here to [`PROTOCOL_VERSION`].
+    const MIN_VERSION: u8 = OLDEST_READABLE_VERSION;
 
     /// The host the message speaks for, checked against the topic it arrived on.
     fn host(&self) -> &str;
@@ -434,7 +447,7 @@ pub fn decode<T: WireMessage>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
-    if version != PROTOCOL_VERSION {
+    if !(T::MIN_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(DecodeError::UnknownVersion { found: version });
     }
     let (message, rest) =

@@ -110,6 +110,9 @@ struct SimulateArgs {
     /// Seed for the fault dice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Sign every message with the agent's ed25519 key (no session key handshake).
+    #[arg(long)]
+    signatures_only: bool,
     /// Print a progress line this often.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     progress: Duration,
@@ -236,6 +239,7 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
             duration: args.duration,
             batches_per_agent: args.batches_per_agent,
             seed: args.seed,
+            signatures_only: args.signatures_only,
         },
         logins: Default::default(),
     };

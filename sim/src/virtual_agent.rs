@@ -10,6 +10,12 @@
 //! virtual agent without an enrollment seals with a key of its own that no coordinator
 //! knows (for load on a bare broker).
 //!
+//! Like a real agent, an enrolled virtual agent whose enrollment names the coordinator's
+//! key makes session key handshakes ([`vigil_shared::agent_auth`]): a Hello on every
+//! connection and every [`REKEY_EVERY`], so that after the first Welcome its messages are
+//! MAC'd rather than signed. [`Plan::signatures_only`] keeps every message signed (the
+//! per-message ed25519 path, as a benchmark's baseline).
+//!
 //! Like a real agent ([`vigil_shared::delivery`]), each virtual agent keeps what it must
 //! not lose in two queues held in memory — the outbox (action transitions) and the
 //! metrics queue (well-formed batches) — each with a random epoch and sequence numbers
@@ -37,7 +43,8 @@ use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use vigil_shared::agent_auth::{AgentKey, Sealer};
+use vigil_shared::agent_auth::{AgentKey, Sealer, Taken, REKEY_EVERY};
+
 use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::bundle::PublicKey;
 use vigil_shared::delivery::{self, Delivery, DeliveryAck, ResendTimer, Stream};
@@ -107,6 +114,8 @@ pub struct Plan {
     pub batches_per_agent: Option<u64>,
     /// Seed for the fault dice (each agent adds its index).
     pub seed: u64,
+    /// Sign every message with the agent's ed25519 key: no session key handshake.
+    pub signatures_only: bool,
 }
 
 /// Who one virtual agent is.
@@ -184,6 +193,10 @@ impl Shared {
         entry.batches += 1;
     }
 }
+
+/// How long a Hello may stay unanswered before it is sent again (then twice as long
+/// each time, up to [`REKEY_EVERY`]), as a real agent does.
+const HELLO_RETRY: Duration = Duration::from_secs(5);
 
 /// A queued message: where it goes and what it carries (sealed each time it is sent).
 #[derive(Debug)]
@@ -395,7 +408,7 @@ impl Session {
         plan: &Plan,
         shared: &Arc<Shared>,
         inbox: &Arc<AckInbox>,
-        sealer: &Sealer,
+        sealer: &Arc<Sealer>,
     ) -> Session {
         let (user, pass) = match (&plan.credentials, &me.login) {
             (Some((u, p)), _) => (Some(u.as_str()), Some(p.as_str())),
@@ -422,6 +435,14 @@ impl Session {
         if let Err(e) = client.try_subscribe(inbox.topic.clone(), QoS::AtLeastOnce) {
             tracing::warn!(host = %me.host, "cannot subscribe to acknowledgements: {e}");
         }
+        let welcome_topic = topics::agent(&me.host, AgentChannel::Welcome);
+        let session_topic = topics::agent(&me.host, AgentChannel::Session);
+        let handshakes = sealer.can_handshake();
+        if handshakes {
+            if let Err(e) = client.try_subscribe(welcome_topic.clone(), QoS::AtLeastOnce) {
+                tracing::warn!(host = %me.host, "cannot subscribe to session key answers: {e}");
+            }
+        }
         let (dead_tx, dead) = watch::channel(false);
         let connected = Arc::new(AtomicBool::new(false));
         let closing = Arc::new(AtomicBool::new(false));
@@ -430,13 +451,64 @@ impl Session {
             let inbox = Arc::clone(inbox);
             let connected = Arc::clone(&connected);
             let closing = Arc::clone(&closing);
+            let hello_sealer = Arc::clone(sealer);
+            let client = client.clone();
+            let hello = move || {
+                if let Some(payload) = hello_sealer.hello() {
+                    let _ =
+                        client.try_publish(session_topic.clone(), QoS::AtLeastOnce, false, payload);
+                }
+            };
+            let sealer = Arc::clone(sealer);
             tokio::spawn(async move {
+                // A Hello is due at `due`: every REKEY_EVERY, and again after an
+                // unanswered one (HELLO_RETRY, doubling up to REKEY_EVERY), as a real
+                // agent does. `None`: waiting for the connection.
+                let mut due: Option<tokio::time::Instant> = None;
+                let mut retry = HELLO_RETRY;
+                let send_hello = |retry: &mut Duration| {
+                    hello();
+                    let next = tokio::time::Instant::now() + *retry;
+                    *retry = (*retry * 2).min(REKEY_EVERY);
+                    Some(next)
+                };
                 loop {
-                    match eventloop.poll().await {
+                    let event = tokio::select! {
+                        event = eventloop.poll() => event,
+                        _ = async {
+                            match due {
+                                Some(at) => tokio::time::sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        }, if handshakes => {
+                            due = send_hello(&mut retry);
+                            continue;
+                        }
+                    };
+                    match event {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             connected.store(true, Ordering::Relaxed);
                             Counters::inc(&shared.counters.connected);
                             Counters::inc(&shared.counters.connects);
+                            if handshakes {
+                                retry = HELLO_RETRY;
+                                due = send_hello(&mut retry);
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) if p.topic == welcome_topic => {
+                            match sealer.accept_welcome(&p.payload) {
+                                Ok(Taken::Key(_)) => {
+                                    retry = HELLO_RETRY;
+                                    due = Some(tokio::time::Instant::now() + REKEY_EVERY);
+                                }
+                                Ok(Taken::HandshakeAgain) => {
+                                    retry = HELLO_RETRY;
+                                    due = send_hello(&mut retry);
+                                }
+                                Err(e) => {
+                                    tracing::debug!(host = %sealer.host(), "session key answer refused: {e}")
+                                }
+                            }
                         }
                         Ok(Event::Incoming(Packet::PubAck(_))) => {
                             Counters::inc(&shared.counters.acked);
@@ -673,11 +745,18 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(me.index as u64));
-    let sealer = Sealer::new(
-        me.host.clone(),
-        me.login
-            .as_ref()
-            .map_or_else(AgentKey::generate, AgentLogin::key),
+    let sealer = Arc::new(
+        Sealer::new(
+            me.host.clone(),
+            me.login
+                .as_ref()
+                .map_or_else(AgentKey::generate, AgentLogin::key),
+        )
+        .with_coordinator_key(if plan.signatures_only {
+            None
+        } else {
+            coordinator_key(&me)
+        }),
     );
     // Seals with a key the coordinator never enrolled (the `forged` fault).
     let forger = Sealer::new(me.host.clone(), AgentKey::generate());

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ed25519_dalek::Signer as _;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
-use vigil_shared::agent_auth::{Seal, SealedMessage, MAX_CLOCK_SKEW_MS};
+use vigil_shared::agent_auth::{Authenticator, Seal, SealedMessage, MAX_CLOCK_SKEW_MS};
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
@@ -446,7 +446,7 @@ fn seal_with_key(identity_dir: &Path, seal: &Seal) -> Vec<u8> {
     wire::encode(&SealedMessage {
         host: seal.host.clone(),
         signed,
-        signature,
+        auth: Authenticator::Signature(signature),
     })
 }
 
@@ -488,6 +488,7 @@ async fn an_old_retained_message_does_not_undo_a_newer_status_after_a_coordinato
         host: "tr-retained".into(),
         channel: AgentChannel::Status.as_str().into(),
         session: 1,
+        rekey: 0,
         seq: 1,
         sealed_at_ms,
         will: false,

@@ -4,7 +4,8 @@
 //! has *stored* them ([`vigil_shared::delivery`]).
 //!
 //! Each message is sealed when it is sent, with its place in its queue (stream, epoch,
-//! sequence number, and the queue's floor). The coordinator publishes a signed
+//! sequence number, and the queue's floor), by the agent's shared sealer: MAC'd under the
+//! session key the link's handshake made ([`super::link`]), or signed before there is one. The coordinator publishes a signed
 //! acknowledgement on `vigil/v1/agents/{host}/acks` after each commit; this task deletes
 //! what it covers. At most [`IN_FLIGHT`] messages per queue go out unacknowledged. After
 //! a reconnection, or when nothing has been acknowledged for a while although messages

@@ -13,6 +13,17 @@
 //! Everything it publishes (status, the last will) is sealed with the agent's key
 //! ([`Sealer`]): the coordinator accepts nothing else. Metric batches, action transitions
 //! and policy events go through [`super::delivery`], which keeps them until stored.
+//!
+//! This connection also makes the agent's session key handshakes, for every connection
+//! of the agent (they share the [`Sealer`], which holds the current key): with the
+//! coordinator's key configured, it subscribes to `vigil/v1/agents/{host}/welcome` and
+//! sends a Hello on `vigil/v1/agents/{host}/session` after every (re)connection and every
+//! [`REKEY_EVERY`] (one left unanswered is sent again after [`HANDSHAKE_RETRY`], then
+//! twice as long each time), and again when the coordinator's signed notice says it lost
+//! the key (it restarted); each Welcome that verifies becomes the key every message is MAC'd
+//! with. Until the first one (and whenever no Welcome comes), messages stay signed with
+//! the agent's ed25519 key, which the coordinator always accepts; the last will is
+//! always signed. Without a coordinator key there is no handshake (logged once).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +32,7 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use vigil_shared::agent_auth::Sealer;
+use vigil_shared::agent_auth::{Sealer, Taken, WelcomeRefusal, REKEY_EVERY};
 use vigil_shared::mqtt::MissingTls;
 use vigil_shared::tls::ClientTls;
 use vigil_shared::topics::{self, AgentChannel};
@@ -31,6 +42,16 @@ use crate::config::AgentConfig;
 
 /// How many publish requests may wait for the connection before new ones are dropped.
 const REQUEST_QUEUE: usize = 1024;
+
+/// The shortest time between two Hellos asked for by the coordinator.
+const HANDSHAKE_AGAIN_AFTER: Duration = Duration::from_secs(2);
+
+/// How often the link checks whether a Hello is due.
+const HANDSHAKE_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a Hello may stay unanswered before it is sent again (the first time; then
+/// twice as long each time, up to [`REKEY_EVERY`]).
+const HANDSHAKE_RETRY: Duration = Duration::from_secs(5);
 
 /// A message from the coordinator, forwarded to the runner.
 #[derive(Debug)]
@@ -69,6 +90,20 @@ impl Publisher {
             .try_publish(topic, QoS::AtLeastOnce, true, payload)
         {
             tracing::warn!("cannot queue status: {e}");
+        }
+    }
+
+    /// Starts a new session key handshake (nothing without a coordinator key).
+    fn try_hello(&self) {
+        let Some(payload) = self.sealer.hello() else {
+            return;
+        };
+        let topic = topics::agent(self.sealer.host(), AgentChannel::Session);
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        {
+            tracing::warn!("cannot queue the session key handshake: {e}");
         }
     }
 }
@@ -194,10 +229,42 @@ async fn drive(
     let mut failures: u32 = 0;
     let host = status.borrow().host.clone();
     let command_topic = topics::agent(&host, AgentChannel::Commands);
+    let welcome_topic = topics::agent(&host, AgentChannel::Welcome);
     let bundle_filter = topics::bundle("+");
     let bundle_prefix = topics::bundle("");
+    let handshakes = publisher.sealer.can_handshake();
+    if !handshakes {
+        tracing::warn!(
+            "no coordinator key (--bundle-key or the enrollment's coordinator_key): no session \
+             keys, every message is signed with the agent's key"
+        );
+    }
+    // Checked every HANDSHAKE_CHECK: a new key every REKEY_EVERY, and a Hello left
+    // unanswered (lost, or sent before the coordinator listened) is sent again after
+    // HANDSHAKE_RETRY, doubling up to REKEY_EVERY.
+    let mut check = tokio::time::interval(HANDSHAKE_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_hello = tokio::time::Instant::now();
+    let mut answered = true;
+    let mut retry = HANDSHAKE_RETRY;
     loop {
-        match eventloop.poll().await {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            _ = check.tick(), if handshakes => {
+                let since = last_hello.elapsed();
+                let due = since >= REKEY_EVERY || (!answered && since >= retry);
+                if due && connected.load(Ordering::Relaxed) {
+                    if !answered {
+                        retry = (retry * 2).min(REKEY_EVERY);
+                    }
+                    publisher.try_hello();
+                    last_hello = tokio::time::Instant::now();
+                    answered = false;
+                }
+                continue;
+            }
+        };
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 connected.store(true, Ordering::Relaxed);
                 failures = 0;
@@ -211,6 +278,39 @@ async fn drive(
                     if let Err(e) = client.try_subscribe(bundle_filter.clone(), QoS::AtLeastOnce) {
                         tracing::warn!("cannot subscribe to policy bundles: {e}");
                     }
+                }
+                if handshakes {
+                    // Subscribed before the Hello goes out: the broker handles both in
+                    // order, so the Welcome finds the subscription.
+                    if let Err(e) = client.try_subscribe(welcome_topic.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!("cannot subscribe to session key answers: {e}");
+                    }
+                    publisher.try_hello();
+                    last_hello = tokio::time::Instant::now();
+                    answered = false;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == welcome_topic => {
+                match publisher.sealer.accept_welcome(&publish.payload) {
+                    Ok(Taken::Key(id)) => {
+                        tracing::debug!(key = %id, "new session key");
+                        answered = true;
+                        retry = HANDSHAKE_RETRY;
+                    }
+                    Ok(Taken::HandshakeAgain) => {
+                        if last_hello.elapsed() >= HANDSHAKE_AGAIN_AFTER {
+                            tracing::info!(
+                                "the coordinator holds no session key for this agent; \
+                                 handshaking again"
+                            );
+                            publisher.try_hello();
+                            last_hello = tokio::time::Instant::now();
+                            answered = false;
+                        }
+                    }
+                    // A Welcome for an earlier Hello (a reconnection sent a newer one).
+                    Err(e @ WelcomeRefusal::NotPending(_)) => tracing::debug!("{e}"),
+                    Err(e) => tracing::warn!("refused a session key answer: {e}"),
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish)))

@@ -13,9 +13,10 @@
 //! - **Logins.** [`BrokerAuth`] decides who the login is ([`Role`]): an agent with
 //!   exactly its own client ids, or a read-only integration.
 //! - **What each login may send**, checked packet by packet with rumqttc's MQTT 3.1.1
-//!   codec: an agent publishes only on its own `metrics`, `events`, `actions` and
-//!   `status` topics, retains only its status (at most [`MAX_RETAINED_BYTES`]), and
-//!   subscribes only to its own commands and acknowledgements and to the bundles; an integration publishes
+//!   codec: an agent publishes only on its own `metrics`, `events`, `actions`,
+//!   `status` and `session` (handshake) topics, retains only its status (at most
+//!   [`MAX_RETAINED_BYTES`]), and subscribes only to its own commands, acknowledgements
+//!   and Welcomes (`welcome`) and to the bundles; an integration publishes
 //!   nothing (no will either) and subscribes only under `vigil/v1/`. A packet outside
 //!   these rules closes the connection (MQTT 3.1.1 cannot refuse a single PUBLISH), is
 //!   logged and counted in `vigil_mqtt_acl_refusals_total{role,reason}`.
@@ -382,7 +383,9 @@ impl Role {
                     _ => return Err("foreign_topic"),
                 };
                 match channel {
-                    AgentChannel::Commands | AgentChannel::Acks => Err("foreign_topic"),
+                    AgentChannel::Commands | AgentChannel::Acks | AgentChannel::Welcome => {
+                        Err("foreign_topic")
+                    }
                     AgentChannel::Status if retain && len > MAX_RETAINED_BYTES => {
                         Err("retained_too_large")
                     }
@@ -401,6 +404,7 @@ impl Role {
             Role::Agent(host) => {
                 filter == topics::agent(host, AgentChannel::Commands)
                     || filter == topics::agent(host, AgentChannel::Acks)
+                    || filter == topics::agent(host, AgentChannel::Welcome)
                     || filter
                         .strip_prefix(&topics::bundle(""))
                         .is_some_and(|group| !group.contains('/') || group == "#")
@@ -468,6 +472,23 @@ mod tests {
         let web = Role::Agent("web".into());
         assert_eq!(web.may_subscribe("vigil/v1/agents/web/commands"), Ok(()));
         assert_eq!(web.may_subscribe("vigil/v1/agents/web/acks"), Ok(()));
+        assert_eq!(web.may_subscribe("vigil/v1/agents/web/welcome"), Ok(()));
+        assert_eq!(
+            web.may_subscribe("vigil/v1/agents/web-01/welcome"),
+            Err("foreign_filter")
+        );
+        assert_eq!(
+            web.may_publish("vigil/v1/agents/web/welcome", false, 10),
+            Err("foreign_topic")
+        );
+        assert_eq!(
+            web.may_publish("vigil/v1/agents/web/session", false, 10),
+            Ok(())
+        );
+        assert_eq!(
+            web.may_publish("vigil/v1/agents/web/session", true, 10),
+            Err("retain")
+        );
         assert_eq!(
             web.may_subscribe("vigil/v1/agents/web-01/acks"),
             Err("foreign_filter")

@@ -3,7 +3,12 @@
 //! only once the store has committed it.
 //!
 //! Every agent message is sealed with the agent's own key
-//! ([`vigil_shared::agent_auth`]): the topic name is never trusted. Nothing an agent (or
+//! ([`vigil_shared::agent_auth`]): the topic name is never trusted. A message is signed
+//! (ed25519) or MAC'd under a session key from a handshake ([`super::handshake`], which
+//! answers Hellos on its own connection and fills the key table read here). A MAC'd
+//! message under a key this coordinator does not hold (it restarted) is refused
+//! (`unknown_session`) and the agent is sent a signed notice to handshake again (at most
+//! every [`NUDGE_EVERY`] per host). Nothing an agent (or
 //! anyone else) publishes can crash this loop: a payload that does not decode, speaks an
 //! unknown protocol version, is not sealed by the enrolled key of the host in its topic
 //! (unknown or revoked host, bad signature, replayed), breaks a content rule
@@ -35,7 +40,10 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio::sync::{oneshot, watch};
-use vigil_shared::agent_auth::{self, ReplayGuard, Seal, SealedMessage, MAX_CLOCK_SKEW_MS};
+use vigil_shared::agent_auth::{
+    self, Authenticator, Refusal, ReplayGuard, Seal, SealedMessage, MAX_CLOCK_SKEW_MS,
+};
+use vigil_shared::bundle::BundleKeys;
 use vigil_shared::delivery::Stream;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
@@ -43,6 +51,7 @@ use vigil_shared::wire::{
     self, ActionEvent, AgentStatus, DecodeError, MetricBatch, PolicyEvent, WireMessage,
 };
 
+use super::handshake::SharedSessionKeys;
 use super::publisher::Publisher;
 use crate::events::mirror::MetricsTap;
 use crate::security::agent_keys::AgentKeys;
@@ -57,6 +66,10 @@ const CHANNELS: [AgentChannel; 4] = [
     AgentChannel::Actions,
     AgentChannel::Events,
 ];
+
+/// How often one host is asked to handshake again at most (its messages name a session
+/// key this coordinator does not hold).
+pub const NUDGE_EVERY: Duration = Duration::from_secs(2);
 
 /// How long deliveries the store could not take stay unacknowledged before the
 /// connection is resumed to have the broker send them again.
@@ -77,7 +90,7 @@ struct Pending {
 pub async fn run(
     publisher: Publisher,
     mut eventloop: EventLoop,
-    store: Store,
+    mut gate: Gate,
     writer: StoreWriter,
     telemetry: Arc<Telemetry>,
     metrics_tap: Option<MetricsTap>,
@@ -87,11 +100,6 @@ pub async fn run(
         client, connects, ..
     } = publisher;
     let mut failures: u32 = 0;
-    let mut gate = Gate {
-        keys: AgentKeys::new(store),
-        guard: ReplayGuard::default(),
-        skew_logged: HashMap::new(),
-    };
     let mut pending: VecDeque<Pending> = VecDeque::new();
     // Acknowledgements the client's queue had no room for, in order: sent first.
     let mut unsent: VecDeque<Publish> = VecDeque::new();
@@ -173,6 +181,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let answer = handle(
                     &publish,
+                    &client,
                     &mut gate,
                     &writer,
                     &telemetry,
@@ -292,6 +301,7 @@ fn settle(
 /// store's answer will come, if the delivery must wait for it.
 async fn handle(
     publish: &Publish,
+    client: &AsyncClient,
     gate: &mut Gate,
     writer: &StoreWriter,
     telemetry: &Telemetry,
@@ -308,14 +318,15 @@ async fn handle(
         return None;
     };
     let received_ms = now_ms();
-    if matches!(channel, AgentChannel::Commands | AgentChannel::Acks) {
+    if matches!(
+        channel,
+        AgentChannel::Commands | AgentChannel::Acks | AgentChannel::Session | AgentChannel::Welcome
+    ) {
         return None;
     }
     let seal = match gate.open(host, channel, publish) {
         Ok(seal) => seal,
-        Err(Rejection::Seal(
-            agent_auth::Refusal::Duplicate { .. } | agent_auth::Refusal::SupersededWill { .. },
-        )) => {
+        Err(Rejection::Seal(Refusal::Duplicate { .. } | Refusal::SupersededWill { .. })) => {
             telemetry
                 .mqtt_duplicates
                 .with_label_values(&[channel.as_str()])
@@ -323,6 +334,9 @@ async fn handle(
             return None;
         }
         Err(rejection) => {
+            if let Rejection::Seal(Refusal::UnknownSession(id)) = &rejection {
+                gate.nudge(host, id.session, client);
+            }
             rejection.report(telemetry, channel, &publish.topic);
             return None;
         }
@@ -379,7 +393,10 @@ async fn handle(
                 return None;
             }
         },
-        AgentChannel::Commands | AgentChannel::Acks => return None,
+        AgentChannel::Commands
+        | AgentChannel::Acks
+        | AgentChannel::Session
+        | AgentChannel::Welcome => return None,
     };
     let expected = match channel {
         AgentChannel::Metrics => Some(Stream::Metrics),
@@ -428,15 +445,34 @@ async fn handle(
     answer
 }
 
-/// Checks seals: the enrolled agents' keys and what each has already sent.
-struct Gate {
+/// Checks seals: the enrolled agents' keys, their session keys, and what each has
+/// already sent.
+pub struct Gate {
     keys: AgentKeys,
+    sessions: SharedSessionKeys,
+    /// Signs the notices to handshake again.
+    coordinator: Arc<BundleKeys>,
+    /// When each host was last asked to handshake again.
+    nudged: HashMap<String, std::time::Instant>,
     guard: ReplayGuard,
     /// When each host's clock skew was last logged, epoch ms.
     skew_logged: HashMap<String, i64>,
 }
 
 impl Gate {
+    /// A gate over the enrolled keys in `store` and the session keys [`super::handshake`]
+    /// makes; `coordinator` signs notices to handshake again.
+    pub fn new(store: Store, sessions: SharedSessionKeys, coordinator: Arc<BundleKeys>) -> Gate {
+        Gate {
+            keys: AgentKeys::new(store),
+            sessions,
+            coordinator,
+            nudged: HashMap::new(),
+            guard: ReplayGuard::default(),
+            skew_logged: HashMap::new(),
+        }
+    }
+
     /// Opens a sealed payload from `host`'s `channel` topic and returns its seal (the
     /// message inside still encoded), or why it is refused.
     fn open(
@@ -446,14 +482,69 @@ impl Gate {
         publish: &Publish,
     ) -> Result<Seal, Rejection> {
         let sealed = wire::decode::<SealedMessage>(&publish.payload).map_err(Rejection::Decode)?;
-        let seal = self
-            .keys
-            .check(host, |key| agent_auth::open(&sealed, key, host, channel))
-            .map_err(Rejection::Seal)?;
+        let seal = match &sealed.auth {
+            Authenticator::Signature(_) => self
+                .keys
+                .check(host, |key| agent_auth::open(&sealed, key, host, channel)),
+            Authenticator::Mac(_) => self.open_mac(host, channel, &sealed),
+        }
+        .map_err(Rejection::Seal)?;
         self.guard
             .admit(&seal, channel, publish.retain)
             .map_err(Rejection::Seal)?;
         Ok(seal)
+    }
+
+    /// Checks a MAC'd message with the session key it names. The host's enrolled key
+    /// is looked up (cached, [`AgentKeys`]) for every message, so that a revocation drops
+    /// its session keys as soon as the cache sees it.
+    fn open_mac(
+        &mut self,
+        host: &str,
+        channel: AgentChannel,
+        sealed: &SealedMessage,
+    ) -> Result<Seal, Refusal> {
+        let enrolled = match self.keys.check(host, |key| Ok(key.clone())) {
+            Ok(enrolled) => enrolled,
+            Err(refusal) => {
+                self.sessions.lock().forget(host);
+                return Err(refusal);
+            }
+        };
+        let seal = agent_auth::peek(sealed)?;
+        let Some(id) = seal.key_id() else {
+            return Err(Refusal::Malformed("MAC'd, yet names no session key".into()));
+        };
+        let key = self
+            .sessions
+            .lock()
+            .lookup(host, &enrolled, id, channel, std::time::Instant::now())?
+            .clone();
+        agent_auth::open_mac(sealed, seal, &key, host, channel)
+    }
+
+    /// Asks `host` to handshake again (its message named a key this coordinator does
+    /// not hold), at most every [`NUDGE_EVERY`].
+    fn nudge(&mut self, host: &str, session: u64, client: &AsyncClient) {
+        let now = std::time::Instant::now();
+        if let Some(at) = self.nudged.get(host) {
+            if now.duration_since(*at) < NUDGE_EVERY {
+                return;
+            }
+        }
+        if self.nudged.len() >= 100_000 {
+            self.nudged.clear();
+        }
+        self.nudged.insert(host.to_string(), now);
+        let notice = agent_auth::rehandshake_notice(&self.coordinator, host, session);
+        if let Err(e) = client.try_publish(
+            topics::agent(host, AgentChannel::Welcome),
+            QoS::AtLeastOnce,
+            false,
+            notice,
+        ) {
+            tracing::debug!(%host, "cannot queue the request to handshake again: {e}");
+        }
     }
 
     /// The host's clock minus ours, from a fresh message's seal (`None` for the last
@@ -498,7 +589,7 @@ impl Gate {
 /// Why a message was refused.
 enum Rejection {
     Decode(DecodeError),
-    Seal(agent_auth::Refusal),
+    Seal(Refusal),
     HostMismatch { claimed: String },
 }
 

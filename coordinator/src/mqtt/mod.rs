@@ -2,12 +2,14 @@
 //! (TLS, connection bounds, who may publish or subscribe to what), the embedded
 //! [`broker`] behind it (rumqttd on loopback, or none with an external broker), then
 //! [`ingest`], which checks every agent message, hands it to the store writer and
-//! acknowledges it to the broker once stored, and the [`publisher`] that sends signed
+//! acknowledges it to the broker once stored (with the session keys [`handshake`] makes
+//! on a connection of its own), and the [`publisher`] that sends signed
 //! commands, retained bundles and acknowledgements of what is stored ([`acks`]) back to
 //! agents.
 
 pub mod acks;
 pub mod broker;
 pub mod front;
+pub mod handshake;
 pub mod ingest;
 pub mod publisher;

@@ -46,7 +46,7 @@ pub struct Publisher {
     /// Counts the connection's (re)connects, so retained state can be republished.
     pub(super) connects: Arc<watch::Sender<u64>>,
     /// Signs commands.
-    keys: Arc<BundleKeys>,
+    pub(super) keys: Arc<BundleKeys>,
     /// The last `issued_at_ms` given to a command: each is strictly later, so agents can
     /// refuse any command not newer than the last they accepted (replays).
     last_issued_ms: Arc<AtomicI64>,

@@ -102,6 +102,14 @@ impl Store {
         })
     }
 
+    /// One host's record alone (no series).
+    pub fn host_record(&self, host: &str) -> Result<Option<HostRecord>, StoreError> {
+        self.read(|txn| match self.dbs.hosts.get(txn, host.as_bytes())? {
+            Some(bytes) => HostRecord::decode(bytes).map(Some),
+            None => Ok(None),
+        })
+    }
+
     /// One host and the latest value of each of its series (and tagged variants).
     pub fn host(&self, host: &str) -> Result<Option<(HostRecord, Vec<LatestPoint>)>, StoreError> {
         self.read(|txn| {

@@ -12,8 +12,12 @@
 //!   on a timer does; the figure is what was stored per second over the run, with the
 //!   largest backlog seen (sent but not yet stored).
 //!
-//! Every virtual agent is enrolled (before the clock starts) and seals each batch with
-//! its key, so the coordinator verifies one ed25519 signature per batch.
+//! Every virtual agent is enrolled (before the clock starts) and makes a session key
+//! handshake when it connects (and every 100 s), so the coordinator checks one BLAKE3 MAC
+//! per batch. The authentication figure runs the 100-agent burst twice through the
+//! embedded broker in the same run: with session keys, and with every batch signed with
+//! the agent's ed25519 key (the per-message path, [`Plan::signatures_only`]); the ratio
+//! is what session keys buy at the coordinator's ingest.
 //!
 //! Each run must store every sample (`vigil_metric_batches_missing_total` stays 0) and
 //! ends with a REST query that must return the last agent's samples.
@@ -71,8 +75,26 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     let mut figures = Vec::new();
     for agents in [100usize, 1000] {
         let load = Load::Burst { samples: burst };
-        let embedded = measure(env, agents, load, false).await?;
-        let mosquitto = measure(env, agents, load, true).await?;
+        let embedded = measure(env, agents, load, false, false).await?;
+        let mosquitto = measure(env, agents, load, true, false).await?;
+        if agents == 100 {
+            let signed = measure(env, agents, load, false, true).await?;
+            figures.push(Figure {
+                name: format!("ingest burst, {agents} agents, session-key MACs"),
+                value: embedded.rate,
+                unit: "samples/s",
+                baseline: Some(Baseline {
+                    name: "every batch signed (ed25519), same load".into(),
+                    value: signed.rate,
+                }),
+                note: format!(
+                    "embedded broker, {burst} samples in batches of {BATCH}; MAC'd after \
+                     each agent's handshake at connect, against every batch signed and \
+                     checked with ed25519; ratio {:.2}",
+                    embedded.rate / signed.rate.max(1.0)
+                ),
+            });
+        }
         figures.push(Figure {
             name: format!("ingest burst, {agents} agents, embedded broker"),
             value: embedded.rate,
@@ -95,8 +117,8 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     // acknowledgements, as real agents do) connecting while traffic flows, the embedded
     // broker (rumqttd 0.20) stops routing — see README, Performance.
     let fleet = if env.quick { 300 } else { 1000 };
-    let embedded = measure(env, fleet, load, false).await?;
-    let mosquitto = measure(env, fleet, load, true).await?;
+    let embedded = measure(env, fleet, load, false, false).await?;
+    let mosquitto = measure(env, fleet, load, true, false).await?;
     figures.push(Figure {
         name: format!(
             "ingest sustained, {fleet} agents, {} samples/s offered",
@@ -124,9 +146,10 @@ async fn measure(
     agents: usize,
     load: Load,
     via_mosquitto: bool,
+    signatures_only: bool,
 ) -> Result<Run, BenchError> {
     let label = format!(
-        "ingest-{}-{agents}-{}",
+        "ingest-{}-{agents}-{}{}",
         match load {
             Load::Burst { .. } => "burst",
             Load::Sustained { .. } => "sustained",
@@ -135,7 +158,8 @@ async fn measure(
             "mosquitto"
         } else {
             "embedded"
-        }
+        },
+        if signatures_only { "-signed" } else { "" }
     );
     let stack = Stack::start(&env.work_dir.join(&label), via_mosquitto).await?;
     let coordinator = &stack.coordinator;
@@ -173,6 +197,7 @@ async fn measure(
             duration: Duration::from_secs(600),
             batches_per_agent: Some(batches_per_agent),
             seed: 7,
+            signatures_only,
         },
         logins: Default::default(),
     };
@@ -188,8 +213,9 @@ async fn measure(
     let mut high: Option<(Instant, f64)> = None;
     let mut backlog: f64 = 0.0;
     let deadline = started + Duration::from_secs(300);
+    let mut page: String;
     let (stored, missing) = loop {
-        let page = match client.get(&metrics_url).send().await {
+        page = match client.get(&metrics_url).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(e) => return Err(BenchError::Failed(format!("GET {metrics_url}: {e}"))),
         };
@@ -210,9 +236,10 @@ async fn measure(
             return Err(BenchError::Failed(format!(
                 "{label}: only {stored} of {expected} samples stored after {:.0} s, \
                  {missing} batches lost on the way (vigil_metric_batches_missing_total); \
-                 sent: {}",
+                 sent: {}; coordinator: {}",
                 started.elapsed().as_secs_f64(),
-                fleet.snapshot().progress_line()
+                fleet.snapshot().progress_line(),
+                refusals(&page)
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -261,7 +288,8 @@ async fn measure(
     };
     eprintln!(
         "  {label}: {rate:.0} samples/s, {overall:.0} overall, {stored} samples in \
-         {elapsed:.1} s, largest backlog {backlog:.0}"
+         {elapsed:.1} s, largest backlog {backlog:.0}; coordinator: {}",
+        refusals(&page)
     );
     stack.stop();
     Ok(Run {
@@ -269,4 +297,26 @@ async fn measure(
         overall,
         backlog,
     })
+}
+
+/// What the coordinator refused, took twice or asked for again during a run, from its
+/// last `/metrics` page: every non-zero series of those counters, one `name{labels} value`
+/// each (what to read first when a run is slow or fails).
+fn refusals(page: &str) -> String {
+    const COUNTERS: [&str; 4] = [
+        "vigil_mqtt_messages_rejected_total",
+        "vigil_agent_handshakes_total",
+        "vigil_mqtt_messages_duplicate_total",
+        "vigil_delivery_redelivered_total",
+    ];
+    let found: Vec<&str> = page
+        .lines()
+        .filter(|line| COUNTERS.iter().any(|c| line.starts_with(c)))
+        .filter(|line| line.rsplit(' ').next().is_some_and(|v| v != "0"))
+        .collect();
+    if found.is_empty() {
+        "nothing refused".to_string()
+    } else {
+        found.join(", ")
+    }
 }

@@ -104,6 +104,7 @@ async fn measure(
             duration: Duration::from_secs(3600),
             batches_per_agent: None,
             seed: 3,
+            signatures_only: false,
         },
         logins: Default::default(),
     };
