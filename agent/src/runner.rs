@@ -28,6 +28,7 @@ use vigil_shared::wire::{
 };
 
 use crate::acting::executors::Executors;
+use crate::acting::leases::LeaseBook;
 use crate::acting::mapping::ActionMappings;
 use crate::acting::store::AgentStoreError;
 use crate::acting::store::OutboxSignal;
@@ -198,6 +199,11 @@ pub async fn run(
     status.remediation_paused = queue.paused();
     status.queue = queue.status(started_at_ms);
     let link = Link::connect(&config, tls.as_ref(), status, inbound_tx, sealer)?;
+    queue.set_leases(LeaseBook::new(
+        &config.host,
+        config.labels.clone(),
+        link.lease_sender(),
+    ));
     let events_topic = topics::agent(&config.host, AgentChannel::Events);
     // sysinfo reads /proc synchronously: keep it off the async workers.
     let sampler = tokio::task::spawn_blocking(HostSampler::new)
@@ -278,7 +284,7 @@ pub async fn run(
             Some(update) = state_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_state(update, now);
-                handle(output, &mut queue, &events_topic, &config.actions, now)?;
+                handle(output, &mut queue, &events_topic, &config.actions, evaluator.policies(), now)?;
             }
             Some(result) = results_rx.recv() => {
                 let now = now_ms();
@@ -299,6 +305,13 @@ pub async fn run(
                                 s.detail = Some(format!("refused command: {refusal}"));
                             });
                         }
+                    }
+                }
+                Inbound::Grant(payload) => {
+                    let key = config.bundle_key.as_ref().map(|k| &k.key);
+                    match vigil_shared::lease::open(&payload, key, &config.host) {
+                        Ok(answer) => queue.on_lease_answer(&answer, now_ms())?,
+                        Err(refusal) => tracing::warn!("refused a lease answer: {refusal}"),
                     }
                 }
                 Inbound::Bundle { group, payload } => {
@@ -347,7 +360,7 @@ pub async fn run(
             Some(samples) = samples_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_samples(&samples, now);
-                handle(output, &mut queue, &events_topic, &config.actions, now)?;
+                handle(output, &mut queue, &events_topic, &config.actions, evaluator.policies(), now)?;
                 {
                     let mut spool = spool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let batch = MetricBatch {
@@ -542,6 +555,7 @@ fn handle(
     queue: &mut ActionQueue,
     events_topic: &str,
     actions: &ActionMappings,
+    policies: &[Policy],
     now_ms: i64,
 ) -> Result<(), AgentStoreError> {
     if !output.events.is_empty() {
@@ -559,6 +573,10 @@ fn handle(
     }
     for mut action in output.actions {
         let kind = actions.apply(action.request.kind, &mut action.request.params);
+        let budget = policies
+            .iter()
+            .find(|p| p.name == action.policy)
+            .and_then(|p| p.budget.clone());
         queue.accept(
             NewAction {
                 id: action.id,
@@ -571,6 +589,7 @@ fn handle(
                 written: action.request.written,
                 params: action.request.params,
                 dry_run: action.request.dry_run,
+                budget,
             },
             now_ms,
         )?;
@@ -622,6 +641,7 @@ fn run_command(
                     written: action,
                     params,
                     dry_run,
+                    budget: None,
                 },
                 now_ms,
             )

@@ -280,6 +280,15 @@ impl Coordinator {
             ack_notes_rx,
             stop_rx.clone(),
         )));
+        let budgets = crate::budgets::Budgets::new(config.lease_ttl);
+        tasks.push(tokio::spawn(crate::budgets::service::run(
+            budgets.clone(),
+            client_options("-leases")?,
+            Arc::clone(&keys),
+            store.clone(),
+            telemetry.clone(),
+            stop_rx.clone(),
+        )));
         if !fronts.is_empty() {
             let ready = tokio::time::timeout(
                 Duration::from_secs(10),
@@ -361,6 +370,7 @@ impl Coordinator {
             bundles,
             auth,
             coordinator_key,
+            budgets,
         }));
         tasks.push(tokio::spawn(crate::http::server::serve(
             routes,

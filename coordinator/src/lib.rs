@@ -10,6 +10,8 @@
 //!   MQTT JSON topics.
 //! - [`http`]: the REST API (warp): its server, routes, auth, errors, OpenAPI document
 //!   and handlers, and `/metrics`.
+//! - [`budgets`]: fleet-wide disruption budgets: the lease table and the service that
+//!   answers agents' lease requests.
 //! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
 //! - [`security`]: agent identities, REST tokens, certificates and TLS.
@@ -24,6 +26,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub(crate) mod app;
+pub(crate) mod budgets;
 pub(crate) mod bundles;
 pub mod cli;
 pub(crate) mod config;

@@ -262,9 +262,13 @@ fn slot(channel: AgentChannel) -> usize {
         AgentChannel::Metrics => 0,
         AgentChannel::Status => 1,
         AgentChannel::Actions => 2,
-        // Commands and acknowledgements are never sealed by agents; share the events
-        // counter if ever asked.
-        AgentChannel::Events | AgentChannel::Commands | AgentChannel::Acks => 3,
+        // Commands, acknowledgements and grants are never sealed by agents; lease
+        // requests share the events counter (a channel's sequence only has to rise).
+        AgentChannel::Events
+        | AgentChannel::Leases
+        | AgentChannel::Commands
+        | AgentChannel::Acks
+        | AgentChannel::Grants => 3,
     }
 }
 

@@ -132,6 +132,8 @@ pub enum SigningContext {
     Command,
     /// An acknowledgement of stored messages to one agent ([`crate::delivery`]).
     DeliveryAck,
+    /// An answer to an agent's disruption-budget lease request ([`crate::lease`]).
+    LeaseAnswer,
 }
 
 impl SigningContext {
@@ -142,6 +144,7 @@ impl SigningContext {
             SigningContext::Tombstone => "vigil/v1/signed-bundle-tombstone",
             SigningContext::Command => "vigil/v1/signed-command",
             SigningContext::DeliveryAck => "vigil/v1/signed-delivery-ack",
+            SigningContext::LeaseAnswer => "vigil/v1/signed-lease-answer",
         }
     }
 

@@ -8,6 +8,8 @@
 //! | `vigil/v1/agents/{host}/status` | agent → coordinator, retained, last will |
 //! | `vigil/v1/agents/{host}/commands` | coordinator → agent |
 //! | `vigil/v1/agents/{host}/acks` | coordinator → agent (what is stored) |
+//! | `vigil/v1/agents/{host}/leases` | agent → coordinator (disruption-budget lease requests) |
+//! | `vigil/v1/agents/{host}/grants` | coordinator → agent (answers to lease requests) |
 //! | `vigil/v1/bundles/{group}` | coordinator → agents, retained |
 //! | `vigil/v1/json/...` | coordinator → integrations |
 
@@ -29,6 +31,10 @@ pub enum AgentChannel {
     Commands,
     /// The coordinator's acknowledgements of what it stored.
     Acks,
+    /// Disruption-budget lease requests ([`crate::lease`]).
+    Leases,
+    /// The coordinator's answers to lease requests.
+    Grants,
 }
 
 impl AgentChannel {
@@ -41,6 +47,8 @@ impl AgentChannel {
             AgentChannel::Status => "status",
             AgentChannel::Commands => "commands",
             AgentChannel::Acks => "acks",
+            AgentChannel::Leases => "leases",
+            AgentChannel::Grants => "grants",
         }
     }
 
@@ -52,6 +60,8 @@ impl AgentChannel {
             "status" => AgentChannel::Status,
             "commands" => AgentChannel::Commands,
             "acks" => AgentChannel::Acks,
+            "leases" => AgentChannel::Leases,
+            "grants" => AgentChannel::Grants,
             _ => return None,
         })
     }
@@ -100,6 +110,8 @@ mod tests {
             AgentChannel::Status,
             AgentChannel::Commands,
             AgentChannel::Acks,
+            AgentChannel::Leases,
+            AgentChannel::Grants,
         ] {
             let topic = agent("web-01", channel);
             assert_eq!(parse_agent(&topic), Some(("web-01", channel)));

@@ -251,11 +251,14 @@ pub enum ActionState {
     NotResolved,
     /// Failed on its last retry; no further attempts.
     DeadLetter,
+    /// Waiting for a lease of its policy's disruption budget (`deferred: budget`); it
+    /// runs when one frees.
+    Deferred,
 }
 
 impl ActionState {
     /// Every action state, in lifecycle order.
-    pub const ALL: [ActionState; 8] = [
+    pub const ALL: [ActionState; 9] = [
         ActionState::Pending,
         ActionState::Running,
         ActionState::Completed,
@@ -264,6 +267,7 @@ impl ActionState {
         ActionState::Resolved,
         ActionState::NotResolved,
         ActionState::DeadLetter,
+        ActionState::Deferred,
     ];
 
     /// The lowercase name used in JSON and the REST API.
@@ -277,6 +281,7 @@ impl ActionState {
             ActionState::Resolved => "resolved",
             ActionState::NotResolved => "not_resolved",
             ActionState::DeadLetter => "dead_letter",
+            ActionState::Deferred => "deferred",
         }
     }
 }

@@ -171,6 +171,11 @@ pub struct ServeArgs {
     /// optional =QoS [default: all (metrics=0, the others=1)]
     #[arg(long, env = "VIGIL_JSON_MIRROR", value_name = "STREAMS")]
     pub json_mirror: Option<String>,
+
+    /// How long a disruption-budget lease lasts unless its agent renews it (agents renew
+    /// every third of it while the action runs), 1s–1h [default: 60s]
+    #[arg(long, env = "VIGIL_LEASE_TTL", value_name = "DURATION")]
+    pub lease_ttl: Option<String>,
 }
 
 impl ServeArgs {
@@ -208,6 +213,7 @@ impl ServeArgs {
                 tls_key: self.tls_key,
                 tls_ca: self.tls_ca,
                 json_mirror: self.json_mirror,
+                lease_ttl: self.lease_ttl,
             },
         )
     }

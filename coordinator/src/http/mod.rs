@@ -54,6 +54,8 @@ pub struct Api {
     pub auth: Arc<auth::Auth>,
     /// The coordinator's public signing key, hex (given to agents when they enroll).
     pub coordinator_key: String,
+    /// The disruption budgets' leases.
+    pub budgets: crate::budgets::Budgets,
 }
 
 /// The error for a blocking task that panicked or was cancelled.

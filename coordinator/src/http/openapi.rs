@@ -172,6 +172,8 @@ pub enum ActionStatus {
     NotResolved,
     /// Out of attempts.
     DeadLetter,
+    /// Waiting for a lease of its policy's disruption budget.
+    Deferred,
 }
 
 /// A policy severity.
@@ -272,6 +274,8 @@ impl Modify for CommonParts {
         crate::http::handlers::actions::QueueJson, crate::http::handlers::actions::LastTask,
         crate::http::handlers::actions::ActionCreated,
         crate::http::handlers::actions::RemediationSent,
+        crate::http::handlers::budgets::BudgetList, crate::http::handlers::budgets::BudgetJson,
+        crate::http::handlers::budgets::LeaseJson,
         crate::http::handlers::health::HealthJson, crate::http::handlers::ingest::Stored,
         crate::http::handlers::violations::ViolationList,
         crate::events::json::PolicyEventJson,

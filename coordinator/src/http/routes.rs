@@ -36,7 +36,7 @@ use super::handlers::ingest::Stored;
 use super::handlers::query::History;
 use super::handlers::violations::ViolationList;
 use super::handlers::{
-    actions, agents, bundles, events, health, hosts, ingest, policies, query, status_page,
+    actions, agents, budgets, bundles, events, health, hosts, ingest, policies, query, status_page,
     violations,
 };
 use super::openapi::{
@@ -505,6 +505,12 @@ routes! {
          params(("host" = String, Path, description = "Host")),
          responses((status = 200, description = "Resume sent", body = actions::RemediationSent)));
 
+    // Disruption budgets.
+    budgets_list: get "/api/v1/budgets", VIEWER, Input::Path,
+        |call| budgets::list(call.api),
+        (tag = "actions",
+         responses((status = 200, description = "Every disruption budget: leases held, actions deferred, grants in the last hour", body = budgets::BudgetList)));
+
     // Policies.
     policies_list: get "/api/v1/policies", VIEWER, Input::Path,
         |call| policies::list(call.api),
@@ -755,6 +761,7 @@ mod tests {
             bundles: Arc::new(bundles),
             auth,
             coordinator_key: keys.public_hex(),
+            budgets: crate::budgets::Budgets::new(std::time::Duration::from_secs(60)),
         });
         Fixture {
             api,

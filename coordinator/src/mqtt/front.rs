@@ -382,7 +382,9 @@ impl Role {
                     _ => return Err("foreign_topic"),
                 };
                 match channel {
-                    AgentChannel::Commands | AgentChannel::Acks => Err("foreign_topic"),
+                    AgentChannel::Commands | AgentChannel::Acks | AgentChannel::Grants => {
+                        Err("foreign_topic")
+                    }
                     AgentChannel::Status if retain && len > MAX_RETAINED_BYTES => {
                         Err("retained_too_large")
                     }
@@ -401,6 +403,7 @@ impl Role {
             Role::Agent(host) => {
                 filter == topics::agent(host, AgentChannel::Commands)
                     || filter == topics::agent(host, AgentChannel::Acks)
+                    || filter == topics::agent(host, AgentChannel::Grants)
                     || filter
                         .strip_prefix(&topics::bundle(""))
                         .is_some_and(|group| !group.contains('/') || group == "#")

@@ -308,7 +308,10 @@ async fn handle(
         return None;
     };
     let received_ms = now_ms();
-    if matches!(channel, AgentChannel::Commands | AgentChannel::Acks) {
+    if matches!(
+        channel,
+        AgentChannel::Commands | AgentChannel::Acks | AgentChannel::Leases | AgentChannel::Grants
+    ) {
         return None;
     }
     let seal = match gate.open(host, channel, publish) {
@@ -379,7 +382,12 @@ async fn handle(
                 return None;
             }
         },
-        AgentChannel::Commands | AgentChannel::Acks => return None,
+        // Lease requests go to the budget service (`crate::budgets`), which has its
+        // own subscription.
+        AgentChannel::Commands
+        | AgentChannel::Acks
+        | AgentChannel::Leases
+        | AgentChannel::Grants => return None,
     };
     let expected = match channel {
         AgentChannel::Metrics => Some(Stream::Metrics),

@@ -1,11 +1,13 @@
 //! The REST API's handlers, one module per thing served, in the order data comes in and
 //! goes out: [`ingest`] (HTTP ingest), [`agents`] (enrollment, join tokens), [`hosts`],
 //! [`query`] (metric history), [`violations`], [`events`] (the live event stream),
-//! [`actions`] (the action audit trail and manual actions), [`policies`], [`bundles`],
+//! [`actions`] (the action audit trail and manual actions), [`budgets`] (disruption
+//! budgets), [`policies`], [`bundles`],
 //! [`health`] (health and `/metrics`) and [`status_page`].
 
 pub mod actions;
 pub mod agents;
+pub mod budgets;
 pub mod bundles;
 pub mod events;
 pub mod health;
