@@ -444,6 +444,20 @@ mod tests {
             web.may_publish("vigil/v1/json/hosts/web", true, 10),
             Err("foreign_topic")
         );
+        // Lease requests are its own; the answers are the coordinator's.
+        assert_eq!(
+            web.may_publish("vigil/v1/agents/web/leases", false, 10),
+            Ok(())
+        );
+        assert_eq!(
+            web.may_publish("vigil/v1/agents/web/grants", false, 10),
+            Err("foreign_topic")
+        );
+        assert_eq!(web.may_subscribe("vigil/v1/agents/web/grants"), Ok(()));
+        assert_eq!(
+            web.may_subscribe("vigil/v1/agents/web-01/grants"),
+            Err("foreign_filter")
+        );
         assert_eq!(
             web.may_publish("vigil/v1/agents/web/metrics", true, 10),
             Err("retain")

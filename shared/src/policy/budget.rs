@@ -269,6 +269,27 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_file_with_a_budget_loads_and_a_bad_one_names_the_field() {
+        let yaml = "policies:\n  - name: restart-web\n    target: nginx.service\n    \
+                    condition: {type: unit_state}\n    auto_remediate: true\n    \
+                    action: restart\n    budget: {max_concurrent: \"10%\", per: role, \
+                    max_per_hour: 20, offline: act}\n";
+        let policies = crate::policy::load::load_text(yaml, "p.yaml").unwrap();
+        let budget = policies[0].budget.clone().unwrap();
+        assert_eq!(budget.max, BudgetMax::Percent(10));
+        assert_eq!(budget.offline, OfflineMode::Act);
+        // The spec writes back what it read.
+        let specs = crate::policy::load::parse_specs(yaml, "p.yaml").unwrap();
+        let json = serde_json::to_value(&specs[0]).unwrap();
+        assert_eq!(json["budget"]["max_concurrent"], "10%");
+        let bad = yaml.replace("\"10%\"", "0");
+        let err = crate::policy::load::load_text(&bad, "p.yaml").unwrap_err();
+        assert!(err.to_string().contains("budget.max_concurrent"), "{err}");
+        let unknown = yaml.replace("offline: act", "offline: act, extra: 1");
+        assert!(crate::policy::load::load_text(&unknown, "p.yaml").is_err());
+    }
+
+    #[test]
     fn shares_round_up_and_keys_name_the_label_value() {
         assert_eq!(BudgetMax::Percent(10).resolve(10), 1);
         assert_eq!(BudgetMax::Percent(10).resolve(11), 2);
