@@ -447,3 +447,88 @@ async fn with_the_coordinator_gone_wait_policies_hold_and_act_policies_act() {
         at(&careful, "running").unwrap_or(0) - back_at
     );
 }
+
+#[tokio::test]
+async fn manual_actions_naming_a_policy_take_its_budget() {
+    const AGENTS: usize = 3;
+    // The agents run no policy of their own; the coordinator's policy directory holds the
+    // budget the manual actions name.
+    let s = setup(
+        "policies: []\n",
+        "slow = [\"/bin/sleep\", \"1.5\"]\n",
+        &["app"],
+    );
+    let coordinator_policies = s.dir.path().join("coordinator-policies");
+    std::fs::create_dir_all(&coordinator_policies).expect("mkdir");
+    std::fs::write(
+        coordinator_policies.join("p.yaml"),
+        "policies:\n  - name: maintenance\n    target: app\n    condition: cpu_percent > 101\n    \
+         budget: {max_concurrent: 1}\n",
+    )
+    .expect("write policies");
+    let policies_arg = coordinator_policies.display().to_string();
+    let coordinator = start_coordinator(
+        s.dir.path(),
+        None,
+        &["--lease-ttl", "1s", "--policies", &policies_arg],
+    )
+    .await;
+    let http = coordinator.http.clone();
+    let hosts: Vec<String> = (1..=AGENTS).map(|i| format!("budget-manual-{i}")).collect();
+    let _agents: Vec<Proc> = hosts
+        .iter()
+        .map(|h| s.agent(h, &coordinator.broker))
+        .collect();
+    wait_online(&http, &hosts).await;
+
+    // A policy that does not exist, or has no budget, is refused naming the field.
+    let (status, body) = vigil_tests::post_raw(
+        &format!("{http}/api/v1/actions"),
+        r#"{"host":"budget-manual-1","target":"app","action":"exec","params":{"command":"slow"},"policy":"nope"}"#,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["field"], "policy", "{body}");
+
+    for host in &hosts {
+        let (status, body) = vigil_tests::post_raw(
+            &format!("{http}/api/v1/actions"),
+            &format!(
+                r#"{{"host":"{host}","target":"app","action":"exec","params":{{"command":"slow"}},"policy":"maintenance"}}"#
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let done = wait_for("every manual action completed", WAIT, || async {
+        let all: Vec<Value> = actions(&http, "target=app")
+            .await
+            .into_iter()
+            .filter(|a| at(a, "completed").is_some())
+            .collect();
+        (all.len() >= AGENTS).then_some(all)
+    })
+    .await;
+    let intervals: Vec<(i64, i64)> = done
+        .iter()
+        .map(|a| {
+            (
+                at(a, "running").expect("running"),
+                at(a, "completed").expect("completed"),
+            )
+        })
+        .collect();
+    assert_eq!(most_at_once(&intervals), 1, "one at a time: {intervals:?}");
+    assert!(
+        done.iter()
+            .any(|a| detail(a, "deferred").starts_with("deferred: budget")),
+        "some waited: {done:?}"
+    );
+    let budget = budgets(&http)
+        .await
+        .into_iter()
+        .find(|b| b["key"] == "maintenance")
+        .expect("budget maintenance");
+    assert_eq!(budget["granted_last_hour"], AGENTS, "{budget}");
+    coordinator.proc.stop();
+}

@@ -32,7 +32,7 @@ use crate::acting::leases::LeaseBook;
 use crate::acting::mapping::ActionMappings;
 use crate::acting::store::AgentStoreError;
 use crate::acting::store::OutboxSignal;
-use crate::acting::{ActionQueue, AgentStore, NewAction, Origin, RunFn};
+use crate::acting::{ActionQueue, AgentStore, JobBudget, NewAction, Origin, RunFn};
 use crate::config::{AgentConfig, BundleKey, ConfigError};
 use crate::policy::bundle_store::BundleStore;
 use crate::policy::bundles::{Bundles, Outcome};
@@ -576,7 +576,11 @@ fn handle(
         let budget = policies
             .iter()
             .find(|p| p.name == action.policy)
-            .and_then(|p| p.budget.clone());
+            .and_then(|p| p.budget.clone())
+            .map(|budget| JobBudget {
+                policy: action.policy.clone(),
+                budget,
+            });
         queue.accept(
             NewAction {
                 id: action.id,
@@ -612,40 +616,42 @@ fn run_command(
             action,
             params,
             dry_run,
-        } => {
-            let kind = match ActionKind::parse(&action) {
-                Ok(kind) => kind,
-                Err(e) => {
-                    tracing::warn!(command = %command.id, "refused a manual action: {e}");
-                    return Ok(());
-                }
-            };
-            let mut params = params
-                .into_iter()
-                .map(|(k, v)| {
-                    let value = serde_json::from_str::<serde_json::Value>(&v)
-                        .ok()
-                        .filter(|v| v.is_number() || v.is_boolean())
-                        .unwrap_or(serde_json::Value::String(v));
-                    (k, value)
-                })
-                .collect();
-            let kind = actions.apply(kind, &mut params);
-            tracing::info!(action = %action_id, %target, "manual action from the coordinator");
-            queue.accept(
-                NewAction {
-                    id: action_id,
-                    origin: Origin::Manual,
-                    target,
-                    kind,
-                    written: action,
-                    params,
-                    dry_run,
-                    budget: None,
-                },
-                now_ms,
-            )
-        }
+        } => manual_action(
+            &command.id,
+            ManualAction {
+                action_id,
+                target,
+                action,
+                params,
+                dry_run,
+                budget: None,
+            },
+            queue,
+            actions,
+            now_ms,
+        ),
+        CommandKind::RunBudgetedAction {
+            action_id,
+            target,
+            action,
+            params,
+            dry_run,
+            policy,
+            budget,
+        } => manual_action(
+            &command.id,
+            ManualAction {
+                action_id,
+                target,
+                action,
+                params,
+                dry_run,
+                budget: Some(JobBudget { policy, budget }),
+            },
+            queue,
+            actions,
+            now_ms,
+        ),
         CommandKind::PauseRemediation(paused) => {
             queue.set_paused(paused, now_ms)?;
             link.update_status(|s| s.remediation_paused = paused);
@@ -656,6 +662,66 @@ fn run_command(
             Ok(())
         }
     }
+}
+
+/// A manual action from a command.
+struct ManualAction {
+    action_id: String,
+    target: String,
+    action: String,
+    params: Vec<vigil_shared::wire::Tag>,
+    dry_run: bool,
+    budget: Option<JobBudget>,
+}
+
+/// Queues a manual action (refused, with a warning, when its action name is unknown).
+fn manual_action(
+    command_id: &str,
+    manual: ManualAction,
+    queue: &mut ActionQueue,
+    actions: &ActionMappings,
+    now_ms: i64,
+) -> Result<(), AgentStoreError> {
+    let ManualAction {
+        action_id,
+        target,
+        action,
+        params,
+        dry_run,
+        budget,
+    } = manual;
+    let kind = match ActionKind::parse(&action) {
+        Ok(kind) => kind,
+        Err(e) => {
+            tracing::warn!(command = %command_id, "refused a manual action: {e}");
+            return Ok(());
+        }
+    };
+    let mut params = params
+        .into_iter()
+        .map(|(k, v)| {
+            let value = serde_json::from_str::<serde_json::Value>(&v)
+                .ok()
+                .filter(|v| v.is_number() || v.is_boolean())
+                .unwrap_or(serde_json::Value::String(v));
+            (k, value)
+        })
+        .collect();
+    let kind = actions.apply(kind, &mut params);
+    tracing::info!(action = %action_id, %target, budget = ?budget.as_ref().map(|b| &b.policy), "manual action from the coordinator");
+    queue.accept(
+        NewAction {
+            id: action_id,
+            origin: Origin::Manual,
+            target,
+            kind,
+            written: action,
+            params,
+            dry_run,
+            budget,
+        },
+        now_ms,
+    )
 }
 
 /// Resolves when the earliest backed-off action is due (never, if none waits).

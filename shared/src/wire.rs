@@ -342,6 +342,24 @@ pub enum CommandKind {
     PauseRemediation(bool),
     /// Publish status again and re-read the current bundle.
     Resync,
+    /// Run an action now under a policy's disruption budget: it waits for a lease like
+    /// that policy's own actions do.
+    RunBudgetedAction {
+        /// The action id the coordinator allotted.
+        action_id: String,
+        /// What to act on.
+        target: String,
+        /// What to do.
+        action: String,
+        /// Parameters for the executor.
+        params: Vec<Tag>,
+        /// Decide and record only.
+        dry_run: bool,
+        /// The policy whose budget it takes a lease from.
+        policy: String,
+        /// That budget.
+        budget: crate::policy::budget::Budget,
+    },
 }
 
 /// A command for one agent, published on `vigil/v1/agents/{host}/commands`.

@@ -22,6 +22,15 @@ pub enum Origin {
     Manual,
 }
 
+/// The disruption budget a job takes its leases from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobBudget {
+    /// The policy whose budget it is (for a manual action, the one it names).
+    pub policy: String,
+    /// The budget.
+    pub budget: vigil_shared::policy::budget::Budget,
+}
+
 /// A queued action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -65,7 +74,7 @@ pub struct Job {
     /// The policy's disruption budget: each attempt runs only with a lease
     /// ([`super::leases`]).
     #[serde(default)]
-    pub budget: Option<vigil_shared::policy::budget::Budget>,
+    pub budget: Option<JobBudget>,
     /// The attempt whose wait for a lease is recorded (`deferred`), so that it is
     /// recorded once per attempt.
     #[serde(default)]

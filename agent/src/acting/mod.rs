@@ -21,6 +21,6 @@ pub mod mapping;
 pub(crate) mod queue;
 pub mod store;
 
-pub(crate) use job::{Job, Origin};
+pub(crate) use job::{Job, JobBudget, Origin};
 pub(crate) use queue::{ActionQueue, NewAction, QueueSettings, RunFn};
 pub(crate) use store::AgentStore;

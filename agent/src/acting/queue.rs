@@ -154,8 +154,8 @@ pub struct NewAction {
     pub params: BTreeMap<String, serde_json::Value>,
     /// Record only.
     pub dry_run: bool,
-    /// The policy's disruption budget, if it has one.
-    pub budget: Option<vigil_shared::policy::budget::Budget>,
+    /// The disruption budget it takes a lease from, if any.
+    pub budget: Option<super::job::JobBudget>,
 }
 
 /// The queue.
@@ -405,11 +405,7 @@ impl ActionQueue {
             }
             let mut running_detail = None;
             if let (Some(budget), Some(leases)) = (&job.budget, self.leases.as_mut()) {
-                let policy = match &job.origin {
-                    Origin::Policy { name, .. } => name.clone(),
-                    Origin::Manual => String::new(),
-                };
-                match leases.permit(&id, &policy, budget, now_ms) {
+                match leases.permit(&id, &budget.policy, &budget.budget, now_ms) {
                     Permit::Go(detail) => running_detail = detail,
                     Permit::Wait(report) => {
                         if let Some(detail) = report {

@@ -724,11 +724,14 @@ async fn a_budgeted_action_waits_for_its_lease_and_releases_it() {
         Arc::new(move |r| out.lock().unwrap().push(r)),
     ));
     let mut budgeted = action("a1", "web");
-    budgeted.budget = Some(Budget {
-        max: BudgetMax::Count(1),
-        per: None,
-        max_per_hour: None,
-        offline: OfflineMode::Wait,
+    budgeted.budget = Some(super::super::JobBudget {
+        policy: "p".into(),
+        budget: Budget {
+            max: BudgetMax::Count(1),
+            per: None,
+            max_per_hour: None,
+            offline: OfflineMode::Wait,
+        },
     });
     h.queue.accept(budgeted, 0).unwrap();
     h.queue.schedule(0).unwrap();

@@ -76,6 +76,9 @@ pub struct ManualActionBody {
     params: Option<Value>,
     /// Record, do not run.
     dry_run: Option<bool>,
+    /// A policy in force whose disruption budget the action runs under (it waits for a
+    /// lease like the policy's own actions).
+    policy: Option<String>,
 }
 
 /// A policy in the original format (see README "Policies"); `PUT` takes any subset.
