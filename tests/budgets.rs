@@ -532,3 +532,104 @@ async fn manual_actions_naming_a_policy_take_its_budget() {
     assert_eq!(budget["granted_last_hour"], AGENTS, "{budget}");
     coordinator.proc.stop();
 }
+
+/// Lease requests are agent messages like any other: a payload that is not sealed, one
+/// that speaks for another host, or one out of range is refused and counted; a good one is
+/// answered on the host's own `grants` topic, signed with the coordinator's key.
+#[tokio::test]
+async fn lease_requests_are_checked_and_answers_are_signed() {
+    use rumqttc::{Event, Packet, QoS};
+    use vigil_shared::lease::{self, LeaseOp, LeaseRequest};
+    use vigil_shared::policy::budget::BudgetMax;
+    use vigil_shared::topics::{self, AgentChannel};
+
+    let dir = TestDir::new();
+    let coordinator = start_coordinator(dir.path(), None, &["--lease-ttl", "1s"]).await;
+    let http = coordinator.http.clone();
+    let raw = vigil_tests::RawAgent::enroll(dir.path(), "budget-raw", &coordinator.broker);
+    let (client, mut eventloop) = vigil_tests::login(raw.options.clone())
+        .await
+        .expect("login");
+    let grants = topics::agent("budget-raw", AgentChannel::Grants);
+    client
+        .subscribe(grants.clone(), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (answers_tx, mut answers) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let _ = answers_tx.send(p.payload.to_vec()).await;
+            }
+        }
+    });
+    let leases = topics::agent("budget-raw", AgentChannel::Leases);
+    let request = |host: &str, max: BudgetMax, id: &str| LeaseRequest {
+        host: host.into(),
+        request_id: id.into(),
+        action_id: "a1".into(),
+        policy: "p".into(),
+        per: None,
+        max,
+        max_per_hour: None,
+        op: LeaseOp::Acquire,
+        sent_at_ms: vigil_shared::time::now_ms(),
+    };
+    let publish = |payload: Vec<u8>| {
+        let (client, leases) = (client.clone(), leases.clone());
+        async move {
+            client
+                .publish(leases, QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish");
+        }
+    };
+    publish(b"\x02not a sealed message".to_vec()).await;
+    publish(raw.seal(
+        AgentChannel::Leases,
+        &request("budget-other", BudgetMax::Count(1), "r1"),
+    ))
+    .await;
+    publish(raw.seal(
+        AgentChannel::Leases,
+        &request("budget-raw", BudgetMax::Count(0), "r2"),
+    ))
+    .await;
+    // Sealed for another channel: the seal does not match the topic.
+    publish(raw.seal(
+        AgentChannel::Status,
+        &request("budget-raw", BudgetMax::Count(1), "r3"),
+    ))
+    .await;
+    publish(raw.seal(
+        AgentChannel::Leases,
+        &request("budget-raw", BudgetMax::Count(1), "r4"),
+    ))
+    .await;
+
+    let payload = tokio::time::timeout(WAIT, answers.recv())
+        .await
+        .expect("an answer")
+        .expect("answer payload");
+    let key_hex = std::fs::read_to_string(dir.path().join("data/bundle-signing.pub"))
+        .expect("coordinator key");
+    let key = vigil_shared::bundle::PublicKey::from_hex(key_hex.trim()).expect("key");
+    let answer = lease::open(&payload, Some(&key), "budget-raw").expect("signed answer");
+    assert_eq!(answer.request_id, "r4", "only the good request is answered");
+    assert_eq!(answer.key, "p");
+    let other = vigil_shared::bundle::BundleKeys::generate();
+    let other_key = vigil_shared::bundle::PublicKey::from_hex(&other.public_hex()).expect("key");
+    assert!(lease::open(&payload, Some(&other_key), "budget-raw").is_err());
+
+    for reason in ["malformed", "host_mismatch", "invalid"] {
+        let series =
+            format!("vigil_mqtt_messages_rejected_total{{channel=\"leases\",reason=\"{reason}\"}}");
+        let count = wait_for(&series, WAIT, || async {
+            let n = vigil_tests::metric(&http, &series).await;
+            (n >= 1.0).then_some(n)
+        })
+        .await;
+        assert!(count >= 1.0);
+    }
+    coordinator.proc.stop();
+}
