@@ -28,10 +28,11 @@ use vigil_shared::wire::{
 };
 
 use crate::acting::executors::Executors;
+use crate::acting::leases::LeaseBook;
 use crate::acting::mapping::ActionMappings;
 use crate::acting::store::AgentStoreError;
 use crate::acting::store::OutboxSignal;
-use crate::acting::{ActionQueue, AgentStore, NewAction, Origin, RunFn};
+use crate::acting::{ActionQueue, AgentStore, JobBudget, NewAction, Origin, RunFn};
 use crate::config::{AgentConfig, BundleKey, ConfigError};
 use crate::policy::bundle_store::BundleStore;
 use crate::policy::bundles::{Bundles, Outcome};
@@ -203,6 +204,11 @@ pub async fn run(
     status.remediation_paused = queue.paused();
     status.queue = queue.status(started_at_ms);
     let link = Link::connect(&config, tls.as_ref(), status, inbound_tx, sealer)?;
+    queue.set_leases(LeaseBook::new(
+        &config.host,
+        config.labels.clone(),
+        link.lease_sender(),
+    ));
     let events_topic = topics::agent(&config.host, AgentChannel::Events);
     // sysinfo reads /proc synchronously: keep it off the async workers.
     let sampler = tokio::task::spawn_blocking(HostSampler::new)
@@ -283,7 +289,7 @@ pub async fn run(
             Some(update) = state_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_state(update, now);
-                handle(output, &mut queue, &events_topic, &config.actions, now)?;
+                handle(output, &mut queue, &events_topic, &config.actions, evaluator.policies(), now)?;
             }
             Some(result) = results_rx.recv() => {
                 let now = now_ms();
@@ -304,6 +310,13 @@ pub async fn run(
                                 s.detail = Some(format!("refused command: {refusal}"));
                             });
                         }
+                    }
+                }
+                Inbound::Grant(payload) => {
+                    let key = config.bundle_key.as_ref().map(|k| &k.key);
+                    match vigil_shared::lease::open(&payload, key, &config.host) {
+                        Ok(answer) => queue.on_lease_answer(&answer, now_ms())?,
+                        Err(refusal) => tracing::warn!("refused a lease answer: {refusal}"),
                     }
                 }
                 Inbound::Bundle { group, payload } => {
@@ -352,7 +365,7 @@ pub async fn run(
             Some(samples) = samples_rx.recv() => {
                 let now = now_ms();
                 let output = evaluator.on_samples(&samples, now);
-                handle(output, &mut queue, &events_topic, &config.actions, now)?;
+                handle(output, &mut queue, &events_topic, &config.actions, evaluator.policies(), now)?;
                 {
                     let mut spool = spool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let batch = MetricBatch {
@@ -547,6 +560,7 @@ fn handle(
     queue: &mut ActionQueue,
     events_topic: &str,
     actions: &ActionMappings,
+    policies: &[Policy],
     now_ms: i64,
 ) -> Result<(), AgentStoreError> {
     if !output.events.is_empty() {
@@ -564,6 +578,14 @@ fn handle(
     }
     for mut action in output.actions {
         let kind = actions.apply(action.request.kind, &mut action.request.params);
+        let budget = policies
+            .iter()
+            .find(|p| p.name == action.policy)
+            .and_then(|p| p.budget.clone())
+            .map(|budget| JobBudget {
+                policy: action.policy.clone(),
+                budget,
+            });
         queue.accept(
             NewAction {
                 id: action.id,
@@ -576,6 +598,7 @@ fn handle(
                 written: action.request.written,
                 params: action.request.params,
                 dry_run: action.request.dry_run,
+                budget,
             },
             now_ms,
         )?;
@@ -598,39 +621,42 @@ fn run_command(
             action,
             params,
             dry_run,
-        } => {
-            let kind = match ActionKind::parse(&action) {
-                Ok(kind) => kind,
-                Err(e) => {
-                    tracing::warn!(command = %command.id, "refused a manual action: {e}");
-                    return Ok(());
-                }
-            };
-            let mut params = params
-                .into_iter()
-                .map(|(k, v)| {
-                    let value = serde_json::from_str::<serde_json::Value>(&v)
-                        .ok()
-                        .filter(|v| v.is_number() || v.is_boolean())
-                        .unwrap_or(serde_json::Value::String(v));
-                    (k, value)
-                })
-                .collect();
-            let kind = actions.apply(kind, &mut params);
-            tracing::info!(action = %action_id, %target, "manual action from the coordinator");
-            queue.accept(
-                NewAction {
-                    id: action_id,
-                    origin: Origin::Manual,
-                    target,
-                    kind,
-                    written: action,
-                    params,
-                    dry_run,
-                },
-                now_ms,
-            )
-        }
+        } => manual_action(
+            &command.id,
+            ManualAction {
+                action_id,
+                target,
+                action,
+                params,
+                dry_run,
+                budget: None,
+            },
+            queue,
+            actions,
+            now_ms,
+        ),
+        CommandKind::RunBudgetedAction {
+            action_id,
+            target,
+            action,
+            params,
+            dry_run,
+            policy,
+            budget,
+        } => manual_action(
+            &command.id,
+            ManualAction {
+                action_id,
+                target,
+                action,
+                params,
+                dry_run,
+                budget: Some(JobBudget { policy, budget }),
+            },
+            queue,
+            actions,
+            now_ms,
+        ),
         CommandKind::PauseRemediation(paused) => {
             queue.set_paused(paused, now_ms)?;
             link.update_status(|s| s.remediation_paused = paused);
@@ -641,6 +667,66 @@ fn run_command(
             Ok(())
         }
     }
+}
+
+/// A manual action from a command.
+struct ManualAction {
+    action_id: String,
+    target: String,
+    action: String,
+    params: Vec<vigil_shared::wire::Tag>,
+    dry_run: bool,
+    budget: Option<JobBudget>,
+}
+
+/// Queues a manual action (refused, with a warning, when its action name is unknown).
+fn manual_action(
+    command_id: &str,
+    manual: ManualAction,
+    queue: &mut ActionQueue,
+    actions: &ActionMappings,
+    now_ms: i64,
+) -> Result<(), AgentStoreError> {
+    let ManualAction {
+        action_id,
+        target,
+        action,
+        params,
+        dry_run,
+        budget,
+    } = manual;
+    let kind = match ActionKind::parse(&action) {
+        Ok(kind) => kind,
+        Err(e) => {
+            tracing::warn!(command = %command_id, "refused a manual action: {e}");
+            return Ok(());
+        }
+    };
+    let mut params = params
+        .into_iter()
+        .map(|(k, v)| {
+            let value = serde_json::from_str::<serde_json::Value>(&v)
+                .ok()
+                .filter(|v| v.is_number() || v.is_boolean())
+                .unwrap_or(serde_json::Value::String(v));
+            (k, value)
+        })
+        .collect();
+    let kind = actions.apply(kind, &mut params);
+    tracing::info!(action = %action_id, %target, budget = ?budget.as_ref().map(|b| &b.policy), "manual action from the coordinator");
+    queue.accept(
+        NewAction {
+            id: action_id,
+            origin: Origin::Manual,
+            target,
+            kind,
+            written: action,
+            params,
+            dry_run,
+            budget,
+        },
+        now_ms,
+    )
 }
 
 /// Resolves when the earliest backed-off action is due (never, if none waits).

@@ -312,6 +312,15 @@ impl Coordinator {
             ack_notes_rx,
             stop_rx.clone(),
         )));
+        let budgets = crate::budgets::Budgets::new(config.lease_ttl);
+        tasks.push(tokio::spawn(crate::budgets::service::run(
+            budgets.clone(),
+            client_options("-leases")?,
+            Arc::clone(&keys),
+            store.clone(),
+            telemetry.clone(),
+            stop_rx.clone(),
+        )));
         if !fronts.is_empty() {
             let ready = tokio::time::timeout(Duration::from_secs(10), async {
                 let ingest = subscribed.wait_for(|connects| *connects > 0).await.is_ok();
@@ -395,6 +404,7 @@ impl Coordinator {
             auth,
             coordinator_key,
             alert_routes,
+            budgets,
         }));
         tasks.push(tokio::spawn(crate::http::server::serve(
             routes,

@@ -28,6 +28,11 @@ pub const DEFAULT_AUDIT_RETENTION: &str = "90d";
 const MIN_AUDIT_RETENTION: Duration = Duration::from_secs(1);
 /// The longest audit retention accepted (100 years).
 const MAX_AUDIT_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// Default lifetime of a disruption-budget lease not renewed.
+pub const DEFAULT_LEASE_TTL: &str = "60s";
+/// The range of lease lifetimes accepted.
+const LEASE_TTL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
 /// Default initial LMDB map size.
 pub const DEFAULT_DB_MAP_SIZE: &str = "1GiB";
 /// Default ceiling the LMDB map may grow to.
@@ -90,6 +95,8 @@ pub struct CoordinatorConfig {
     pub json_mirror: crate::events::mirror::MirrorSettings,
     /// The file mapping Alertmanager alerts to actions, if any.
     pub alert_routes: Option<PathBuf>,
+    /// How long a disruption-budget lease lasts unless its agent renews it.
+    pub lease_ttl: Duration,
 }
 
 /// The server certificate chain and key (PEM) of the REST API and the embedded broker.
@@ -170,6 +177,8 @@ pub struct CoordinatorFile {
     pub json_mirror: Option<String>,
     /// See `--alert-routes`.
     pub alert_routes: Option<PathBuf>,
+    /// See `--lease-ttl`.
+    pub lease_ttl: Option<String>,
 }
 
 /// Settings given as flags or environment variables (`None` when absent).
@@ -243,6 +252,18 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
         return Err(invalid(
             "audit_retention",
             format!("`{audit_retention_text}` is not between 1s and 100 years"),
+        ));
+    }
+    let lease_ttl_text = over
+        .lease_ttl
+        .or(file.lease_ttl)
+        .unwrap_or(DEFAULT_LEASE_TTL.into());
+    let lease_ttl =
+        vigil_shared::time::parse_duration(&lease_ttl_text).map_err(|e| invalid("lease_ttl", e))?;
+    if !LEASE_TTL_RANGE.contains(&lease_ttl) {
+        return Err(invalid(
+            "lease_ttl",
+            format!("`{lease_ttl_text}` is not between 1s and 1h"),
         ));
     }
     let size = |setting, text: String| parse_size(&text).map_err(|e| invalid(setting, e));
@@ -396,6 +417,7 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             None => crate::events::mirror::MirrorSettings::default(),
         },
         alert_routes: over.alert_routes.or(file.alert_routes),
+        lease_ttl,
     })
 }
 

@@ -12,6 +12,8 @@
 //!   and handlers, and `/metrics`.
 //! - [`alerts`]: Alertmanager's webhook payload and the routing file that maps alerts to
 //!   actions.
+//! - [`budgets`]: fleet-wide disruption budgets: the lease table and the service that
+//!   answers agents' lease requests.
 //! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
 //! - [`security`]: agent identities, REST tokens, certificates and TLS.
@@ -27,6 +29,7 @@
 
 pub(crate) mod alerts;
 pub(crate) mod app;
+pub(crate) mod budgets;
 pub(crate) mod bundles;
 pub mod cli;
 pub(crate) mod config;

@@ -439,6 +439,11 @@ impl Telemetry {
         }
     }
 
+    /// The registry, for modules that keep metrics of their own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -705,13 +705,15 @@ fn slot(channel: AgentChannel) -> usize {
         AgentChannel::Metrics => 0,
         AgentChannel::Status => 1,
         AgentChannel::Actions => 2,
-        // Commands, acknowledgements and handshakes are never sealed by agents; share the
-        // events counter if ever asked.
+        // Commands, acknowledgements, handshakes and grants are never sealed by agents;
+        // lease requests share the events counter (a channel's sequence only has to rise).
         AgentChannel::Events
+        | AgentChannel::Leases
         | AgentChannel::Commands
         | AgentChannel::Acks
         | AgentChannel::Session
-        | AgentChannel::Welcome => 3,
+        | AgentChannel::Welcome
+        | AgentChannel::Grants => 3,
     }
 }
 

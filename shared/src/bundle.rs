@@ -135,6 +135,8 @@ pub enum SigningContext {
     /// The coordinator's half of a session key handshake
     /// ([`crate::agent_auth::SignedWelcome`]).
     SessionWelcome,
+    /// An answer to an agent's disruption-budget lease request ([`crate::lease`]).
+    LeaseAnswer,
 }
 
 impl SigningContext {
@@ -146,6 +148,7 @@ impl SigningContext {
             SigningContext::Command => "vigil/v1/signed-command",
             SigningContext::DeliveryAck => "vigil/v1/signed-delivery-ack",
             SigningContext::SessionWelcome => "vigil/v1/signed-session-welcome",
+            SigningContext::LeaseAnswer => "vigil/v1/signed-lease-answer",
         }
     }
 

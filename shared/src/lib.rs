@@ -12,6 +12,7 @@
 //! - [`command_auth`]: commands to agents, signed by the coordinator and checked by agents.
 //! - [`delivery`]: end-to-end acknowledgement: sequence windows and the coordinator's
 //!   signed acknowledgements of what it stored.
+//! - [`lease`]: disruption-budget lease requests and the coordinator's signed answers.
 //! - [`broker_url`]: `mqtt://host:port` as users write it.
 //! - [`enrollment`]: the enrollment request and answer, and the identity file an enrolled
 //!   agent keeps.
@@ -32,6 +33,7 @@ pub mod command_auth;
 pub mod config_file;
 pub mod delivery;
 pub mod enrollment;
+pub mod lease;
 pub mod mqtt;
 pub mod policy;
 pub mod time;

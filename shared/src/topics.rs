@@ -10,6 +10,8 @@
 //! | `vigil/v1/agents/{host}/acks` | coordinator → agent (what is stored) |
 //! | `vigil/v1/agents/{host}/session` | agent → coordinator (session key handshake: hello) |
 //! | `vigil/v1/agents/{host}/welcome` | coordinator → agent (session key handshake: answer) |
+//! | `vigil/v1/agents/{host}/leases` | agent → coordinator (disruption-budget lease requests) |
+//! | `vigil/v1/agents/{host}/grants` | coordinator → agent (answers to lease requests) |
 //! | `vigil/v1/bundles/{group}` | coordinator → agents, retained |
 //! | `vigil/v1/json/...` | coordinator → integrations |
 
@@ -35,6 +37,10 @@ pub enum AgentChannel {
     Session,
     /// The coordinator's answer to a handshake ([`crate::agent_auth::SignedWelcome`]).
     Welcome,
+    /// Disruption-budget lease requests ([`crate::lease`]).
+    Leases,
+    /// The coordinator's answers to lease requests.
+    Grants,
 }
 
 impl AgentChannel {
@@ -49,6 +55,8 @@ impl AgentChannel {
             AgentChannel::Acks => "acks",
             AgentChannel::Session => "session",
             AgentChannel::Welcome => "welcome",
+            AgentChannel::Leases => "leases",
+            AgentChannel::Grants => "grants",
         }
     }
 
@@ -62,6 +70,8 @@ impl AgentChannel {
             "acks" => AgentChannel::Acks,
             "session" => AgentChannel::Session,
             "welcome" => AgentChannel::Welcome,
+            "leases" => AgentChannel::Leases,
+            "grants" => AgentChannel::Grants,
             _ => return None,
         })
     }
@@ -112,6 +122,8 @@ mod tests {
             AgentChannel::Acks,
             AgentChannel::Session,
             AgentChannel::Welcome,
+            AgentChannel::Leases,
+            AgentChannel::Grants,
         ] {
             let topic = agent("web-01", channel);
             assert_eq!(parse_agent(&topic), Some(("web-01", channel)));

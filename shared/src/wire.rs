@@ -264,11 +264,14 @@ pub enum ActionState {
     NotResolved,
     /// Failed on its last retry; no further attempts.
     DeadLetter,
+    /// Waiting for a lease of its policy's disruption budget (`deferred: budget`); it
+    /// runs when one frees.
+    Deferred,
 }
 
 impl ActionState {
     /// Every action state, in lifecycle order.
-    pub const ALL: [ActionState; 8] = [
+    pub const ALL: [ActionState; 9] = [
         ActionState::Pending,
         ActionState::Running,
         ActionState::Completed,
@@ -277,6 +280,7 @@ impl ActionState {
         ActionState::Resolved,
         ActionState::NotResolved,
         ActionState::DeadLetter,
+        ActionState::Deferred,
     ];
 
     /// The lowercase name used in JSON and the REST API.
@@ -290,6 +294,7 @@ impl ActionState {
             ActionState::Resolved => "resolved",
             ActionState::NotResolved => "not_resolved",
             ActionState::DeadLetter => "dead_letter",
+            ActionState::Deferred => "deferred",
         }
     }
 }
@@ -350,6 +355,24 @@ pub enum CommandKind {
     PauseRemediation(bool),
     /// Publish status again and re-read the current bundle.
     Resync,
+    /// Run an action now under a policy's disruption budget: it waits for a lease like
+    /// that policy's own actions do.
+    RunBudgetedAction {
+        /// The action id the coordinator allotted.
+        action_id: String,
+        /// What to act on.
+        target: String,
+        /// What to do.
+        action: String,
+        /// Parameters for the executor.
+        params: Vec<Tag>,
+        /// Decide and record only.
+        dry_run: bool,
+        /// The policy whose budget it takes a lease from.
+        policy: String,
+        /// That budget.
+        budget: crate::policy::budget::Budget,
+    },
 }
 
 /// A command for one agent, published on `vigil/v1/agents/{host}/commands`.

@@ -1,6 +1,6 @@
 //! One action in the agent's queue, as it is persisted: what to do, where it stands in its
-//! lifecycle (`pending → running → completed | failed | cancelled`, with retries and a
-//! dead-letter state), and the [`ActionEvent`] each transition produces.
+//! lifecycle (`pending [→ deferred] → running → completed | failed | cancelled`, with
+//! retries and a dead-letter state), and the [`ActionEvent`] each transition produces.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +20,15 @@ pub enum Origin {
     },
     /// A person, through the coordinator (`POST /api/v1/actions`).
     Manual,
+}
+
+/// The disruption budget a job takes its leases from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobBudget {
+    /// The policy whose budget it is (for a manual action, the one it names).
+    pub policy: String,
+    /// The budget.
+    pub budget: vigil_shared::policy::budget::Budget,
 }
 
 /// A queued action.
@@ -62,6 +71,14 @@ pub struct Job {
     /// completion.
     #[serde(default)]
     pub early_verification: Option<bool>,
+    /// The policy's disruption budget: each attempt runs only with a lease
+    /// ([`super::leases`]).
+    #[serde(default)]
+    pub budget: Option<JobBudget>,
+    /// The attempt whose wait for a lease is recorded (`deferred`), so that it is
+    /// recorded once per attempt.
+    #[serde(default)]
+    pub deferred_attempt: Option<u32>,
 }
 
 impl Job {

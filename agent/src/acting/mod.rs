@@ -6,6 +6,8 @@
 //! - [`breaker`]: a circuit breaker per executor.
 //! - [`mapping`]: the original system's `drain-pod`, `rebalance` and `snapshot`, mapped
 //!   onto an allowlisted command or webhook (`[actions]`), or recorded as not runnable.
+//! - [`leases`]: disruption-budget leases from the coordinator, which budgeted actions
+//!   wait for (`deferred: budget`).
 //! - [`queue`]: ordering, parallelism, retries with backoff, dead-letter, dry-run, kill
 //!   switch, verification; it hands each attempt to
 //! - [`executors`]: the parts that change things on the host (systemd units, Docker
@@ -14,10 +16,11 @@
 pub(crate) mod breaker;
 pub mod executors;
 pub mod job;
+pub mod leases;
 pub mod mapping;
 pub(crate) mod queue;
 pub mod store;
 
-pub(crate) use job::{Job, Origin};
+pub(crate) use job::{Job, JobBudget, Origin};
 pub(crate) use queue::{ActionQueue, NewAction, QueueSettings, RunFn};
 pub(crate) use store::AgentStore;

@@ -29,6 +29,7 @@ use vigil_shared::wire::{self, ActionState, QueueStatus};
 
 use super::breaker::Breakers;
 use super::job::{Job, Origin};
+use super::leases::{LeaseBook, Permit};
 use super::store::{AgentStore, AgentStoreError, Counters, OutboxSignal, StorageAlarm};
 use crate::acting::executors::{ExecError, ExecOutcome, ExecRequest};
 use crate::system::units::has_unit_type;
@@ -153,6 +154,8 @@ pub struct NewAction {
     pub params: BTreeMap<String, serde_json::Value>,
     /// Record only.
     pub dry_run: bool,
+    /// The disruption budget it takes a lease from, if any.
+    pub budget: Option<super::job::JobBudget>,
 }
 
 /// The queue.
@@ -176,6 +179,8 @@ pub struct ActionQueue {
     alarm: Option<StorageAlarm>,
     /// Set while the store refuses writes.
     unsaved: Option<Unsaved>,
+    /// Leases for budgeted actions; without it budgets are not enforced.
+    leases: Option<LeaseBook>,
 }
 
 impl ActionQueue {
@@ -212,6 +217,7 @@ impl ActionQueue {
             last_policy_action: HashMap::new(),
             alarm: None,
             unsaved: None,
+            leases: None,
         };
         if queue.settings.paused {
             queue.set_paused(true, now_ms)?;
@@ -240,6 +246,27 @@ impl ActionQueue {
         alarm.set(self.unsaved.as_ref().map(Unsaved::describe));
         self.alarm = Some(alarm);
         self
+    }
+
+    /// Runs budgeted actions only with a lease from `leases`.
+    pub fn set_leases(&mut self, leases: LeaseBook) {
+        self.leases = Some(leases);
+    }
+
+    /// Takes the coordinator's answer to a lease request, and starts what it lets run.
+    pub fn on_lease_answer(
+        &mut self,
+        answer: &vigil_shared::lease::LeaseAnswer,
+        now_ms: i64,
+    ) -> Result<(), AgentStoreError> {
+        let changed = self
+            .leases
+            .as_mut()
+            .is_some_and(|leases| leases.on_answer(answer, now_ms));
+        if changed {
+            self.schedule(now_ms)?;
+        }
+        Ok(())
     }
 
     /// Why the store refuses writes, while it does (the queue goes on from memory).
@@ -308,6 +335,8 @@ impl ActionQueue {
             detail: None,
             seq: self.next_seq,
             early_verification: None,
+            budget: action.budget,
+            deferred_attempt: None,
         };
         self.next_seq += 1;
         if let Origin::Policy { name, .. } = &job.origin {
@@ -338,6 +367,9 @@ impl ActionQueue {
         self.forget_unverified(now_ms)?;
         if self.counters.paused {
             return Ok(());
+        }
+        if let Some(leases) = self.leases.as_mut() {
+            leases.tick(now_ms);
         }
         let mut candidates: Vec<(u64, String)> = self
             .jobs
@@ -371,19 +403,59 @@ impl ActionQueue {
                 self.finish(&id, ActionState::DeadLetter, Some(detail), now_ms)?;
                 continue;
             }
+            let mut running_detail = None;
+            if let (Some(budget), Some(leases)) = (&job.budget, self.leases.as_mut()) {
+                match leases.permit(&id, &budget.policy, &budget.budget, now_ms) {
+                    Permit::Go(detail) => running_detail = detail,
+                    Permit::Wait(report) => {
+                        if let Some(detail) = report {
+                            self.record_deferred(&id, detail, now_ms)?;
+                        }
+                        continue;
+                    }
+                }
+            }
             let executor = executor_name(job.kind, &job.target, &job.params);
             if !self.breakers.allow(executor, now_ms) {
                 continue;
             }
-            self.start(&id, executor, now_ms)?;
+            self.start(&id, executor, running_detail, now_ms)?;
         }
         Ok(())
+    }
+
+    /// Records that a job waits for a budget lease (once per attempt).
+    fn record_deferred(
+        &mut self,
+        id: &str,
+        detail: String,
+        now_ms: i64,
+    ) -> Result<(), AgentStoreError> {
+        let Some(mut job) = self.jobs.get(id).cloned() else {
+            return Ok(());
+        };
+        if job.deferred_attempt == Some(job.attempt) {
+            return Ok(());
+        }
+        tracing::info!(action = %id, target = %job.target, "{detail}");
+        job.deferred_attempt = Some(job.attempt);
+        job.detail = Some(detail.clone());
+        let event = job.event(ActionState::Deferred, now_ms, Some(detail));
+        self.persist(job, vec![event], now_ms)
+    }
+
+    /// Frees the lease of job `id`, if it holds one.
+    fn release_lease(&mut self, id: &str, now_ms: i64) {
+        if let Some(leases) = self.leases.as_mut() {
+            leases.release(id, now_ms);
+        }
     }
 
     fn start(
         &mut self,
         id: &str,
         executor: &'static str,
+        detail: Option<String>,
         now_ms: i64,
     ) -> Result<(), AgentStoreError> {
         let Some(mut job) = self.jobs.get(id).cloned() else {
@@ -393,7 +465,7 @@ impl ActionQueue {
         job.attempt += 1;
         job.executor = Some(executor.to_string());
         self.counters.dequeued_total += 1;
-        let event = job.event(ActionState::Running, now_ms, None);
+        let event = job.event(ActionState::Running, now_ms, detail);
         let timeout = job
             .params
             .get("timeout")
@@ -444,6 +516,8 @@ impl ActionQueue {
         attempt: AttemptResult,
         now_ms: i64,
     ) -> Result<(), AgentStoreError> {
+        let id = attempt.id.clone();
+        self.release_lease(&id, now_ms);
         let Some(job) = self.jobs.get(&attempt.id) else {
             return Ok(());
         };
@@ -645,6 +719,7 @@ impl ActionQueue {
             .collect();
         if paused && !pending.is_empty() {
             for id in pending {
+                self.release_lease(&id, now_ms);
                 self.finish(
                     &id,
                     ActionState::Cancelled,
@@ -667,6 +742,7 @@ impl ActionQueue {
         if self.counters.paused {
             return retry;
         }
+        let leases = self.leases.as_ref().and_then(LeaseBook::next_due_ms);
         let open = self.breakers.open(now_ms);
         self.jobs
             .values()
@@ -685,6 +761,7 @@ impl ActionQueue {
                 }
             })
             .chain(retry)
+            .chain(leases)
             .min()
     }
 

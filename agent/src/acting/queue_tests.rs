@@ -85,6 +85,7 @@ fn action(id: &str, target: &str) -> NewAction {
         written: "restart".into(),
         params: BTreeMap::new(),
         dry_run: false,
+        budget: None,
     }
 }
 
@@ -702,4 +703,82 @@ async fn a_mapped_action_runs_as_its_exec_and_keeps_its_name() {
         .unwrap();
     assert_eq!(running.action, "drain-pod");
     assert_eq!(running.executor.as_deref(), Some("exec"));
+}
+
+/// A budgeted action waits for its lease (recorded once as `deferred`), runs when it is
+/// granted, and releases it when its attempt ends.
+#[tokio::test]
+async fn a_budgeted_action_waits_for_its_lease_and_releases_it() {
+    use super::super::leases::LeaseBook;
+    use vigil_shared::lease::{LeaseAnswer, LeaseOp, LeaseOutcome, LeaseRequest};
+    use vigil_shared::policy::budget::{Budget, BudgetMax, OfflineMode};
+    use ActionState::*;
+
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut h = harness(scripted(0, log.clone()), fast(), None);
+    let sent: Arc<Mutex<Vec<LeaseRequest>>> = Arc::default();
+    let out = sent.clone();
+    h.queue.set_leases(LeaseBook::new(
+        "h",
+        vec![],
+        Arc::new(move |r| out.lock().unwrap().push(r)),
+    ));
+    let mut budgeted = action("a1", "web");
+    budgeted.budget = Some(super::super::JobBudget {
+        policy: "p".into(),
+        budget: Budget {
+            max: BudgetMax::Count(1),
+            per: None,
+            max_per_hour: None,
+            offline: OfflineMode::Wait,
+        },
+    });
+    h.queue.accept(budgeted, 0).unwrap();
+    h.queue.schedule(0).unwrap();
+    assert_eq!(h.queue.status(0).running, 0);
+    let answer = |request: &LeaseRequest, outcome| LeaseAnswer {
+        host: "h".into(),
+        request_id: request.request_id.clone(),
+        action_id: request.action_id.clone(),
+        key: request.key(),
+        outcome,
+        ttl_ms: 3_000,
+        held: 1,
+        max: 1,
+        reason: Some("budget `p` is spent: 1 of 1 leases held (by other)".into()),
+        coordinator_ms: 0,
+    };
+    let first = sent.lock().unwrap()[0].clone();
+    assert_eq!((first.op, first.policy.as_str()), (LeaseOp::Acquire, "p"));
+    h.queue
+        .on_lease_answer(&answer(&first, LeaseOutcome::Deferred), 10)
+        .unwrap();
+    h.queue.schedule(20).unwrap();
+    h.queue.schedule(30).unwrap();
+    assert_eq!(states(&h.store, "a1"), vec![Pending, Deferred]);
+    let deferred = events(&h.store).pop().unwrap();
+    assert!(
+        deferred
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("deferred: budget"),
+        "{deferred:?}"
+    );
+    // Asked again after the retry interval; this time granted: it runs at once.
+    let due = h.queue.next_due_ms(30).unwrap();
+    h.queue.schedule(due).unwrap();
+    let second = sent.lock().unwrap().last().unwrap().clone();
+    assert_ne!(second.request_id, first.request_id);
+    h.queue
+        .on_lease_answer(&answer(&second, LeaseOutcome::Granted), due + 1)
+        .unwrap();
+    assert_eq!(h.queue.status(due + 1).running, 1);
+    let result = h.results.recv().await.unwrap();
+    h.queue.on_result(result, due + 5).unwrap();
+    assert_eq!(
+        states(&h.store, "a1"),
+        vec![Pending, Deferred, Running, Completed]
+    );
+    assert_eq!(sent.lock().unwrap().last().unwrap().op, LeaseOp::Release);
 }

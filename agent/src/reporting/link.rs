@@ -6,7 +6,8 @@
 //! subscribing later see the host as online. [`Link::close`] publishes the offline status
 //! itself before disconnecting, since a broker sends the last will only on an unclean end.
 //!
-//! On every connection it subscribes to the agent's commands and, when a bundle key is
+//! On every connection it subscribes to the agent's commands, the coordinator's answers
+//! to its lease requests and, when a bundle key is
 //! configured, to every group's policy bundle (`vigil/v1/bundles/+`); what arrives is
 //! forwarded to the runner as [`Inbound`] messages.
 //!
@@ -59,6 +60,9 @@ pub enum Inbound {
     /// A payload from this host's command topic (checked by the runner's
     /// [`crate::reporting::command_guard::CommandGuard`]).
     Command(Vec<u8>),
+    /// A payload from this host's lease-answer topic (opened by the runner with
+    /// [`vigil_shared::lease::open`]).
+    Grant(Vec<u8>),
     /// A policy bundle's payload as published on `vigil/v1/bundles/{group}` (decoded and
     /// verified by the runner's [`crate::policy::bundles::Bundles`]).
     Bundle {
@@ -170,6 +174,26 @@ impl Link {
         })
     }
 
+    /// A sender of disruption-budget lease requests: each is signed (never MAC'd: they
+    /// are few, and the coordinator's lease service checks signatures only) and queued
+    /// (QoS 1) on this host's `leases` topic; one that cannot be queued is dropped (the
+    /// lease book asks again).
+    pub fn lease_sender(&self) -> crate::acting::leases::SendFn {
+        let publisher = self.publisher.clone();
+        Arc::new(move |request: vigil_shared::lease::LeaseRequest| {
+            let topic = topics::agent(&request.host, AgentChannel::Leases);
+            let payload = publisher
+                .sealer
+                .seal_signed(AgentChannel::Leases, wire::encode(&request));
+            if let Err(e) = publisher
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            {
+                tracing::warn!("cannot queue a lease request: {e}");
+            }
+        })
+    }
+
     /// Whether the broker has accepted the connection (and not lost it since).
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
@@ -230,6 +254,7 @@ async fn drive(
     let host = status.borrow().host.clone();
     let command_topic = topics::agent(&host, AgentChannel::Commands);
     let welcome_topic = topics::agent(&host, AgentChannel::Welcome);
+    let grant_topic = topics::agent(&host, AgentChannel::Grants);
     let bundle_filter = topics::bundle("+");
     let bundle_prefix = topics::bundle("");
     let handshakes = publisher.sealer.can_handshake();
@@ -273,6 +298,9 @@ async fn drive(
                 publisher.try_status(&online);
                 if let Err(e) = client.try_subscribe(command_topic.clone(), QoS::AtLeastOnce) {
                     tracing::warn!("cannot subscribe to commands: {e}");
+                }
+                if let Err(e) = client.try_subscribe(grant_topic.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!("cannot subscribe to lease answers: {e}");
                 }
                 if bundles {
                     if let Err(e) = client.try_subscribe(bundle_filter.clone(), QoS::AtLeastOnce) {
@@ -328,6 +356,15 @@ async fn drive(
             Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == command_topic => {
                 if inbound
                     .send(Inbound::Command(publish.payload.to_vec()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == grant_topic => {
+                if inbound
+                    .send(Inbound::Grant(publish.payload.to_vec()))
                     .await
                     .is_err()
                 {

@@ -176,6 +176,10 @@ pub struct ServeArgs {
     /// /api/v1/alertmanager, to actions; read at start [default: none, no alert is routed]
     #[arg(long, env = "VIGIL_ALERT_ROUTES", value_name = "FILE")]
     pub alert_routes: Option<PathBuf>,
+    /// How long a disruption-budget lease lasts unless its agent renews it (agents renew
+    /// every third of it while the action runs), 1s–1h [default: 60s]
+    #[arg(long, env = "VIGIL_LEASE_TTL", value_name = "DURATION")]
+    pub lease_ttl: Option<String>,
 }
 
 impl ServeArgs {
@@ -214,6 +218,7 @@ impl ServeArgs {
                 tls_ca: self.tls_ca,
                 json_mirror: self.json_mirror,
                 alert_routes: self.alert_routes,
+                lease_ttl: self.lease_ttl,
             },
         )
     }

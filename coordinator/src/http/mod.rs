@@ -56,6 +56,8 @@ pub struct Api {
     pub coordinator_key: String,
     /// Which Alertmanager alerts become which actions (empty: none).
     pub alert_routes: Arc<crate::alerts::routing::AlertRoutes>,
+    /// The disruption budgets' leases.
+    pub budgets: crate::budgets::Budgets,
 }
 
 /// The error for a blocking task that panicked or was cancelled.

@@ -76,6 +76,9 @@ pub struct ManualActionBody {
     params: Option<Value>,
     /// Record, do not run.
     dry_run: Option<bool>,
+    /// A policy in force whose disruption budget the action runs under (it waits for a
+    /// lease like the policy's own actions).
+    policy: Option<String>,
 }
 
 /// A policy in the original format (see README "Policies"); `PUT` takes any subset.
@@ -181,6 +184,8 @@ pub enum ActionStatus {
     NotResolved,
     /// Out of attempts.
     DeadLetter,
+    /// Waiting for a lease of its policy's disruption budget.
+    Deferred,
 }
 
 /// A policy severity.
@@ -283,6 +288,8 @@ impl Modify for CommonParts {
         crate::http::handlers::actions::RemediationSent,
         crate::http::handlers::alertmanager::AlertmanagerReceived,
         crate::http::handlers::alertmanager::AlertOutcome,
+        crate::http::handlers::budgets::BudgetList, crate::http::handlers::budgets::BudgetJson,
+        crate::http::handlers::budgets::LeaseJson,
         crate::http::handlers::health::HealthJson, crate::http::handlers::ingest::Stored,
         crate::http::handlers::violations::ViolationList,
         crate::events::json::PolicyEventJson,

@@ -36,8 +36,8 @@ use super::handlers::ingest::Stored;
 use super::handlers::query::History;
 use super::handlers::violations::ViolationList;
 use super::handlers::{
-    actions, agents, alertmanager, bundles, events, health, hosts, ingest, policies, query,
-    status_page, violations,
+    actions, agents, alertmanager, budgets, bundles, events, health, hosts, ingest, policies,
+    query, status_page, violations,
 };
 use super::openapi::{
     ActionStatus, AlertmanagerBody, EnrollBody, ErrorBody, EvaluateBody, IngestBody, JoinTokenBody,
@@ -510,6 +510,11 @@ routes! {
         (tag = "actions", request_body = AlertmanagerBody,
          responses((status = 200, description = "Alertmanager's webhook (version 4): each alert's outcome", body = alertmanager::AlertmanagerReceived),
                    (status = 422, description = "Not Alertmanager's payload; `field` names what is wrong", body = ErrorBody)));
+    // Disruption budgets.
+    budgets_list: get "/api/v1/budgets", VIEWER, Input::Path,
+        |call| budgets::list(call.api),
+        (tag = "actions",
+         responses((status = 200, description = "Every disruption budget: leases held, actions deferred, grants in the last hour", body = budgets::BudgetList)));
 
     // Policies.
     policies_list: get "/api/v1/policies", VIEWER, Input::Path,
@@ -762,6 +767,7 @@ mod tests {
             auth,
             coordinator_key: keys.public_hex(),
             alert_routes: Arc::default(),
+            budgets: crate::budgets::Budgets::new(std::time::Duration::from_secs(60)),
         });
         Fixture {
             api,

@@ -383,9 +383,10 @@ impl Role {
                     _ => return Err("foreign_topic"),
                 };
                 match channel {
-                    AgentChannel::Commands | AgentChannel::Acks | AgentChannel::Welcome => {
-                        Err("foreign_topic")
-                    }
+                    AgentChannel::Commands
+                    | AgentChannel::Acks
+                    | AgentChannel::Welcome
+                    | AgentChannel::Grants => Err("foreign_topic"),
                     AgentChannel::Status if retain && len > MAX_RETAINED_BYTES => {
                         Err("retained_too_large")
                     }
@@ -405,6 +406,7 @@ impl Role {
                 filter == topics::agent(host, AgentChannel::Commands)
                     || filter == topics::agent(host, AgentChannel::Acks)
                     || filter == topics::agent(host, AgentChannel::Welcome)
+                    || filter == topics::agent(host, AgentChannel::Grants)
                     || filter
                         .strip_prefix(&topics::bundle(""))
                         .is_some_and(|group| !group.contains('/') || group == "#")
@@ -444,6 +446,20 @@ mod tests {
         assert_eq!(
             web.may_publish("vigil/v1/json/hosts/web", true, 10),
             Err("foreign_topic")
+        );
+        // Lease requests are its own; the answers are the coordinator's.
+        assert_eq!(
+            web.may_publish("vigil/v1/agents/web/leases", false, 10),
+            Ok(())
+        );
+        assert_eq!(
+            web.may_publish("vigil/v1/agents/web/grants", false, 10),
+            Err("foreign_topic")
+        );
+        assert_eq!(web.may_subscribe("vigil/v1/agents/web/grants"), Ok(()));
+        assert_eq!(
+            web.may_subscribe("vigil/v1/agents/web-01/grants"),
+            Err("foreign_filter")
         );
         assert_eq!(
             web.may_publish("vigil/v1/agents/web/metrics", true, 10),

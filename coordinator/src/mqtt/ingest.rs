@@ -320,7 +320,12 @@ async fn handle(
     let received_ms = now_ms();
     if matches!(
         channel,
-        AgentChannel::Commands | AgentChannel::Acks | AgentChannel::Session | AgentChannel::Welcome
+        AgentChannel::Commands
+            | AgentChannel::Acks
+            | AgentChannel::Session
+            | AgentChannel::Welcome
+            | AgentChannel::Leases
+            | AgentChannel::Grants
     ) {
         return None;
     }
@@ -393,10 +398,14 @@ async fn handle(
                 return None;
             }
         },
+        // Handshakes and lease requests have their own subscriptions
+        // (`super::handshake`, `crate::budgets`).
         AgentChannel::Commands
         | AgentChannel::Acks
         | AgentChannel::Session
-        | AgentChannel::Welcome => return None,
+        | AgentChannel::Welcome
+        | AgentChannel::Leases
+        | AgentChannel::Grants => return None,
     };
     let expected = match channel {
         AgentChannel::Metrics => Some(Stream::Metrics),

@@ -31,7 +31,7 @@ use crate::telemetry::Telemetry;
 pub const MAX_TRANSITIONS: usize = 256;
 
 /// Every action state, in lifecycle order.
-pub const ALL_STATES: [ActionState; 8] = ActionState::ALL;
+pub const ALL_STATES: [ActionState; 9] = ActionState::ALL;
 
 const TAG_TIME: u8 = b't';
 const TAG_HOST: u8 = b'h';
@@ -218,7 +218,7 @@ pub fn lifecycle_rank(state: ActionState) -> u8 {
     match state {
         ActionState::Running => 0,
         ActionState::Failed => 1,
-        ActionState::Pending => 2,
+        ActionState::Pending | ActionState::Deferred => 2,
         ActionState::Completed => 3,
         ActionState::DeadLetter => 4,
         ActionState::Cancelled => 5,

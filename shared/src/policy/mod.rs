@@ -8,9 +8,11 @@
 //! - [`load`]: policy files and directories, rejected whole on any error.
 //! - [`observations`]: the recent samples and state readings policies look at.
 //! - [`eval`]: condition evaluation, with explanations.
+//! - [`budget`]: fleet-wide disruption budgets (how many hosts act at once).
 //! - [`engine`]: the per-target state machine (`for`, cooldown, flap protection,
 //!   escalation chains, dry-run) that turns evaluations into decisions.
 
+pub mod budget;
 pub mod engine;
 pub mod eval;
 pub mod expr;

@@ -328,6 +328,8 @@ pub struct Policy {
     pub dry_run: bool,
     /// The escalation chain (empty: violations are recorded only).
     pub actions: Vec<ActionStep>,
+    /// The fleet-wide disruption budget its actions take leases from, if any.
+    pub budget: Option<super::budget::Budget>,
 }
 
 impl Policy {

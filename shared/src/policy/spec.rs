@@ -22,6 +22,7 @@
 //!     flap: {max_actions: 3, within: 10m, reset_after: 10m}
 //!     actions: [restart, restart, {action: webhook, params: {url: "http://pager/hook"}}]
 //!     dry_run: false
+//!     budget: {max_concurrent: 2, per: role, max_per_hour: 10, offline: wait}
 //! ```
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
+use super::budget::BudgetSpec;
 use super::expr;
 use super::model::{ActionKind, ActionStep, Condition, Direction, Flap, Hold, Policy, Severity};
 use super::target::Target;
@@ -487,6 +489,9 @@ pub struct PolicySpec {
     /// Parameters for the actions.
     #[serde(default)]
     pub params: BTreeMap<String, serde_json::Value>,
+    /// A fleet-wide disruption budget ([`super::budget`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetSpec>,
 }
 
 /// Whether `name` is a usable policy name.
@@ -592,6 +597,12 @@ impl PolicySpec {
                 "auto_remediate is true but no action is given".into(),
             ));
         }
+        let budget = self
+            .budget
+            .as_ref()
+            .map(BudgetSpec::check)
+            .transpose()
+            .map_err(|(f, m)| err(&f, m))?;
         Ok(Policy {
             name: self.name.clone(),
             description: self.description.clone(),
@@ -606,6 +617,7 @@ impl PolicySpec {
             flap,
             dry_run: self.dry_run,
             actions,
+            budget,
         })
     }
 }

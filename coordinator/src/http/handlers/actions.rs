@@ -229,10 +229,12 @@ pub(crate) struct NewAction {
     host: Option<String>,
     params: Map<String, Value>,
     dry_run: bool,
+    /// The policy whose disruption budget the action takes a lease from.
+    policy: Option<String>,
 }
 
-const CREATE_FIELDS: [&str; 7] = [
-    "target", "action", "status", "details", "host", "params", "dry_run",
+const CREATE_FIELDS: [&str; 8] = [
+    "target", "action", "status", "details", "host", "params", "dry_run", "policy",
 ];
 
 pub(crate) fn parse_new_action(body: &[u8]) -> Result<NewAction, ApiError> {
@@ -299,6 +301,11 @@ pub(crate) fn parse_new_action(body: &[u8]) -> Result<NewAction, ApiError> {
             ))
         }
     };
+    let policy = text(&mut fields, "policy")?;
+    if let Some(policy) = &policy {
+        vigil_shared::policy::spec::check_policy_name(policy)
+            .map_err(|e| ApiError::invalid_field("policy", format!("`policy` {e}")))?;
+    }
     Ok(NewAction {
         target,
         action: action.trim().to_string(),
@@ -307,6 +314,7 @@ pub(crate) fn parse_new_action(body: &[u8]) -> Result<NewAction, ApiError> {
         host,
         params,
         dry_run,
+        policy,
     })
 }
 
@@ -392,6 +400,22 @@ pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
             }
             (None, false) => None,
         };
+        // A named policy lends its disruption budget: the agent waits for a lease.
+        let budget = match &new.policy {
+            None => None,
+            Some(name) => {
+                let registered = api.policies.get(name).ok_or_else(|| {
+                    ApiError::invalid_field("policy", format!("no policy `{name}` is in force"))
+                })?;
+                let budget = registered.policy.budget.clone().ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "policy",
+                        format!("policy `{name}` has no budget to run the action under"),
+                    )
+                })?;
+                Some((name.clone(), budget))
+            }
+        };
         let now = now_ms();
         let action_id = ulid::Ulid::generate().to_string();
         let host_name = host.map(|h| h.host.clone()).unwrap_or_default();
@@ -405,7 +429,12 @@ pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
             attempt: u32::from(!run),
             dry_run: new.dry_run,
             detail: new.details.clone().or_else(|| {
-                Some(if run {
+                Some(if let (true, Some((policy, _))) = (run, &budget) {
+                    format!(
+                        "manual action under the disruption budget of policy `{policy}`, sent \
+                         to the agent on `{host_name}`"
+                    )
+                } else if run {
                     format!("manual action, sent to the agent on `{host_name}`")
                 } else {
                     format!("recorded over REST as {}", new.status.as_str())
@@ -436,7 +465,7 @@ pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
         let Some(host) = host else {
             return Err(ApiError::invalid_field("host", "`host` is required"));
         };
-        let command_id = dispatch(&api, &event, &new.params).await?;
+        let command_id = dispatch(&api, &event, &new.params, budget).await?;
         let online = host.is_online(now);
         let mut message = "Action created successfully".to_string();
         if !online {
@@ -460,26 +489,42 @@ pub(crate) async fn create(api: Arc<Api>, body: Bytes) -> Response {
 }
 
 /// Sends the pending action `event` (stored already) to its host's agent as a signed
-/// command with executor parameters `params`; answers the command's id. If it cannot be
+/// command with executor parameters `params` (under the disruption budget of the named
+/// policy, if `budget`); answers the command's id. If it cannot be
 /// sent, the record is withdrawn (cancelled, so the audit trail shows the attempt) and the
 /// answer is 503.
 pub(crate) async fn dispatch(
     api: &Api,
     event: &ActionEvent,
     params: &Map<String, Value>,
+    budget: Option<(String, vigil_shared::policy::budget::Budget)>,
 ) -> Result<String, ApiError> {
     let now = now_ms();
+    let (action_id, target, action) =
+        (event.id.clone(), event.target.clone(), event.action.clone());
+    let (params, dry_run) = (params_as_tags(params), event.dry_run);
     let command = Command {
         id: ulid::Ulid::generate().to_string(),
         host: event.host.clone(),
         issued_at_ms: now,
         expires_at_ms: now.saturating_add(COMMAND_TTL_MS),
-        kind: CommandKind::RunAction {
-            action_id: event.id.clone(),
-            target: event.target.clone(),
-            action: event.action.clone(),
-            params: params_as_tags(params),
-            dry_run: event.dry_run,
+        kind: match budget {
+            None => CommandKind::RunAction {
+                action_id,
+                target,
+                action,
+                params,
+                dry_run,
+            },
+            Some((policy, budget)) => CommandKind::RunBudgetedAction {
+                action_id,
+                target,
+                action,
+                params,
+                dry_run,
+                policy,
+                budget,
+            },
         },
     };
     if let Err(e) = api.publisher.command(&command).await {

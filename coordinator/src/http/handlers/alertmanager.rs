@@ -245,7 +245,7 @@ async fn fire(
             &host,
         ));
     }
-    match dispatch(api, &event, &routed.params).await {
+    match dispatch(api, &event, &routed.params, None).await {
         Ok(command_id) => Ok(with_action(
             answer(
                 "routed",

@@ -2,12 +2,13 @@
 //! goes out: [`ingest`] (HTTP ingest), [`agents`] (enrollment, join tokens), [`hosts`],
 //! [`query`] (metric history), [`violations`], [`events`] (the live event stream),
 //! [`actions`] (the action audit trail and manual actions), [`alertmanager`] (alerts as
-//! actions), [`policies`], [`bundles`],
+//! actions), [`budgets`] (disruption budgets), [`policies`], [`bundles`],
 //! [`health`] (health and `/metrics`) and [`status_page`].
 
 pub mod actions;
 pub mod agents;
 pub mod alertmanager;
+pub mod budgets;
 pub mod bundles;
 pub mod events;
 pub mod health;
