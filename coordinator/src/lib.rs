@@ -10,6 +10,8 @@
 //!   MQTT JSON topics.
 //! - [`http`]: the REST API (warp): its server, routes, auth, errors, OpenAPI document
 //!   and handlers, and `/metrics`.
+//! - [`deadman`]: finds hosts that stopped reporting while their agent said online
+//!   (`silent`), with an optional webhook.
 //! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
 //! - [`security`]: agent identities, REST tokens, certificates and TLS.
@@ -27,6 +29,7 @@ pub(crate) mod app;
 pub(crate) mod bundles;
 pub mod cli;
 pub(crate) mod config;
+pub(crate) mod deadman;
 pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;

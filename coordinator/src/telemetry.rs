@@ -91,6 +91,14 @@ pub struct Telemetry {
     /// `vigil_audit_pruned_total{kind}`: audit records removed by the audit retention
     /// (`action`: whole action records, `event`: policy events, `feed`: feed entries).
     pub audit_pruned: IntCounterVec,
+    /// `vigil_hosts_silent_total`: hosts found silent by the deadman (their agent said
+    /// online, but no status or sample came for `--silent-after` intervals).
+    pub hosts_silent_total: prometheus::IntCounter,
+    /// `vigil_hosts_silent`: hosts silent now.
+    pub hosts_silent: IntGauge,
+    /// `vigil_deadman_webhooks_total{result}`: silence events POSTed to
+    /// `--silent-webhook` (`sent`, `failed`, `dropped`).
+    pub deadman_webhooks: IntCounterVec,
 }
 
 impl Telemetry {
@@ -349,8 +357,28 @@ impl Telemetry {
         for kind in ["action", "event", "feed"] {
             audit_pruned.with_label_values(&[kind]);
         }
+        let hosts_silent_total = plain_counter(
+            "vigil_hosts_silent_total",
+            "Hosts found silent: their agent said online, but no status or sample came for \
+             --silent-after sampling intervals",
+        );
+        let hosts_silent = gauge(
+            "vigil_hosts_silent",
+            "Hosts silent now (their agent said online, but nothing comes)",
+        );
+        let deadman_webhooks = counter(
+            "vigil_deadman_webhooks_total",
+            "Host silence events POSTed to --silent-webhook, by result (sent, failed, dropped)",
+            &["result"],
+        );
+        for result in ["sent", "failed", "dropped"] {
+            deadman_webhooks.with_label_values(&[result]);
+        }
         Telemetry {
             registry,
+            hosts_silent_total,
+            hosts_silent,
+            deadman_webhooks,
             audit_pruned,
             delivery_redelivered,
             clock_skewed,
@@ -449,6 +477,9 @@ mod tests {
             clock_skewed,
             mqtt_unacknowledged,
             audit_pruned,
+            hosts_silent_total,
+            hosts_silent,
+            deadman_webhooks,
         } = telemetry;
         let counter_vecs = [
             mqtt_messages,
@@ -472,6 +503,7 @@ mod tests {
             delivery_redelivered,
             clock_skewed,
             audit_pruned,
+            deadman_webhooks,
         ];
         counter_vecs.iter().for_each(|v| touch(v));
         touch(http_duration);
@@ -485,6 +517,8 @@ mod tests {
             agent_policy_load_errors,
             batches_missing,
             mqtt_unacknowledged,
+            hosts_silent_total,
+            hosts_silent,
         ];
         collectors.extend(counter_vecs.iter().map(|v| *v as &dyn Collector));
 
@@ -649,6 +683,9 @@ mod tests {
             "vigil_metric_batches_missing_total 0",
             r#"vigil_delivery_redelivered_total{outcome="duplicate",stream="outbox"} 0"#,
             "vigil_mqtt_deliveries_unacknowledged_total 0",
+            "vigil_hosts_silent_total 0",
+            "vigil_hosts_silent 0",
+            r#"vigil_deadman_webhooks_total{result="failed"} 0"#,
         ] {
             assert!(
                 text.lines().any(|l| l == series),

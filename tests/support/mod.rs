@@ -7,7 +7,8 @@
 //!   bundles a host reports;
 //! - [`docker`], [`systemd`], [`packaging`]: containers, a systemd container, and the
 //!   release artifacts;
-//! - [`faults`]: the fault suite's delivery check (spool on disk against stored points).
+//! - [`faults`]: the fault suite's delivery check (spool on disk against stored points);
+//! - [`json_schema`]: the JSON topics' schemas and a validator.
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ pub use vigil_testkit::*;
 
 pub mod docker;
 pub mod faults;
+pub mod json_schema;
 pub mod packaging;
 pub mod systemd;
 

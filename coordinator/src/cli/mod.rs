@@ -171,6 +171,26 @@ pub struct ServeArgs {
     /// optional =QoS [default: all (metrics=0, the others=1)]
     #[arg(long, env = "VIGIL_JSON_MIRROR", value_name = "STREAMS")]
     pub json_mirror: Option<String>,
+
+    /// A host whose agent said online becomes `silent` after this many of its sampling
+    /// intervals without a status or a sample, 2 to 1000 [default: 3]
+    #[arg(long, env = "VIGIL_SILENT_AFTER", value_name = "INTERVALS")]
+    pub silent_after: Option<u32>,
+
+    /// Hosts never called silent (they come and go), as comma-separated names or globs
+    /// such as ci-*; agents labelled ephemeral=true never are either [default: none]
+    #[arg(long, env = "VIGIL_EPHEMERAL_HOSTS", value_name = "HOSTS")]
+    pub ephemeral_hosts: Option<String>,
+
+    /// POST every host silence event (going silent, reporting again) as JSON to this
+    /// http:// or https:// URL, with a 5 s timeout [default: none]
+    #[arg(
+        long,
+        env = "VIGIL_SILENT_WEBHOOK",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub silent_webhook: Option<String>,
 }
 
 impl ServeArgs {
@@ -208,6 +228,9 @@ impl ServeArgs {
                 tls_key: self.tls_key,
                 tls_ca: self.tls_ca,
                 json_mirror: self.json_mirror,
+                silent_after: self.silent_after,
+                ephemeral_hosts: self.ephemeral_hosts,
+                silent_webhook: self.silent_webhook,
             },
         )
     }
