@@ -267,12 +267,14 @@ async fn a_stopped_agent_is_silent_within_three_intervals_and_a_clean_stop_is_of
     // SIGKILL: the connection is lost and the broker sends the last will: offline.
     let before = states(&snapshot(&events), KILLED).len();
     killed.signal(SIGKILL);
-    wait_state(&events, KILLED, before, "offline").await;
+    let lost = wait_state(&events, KILLED, before, "offline").await;
+    assert_eq!(lost["data"]["reason"], "connection_lost", "{lost}");
 
     // SIGTERM: a clean stop publishes the offline status: offline.
     let before = states(&snapshot(&events), WEB).len();
     web.signal(SIGTERM);
-    wait_state(&events, WEB, before, "offline").await;
+    let stopped = wait_state(&events, WEB, before, "offline").await;
+    assert_eq!(stopped["data"]["reason"], "stopped", "{stopped}");
 
     // Well past three intervals: the stopped hosts stayed offline, and the ephemeral
     // one (stopped since the start) was never called silent.

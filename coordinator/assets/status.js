@@ -415,7 +415,8 @@
     let text;
     let tone = '';
     if (entry.kind === 'host') {
-      text = 'agent ' + str(d.state) + (d.agent_version ? ' (' + d.agent_version + ')' : '');
+      const why = d.reason === 'connection_lost' ? ', connection lost' : '';
+      text = 'agent ' + str(d.state) + why + (d.agent_version ? ' (' + d.agent_version + ')' : '');
       tone = d.state === 'online' ? 'ok' : 'bad';
     } else if (entry.kind === 'bundle') {
       text = 'applied bundle ' + str(d.group) + ' v' + str(d.bundle_version);

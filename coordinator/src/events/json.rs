@@ -127,6 +127,9 @@ pub struct HostEventJson<'a> {
     /// When it was last heard from, RFC 3339 (only on going silent and coming back).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<String>,
+    /// Why it is offline: `stopped` (a clean stop) or `connection_lost` (the last will).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     /// `online`, `offline` (stopped, or its connection lost: the last will) or `silent`
     /// (its agent said online, but nothing came from it for too long).
     pub state: &'static str,
@@ -242,7 +245,24 @@ fn data(event: &FeedEvent) -> DataJson<'_> {
             agent_version,
             labels: tags(labels),
             last_seen: None,
+            reason: None,
             state: if *online { "online" } else { "offline" },
+        }),
+        FeedEvent::Offline {
+            connection_lost,
+            agent_version,
+            labels,
+            ..
+        } => DataJson::Host(HostEventJson {
+            agent_version,
+            labels: tags(labels),
+            last_seen: None,
+            reason: Some(if *connection_lost {
+                "connection_lost"
+            } else {
+                "stopped"
+            }),
+            state: "offline",
         }),
         FeedEvent::Silence {
             silent,
@@ -254,6 +274,7 @@ fn data(event: &FeedEvent) -> DataJson<'_> {
             agent_version,
             labels: tags(labels),
             last_seen: Some(to_rfc3339(*last_seen_ms)),
+            reason: None,
             state: if *silent { "silent" } else { "online" },
         }),
         FeedEvent::Bundle {

@@ -95,7 +95,9 @@ impl Stream {
         match entry.event {
             FeedEvent::Violation(_) => Stream::Violations,
             FeedEvent::Action(_) => Stream::Actions,
-            FeedEvent::Host { .. } | FeedEvent::Silence { .. } => Stream::Hosts,
+            FeedEvent::Host { .. } | FeedEvent::Offline { .. } | FeedEvent::Silence { .. } => {
+                Stream::Hosts
+            }
             FeedEvent::Bundle { .. } => Stream::Bundles,
             FeedEvent::Drift { .. } => Stream::Drift,
         }

@@ -69,6 +69,19 @@ pub enum FeedEvent {
         /// Whether it runs the published bundle.
         in_sync: bool,
     },
+    /// A host's agent went offline: it stopped cleanly (its own offline status), or its
+    /// connection was lost (the broker sent its last will). (Entries stored before this
+    /// variant existed say it as [`FeedEvent::Host`] with `online: false`.)
+    Offline {
+        /// The host.
+        host: String,
+        /// Whether the connection was lost (the last will), not a clean stop.
+        connection_lost: bool,
+        /// The agent's version.
+        agent_version: String,
+        /// The agent's labels.
+        labels: Vec<Tag>,
+    },
     /// A host whose agent said it was online went silent (nothing from it for too
     /// long, see the coordinator's deadman), or reported again after being silent.
     Silence {
@@ -95,7 +108,9 @@ impl FeedEvent {
         match self {
             FeedEvent::Violation(_) => "violation",
             FeedEvent::Action(_) => "action",
-            FeedEvent::Host { .. } | FeedEvent::Silence { .. } => "host",
+            FeedEvent::Host { .. } | FeedEvent::Offline { .. } | FeedEvent::Silence { .. } => {
+                "host"
+            }
             FeedEvent::Bundle { .. } => "bundle",
             FeedEvent::Drift { .. } => "drift",
         }
@@ -107,6 +122,7 @@ impl FeedEvent {
             FeedEvent::Violation(e) => &e.host,
             FeedEvent::Action(e) => &e.host,
             FeedEvent::Host { host, .. }
+            | FeedEvent::Offline { host, .. }
             | FeedEvent::Silence { host, .. }
             | FeedEvent::Bundle { host, .. }
             | FeedEvent::Drift { host, .. } => host,
@@ -500,6 +516,8 @@ mod tests {
         );
         assert!(json.iter().all(|j| j["kind"] == "host"));
         assert_eq!(json[1]["data"]["last_seen"], "1970-01-01T00:00:00.005Z");
+        assert_eq!(json[4]["data"]["reason"], "connection_lost");
+        assert_eq!(json[0]["data"].get("reason"), None);
         assert_eq!(json[0]["data"].get("last_seen"), None);
         let (record, _) = store.host("web-01").unwrap().unwrap();
         assert_eq!(record.silent_since_ms, None);

@@ -757,7 +757,8 @@ fn touch_host(
             }),
         };
         if newer {
-            changes = status_changes(record.status.as_ref(), status);
+            let will = order.is_some_and(|o| o.will);
+            changes = status_changes(record.status.as_ref(), status, will);
             record.status = Some(status.clone());
             if let Some(order) = order {
                 // A will of the current session is older by number than the statuses it
@@ -773,7 +774,7 @@ fn touch_host(
     if was_silent {
         let offline = changes
             .iter()
-            .any(|c| matches!(c, FeedEvent::Host { online: false, .. }));
+            .any(|c| matches!(c, FeedEvent::Offline { .. }));
         if let (Some(status), false) = (&record.status, offline) {
             changes.insert(
                 0,
@@ -832,15 +833,22 @@ fn silence(
 
 /// What a new status says that the previous one (if any) did not: a change of online
 /// state, and bundles at a version not reported before.
-fn status_changes(old: Option<&AgentStatus>, new: &AgentStatus) -> Vec<FeedEvent> {
+fn status_changes(old: Option<&AgentStatus>, new: &AgentStatus, will: bool) -> Vec<FeedEvent> {
     let mut changes = Vec::new();
-    let online = new.state == AgentState::Online;
     if old.is_none_or(|old| old.state != new.state) {
-        changes.push(FeedEvent::Host {
-            host: new.host.clone(),
-            online,
-            agent_version: new.agent_version.clone(),
-            labels: new.labels.clone(),
+        changes.push(match new.state {
+            AgentState::Online => FeedEvent::Host {
+                host: new.host.clone(),
+                online: true,
+                agent_version: new.agent_version.clone(),
+                labels: new.labels.clone(),
+            },
+            AgentState::Offline => FeedEvent::Offline {
+                host: new.host.clone(),
+                connection_lost: will,
+                agent_version: new.agent_version.clone(),
+                labels: new.labels.clone(),
+            },
         });
     }
     for bundle in &new.bundles {
