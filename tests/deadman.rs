@@ -17,9 +17,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vigil_shared::time::now_ms;
+use vigil_shared::topics::{self, AgentChannel};
+use vigil_shared::wire::{AgentState, AgentStatus};
 use vigil_tests::json_schema::validate_all;
 use vigil_tests::{
-    authorized, broker_token, get_json, start_agent_with, start_coordinator, wait_for, TestDir,
+    authorized, broker_token, connected, get_json, metric, start_agent_with, start_coordinator,
+    wait_for, RawAgent, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -226,16 +230,7 @@ async fn a_stopped_agent_is_silent_within_three_intervals_and_a_clean_stop_is_of
     let body = api_state(&c.http, WEB).await;
     assert_eq!(body["state"], "silent", "{body}");
     assert_eq!(body["online"], false, "{body}");
-    let metrics = reqwest::get(format!("{}/metrics", c.http))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    assert!(
-        vigil_tests::prometheus_value(&metrics, "vigil_hosts_silent_total") >= 1.0,
-        "{metrics}"
-    );
+    assert!(metric(&c.http, "vigil_hosts_silent_total").await >= 1.0);
     wait_for("the silence on the JSON topic", WAIT, || async {
         snapshot(&topics)
             .iter()
@@ -300,21 +295,8 @@ async fn a_stopped_agent_is_silent_within_three_intervals_and_a_clean_stop_is_of
         let body = api_state(&c.http, host).await;
         assert_eq!(body["state"], "offline", "{body}");
     }
-    let metrics = reqwest::get(format!("{}/metrics", c.http))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    assert_eq!(
-        vigil_tests::prometheus_value(&metrics, "vigil_hosts_silent"),
-        0.0
-    );
-    assert!(
-        vigil_tests::prometheus_value(&metrics, r#"vigil_deadman_webhooks_total{result="sent"}"#)
-            >= 2.0,
-        "{metrics}"
-    );
+    assert_eq!(metric(&c.http, "vigil_hosts_silent").await, 0.0);
+    assert!(metric(&c.http, r#"vigil_deadman_webhooks_total{result="sent"}"#).await >= 2.0);
     // Going silent and coming back, both at the webhook.
     let hooked = snapshot(&hooked);
     assert!(
@@ -334,6 +316,71 @@ async fn a_stopped_agent_is_silent_within_three_intervals_and_a_clean_stop_is_of
         .any(|(_, p)| p.contains("\"silent\"") && p.contains("last_seen")));
     let report = validate_all(dir.path(), &messages).unwrap_or_else(|e| panic!("{e}"));
     println!("{}", report.trim());
+}
+
+/// An enrolled agent sealing statuses whose sampling interval is 0 or `u64::MAX`: each is
+/// refused where it enters (`invalid`, counted, the log naming `interval_ms`), and the
+/// same agent with a sane interval is online.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_intervals_are_refused_at_entry_naming_the_field() {
+    let dir = TestDir::new();
+    let c = start_coordinator(&dir, None, &["--silent-after", "3"]).await;
+    let raw = RawAgent::enroll(dir.path(), "deadman-evil", &c.broker);
+    let client = connected(raw.options.clone())
+        .await
+        .unwrap_or_else(|e| panic!("broker refused the raw agent: {e}"));
+    let status = |interval_ms: u64| AgentStatus {
+        host: "deadman-evil".into(),
+        state: AgentState::Online,
+        agent_version: "evil".into(),
+        started_at_ms: now_ms(),
+        sent_at_ms: now_ms(),
+        interval_ms,
+        labels: vec![],
+        bundles: vec![],
+        bundle_error: None,
+        remediation_paused: false,
+        detail: None,
+        policies: Default::default(),
+        queue: Default::default(),
+        delivery: None,
+    };
+    let series = r#"vigil_mqtt_messages_rejected_total{channel="status",reason="invalid"}"#;
+    let before = metric(&c.http, series).await;
+    for interval_ms in [0, u64::MAX, 1000] {
+        client
+            .publish(
+                topics::agent("deadman-evil", AgentChannel::Status),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                raw.seal(AgentChannel::Status, &status(interval_ms)),
+            )
+            .await
+            .expect("publish");
+    }
+    wait_for("the sane status stored", WAIT, || async {
+        let (_, body) = get_json(&format!("{}/api/v1/hosts/deadman-evil", c.http)).await;
+        (body["state"] == "online").then_some(body)
+    })
+    .await;
+    assert_eq!(metric(&c.http, series).await - before, 2.0);
+    let body = api_state(&c.http, "deadman-evil").await;
+    assert_eq!(body["interval_seconds"], 1.0, "{body}");
+    let logs: String = std::fs::read_dir(dir.path())
+        .expect("read the test dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("coordinator"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect();
+    assert!(
+        logs.contains("interval_ms"),
+        "the refusal names the field in the log"
+    );
+    // Silent in three intervals, like any agent that says nothing more.
+    wait_for("the raw agent silent", WAIT, || async {
+        (api_state(&c.http, "deadman-evil").await["state"] == "silent").then_some(())
+    })
+    .await;
 }
 
 /// An RFC 3339 time from an event, as epoch ms.
