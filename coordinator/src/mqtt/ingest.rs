@@ -338,7 +338,6 @@ async fn handle(
     let write = match channel {
         AgentChannel::Metrics => match checked::<MetricBatch>(host, body) {
             Ok(batch) => {
-                deadman.sample(host, received_ms);
                 if let Some(tap) = metrics_tap {
                     tap.offer(&batch, received_ms);
                 }
@@ -424,6 +423,9 @@ async fn handle(
             return None;
         }
     };
+    if channel == AgentChannel::Metrics {
+        deadman.sample(host, received_ms);
+    }
     telemetry
         .mqtt_messages
         .with_label_values(&[channel.as_str()])
