@@ -173,7 +173,7 @@ pub struct ServeArgs {
     pub json_mirror: Option<String>,
 
     /// A host whose agent said online becomes `silent` after this many of its sampling
-    /// intervals without a status or a sample, 2 to 1000 [default: 3]
+    /// intervals (and at least 2 s) without a status or a sample, 2 to 1000 [default: 3]
     #[arg(long, env = "VIGIL_SILENT_AFTER", value_name = "INTERVALS")]
     pub silent_after: Option<u32>,
 

@@ -12,6 +12,10 @@ use std::collections::{BinaryHeap, HashMap};
 
 use vigil_shared::validate::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
 
+/// The shortest silence that counts, ms: an agent sampling every 200 ms is not silent
+/// over one slow tick of a busy machine.
+pub(crate) const MIN_WINDOW_MS: i64 = 2000;
+
 /// A host found silent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Verdict {
@@ -55,11 +59,14 @@ impl Detector {
         }
     }
 
-    /// How long `interval_ms` of silence (clamped to the interval range the wire allows,
-    /// whatever was stored) takes to count.
+    /// How long a host sampling every `interval_ms` (clamped to the interval range the
+    /// wire allows, whatever was stored) must say nothing to be silent: `silent_after`
+    /// intervals, and at least [`MIN_WINDOW_MS`].
     fn window_ms(&self, interval_ms: u64) -> i64 {
         let interval = interval_ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS);
-        i64::try_from(interval.saturating_mul(u64::from(self.silent_after))).unwrap_or(i64::MAX)
+        i64::try_from(interval.saturating_mul(u64::from(self.silent_after)))
+            .unwrap_or(i64::MAX)
+            .max(MIN_WINDOW_MS)
     }
 
     /// A status from `host` arrived at `received_ms`: its interval, and whether its
@@ -305,6 +312,14 @@ mod tests {
     }
 
     #[test]
+    fn a_silence_shorter_than_two_seconds_never_counts() {
+        let mut d = Detector::new(3);
+        d.status("fast", T, 200, true);
+        assert!(d.due(T + 1999).is_empty(), "3 × 200 ms is not enough");
+        assert_eq!(d.due(T + MIN_WINDOW_MS).len(), 1);
+    }
+
+    #[test]
     fn samples_from_a_host_without_a_status_are_not_watched() {
         let mut d = Detector::new(3);
         assert!(!d.sample("unknown", T));
@@ -320,11 +335,12 @@ mod tests {
         d.status("end-of-time", i64::MAX, u64::MAX, true);
         d.sample("end-of-time", i64::MIN);
         assert!(d.due(i64::MAX - 1).len() <= 2);
-        let mut d = Detector::new(3);
+        let mut d = Detector::new(30);
         d.status("zero", T, 0, true);
         // 0 counts as the shortest interval, 100 ms.
-        assert!(d.due(T + 299).is_empty());
-        assert_eq!(d.due(T + 300).len(), 1);
+        assert!(d.due(T + 2999).is_empty());
+        assert_eq!(d.due(T + 3000).len(), 1);
+        let mut d = Detector::new(3);
         d.status("huge", T, u64::MAX, true);
         // u64::MAX counts as the longest, one day.
         assert!(d.due(T + 3 * 86_400_000 - 1).is_empty());
@@ -340,7 +356,7 @@ mod tests {
         // An agent flipping its interval cannot grow the heap without bound.
         let mut d = Detector::new(3);
         for i in 0..100_000i64 {
-            let interval = if i % 2 == 0 { 86_400_000 } else { 100 };
+            let interval = if i % 2 == 0 { 86_400_000 } else { 1000 };
             d.status("flip", T + i, interval, true);
             d.due(T + i);
         }

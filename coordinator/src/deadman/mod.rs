@@ -1,6 +1,7 @@
 //! The deadman: finds hosts that stopped reporting while their agent's last word was
 //! "online" — no status and no samples for `--silent-after` of their sampling intervals
-//! (the interval each agent reports in its status) — and records them `silent`.
+//! (the interval each agent reports in its status), and at least 2 s — and records them
+//! `silent`.
 //!
 //! Three ways a host stops are kept apart: a clean stop (the agent publishes its offline
 //! status) and a lost connection (the broker publishes the agent's last will, also
@@ -33,7 +34,8 @@ use crate::store::{Store, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 use detector::Detector;
 
-/// Default `--silent-after`: intervals without a word before a host is silent.
+/// Default `--silent-after`: intervals without a word before a host is silent (and at
+/// least [`detector::MIN_WINDOW_MS`]).
 pub const DEFAULT_SILENT_AFTER: u32 = 3;
 /// Allowed `--silent-after` values: one late batch is not silence; beyond 1000 intervals
 /// the deadman would be of no use.
