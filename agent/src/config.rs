@@ -359,8 +359,11 @@ pub fn resolve(file: AgentFile, overrides: Overrides) -> Result<AgentConfig, Con
             .map_err(|e| ConfigError::invalid("interval", e))?,
         None => DEFAULT_INTERVAL,
     };
-    if interval < Duration::from_millis(100) {
+    if interval < Duration::from_millis(vigil_shared::validate::MIN_INTERVAL_MS) {
         return Err(ConfigError::invalid("interval", "must be at least 100ms"));
+    }
+    if interval > Duration::from_millis(vigil_shared::validate::MAX_INTERVAL_MS) {
+        return Err(ConfigError::invalid("interval", "must be at most 1d"));
     }
 
     let bundle_key = overrides

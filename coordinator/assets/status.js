@@ -168,7 +168,7 @@
 
   // ---- hosts ----
 
-  const STATE_TONE = { online: 'ok', stale: 'warn', offline: 'bad' };
+  const STATE_TONE = { online: 'ok', silent: 'bad', stale: 'warn', offline: 'bad' };
 
   function labelChips(labels) {
     const cell = el('td');
@@ -183,7 +183,7 @@
     hosts.sort((a, b) => str(a.host).localeCompare(str(b.host)));
     const tbody = $('hosts').tBodies[0];
     clear(tbody);
-    const counts = { online: 0, stale: 0, offline: 0 };
+    const counts = { online: 0, silent: 0, stale: 0, offline: 0 };
     for (const h of hosts) {
       const state = str(h.state, h.online ? 'online' : 'offline');
       counts[state] = (counts[state] || 0) + 1;
@@ -216,10 +216,11 @@
     }
     $('hosts-empty').hidden = hosts.length > 0;
     const parts = [hosts.length + (hosts.length === 1 ? ' host' : ' hosts'), counts.online + ' online'];
+    if (counts.silent) parts.push(counts.silent + ' silent');
     if (counts.stale) parts.push(counts.stale + ' stale');
     if (counts.offline) parts.push(counts.offline + ' offline');
     $('summary').textContent = parts.join(' · ');
-    $('summary').dataset.tone = counts.stale || counts.offline ? 'warn' : hosts.length ? 'ok' : '';
+    $('summary').dataset.tone = counts.silent || counts.stale || counts.offline ? 'warn' : hosts.length ? 'ok' : '';
   }
 
   // ---- drift ----
@@ -414,7 +415,8 @@
     let text;
     let tone = '';
     if (entry.kind === 'host') {
-      text = 'agent ' + str(d.state) + (d.agent_version ? ' (' + d.agent_version + ')' : '');
+      const why = d.reason === 'connection_lost' ? ', connection lost' : '';
+      text = 'agent ' + str(d.state) + why + (d.agent_version ? ' (' + d.agent_version + ')' : '');
       tone = d.state === 'online' ? 'ok' : 'bad';
     } else if (entry.kind === 'bundle') {
       text = 'applied bundle ' + str(d.group) + ' v' + str(d.bundle_version);

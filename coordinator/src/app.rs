@@ -1,5 +1,5 @@
-//! Starting and stopping a whole coordinator: store, writer, broker, ingest, retention and
-//! the REST API. `main` uses it, and so do the end-to-end tests.
+//! Starting and stopping a whole coordinator: store, writer, broker, ingest, the deadman,
+//! retention and the REST API. `main` uses it, and so do the end-to-end tests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -297,15 +297,34 @@ impl Coordinator {
             handshakes_subscribed,
             stop_rx.clone(),
         )));
+        let deadman = crate::deadman::Deadman::new(&config.deadman);
         tasks.push(tokio::spawn(crate::mqtt::ingest::run(
             publisher.clone(),
             eventloop,
             crate::mqtt::ingest::Gate::new(store.clone(), sessions, Arc::clone(&keys)),
             writer.clone(),
             telemetry.clone(),
-            metrics_tap,
+            crate::mqtt::ingest::Listeners {
+                metrics_tap,
+                deadman: deadman.clone(),
+            },
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(crate::deadman::run(
+            deadman,
+            store.clone(),
+            writer.clone(),
+            telemetry.clone(),
+            stop_rx.clone(),
+        )));
+        if let Some(url) = config.deadman.webhook.clone() {
+            tasks.extend(crate::deadman::webhook::start(
+                url,
+                store.feed().clone(),
+                telemetry.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tasks.push(tokio::spawn(crate::mqtt::acks::run(
             client_options("-acks")?,
             Arc::clone(&keys),

@@ -97,6 +97,8 @@ pub struct CoordinatorConfig {
     pub alert_routes: Option<PathBuf>,
     /// How long a disruption-budget lease lasts unless its agent renews it.
     pub lease_ttl: Duration,
+    /// When a host counts as silent, which never do, and where to tell.
+    pub deadman: crate::deadman::DeadmanSettings,
 }
 
 /// The server certificate chain and key (PEM) of the REST API and the embedded broker.
@@ -179,6 +181,12 @@ pub struct CoordinatorFile {
     pub alert_routes: Option<PathBuf>,
     /// See `--lease-ttl`.
     pub lease_ttl: Option<String>,
+    /// See `--silent-after`.
+    pub silent_after: Option<u32>,
+    /// See `--ephemeral-hosts`.
+    pub ephemeral_hosts: Option<String>,
+    /// See `--silent-webhook`.
+    pub silent_webhook: Option<String>,
 }
 
 /// Settings given as flags or environment variables (`None` when absent).
@@ -387,7 +395,39 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             ));
         }
     }
+    let deadman = {
+        use crate::deadman::{self, DeadmanSettings};
+        let silent_after = over
+            .silent_after
+            .or(file.silent_after)
+            .unwrap_or(deadman::DEFAULT_SILENT_AFTER);
+        if !deadman::SILENT_AFTER_RANGE.contains(&silent_after) {
+            return Err(invalid(
+                "silent_after",
+                format!(
+                    "{silent_after} is not between {} and {} sampling intervals",
+                    deadman::SILENT_AFTER_RANGE.start(),
+                    deadman::SILENT_AFTER_RANGE.end()
+                ),
+            ));
+        }
+        DeadmanSettings {
+            silent_after,
+            ephemeral_hosts: match over.ephemeral_hosts.or(file.ephemeral_hosts) {
+                Some(text) => deadman::parse_ephemeral_hosts(&text)
+                    .map_err(|e| invalid("ephemeral_hosts", e))?,
+                None => Vec::new(),
+            },
+            webhook: over
+                .silent_webhook
+                .or(file.silent_webhook)
+                .map(|url| deadman::webhook::check_url(&url))
+                .transpose()
+                .map_err(|e| invalid("silent_webhook", e))?,
+        }
+    };
     Ok(CoordinatorConfig {
+        deadman,
         bundle_key: over
             .bundle_key
             .or(file.bundle_key)
@@ -583,6 +623,58 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
         assert!(toml::from_str::<CoordinatorFile>("listne = 1").is_err());
+    }
+
+    #[test]
+    fn deadman_settings_are_range_checked_and_named() {
+        let config = resolve(CoordinatorFile::default(), Overrides::default()).unwrap();
+        assert_eq!(config.deadman.silent_after, 3);
+        assert!(config.deadman.webhook.is_none());
+        let file: CoordinatorFile = toml::from_str(
+            "silent_after = 5\nephemeral_hosts = \"ci-*, build-[0-9]\"\n\
+             silent_webhook = \"https://hooks.example/vigil\"\n",
+        )
+        .unwrap();
+        let config = resolve(file, Overrides::default()).unwrap();
+        assert_eq!(config.deadman.silent_after, 5);
+        assert_eq!(config.deadman.ephemeral_hosts, ["ci-*", "build-[0-9]"]);
+        assert_eq!(
+            config.deadman.webhook.as_deref(),
+            Some("https://hooks.example/vigil")
+        );
+        for (over, setting) in [
+            (
+                Overrides {
+                    silent_after: Some(0),
+                    ..Overrides::default()
+                },
+                "silent_after",
+            ),
+            (
+                Overrides {
+                    silent_after: Some(u32::MAX),
+                    ..Overrides::default()
+                },
+                "silent_after",
+            ),
+            (
+                Overrides {
+                    ephemeral_hosts: Some("ci-[".into()),
+                    ..Overrides::default()
+                },
+                "ephemeral_hosts",
+            ),
+            (
+                Overrides {
+                    silent_webhook: Some("ftp://x/".into()),
+                    ..Overrides::default()
+                },
+                "silent_webhook",
+            ),
+        ] {
+            let e = resolve(CoordinatorFile::default(), over).unwrap_err();
+            assert!(e.to_string().contains(setting), "{e}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   actions.
 //! - [`budgets`]: fleet-wide disruption budgets: the lease table and the service that
 //!   answers agents' lease requests.
+//! - [`deadman`]: finds hosts that stopped reporting while their agent said online
+//!   (`silent`), with an optional webhook.
 //! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
 //! - [`security`]: agent identities, REST tokens, certificates and TLS.
@@ -33,6 +35,7 @@ pub(crate) mod budgets;
 pub(crate) mod bundles;
 pub mod cli;
 pub(crate) mod config;
+pub(crate) mod deadman;
 pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;

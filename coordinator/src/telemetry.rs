@@ -97,6 +97,14 @@ pub struct Telemetry {
     /// `vigil_alertmanager_alerts_total{outcome}`: alerts received from Alertmanager, by
     /// what became of them (see [`ALERT_OUTCOMES`]).
     pub alertmanager_alerts: IntCounterVec,
+    /// `vigil_hosts_silent_total`: hosts found silent by the deadman (their agent said
+    /// online, but no status or sample came for `--silent-after` intervals).
+    pub hosts_silent_total: prometheus::IntCounter,
+    /// `vigil_hosts_silent`: hosts silent now.
+    pub hosts_silent: IntGauge,
+    /// `vigil_deadman_webhooks_total{result}`: silence events POSTed to
+    /// `--silent-webhook` (`sent`, `failed`, `dropped`).
+    pub deadman_webhooks: IntCounterVec,
 }
 
 /// The outcomes `vigil_alertmanager_alerts_total` counts: a firing alert `routed` to an
@@ -403,9 +411,29 @@ impl Telemetry {
         for outcome in ALERT_OUTCOMES {
             alertmanager_alerts.with_label_values(&[outcome]);
         }
+        let hosts_silent_total = plain_counter(
+            "vigil_hosts_silent_total",
+            "Hosts found silent: their agent said online, but no status or sample came for \
+             --silent-after sampling intervals",
+        );
+        let hosts_silent = gauge(
+            "vigil_hosts_silent",
+            "Hosts silent now (their agent said online, but nothing comes)",
+        );
+        let deadman_webhooks = counter(
+            "vigil_deadman_webhooks_total",
+            "Host silence events POSTed to --silent-webhook, by result (sent, failed, dropped)",
+            &["result"],
+        );
+        for result in ["sent", "failed", "dropped"] {
+            deadman_webhooks.with_label_values(&[result]);
+        }
         Telemetry {
             registry,
             alertmanager_alerts,
+            hosts_silent_total,
+            hosts_silent,
+            deadman_webhooks,
             audit_pruned,
             delivery_redelivered,
             clock_skewed,
@@ -512,6 +540,9 @@ mod tests {
             mqtt_unacknowledged,
             audit_pruned,
             alertmanager_alerts,
+            hosts_silent_total,
+            hosts_silent,
+            deadman_webhooks,
         } = telemetry;
         let counter_vecs = [
             mqtt_messages,
@@ -537,6 +568,7 @@ mod tests {
             clock_skewed,
             audit_pruned,
             alertmanager_alerts,
+            deadman_webhooks,
         ];
         counter_vecs.iter().for_each(|v| touch(v));
         touch(http_duration);
@@ -550,6 +582,8 @@ mod tests {
             agent_policy_load_errors,
             batches_missing,
             mqtt_unacknowledged,
+            hosts_silent_total,
+            hosts_silent,
         ];
         collectors.extend(counter_vecs.iter().map(|v| *v as &dyn Collector));
 
@@ -714,6 +748,9 @@ mod tests {
             "vigil_metric_batches_missing_total 0",
             r#"vigil_delivery_redelivered_total{outcome="duplicate",stream="outbox"} 0"#,
             "vigil_mqtt_deliveries_unacknowledged_total 0",
+            "vigil_hosts_silent_total 0",
+            "vigil_hosts_silent 0",
+            r#"vigil_deadman_webhooks_total{result="failed"} 0"#,
         ] {
             assert!(
                 text.lines().any(|l| l == series),

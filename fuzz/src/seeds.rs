@@ -373,6 +373,7 @@ fn coordinator_records() -> Vec<Vec<u8>> {
         status: Some(status()),
         clock_skew_ms: Some(-42),
         status_order: Some((3, 17)),
+        silent_since_ms: Some(NOW_MS - 5),
     };
     let http_host = HostRecord {
         source: Source::Http,
@@ -453,6 +454,25 @@ fn coordinator_records() -> Vec<Vec<u8>> {
             FeedEvent::Host {
                 host: HOST.into(),
                 online: true,
+                agent_version: "0.1.0".into(),
+                labels: vec![("role".into(), "web".into())],
+            },
+        )),
+        codec::encode(&feed(
+            3,
+            FeedEvent::Offline {
+                host: HOST.into(),
+                connection_lost: true,
+                agent_version: "0.1.0".into(),
+                labels: vec![("role".into(), "web".into())],
+            },
+        )),
+        codec::encode(&feed(
+            3,
+            FeedEvent::Silence {
+                host: HOST.into(),
+                silent: true,
+                last_seen_ms: NOW_MS - 3000,
                 agent_version: "0.1.0".into(),
                 labels: vec![("role".into(), "web".into())],
             },

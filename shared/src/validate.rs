@@ -17,6 +17,10 @@ pub const MAX_TAGS: usize = 64;
 pub const MIN_PLAUSIBLE_MS: i64 = 946_684_800_000;
 /// First time a timestamp field may no longer hold: 2200-01-01T00:00:00Z, epoch ms.
 pub const MAX_PLAUSIBLE_MS: i64 = 7_258_118_400_000;
+/// Shortest sampling interval an agent may run with (and report), ms.
+pub const MIN_INTERVAL_MS: u64 = 100;
+/// Longest sampling interval an agent may run with (and report): one day, ms.
+pub const MAX_INTERVAL_MS: u64 = 86_400_000;
 /// Longest lifetime a token may be given: ten years (of 365 days).
 pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
 
@@ -153,6 +157,22 @@ pub fn timestamp_opt(field: &str, ms: Option<i64>) -> Result<(), FieldError> {
     ms.map_or(Ok(()), |ms| timestamp(field, ms))
 }
 
+/// A sampling interval (ms) must lie in [[`MIN_INTERVAL_MS`], [`MAX_INTERVAL_MS`]]
+/// (100 ms to one day): the coordinator times a host's silence by it.
+pub fn interval_ms(field: &str, ms: u64) -> Result<(), FieldError> {
+    if (MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "{ms} ms is not a sampling interval: it must lie between \
+                 {MIN_INTERVAL_MS} ms and {MAX_INTERVAL_MS} ms (one day)"
+            ),
+        ))
+    }
+}
+
 /// A token's lifetime may be at most [`MAX_TTL`] (ten years); returns it in milliseconds.
 pub fn ttl(field: &str, ttl: std::time::Duration) -> Result<i64, FieldError> {
     if ttl > MAX_TTL {
@@ -214,6 +234,17 @@ mod tests {
         assert_eq!(parse_label("role=web"), Ok(("role".into(), "web".into())));
         assert!(parse_label("role").is_err());
         assert!(parse_label("=web").is_err());
+    }
+
+    #[test]
+    fn intervals_between_100ms_and_a_day_pass() {
+        for ok in [MIN_INTERVAL_MS, 1000, MAX_INTERVAL_MS] {
+            assert_eq!(interval_ms("interval_ms", ok), Ok(()));
+        }
+        for bad in [0, 99, MAX_INTERVAL_MS + 1, u64::MAX] {
+            let e = interval_ms("interval_ms", bad).unwrap_err();
+            assert_eq!(e.field, "interval_ms", "{bad}");
+        }
     }
 
     #[test]

@@ -555,6 +555,7 @@ impl WireMessage for AgentStatus {
 
     fn validate(&self) -> Result<(), FieldError> {
         validate::host_name(&self.host)?;
+        validate::interval_ms("interval_ms", self.interval_ms)?;
         validate_tags(&self.labels).map_err(|e| FieldError::new("labels", e.problem))
     }
 
@@ -707,7 +708,19 @@ mod tests {
             queue: QueueStatus::default(),
             delivery: Some(DeliveryStatus::default()),
         };
-        assert_eq!(decode::<AgentStatus>(&encode(&status)), Ok(status));
+        assert_eq!(decode::<AgentStatus>(&encode(&status)), Ok(status.clone()));
+        // The coordinator times silence by the interval: 0 or u64::MAX is refused,
+        // naming the field.
+        for interval_ms in [0, 99, 86_400_001, u64::MAX] {
+            let bad = AgentStatus {
+                interval_ms,
+                ..status.clone()
+            };
+            match decode::<AgentStatus>(&encode(&bad)) {
+                Err(DecodeError::Invalid { error, .. }) => assert_eq!(error.field, "interval_ms"),
+                other => panic!("interval {interval_ms}: {other:?}"),
+            }
+        }
         let event = PolicyEvent {
             id: "01J".into(),
             host: "h".into(),

@@ -10,6 +10,7 @@
 //!   release artifacts;
 //! - [`faults`]: the fault suite's delivery check (spool on disk against stored points);
 //! - [`monitoring`]: Debian's real Prometheus and Alertmanager, and `promtool`.
+//! - [`json_schema`]: the JSON topics' schemas and a validator.
 
 use std::path::Path;
 
@@ -19,6 +20,7 @@ pub use vigil_testkit::*;
 
 pub mod docker;
 pub mod faults;
+pub mod json_schema;
 pub mod monitoring;
 pub mod packaging;
 pub mod systemd;

@@ -180,6 +180,25 @@ pub struct ServeArgs {
     /// every third of it while the action runs), 1s–1h [default: 60s]
     #[arg(long, env = "VIGIL_LEASE_TTL", value_name = "DURATION")]
     pub lease_ttl: Option<String>,
+    /// A host whose agent said online becomes `silent` after this many of its sampling
+    /// intervals (and at least 2 s) without a status or a sample, 2 to 1000 [default: 3]
+    #[arg(long, env = "VIGIL_SILENT_AFTER", value_name = "INTERVALS")]
+    pub silent_after: Option<u32>,
+
+    /// Hosts never called silent (they come and go), as comma-separated names or globs
+    /// such as ci-*; agents labelled ephemeral=true never are either [default: none]
+    #[arg(long, env = "VIGIL_EPHEMERAL_HOSTS", value_name = "HOSTS")]
+    pub ephemeral_hosts: Option<String>,
+
+    /// POST every host silence event (going silent, reporting again) as JSON to this
+    /// http:// or https:// URL, with a 5 s timeout [default: none]
+    #[arg(
+        long,
+        env = "VIGIL_SILENT_WEBHOOK",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub silent_webhook: Option<String>,
 }
 
 impl ServeArgs {
@@ -219,6 +238,9 @@ impl ServeArgs {
                 json_mirror: self.json_mirror,
                 alert_routes: self.alert_routes,
                 lease_ttl: self.lease_ttl,
+                silent_after: self.silent_after,
+                ephemeral_hosts: self.ephemeral_hosts,
+                silent_webhook: self.silent_webhook,
             },
         )
     }

@@ -116,7 +116,7 @@ pub struct ActionEventJson<'a> {
     pub target: &'a str,
 }
 
-/// A host came online or went offline.
+/// A host came online, went offline, or went silent.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct HostEventJson<'a> {
     /// The agent's version.
@@ -124,7 +124,14 @@ pub struct HostEventJson<'a> {
     /// The host's labels.
     #[schema(value_type = BTreeMap<String, String>)]
     pub labels: TagsJson<'a>,
-    /// `online` or `offline`.
+    /// When it was last heard from, RFC 3339 (only on going silent and coming back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// Why it is offline: `stopped` (a clean stop) or `connection_lost` (the last will).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// `online`, `offline` (stopped, or its connection lost: the last will) or `silent`
+    /// (its agent said online, but nothing came from it for too long).
     pub state: &'static str,
 }
 
@@ -237,7 +244,38 @@ fn data(event: &FeedEvent) -> DataJson<'_> {
         } => DataJson::Host(HostEventJson {
             agent_version,
             labels: tags(labels),
+            last_seen: None,
+            reason: None,
             state: if *online { "online" } else { "offline" },
+        }),
+        FeedEvent::Offline {
+            connection_lost,
+            agent_version,
+            labels,
+            ..
+        } => DataJson::Host(HostEventJson {
+            agent_version,
+            labels: tags(labels),
+            last_seen: None,
+            reason: Some(if *connection_lost {
+                "connection_lost"
+            } else {
+                "stopped"
+            }),
+            state: "offline",
+        }),
+        FeedEvent::Silence {
+            silent,
+            last_seen_ms,
+            agent_version,
+            labels,
+            ..
+        } => DataJson::Host(HostEventJson {
+            agent_version,
+            labels: tags(labels),
+            last_seen: Some(to_rfc3339(*last_seen_ms)),
+            reason: None,
+            state: if *silent { "silent" } else { "online" },
         }),
         FeedEvent::Bundle {
             group,

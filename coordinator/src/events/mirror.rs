@@ -7,7 +7,7 @@
 //! | `metrics` | every metric batch an agent sent (MQTT) | 0 | no |
 //! | `violations` | every policy decision stored | 1 | no |
 //! | `actions` | every action transition stored | 1 | no |
-//! | `hosts` | a host going online or offline | 1 | yes |
+//! | `hosts` | a host going online, offline or silent | 1 | yes |
 //! | `bundles` | a host applying a bundle version | 1 | no |
 //! | `drift` | a host's bundle going out of sync with the published one, or back | 1 | yes |
 //!
@@ -95,7 +95,9 @@ impl Stream {
         match entry.event {
             FeedEvent::Violation(_) => Stream::Violations,
             FeedEvent::Action(_) => Stream::Actions,
-            FeedEvent::Host { .. } => Stream::Hosts,
+            FeedEvent::Host { .. } | FeedEvent::Offline { .. } | FeedEvent::Silence { .. } => {
+                Stream::Hosts
+            }
             FeedEvent::Bundle { .. } => Stream::Bundles,
             FeedEvent::Drift { .. } => Stream::Drift,
         }

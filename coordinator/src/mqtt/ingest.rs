@@ -53,6 +53,7 @@ use vigil_shared::wire::{
 
 use super::handshake::SharedSessionKeys;
 use super::publisher::Publisher;
+use crate::deadman::Deadman;
 use crate::events::mirror::MetricsTap;
 use crate::security::agent_keys::AgentKeys;
 use crate::store::writer::{StatusOrder, WriteReply};
@@ -85,6 +86,14 @@ struct Pending {
     answer: Option<oneshot::Receiver<Result<u64, Arc<StoreError>>>>,
 }
 
+/// Who else hears of what ingest accepts, as it is accepted.
+pub(crate) struct Listeners {
+    /// The JSON mirror's tap for metric batches, when that stream is mirrored.
+    pub metrics_tap: Option<MetricsTap>,
+    /// The deadman, told of every status and metric batch.
+    pub deadman: Deadman,
+}
+
 /// Runs the subscriber until `stop` turns true. Reconnects on its own. `subscribed`
 /// turns true once the first connection has subscribed to every agent channel.
 pub async fn run(
@@ -93,7 +102,7 @@ pub async fn run(
     mut gate: Gate,
     writer: StoreWriter,
     telemetry: Arc<Telemetry>,
-    metrics_tap: Option<MetricsTap>,
+    listeners: Listeners,
     mut stop: watch::Receiver<bool>,
 ) {
     let Publisher {
@@ -180,12 +189,7 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let answer = handle(
-                    &publish,
-                    &client,
-                    &mut gate,
-                    &writer,
-                    &telemetry,
-                    metrics_tap.as_ref(),
+                    &publish, &client, &mut gate, &writer, &telemetry, &listeners,
                 )
                 .await;
                 pending.push_back(Pending { publish, answer });
@@ -305,8 +309,12 @@ async fn handle(
     gate: &mut Gate,
     writer: &StoreWriter,
     telemetry: &Telemetry,
-    metrics_tap: Option<&MetricsTap>,
+    listeners: &Listeners,
 ) -> Option<oneshot::Receiver<Result<u64, Arc<StoreError>>>> {
+    let Listeners {
+        metrics_tap,
+        deadman,
+    } = listeners;
     let Some((host, channel)) = topics::parse_agent(&publish.topic) else {
         reject(
             telemetry,
@@ -369,16 +377,19 @@ async fn handle(
             }
         },
         AgentChannel::Status => match checked::<AgentStatus>(host, body) {
-            Ok(status) => Write::Status {
-                status,
-                received_ms,
-                clock_skew_ms,
-                order: Some(StatusOrder {
-                    session: seal.session,
-                    seq: seal.seq,
-                    will: seal.will,
-                }),
-            },
+            Ok(status) => {
+                deadman.status(&status, received_ms);
+                Write::Status {
+                    status,
+                    received_ms,
+                    clock_skew_ms,
+                    order: Some(StatusOrder {
+                        session: seal.session,
+                        seq: seal.seq,
+                        will: seal.will,
+                    }),
+                }
+            }
             Err(rejection) => {
                 rejection.report(telemetry, channel, &publish.topic);
                 return None;
@@ -440,6 +451,9 @@ async fn handle(
             return None;
         }
     };
+    if channel == AgentChannel::Metrics {
+        deadman.sample(host, received_ms);
+    }
     telemetry
         .mqtt_messages
         .with_label_values(&[channel.as_str()])

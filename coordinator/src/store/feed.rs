@@ -1,6 +1,6 @@
 //! The event feed: what happened in the fleet, in the order the coordinator stored it —
-//! policy violations (every policy decision), action transitions, hosts going online or
-//! offline, bundles applied, and bundle drift changing. Integrations read it as Server-Sent
+//! policy violations (every policy decision), action transitions, hosts going online,
+//! offline or silent, bundles applied, and bundle drift changing. Integrations read it as Server-Sent
 //! Events and as JSON on MQTT, both in one JSON form (the `events::json` module).
 //!
 //! The store writer appends an entry, with the next sequence number, in the same
@@ -69,18 +69,48 @@ pub enum FeedEvent {
         /// Whether it runs the published bundle.
         in_sync: bool,
     },
+    /// A host's agent went offline: it stopped cleanly (its own offline status), or its
+    /// connection was lost (the broker sent its last will). (Entries stored before this
+    /// variant existed say it as [`FeedEvent::Host`] with `online: false`.)
+    Offline {
+        /// The host.
+        host: String,
+        /// Whether the connection was lost (the last will), not a clean stop.
+        connection_lost: bool,
+        /// The agent's version.
+        agent_version: String,
+        /// The agent's labels.
+        labels: Vec<Tag>,
+    },
+    /// A host whose agent said it was online went silent (nothing from it for too
+    /// long, see the coordinator's deadman), or reported again after being silent.
+    Silence {
+        /// The host.
+        host: String,
+        /// Whether it is silent now (false: it reported again).
+        silent: bool,
+        /// When it was last heard from, epoch ms.
+        last_seen_ms: i64,
+        /// The agent's version.
+        agent_version: String,
+        /// The agent's labels.
+        labels: Vec<Tag>,
+    },
 }
 
 /// The kinds of feed event, as named in JSON, topics and the `kind` filter.
 pub const KINDS: [&str; 5] = ["violation", "action", "host", "bundle", "drift"];
 
 impl FeedEvent {
-    /// `violation`, `action`, `host` or `bundle`.
+    /// `violation`, `action`, `host`, `bundle` or `drift` (a host's silence is a `host`
+    /// event).
     pub fn kind(&self) -> &'static str {
         match self {
             FeedEvent::Violation(_) => "violation",
             FeedEvent::Action(_) => "action",
-            FeedEvent::Host { .. } => "host",
+            FeedEvent::Host { .. } | FeedEvent::Offline { .. } | FeedEvent::Silence { .. } => {
+                "host"
+            }
             FeedEvent::Bundle { .. } => "bundle",
             FeedEvent::Drift { .. } => "drift",
         }
@@ -92,6 +122,8 @@ impl FeedEvent {
             FeedEvent::Violation(e) => &e.host,
             FeedEvent::Action(e) => &e.host,
             FeedEvent::Host { host, .. }
+            | FeedEvent::Offline { host, .. }
+            | FeedEvent::Silence { host, .. }
             | FeedEvent::Bundle { host, .. }
             | FeedEvent::Drift { host, .. } => host,
         }
@@ -405,6 +437,90 @@ mod tests {
         let reopened = open(dir.path());
         assert_eq!(reopened.feed().last_seq(), 5);
         assert_eq!(reopened.feed_after(0, 2).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn silence_is_recorded_once_only_for_a_quiet_online_host_and_ends_with_its_next_word() {
+        use crate::store::writer::StatusOrder;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let (writer, _thread) = StoreWriter::start(store.clone(), Arc::new(Telemetry::new()));
+        let silence = |last_seen_ms: i64, at_ms: i64| {
+            let writer = writer.clone();
+            async move {
+                writer
+                    .send_and_wait(|reply| Write::Silence {
+                        host: "web-01".into(),
+                        last_seen_ms,
+                        at_ms,
+                        reply: Some(reply),
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let status_at = |state, received_ms, seq, will| Write::Status {
+            clock_skew_ms: None,
+            order: Some(StatusOrder {
+                session: 1,
+                seq,
+                will,
+            }),
+            status: status(state, None),
+            received_ms,
+        };
+        // An unknown host is not silent.
+        assert_eq!(silence(5, 10).await, 0);
+        writer
+            .send(status_at(AgentState::Online, 5, 1, false))
+            .await
+            .unwrap();
+        // Something came after the verdict's last word: not silent.
+        assert_eq!(silence(4, 10).await, 0);
+        assert_eq!(silence(5, 10).await, 1);
+        assert_eq!(silence(5, 11).await, 0, "silent already");
+        let (record, _) = store.host("web-01").unwrap().unwrap();
+        assert_eq!(record.silent_since_ms, Some(10));
+        assert!(!record.is_online(10));
+        // Its next batch ends the silence.
+        writer
+            .send(Write::Samples {
+                host: "web-01".into(),
+                labels: vec![],
+                samples: vec![],
+                source: crate::store::Source::Mqtt,
+                received_ms: 20,
+                reply: None,
+            })
+            .await
+            .unwrap();
+        // Silent again, then its last will: offline, and no "online" in between.
+        assert_eq!(silence(20, 30).await, 1);
+        writer
+            .send(status_at(AgentState::Offline, 40, 1, true))
+            .await
+            .unwrap();
+        assert_eq!(silence(40, 50).await, 0, "an offline host is never silent");
+        writer.flush().await.unwrap();
+        let json: Vec<_> = store
+            .feed_after(0, 100)
+            .unwrap()
+            .iter()
+            .map(crate::events::json::entry_json)
+            .collect();
+        let states: Vec<_> = json.iter().map(|j| j["data"]["state"].clone()).collect();
+        assert_eq!(
+            states,
+            ["online", "silent", "online", "silent", "offline"],
+            "{json:?}"
+        );
+        assert!(json.iter().all(|j| j["kind"] == "host"));
+        assert_eq!(json[1]["data"]["last_seen"], "1970-01-01T00:00:00.005Z");
+        assert_eq!(json[4]["data"]["reason"], "connection_lost");
+        assert_eq!(json[0]["data"].get("reason"), None);
+        assert_eq!(json[0]["data"].get("last_seen"), None);
+        let (record, _) = store.host("web-01").unwrap().unwrap();
+        assert_eq!(record.silent_since_ms, None);
     }
 
     #[tokio::test]

@@ -41,6 +41,10 @@ pub struct HostRecord {
     /// The session and sequence number of the status applied last: an earlier one
     /// (replayed, or delivered late) is not applied over it.
     pub status_order: Option<(u64, u64)>,
+    /// Since when (epoch ms) the host is silent: its agent said it was online, but
+    /// nothing came from it for too long (see the coordinator's deadman). Cleared by the
+    /// next status or sample.
+    pub silent_since_ms: Option<i64>,
 }
 
 /// How long an HTTP-only host counts as online after its last sample.
@@ -55,7 +59,7 @@ impl HostRecord {
         if first.is_ok() {
             return first;
         }
-        for zeros in 1..=3 {
+        for zeros in 1..=4 {
             let mut padded = bytes.to_vec();
             padded.resize(bytes.len() + zeros, 0);
             if let Ok(record) = super::codec::decode::<HostRecord>("hosts", &padded) {
@@ -69,8 +73,12 @@ impl HostRecord {
     ///
     /// A host with an agent is online while its last status says so and it has been heard
     /// from within three sampling intervals (plus 10 s of slack); a host known only through
-    /// HTTP ingest is online for [`HTTP_HOST_ONLINE_MS`] after its last sample.
+    /// HTTP ingest is online for [`HTTP_HOST_ONLINE_MS`] after its last sample. A silent
+    /// host is not online.
     pub fn is_online(&self, now_ms: i64) -> bool {
+        if self.silent_since_ms.is_some() {
+            return false;
+        }
         match &self.status {
             Some(status) => {
                 let window = i64::try_from(status.interval_ms.saturating_mul(3))
@@ -135,6 +143,7 @@ mod tests {
         let record = HostRecord {
             clock_skew_ms: None,
             status_order: None,
+            silent_since_ms: None,
             host: "web-01".into(),
             first_seen_ms: 0,
             last_seen_ms: i64::MIN,
@@ -171,11 +180,12 @@ mod tests {
                 status,
                 clock_skew_ms: None,
                 status_order: None,
+                silent_since_ms: None,
             };
             let now = super::super::codec::encode(&record);
-            // The old layout: without the two trailing `None`s of the record and, with a
-            // status, the trailing `None` of the status.
-            let dropped = if record.status.is_some() { 3 } else { 2 };
+            // The old layout: without the three trailing `None`s of the record and, with
+            // a status, the trailing `None` of the status.
+            let dropped = if record.status.is_some() { 4 } else { 3 };
             let old = &now[..now.len() - dropped];
             assert_eq!(HostRecord::decode(old).unwrap(), record);
             assert_eq!(HostRecord::decode(&now).unwrap(), record);

@@ -155,6 +155,19 @@ pub enum Write {
         /// Where to send what the chunk did.
         reply: Option<AuditReply>,
     },
+    /// Marks a host silent (the deadman's verdict): applied, with a feed event, only if
+    /// its agent's last status says online, it is not silent already, and nothing newer
+    /// than `last_seen_ms` came from it since the verdict. Answers 1 if applied, else 0.
+    Silence {
+        /// The host.
+        host: String,
+        /// When it was last heard from as the verdict saw it, epoch ms.
+        last_seen_ms: i64,
+        /// When it was found silent, epoch ms.
+        at_ms: i64,
+        /// Where to send the outcome, if anyone waits for it.
+        reply: Option<WriteReply>,
+    },
     /// Delete metric history older than `before_ms`.
     Prune {
         /// The cut-off, epoch ms.
@@ -333,6 +346,7 @@ fn reply_of(write: Write) -> Option<WriteReply> {
         Write::Samples { reply, .. }
         | Write::Prune { reply, .. }
         | Write::Queued { reply, .. }
+        | Write::Silence { reply, .. }
         | Write::ManualAction { reply, .. }
         | Write::Alert { reply, .. } => reply,
         Write::Flush { reply } => Some(reply),
@@ -519,7 +533,10 @@ fn apply(
                 received_ms,
                 ..
             } => {
-                touch_host(store, &mut txn, host, *source, *received_ms, None, None)?;
+                for change in touch_host(store, &mut txn, host, *source, *received_ms, None, None)?
+                {
+                    add_to_feed(&mut txn, *received_ms, change)?;
+                }
                 for sample in samples {
                     let key = keys::series(host, &sample.name);
                     let id = match state.series.get(&key) {
@@ -637,6 +654,18 @@ fn apply(
                 add_to_feed(&mut txn, *at_ms, event.clone())?;
                 1
             }
+            Write::Silence {
+                host,
+                last_seen_ms,
+                at_ms,
+                ..
+            } => match silence(store, &mut txn, host, *last_seen_ms, *at_ms)? {
+                Some(event) => {
+                    add_to_feed(&mut txn, *at_ms, event)?;
+                    1
+                }
+                None => 0,
+            },
             Write::Prune { before_ms, .. } => prune(store, &mut txn, *before_ms)?,
             Write::PruneAudit {
                 before_ms,
@@ -718,7 +747,7 @@ fn read_window(
 
 /// Creates or updates a host record: last seen, source, and (if given) its agent status.
 /// Returns what the feed should say about it: the host coming online or going offline,
-/// bundles applied.
+/// bundles applied, a silent host reporting again (anything from it ends its silence).
 ///
 /// A status older than the stored one (by [`StatusOrder`]: an earlier session, or an
 /// earlier sequence number in the same one) is ignored, so a late retained message or a
@@ -745,10 +774,12 @@ fn touch_host(
             status: None,
             clock_skew_ms: None,
             status_order: None,
+            silent_since_ms: None,
         },
     };
     record.last_seen_ms = record.last_seen_ms.max(received_ms);
     record.source = source;
+    let was_silent = record.silent_since_ms.take().is_some();
     if clock_skew_ms.is_some() {
         record.clock_skew_ms = clock_skew_ms;
     }
@@ -766,7 +797,8 @@ fn touch_host(
             }),
         };
         if newer {
-            changes = status_changes(record.status.as_ref(), status);
+            let will = order.is_some_and(|o| o.will);
+            changes = status_changes(record.status.as_ref(), status, will);
             record.status = Some(status.clone());
             if let Some(order) = order {
                 // A will of the current session is older by number than the statuses it
@@ -779,6 +811,23 @@ fn touch_host(
             }
         }
     }
+    if was_silent {
+        let offline = changes
+            .iter()
+            .any(|c| matches!(c, FeedEvent::Offline { .. }));
+        if let (Some(status), false) = (&record.status, offline) {
+            changes.insert(
+                0,
+                FeedEvent::Silence {
+                    host: host.to_string(),
+                    silent: false,
+                    last_seen_ms: record.last_seen_ms,
+                    agent_version: status.agent_version.clone(),
+                    labels: status.labels.clone(),
+                },
+            );
+        }
+    }
     store
         .dbs
         .hosts
@@ -786,17 +835,60 @@ fn touch_host(
     Ok(changes)
 }
 
+/// Applies [`Write::Silence`]: the feed event if the host is now silent.
+fn silence(
+    store: &Store,
+    txn: &mut RwTxn,
+    host: &str,
+    last_seen_ms: i64,
+    at_ms: i64,
+) -> Result<Option<FeedEvent>, StoreError> {
+    let Some(bytes) = store.dbs.hosts.get(txn, host.as_bytes())? else {
+        return Ok(None);
+    };
+    let mut record = HostRecord::decode(bytes)?;
+    let event = match &record.status {
+        Some(status)
+            if status.state == AgentState::Online
+                && record.silent_since_ms.is_none()
+                && record.last_seen_ms <= last_seen_ms =>
+        {
+            FeedEvent::Silence {
+                host: host.to_string(),
+                silent: true,
+                last_seen_ms: record.last_seen_ms,
+                agent_version: status.agent_version.clone(),
+                labels: status.labels.clone(),
+            }
+        }
+        _ => return Ok(None),
+    };
+    record.silent_since_ms = Some(at_ms);
+    store
+        .dbs
+        .hosts
+        .put(txn, host.as_bytes(), &codec::encode(&record))?;
+    Ok(Some(event))
+}
+
 /// What a new status says that the previous one (if any) did not: a change of online
 /// state, and bundles at a version not reported before.
-fn status_changes(old: Option<&AgentStatus>, new: &AgentStatus) -> Vec<FeedEvent> {
+fn status_changes(old: Option<&AgentStatus>, new: &AgentStatus, will: bool) -> Vec<FeedEvent> {
     let mut changes = Vec::new();
-    let online = new.state == AgentState::Online;
     if old.is_none_or(|old| old.state != new.state) {
-        changes.push(FeedEvent::Host {
-            host: new.host.clone(),
-            online,
-            agent_version: new.agent_version.clone(),
-            labels: new.labels.clone(),
+        changes.push(match new.state {
+            AgentState::Online => FeedEvent::Host {
+                host: new.host.clone(),
+                online: true,
+                agent_version: new.agent_version.clone(),
+                labels: new.labels.clone(),
+            },
+            AgentState::Offline => FeedEvent::Offline {
+                host: new.host.clone(),
+                connection_lost: will,
+                agent_version: new.agent_version.clone(),
+                labels: new.labels.clone(),
+            },
         });
     }
     for bundle in &new.bundles {

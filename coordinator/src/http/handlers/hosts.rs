@@ -51,7 +51,10 @@ pub struct HostJson<'a> {
     pub remediation_paused: Option<bool>,
     /// How its data arrives.
     pub source: &'static str,
-    /// `online`, `stale` or `offline`.
+    /// `online`; `silent` (its agent said online, but nothing came from it for
+    /// `--silent-after` intervals); `stale` (the same, for a host the deadman does not
+    /// watch, after three intervals and 10 s); or `offline` (stopped, or its connection
+    /// lost).
     pub state: &'static str,
 }
 
@@ -96,6 +99,11 @@ pub fn host(record: &HostRecord, now_ms: i64) -> HostJson<'_> {
     let online = record.is_online(now_ms);
     let state = match (&record.status, online) {
         (_, true) => "online",
+        (Some(status), false)
+            if status.state == AgentState::Online && record.silent_since_ms.is_some() =>
+        {
+            "silent"
+        }
         (Some(status), false) if status.state == AgentState::Online => "stale",
         _ => "offline",
     };

@@ -135,6 +135,7 @@ mod tests {
         HostRecord {
             clock_skew_ms: None,
             status_order: None,
+            silent_since_ms: None,
             host: name.into(),
             first_seen_ms: NOW - 60_000,
             last_seen_ms: NOW - 1_000,
