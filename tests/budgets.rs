@@ -584,7 +584,9 @@ async fn lease_requests_are_checked_and_answers_are_signed() {
                 .expect("publish");
         }
     };
-    publish(b"\x02not a sealed message".to_vec()).await;
+    let mut garbage = vec![vigil_shared::wire::PROTOCOL_VERSION];
+    garbage.extend_from_slice(b"not a sealed message");
+    publish(garbage).await;
     publish(raw.seal(
         AgentChannel::Leases,
         &request("budget-other", BudgetMax::Count(1), "r1"),
