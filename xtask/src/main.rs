@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! DIR/man/PROGRAM.1            (one page per program, subcommands included)
-//! DIR/bash/PROGRAM             → /usr/share/bash-completion/completions/
+//! DIR/bash/PROGRAM.bash        → /usr/share/bash-completion/completions/PROGRAM
 //! DIR/zsh/_PROGRAM             → /usr/share/zsh/vendor-completions/
 //! DIR/fish/PROGRAM.fish        → /usr/share/fish/vendor_completions.d/
 //! ```
@@ -82,7 +82,7 @@ fn docs(out: &Path) -> std::io::Result<Vec<PathBuf>> {
         written.push(page);
 
         for (shell, dir, file) in [
-            (Shell::Bash, "bash", name.clone()),
+            (Shell::Bash, "bash", format!("{name}.bash")),
             (Shell::Zsh, "zsh", format!("_{name}")),
             (Shell::Fish, "fish", format!("{name}.fish")),
         ] {
@@ -119,7 +119,7 @@ mod tests {
             page.contains("VIGIL\\-AGENT INSTALL") || page.contains("VIGIL-AGENT INSTALL"),
             "{page}"
         );
-        let bash = std::fs::read_to_string(dir.join("bash/vigilctl")).unwrap();
+        let bash = std::fs::read_to_string(dir.join("bash/vigilctl.bash")).unwrap();
         assert!(bash.contains("complete -F _vigilctl"), "{bash}");
         assert!(bash.contains("--follow"), "{bash}");
         let zsh = std::fs::read_to_string(dir.join("zsh/_vigil-coordinator")).unwrap();
