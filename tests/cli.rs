@@ -4,7 +4,8 @@
 //! client run on the agent and are listed by `actions --host --status` exactly as the API
 //! lists them (a table, and `--json` that parses to the API's answer); `actions --follow`
 //! prints an action created after it started; pause/resume, hosts, drift and violations
-//! answer; a bad token and a too-low role exit non-zero with the API's message.
+//! answer; a bad token and a too-low role exit non-zero with the API's message. Over
+//! HTTPS, `--ca-file` pins the coordinator's CA and anything else is refused.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,15 +15,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_tests::{
-    bin, create_token, get_json, start_agent, start_coordinator, wait_for, CoordinatorProc, TestDir,
+    bin, create_token, free_port, get_json, read_admin_token, start_agent, start_coordinator,
+    wait_for, CoordinatorProc, Proc, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 const HOST: &str = "e2e-cli";
 
-/// `vigilctl ARGS` against coordinator `c`, with `token` in `VIGIL_TOKEN` (if given) and
-/// no other `VIGIL_…` setting from the test's environment.
-fn vigilctl(c: &CoordinatorProc, token: Option<&str>, args: &[&str]) -> Command {
+/// `vigilctl ARGS` against the coordinator at `url`, with `token` in `VIGIL_TOKEN` (if
+/// given) and no other `VIGIL_…` setting from the test's environment.
+fn vigilctl(url: &str, token: Option<&str>, args: &[&str]) -> Command {
     let mut command = Command::new(bin("vigilctl"));
     for name in [
         "VIGIL_TOKEN",
@@ -32,7 +34,7 @@ fn vigilctl(c: &CoordinatorProc, token: Option<&str>, args: &[&str]) -> Command 
     ] {
         command.env_remove(name);
     }
-    command.arg("--url").arg(&c.http).args(args);
+    command.arg("--url").arg(url).args(args);
     if let Some(token) = token {
         command.env("VIGIL_TOKEN", token);
     }
@@ -209,7 +211,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
     // hosts: the agent's row, from the token file.
     let file = token_file(dir.path());
     let hosts = ok(vigilctl(
-        &c,
+        &c.http,
         None,
         &["hosts", "--token-file", file.to_str().expect("utf-8 path")],
     ));
@@ -225,7 +227,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
 
     // Two manual actions through the client (table and JSON answers), run by the agent.
     let created = ok(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &[
             "action",
@@ -241,7 +243,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
     ));
     let first = created_id(&created);
     let created = ok(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &[
             "--json", "action", "--host", HOST, "--target", HOST, "--action", "notify", "--param",
@@ -267,7 +269,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
         "{api}"
     );
     let table = ok(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &["actions", "--host", HOST, "--status", "completed"],
     ));
@@ -280,7 +282,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
         );
     }
     let json = ok(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &["--json", "actions", "--host", HOST, "--status", "completed"],
     ));
@@ -289,13 +291,13 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
     assert_eq!(ids(&listed), api_ids);
     // Another status lists none of them; a limit is passed on.
     let failed = ok(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &["actions", "--host", HOST, "--status", "failed"],
     ));
     assert!(table_ids(&failed).is_empty(), "{failed}");
     let limited = ok(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &["--json", "actions", "--host", HOST, "--limit", "1"],
     ));
@@ -304,7 +306,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
 
     // --follow: an action created after it started is printed live.
     let follow = Running::start(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &["actions", "--host", HOST, "--follow"],
     ));
@@ -312,7 +314,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
         l.contains("following new action transitions")
     });
     let created = ok(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &[
             "action",
@@ -340,7 +342,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
 
     // --follow --json: one feed entry per line, each parsing.
     let follow = Running::start(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &[
             "--json",
@@ -359,7 +361,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
         l.contains("following")
     });
     let created = ok(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &[
             "action", "--host", HOST, "--target", HOST, "--action", "notify",
@@ -379,15 +381,15 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
     drop(follow);
 
     // The kill switch, drift and violations answer.
-    let paused = ok(vigilctl(&c, Some(&admin), &["pause", HOST]));
+    let paused = ok(vigilctl(&c.http, Some(&admin), &["pause", HOST]));
     assert!(paused.contains("pause sent"), "{paused}");
-    let resumed = ok(vigilctl(&c, Some(&admin), &["--json", "resume", HOST]));
+    let resumed = ok(vigilctl(&c.http, Some(&admin), &["--json", "resume", HOST]));
     let resumed: Value = serde_json::from_str(resumed.trim()).expect("parses");
     assert_eq!(resumed["paused"], false, "{resumed}");
-    let drift = ok(vigilctl(&c, Some(&admin), &["drift"]));
+    let drift = ok(vigilctl(&c.http, Some(&admin), &["drift"]));
     assert!(drift.starts_with("HOST") && drift.contains(HOST), "{drift}");
     let violations = ok(vigilctl(
-        &c,
+        &c.http,
         Some(&admin),
         &["--json", "violations", "--host", HOST],
     ));
@@ -407,7 +409,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
     };
     assert_eq!(code, 401);
     let message = refusal["error"].as_str().expect("error message");
-    let (output, stdout, stderr) = run(vigilctl(&c, Some("not-a-token"), &["hosts"]));
+    let (output, stdout, stderr) = run(vigilctl(&c.http, Some("not-a-token"), &["hosts"]));
     assert!(!output.status.success(), "{stdout}{stderr}");
     assert!(
         stderr.contains("401") && stderr.contains(message),
@@ -417,8 +419,12 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
 
     // A viewer may list but not pause: 403 naming the role needed.
     let viewer = create_token(&dir.path().join("data"), "viewer", "cli-viewer");
-    ok(vigilctl(&c, Some(&viewer), &["actions", "--host", HOST]));
-    let (output, _, stderr) = run(vigilctl(&c, Some(&viewer), &["pause", HOST]));
+    ok(vigilctl(
+        &c.http,
+        Some(&viewer),
+        &["actions", "--host", HOST],
+    ));
+    let (output, _, stderr) = run(vigilctl(&c.http, Some(&viewer), &["pause", HOST]));
     assert!(!output.status.success());
     assert!(
         stderr.contains("403") && stderr.contains("operator"),
@@ -426,19 +432,75 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
     );
 
     // No token at all, and a coordinator out of reach: non-zero with a reason.
-    let (output, _, stderr) = run(vigilctl(&c, None, &["hosts"]));
+    let (output, _, stderr) = run(vigilctl(&c.http, None, &["hosts"]));
     assert!(
         !output.status.success() && stderr.contains("VIGIL_TOKEN"),
         "{stderr}"
     );
-    let mut gone = vigilctl(&c, Some(&admin), &["hosts"]);
-    gone.args([
-        "--url",
-        &format!("http://127.0.0.1:{}", vigil_tests::free_port()),
-    ]);
-    let (output, _, stderr) = run(gone);
+    let gone = format!("http://127.0.0.1:{}", free_port());
+    let (output, _, stderr) = run(vigilctl(&gone, Some(&admin), &["hosts"]));
     assert!(
         !output.status.success() && stderr.contains("127.0.0.1"),
         "{stderr}"
     );
+}
+
+/// `vigil-coordinator certs init` in `data_dir`; the CA certificate's path.
+fn certs_init(data_dir: &Path) -> PathBuf {
+    let output = Command::new(bin("vigil-coordinator"))
+        .args(["certs", "init", "--name", "coordinator.test", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run certs init");
+    assert!(output.status.success(), "certs init: {output:?}");
+    data_dir.join("tls/ca.pem")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vigilctl_pins_the_coordinators_ca_over_https() {
+    let dir = TestDir::new();
+    let data = dir.path().join("data");
+    let ca = certs_init(&data);
+    let other_ca = certs_init(&dir.path().join("other"));
+    let port = free_port();
+    let _coordinator = Proc::start(
+        "coordinator",
+        &bin("vigil-coordinator"),
+        &[
+            "serve".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--mqtt-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ],
+        dir.path(),
+    );
+    let token = read_admin_token(&data, WAIT).await.expect("admin token");
+    let https = format!("https://127.0.0.1:{port}");
+    let ca = ca.to_str().expect("utf-8 path");
+
+    // Pinned: the coordinator answers (once it is up).
+    let hosts = wait_for("vigilctl hosts over HTTPS", WAIT, || async {
+        let (output, stdout, _) = run(vigilctl(&https, Some(&token), &["--ca-file", ca, "hosts"]));
+        output.status.success().then_some(stdout)
+    })
+    .await;
+    assert!(hosts.starts_with("HOST"), "{hosts}");
+
+    // The public roots, or another CA: refused before any token is sent.
+    for extra in [
+        vec![],
+        vec!["--ca-file", other_ca.to_str().expect("utf-8 path")],
+    ] {
+        let mut args = extra.clone();
+        args.push("hosts");
+        let (output, stdout, stderr) = run(vigilctl(&https, Some(&token), &args));
+        assert!(!output.status.success(), "{extra:?}: {stdout}");
+        assert!(
+            stderr.to_lowercase().contains("certificate") || stderr.contains("UnknownIssuer"),
+            "{extra:?}: the refusal should say why: {stderr}"
+        );
+    }
 }
