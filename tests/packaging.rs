@@ -9,7 +9,10 @@
 //!   reports, a second `install` changes nothing, systemd brings back a killed agent, the
 //!   watchdog kills and restarts a hung (SIGSTOPped) one, and `uninstall` removes it
 //!   cleanly, keeping data unless `--purge`;
-//! - the same with `dpkg -i` of the `.deb` packages, then `apt-get remove` and `purge`.
+//! - the same with `dpkg -i` of the `.deb` packages, then `apt-get remove` and `purge`;
+//!   the packages carry the man pages and bash, zsh and fish completions (`man
+//!   vigil-agent`'s page is installed and readable, the bash completion loads), and the
+//!   coordinator's package the static `vigilctl`, which lists the agent's host.
 //!
 //! Run with `cargo test -p vigil-tests --test packaging -- --nocapture` to see progress.
 
@@ -21,7 +24,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vigil_tests::docker::{docker, try_docker, unique_name, Container};
 use vigil_tests::packaging::{
-    assert_static, diagnostics, dist, host_online_inside, sh, wait_in, Image, Network, Run, VERSION,
+    assert_static, diagnostics, dist, host_online_inside, sh, wait_in, Image, Network, Run,
+    STATIC_TARGET, VERSION,
 };
 use vigil_tests::systemd::SystemdContainer;
 use vigil_tests::TestDir;
@@ -604,6 +608,18 @@ fn static_binaries_install_as_systemd_units_restart_and_uninstall() {
     );
     let entry = wait_online(&c, &admin, &host, None);
     assert_eq!(entry["agent_version"], VERSION, "{entry}");
+
+    // The installed man pages read and the completions load; vigilctl lists the host.
+    for program in ["vigil-agent", "vigil-coordinator", "vigilctl"] {
+        check_installed_docs(&c, program);
+    }
+    let hosts = must(&c, &format!("VIGIL_TOKEN={admin} vigilctl hosts")).stdout;
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.starts_with(&host) && l.contains("online")),
+        "vigilctl hosts inside the container: {hosts}"
+    );
     assert_eq!(entry["labels"]["packaged"], "binary", "{entry}");
 
     // A second install with the same arguments changes nothing: not even the process.
@@ -761,6 +777,62 @@ fn package_status(c: &SystemdContainer, package: &str) -> Option<String> {
     (run.ok() && !status.is_empty() && !status.starts_with('u')).then_some(status)
 }
 
+/// What `dpkg-deb -c` lists in `deb`: the paths, without the leading `.`.
+fn package_paths(deb: &Path) -> Vec<String> {
+    let output = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(deb)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run dpkg-deb: {e}"));
+    assert!(output.status.success(), "dpkg-deb -c {}", deb.display());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .map(|path| path.trim_start_matches('.').to_string())
+        .collect()
+}
+
+/// The man page and the three completion files of `program`, where Debian looks for them.
+fn docs_of(program: &str) -> [String; 4] {
+    [
+        format!("/usr/share/man/man1/{program}.1.gz"),
+        format!("/usr/share/bash-completion/completions/{program}"),
+        format!("/usr/share/zsh/vendor-completions/_{program}"),
+        format!("/usr/share/fish/vendor_completions.d/{program}.fish"),
+    ]
+}
+
+/// `program`'s man page as installed: `man` renders it if the container has `man`, and
+/// its NAME section names the program; its bash completion loads in bash.
+fn check_installed_docs(c: &SystemdContainer, program: &str) {
+    let has_man = sh(c, "command -v man").ok();
+    let page = if has_man {
+        must(c, &format!("MANPAGER=cat MANWIDTH=100 man {program}")).stdout
+    } else {
+        must(c, &format!("zcat /usr/share/man/man1/{program}.1.gz")).stdout
+    };
+    let name = page
+        .split_once(if has_man { "NAME" } else { ".SH NAME" })
+        .map(|(_, rest)| rest.trim_start().lines().next().unwrap_or("").to_string())
+        .unwrap_or_else(|| panic!("no NAME section in {program}'s man page:\n{page}"));
+    assert!(
+        name.replace("\\-", "-")
+            .replace('\u{2010}', "-")
+            .starts_with(program),
+        "the NAME section should name {program}: `{name}`"
+    );
+    let complete = must(
+        c,
+        &format!(
+            "bash -c 'source /usr/share/bash-completion/completions/{program} && complete -p {program}'"
+        ),
+    );
+    assert!(
+        complete.stdout.contains(&format!(" {program}")),
+        "the bash completion of {program} does not register: {complete}"
+    );
+}
+
 #[test]
 fn debian_packages_install_restart_remove_and_purge() {
     let artifacts = dist();
@@ -771,6 +843,29 @@ fn debian_packages_install_restart_remove_and_purge() {
         "vigil-coordinator_amd64.deb",
     );
     let agent_deb = copy_artifact(&c, &artifacts.agent_deb, "vigil-agent_amd64.deb");
+
+    // Man pages and completions in both packages, vigilctl (static) in the coordinator's.
+    let vigilctl = artifacts
+        .dir
+        .join(format!("vigilctl-{VERSION}-{STATIC_TARGET}"));
+    assert_static(&vigilctl);
+    let agent_paths = package_paths(&artifacts.agent_deb);
+    let coordinator_paths = package_paths(&artifacts.coordinator_deb);
+    for (paths, program) in [
+        (&agent_paths, "vigil-agent"),
+        (&coordinator_paths, "vigil-coordinator"),
+        (&coordinator_paths, "vigilctl"),
+    ] {
+        for wanted in docs_of(program)
+            .into_iter()
+            .chain([format!("/usr/bin/{program}")])
+        {
+            assert!(
+                paths.contains(&wanted),
+                "{wanted} is not in the package: {paths:?}"
+            );
+        }
+    }
 
     // The coordinator's package: user, unit enabled and active, admin token.
     let run = must(&c, &format!("dpkg -i {coordinator_deb}"));

@@ -555,6 +555,8 @@ fn job(id: &str, state: ActionState) -> Job {
         detail: Some("restarting".into()),
         seq: 4,
         early_verification: Some(true),
+        budget: None,
+        deferred_attempt: None,
     }
 }
 

@@ -14,9 +14,10 @@ use crate::{or_panic, KitError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Launcher {
     /// The end-to-end tests. The workspace's binaries are built once per test run
-    /// (`cargo build --bins` of the agent, the coordinator, `vigil` and `vigil-sim`) and
-    /// run from `target/<profile>/`. A process logs at `info` (tests read the logs) to
-    /// `<dir>/<name>-<n>.log` (a test may start the same program twice). An agent is given
+    /// (`cargo build --bins` of the agent, the coordinator, `vigil`, `vigil-sim` and
+    /// `vigilctl`) and run from `target/<profile>/`. A process logs at `info` (tests read
+    /// the logs) to `<dir>/<name>-<n>.log` (a test may start the same program twice). An
+    /// agent is given
     /// an identity enrolled with the coordinator store in `<dir>/data` unless it enrolls
     /// itself (see [`crate::agent`]), and trusts that coordinator's signing key.
     Tests,
@@ -106,6 +107,8 @@ fn built_binaries() -> Result<PathBuf, KitError> {
                 "vigil",
                 "-p",
                 "vigil-sim",
+                "-p",
+                "vigilctl",
             ])
             .status()
             .map_err(|e| format!("cargo does not run: {e}"))?;

@@ -27,6 +27,11 @@ use args::{Cli, Command, PolicyCommand};
 /// `RestartPreventExitStatus=78` keeps systemd from restarting it in a loop.
 const EXIT_NOT_CONFIGURED: u8 = 78;
 
+/// The agent's command line as clap describes it (for the man page and completions).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Reads the command line and does what it says; the process's exit code.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
