@@ -608,18 +608,6 @@ fn static_binaries_install_as_systemd_units_restart_and_uninstall() {
     );
     let entry = wait_online(&c, &admin, &host, None);
     assert_eq!(entry["agent_version"], VERSION, "{entry}");
-
-    // The installed man pages read and the completions load; vigilctl lists the host.
-    for program in ["vigil-agent", "vigil-coordinator", "vigilctl"] {
-        check_installed_docs(&c, program);
-    }
-    let hosts = must(&c, &format!("VIGIL_TOKEN={admin} vigilctl hosts")).stdout;
-    assert!(
-        hosts
-            .lines()
-            .any(|l| l.starts_with(&host) && l.contains("online")),
-        "vigilctl hosts inside the container: {hosts}"
-    );
     assert_eq!(entry["labels"]["packaged"], "binary", "{entry}");
 
     // A second install with the same arguments changes nothing: not even the process.
@@ -936,6 +924,18 @@ fn debian_packages_install_restart_remove_and_purge() {
     );
     let entry = wait_online(&c, &admin, &host, None);
     assert_eq!(entry["agent_version"], VERSION, "{entry}");
+
+    // The installed man pages read and the completions load; vigilctl lists the host.
+    for program in ["vigil-agent", "vigil-coordinator", "vigilctl"] {
+        check_installed_docs(&c, program);
+    }
+    let hosts = must(&c, &format!("VIGIL_TOKEN={admin} vigilctl hosts")).stdout;
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.starts_with(&host) && l.contains("online")),
+        "vigilctl hosts inside the container: {hosts}"
+    );
 
     // The package's agent is removed with apt-get, not with `uninstall`.
     let refused = sh(&c, "vigil-agent uninstall");
