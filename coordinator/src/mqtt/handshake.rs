@@ -13,10 +13,11 @@
 //! an X25519 agreement, an ed25519 signature), a hundred times the work of checking one
 //! MAC'd message. A thousand agents connecting at once would stall the ingest task (and
 //! its acknowledgements to the broker) for as long; here they run on another core, and
-//! Welcomes never queue in front of ingest's acknowledgements. The connection has a clean
-//! session: a Hello sent while the coordinator was down is lost, and the agent, which
-//! sends a new Hello when one goes unanswered (and when ingest finds its messages under
-//! a key this coordinator does not hold), handshakes again.
+//! Welcomes never queue in front of ingest's acknowledgements. On an external broker the
+//! connection keeps a persistent session (a fixed client id), so Hellos sent while the
+//! coordinator was down are answered when it is back; on the embedded broker they are
+//! lost with it. Either way an agent sends a new Hello when one goes unanswered (and when
+//! ingest finds its messages under a key this coordinator does not hold).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
