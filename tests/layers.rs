@@ -11,6 +11,7 @@ use std::process::Command;
 const COORDINATOR: &[&str] = &[
     "telemetry",
     "per_address",
+    "reconnect",
     "store",
     "security",
     "events",

@@ -16,6 +16,8 @@
 //!   answers agents' lease requests.
 //! - [`deadman`]: finds hosts that stopped reporting while their agent said online
 //!   (`silent`), with an optional webhook.
+//! - [`reconnect`]: how the coordinator's own MQTT connections wait and log after losing
+//!   the broker.
 //! - [`bundles`]: signed, versioned policy bundles per host group, published retained.
 //! - [`policies`]: the coordinator's policy registry (a directory plus REST-created ones).
 //! - [`security`]: agent identities, REST tokens, certificates and TLS.
@@ -43,6 +45,7 @@ pub(crate) mod http;
 pub(crate) mod mqtt;
 mod per_address;
 pub(crate) mod policies;
+pub(crate) mod reconnect;
 pub(crate) mod security;
 pub mod store;
 pub mod telemetry;

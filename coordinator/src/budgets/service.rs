@@ -106,7 +106,7 @@ pub async fn run(
         answers,
         groups: None,
     };
-    let mut failures: u32 = 0;
+    let mut reconnect = crate::reconnect::Reconnect::new("lease service");
     loop {
         let event = tokio::select! {
             _ = stop.changed() => break,
@@ -114,7 +114,7 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                failures = 0;
+                reconnect.connected();
                 if let Err(e) =
                     client.try_subscribe(topics::all_agents(AgentChannel::Leases), QoS::AtLeastOnce)
                 {
@@ -132,11 +132,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                failures = failures.saturating_add(1);
-                if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(failures, "lease service lost the broker: {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+                reconnect.failed(&e).await;
             }
         }
     }

@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
 use serde_json::{json, Map, Value};
@@ -280,18 +279,12 @@ pub fn start(
 
 /// Keeps the mirror's connection going (rumqttc reconnects when polled again).
 async fn drive(mut eventloop: EventLoop, mut stop: watch::Receiver<bool>) {
-    let mut failures: u32 = 0;
+    let mut reconnect = crate::reconnect::Reconnect::new("JSON mirror");
     loop {
         tokio::select! {
             event = eventloop.poll() => match event {
-                Ok(_) => failures = 0,
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(failures, "JSON mirror lost the broker: {e}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
-                }
+                Ok(_) => reconnect.connected(),
+                Err(e) => reconnect.failed(&e).await,
             },
             _ = stop.changed() => return,
         }

@@ -48,19 +48,13 @@ pub async fn run(
 
 /// Polls the connection (reconnecting after errors) until `stop` turns true.
 async fn drive(mut eventloop: EventLoop, mut stop: watch::Receiver<bool>) {
-    let mut failures: u32 = 0;
+    let mut reconnect = crate::reconnect::Reconnect::new("acknowledgement connection");
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             event = eventloop.poll() => match event {
-                Ok(_) => failures = 0,
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(failures, "acknowledgement connection lost the broker: {e}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
-                }
+                Ok(_) => reconnect.connected(),
+                Err(e) => reconnect.failed(&e).await,
             }
         }
     }

@@ -20,7 +20,6 @@
 //! ingest finds its messages under a key this coordinator does not hold).
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::watch;
@@ -68,7 +67,7 @@ pub async fn run(
         sessions,
         coordinator,
     };
-    let mut failures: u32 = 0;
+    let mut reconnect = crate::reconnect::Reconnect::new("handshake connection");
     loop {
         let event = tokio::select! {
             _ = stop.changed() => break,
@@ -76,7 +75,7 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                failures = 0;
+                reconnect.connected();
                 let filter = topics::all_agents(AgentChannel::Session);
                 if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                     tracing::error!("cannot subscribe to session key Hellos: {e}");
@@ -90,11 +89,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                failures = failures.saturating_add(1);
-                if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(failures, "handshake connection lost the broker: {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+                reconnect.failed(&e).await;
             }
         }
     }

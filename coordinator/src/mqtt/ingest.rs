@@ -108,7 +108,7 @@ pub async fn run(
     let Publisher {
         client, connects, ..
     } = publisher;
-    let mut failures: u32 = 0;
+    let mut reconnect = crate::reconnect::Reconnect::new("ingest");
     let mut pending: VecDeque<Pending> = VecDeque::new();
     // Acknowledgements the client's queue had no room for, in order: sent first.
     let mut unsent: VecDeque<Publish> = VecDeque::new();
@@ -163,7 +163,7 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
+                reconnect.connected();
                 // What was waiting belongs to the old connection: the broker sends it again.
                 pending.clear();
                 unsent.clear();
@@ -198,11 +198,7 @@ pub async fn run(
             Err(e) => {
                 pending.clear();
                 unsent.clear();
-                failures = failures.saturating_add(1);
-                if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(failures, "ingest lost the broker: {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+                reconnect.failed(&e).await;
             }
         }
     }
