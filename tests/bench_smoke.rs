@@ -30,6 +30,8 @@ fn every_benchmark_part_runs_and_prints_its_figures() {
         "agent CPU",
         "audit query p50",
         "audit query p99",
+        "audit retention shortened to",
+        "store growth under steady action load",
     ] {
         let line = stdout
             .lines()

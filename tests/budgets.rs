@@ -539,8 +539,9 @@ async fn manual_actions_naming_a_policy_take_its_budget() {
 #[tokio::test]
 async fn lease_requests_are_checked_and_answers_are_signed() {
     use rumqttc::{Event, Packet, QoS};
-    use vigil_shared::lease::{self, LeaseOp, LeaseRequest};
+    use vigil_shared::lease::{LeaseAnswer, LeaseOp, LeaseRequest};
     use vigil_shared::policy::budget::BudgetMax;
+    use vigil_shared::signed;
     use vigil_shared::topics::{self, AgentChannel};
 
     let dir = TestDir::new();
@@ -616,12 +617,13 @@ async fn lease_requests_are_checked_and_answers_are_signed() {
     let key_hex = std::fs::read_to_string(dir.path().join("data/bundle-signing.pub"))
         .expect("coordinator key");
     let key = vigil_shared::bundle::PublicKey::from_hex(key_hex.trim()).expect("key");
-    let answer = lease::open(&payload, Some(&key), "budget-raw").expect("signed answer");
+    let answer =
+        signed::open::<LeaseAnswer>(&payload, Some(&key), "budget-raw").expect("signed answer");
     assert_eq!(answer.request_id, "r4", "only the good request is answered");
     assert_eq!(answer.key, "p");
     let other = vigil_shared::bundle::BundleKeys::generate();
     let other_key = vigil_shared::bundle::PublicKey::from_hex(&other.public_hex()).expect("key");
-    assert!(lease::open(&payload, Some(&other_key), "budget-raw").is_err());
+    assert!(signed::open::<LeaseAnswer>(&payload, Some(&other_key), "budget-raw").is_err());
 
     for reason in ["malformed", "host_mismatch", "invalid"] {
         let series =

@@ -314,7 +314,7 @@ pub async fn run(
                 }
                 Inbound::Grant(payload) => {
                     let key = config.bundle_key.as_ref().map(|k| &k.key);
-                    match vigil_shared::lease::open(&payload, key, &config.host) {
+                    match vigil_shared::signed::open::<vigil_shared::lease::LeaseAnswer>(&payload, key, &config.host) {
                         Ok(answer) => queue.on_lease_answer(&answer, now_ms())?,
                         Err(refusal) => tracing::warn!("refused a lease answer: {refusal}"),
                     }

@@ -32,6 +32,11 @@ pub struct Telemetry {
     pub hosts_known: IntGauge,
     /// `vigil_store_map_size_bytes`: the LMDB map's current size.
     pub store_map_size_bytes: IntGauge,
+    /// `vigil_store_file_bytes`: the LMDB data file's size (its highest page in use).
+    pub store_file_bytes: IntGauge,
+    /// `vigil_store_used_bytes`: the pages of that file holding data; the rest are free
+    /// pages LMDB reuses before it grows the file.
+    pub store_used_bytes: IntGauge,
     /// `vigil_policy_load_errors_total{source}`: policy sets that failed to load
     /// (`source="coordinator"`: the `--policies` directory, or a stored API policy).
     pub policy_load_errors: IntCounterVec,
@@ -224,6 +229,15 @@ impl Telemetry {
         let store_map_size_bytes = gauge(
             "vigil_store_map_size_bytes",
             "Current size of the LMDB memory map in bytes",
+        );
+        let store_file_bytes = gauge(
+            "vigil_store_file_bytes",
+            "Size of the LMDB data file in bytes (up to its highest page in use)",
+        );
+        let store_used_bytes = gauge(
+            "vigil_store_used_bytes",
+            "Bytes of the LMDB data file holding data; the rest are free pages reused before \
+             the file grows",
         );
         let agent_policy_load_errors = IntGaugeVec::new(
             Opts::new(
@@ -460,6 +474,8 @@ impl Telemetry {
             hosts_online,
             hosts_known,
             store_map_size_bytes,
+            store_file_bytes,
+            store_used_bytes,
             policy_load_errors,
             batches_missing,
             http_auth_failures,
@@ -519,6 +535,8 @@ mod tests {
             hosts_online,
             hosts_known,
             store_map_size_bytes,
+            store_file_bytes,
+            store_used_bytes,
             policy_load_errors,
             agent_policy_load_errors,
             batches_missing,
@@ -578,6 +596,8 @@ mod tests {
             hosts_online,
             hosts_known,
             store_map_size_bytes,
+            store_file_bytes,
+            store_used_bytes,
             open_files_limit,
             agent_policy_load_errors,
             batches_missing,

@@ -19,7 +19,7 @@
 //! signed with its enrolled ed25519 key (a signing domain of its own, [`HELLO_DOMAIN`]),
 //! naming its session, a rekey number (1, 2, … within the session) and a fresh X25519
 //! public key. The coordinator checks it with the enrolled key, answers with a
-//! [`SignedWelcome`] on `vigil/v1/agents/{host}/welcome`, signed with the coordinator's
+//! [`signed::Signed`] [`Welcome`] on `vigil/v1/agents/{host}/welcome`, signed with the coordinator's
 //! key ([`crate::bundle::SigningContext::SessionWelcome`]) and carrying the Hello's hash and
 //! its own fresh X25519 public key ([`welcome`]). Both sides derive the key with
 //! HKDF-SHA256 from the X25519 shared secret, salted with a hash of the transcript (the
@@ -59,6 +59,7 @@ use x25519_dalek::{PublicKey as DhPublic, StaticSecret};
 
 use crate::bundle::{BundleKeys, PublicKey as CoordinatorKey, SigningContext};
 use crate::delivery::Delivery;
+use crate::signed::{self, CoordinatorSigned};
 use crate::topics::AgentChannel;
 use crate::validate::{self, FieldError};
 use crate::wire::WireMessage;
@@ -348,7 +349,7 @@ impl WireMessage for SignedHello {
     }
 }
 
-/// The coordinator's half of a handshake (signed part of a [`SignedWelcome`]).
+/// The coordinator's half of a handshake (signed part of a [`signed::Signed`] [`Welcome`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// The host it answers.
@@ -365,32 +366,24 @@ pub struct Welcome {
     pub sealed_at_ms: i64,
 }
 
-/// A [`Welcome`] as it travels on `vigil/v1/agents/{host}/welcome`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedWelcome {
-    /// The postcard encoding of the [`Welcome`].
-    #[serde(with = "serde_bytes")]
-    pub content: Vec<u8>,
-    /// The coordinator's ed25519 signature over `content` in
-    /// [`SigningContext::SessionWelcome`] (64 bytes).
-    #[serde(with = "serde_bytes")]
-    pub signature: Vec<u8>,
-}
-
-impl WireMessage for SignedWelcome {
-    const KIND: &'static str = "session_welcome";
-    const MIN_VERSION: u8 = 3;
+impl WireMessage for Welcome {
+    const KIND: &'static str = "welcome";
 
     fn host(&self) -> &str {
-        ""
+        &self.host
     }
 
     fn validate(&self) -> Result<(), FieldError> {
-        if self.signature.len() != 64 {
-            return Err(FieldError::new("signature", "must be 64 bytes"));
-        }
-        Ok(())
+        validate::host_name(&self.host)
     }
+}
+
+/// A [`Welcome`] travels on `vigil/v1/agents/{host}/welcome` as a [`signed::Signed`] envelope.
+impl CoordinatorSigned for Welcome {
+    const WHAT: &'static str = "Welcome";
+    const CONTEXT: SigningContext = SigningContext::SessionWelcome;
+    const ENVELOPE_KIND: &'static str = "session_welcome";
+    const ENVELOPE_MIN_VERSION: u8 = 3;
 }
 
 /// Why an agent did not take a Welcome.
@@ -399,15 +392,12 @@ pub enum WelcomeRefusal {
     /// The agent has no coordinator key to check it with.
     #[error("no coordinator key is configured: the Welcome cannot be verified")]
     NoCoordinatorKey,
-    /// Not signed by the coordinator's key.
-    #[error("Welcome not signed by the coordinator's key")]
-    BadSignature,
-    /// Does not decode.
-    #[error("malformed Welcome: {0}")]
-    Malformed(String),
-    /// Addressed to another host.
-    #[error("Welcome for host `{0}`, not this host")]
-    WrongHost(String),
+    /// Not signed by the coordinator's key, malformed, or for another host.
+    #[error(transparent)]
+    Refused(#[from] signed::Refusal),
+    /// The coordinator's X25519 key is of low order.
+    #[error("the coordinator's X25519 key is of low order")]
+    LowOrderKey,
     /// Answers no Hello this agent is waiting on (an older one, or a copy).
     #[error("Welcome for key {0} answers no Hello this agent is waiting on")]
     NotPending(KeyId),
@@ -559,20 +549,10 @@ impl Sealer {
             .coordinator
             .as_ref()
             .ok_or(WelcomeRefusal::NoCoordinatorKey)?;
-        let signed = crate::wire::decode::<SignedWelcome>(payload)
-            .map_err(|e| WelcomeRefusal::Malformed(e.to_string()))?;
-        if !coordinator.verifies(
-            SigningContext::SessionWelcome,
-            &signed.content,
-            &signed.signature,
-        ) {
-            return Err(WelcomeRefusal::BadSignature);
-        }
-        let welcome: Welcome = postcard::from_bytes(&signed.content)
-            .map_err(|e| WelcomeRefusal::Malformed(e.to_string()))?;
-        if welcome.host != self.host {
-            return Err(WelcomeRefusal::WrongHost(welcome.host));
-        }
+        let signed::Opened {
+            message: welcome,
+            content,
+        } = signed::open_with_content::<Welcome>(payload, Some(coordinator), &self.host)?;
         let id = KeyId {
             session: welcome.session,
             rekey: welcome.rekey,
@@ -599,11 +579,9 @@ impl Sealer {
             .secret
             .diffie_hellman(&DhPublic::from(welcome.ephemeral));
         if !shared.was_contributory() {
-            return Err(WelcomeRefusal::Malformed(
-                "the coordinator's X25519 key is of low order".into(),
-            ));
+            return Err(WelcomeRefusal::LowOrderKey);
         }
-        let key = SessionKey::derive(id, shared.as_bytes(), &pending.signed, &signed.content);
+        let key = SessionKey::derive(id, shared.as_bytes(), &pending.signed, &content);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
         Ok(Taken::Key(id))
     }
@@ -898,7 +876,7 @@ pub fn open_hello(
 }
 
 /// The coordinator's answer to a checked Hello (`signed`: its signed bytes): the
-/// [`SignedWelcome`] payload to publish on `vigil/v1/agents/{host}/welcome`, signed with
+/// [`signed::Signed`] [`Welcome`] payload to publish on `vigil/v1/agents/{host}/welcome`, signed with
 /// `keys`, and the session key both sides now hold.
 pub fn welcome(
     keys: &BundleKeys,
@@ -920,12 +898,8 @@ pub fn welcome(
         ephemeral: DhPublic::from(&secret).to_bytes(),
         sealed_at_ms: crate::time::now_ms(),
     };
-    let content = encode_postcard(&answer);
+    let (payload, content) = signed::sign_with_content(keys, &answer);
     let key = SessionKey::derive(hello.key_id(), shared.as_bytes(), signed, &content);
-    let payload = crate::wire::encode(&SignedWelcome {
-        signature: keys.sign_in(SigningContext::SessionWelcome, &content),
-        content,
-    });
     Ok((payload, key))
 }
 
@@ -933,18 +907,17 @@ pub fn welcome(
 /// `session` (a Welcome with rekey number 0, answering no Hello): the agent handshakes
 /// again. Replaying one only makes the agent handshake once more.
 pub fn rehandshake_notice(keys: &BundleKeys, host: &str, session: u64) -> Vec<u8> {
-    let content = encode_postcard(&Welcome {
-        host: host.to_string(),
-        session,
-        rekey: 0,
-        hello_hash: [0; 32],
-        ephemeral: [0; 32],
-        sealed_at_ms: crate::time::now_ms(),
-    });
-    crate::wire::encode(&SignedWelcome {
-        signature: keys.sign_in(SigningContext::SessionWelcome, &content),
-        content,
-    })
+    signed::sign(
+        keys,
+        &Welcome {
+            host: host.to_string(),
+            session,
+            rekey: 0,
+            hello_hash: [0; 32],
+            ephemeral: [0; 32],
+            sealed_at_ms: crate::time::now_ms(),
+        },
+    )
 }
 
 /// What the coordinator remembers about one channel of one host.
@@ -1409,10 +1382,12 @@ mod tests {
         let first = (open_hello(&first, &public, "web-01").unwrap(), first.signed);
         // Signed by another key.
         let (forged, _) = welcome(&BundleKeys::generate(), &first.0, &first.1).unwrap();
-        assert_eq!(
+        assert!(matches!(
             sealer.accept_welcome(&forged),
-            Err(WelcomeRefusal::BadSignature)
-        );
+            Err(WelcomeRefusal::Refused(
+                signed::Refusal::BadSignature { .. }
+            ))
+        ));
         // A second Hello replaces the first: the first's Welcome is no longer wanted.
         let (stale, _) = welcome(&coordinator, &first.0, &first.1).unwrap();
         let second = decode::<SignedHello>(&sealer.hello().unwrap()).unwrap();
@@ -1445,14 +1420,16 @@ mod tests {
                 sealer.session() + 1
             ))
             .is_err());
-        assert_eq!(
+        assert!(matches!(
             sealer.accept_welcome(&rehandshake_notice(
                 &BundleKeys::generate(),
                 "web-01",
                 sealer.session()
             )),
-            Err(WelcomeRefusal::BadSignature)
-        );
+            Err(WelcomeRefusal::Refused(
+                signed::Refusal::BadSignature { .. }
+            ))
+        ));
         // Taken once.
         assert!(matches!(
             sealer.accept_welcome(&answer),

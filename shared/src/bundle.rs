@@ -133,7 +133,7 @@ pub enum SigningContext {
     /// An acknowledgement of stored messages to one agent ([`crate::delivery`]).
     DeliveryAck,
     /// The coordinator's half of a session key handshake
-    /// ([`crate::agent_auth::SignedWelcome`]).
+    /// ([`crate::agent_auth::Welcome`], a [`crate::signed::Signed`] envelope).
     SessionWelcome,
     /// An answer to an agent's disruption-budget lease request ([`crate::lease`]).
     LeaseAnswer,

@@ -18,9 +18,9 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use crate::bundle::{BundleKeys, PublicKey, SigningContext};
+use crate::bundle::SigningContext;
+use crate::signed::CoordinatorSigned;
 use crate::validate::{self, FieldError};
 use crate::wire::WireMessage;
 
@@ -260,81 +260,10 @@ impl WireMessage for DeliveryAck {
     }
 }
 
-/// A [`DeliveryAck`] as it travels: its postcard encoding and the coordinator's
-/// signature over it in [`SigningContext::DeliveryAck`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedAck {
-    /// The postcard encoding of the [`DeliveryAck`].
-    #[serde(with = "serde_bytes")]
-    pub content: Vec<u8>,
-    /// ed25519 signature (64 bytes).
-    #[serde(with = "serde_bytes")]
-    pub signature: Vec<u8>,
-}
-
-impl WireMessage for SignedAck {
-    const KIND: &'static str = "signed_ack";
-
-    fn host(&self) -> &str {
-        ""
-    }
-
-    fn validate(&self) -> Result<(), FieldError> {
-        if self.signature.len() != 64 {
-            return Err(FieldError::new("signature", "must be 64 bytes"));
-        }
-        Ok(())
-    }
-}
-
-/// Why an agent refused an acknowledgement.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum AckRefusal {
-    /// Not signed by the coordinator's key.
-    #[error("acknowledgement not signed by the coordinator's key")]
-    BadSignature,
-    /// Does not decode or breaks a rule.
-    #[error("malformed acknowledgement: {0}")]
-    Malformed(String),
-    /// Addressed to another host.
-    #[error("acknowledgement for host `{0}`, not this host")]
-    WrongHost(String),
-}
-
-/// Signs `ack` with the coordinator's key; returns the payload to publish.
-pub fn sign(keys: &BundleKeys, ack: &DeliveryAck) -> Vec<u8> {
-    let content = match postcard::to_stdvec(ack) {
-        Ok(bytes) => bytes,
-        Err(e) => unreachable!("postcard cannot fail to encode an acknowledgement: {e}"),
-    };
-    crate::wire::encode(&SignedAck {
-        signature: keys.sign_in(SigningContext::DeliveryAck, &content),
-        content,
-    })
-}
-
-/// Opens an acknowledgement payload for host `me`, checking the signature with `key`
-/// (`None`: the agent has no coordinator key and trusts the broker's topic rules alone).
-pub fn open(payload: &[u8], key: Option<&PublicKey>, me: &str) -> Result<DeliveryAck, AckRefusal> {
-    let signed = crate::wire::decode::<SignedAck>(payload)
-        .map_err(|e| AckRefusal::Malformed(e.to_string()))?;
-    if let Some(key) = key {
-        if !key.verifies(
-            SigningContext::DeliveryAck,
-            &signed.content,
-            &signed.signature,
-        ) {
-            return Err(AckRefusal::BadSignature);
-        }
-    }
-    let ack: DeliveryAck =
-        postcard::from_bytes(&signed.content).map_err(|e| AckRefusal::Malformed(e.to_string()))?;
-    ack.validate()
-        .map_err(|e| AckRefusal::Malformed(e.to_string()))?;
-    if ack.host != me {
-        return Err(AckRefusal::WrongHost(ack.host));
-    }
-    Ok(ack)
+impl CoordinatorSigned for DeliveryAck {
+    const WHAT: &'static str = "acknowledgement";
+    const CONTEXT: SigningContext = SigningContext::DeliveryAck;
+    const ENVELOPE_KIND: &'static str = "signed_ack";
 }
 
 #[cfg(test)]
@@ -425,36 +354,5 @@ mod tests {
         };
         assert_eq!(w.admit(&fresh), Admit::New { skipped: 0 });
         assert_eq!((w.epoch, w.upto), (8, 1));
-    }
-
-    #[test]
-    fn an_ack_opens_only_with_the_coordinators_key_and_for_its_host() {
-        let keys = BundleKeys::generate();
-        let public = PublicKey::from_hex(&keys.public_hex()).unwrap();
-        let ack = DeliveryAck {
-            host: "web-01".into(),
-            coordinator_ms: 1_800_000_000_000,
-            streams: vec![StreamAck {
-                stream: Stream::Metrics,
-                epoch: 3,
-                upto: 99,
-            }],
-        };
-        let payload = sign(&keys, &ack);
-        assert_eq!(open(&payload, Some(&public), "web-01"), Ok(ack.clone()));
-        assert_eq!(
-            open(&payload, Some(&public), "web-02"),
-            Err(AckRefusal::WrongHost("web-01".into()))
-        );
-        let other = BundleKeys::generate();
-        let forged = sign(&other, &ack);
-        assert_eq!(
-            open(&forged, Some(&public), "web-01"),
-            Err(AckRefusal::BadSignature)
-        );
-        assert!(matches!(
-            open(b"\x02junk", Some(&public), "web-01"),
-            Err(AckRefusal::Malformed(_))
-        ));
     }
 }

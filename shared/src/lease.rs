@@ -13,10 +13,10 @@
 //! itself.
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use crate::bundle::{BundleKeys, PublicKey, SigningContext};
+use crate::bundle::SigningContext;
 use crate::policy::budget::{BudgetMax, MAX_BUDGET};
+use crate::signed::CoordinatorSigned;
 use crate::validate::{self, FieldError};
 use crate::wire::WireMessage;
 
@@ -169,138 +169,15 @@ impl WireMessage for LeaseAnswer {
     }
 }
 
-/// A [`LeaseAnswer`] as it travels: its postcard encoding and the coordinator's signature
-/// over it in [`SigningContext::LeaseAnswer`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedLeaseAnswer {
-    /// The postcard encoding of the [`LeaseAnswer`].
-    #[serde(with = "serde_bytes")]
-    pub content: Vec<u8>,
-    /// ed25519 signature (64 bytes).
-    #[serde(with = "serde_bytes")]
-    pub signature: Vec<u8>,
-}
-
-impl WireMessage for SignedLeaseAnswer {
-    const KIND: &'static str = "signed_lease_answer";
-
-    fn host(&self) -> &str {
-        ""
-    }
-
-    fn validate(&self) -> Result<(), FieldError> {
-        if self.signature.len() != 64 {
-            return Err(FieldError::new("signature", "must be 64 bytes"));
-        }
-        Ok(())
-    }
-}
-
-/// Why an agent refused a lease answer.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum AnswerRefusal {
-    /// Not signed by the coordinator's key.
-    #[error("lease answer not signed by the coordinator's key")]
-    BadSignature,
-    /// Does not decode or breaks a rule.
-    #[error("malformed lease answer: {0}")]
-    Malformed(String),
-    /// Addressed to another host.
-    #[error("lease answer for host `{0}`, not this host")]
-    WrongHost(String),
-}
-
-/// Signs `answer` with the coordinator's key; returns the payload to publish.
-pub fn sign(keys: &BundleKeys, answer: &LeaseAnswer) -> Vec<u8> {
-    let content = match postcard::to_stdvec(answer) {
-        Ok(bytes) => bytes,
-        Err(e) => unreachable!("postcard cannot fail to encode a lease answer: {e}"),
-    };
-    crate::wire::encode(&SignedLeaseAnswer {
-        signature: keys.sign_in(SigningContext::LeaseAnswer, &content),
-        content,
-    })
-}
-
-/// Opens a lease answer for host `me`, checking the signature with `key` (`None`: the
-/// agent has no coordinator key and trusts the broker's topic rules alone).
-pub fn open(
-    payload: &[u8],
-    key: Option<&PublicKey>,
-    me: &str,
-) -> Result<LeaseAnswer, AnswerRefusal> {
-    let signed = crate::wire::decode::<SignedLeaseAnswer>(payload)
-        .map_err(|e| AnswerRefusal::Malformed(e.to_string()))?;
-    if let Some(key) = key {
-        if !key.verifies(
-            SigningContext::LeaseAnswer,
-            &signed.content,
-            &signed.signature,
-        ) {
-            return Err(AnswerRefusal::BadSignature);
-        }
-    }
-    let answer: LeaseAnswer = postcard::from_bytes(&signed.content)
-        .map_err(|e| AnswerRefusal::Malformed(e.to_string()))?;
-    answer
-        .validate()
-        .map_err(|e| AnswerRefusal::Malformed(e.to_string()))?;
-    if answer.host != me {
-        return Err(AnswerRefusal::WrongHost(answer.host));
-    }
-    Ok(answer)
+impl CoordinatorSigned for LeaseAnswer {
+    const WHAT: &'static str = "lease answer";
+    const CONTEXT: SigningContext = SigningContext::LeaseAnswer;
+    const ENVELOPE_KIND: &'static str = "signed_lease_answer";
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn answer() -> LeaseAnswer {
-        LeaseAnswer {
-            host: "web-01".into(),
-            request_id: "r1".into(),
-            action_id: "a1".into(),
-            key: "p/role=web".into(),
-            outcome: LeaseOutcome::Granted,
-            ttl_ms: 60_000,
-            held: 1,
-            max: 2,
-            reason: None,
-            coordinator_ms: 1_700_000_000_000,
-        }
-    }
-
-    #[test]
-    fn answers_open_only_with_the_right_key_and_host() {
-        let keys = BundleKeys::generate();
-        let public = PublicKey::from_hex(&keys.public_hex()).unwrap();
-        let payload = sign(&keys, &answer());
-        assert_eq!(open(&payload, Some(&public), "web-01"), Ok(answer()));
-        assert_eq!(
-            open(&payload, Some(&public), "web-02"),
-            Err(AnswerRefusal::WrongHost("web-01".into()))
-        );
-        let other = BundleKeys::generate();
-        let forged = sign(&other, &answer());
-        assert_eq!(
-            open(&forged, Some(&public), "web-01"),
-            Err(AnswerRefusal::BadSignature)
-        );
-        // The same bytes signed for another purpose do not pass.
-        let content = postcard::to_stdvec(&answer()).unwrap();
-        let relabelled = crate::wire::encode(&SignedLeaseAnswer {
-            signature: keys.sign_in(SigningContext::DeliveryAck, &content),
-            content,
-        });
-        assert_eq!(
-            open(&relabelled, Some(&public), "web-01"),
-            Err(AnswerRefusal::BadSignature)
-        );
-        assert!(matches!(
-            open(b"\x02garbage", Some(&public), "web-01"),
-            Err(AnswerRefusal::Malformed(_))
-        ));
-    }
 
     #[test]
     fn requests_round_trip_and_are_range_checked() {

@@ -13,6 +13,8 @@
 //! - [`delivery`]: end-to-end acknowledgement: sequence windows and the coordinator's
 //!   signed acknowledgements of what it stored.
 //! - [`lease`]: disruption-budget lease requests and the coordinator's signed answers.
+//! - [`signed`]: the one envelope of what the coordinator signs for one agent
+//!   (acknowledgements, lease answers, the handshake's Welcome).
 //! - [`broker_url`]: `mqtt://host:port` as users write it.
 //! - [`enrollment`]: the enrollment request and answer, and the identity file an enrolled
 //!   agent keeps.
@@ -36,6 +38,7 @@ pub mod enrollment;
 pub mod lease;
 pub mod mqtt;
 pub mod policy;
+pub mod signed;
 pub mod time;
 pub mod tls;
 pub mod topics;

@@ -35,7 +35,7 @@ pub enum AgentChannel {
     Acks,
     /// The agent's session key handshake ([`crate::agent_auth::SignedHello`]).
     Session,
-    /// The coordinator's answer to a handshake ([`crate::agent_auth::SignedWelcome`]).
+    /// The coordinator's answer to a handshake ([`crate::agent_auth::Welcome`], a [`crate::signed::Signed`] envelope).
     Welcome,
     /// Disruption-budget lease requests ([`crate::lease`]).
     Leases,

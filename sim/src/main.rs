@@ -173,7 +173,13 @@ async fn bench_main(args: BenchArgs) -> ExitCode {
     };
     let work_dir = args.work_dir.unwrap_or_else(|| temp.path().to_path_buf());
     let parts = if args.parts.is_empty() {
-        vec![Part::Ingest, Part::Latency, Part::Footprint, Part::Audit]
+        vec![
+            Part::Ingest,
+            Part::Latency,
+            Part::Footprint,
+            Part::Audit,
+            Part::Retention,
+        ]
     } else {
         args.parts
     };

@@ -47,8 +47,9 @@ use vigil_shared::agent_auth::{AgentKey, Sealer, Taken, REKEY_EVERY};
 
 use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::bundle::PublicKey;
-use vigil_shared::delivery::{self, Delivery, DeliveryAck, ResendTimer, Stream};
+use vigil_shared::delivery::{Delivery, DeliveryAck, ResendTimer, Stream};
 use vigil_shared::mqtt::client_options;
+use vigil_shared::signed;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
@@ -369,7 +370,7 @@ struct AckInbox {
 
 impl AckInbox {
     fn take(&self, payload: &[u8], shared: &Shared) {
-        match delivery::open(payload, self.key.as_ref(), &self.host) {
+        match signed::open::<DeliveryAck>(payload, self.key.as_ref(), &self.host) {
             Ok(ack) => {
                 let forgotten = lock(&self.queues).take_ack(&ack);
                 if forgotten > 0 {

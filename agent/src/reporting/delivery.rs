@@ -24,7 +24,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use vigil_shared::agent_auth::{Sealer, MAX_CLOCK_SKEW_MS};
 use vigil_shared::bundle::PublicKey;
-use vigil_shared::delivery::{self, Delivery, ResendTimer, Stream};
+use vigil_shared::delivery::{Delivery, DeliveryAck, ResendTimer, Stream};
+use vigil_shared::signed;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::DeliveryStatus;
 
@@ -389,7 +390,7 @@ impl DeliveryTask {
 
     /// Takes in an acknowledgement: forgets what it covers.
     fn on_ack(&self, payload: &[u8], host: &str, cursors: &mut [Cursor; 2]) {
-        let ack = match delivery::open(payload, self.coordinator_key.as_ref(), host) {
+        let ack = match signed::open::<DeliveryAck>(payload, self.coordinator_key.as_ref(), host) {
             Ok(ack) => ack,
             Err(e) => {
                 tracing::warn!("refused an acknowledgement: {e}");

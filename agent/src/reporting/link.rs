@@ -61,7 +61,7 @@ pub enum Inbound {
     /// [`crate::reporting::command_guard::CommandGuard`]).
     Command(Vec<u8>),
     /// A payload from this host's lease-answer topic (opened by the runner with
-    /// [`vigil_shared::lease::open`]).
+    /// [`vigil_shared::signed::open`]).
     Grant(Vec<u8>),
     /// A policy bundle's payload as published on `vigil/v1/bundles/{group}` (decoded and
     /// verified by the runner's [`crate::policy::bundles::Bundles`]).

@@ -20,8 +20,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::watch;
 use vigil_shared::agent_auth::{self, ReplayGuard, SealedMessage};
 use vigil_shared::bundle::BundleKeys;
-use vigil_shared::lease::{self, LeaseAnswer, LeaseOutcome, LeaseRequest};
+use vigil_shared::lease::{LeaseAnswer, LeaseOutcome, LeaseRequest};
 use vigil_shared::policy::budget::BudgetMax;
+use vigil_shared::signed;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{self, WireMessage};
@@ -124,7 +125,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if let Some(answer) = service.handle(&publish) {
                     let topic = topics::agent(&answer.host, AgentChannel::Grants);
-                    let payload = lease::sign(&service.keys, &answer);
+                    let payload = signed::sign(&service.keys, &answer);
                     if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
                         tracing::warn!(host = %answer.host, "cannot queue a lease answer: {e}");
                     }

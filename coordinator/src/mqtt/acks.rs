@@ -19,7 +19,8 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
 use tokio::sync::{mpsc, watch};
 use vigil_shared::bundle::BundleKeys;
-use vigil_shared::delivery::{self, DeliveryAck, StreamAck};
+use vigil_shared::delivery::{DeliveryAck, StreamAck};
+use vigil_shared::signed;
 use vigil_shared::topics::{self, AgentChannel};
 
 use crate::store::writer::Stored;
@@ -88,7 +89,7 @@ async fn send(
                 streams,
             };
             let topic = topics::agent(&ack.host, AgentChannel::Acks);
-            let payload = delivery::sign(keys, &ack);
+            let payload = signed::sign(keys, &ack);
             if let Err(e) = client.try_publish(topic, QoS::AtMostOnce, false, payload) {
                 tracing::debug!(host = %ack.host, "acknowledgement dropped: {e}");
             }

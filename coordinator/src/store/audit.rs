@@ -579,6 +579,7 @@ mod tests {
         const PER_CYCLE: usize = 500;
         let mut starts = Vec::new();
         let mut sizes = Vec::new();
+        let mut used = Vec::new();
         let mut last = now_ms();
         for c in 0..40 {
             last = past(last);
@@ -594,6 +595,13 @@ mod tests {
             }
             last = now_ms().max(last);
             sizes.push(data_file_size(dir.path()));
+            let space = store.space().unwrap();
+            assert!(
+                space.used_bytes <= space.file_bytes && space.file_bytes <= sizes[c],
+                "cycle {c}: {space:?}, file {} bytes",
+                sizes[c]
+            );
+            used.push(space.used_bytes);
         }
         assert_eq!(check_consistency(&store), Ok((KEEP * PER_CYCLE) as u64));
         println!(
@@ -607,6 +615,12 @@ mod tests {
         assert!(
             end <= steady + steady / 10,
             "data file grew from {steady} to {end} bytes over 30 steady cycles: {sizes:?}"
+        );
+        // The pages holding data stay as steady as the content (B-tree fill varies a little).
+        let (steady, end) = (used[9], *used.last().unwrap());
+        assert!(
+            end <= steady + steady / 4,
+            "used pages grew from {steady} to {end} bytes over 30 steady cycles: {used:?}"
         );
     }
 

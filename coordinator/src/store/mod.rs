@@ -185,6 +185,39 @@ pub(crate) struct Dbs {
     pub deliveries: Database<Bytes, Bytes>,
 }
 
+impl Dbs {
+    /// Every database.
+    fn all(&self) -> [&Database<Bytes, Bytes>; 16] {
+        [
+            &self.hosts,
+            &self.series,
+            &self.history,
+            &self.latest,
+            &self.meta,
+            &self.policies,
+            &self.events,
+            &self.event_ids,
+            &self.actions,
+            &self.action_index,
+            &self.bundles,
+            &self.tokens,
+            &self.agents,
+            &self.join_tokens,
+            &self.feed,
+            &self.deliveries,
+        ]
+    }
+}
+
+/// How much of the data file is in use ([`Store::space`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSpace {
+    /// The data file's size up to its highest page in use.
+    pub file_bytes: u64,
+    /// The bytes of it holding data.
+    pub used_bytes: u64,
+}
+
 /// An open store. Cheap to clone; all clones share one environment.
 #[derive(Clone)]
 pub struct Store {
@@ -274,5 +307,34 @@ impl Store {
     /// The current size of the memory map, in bytes.
     pub fn current_map_size(&self) -> usize {
         self.env.info().map_size
+    }
+
+    /// How much of the data file is in use: `(file, used)` in bytes. `file` runs up to the
+    /// highest page LMDB has written; `used` counts the pages of every database (and the
+    /// environment's own) holding data. The difference is free pages, which LMDB reuses
+    /// before it grows the file: removing records never shrinks the file, it stops it
+    /// growing.
+    pub fn space(&self) -> Result<StoreSpace, StoreError> {
+        let _guard = self
+            .resize_lock
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let info = self.env.info();
+        // The environment's main database (the names of the others).
+        let main = self.env.stat();
+        let page = u64::from(main.page_size);
+        let txn = self.env.read_txn()?;
+        let mut used = 0u64;
+        for db in self.dbs.all() {
+            let stat = db.stat(&txn)?;
+            used += (stat.branch_pages + stat.leaf_pages + stat.overflow_pages) as u64
+                * u64::from(stat.page_size);
+        }
+        // The main database and the environment's two meta pages.
+        used += (main.branch_pages + main.leaf_pages + main.overflow_pages + 2) as u64 * page;
+        Ok(StoreSpace {
+            file_bytes: (info.last_page_number as u64 + 1) * page,
+            used_bytes: used,
+        })
     }
 }

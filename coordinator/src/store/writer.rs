@@ -265,6 +265,8 @@ fn run(
     telemetry
         .store_map_size_bytes
         .set(i64::try_from(store.current_map_size()).unwrap_or(i64::MAX));
+    report_space(&store, &telemetry);
+    let mut space_reported = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -273,6 +275,9 @@ fn run(
                 Err(_) => break,
             }
         }
+        let prunes = batch
+            .iter()
+            .any(|w| matches!(w, Write::Prune { .. } | Write::PruneAudit { .. }));
         match apply_growing(&store, &mut state, &telemetry, &batch) {
             Ok(Applied {
                 outcomes,
@@ -318,6 +323,10 @@ fn run(
                         let _ = reply.send(Ok(outcome));
                     }
                 }
+                if prunes || space_reported.elapsed() >= SPACE_EVERY {
+                    report_space(&store, &telemetry);
+                    space_reported = std::time::Instant::now();
+                }
             }
             Err(e) => {
                 telemetry
@@ -338,6 +347,26 @@ fn run(
                 }
             }
         }
+    }
+}
+
+/// How often, at most, a commit refreshes the store's space gauges (retention passes
+/// always do).
+const SPACE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sets the store's file and used-bytes gauges: at start, after retention passes, and
+/// after a commit at most every [`SPACE_EVERY`].
+fn report_space(store: &Store, telemetry: &Telemetry) {
+    match store.space() {
+        Ok(space) => {
+            telemetry
+                .store_file_bytes
+                .set(i64::try_from(space.file_bytes).unwrap_or(i64::MAX));
+            telemetry
+                .store_used_bytes
+                .set(i64::try_from(space.used_bytes).unwrap_or(i64::MAX));
+        }
+        Err(e) => tracing::warn!("cannot read the store's space: {e}"),
     }
 }
 

@@ -44,7 +44,7 @@ const HOSTS_QUICK: usize = 100;
 /// Hosts of the baseline store (10,000 actions); also the hosts that are queried.
 const BASELINE_HOSTS: usize = 10;
 /// The audit trail covers this much time, ending an hour before the run.
-const SPAN_MS: i64 = 30 * 24 * 3_600_000;
+pub(super) const SPAN_MS: i64 = 30 * 24 * 3_600_000;
 /// The page size asked for.
 const PAGE: usize = 50;
 /// The policy of the host + policy query.
@@ -229,13 +229,13 @@ struct QueryKind {
 }
 
 /// What filling a store did, and what the queried hosts hold.
-struct Filled {
+pub(super) struct Filled {
     hosts: usize,
-    actions: usize,
-    transitions: usize,
+    pub(super) actions: usize,
+    pub(super) transitions: usize,
     redelivered: usize,
-    took: Duration,
-    disk_bytes: u64,
+    pub(super) took: Duration,
+    pub(super) disk_bytes: u64,
     data_dir: PathBuf,
     /// Per queried host: actions whose final status is [`QUERY_STATUS`].
     dead_letter: Vec<usize>,
@@ -470,7 +470,7 @@ fn rank(state: ActionState) -> u8 {
 /// Fills `<dir>/data/lmdb` (the coordinator's store under `--data-dir <dir>/data`, see
 /// `Coordinator::start`) with `hosts` × [`ACTIONS_PER_HOST`] actions, created in time
 /// order across hosts, through the real store writer.
-async fn fill(dir: &Path, hosts: usize, base_ms: i64) -> Result<Filled, BenchError> {
+pub(super) async fn fill(dir: &Path, hosts: usize, base_ms: i64) -> Result<Filled, BenchError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         BenchError::Failed(format!("audit fill of {}: {what}: {e}", dir.display()))
     };
@@ -562,7 +562,7 @@ async fn fill(dir: &Path, hosts: usize, base_ms: i64) -> Result<Filled, BenchErr
 }
 
 /// Bytes allocated on disk under `dir` (like `du`; LMDB's file may be sparse).
-fn disk_usage(dir: &Path) -> u64 {
+pub(super) fn disk_usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
         .into_iter()
@@ -653,7 +653,7 @@ fn percentile_ms(times: &[Duration], pct: f64) -> f64 {
 }
 
 /// `1000000` → `1,000,000`.
-fn thousands(n: usize) -> String {
+pub(super) fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

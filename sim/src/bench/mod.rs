@@ -5,12 +5,14 @@
 //!
 //! Parts: [`ingest`] (samples/s stored and queryable, embedded broker vs Mosquitto),
 //! [`latency`] (sample leaves an agent → queryable over REST), [`footprint`] (one real
-//! agent's memory and CPU, next to Monit's), [`audit`] (REST audit query over a large audit trail).
+//! agent's memory and CPU, next to Monit's), [`audit`] (REST audit query over a large audit trail),
+//! [`retention`] (audit retention on a large store, and the store's size under steady load).
 
 pub mod audit;
 pub mod footprint;
 pub mod ingest;
 pub mod latency;
+pub mod retention;
 pub mod stack;
 
 use std::fmt;
@@ -71,16 +73,12 @@ impl fmt::Display for Figure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:<58} {:>12.1} {}", self.name, self.value, self.unit)?;
         if let Some(b) = &self.baseline {
-            let ratio = if b.value != 0.0 {
-                self.value / b.value
+            write!(f, "   (baseline {}: {:.1} {}; ", b.name, b.value, self.unit)?;
+            if b.value != 0.0 {
+                write!(f, "ratio {:.2}x)", self.value / b.value)?;
             } else {
-                f64::NAN
-            };
-            write!(
-                f,
-                "   (baseline {}: {:.1} {}; ratio {:.2}x)",
-                b.name, b.value, self.unit, ratio
-            )?;
+                write!(f, "no ratio: the baseline is 0)")?;
+            }
         }
         if !self.note.is_empty() {
             write!(f, "\n    {}", self.note)?;
@@ -100,6 +98,8 @@ pub enum Part {
     Footprint,
     /// Audit query latency.
     Audit,
+    /// Audit retention and the store's size.
+    Retention,
 }
 
 /// Runs `parts` in order, printing each figure as it is measured; returns them all.
@@ -111,6 +111,7 @@ pub async fn run(env: &BenchEnv, parts: &[Part]) -> Result<Vec<Figure>, BenchErr
             Part::Latency => latency::run(env).await?,
             Part::Footprint => footprint::run(env).await?,
             Part::Audit => audit::run(env).await?,
+            Part::Retention => retention::run(env).await?,
         };
         for figure in &figures {
             println!("{figure}");
