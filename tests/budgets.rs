@@ -604,6 +604,10 @@ async fn lease_requests_are_checked_and_answers_are_signed() {
         &request("budget-raw", BudgetMax::Count(1), "r3"),
     ))
     .await;
+    // Under a label value this host does not carry (it reported no labels at all).
+    let mut elsewhere = request("budget-raw", BudgetMax::Count(1), "r5");
+    elsewhere.per = Some(("role".into(), "db".into()));
+    publish(raw.seal(AgentChannel::Leases, &elsewhere)).await;
     publish(raw.seal(
         AgentChannel::Leases,
         &request("budget-raw", BudgetMax::Count(1), "r4"),
@@ -625,7 +629,7 @@ async fn lease_requests_are_checked_and_answers_are_signed() {
     let other_key = vigil_shared::bundle::PublicKey::from_hex(&other.public_hex()).expect("key");
     assert!(signed::open::<LeaseAnswer>(&payload, Some(&other_key), "budget-raw").is_err());
 
-    for reason in ["malformed", "host_mismatch", "invalid"] {
+    for reason in ["malformed", "host_mismatch", "invalid", "label_mismatch"] {
         let series =
             format!("vigil_mqtt_messages_rejected_total{{channel=\"leases\",reason=\"{reason}\"}}");
         let count = wait_for(&series, WAIT, || async {

@@ -7,7 +7,8 @@
 //! Nothing here is stored: the table lives in memory. After a restart it starts empty
 //! and grants nothing new for one lease TTL, while agents whose actions still run renew
 //! (and so re-record) their leases. A request that does not decode, is not sealed by
-//! the host's enrolled key, is replayed or speaks for another host is counted in
+//! the host's enrolled key, is replayed, speaks for another host or asks under a label
+//! value its host does not carry (its last status says which it does) is counted in
 //! `vigil_mqtt_messages_rejected_total{channel="leases",reason}` and dropped. An answer
 //! that cannot be queued is dropped: the agent asks again.
 
@@ -223,7 +224,43 @@ impl Service {
                 format!("payload speaks for host `{}`", request.host),
             ));
         }
+        if let Some((label, value)) = &request.per {
+            self.check_label(host, label, value)?;
+        }
         Ok(request)
+    }
+
+    /// An agent speaks only for its own host: a lease under `per: label` counts against
+    /// the budget of the host's own value of that label, as its last status gave it.
+    fn check_label(
+        &self,
+        host: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<(), (&'static str, String)> {
+        let labels = match self.store.host(host) {
+            Ok(Some((record, _))) => record.status.map(|s| s.labels).unwrap_or_default(),
+            Ok(None) => Vec::new(),
+            Err(e) => return Err(("store", format!("cannot read host `{host}`: {e}"))),
+        };
+        // A host without the label is in the group `label=` (empty value).
+        let carries = match labels.iter().find(|(l, _)| l == label) {
+            Some((_, v)) => v == value,
+            None => value.is_empty(),
+        };
+        if carries {
+            return Ok(());
+        }
+        let carried = labels
+            .iter()
+            .find(|(l, _)| l == label)
+            .map_or("no such label".to_string(), |(_, v)| {
+                format!("`{label}={v}`")
+            });
+        Err((
+            "label_mismatch",
+            format!("asks under `{label}={value}`, but host `{host}` carries {carried}"),
+        ))
     }
 
     /// How many hosts carry the label `per` (all hosts for `None`).
