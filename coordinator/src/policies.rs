@@ -14,7 +14,12 @@
 //! Reads take a read lock on an in-memory map and never touch LMDB. Changes are
 //! serialised by a mutex, written to LMDB first, then swapped in; they block (disk I/O),
 //! so call them from `spawn_blocking` in async code.
+//!
+//! [`backtest`] replays stored metric history through the agents' policy engine, for
+//! `POST /api/v1/policies/backtest`, `vigil-coordinator policy backtest` and the bundle
+//! gate.
 
+pub mod backtest;
 pub mod files;
 pub mod json;
 

@@ -262,7 +262,7 @@ pub fn to_event(host: &str, id: String, decision: Decision) -> PolicyEvent {
             false,
             Some(if resolved { "resolved" } else { "not_resolved" }.to_string()),
         ),
-        DecisionKind::Deferred { reason } | DecisionKind::Escalated { reason } => {
+        DecisionKind::Deferred { reason } | DecisionKind::Escalated { reason, .. } => {
             (None, None, false, false, Some(reason))
         }
         DecisionKind::Fired | DecisionKind::Resolved => (None, None, false, false, None),

@@ -17,7 +17,7 @@ use vigil_shared::validate;
 use vigil_shared::wire::{Sample, Tag};
 
 /// The label that names a sample's target.
-pub const TARGET_LABEL: &str = "target";
+pub const TARGET_LABEL: &str = vigil_shared::policy::TARGET_TAG;
 
 /// Reads every `*.prom` file in `dir`, stamping samples with `ts_ms`.
 pub fn read_dir(dir: &Path, ts_ms: i64) -> Vec<Sample> {

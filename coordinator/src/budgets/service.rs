@@ -30,7 +30,7 @@ use vigil_shared::wire::{self, WireMessage};
 
 use super::table::{BudgetView, LeaseTable};
 use crate::security::agent_keys::AgentKeys;
-use crate::store::Store;
+use crate::store::{HostRecord, Store};
 use crate::telemetry::Telemetry;
 
 /// How long the label-group sizes (for `max_concurrent: N%`) are reused.
@@ -142,7 +142,21 @@ pub async fn run(
 }
 
 /// Hosts per label (`None`: all hosts).
-type GroupSizes = HashMap<Option<(String, String)>, usize>;
+pub type GroupSizes = HashMap<Option<(String, String)>, usize>;
+
+/// How many of `hosts` run an agent, in all (`None`) and per label: the group sizes a
+/// share (`max_concurrent: N%`) is taken of.
+pub fn group_sizes(hosts: &[HostRecord]) -> GroupSizes {
+    let mut groups = GroupSizes::new();
+    for host in hosts {
+        let Some(status) = &host.status else { continue };
+        *groups.entry(None).or_default() += 1;
+        for label in &status.labels {
+            *groups.entry(Some(label.clone())).or_default() += 1;
+        }
+    }
+    groups
+}
 
 struct Service {
     budgets: Budgets,
@@ -270,19 +284,13 @@ impl Service {
             .as_ref()
             .is_some_and(|(at, _)| at.elapsed() < GROUPS_TTL);
         if !fresh {
-            let mut groups = GroupSizes::new();
-            match self.store.hosts() {
-                Ok(hosts) => {
-                    for host in hosts {
-                        let Some(status) = host.status else { continue };
-                        *groups.entry(None).or_default() += 1;
-                        for label in status.labels {
-                            *groups.entry(Some(label)).or_default() += 1;
-                        }
-                    }
+            let groups = match self.store.hosts() {
+                Ok(hosts) => group_sizes(&hosts),
+                Err(e) => {
+                    tracing::warn!("cannot count hosts for a budget share: {e}");
+                    GroupSizes::new()
                 }
-                Err(e) => tracing::warn!("cannot count hosts for a budget share: {e}"),
-            }
+            };
             self.groups = Some((Instant::now(), groups));
         }
         self.groups

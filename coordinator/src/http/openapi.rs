@@ -131,6 +131,23 @@ pub struct EvaluateBody {
     policies: Option<Vec<Value>>,
 }
 
+/// A policy backtest: every key optional.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct BacktestBody {
+    /// The policies to replay: a list of policies (as `POST /api/v1/policies` takes
+    /// them) or the text of a policy file; default: the registry's.
+    #[schema(value_type = Option<Object>)]
+    policies: Option<Value>,
+    /// `all` (default), a host name, a glob such as `web-*`, or labels `role=web,env=prod`.
+    hosts: Option<String>,
+    /// How far back from now, e.g. `7d` (default), at most 31 days.
+    since: Option<String>,
+    /// How many events to list (default 100).
+    limit: Option<u32>,
+}
+
 /// An enrollment request: the agent's join token, host name and public key.
 #[derive(ToSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -279,7 +296,8 @@ impl Modify for CommonParts {
                        operator, admin; see README)."
     ),
     components(schemas(
-        ErrorBody, IngestBody, ManualActionBody, PolicyBody, EvaluateBody, AlertmanagerBody,
+        ErrorBody, IngestBody, ManualActionBody, PolicyBody, EvaluateBody, BacktestBody,
+        AlertmanagerBody,
         EnrollBody, JoinTokenBody, Json, ActionStatus, Severity,
         crate::http::handlers::actions::ActionList, crate::http::handlers::actions::ActionJson,
         crate::http::handlers::actions::TransitionJson, crate::http::handlers::actions::StatsJson,
@@ -315,6 +333,8 @@ impl Modify for CommonParts {
         crate::http::handlers::policies::sandbox::SandboxPassed,
         crate::http::handlers::policies::sandbox::SandboxViolation,
         crate::http::handlers::policies::sandbox::SandboxAction,
+        crate::policies::backtest::BacktestReport, crate::policies::backtest::PolicyCounts,
+        crate::policies::backtest::BacktestEvent,
     )),
     security(("bearer" = []))
 )]
@@ -597,6 +617,37 @@ fn refine(doc: &mut Value) {
         "EvaluateBody",
         "target",
         json!({"anyOf": [{"type": "string", "pattern": NOT_BLANK_PATTERN}, {"type": "null"}]}),
+    );
+    set(
+        "BacktestBody",
+        "policies",
+        json!({"anyOf": [
+            {"type": "array", "items": {"type": "object"},
+             "maxItems": crate::policies::backtest::MAX_POLICIES},
+            {"type": "string"},
+            {"type": "null"},
+        ], "description": "A list of policies (as POST /api/v1/policies takes them) or the \
+                           text of a policy file; default: the registry's"}),
+    );
+    set(
+        "BacktestBody",
+        "hosts",
+        json!({"type": ["string", "null"], "maxLength": 1024,
+               "description": "all (default), a host name, a glob such as web-*, or labels \
+                               role=web,env=prod"}),
+    );
+    set(
+        "BacktestBody",
+        "since",
+        json!({"type": ["string", "null"],
+               "description": "How far back from now, e.g. 7d (default), at most 31 days"}),
+    );
+    set(
+        "BacktestBody",
+        "limit",
+        json!({"type": ["integer", "null"], "minimum": 0,
+               "maximum": crate::policies::backtest::MAX_EVENTS,
+               "description": "How many events to list (default 100)"}),
     );
     set("EnrollBody", "host", host_schema());
     set(

@@ -40,8 +40,8 @@ use super::handlers::{
     query, status_page, violations,
 };
 use super::openapi::{
-    ActionStatus, AlertmanagerBody, EnrollBody, ErrorBody, EvaluateBody, IngestBody, JoinTokenBody,
-    Json, ManualActionBody, PolicyBody, Severity,
+    ActionStatus, AlertmanagerBody, BacktestBody, EnrollBody, ErrorBody, EvaluateBody, IngestBody,
+    JoinTokenBody, Json, ManualActionBody, PolicyBody, Severity,
 };
 use super::{Api, MAX_BODY_BYTES};
 use crate::security::tokens::Role;
@@ -531,6 +531,11 @@ routes! {
         |call| policies::sandbox::evaluate(call.api, call.body),
         (tag = "policies", request_body = EvaluateBody,
          responses((status = 200, description = "What would fire, explained", body = crate::http::handlers::policies::sandbox::SandboxAnswer)));
+    // A backtest changes nothing either; its work is bounded (and two run at most).
+    policies_backtest: post "/api/v1/policies/backtest", VIEWER, Input::Body(MAX_BODY_BYTES),
+        |call| policies::backtest::run(call.api, call.route, call.body),
+        (tag = "policies", request_body = BacktestBody,
+         responses((status = 200, description = "What each policy would have done on the stored history", body = crate::policies::backtest::BacktestReport)));
     policies_reload: post "/api/v1/policies/reload", ADMIN, Input::Path,
         |call| policies::reload(call.api),
         (tag = "policies",

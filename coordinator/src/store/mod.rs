@@ -40,6 +40,7 @@ pub mod keys;
 pub mod policies;
 pub mod reader;
 pub mod records;
+pub mod timeline;
 pub mod tokens;
 pub mod writer;
 

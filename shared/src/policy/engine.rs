@@ -63,6 +63,8 @@ pub enum DecisionKind {
     Escalated {
         /// Why.
         reason: String,
+        /// Which of the two.
+        cause: EscalationCause,
     },
     /// The condition cleared.
     Resolved,
@@ -80,6 +82,15 @@ impl DecisionKind {
             DecisionKind::Resolved => "resolved",
         }
     }
+}
+
+/// Why the engine escalated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscalationCause {
+    /// Every action of the chain ran and the condition still holds.
+    ChainExhausted,
+    /// Flap protection: too many actions within the window.
+    FlapLimit,
 }
 
 /// One decision about one policy and subject.
@@ -341,6 +352,7 @@ impl Engine {
                             "all {} action(s) ran and the condition still holds",
                             policy.actions.len()
                         ),
+                        cause: EscalationCause::ChainExhausted,
                     },
                     Severity::Critical,
                     true,
@@ -386,6 +398,7 @@ impl Engine {
                         crate::time::format_duration(policy.flap.within),
                         crate::time::format_duration(policy.flap.reset_after),
                     ),
+                    cause: EscalationCause::FlapLimit,
                 },
                 Severity::Critical,
                 true,

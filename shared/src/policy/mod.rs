@@ -22,11 +22,11 @@ pub mod observations;
 pub mod spec;
 pub mod target;
 
-pub use engine::{ActionRequest, Decision, DecisionKind, Engine};
+pub use engine::{ActionRequest, Decision, DecisionKind, Engine, EscalationCause};
 pub use eval::Explanation;
 pub use load::LoadError;
 pub use model::{ActionKind, Condition, Policy, Severity};
-pub use observations::{Observations, StateKind, StateReading};
+pub use observations::{Observations, StateKind, StateReading, TARGET_TAG};
 pub use spec::{PolicyError, PolicySpec};
 
 #[cfg(test)]

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use crate::wire::{Sample, Tag};
 
+/// The sample tag that makes a sample belong to the target it names instead of its host
+/// (an agent's evaluator, and the coordinator's replay of stored history, read it so).
+pub const TARGET_TAG: &str = "target";
+
 /// A latest value older than this is ignored (its source has stopped reporting).
 pub const STALE_AFTER_MS: i64 = 5 * 60 * 1000;
 

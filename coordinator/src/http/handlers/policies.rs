@@ -10,6 +10,7 @@
 //! | `PUT /api/v1/policies/{name}/enable`, `…/disable` | `{"message":…,"ok":true,"policy":…}` |
 //! | `GET /api/v1/policies/severity/{severity}` | as the list, filtered, plus `"severity"` (before `"total"`); 422 for an unknown severity |
 //! | `POST /api/v1/policies/evaluate` | the sandbox, see [`sandbox`] |
+//! | `POST /api/v1/policies/backtest` | stored history replayed through the engine, see [`backtest`] |
 //! | `POST /api/v1/policies/reload` | `{"message":"Policies reloaded successfully (N policies)","ok":true}` |
 //! | `GET /api/v1/policies/runner/status` | the agents' policy runners, see [`runner`] |
 //!
@@ -18,6 +19,7 @@
 //! cannot be changed here (409 naming the file). Errors are `{"ok":false,"error":…}` with
 //! `"field"` when one field is at fault (422), 400 when the body is not JSON at all.
 
+pub mod backtest;
 pub mod runner;
 pub mod sandbox;
 

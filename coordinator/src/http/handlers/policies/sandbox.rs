@@ -117,7 +117,9 @@ pub fn parse(body: &Map<String, Value>) -> Result<SandboxRequest, ApiError> {
     })
 }
 
-fn parse_policies(list: &[Value]) -> Result<Vec<Policy>, ApiError> {
+/// Reads a list of policy specs (as `POST /api/v1/policies` takes them), checked, names
+/// unique; errors name the field (`policies[2].condition`).
+pub(crate) fn parse_policies(list: &[Value]) -> Result<Vec<Policy>, ApiError> {
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(list.len());
     for (i, value) in list.iter().enumerate() {
