@@ -34,6 +34,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Bundle(args) => vigil_coordinator::cli::bundle::run(args),
+        Command::Policy(args) => vigil_coordinator::cli::policy::run(args).await,
         Command::Token(args) => vigil_coordinator::cli::tokens::run(args),
         Command::Agent(args) => vigil_coordinator::cli::agents::run(args),
         Command::Certs(args) => vigil_coordinator::cli::certs::run(args),

@@ -1,7 +1,8 @@
 //! The bundle directory: one folder per host group, `DIR/<group>/`, holding
 //!
 //! - `group.yaml`: `selector: {role: web}`, the labels a host must all have (`{}` or no
-//!   file: every host);
+//!   file: every host), and optionally `backtest: {since: 7d, max_actions: N}`, the gate
+//!   a new version must pass before it is published (see [`super::gate`]);
 //! - policy files `*.yaml` / `*.yml`, the same format agents read; names unique in the group;
 //! - an optional `manifest.yaml`, the desired state (see [`vigil_shared::bundle_manifest`]).
 //!
@@ -19,6 +20,8 @@ use vigil_shared::bundle_manifest::{manifest_policies, parse_manifest, Manifest}
 use vigil_shared::policy::load::{check_specs, parse_specs};
 use vigil_shared::policy::{LoadError, PolicySpec};
 use vigil_shared::wire::{Tag, MAX_PAYLOAD_BYTES};
+
+use super::gate::{Gate, GateSpec};
 
 /// The group settings file.
 pub const GROUP_FILE: &str = "group.yaml";
@@ -66,6 +69,14 @@ pub enum LayoutError {
         /// What is wrong (entry and field).
         message: String,
     },
+    /// The group's backtest gate held the new version back.
+    #[error("group `{group}`: not published: {reason}")]
+    Gated {
+        /// The group.
+        group: String,
+        /// Why (what the backtest counted, or why it could not run).
+        reason: String,
+    },
     /// The bundle would not fit in one MQTT message.
     #[error("group `{group}`: the bundle is {bytes} bytes, more than an MQTT message may carry ({MAX_PAYLOAD_BYTES})")]
     TooLarge {
@@ -82,6 +93,8 @@ pub enum LayoutError {
 struct GroupSettings {
     #[serde(default)]
     selector: BTreeMap<String, String>,
+    #[serde(default)]
+    backtest: Option<GateSpec>,
 }
 
 /// One group, read and validated.
@@ -99,6 +112,8 @@ pub struct GroupSource {
     pub manifest: Option<Manifest>,
     /// SHA-256 of selector and files: changes exactly when the content does.
     pub hash: String,
+    /// The backtest a new version must pass (from `group.yaml`; not part of the bundle).
+    pub gate: Option<Gate>,
 }
 
 /// Each group folder's name and what reading it gave.
@@ -126,6 +141,7 @@ pub fn read_group(path: &Path, group: &str) -> Result<GroupSource, LayoutError> 
         problem: e.problem.to_string(),
     })?;
     let mut selector = Vec::new();
+    let mut gate = None;
     let mut files = Vec::new();
     for file in list(path)? {
         let name = file_name(&file);
@@ -138,25 +154,39 @@ pub fn read_group(path: &Path, group: &str) -> Result<GroupSource, LayoutError> 
             message: e.to_string(),
         })?;
         if name == GROUP_FILE {
-            selector = parse_selector(group, &text)?;
+            (selector, gate) = parse_settings(group, &text)?;
         } else {
             files.push(BundleFile { name, text });
         }
     }
-    validate(group, selector, files)
+    let mut source = validate(group, selector, files)?;
+    source.gate = gate;
+    Ok(source)
 }
 
-/// Parses `group.yaml` into a selector (sorted by label name).
-pub fn parse_selector(group: &str, text: &str) -> Result<Vec<Tag>, LayoutError> {
+/// Parses `group.yaml` into a selector (sorted by label name) and the gate, if any; an
+/// error names the field (`backtest.max_actions`).
+pub fn parse_settings(group: &str, text: &str) -> Result<(Vec<Tag>, Option<Gate>), LayoutError> {
     if text.trim().is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let settings: Option<GroupSettings> =
         serde_yaml_ng::from_str(text).map_err(|e| LayoutError::GroupFile {
             group: group.to_string(),
             message: e.to_string(),
         })?;
-    Ok(settings.unwrap_or_default().selector.into_iter().collect())
+    let settings = settings.unwrap_or_default();
+    let gate = match &settings.backtest {
+        None => None,
+        Some(spec) => Some(
+            spec.check()
+                .map_err(|(field, message)| LayoutError::GroupFile {
+                    group: group.to_string(),
+                    message: format!("{field}: {message}"),
+                })?,
+        ),
+    };
+    Ok((settings.selector.into_iter().collect(), gate))
 }
 
 /// Validates a group's files (policy files and manifest) and computes its hash.
@@ -223,6 +253,7 @@ pub fn validate(
         policies,
         manifest,
         hash,
+        gate: None,
     })
 }
 
@@ -330,6 +361,31 @@ mod tests {
         assert!(db.contains("cpu-high") && db.contains("twice"), "{db}");
         let ok = err("ok");
         assert!(ok.contains("group.yaml") && ok.contains("selectr"), "{ok}");
+    }
+
+    #[test]
+    fn the_backtest_gate_is_read_and_its_fields_checked_by_name() {
+        let (selector, gate) = parse_settings(
+            "web",
+            "selector: {role: web}\nbacktest: {since: 2h, max_actions: 3}\n",
+        )
+        .unwrap();
+        assert_eq!(selector, vec![("role".into(), "web".into())]);
+        let gate = gate.unwrap();
+        assert_eq!((gate.since.as_secs(), gate.max_actions), (7200, 3));
+        for (yaml, field) in [
+            (
+                "backtest: {since: 2h, max_actions: -3}",
+                "backtest.max_actions",
+            ),
+            ("backtest: {since: 90d, max_actions: 3}", "backtest.since"),
+            ("backtest: {since: 1h}", "max_actions"),
+            ("backtest: {since: 1h, max_actions: 1, extra: 1}", "extra"),
+        ] {
+            let e = parse_settings("web", yaml).unwrap_err().to_string();
+            assert!(e.contains("group.yaml") && e.contains(field), "{yaml}: {e}");
+        }
+        assert_eq!(parse_settings("web", "").unwrap(), (vec![], None));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! apply them and report what they run.
 //!
 //! - [`layout`]: the directory layout, and validation of a group's files.
+//! - [`gate`]: the backtest a group's new version must pass before it is published.
 //! - [`store`]: the `bundles` LMDB database (versions survive restarts).
 //! - [`keys`]: the signing key (generated on first start).
 //! - [`service`]: build, version, sign, publish (bundles and tombstones);
@@ -14,6 +15,7 @@
 
 pub mod drift;
 pub mod drift_feed;
+pub mod gate;
 pub mod keys;
 pub mod layout;
 pub mod service;

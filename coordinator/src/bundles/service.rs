@@ -7,6 +7,10 @@
 //! policies and keep that version as the group's floor, so its old bundles are refused.
 //! Tombstones are republished after a restart and on every reconnect, like bundles;
 //! re-adding the group continues the version sequence above its tombstone.
+//!
+//! A group with a backtest gate ([`super::gate`]) gets a new version only if the gate
+//! passes; otherwise it is refused like an invalid group (its last good version stays),
+//! and the gate's last result is kept per group for `GET /api/v1/bundles`.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -19,6 +23,9 @@ use vigil_shared::bundle_manifest::Manifest;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics;
 
+use prometheus::IntCounter;
+
+use super::gate::GateResult;
 use super::layout::{read_groups, GroupResults, GroupSource, LayoutError};
 use super::store::BundleRecord;
 use crate::mqtt::publisher::Publisher;
@@ -79,6 +86,8 @@ struct State {
     /// Every record ever stored (removed groups included), for version continuity.
     records: BTreeMap<String, BundleRecord>,
     error: Option<String>,
+    /// The last gate check of every group that has a gate.
+    gates: BTreeMap<String, GateResult>,
 }
 
 /// The bundle publisher. Cheap to share (`Arc`).
@@ -92,6 +101,8 @@ pub struct Bundles {
     state: Mutex<State>,
     /// One reload or republish at a time, so retained messages never go backwards.
     publishing: tokio::sync::Mutex<()>,
+    /// `vigil_bundle_gate_refusals_total`: versions the backtest gate held back.
+    gate_refusals: IntCounter,
 }
 
 impl Bundles {
@@ -124,7 +135,19 @@ impl Bundles {
         if !upgraded.is_empty() {
             store.put_bundle_records(&upgraded)?;
         }
+        let gate_refusals = IntCounter::new(
+            "vigil_bundle_gate_refusals_total",
+            "Bundle versions not published because their group's backtest gate refused them",
+        )
+        .unwrap_or_else(|e| unreachable!("the metric is well-formed: {e}"));
+        if let Err(e) = telemetry
+            .registry()
+            .register(Box::new(gate_refusals.clone()))
+        {
+            tracing::debug!("vigil_bundle_gate_refusals_total not registered again: {e}");
+        }
         Ok(Bundles {
+            gate_refusals,
             dir,
             public_hex: keys.public_hex(),
             keys,
@@ -161,6 +184,11 @@ impl Bundles {
         self.lock().tombstones.values().cloned().collect()
     }
 
+    /// The last gate check of every group that has a gate, by group.
+    pub fn gates(&self) -> Vec<GateResult> {
+        self.lock().gates.values().cloned().collect()
+    }
+
     /// The last build's error(s), if it had any.
     pub fn last_error(&self) -> Option<String> {
         self.lock().error.clone()
@@ -182,6 +210,7 @@ impl Bundles {
             .await
             .map_err(|e| ReloadError::Task(e.to_string()))?
             .inspect_err(|e| self.fail(e.to_string()))?;
+        let groups = self.gate(groups).await?;
         let (changed, mut report) = self.plan(groups);
         if !changed.is_empty() {
             let store = self.store.clone();
@@ -251,6 +280,72 @@ impl Bundles {
         Ok(report)
     }
 
+    /// Runs the backtest gate of every gated group that would get a new version (its
+    /// content differs from its last record); a group that fails it becomes a refused
+    /// group ([`LayoutError::Gated`]) and keeps its last good version.
+    async fn gate(&self, mut groups: GroupResults) -> Result<GroupResults, ReloadError> {
+        let due: Vec<usize> = {
+            let mut state = self.lock();
+            state.gates.retain(|group, _| {
+                groups
+                    .iter()
+                    .any(|(g, r)| g == group && r.as_ref().is_ok_and(|s| s.gate.is_some()))
+            });
+            groups
+                .iter()
+                .enumerate()
+                .filter(|(_, (group, result))| {
+                    result.as_ref().is_ok_and(|source| {
+                        source.gate.is_some()
+                            && state
+                                .records
+                                .get(group)
+                                .is_none_or(|prev| prev.removed || prev.hash != source.hash)
+                    })
+                })
+                .map(|(i, _)| i)
+                .collect()
+        };
+        if due.is_empty() {
+            return Ok(groups);
+        }
+        let store = self.store.clone();
+        let (groups_back, results) = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let results: Vec<(usize, GateResult)> = due
+                .into_iter()
+                .filter_map(|i| {
+                    let source = groups.get(i)?.1.as_ref().ok()?;
+                    let gate = source.gate.as_ref()?;
+                    Some((i, super::gate::check(&store, source, gate, now)))
+                })
+                .collect();
+            (groups, results)
+        })
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))?;
+        groups = groups_back;
+        let mut state = self.lock();
+        for (i, result) in results {
+            let group = result.group.clone();
+            if result.passed {
+                tracing::info!(%group, actions = ?result.actions, max = result.max_actions, "bundle backtest gate passed");
+            } else {
+                let reason = result.reason.clone().unwrap_or_default();
+                tracing::warn!(%group, "bundle not published: {reason}");
+                self.gate_refusals.inc();
+                if let Some(slot) = groups.get_mut(i) {
+                    slot.1 = Err(LayoutError::Gated {
+                        group: group.clone(),
+                        reason,
+                    });
+                }
+            }
+            state.gates.insert(group, result);
+        }
+        Ok(groups)
+    }
+
     /// Decides what changes: new records (with the source, or `None` for a removal) and
     /// the refused groups. Groups whose content hash is unchanged are left alone; a group
     /// published from the store after a restart (and not yet in `published`) is filled
@@ -268,11 +363,14 @@ impl Bundles {
             let source = match result {
                 Ok(source) => source,
                 Err(e) => {
-                    tracing::error!("bundle group `{group}` not published: {e}");
-                    self.telemetry
-                        .policy_load_errors
-                        .with_label_values(&["bundles"])
-                        .inc();
+                    // A gate's refusal is logged and counted by `gate`.
+                    if !matches!(e, LayoutError::Gated { .. }) {
+                        tracing::error!("bundle group `{group}` not published: {e}");
+                        self.telemetry
+                            .policy_load_errors
+                            .with_label_values(&["bundles"])
+                            .inc();
+                    }
                     report.errors.push(e.to_string());
                     continue;
                 }

@@ -1,9 +1,12 @@
 //! `vigil-coordinator bundle …`: bundles offline, for CI pipelines of a policy repository.
 //!
-//! - `bundle build DIR --out OUT [--key FILE] [--version N]`: validates every group and
-//!   writes `OUT/<group>.bundle` (signed; without `--key` a throwaway key signs, and only
-//!   its public half is written, as `OUT/bundle-signing.pub`). Exit 1 naming group, file,
-//!   policy and field on any error; nothing is written then.
+//! - `bundle build DIR --out OUT [--key FILE] [--version N] [--data-dir DATA]`: validates
+//!   every group and writes `OUT/<group>.bundle` (signed; without `--key` a throwaway key
+//!   signs, and only its public half is written, as `OUT/bundle-signing.pub`). With
+//!   `--data-dir`, a group whose `group.yaml` has a backtest gate is backtested against
+//!   that coordinator store ([`crate::bundles::gate`]) and refused past its
+//!   `max_actions`. Exit 1 naming group, file, policy and field (or the gate's count) on
+//!   any error; nothing is written then.
 //! - `bundle verify FILE --public-key HEX|FILE`: exit 0 if the signature, hash and every
 //!   policy check out, 1 (saying why) if not.
 //! - `bundle diff OLD NEW`: two bundle files, or two directories (of `*.bundle` files or
@@ -45,6 +48,10 @@ pub enum BundleCommand {
         /// Version number to give every bundle.
         #[arg(long, default_value_t = 1)]
         version: u64,
+        /// A coordinator's data dir whose metric history runs the groups' backtest gates
+        /// [default: none, gates are not checked]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Check a bundle file's signature, hash and policies.
     Verify {
@@ -77,7 +84,8 @@ pub fn run(args: BundleArgs) -> Result<(), String> {
             out,
             key,
             version,
-        } => build(&dir, &out, key.as_deref(), version),
+            data_dir,
+        } => build(&dir, &out, key.as_deref(), version, data_dir.as_deref()),
         BundleCommand::Verify { file, public_key } => verify_file(&file, &public_key),
         BundleCommand::Diff { old, new } => diff(&old, &new),
         BundleCommand::Keygen { out } => {
@@ -94,7 +102,13 @@ pub fn run(args: BundleArgs) -> Result<(), String> {
     }
 }
 
-fn build(dir: &Path, out: &Path, key: Option<&Path>, version: u64) -> Result<(), String> {
+fn build(
+    dir: &Path,
+    out: &Path,
+    key: Option<&Path>,
+    version: u64,
+    data_dir: Option<&Path>,
+) -> Result<(), String> {
     let groups = read_groups(dir).map_err(|e| e.to_string())?;
     let mut good = Vec::new();
     let mut bad = 0;
@@ -107,8 +121,45 @@ fn build(dir: &Path, out: &Path, key: Option<&Path>, version: u64) -> Result<(),
             }
         }
     }
+    let gated: Vec<&GroupSource> = good.iter().filter(|s| s.gate.is_some()).collect();
+    match (data_dir, gated.is_empty()) {
+        (_, true) => {}
+        (None, false) => {
+            for source in &gated {
+                println!(
+                    "note: group `{}` has a backtest gate, not checked (give --data-dir)",
+                    source.group
+                );
+            }
+        }
+        (Some(data_dir), false) => {
+            let store = crate::cli::tokens::open(data_dir)?;
+            let now = now_ms();
+            for source in gated {
+                let Some(gate) = &source.gate else { continue };
+                let result = crate::bundles::gate::check(&store, source, gate, now);
+                if result.passed {
+                    println!(
+                        "group `{}`: backtest gate passed ({} actions, max {})",
+                        source.group,
+                        result.actions.unwrap_or(0),
+                        result.max_actions
+                    );
+                } else {
+                    eprintln!(
+                        "error: group `{}`: {}",
+                        source.group,
+                        result.reason.unwrap_or_default()
+                    );
+                    bad += 1;
+                }
+            }
+        }
+    }
     if bad > 0 {
-        return Err(format!("{bad} group(s) invalid; nothing written"));
+        return Err(format!(
+            "{bad} group(s) invalid or refused; nothing written"
+        ));
     }
     let keys = match key {
         Some(path) => BundleKeys::load(path).map_err(|e| e.to_string())?,

@@ -1,5 +1,6 @@
 //! The coordinator's command line (clap): `serve` (the coordinator; `vigil up` runs it
-//! with a local agent), `bundle` (offline bundle tools, [`bundle`]), `token` (REST API
+//! with a local agent), `bundle` (offline bundle tools, [`bundle`]), `policy backtest`
+//! ([`policy`]), `token` (REST API
 //! and join tokens, [`tokens`]), `agent` ([`agents`]), `certs` ([`certs`]) and
 //! `install`/`uninstall` ([`install`]). Every flag can also come from a `VIGIL_…`
 //! variable.
@@ -8,6 +9,7 @@ pub mod agents;
 pub mod bundle;
 pub mod certs;
 pub mod install;
+pub mod policy;
 pub mod tokens;
 
 use std::path::PathBuf;
@@ -34,6 +36,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Build, verify, diff policy bundles and generate signing keys (for CI pipelines).
     Bundle(crate::cli::bundle::BundleArgs),
+    /// Backtest policies: replay stored metric history through the agents' engine.
+    Policy(crate::cli::policy::PolicyArgs),
     /// Create, list and revoke REST API tokens and agent join tokens.
     Token(crate::cli::tokens::TokenArgs),
     /// List enrolled agents and revoke their identities.

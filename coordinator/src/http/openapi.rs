@@ -322,6 +322,7 @@ impl Modify for CommonParts {
         crate::http::handlers::bundles::BundleDetail, crate::http::handlers::bundles::BundleFileJson,
         crate::http::handlers::bundles::ReloadJson, crate::http::handlers::bundles::PublishedJson,
         crate::http::handlers::bundles::DriftJson, crate::bundles::drift::HostDrift,
+        crate::bundles::gate::GateResult,
         crate::bundles::drift::GroupDrift, crate::bundles::drift::FailingCheck,
         crate::http::handlers::policies::PolicyList, crate::http::handlers::policies::PolicyOne,
         crate::http::handlers::policies::PolicyChanged,

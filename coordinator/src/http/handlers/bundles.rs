@@ -3,7 +3,7 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `GET /api/v1/bundles` | `{"bundles":[{"created_at","files":[names],"group","hash","manifest":{…}\|null,"policies":N,"selector","version"}],"directory":…\|null,"error":…\|null,"public_key":"…"}` |
+//! | `GET /api/v1/bundles` | `{"bundles":[{"created_at","files":[names],"group","hash","manifest":{…}\|null,"policies":N,"selector","version"}],"directory":…\|null,"error":…\|null,"gates":[{"actions","checked_at","group","hosts","max_actions","passed","reason","since"}],"public_key":"…"}` |
 //! | `GET /api/v1/bundles/{group}` | one bundle as above, `files` with their text; 404 if unknown |
 //! | `POST /api/v1/bundles/reload` | re-read the bundle directory now: `{"errors":[…],"ok":true,"published":[…],"removed":[…]}` (422 with `"ok":false` when a group is refused) |
 //! | `GET /api/v1/drift` | `{"hosts":[{"bundle_error","failing_checks":[…],"groups":[{"applied_version","desired_version","group","in_sync"}],"host","labels","online"}]}` |
@@ -129,6 +129,8 @@ pub(crate) struct BundleList<'a> {
     directory: Option<String>,
     /// Why the last read of the directory failed, if it did.
     error: Option<String>,
+    /// Per gated group, its last backtest gate check (a refused one says why).
+    gates: Vec<crate::bundles::gate::GateResult>,
     /// The coordinator's bundle signing key.
     public_key: &'a str,
 }
@@ -141,6 +143,7 @@ pub(crate) async fn list(api: Arc<Api>) -> Response {
         public_key: api.bundles.public_key(),
         directory: api.bundles.dir().map(|d| d.display().to_string()),
         error: api.bundles.last_error(),
+        gates: api.bundles.gates(),
     })
     .into_response()
 }
