@@ -59,6 +59,7 @@ async fn chaos_for_60s_counts_every_malformed_payload_and_stores_each_action_onc
             batches_per_agent: None,
             seed: 42,
             signatures_only: false,
+            pattern: None,
         },
         logins: Default::default(),
     };
@@ -362,6 +363,7 @@ async fn a_coordinator_killed_mid_run_loses_nothing_and_stores_nothing_twice() {
             batches_per_agent: None,
             seed: 9,
             signatures_only: false,
+            pattern: None,
         },
         logins: Default::default(),
     };

@@ -77,6 +77,8 @@ pub struct Outcome {
     pub actions: HashMap<String, ActionLedger>,
     /// Host → the metric batches it generated.
     pub batches: HashMap<String, HostBatches>,
+    /// Policy → what the agents' engines decided (with a pattern in the plan).
+    pub decided: std::collections::BTreeMap<String, crate::pattern::Decided>,
 }
 
 /// Stops a fleet: every agent finishes (waiting for its queues to be acknowledged first).
@@ -206,10 +208,18 @@ impl Fleet {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        let decided = std::mem::take(
+            &mut *self
+                .shared
+                .decided
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         Outcome {
             report,
             actions,
             batches,
+            decided,
         }
     }
 }

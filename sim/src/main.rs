@@ -246,6 +246,7 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
             batches_per_agent: args.batches_per_agent,
             seed: args.seed,
             signatures_only: args.signatures_only,
+            pattern: None,
         },
         logins: Default::default(),
     };

@@ -60,6 +60,7 @@ use vigil_shared::wire::{
 use crate::chaos::{Chaos, Ingredient, Malformed};
 use crate::enroll::AgentLogin;
 use crate::mode::Mode;
+use crate::pattern::{Decided, LiveEvaluator, Pattern};
 use crate::report::Counters;
 
 /// Metric names a virtual agent reports; each batch cycles through them, with a
@@ -117,6 +118,9 @@ pub struct Plan {
     pub seed: u64,
     /// Sign every message with the agent's ed25519 key: no session key handshake.
     pub signatures_only: bool,
+    /// A known pattern for one metric, and policies each agent evaluates on what it
+    /// publishes ([`Pattern`]); `None`: random values, no evaluation.
+    pub pattern: Option<Pattern>,
 }
 
 /// Who one virtual agent is.
@@ -171,6 +175,9 @@ pub struct Shared {
     pub ledger: Mutex<HashMap<String, ActionLedger>>,
     /// Host → its metric batches.
     pub batches: Mutex<HashMap<String, HostBatches>>,
+    /// Policy → what the agents' engines decided on the published batches (with a
+    /// [`Plan::pattern`]).
+    pub decided: Mutex<BTreeMap<String, Decided>>,
 }
 
 impl Shared {
@@ -782,6 +789,11 @@ pub async fn run(
         status: topics::agent(&me.host, AgentChannel::Status),
     };
     let started = Instant::now();
+    // As a real agent's evaluator: the engine on every batch published.
+    let mut live = plan
+        .pattern
+        .as_ref()
+        .map(|p| LiveEvaluator::new(&me.host, p.policies.clone(), now_ms()));
     let mut ticker = tokio::time::interval(plan.interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u64 = 0;
@@ -932,13 +944,13 @@ pub async fn run(
                         ts_ms -= rng.random_range(1_000..3_600_000);
                         batch_seq = seq.saturating_sub(rng.random_range(1..10));
                     }
-                    let encoded = wire::encode(&batch(
-                        &me,
-                        batch_seq,
-                        plan.samples_per_batch,
-                        &mut rng,
-                        ts_ms,
-                    ));
+                    let mut made = batch(&me, batch_seq, plan.samples_per_batch, &mut rng, ts_ms);
+                    if let Some(pattern) = &plan.pattern {
+                        for sample in made.samples.iter_mut().filter(|s| s.name == pattern.metric) {
+                            sample.value = pattern.value(me.index, batch_seq);
+                        }
+                    }
+                    let encoded = wire::encode(&made);
                     seq += 1;
                     if plan.chaos.malformed_rate > 0.0 && rng.random_bool(plan.chaos.malformed_rate)
                     {
@@ -963,6 +975,13 @@ pub async fn run(
                     }
                     lock(&queues).metrics.push(AgentChannel::Metrics, encoded);
                     shared.record_batch(&me.host, plan.samples_per_batch, ts_ms);
+                    if let Some(live) = live.as_mut() {
+                        let mut decided = shared
+                            .decided
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        live.tick(&made.samples, ts_ms, &mut decided);
+                    }
                     generated_batches += 1;
                     Counters::inc(&shared.counters.batches);
                     if late {

@@ -198,6 +198,7 @@ async fn measure(
             batches_per_agent: Some(batches_per_agent),
             seed: 7,
             signatures_only,
+            pattern: None,
         },
         logins: Default::default(),
     };
