@@ -71,9 +71,9 @@ async fn the_openapi_document_validates_and_schemathesis_finds_no_error() {
     // its shape, which no JSON Schema can state:
     // - creating an action and pulling the kill switch depend on the store: the host must
     //   be known and run an agent (a host known only through HTTP ingest has none: 422);
-    // - policies (create, change, the sandbox) carry a condition in the policy language
-    //   (`cpu_percent > 80 for 30s`, condition types with their own fields), which the
-    //   document describes only as an object or a string;
+    // - policies (create, change, the sandbox, the backtest) carry a condition in the
+    //   policy language (`cpu_percent > 80 for 30s`, condition types with their own
+    //   fields), which the document describes only as an object or a string;
     // - enrolling needs a valid join token (a secret) and a public key that is a point on
     //   the ed25519 curve, not just 64 hex characters.
     let only_shape = [
@@ -83,6 +83,7 @@ async fn the_openapi_document_validates_and_schemathesis_finds_no_error() {
         "POST /api/v1/policies",
         "PUT /api/v1/policies/{name}",
         "POST /api/v1/policies/evaluate",
+        "POST /api/v1/policies/backtest",
         "POST /api/v1/agents/enroll",
     ];
     // Alertmanager's webhook bounds its body (512 KiB) well below what its schema allows
@@ -140,7 +141,7 @@ async fn the_openapi_document_validates_and_schemathesis_finds_no_error() {
             "schemathesis found problems:\n{report}\n{}",
             String::from_utf8_lossy(&run.stderr)
         );
-        let tested = if shape_only { "Tested: 7" } else { "Tested:" };
+        let tested = if shape_only { "Tested: 8" } else { "Tested:" };
         assert!(report.contains(tested), "{report}");
         reports.push(report);
     }

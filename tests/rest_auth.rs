@@ -75,6 +75,12 @@ fn routes() -> Vec<(Method, &'static str, &'static str, Needs)> {
             r#"{"policy":{}}"#,
             Needs::Viewer,
         ),
+        (
+            Method::POST,
+            "/api/v1/policies/backtest",
+            r#"{"since":"1h"}"#,
+            Needs::Viewer,
+        ),
         (Method::POST, "/api/v1/policies/reload", "", Needs::Admin),
         (
             Method::GET,

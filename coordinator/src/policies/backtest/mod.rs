@@ -68,10 +68,10 @@ pub enum HostSelector {
 impl HostSelector {
     /// Reads `all`, a host name or glob (`web-*`), or labels (`role=web,env=prod`).
     pub fn parse(text: &str) -> Result<HostSelector, String> {
-        let text = text.trim();
-        if text.len() > 1024 {
+        if text.chars().count() > 1024 {
             return Err("must be at most 1024 characters".into());
         }
+        let text = text.trim();
         if !text.contains('=') {
             return Target::parse(text).map(HostSelector::Names);
         }
