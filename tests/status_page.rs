@@ -1,10 +1,13 @@
 //! The coordinator's status page, with real parts and a real browser: a real
 //! coordinator and agent, and Debian's headless Chromium driven over the Chrome DevTools
 //! Protocol (a small Python driver using `python3-websocket`; `.ci/run` installs both).
-//! The page is opened with `#token=…`, shows the agent's host online, and — without a
-//! reload — shows a manual action created over REST afterwards in its live feed, which it
-//! reads from `GET /api/v1/events` with `fetch()`. A screenshot of it is saved to
-//! `target/status-page.png`.
+//! The page is opened with `#token=…`, shows the agent's host online, its last hour of
+//! CPU, memory, disk and load as SVG charts (the very points `GET /api/v1/metrics/query`
+//! serves), a second agent's disruption budget lease and the policies each agent runs
+//! (local and from a bundle), and — without a reload — a manual action created over REST
+//! afterwards in its live feed, which it reads from `GET /api/v1/events` with `fetch()`.
+//! A screenshot of the whole page is saved in the test's temporary target directory
+//! (its path is printed).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -13,9 +16,24 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vigil_tests::{bin, metric, post_raw, start_agent, start_coordinator, Proc, TestDir};
+use vigil_tests::{
+    bin, get_json, metric, post_raw, start_agent, start_agent_with, start_coordinator, wait_for,
+    Proc, TestDir,
+};
 
 const HOST: &str = "status-web-01";
+/// The second agent: it runs a local policy whose remediation holds a disruption budget's
+/// only lease, and the bundle of group `web`.
+const BUDGET_HOST: &str = "status-budget-01";
+/// Points of each metric the charts must draw at least.
+const MIN_POINTS: u64 = 10;
+/// The charted metrics.
+const CHARTED: [&str; 4] = [
+    "cpu_percent",
+    "memory_percent",
+    "disk_free_percent",
+    "load1",
+];
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The CDP driver: reads one JSON command a line on stdin, answers one JSON line on
@@ -91,7 +109,12 @@ for line in sys.stdin:
         elif cmd["cmd"] == "eval":
             answer = {"value": evaluate(cmd["expr"])}
         elif cmd["cmd"] == "screenshot":
-            data = base64.b64decode(call("Page.captureScreenshot", {"format": "png"})["data"])
+            size = call("Page.getLayoutMetrics").get("cssContentSize", {})
+            params = {"format": "png"}
+            if size.get("width") and size.get("height"):
+                params["captureBeyondViewport"] = True
+                params["clip"] = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+            data = base64.b64decode(call("Page.captureScreenshot", params)["data"])
             with open(cmd["path"], "wb") as f:
                 f.write(data)
             answer = {"bytes": len(data)}
@@ -261,6 +284,85 @@ impl Drop for Driver {
 const HOST_ROWS: &str = r#"JSON.stringify(Array.from(document.querySelectorAll('#hosts tbody tr'))
     .map(r => ({host: r.dataset.host, state: r.dataset.state, text: r.innerText})))"#;
 
+/// The charts of `HOST`: `[{metric, count, points, first, last, lastValue, mount}]`
+/// (`points`: the polyline's points as the browser parsed them).
+const CHART_STATE: &str = r#"JSON.stringify(Array.from(document.querySelectorAll(
+    '#charts .host-charts[data-host="status-web-01"] svg[data-metric]')).map(svg => ({
+      metric: svg.dataset.metric, count: Number(svg.dataset.count),
+      points: svg.querySelector('polyline').points.numberOfItems,
+      first: svg.dataset.first ?? null, last: svg.dataset.last ?? null,
+      lastValue: svg.dataset.lastValue === undefined ? null : Number(svg.dataset.lastValue),
+      mount: svg.dataset.mount ?? null})))"#;
+
+/// The budget rows: `[{key, policy, held, max, deferred, text}]`.
+const BUDGET_ROWS: &str = r#"JSON.stringify(Array.from(document.querySelectorAll('#budgets tbody tr'))
+    .map(r => ({key: r.dataset.key, policy: r.dataset.policy, held: Number(r.dataset.held),
+      max: Number(r.dataset.max), deferred: Number(r.dataset.deferred), text: r.innerText})))"#;
+
+/// The rows of policies agents run: `[{policy, source, text}]`.
+const RUNNING_ROWS: &str = r#"JSON.stringify(Array.from(document.querySelectorAll('#running tbody tr'))
+    .map(r => ({policy: r.dataset.policy, source: r.dataset.source, text: r.innerText})))"#;
+
+/// The points of `metric` for `host` the API serves between `from` and `to` (epoch ms,
+/// inclusive), of the mount `mount` when given.
+async fn api_points(
+    http: &str,
+    metric: &str,
+    from: &str,
+    to: &str,
+    mount: Option<&str>,
+) -> Vec<Value> {
+    let (status, body) = get_json(&format!(
+        "{http}/api/v1/metrics/query?name={metric}&host={HOST}&from={from}&to={to}&limit=10000"
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["points"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| mount.is_none_or(|m| p["tags"]["mount"] == m))
+        .collect()
+}
+
+/// Writes the budget agent's policy directory, command allowlist, textfile (its `app` at
+/// 99 % CPU, so the policy fires at once) and the coordinator's bundle directory.
+fn budget_agent_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let policies = dir.join("budget-policies");
+    let textfiles = dir.join("budget-textfiles");
+    let bundles = dir.join("bundles");
+    for d in [&policies, &textfiles, &bundles.join("web")] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    std::fs::write(
+        policies.join("hold.yaml"),
+        "policies:\n  - name: hold\n    target: app\n    condition: cpu_percent > 90\n    \
+         auto_remediate: true\n    verify: 5m\n    action: exec\n    \
+         params: {command: long, timeout: 150s}\n    budget: {max_concurrent: 1}\n",
+    )
+    .expect("write policies");
+    std::fs::write(
+        textfiles.join("app.prom"),
+        "cpu_percent{target=\"app\"} 99\n",
+    )
+    .expect("write textfile");
+    let config = dir.join("budget-agent.toml");
+    std::fs::write(
+        &config,
+        "[allow.commands]\nlong = [\"/bin/sleep\", \"120\"]\n",
+    )
+    .expect("write config");
+    std::fs::write(bundles.join("web/group.yaml"), "selector: {role: web}\n").expect("group");
+    std::fs::write(
+        bundles.join("web/load.yaml"),
+        "policies:\n  - name: bundled-load\n    \
+         condition: {type: metric_exceeds, metric: load15, threshold: 100000}\n",
+    )
+    .expect("bundle policy");
+    (policies, textfiles, config, bundles)
+}
+
 fn parse(value: &Value) -> Value {
     value
         .as_str()
@@ -271,12 +373,34 @@ fn parse(value: &Value) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_shows_hosts_and_a_live_action_without_a_reload() {
     let dir = TestDir::new();
-    let c = start_coordinator(&dir, None, &[]).await;
+    let (budget_policies, textfiles, budget_config, bundles) = budget_agent_files(dir.path());
+    let c = start_coordinator(
+        &dir,
+        None,
+        &["--bundles", bundles.to_str().expect("utf-8 path")],
+    )
+    .await;
     let token = c
         .token
         .clone()
         .expect("the coordinator wrote an admin token");
     let _agent = start_agent(HOST, &c.broker, &["env=status-test"], dir.path());
+    let _budget_agent = start_agent_with(
+        BUDGET_HOST,
+        &c.broker,
+        "500ms",
+        &[
+            "--label",
+            "role=web",
+            "--policies",
+            budget_policies.to_str().expect("utf-8 path"),
+            "--config",
+            budget_config.to_str().expect("utf-8 path"),
+            "--textfile-dir",
+            textfiles.to_str().expect("utf-8 path"),
+        ],
+        dir.path(),
+    );
 
     // The page and its assets are open (they hold no data), typed, and never cached.
     let client = reqwest::Client::new();
@@ -321,6 +445,19 @@ async fn the_status_page_shows_hosts_and_a_live_action_without_a_reload() {
     .await;
     assert_eq!(code, 201, "{reply}");
 
+    // The agent has reported for a while: every charted metric has history.
+    for name in CHARTED {
+        wait_for(&format!("{MIN_POINTS} points of {name}"), WAIT, || async {
+            let (_, body) = get_json(&format!(
+                "{}/api/v1/metrics/query?name={name}&host={HOST}&limit=10000",
+                c.http
+            ))
+            .await;
+            (body["count"].as_u64().unwrap_or(0) >= MIN_POINTS * 2).then_some(())
+        })
+        .await;
+    }
+
     let browser = Chromium::start(dir.path());
     let mut page = Driver::start(dir.path(), &browser);
     page.navigate(&format!("{}/#token={token}", c.http));
@@ -347,6 +484,135 @@ async fn the_status_page_shows_hosts_and_a_live_action_without_a_reload() {
             .is_some_and(|t| t.contains("env=status-test")),
         "{row}"
     );
+    // The charts: one per metric, filled with the history the API serves for the same
+    // window, point for point.
+    let charts = parse(
+        &page.wait_until("the host's charts filled", CHART_STATE, |v| {
+            parse(v).as_array().is_some_and(|charts| {
+                charts.len() == CHARTED.len()
+                    && charts
+                        .iter()
+                        .all(|c| c["count"].as_u64().unwrap_or(0) >= MIN_POINTS)
+            })
+        }),
+    );
+    for chart in charts.as_array().into_iter().flatten() {
+        let metric = chart["metric"].as_str().unwrap_or_default();
+        let (first, last) = (
+            chart["first"].as_str().unwrap_or_default(),
+            chart["last"].as_str().unwrap_or_default(),
+        );
+        let mount = chart["mount"].as_str();
+        assert_eq!(
+            mount.is_some(),
+            metric == "disk_free_percent",
+            "only disk is per mount: {chart}"
+        );
+        let served = api_points(&c.http, metric, first, last, mount).await;
+        assert_eq!(
+            chart["count"].as_u64(),
+            Some(served.len() as u64),
+            "{metric}: the chart draws what the API serves: {chart}"
+        );
+        assert_eq!(chart["points"], chart["count"], "{metric}: {chart}");
+        let newest = served.last().cloned().unwrap_or_default();
+        assert_eq!(
+            chart["lastValue"].as_f64(),
+            newest["value"].as_f64(),
+            "{metric}: {chart} vs {newest}"
+        );
+        assert_eq!(
+            vigil_shared::time::parse_time(newest["timestamp"].as_str().unwrap_or_default())
+                .ok()
+                .map(|ms| ms.to_string()),
+            Some(last.to_string()),
+            "{metric}: {chart} vs {newest}"
+        );
+    }
+    println!("charts drawn from the metric history API: {charts}");
+
+    // The budget agent's remediation holds its budget's only lease: the panel shows what
+    // `GET /api/v1/budgets` says.
+    let budget_rows = parse(&page.wait_until("the budget row", BUDGET_ROWS, |v| {
+        parse(v).as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r["key"] == "hold" && r["held"] == 1 && r["max"] == 1)
+        })
+    }));
+    let (_, served) = get_json(&format!("{}/api/v1/budgets", c.http)).await;
+    let budget = served["budgets"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["key"] == "hold"))
+        .cloned()
+        .unwrap_or_default();
+    let row = budget_rows
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["key"] == "hold"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&row["held"], &row["max"], &row["deferred"]),
+        (&budget["held"], &budget["max"], &budget["deferred"]),
+        "{row} vs {budget}"
+    );
+    assert_eq!(budget["leases"][0]["host"], BUDGET_HOST, "{budget}");
+    assert!(
+        row["text"].as_str().is_some_and(|t| t.contains("1 / 1")),
+        "{row}"
+    );
+
+    // What the agents run, as they report it: the budget agent its local policy and its
+    // bundle's, the other agent nothing; in the host API and in the policies panel.
+    let running = wait_for("the budget agent's running policies", WAIT, || async {
+        let host = vigil_tests::host_entry(&c.http, BUDGET_HOST).await?;
+        let listed = host["running_policies"]["policies"].as_array()?.len();
+        (listed == 2).then(|| host["running_policies"].clone())
+    })
+    .await;
+    assert_eq!(running["total"], 2, "{running}");
+    assert_eq!(
+        running["policies"][0],
+        json!({"name": "hold", "source": "local", "group": null, "version": null}),
+        "{running}"
+    );
+    let bundled = &running["policies"][1];
+    assert_eq!(
+        (&bundled["name"], &bundled["group"]),
+        (&json!("bundled-load"), &json!("web")),
+        "{running}"
+    );
+    let version = bundled["version"].as_u64().unwrap_or(0);
+    assert!(version >= 1, "{running}");
+    assert_eq!(
+        bundled["source"],
+        format!("bundle:web@{version}"),
+        "{running}"
+    );
+    let plain = vigil_tests::host_entry(&c.http, HOST)
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        plain["running_policies"],
+        json!({"policies": [], "total": 0}),
+        "{plain}"
+    );
+    let bundled_source = format!("bundle:web@{version}");
+    let rows = parse(
+        &page.wait_until("the running policies panel", RUNNING_ROWS, |v| {
+            parse(v).as_array().is_some_and(|rows| {
+                let row = |policy: &str, source: &str| {
+                    rows.iter().any(|r| {
+                        r["policy"] == policy
+                            && r["source"] == source
+                            && r["text"].as_str().is_some_and(|t| t.contains(BUDGET_HOST))
+                    })
+                };
+                row("hold", "local") && row("bundled-load", &bundled_source)
+            })
+        }),
+    );
+    assert_eq!(rows.as_array().map(Vec::len), Some(2), "{rows}");
+
     // The token left the address bar for localStorage.
     let where_token = page
         .eval("JSON.stringify({href: location.href, stored: localStorage.getItem('vigil.token')})");
@@ -427,7 +693,8 @@ async fn the_status_page_shows_hosts_and_a_live_action_without_a_reload() {
     .await;
     assert_eq!(missing, 1.0, "the page sent a request without its token");
 
-    // 4. A screenshot, kept in target/ for people to look at.
+    // 4. A screenshot of the whole page, kept in the test's target directory for people
+    // to look at.
     let shot = dir.path().join("status-page.png");
     let answer = page.send(json!({"cmd": "screenshot", "path": shot.display().to_string()}));
     let png = std::fs::read(&shot).expect("screenshot written");
@@ -436,9 +703,9 @@ async fn the_status_page_shows_hosts_and_a_live_action_without_a_reload() {
         "not a PNG: {} bytes ({answer})",
         png.len()
     );
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    std::fs::create_dir_all(&target).expect("target dir");
-    std::fs::copy(&shot, target.join("status-page.png")).expect("copy the screenshot");
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    std::fs::copy(&shot, &kept).expect("copy the screenshot");
+    println!("status page screenshot: {}", kept.display());
 
     // 5. The coordinator restarts: the page reconnects on its own, resuming after the last
     // event it saw (Last-Event-ID), and the feed goes on without a reload.

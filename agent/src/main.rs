@@ -1,5 +1,6 @@
-//! The `vigil-agent` binary: logs to stderr (`VIGIL_LOG` sets the filter, default
-//! `info`) and hands the command line to [`vigil_agent::cli::main`].
+//! The `vigil-agent` binary: logs to stderr, or to the journal under systemd
+//! ([`vigil_service::logging`]; `VIGIL_LOG` sets the filter, default `info`), and hands
+//! the command line to [`vigil_agent::cli::main`].
 //!
 //! The filter is `tracing-subscriber`'s `Targets`: a default level and per-target levels
 //! (`warn`, `info,rumqttc=warn`, `vigil_agent=debug`), without the span and field filters
@@ -14,16 +15,13 @@
 use std::process::ExitCode;
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .finish()
-        .with(log_filter(std::env::var("VIGIL_LOG").ok().as_deref()))
-        .init();
+    vigil_service::logging::init(
+        "vigil-agent",
+        log_filter(std::env::var("VIGIL_LOG").ok().as_deref()),
+    );
     vigil_agent::cli::main().await
 }
 

@@ -24,7 +24,8 @@ use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::validate;
 use vigil_shared::wire::{
-    self, AgentState, AgentStatus, Command, CommandKind, MetricBatch, PolicyRunnerStatus, Sample,
+    self, AgentState, AgentStatus, BundleRef, Command, CommandKind, MetricBatch,
+    PolicyRunnerStatus, RunningPolicies, RunningPolicy, Sample,
 };
 
 use crate::acting::executors::Executors;
@@ -503,10 +504,24 @@ fn put_in_force(
             tracing::warn!("{warning}");
         }
     }
+    let applied = bundles.map(|(set, _)| set.applied()).unwrap_or_default();
+    let running = RunningPolicies::new(combined.policies.iter().zip(&combined.groups).map(
+        |(policy, group)| RunningPolicy {
+            name: policy.name.clone(),
+            bundle: group.as_ref().map(|group| {
+                BundleRef {
+                    group: group.clone(),
+                    version: applied
+                        .iter()
+                        .find(|b| &b.group == group)
+                        .map_or(0, |b| b.version),
+                }
+            }),
+        },
+    ));
     evaluator.set_policies(combined.policies);
     watchers.follow(evaluator.watch_sets());
     let (loaded, enabled) = counts(evaluator);
-    let applied = bundles.map(|(set, _)| set.applied()).unwrap_or_default();
     let refusal = bundles.and_then(|(_, refusal)| refusal.clone());
     let bundle_error = refusal
         .into_iter()
@@ -518,6 +533,7 @@ fn put_in_force(
         s.bundles = applied;
         s.bundle_error = bundle_error;
     });
+    link.set_running(running);
 }
 
 /// Samples the host (and the textfile directory) every `interval` and sends the samples,

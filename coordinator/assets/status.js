@@ -3,7 +3,8 @@
 // too and is removed from it at once). The live feed reads `GET /api/v1/events`
 // (Server-Sent Events) with fetch(), because EventSource cannot send the Authorization
 // header, and resumes with Last-Event-ID after a lost connection. Data only ever reaches
-// the DOM as text (textContent, attributes), never as markup.
+// the DOM as text (textContent, attributes), never as markup. The charts are inline SVG
+// cloned from a <template> in the page and drawn here from `GET /api/v1/metrics/query`.
 'use strict';
 
 (function () {
@@ -22,6 +23,9 @@
   let lastByteAt = 0;
   let refreshTimer = null;
   const feedItems = new Map(); // key → {li, sortMs}
+  let chartHosts = []; // host names from the last host list, sorted
+  let chartsAt = 0; // when the charts were last asked for (ms)
+  let chartsBusy = false;
 
   const $ = (id) => document.getElementById(id);
 
@@ -221,6 +225,8 @@
     if (counts.offline) parts.push(counts.offline + ' offline');
     $('summary').textContent = parts.join(' · ');
     $('summary').dataset.tone = counts.silent || counts.stale || counts.offline ? 'warn' : hosts.length ? 'ok' : '';
+    chartHosts = hosts.map((h) => str(h.host));
+    renderRunning(hosts);
   }
 
   // ---- drift ----
@@ -289,6 +295,233 @@
       ? str(body.enabled_count, '0') + ' of ' + str(body.total) + ' enabled' : '';
   }
 
+
+  // ---- charts: the last hour of a few metrics per host ----
+
+  const CHARTS_EVERY_MS = 15000;
+  const CHART_HOSTS_MAX = 12; // hosts charted, first by name
+  const CHART_WINDOW_MS = 3600000;
+  const CHART_PAGE = 10000; // the API's largest page
+  const CHART_PAGES_MAX = 4;
+  const CHART_W = 240;
+  const CHART_H = 56;
+  const CHARTS = [
+    { metric: 'cpu_percent', label: 'CPU', unit: ' %', max: 100 },
+    { metric: 'memory_percent', label: 'memory', unit: ' %', max: 100 },
+    { metric: 'disk_free_percent', label: 'disk free', unit: ' %', max: 100, byMount: true },
+    { metric: 'load1', label: 'load', unit: '', max: null },
+  ];
+
+  // Every point of `metric` for `host` in [fromMs, toMs], oldest first: a full page is
+  // followed by the next one, from the last time seen (its points are not taken twice).
+  async function metricHistory(host, metric, fromMs, toMs) {
+    const points = [];
+    let from = fromMs;
+    let seenAtFrom = new Set();
+    for (let page = 0; page < CHART_PAGES_MAX; page++) {
+      const query = new URLSearchParams({
+        name: metric, host, from: String(from), to: String(toMs), limit: String(CHART_PAGE),
+      });
+      const body = await api('/api/v1/metrics/query?' + query.toString());
+      const got = Array.isArray(body && body.points) ? body.points : [];
+      let last = from;
+      const seenAtLast = new Set();
+      for (const p of got) {
+        const t = parseMs(p.timestamp);
+        const v = Number(p.value);
+        if (t === null || !Number.isFinite(v)) continue;
+        const key = JSON.stringify(p.tags || {});
+        if (t === from && seenAtFrom.has(key)) continue;
+        if (t > last) {
+          last = t;
+          seenAtLast.clear();
+        }
+        if (t === last) seenAtLast.add(key);
+        points.push({ t, v, tags: p.tags || {} });
+      }
+      if (got.length < CHART_PAGE) break;
+      from = last;
+      seenAtFrom = seenAtLast;
+    }
+    return points;
+  }
+
+  // A tagged metric (disk per mount): the series of `/`, else of the fullest mount.
+  function oneSeries(spec, points) {
+    if (!spec.byMount) return { points, mount: null };
+    const mounts = new Map();
+    for (const p of points) {
+      const mount = str(p.tags.mount);
+      if (!mounts.has(mount)) mounts.set(mount, []);
+      mounts.get(mount).push(p);
+    }
+    if (!mounts.size) return { points: [], mount: null };
+    let mount = mounts.has('/') ? '/' : null;
+    if (mount === null) {
+      let lowest = Infinity;
+      for (const [m, ps] of mounts) {
+        const v = ps[ps.length - 1].v;
+        if (v < lowest) {
+          lowest = v;
+          mount = m;
+        }
+      }
+    }
+    return { points: mounts.get(mount), mount };
+  }
+
+  function fmt(value) {
+    return Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(1);
+  }
+
+  // One chart: a polyline over the window, 0 at the bottom, `spec.max` (or a little above
+  // the highest value) at the top.
+  function chart(spec, series, fromMs, toMs) {
+    const points = series.points;
+    const svg = $('chart-template').content.firstElementChild.cloneNode(true);
+    let hi = spec.max;
+    if (hi === null) {
+      hi = 1;
+      for (const p of points) hi = Math.max(hi, p.v * 1.25);
+    }
+    // A history shorter than the window fills the chart's width.
+    const start = points.length ? Math.max(fromMs, points[0].t) : fromMs;
+    const span = Math.max(1, toMs - start);
+    const coords = [];
+    for (const p of points) {
+      const x = ((p.t - start) / span) * CHART_W;
+      const y = CHART_H - (Math.min(Math.max(p.v, 0), hi) / hi) * CHART_H;
+      coords.push(x.toFixed(1) + ',' + y.toFixed(1));
+    }
+    svg.querySelector('polyline').setAttribute('points', coords.join(' '));
+    const last = points[points.length - 1];
+    const label = spec.label + (series.mount ? ' (' + series.mount + ')' : '');
+    svg.setAttribute('aria-label', label + ', last hour');
+    svg.dataset.metric = spec.metric;
+    svg.dataset.count = String(points.length);
+    if (series.mount !== null) svg.dataset.mount = series.mount;
+    if (last) {
+      svg.dataset.first = String(points[0].t);
+      svg.dataset.last = String(last.t);
+      svg.dataset.lastValue = String(last.v);
+    }
+    return el('figure', { cls: 'chart', data: { metric: spec.metric } },
+      el('figcaption', null, label + ' ',
+        el('strong', { text: last ? fmt(last.v) + spec.unit : '—', title: last ? new Date(last.t).toISOString() : '' }),
+        spec.max === null && last ? el('span', { cls: 'sub', text: 'top ' + fmt(hi) }) : null,
+        start > fromMs + 60000 ? el('span', { cls: 'sub', text: 'since ' + clock(new Date(start).toISOString()) }) : null),
+      svg);
+  }
+
+  async function hostCharts(host, fromMs, toMs) {
+    const all = await Promise.all(CHARTS.map((spec) => metricHistory(host, spec.metric, fromMs, toMs)));
+    const box = el('div', { cls: 'host-charts', data: { host } }, el('strong', { cls: 'name', text: host }));
+    CHARTS.forEach((spec, i) => box.append(chart(spec, oneSeries(spec, all[i]), fromMs, toMs)));
+    return box;
+  }
+
+  async function refreshCharts() {
+    if (chartsBusy) return;
+    chartsBusy = true;
+    chartsAt = Date.now();
+    try {
+      const toMs = Date.now();
+      const fromMs = toMs - CHART_WINDOW_MS;
+      const hosts = chartHosts.slice(0, CHART_HOSTS_MAX);
+      const boxes = [];
+      for (const host of hosts) boxes.push(await hostCharts(host, fromMs, toMs));
+      const charts = $('charts');
+      clear(charts);
+      for (const box of boxes) charts.append(box);
+      $('charts-empty').hidden = boxes.length > 0;
+      $('charts-summary').textContent = 'CPU %, memory %, disk free % and load1' +
+        (chartHosts.length > hosts.length ? ' · the first ' + hosts.length + ' of ' + chartHosts.length + ' hosts' : '') +
+        ' · drawn ' + new Date(toMs).toLocaleTimeString([], { hour12: false });
+    } catch (e) {
+      if (!(e instanceof Refused)) $('charts-summary').textContent = 'charts update failed: ' + e.message;
+    } finally {
+      chartsBusy = false;
+    }
+  }
+
+  function refreshChartsIfDue() {
+    if (Date.now() - chartsAt >= CHARTS_EVERY_MS) refreshCharts();
+  }
+
+  // ---- disruption budgets ----
+
+  function renderBudgets(body) {
+    const budgets = Array.isArray(body && body.budgets) ? body.budgets.slice() : [];
+    budgets.sort((a, b) => str(a.key).localeCompare(str(b.key)));
+    const tbody = $('budgets').tBodies[0];
+    clear(tbody);
+    let waiting = 0;
+    for (const b of budgets) {
+      const held = Number(b.held) || 0;
+      const max = Number(b.max) || 0;
+      const deferred = Number(b.deferred) || 0;
+      waiting += deferred;
+      const leases = Array.isArray(b.leases) ? b.leases : [];
+      const key = str(b.key);
+      const split = key.startsWith(str(b.policy) + '/') ? key.slice(str(b.policy).length + 1) : '';
+      tbody.append(el('tr', { data: { key, policy: str(b.policy), held, max, deferred } },
+        el('td', null, el('strong', { text: str(b.policy) })),
+        el('td', { cls: 'mono', text: split || 'whole fleet' }),
+        el('td', { title: leases.map((l) => str(l.host) + ' (' + str(l.action_id) + ')').join(', ') },
+          badge(held + ' / ' + max, held >= max ? 'warn' : 'ok'),
+          el('span', { cls: 'sub', text: 'max_concurrent ' + str(b.max_concurrent) })),
+        el('td', null, deferred ? badge(String(deferred), 'warn') : el('span', { text: '0' }),
+          el('span', { cls: 'sub', text: str(b.deferred_total, '0') + ' since start' })),
+        el('td', { text: str(b.granted_last_hour, '0') }),
+      ));
+    }
+    $('budgets-empty').hidden = budgets.length > 0;
+    $('budgets-summary').textContent = budgets.length
+      ? budgets.length + (budgets.length === 1 ? ' budget' : ' budgets') + (waiting ? ' · ' + waiting + ' deferred' : '')
+      : '';
+  }
+
+  // ---- policies the agents run ----
+
+  function sourceText(source) {
+    const s = str(source);
+    return s.startsWith('bundle:') ? 'bundle ' + s.slice('bundle:'.length) : s;
+  }
+
+  // One row per policy name and source, with the hosts that run it.
+  function renderRunning(hosts) {
+    const rows = new Map();
+    let reporting = 0;
+    let omitted = 0;
+    for (const h of hosts) {
+      const running = h.running_policies;
+      if (!running || !Array.isArray(running.policies)) continue;
+      reporting += 1;
+      omitted += Math.max(0, (Number(running.total) || 0) - running.policies.length);
+      for (const p of running.policies) {
+        const key = str(p.name) + '\u0000' + str(p.source);
+        if (!rows.has(key)) rows.set(key, { name: str(p.name), source: str(p.source), hosts: [] });
+        rows.get(key).hosts.push(str(h.host));
+      }
+    }
+    const sorted = Array.from(rows.values()).sort((a, b) => a.name.localeCompare(b.name) || a.source.localeCompare(b.source));
+    const tbody = $('running').tBodies[0];
+    clear(tbody);
+    for (const r of sorted) {
+      const cell = el('td');
+      for (const host of r.hosts) cell.append(el('span', { cls: 'chip', text: host }));
+      tbody.append(el('tr', { data: { policy: r.name, source: r.source } },
+        el('td', null, el('strong', { text: r.name })),
+        el('td', null, badge(sourceText(r.source), r.source === 'local' ? '' : 'info')),
+        cell,
+      ));
+    }
+    $('running-empty').hidden = sorted.length > 0;
+    $('running-summary').textContent = reporting
+      ? reporting + (reporting === 1 ? ' agent reports' : ' agents report') + (omitted ? ' · ' + omitted + ' not listed (over the cap)' : '')
+      : '';
+  }
+
   // ---- refresh ----
 
   async function refresh(what, path, render) {
@@ -310,6 +543,8 @@
       $('hosts-updated').textContent = 'updated ' + new Date().toLocaleTimeString([], { hour12: false });
     }
     await refresh('drift', '/api/v1/drift', renderDrift);
+    await refresh('budgets', '/api/v1/budgets', renderBudgets);
+    if (ok) refreshChartsIfDue();
   }
 
   function refreshPolicies() {
@@ -577,6 +812,7 @@
 
   function startAll() {
     refused = false;
+    chartsAt = 0;
     notice('');
     if (!token) {
       notice('Enter an API token (any role; viewer is enough) to see the fleet.');
@@ -616,12 +852,16 @@
       streamGeneration += 1;
       if (streamAbort) streamAbort.abort();
       // What the forgotten token showed goes too.
-      for (const id of ['hosts', 'drift', 'policies']) clear($(id).tBodies[0]);
+      for (const id of ['hosts', 'drift', 'policies', 'running', 'budgets']) clear($(id).tBodies[0]);
+      clear($('charts'));
+      chartHosts = [];
       clear($('feed'));
       feedItems.clear();
       lastEventId = null;
       $('feed-empty').hidden = false;
-      for (const id of ['summary', 'hosts-updated', 'drift-summary', 'policies-summary']) $(id).textContent = '';
+      for (const id of ['summary', 'hosts-updated', 'drift-summary', 'policies-summary', 'running-summary', 'budgets-summary']) {
+        $(id).textContent = '';
+      }
       startAll();
     });
     window.addEventListener('hashchange', () => {

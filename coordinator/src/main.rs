@@ -16,12 +16,10 @@ use vigil_service::ServiceManager;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("VIGIL_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off")),
-        )
-        .init();
+    vigil_service::logging::init(
+        "vigil-coordinator",
+        EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off")),
+    );
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

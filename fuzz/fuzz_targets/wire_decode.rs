@@ -9,7 +9,8 @@ use vigil_shared::bundle::SignedBundle;
 use vigil_shared::command_auth::SignedCommand;
 use vigil_shared::topics;
 use vigil_shared::wire::{
-    decode, encode, ActionEvent, AgentStatus, Command, MetricBatch, PolicyEvent, WireMessage,
+    decode, encode, ActionEvent, AgentStatus, Command, MetricBatch, PolicyEvent, StatusReport,
+    WireMessage,
 };
 
 /// Decodes `data` as a `T`; if that works, the re-encoding decodes to an equal message
@@ -29,6 +30,7 @@ fn round_trip<T: WireMessage + PartialEq + std::fmt::Debug>(data: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     round_trip::<MetricBatch>(data);
     round_trip::<AgentStatus>(data);
+    round_trip::<StatusReport>(data);
     round_trip::<ActionEvent>(data);
     round_trip::<PolicyEvent>(data);
     round_trip::<Command>(data);

@@ -3,6 +3,8 @@
 //! - [`notify`]: tells systemd when the service is ready, what it is doing (`STATUS=`) and
 //!   that its main loop is alive (the watchdog), for units with `Type=notify` and
 //!   `WatchdogSec=`. Without systemd every call is a no-op.
+//! - [`logging`]: the logger — the journal with structured fields under systemd, text on
+//!   stderr otherwise.
 //! - [`process`]: the host's name and the signals that ask a daemon to stop.
 //! - [`install`]: the steps `vigil-agent install` and `vigil-coordinator install` are made
 //!   of: writing files only when their content changes (so a second run changes nothing),
@@ -12,6 +14,7 @@
 
 pub mod install;
 pub mod limits;
+pub mod logging;
 pub mod notify;
 pub mod process;
 pub mod systemd_service;

@@ -48,5 +48,6 @@ pub mod wire;
 pub use wire::{
     decode, encode, ActionEvent, ActionState, AgentState, AgentStatus, AppliedBundle, Command,
     CommandKind, DecodeError, DeliveryStatus, MetricBatch, PolicyEvent, PolicyRunnerStatus,
-    QueueStatus, Sample, WireMessage, PROTOCOL_VERSION,
+    QueueStatus, RunningPolicies, RunningPolicy, Sample, StatusReport, WireMessage,
+    PROTOCOL_VERSION,
 };

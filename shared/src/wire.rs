@@ -11,7 +11,10 @@
 //! still read at the versions since its last change ([`WireMessage::MIN_VERSION`]): an
 //! upgraded agent still reads the bundles and queued messages it stored before, while a
 //! message whose layout changed (the sealed envelope in version 3) is refused at the
-//! older version as `unknown_version`.
+//! older version as `unknown_version`. A message may also grow at its end by `Option`
+//! fields that older senders leave out ([`WireMessage::OPTIONAL_TAIL`]): the agent's
+//! [`StatusReport`] is its [`AgentStatus`] followed by the policies it runs, and an older
+//! agent's status alone reads as a report without them.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -41,6 +44,11 @@ pub trait WireMessage: Serialize + DeserializeOwned {
     /// The oldest protocol version whose encoding of this message is the current one:
     /// [`decode`] reads versions from here to [`PROTOCOL_VERSION`].
     const MIN_VERSION: u8 = OLDEST_READABLE_VERSION;
+
+    /// How many `Option` fields at the message's end were added after older senders were
+    /// built: a message that ends before them is read with them `None` (an absent
+    /// `Option` is one zero byte). Anything shorter still is refused.
+    const OPTIONAL_TAIL: usize = 0;
 
     /// The host the message speaks for, checked against the topic it arrived on.
     fn host(&self) -> &str;
@@ -127,6 +135,113 @@ pub struct AgentStatus {
     /// How its messages are getting to the coordinator (last: a record stored before
     /// this field existed reads as `None`).
     pub delivery: Option<DeliveryStatus>,
+}
+
+/// Most policies a [`StatusReport`] lists; an agent running more lists the first ones
+/// and counts all of them in [`RunningPolicies::total`].
+pub const MAX_RUNNING_POLICIES: usize = 256;
+
+/// What an agent publishes on its status topic: its status, then the policies it runs.
+/// An agent built before the list existed sends the status alone, which reads as a
+/// report with `running: None` ([`WireMessage::OPTIONAL_TAIL`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The status.
+    pub status: AgentStatus,
+    /// The policies in force on the agent (`None`: an agent that does not say).
+    pub running: Option<RunningPolicies>,
+}
+
+/// The policies in force on an agent: local ones first, then each bundle's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningPolicies {
+    /// At most [`MAX_RUNNING_POLICIES`] of them.
+    pub policies: Vec<RunningPolicy>,
+    /// How many are in force, listed or not.
+    pub total: u32,
+}
+
+/// One policy in force on an agent and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningPolicy {
+    /// Its name (a policy name: 1–128 characters).
+    pub name: String,
+    /// The bundle it came from; `None` for the agent's local policy directory.
+    pub bundle: Option<BundleRef>,
+}
+
+/// A bundle by group and version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRef {
+    /// The host group.
+    pub group: String,
+    /// The bundle's version.
+    pub version: u64,
+}
+
+impl RunningPolicy {
+    /// `local`, or `bundle:GROUP@VERSION`.
+    pub fn source(&self) -> String {
+        match &self.bundle {
+            None => "local".to_string(),
+            Some(b) => format!("bundle:{}@{}", b.group, b.version),
+        }
+    }
+}
+
+impl RunningPolicies {
+    /// The list for `policies` (name and bundle, in force order): the first
+    /// [`MAX_RUNNING_POLICIES`], and the count of all.
+    pub fn new(policies: impl IntoIterator<Item = RunningPolicy>) -> RunningPolicies {
+        let mut listed = Vec::new();
+        let mut total: u32 = 0;
+        for policy in policies {
+            total = total.saturating_add(1);
+            if listed.len() < MAX_RUNNING_POLICIES {
+                listed.push(policy);
+            }
+        }
+        RunningPolicies {
+            policies: listed,
+            total,
+        }
+    }
+
+    /// Checks the list: at most [`MAX_RUNNING_POLICIES`] entries, no more than `total`,
+    /// policy and group names as their rules say; errors name the field
+    /// (`running.policies[3].name`).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.policies.len() > MAX_RUNNING_POLICIES {
+            return Err(FieldError::new(
+                "running.policies",
+                format!(
+                    "at most {MAX_RUNNING_POLICIES} entries, got {}",
+                    self.policies.len()
+                ),
+            ));
+        }
+        if u64::from(self.total) < self.policies.len() as u64 {
+            return Err(FieldError::new(
+                "running.total",
+                format!(
+                    "{} is fewer than the {} listed",
+                    self.total,
+                    self.policies.len()
+                ),
+            ));
+        }
+        for (i, policy) in self.policies.iter().enumerate() {
+            crate::policy::spec::check_policy_name(&policy.name).map_err(|problem| {
+                FieldError::new(format!("running.policies[{i}].name"), problem)
+            })?;
+            if let Some(bundle) = &policy.bundle {
+                validate::host_name(&bundle.group).map_err(|e| {
+                    FieldError::new(format!("running.policies[{i}].bundle.group"), e.problem)
+                })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How an agent's messages are getting to the coordinator, reported in its status.
@@ -473,17 +588,45 @@ pub fn decode<T: WireMessage>(bytes: &[u8]) -> Result<T, DecodeError> {
     if !(T::MIN_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(DecodeError::UnknownVersion { found: version });
     }
-    let (message, rest) =
-        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
-            kind: T::KIND,
-            reason: e.to_string(),
-        })?;
-    if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes {
-            kind: T::KIND,
-            extra: rest.len(),
-        });
+    let message = match postcard::take_from_bytes::<T>(body) {
+        Ok((message, [])) => message,
+        Ok((_, rest)) => {
+            return Err(DecodeError::TrailingBytes {
+                kind: T::KIND,
+                extra: rest.len(),
+            })
+        }
+        Err(postcard::Error::DeserializeUnexpectedEnd) if T::OPTIONAL_TAIL > 0 => {
+            without_tail::<T>(body)?
+        }
+        Err(e) => {
+            return Err(DecodeError::Malformed {
+                kind: T::KIND,
+                reason: e.to_string(),
+            })
+        }
+    };
+    check(message)
+}
+
+/// Reads `body`, which ended early, as a message from an older sender: without its last
+/// one to [`WireMessage::OPTIONAL_TAIL`] `Option`s.
+fn without_tail<T: WireMessage>(body: &[u8]) -> Result<T, DecodeError> {
+    for absent in 1..=T::OPTIONAL_TAIL {
+        let mut padded = body.to_vec();
+        padded.resize(body.len() + absent, 0);
+        if let Ok((message, [])) = postcard::take_from_bytes::<T>(&padded) {
+            return Ok(message);
+        }
     }
+    Err(DecodeError::Malformed {
+        kind: T::KIND,
+        reason: postcard::Error::DeserializeUnexpectedEnd.to_string(),
+    })
+}
+
+/// Checks a decoded message's content and times.
+fn check<T: WireMessage>(message: T) -> Result<T, DecodeError> {
     message.validate().map_err(|error| DecodeError::Invalid {
         kind: T::KIND,
         error,
@@ -570,6 +713,27 @@ impl WireMessage for AgentStatus {
             "queue.last_processed",
             self.queue.last_processed.as_ref().map(|(_, _, at)| *at),
         )
+    }
+}
+
+impl WireMessage for StatusReport {
+    const KIND: &'static str = AgentStatus::KIND;
+    const OPTIONAL_TAIL: usize = 1;
+
+    fn host(&self) -> &str {
+        &self.status.host
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        self.status.validate()?;
+        match &self.running {
+            Some(running) => running.validate(),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_times(&self) -> Result<(), FieldError> {
+        self.status.validate_times()
     }
 }
 
@@ -684,6 +848,81 @@ mod tests {
     fn a_batch_round_trips() {
         let b = batch();
         assert_eq!(decode::<MetricBatch>(&encode(&b)), Ok(b));
+    }
+
+    #[test]
+    fn a_status_report_reads_an_older_agents_status_and_checks_its_list() {
+        let status = AgentStatus {
+            host: "h".into(),
+            state: AgentState::Online,
+            agent_version: "0.1.0".into(),
+            started_at_ms: T,
+            sent_at_ms: T + 2,
+            interval_ms: 5000,
+            labels: vec![],
+            bundles: vec![],
+            bundle_error: None,
+            remediation_paused: false,
+            detail: None,
+            policies: PolicyRunnerStatus::default(),
+            queue: QueueStatus::default(),
+            delivery: None,
+        };
+        // An older agent's status alone: a report without the list.
+        let old = encode(&status);
+        assert_eq!(
+            decode::<StatusReport>(&old),
+            Ok(StatusReport {
+                status: status.clone(),
+                running: None
+            })
+        );
+        // One byte short of that is still refused.
+        assert_eq!(
+            decode::<StatusReport>(&old[..old.len() - 1]).map_err(|e| e.reason()),
+            Err("malformed")
+        );
+        let running = RunningPolicies::new((0..300).map(|i| RunningPolicy {
+            name: format!("p{i}"),
+            bundle: (i % 2 == 1).then(|| BundleRef {
+                group: "web".into(),
+                version: 3,
+            }),
+        }));
+        assert_eq!(
+            (running.policies.len(), running.total),
+            (MAX_RUNNING_POLICIES, 300)
+        );
+        assert_eq!(running.policies[0].source(), "local");
+        assert_eq!(running.policies[1].source(), "bundle:web@3");
+        let report = StatusReport {
+            status: status.clone(),
+            running: Some(running.clone()),
+        };
+        assert_eq!(decode::<StatusReport>(&encode(&report)), Ok(report));
+        // Out of range, each named.
+        let field =
+            |running: RunningPolicies| match decode::<StatusReport>(&encode(&StatusReport {
+                status: status.clone(),
+                running: Some(running),
+            })) {
+                Err(DecodeError::Invalid { error, .. }) => error.field,
+                other => panic!("{other:?}"),
+            };
+        let mut long = running.clone();
+        long.policies.push(long.policies[0].clone());
+        assert_eq!(field(long), "running.policies");
+        let mut short_total = running.clone();
+        short_total.total = 2;
+        assert_eq!(field(short_total), "running.total");
+        let mut bad_name = running.clone();
+        bad_name.policies[7].name = "x".repeat(129);
+        assert_eq!(field(bad_name), "running.policies[7].name");
+        let mut bad_group = running;
+        if let Some(bundle) = bad_group.policies[3].bundle.as_mut() {
+            bundle.group = "no spaces".into();
+        }
+        assert_eq!(field(bad_group), "running.policies[3].bundle.group");
     }
 
     #[test]

@@ -66,12 +66,10 @@ const DEFAULT_AGENT_POLICIES: &str = "policies/local";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("VIGIL_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off")),
-        )
-        .init();
+    vigil_service::logging::init(
+        "vigil",
+        EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off")),
+    );
     let Command::Up(args) = Cli::parse().command;
     match up(args).await {
         Ok(()) => ExitCode::SUCCESS,

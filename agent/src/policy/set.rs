@@ -18,6 +18,9 @@ use vigil_shared::policy::Policy;
 pub struct Combined {
     /// The policies to put in force.
     pub policies: Vec<Policy>,
+    /// Where each of them comes from, in the same order: `None` for the local policy
+    /// directory, else the bundle's group.
+    pub groups: Vec<Option<String>>,
     /// One sentence per policy left out by the clash rule.
     pub clashes: Vec<String>,
 }
@@ -34,6 +37,7 @@ pub fn combine<'a>(
         .collect();
     let mut combined = Combined {
         policies: local.to_vec(),
+        groups: vec![None; local.len()],
         clashes: Vec::new(),
     };
     for (group, policies) in groups {
@@ -46,6 +50,7 @@ pub fn combine<'a>(
                 None => {
                     owner.insert(policy.name.as_str(), format!("group `{group}`"));
                     combined.policies.push(policy.clone());
+                    combined.groups.push(Some(group.to_string()));
                 }
             }
         }
@@ -79,6 +84,8 @@ mod tests {
         );
         let both = combined.policies.iter().find(|p| p.name == "both").unwrap();
         assert_eq!(both, &db[1], "the group sorting first wins");
+        let groups: Vec<Option<&str>> = combined.groups.iter().map(Option::as_deref).collect();
+        assert_eq!(groups, [None, None, Some("db"), Some("db"), Some("web")]);
         assert_eq!(
             combined.clashes,
             [

@@ -37,7 +37,7 @@ use vigil_shared::agent_auth::{Sealer, Taken, WelcomeRefusal, REKEY_EVERY};
 use vigil_shared::mqtt::MissingTls;
 use vigil_shared::tls::ClientTls;
 use vigil_shared::topics::{self, AgentChannel};
-use vigil_shared::wire::{self, AgentState, AgentStatus};
+use vigil_shared::wire::{self, AgentState, AgentStatus, RunningPolicies, StatusReport};
 
 use crate::config::AgentConfig;
 
@@ -81,14 +81,14 @@ struct Publisher {
 }
 
 impl Publisher {
-    /// Seals `status` (stamped now) and queues it, retained.
-    fn try_status(&self, status: &AgentStatus) {
-        let mut status = status.clone();
-        status.sent_at_ms = vigil_shared::time::now_ms();
-        let topic = topics::agent(&status.host, AgentChannel::Status);
+    /// Seals the status report (stamped now) and queues it, retained.
+    fn try_status(&self, report: &StatusReport) {
+        let mut report = report.clone();
+        report.status.sent_at_ms = vigil_shared::time::now_ms();
+        let topic = topics::agent(&report.status.host, AgentChannel::Status);
         let payload = self
             .sealer
-            .seal(AgentChannel::Status, wire::encode(&status));
+            .seal(AgentChannel::Status, wire::encode(&report));
         if let Err(e) = self
             .client
             .try_publish(topic, QoS::AtLeastOnce, true, payload)
@@ -115,7 +115,7 @@ impl Publisher {
 /// A running MQTT connection.
 pub struct Link {
     publisher: Publisher,
-    status: watch::Sender<AgentStatus>,
+    status: watch::Sender<StatusReport>,
     connected: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -154,7 +154,10 @@ impl Link {
             true,
         ));
         let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
-        let (status, status_rx) = watch::channel(status);
+        let (status, status_rx) = watch::channel(StatusReport {
+            status,
+            running: None,
+        });
         let connected = Arc::new(AtomicBool::new(false));
         let publisher = Publisher { client, sealer };
         let task = tokio::spawn(drive(
@@ -201,31 +204,43 @@ impl Link {
 
     /// The status as last set.
     pub fn status(&self) -> AgentStatus {
-        self.status.borrow().clone()
+        self.status.borrow().status.clone()
     }
 
     /// Changes the status and publishes it (retained) if connected; it is also published
     /// after every reconnection.
     pub fn update_status(&self, change: impl FnOnce(&mut AgentStatus)) {
-        self.status.send_modify(change);
+        self.status.send_modify(|report| change(&mut report.status));
+        self.publish_status();
+    }
+
+    /// Sets the policies in force, reported with the status from now on, and publishes
+    /// the status if connected.
+    pub fn set_running(&self, running: RunningPolicies) {
+        self.status
+            .send_modify(|report| report.running = Some(running));
+        self.publish_status();
+    }
+
+    fn publish_status(&self) {
         if !self.is_connected() {
             return;
         }
-        let status = self.status.borrow().clone();
-        self.publisher.try_status(&status);
+        let report = self.status.borrow().clone();
+        self.publisher.try_status(&report);
     }
 
     /// Publishes the offline status, disconnects, and waits (at most `grace`) for both to
     /// reach the broker.
     pub async fn close(self, grace: Duration) {
-        let mut status = self.status.borrow().clone();
-        status.state = AgentState::Offline;
-        status.sent_at_ms = vigil_shared::time::now_ms();
-        let topic = topics::agent(&status.host, AgentChannel::Status);
+        let mut report = self.status.borrow().clone();
+        report.status.state = AgentState::Offline;
+        report.status.sent_at_ms = vigil_shared::time::now_ms();
+        let topic = topics::agent(&report.status.host, AgentChannel::Status);
         let payload = self
             .publisher
             .sealer
-            .seal(AgentChannel::Status, wire::encode(&status));
+            .seal(AgentChannel::Status, wire::encode(&report));
         let _ = self
             .publisher
             .client
@@ -243,7 +258,7 @@ impl Link {
 async fn drive(
     mut eventloop: EventLoop,
     publisher: Publisher,
-    status: watch::Receiver<AgentStatus>,
+    status: watch::Receiver<StatusReport>,
     connected: Arc<AtomicBool>,
     broker: String,
     bundles: bool,
@@ -251,7 +266,7 @@ async fn drive(
 ) {
     let client = &publisher.client;
     let mut failures: u32 = 0;
-    let host = status.borrow().host.clone();
+    let host = status.borrow().status.host.clone();
     let command_topic = topics::agent(&host, AgentChannel::Commands);
     let welcome_topic = topics::agent(&host, AgentChannel::Welcome);
     let grant_topic = topics::agent(&host, AgentChannel::Grants);

@@ -313,6 +313,7 @@ impl Modify for CommonParts {
         crate::events::json::PolicyEventJson,
         crate::http::handlers::hosts::HostList, crate::http::handlers::hosts::HostJson,
         crate::http::handlers::hosts::BundleJson, crate::http::handlers::hosts::LatestJson,
+        crate::http::handlers::hosts::RunningJson, crate::http::handlers::hosts::RunningPolicyJson,
         crate::http::handlers::query::History, crate::http::handlers::query::PointJson,
         crate::http::handlers::agents::AgentList, crate::http::handlers::agents::AgentJson,
         crate::http::handlers::agents::Revoked, crate::http::handlers::agents::JoinTokenList,

@@ -48,7 +48,7 @@ use vigil_shared::delivery::Stream;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
-    self, ActionEvent, AgentStatus, DecodeError, MetricBatch, PolicyEvent, WireMessage,
+    self, ActionEvent, DecodeError, MetricBatch, PolicyEvent, StatusReport, WireMessage,
 };
 
 use super::handshake::SharedSessionKeys;
@@ -372,11 +372,12 @@ async fn handle(
                 return None;
             }
         },
-        AgentChannel::Status => match checked::<AgentStatus>(host, body) {
-            Ok(status) => {
+        AgentChannel::Status => match checked::<StatusReport>(host, body) {
+            Ok(StatusReport { status, running }) => {
                 deadman.status(&status, received_ms);
                 Write::Status {
                     status,
+                    running,
                     received_ms,
                     clock_skew_ms,
                     order: Some(StatusOrder {

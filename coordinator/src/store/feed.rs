@@ -379,6 +379,7 @@ mod tests {
         let (writer, thread) = StoreWriter::start(store.clone(), Arc::new(Telemetry::new()));
         let writes = vec![
             Write::Status {
+                running: None,
                 clock_skew_ms: None,
                 order: None,
                 status: status(AgentState::Online, None),
@@ -393,18 +394,21 @@ mod tests {
                 event: action(ActionState::Running),
             },
             Write::Status {
+                running: None,
                 clock_skew_ms: None,
                 order: None,
                 status: status(AgentState::Online, Some("aa")),
                 received_ms: 6,
             },
             Write::Status {
+                running: None,
                 clock_skew_ms: None,
                 order: None,
                 status: status(AgentState::Online, Some("aa")), // nothing changed
                 received_ms: 7,
             },
             Write::Status {
+                running: None,
                 clock_skew_ms: None,
                 order: None,
                 status: status(AgentState::Offline, Some("aa")),
@@ -460,6 +464,7 @@ mod tests {
             }
         };
         let status_at = |state, received_ms, seq, will| Write::Status {
+            running: None,
             clock_skew_ms: None,
             order: Some(StatusOrder {
                 session: 1,

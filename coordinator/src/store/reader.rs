@@ -431,6 +431,7 @@ mod tests {
         ] {
             writer
                 .send(Write::Status {
+                    running: None,
                     clock_skew_ms: None,
                     order: None,
                     status: s,

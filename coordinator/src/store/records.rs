@@ -1,7 +1,7 @@
 //! The records the store keeps, and the shapes reads return.
 
 use serde::{Deserialize, Serialize};
-use vigil_shared::wire::{AgentState, AgentStatus, Tag};
+use vigil_shared::wire::{AgentState, AgentStatus, RunningPolicies, Tag};
 
 /// How a host's data reached the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +45,8 @@ pub struct HostRecord {
     /// nothing came from it for too long (see the coordinator's deadman). Cleared by the
     /// next status or sample.
     pub silent_since_ms: Option<i64>,
+    /// The policies its agent last said it runs (`None`: it never said).
+    pub running_policies: Option<RunningPolicies>,
 }
 
 /// How long an HTTP-only host counts as online after its last sample.
@@ -59,7 +61,7 @@ impl HostRecord {
         if first.is_ok() {
             return first;
         }
-        for zeros in 1..=4 {
+        for zeros in 1..=5 {
             let mut padded = bytes.to_vec();
             padded.resize(bytes.len() + zeros, 0);
             if let Ok(record) = super::codec::decode::<HostRecord>("hosts", &padded) {
@@ -144,6 +146,7 @@ mod tests {
             clock_skew_ms: None,
             status_order: None,
             silent_since_ms: None,
+            running_policies: None,
             host: "web-01".into(),
             first_seen_ms: 0,
             last_seen_ms: i64::MIN,
@@ -181,11 +184,12 @@ mod tests {
                 clock_skew_ms: None,
                 status_order: None,
                 silent_since_ms: None,
+                running_policies: None,
             };
             let now = super::super::codec::encode(&record);
-            // The old layout: without the three trailing `None`s of the record and, with
+            // The old layout: without the four trailing `None`s of the record and, with
             // a status, the trailing `None` of the status.
-            let dropped = if record.status.is_some() { 4 } else { 3 };
+            let dropped = if record.status.is_some() { 5 } else { 4 };
             let old = &now[..now.len() - dropped];
             assert_eq!(HostRecord::decode(old).unwrap(), record);
             assert_eq!(HostRecord::decode(&now).unwrap(), record);

@@ -21,7 +21,9 @@ use heed::RwTxn;
 use tokio::sync::{mpsc, oneshot};
 use vigil_shared::delivery::{Admit, Delivery, Stream, Window};
 use vigil_shared::validate;
-use vigil_shared::wire::{ActionEvent, AgentState, AgentStatus, PolicyEvent, Sample, Tag};
+use vigil_shared::wire::{
+    ActionEvent, AgentState, AgentStatus, PolicyEvent, RunningPolicies, Sample, Tag,
+};
 
 use super::audit::{AuditChunk, AuditCursor, AuditReply};
 use super::records::{HostRecord, LatestPoint, Source, StoredPoint};
@@ -99,6 +101,8 @@ pub enum Write {
     Status {
         /// The status.
         status: AgentStatus,
+        /// The policies the agent runs (`None`: it does not say).
+        running: Option<RunningPolicies>,
         /// When it was received, epoch ms.
         received_ms: i64,
         /// The agent's clock minus the coordinator's, ms, from the message's seal.
@@ -617,6 +621,7 @@ fn apply(
             }
             Write::Status {
                 status,
+                running,
                 received_ms,
                 clock_skew_ms,
                 order,
@@ -627,7 +632,7 @@ fn apply(
                     &status.host,
                     Source::Mqtt,
                     *received_ms,
-                    Some((status, *order)),
+                    Some((status, running.as_ref(), *order)),
                     *clock_skew_ms,
                 )?;
                 for change in changes {
@@ -789,7 +794,7 @@ fn touch_host(
     host: &str,
     source: Source,
     received_ms: i64,
-    status: Option<(&AgentStatus, Option<StatusOrder>)>,
+    status: Option<(&AgentStatus, Option<&RunningPolicies>, Option<StatusOrder>)>,
     clock_skew_ms: Option<i64>,
 ) -> Result<Vec<FeedEvent>, StoreError> {
     let mut changes = Vec::new();
@@ -804,6 +809,7 @@ fn touch_host(
             clock_skew_ms: None,
             status_order: None,
             silent_since_ms: None,
+            running_policies: None,
         },
     };
     record.last_seen_ms = record.last_seen_ms.max(received_ms);
@@ -812,7 +818,7 @@ fn touch_host(
     if clock_skew_ms.is_some() {
         record.clock_skew_ms = clock_skew_ms;
     }
-    if let Some((status, order)) = status {
+    if let Some((status, running, order)) = status {
         let newer = match (order, record.status_order) {
             (Some(new), Some((session, _))) if new.will => new.session >= session,
             (Some(new), Some(old)) => (new.session, new.seq) > old,
@@ -829,6 +835,11 @@ fn touch_host(
             let will = order.is_some_and(|o| o.will);
             changes = status_changes(record.status.as_ref(), status, will);
             record.status = Some(status.clone());
+            // An agent going down (its last will, or an older agent) does not say what
+            // it ran: the list it last gave stays.
+            if running.is_some() || status.state == AgentState::Online {
+                record.running_policies = running.cloned();
+            }
             if let Some(order) = order {
                 // A will of the current session is older by number than the statuses it
                 // supersedes: keep the highest number seen, so they cannot come back.

@@ -49,6 +49,9 @@ pub struct HostJson<'a> {
     pub online: bool,
     /// Whether remediation is paused on it (kill switch).
     pub remediation_paused: Option<bool>,
+    /// The policies its agent last said it runs (null: an agent that does not say, or
+    /// none).
+    pub running_policies: Option<RunningJson<'a>>,
     /// How its data arrives.
     pub source: &'static str,
     /// `online`; `silent` (its agent said online, but nothing came from it for
@@ -67,6 +70,28 @@ pub struct BundleJson<'a> {
     pub hash: &'a str,
     /// The bundle's version.
     pub version: u64,
+}
+
+/// The policies an agent runs.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunningJson<'a> {
+    /// Up to 256 of them, local ones first, then each bundle's.
+    pub policies: Vec<RunningPolicyJson<'a>>,
+    /// How many are in force, listed or not.
+    pub total: u32,
+}
+
+/// A policy an agent runs.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunningPolicyJson<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// `local` (the agent's policy directory) or `bundle:GROUP@VERSION`.
+    pub source: String,
+    /// The bundle's group (null for a local policy).
+    pub group: Option<&'a str>,
+    /// The bundle's version (null for a local policy).
+    pub version: Option<u64>,
 }
 
 /// The latest value of one metric.
@@ -134,6 +159,19 @@ pub fn host(record: &HostRecord, now_ms: i64) -> HostJson<'_> {
         metrics: None,
         online,
         remediation_paused: status.map(|s| s.remediation_paused),
+        running_policies: record.running_policies.as_ref().map(|r| RunningJson {
+            policies: r
+                .policies
+                .iter()
+                .map(|p| RunningPolicyJson {
+                    name: &p.name,
+                    source: p.source(),
+                    group: p.bundle.as_ref().map(|b| b.group.as_str()),
+                    version: p.bundle.as_ref().map(|b| b.version),
+                })
+                .collect(),
+            total: r.total,
+        }),
         source: record.source.as_str(),
         state,
     }
@@ -279,6 +317,7 @@ mod tests {
         let (writer, thread) = StoreWriter::start(store.clone(), Arc::new(Telemetry::new()));
         writer
             .send(Write::Status {
+                running: None,
                 clock_skew_ms: None,
                 order: None,
                 status: status("poisoned"),
@@ -416,6 +455,7 @@ mod tests {
         };
         writer
             .send(Write::Status {
+                running: None,
                 clock_skew_ms: None,
                 order: None,
                 status: real,

@@ -136,6 +136,7 @@ mod tests {
             clock_skew_ms: None,
             status_order: None,
             silent_since_ms: None,
+            running_policies: None,
             host: name.into(),
             first_seen_ms: NOW - 60_000,
             last_seen_ms: NOW - 1_000,
