@@ -74,6 +74,7 @@ async fn fleet(roles: &[(&str, &str, i64)]) -> Fleet {
         writer
             .send(Write::Status {
                 status: status(host, role),
+                running: None,
                 received_ms: T0,
                 clock_skew_ms: None,
                 order: None,
