@@ -131,9 +131,12 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| transport(&url, e))?;
-        let response = checked(response, &url).await?;
-        let text = response.text().await.map_err(|e| transport(&url, e))?;
+        let answer = async {
+            let response = request.send().await.map_err(|e| transport(&url, e))?;
+            let response = checked(response, &url).await?;
+            response.text().await.map_err(|e| transport(&url, e))
+        };
+        let text = with_spinner(answer).await?;
         let json = serde_json::from_str(&text).map_err(|e| CtlError::Answer {
             url: url.clone(),
             problem: format!("not JSON: {e}"),
@@ -171,6 +174,23 @@ impl Client {
 }
 
 /// The token: `VIGIL_TOKEN` when set and not blank, else the first line of `file`.
+/// Awaits `work`; past half a second (a large query, a slow coordinator), a spinner on
+/// stderr shows it is still waiting. indicatif draws nothing when stderr is not a
+/// terminal, so scripts and `--json` output see none.
+async fn with_spinner<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => return done,
+        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message("waiting for the coordinator");
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let done = work.await;
+    spinner.finish_and_clear();
+    done
+}
+
 fn token(env: Option<String>, file: Option<&Path>) -> Result<String, CtlError> {
     if let Some(token) = env.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
         return Ok(token);

@@ -135,25 +135,32 @@ fn build(
         (Some(data_dir), false) => {
             let store = crate::cli::tokens::open(data_dir)?;
             let now = now_ms();
+            let bar = crate::cli::progress::bar(gated.len(), "groups");
             for source in gated {
                 let Some(gate) = &source.gate else { continue };
+                bar.set_message(format!("backtest gate of `{}`", source.group));
                 let result = crate::bundles::gate::check(&store, source, gate, now);
-                if result.passed {
-                    println!(
-                        "group `{}`: backtest gate passed ({} actions, max {})",
-                        source.group,
-                        result.actions.unwrap_or(0),
-                        result.max_actions
-                    );
-                } else {
-                    eprintln!(
-                        "error: group `{}`: {}",
-                        source.group,
-                        result.reason.unwrap_or_default()
-                    );
-                    bad += 1;
-                }
+                bar.inc(1);
+                // Lines go above the bar.
+                bar.suspend(|| {
+                    if result.passed {
+                        println!(
+                            "group `{}`: backtest gate passed ({} actions, max {})",
+                            source.group,
+                            result.actions.unwrap_or(0),
+                            result.max_actions
+                        );
+                    } else {
+                        eprintln!(
+                            "error: group `{}`: {}",
+                            source.group,
+                            result.reason.as_deref().unwrap_or_default()
+                        );
+                    }
+                });
+                bad += usize::from(!result.passed);
             }
+            bar.finish_and_clear();
         }
     }
     if bad > 0 {

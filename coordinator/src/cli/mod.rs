@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod certs;
 pub mod install;
 pub mod policy;
+mod progress;
 pub mod tokens;
 
 use std::path::PathBuf;

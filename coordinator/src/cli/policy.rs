@@ -12,6 +12,7 @@ use vigil_shared::policy::load::{check_specs, parse_specs};
 use vigil_shared::policy::{Policy, PolicySpec};
 use vigil_shared::time::now_ms;
 
+use crate::cli::progress;
 use crate::config::DEFAULT_DATA_DIR;
 use crate::policies::backtest::{self, Backtest, BacktestReport, HostSelector};
 
@@ -67,13 +68,26 @@ pub async fn run(args: PolicyArgs) -> Result<(), String> {
     match args.command {
         PolicyCommand::Backtest(args) => {
             let report = match &args.api {
-                Some(url) => remote(&args, url).await?,
+                Some(url) => {
+                    let spinner = progress::spinner("backtest running on the coordinator");
+                    let report = remote(&args, url).await;
+                    spinner.finish_and_clear();
+                    report?
+                }
                 None => {
                     let local = local(&args)?;
                     let data_dir = args.data_dir.clone();
                     tokio::task::spawn_blocking(move || {
                         let store = crate::cli::tokens::open(&data_dir)?;
-                        backtest::run(&store, &local, now_ms()).map_err(|e| e.to_string())
+                        let bar = progress::bar(0, "hosts");
+                        bar.set_message("replaying");
+                        let report =
+                            backtest::run_with_progress(&store, &local, now_ms(), |done, hosts| {
+                                bar.set_length(hosts as u64);
+                                bar.set_position(done as u64);
+                            });
+                        bar.finish_and_clear();
+                        report.map_err(|e| e.to_string())
                     })
                     .await
                     .map_err(|e| e.to_string())??

@@ -353,6 +353,17 @@ pub fn run(
     backtest: &Backtest,
     now_ms: i64,
 ) -> Result<BacktestReport, BacktestError> {
+    run_with_progress(store, backtest, now_ms, |_, _| {})
+}
+
+/// [`run`], calling `progress(replayed, hosts)` as it starts and after each host (for a
+/// progress bar).
+pub fn run_with_progress(
+    store: &Store,
+    backtest: &Backtest,
+    now_ms: i64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<BacktestReport, BacktestError> {
     if backtest.policies.is_empty() {
         return Err(invalid("policies", "no policy to backtest"));
     }
@@ -408,7 +419,11 @@ pub fn run(
     let mut ticks = 0u64;
     let mut budgeted: Vec<budget::BudgetedAct> = Vec::new();
     let mut overflow = false;
+    progress(0, hosts.len());
     for (host_index, host) in hosts.iter().enumerate() {
+        if host_index > 0 {
+            progress(host_index, hosts.len());
+        }
         let mut engine = Engine::new(backtest.policies.clone());
         let mut observations = Observations::new(from_ms);
         observations.set_lookbacks(&engine.lookbacks());
@@ -506,6 +521,7 @@ pub fn run(
             ));
         }
     }
+    progress(hosts.len(), hosts.len());
     let sizes = group_sizes(&all_hosts);
     for outcome in budget::simulate(&backtest.policies, &hosts, &sizes, budgeted, now_ms) {
         let act = &outcome.act;
