@@ -8,7 +8,7 @@
 //! 3. **Steady load.** Two coordinators, each on a copy of the pruned data dir, each under
 //!    the same load of enrolled virtual agents recording actions over MQTT, at the same
 //!    time (same machine noise): one with a short retention of audit records and metric
-//!    history (2 min; 10 s with `--quick`), the baseline with the defaults (90 and 7 days). The data file's size and the pages holding
+//!    history (1 min; 10 s with `--quick`), the baseline with the defaults (90 and 7 days). The data file's size and the pages holding
 //!    data (`vigil_store_used_bytes`) are sampled once per retention window: with
 //!    retention, LMDB reuses the pages retention frees and the file stops growing; without,
 //!    it grows with the load.
@@ -40,7 +40,7 @@ const AGENTS: usize = 50;
 /// Virtual agents with `--quick`.
 const AGENTS_QUICK: usize = 10;
 /// The steady load's retention window.
-const WINDOW: Duration = Duration::from_secs(120);
+const WINDOW: Duration = Duration::from_secs(60);
 /// The window with `--quick`.
 const WINDOW_QUICK: Duration = Duration::from_secs(10);
 /// Windows of steady load (sizes are compared over the last ones, after the store has
