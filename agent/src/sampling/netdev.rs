@@ -27,8 +27,11 @@ impl NetCounters {
                 continue;
             }
             let (rx0, tx0) = self.last.get(iface).copied().unwrap_or((rx, tx));
-            let delta = |now: u64, before: u64| now.checked_sub(before).unwrap_or(0);
-            out.push((iface.to_string(), delta(rx, rx0), delta(tx, tx0)));
+            out.push((
+                iface.to_string(),
+                rx.saturating_sub(rx0),
+                tx.saturating_sub(tx0),
+            ));
             now.insert(iface.to_string(), (rx, tx));
         }
         self.last = now;
