@@ -39,6 +39,15 @@ fn every_benchmark_part_runs_and_prints_its_figures() {
             .unwrap_or_else(|| panic!("no `{figure}` figure in:\n{stdout}"));
         assert!(line.contains("baseline"), "{line}");
     }
+    let goal = stdout
+        .lines()
+        .find(|l| l.starts_with("agent footprint goal"))
+        .unwrap_or_else(|| panic!("no goal verdict in:\n{stdout}"));
+    assert!(goal.contains("memory") && goal.contains("CPU"), "{goal}");
+    assert!(
+        stdout.contains("agent footprint, side by side"),
+        "no side-by-side table in:\n{stdout}"
+    );
     let monit_installed = ["/usr/bin/monit", "/usr/sbin/monit"]
         .iter()
         .any(|p| std::path::Path::new(p).is_file());
@@ -50,6 +59,10 @@ fn every_benchmark_part_runs_and_prints_its_figures() {
                 .unwrap_or_else(|| panic!("no `{figure}` figure in:\n{stdout}"));
             assert!(line.contains("baseline monit"), "{line}");
         }
+        assert!(
+            stdout.contains("  monit, 1 process check"),
+            "no monit row in the table:\n{stdout}"
+        );
     } else {
         assert!(
             stdout.contains("agent vs monit: skipped"),

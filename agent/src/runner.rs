@@ -51,8 +51,8 @@ use crate::sampling::probes::{self, ProbeSet};
 use crate::sampling::sampler::HostSampler;
 use crate::sampling::watch::{docker, systemd, StateUpdate};
 
-/// How often the policy directory is checked for changes.
-const POLICY_POLL: Duration = Duration::from_secs(1);
+/// How often the action queue's counters are compared with the published status.
+const QUEUE_STATUS_EVERY: Duration = Duration::from_secs(1);
 /// How often the status is re-published with fresh runner counters.
 const STATUS_EVERY: Duration = Duration::from_secs(30);
 /// When the first refresh of the runner counters is published.
@@ -247,7 +247,12 @@ pub async fn run(
         config.textfile_dir.clone(),
         samples_tx,
     ));
-    let mut policy_poll = tokio::time::interval(POLICY_POLL);
+    // The directory is read again when its watch says it may have changed.
+    let mut policy_changes = policy_dir
+        .as_ref()
+        .map(|dir| crate::policy::dir_watch::spawn(dir.path().to_path_buf()));
+    let mut queue_status_every = tokio::time::interval(QUEUE_STATUS_EVERY);
+    queue_status_every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // First refresh soon after start, so the runner status shows evaluations at once.
     let mut status_every = tokio::time::interval_at(
         tokio::time::Instant::now() + FIRST_STATUS_REFRESH,
@@ -265,7 +270,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             _ = watchdog_every.tick() => report.watchdog(),
             _ = status_file_every.tick() => report.refresh(&link, &store),
-            _ = policy_poll.tick() => {
+            _ = queue_status_every.tick() => {
                 let queue_status = queue.status(now_ms());
                 let paused = queue.paused();
                 if link.status().queue != queue_status || link.status().remediation_paused != paused {
@@ -274,6 +279,8 @@ pub async fn run(
                         s.remediation_paused = paused;
                     });
                 }
+            }
+            Some(()) = changed(&mut policy_changes) => {
                 let Some(dir) = policy_dir.as_mut() else { continue };
                 let Some(result) = dir.poll() else { continue };
                 if local_policies(result, dir, &mut local, &link, &mut load_errors) {
@@ -743,6 +750,14 @@ fn manual_action(
         },
         now_ms,
     )
+}
+
+/// The next wake-up of the policy directory's watch (never, without a directory).
+async fn changed(changes: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the earliest backed-off action is due (never, if none waits).

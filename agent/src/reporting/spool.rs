@@ -28,7 +28,9 @@
 //! 16 MiB) sets the whole segment aside and counts it.
 //!
 //! Appends are not synced one by one: [`Spool::sync`] syncs the segment being written, and
-//! a segment is synced when the next one is started.
+//! a segment is synced when the next one is started. An acknowledged segment is deleted
+//! once a newer one exists: the segment being written takes the next records even when
+//! all of it is acknowledged, so a receiver that keeps up costs no file per record.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -427,11 +429,13 @@ impl Spool {
                 }
             }
         }
-        while self
-            .segments
-            .front()
-            .is_some_and(|s| s.last <= self.acked_on_disk)
-        {
+        // Acknowledged segments go, except the one still being written: it takes the next
+        // records (deleting it would create, sync and delete a file per record when the
+        // receiver keeps up).
+        while self.segments.front().is_some_and(|s| {
+            s.last <= self.acked_on_disk
+                && !(self.segments.len() == 1 && self.writer.is_some() && !s.sealed)
+        }) {
             let front = self.segments.front().expect("checked above");
             if let Err(e) = fs::remove_file(&front.path) {
                 if e.kind() != io::ErrorKind::NotFound {
@@ -1135,8 +1139,12 @@ mod tests {
 
         spool.ack(201);
         assert_eq!((spool.floor(), spool.next_seq()), (202, 202));
-        assert!(files_ending(&dir, SEGMENT_SUFFIX).is_empty());
-        assert_eq!(spool.stats(), SpoolStats::default());
+        // The segment being written stays for the next records; the older ones are gone.
+        let segments = files_ending(&dir, SEGMENT_SUFFIX);
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        assert_eq!(spool.stats().records, 0);
+        assert_eq!(spool.stats().bytes, disk_bytes(&dir));
+        assert!(read_all(&spool, 1000).is_empty());
         drop(spool);
 
         let mut spool = open(&dir, 1 << 20);
@@ -1146,6 +1154,26 @@ mod tests {
         // An old or repeated acknowledgement changes nothing.
         spool.ack(5);
         assert_eq!((spool.floor(), spool.stats().records), (202, 1));
+    }
+
+    #[test]
+    fn a_receiver_that_keeps_up_leaves_one_segment_that_takes_the_next_records() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let mut spool = open(dir, 1 << 20);
+        for seq in 1..=10 {
+            assert_eq!(spool.push(&record(seq, 100)), seq);
+            spool.ack(seq);
+        }
+        let segments = files_ending(dir, SEGMENT_SUFFIX);
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        assert!(segments[0].ends_with("00000000000000000001.seg"));
+        assert_eq!((spool.floor(), spool.stats().records), (11, 0));
+        drop(spool);
+        let mut spool = open(dir, 1 << 20);
+        assert_eq!((spool.floor(), spool.next_seq()), (11, 11));
+        assert_eq!(spool.push(&record(11, 100)), 11);
+        assert_eq!(read_all(&spool, 100), [11]);
     }
 
     #[test]

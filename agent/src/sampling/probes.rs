@@ -4,6 +4,11 @@
 //! The HTTP check is a minimal HTTP/1.1 GET over plain TCP that reads only the status
 //! line: enough for a health check, and it keeps the static agent free of an HTTP client
 //! stack.
+//!
+//! A process check looks first at the process where the name was last seen (one read of
+//! `/proc/PID/comm`) and lists `/proc` only for the names not found there, stopping as
+//! soon as all are found: on a host where the checked processes run, a tick costs one
+//! read per name instead of one per process.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -50,6 +55,7 @@ pub struct ProbeSet {
 /// Runs the probes every `interval` until the sender side of `set` is dropped.
 pub async fn run(mut set: watch::Receiver<ProbeSet>, interval: Duration, updates: UpdateSender) {
     let mut failures: HashMap<String, u32> = HashMap::new();
+    let mut finder = Some(ProcessFinder::default());
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -59,9 +65,20 @@ pub async fn run(mut set: watch::Receiver<ProbeSet>, interval: Duration, updates
         }
         let probes = set.borrow().clone();
         if !probes.processes.is_empty() {
-            let running = tokio::task::spawn_blocking(running_process_names)
-                .await
-                .unwrap_or_default();
+            let wanted = probes.processes.clone();
+            let mut f = finder.take().unwrap_or_default();
+            let running = match tokio::task::spawn_blocking(move || {
+                let running = f.running(&wanted);
+                (f, running)
+            })
+            .await
+            {
+                Ok((f, running)) => {
+                    finder = Some(f);
+                    running
+                }
+                Err(_) => BTreeSet::new(),
+            };
             for name in &probes.processes {
                 let state = if running.contains(name) {
                     "running"
@@ -137,25 +154,58 @@ async fn send(
         .map_err(|_| ())
 }
 
-/// Names of running processes (`/proc/PID/comm`).
-pub fn running_process_names() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return names;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let is_pid = file_name
-            .to_str()
-            .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
-        if !is_pid {
-            continue;
+/// Finds running processes by name (`/proc/PID/comm`), remembering the process each
+/// name was last seen in.
+#[derive(Debug, Default)]
+pub struct ProcessFinder {
+    last_seen: HashMap<String, u32>,
+}
+
+impl ProcessFinder {
+    /// Which of `wanted` run now.
+    pub fn running(&mut self, wanted: &BTreeSet<String>) -> BTreeSet<String> {
+        self.last_seen.retain(|name, _| wanted.contains(name));
+        let mut found = BTreeSet::new();
+        self.last_seen.retain(|name, pid| {
+            let still = comm(*pid).is_some_and(|c| c == *name);
+            if still {
+                found.insert(name.clone());
+            }
+            still
+        });
+        if found.len() == wanted.len() {
+            return found;
         }
-        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
-            names.insert(comm.trim_end().to_string());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(name) = comm(pid) else { continue };
+            if wanted.contains(&name) && !found.contains(&name) {
+                self.last_seen.insert(name.clone(), pid);
+                found.insert(name);
+                if found.len() == wanted.len() {
+                    break;
+                }
+            }
         }
+        found
     }
-    names
+}
+
+/// The command name of process `pid`; `None` once it is gone.
+fn comm(pid: u32) -> Option<String> {
+    let mut comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    comm.truncate(comm.trim_end().len());
+    Some(comm)
 }
 
 /// Performs the GET; `Ok(detail)` when the status is as expected.
@@ -228,10 +278,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_test_process_is_found() {
-        let names = running_process_names();
-        assert!(!names.is_empty());
-        assert!(!names.contains("surely-no-such-process"));
+    fn finds_running_processes_and_remembers_where() {
+        let own = comm(std::process::id()).unwrap();
+        let wanted = BTreeSet::from([own.clone(), "surely-no-such-process".to_string()]);
+        let mut finder = ProcessFinder::default();
+        assert_eq!(finder.running(&wanted), BTreeSet::from([own.clone()]));
+        let seen = finder.last_seen[&own];
+        assert_eq!(comm(seen).as_deref(), Some(own.as_str()));
+        assert_eq!(finder.running(&wanted), BTreeSet::from([own.clone()]));
+
+        // A process that exits is missing from the next look.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let sleeping = BTreeSet::from(["sleep".to_string()]);
+        assert_eq!(finder.running(&sleeping), sleeping);
+        assert!(!finder.last_seen.contains_key(&own), "no longer wanted");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let others = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .any(|pid| comm(pid).as_deref() == Some("sleep"));
+        assert_eq!(finder.running(&sleeping).is_empty(), !others);
     }
 
     #[tokio::test]

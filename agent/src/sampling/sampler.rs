@@ -1,4 +1,4 @@
-//! Samples the host's health with `sysinfo`.
+//! Samples the host's health with `sysinfo` (network counters from `/proc/net/dev`).
 //!
 //! Metric names (all tagged, by the runner, with the agent's labels):
 //!
@@ -16,14 +16,16 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use sysinfo::{Disks, Networks, System};
+use sysinfo::{Disks, System};
 use vigil_shared::wire::Sample;
+
+use crate::sampling::netdev::NetCounters;
 
 /// Keeps the state sampling needs between two calls (CPU and network counters are deltas).
 pub struct HostSampler {
     system: System,
     disks: Disks,
-    networks: Networks,
+    networks: NetCounters,
     last_network_refresh: Instant,
 }
 
@@ -33,10 +35,12 @@ impl HostSampler {
     pub fn new() -> Result<Self, sysinfo::Error> {
         let mut system = System::new()?;
         system.refresh_cpu_usage();
+        let mut networks = NetCounters::default();
+        networks.refresh();
         Ok(HostSampler {
             system,
             disks: Disks::new_with_refreshed_list()?,
-            networks: Networks::new_with_refreshed_list()?,
+            networks,
             last_network_refresh: Instant::now(),
         })
     }
@@ -94,25 +98,17 @@ impl HostSampler {
             push("load15", load.fifteen, vec![]);
         }
 
-        self.networks.refresh(true);
+        let counters = self.networks.refresh();
         let elapsed = self.last_network_refresh.elapsed().as_secs_f64().max(0.001);
         self.last_network_refresh = Instant::now();
-        for (iface, data) in &self.networks {
-            let iface = iface.to_string_lossy();
-            if iface == "lo" {
-                continue;
-            }
-            let tags = vec![("iface".to_string(), iface.into_owned())];
+        for (iface, received, sent) in counters {
+            let tags = vec![("iface".to_string(), iface)];
             push(
                 "net_rx_bytes_per_second",
-                data.received() as f64 / elapsed,
+                received as f64 / elapsed,
                 tags.clone(),
             );
-            push(
-                "net_tx_bytes_per_second",
-                data.transmitted() as f64 / elapsed,
-                tags,
-            );
+            push("net_tx_bytes_per_second", sent as f64 / elapsed, tags);
         }
 
         // Counted from the names in /proc: one directory read, where a sysinfo process

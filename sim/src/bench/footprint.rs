@@ -377,13 +377,23 @@ impl Figures {
                 note: cpu_note,
             },
         ];
-        match watched.get(2).and_then(|m| m.summary(self.clk_tck)) {
-            Some(m) => figures.extend(self.versus_monit(&a, &m)),
+        let monit = watched.get(2).and_then(|m| m.summary(self.clk_tck));
+        let mut rows = vec![
+            (format!("vigil-agent, {POLICIES} policies"), &a),
+            ("vigil-agent, no policies".to_string(), &b),
+        ];
+        match &monit {
+            Some(m) => {
+                figures.extend(self.versus_monit(&a, m));
+                rows.push(("monit, 1 process check".to_string(), m));
+            }
             None => println!(
                 "agent vs monit: skipped: no `monit` program on PATH or in /usr/bin, \
                  /usr/sbin (Debian: apt-get install monit)"
             ),
         }
+        print!("{}", side_by_side(&rows));
+        println!("{}", goal_verdict(&a));
         Ok(figures)
     }
 
@@ -456,6 +466,44 @@ impl Figures {
             },
         ]
     }
+}
+
+/// The agent's goal: at most 6 MB (decimal) resident, mean over the window, ...
+const GOAL_RSS_KIB: u64 = 6_000_000 / 1024;
+/// ... and less than this share of one core.
+const GOAL_CPU_PERCENT: f64 = 0.3;
+
+/// The processes' readings as a table, one row each.
+fn side_by_side(rows: &[(String, &Summary)]) -> String {
+    let mut out = format!(
+        "agent footprint, side by side (means over the window):\n  {:<28} {:>10} {:>10} {:>10} {:>10}\n",
+        "process", "VmRSS MiB", "RssAnon", "RssFile", "CPU %"
+    );
+    for (name, s) in rows {
+        let _ = writeln!(
+            out,
+            "  {name:<28} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            mib(s.rss_mean_kib),
+            mib(s.anon_mean_kib),
+            mib(s.file_mean_kib),
+            s.cpu_percent
+        );
+    }
+    out
+}
+
+/// Whether the measured agent meets the goal, in one line.
+fn goal_verdict(a: &Summary) -> String {
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    format!(
+        "agent footprint goal (VmRSS mean <= 6 MB = {:.2} MiB, CPU < {GOAL_CPU_PERCENT}% of one \
+         core): memory {:.2} MiB {}, CPU {:.2}% {}",
+        mib(GOAL_RSS_KIB),
+        mib(a.rss_mean_kib),
+        verdict(a.rss_mean_kib <= GOAL_RSS_KIB),
+        a.cpu_percent,
+        verdict(a.cpu_percent < GOAL_CPU_PERCENT),
+    )
 }
 
 fn mib(kib: u64) -> f64 {
@@ -1189,6 +1237,35 @@ Rss:                   4 kB
         );
         let own = Breakdown::of(std::process::id()).unwrap();
         assert!(own.code > 0, "{own:?}");
+    }
+
+    #[test]
+    fn the_goal_is_six_decimal_megabytes_and_three_tenths_of_a_core() {
+        let summary = |rss_mean_kib: u64, cpu_percent: f64| Summary {
+            last: Reading {
+                at: Instant::now(),
+                rss_kib: rss_mean_kib,
+                hwm_kib: rss_mean_kib,
+                anon_kib: 0,
+                file_kib: 0,
+                cpu_ticks: 0,
+            },
+            window_s: 60.0,
+            rss_peak_kib: rss_mean_kib,
+            rss_mean_kib,
+            anon_mean_kib: 1024,
+            file_mean_kib: rss_mean_kib - 1024,
+            cpu_percent,
+        };
+        let met = goal_verdict(&summary(5859, 0.28));
+        assert!(met.contains("memory 5.72 MiB met, CPU 0.28% met"), "{met}");
+        let missed = goal_verdict(&summary(6250, 0.62));
+        assert!(
+            missed.contains("6.10 MiB NOT met, CPU 0.62% NOT met"),
+            "{missed}"
+        );
+        let table = side_by_side(&[("monit".into(), &summary(7373, 0.9))]);
+        assert!(table.lines().nth(2).unwrap().contains("7.20"), "{table}");
     }
 
     #[test]
