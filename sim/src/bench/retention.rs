@@ -8,10 +8,10 @@
 //! 3. **Steady load.** Two coordinators, each on a copy of the pruned data dir, each under
 //!    the same load of enrolled virtual agents recording actions over MQTT, at the same
 //!    time (same machine noise): one with a short retention of audit records and metric
-//!    history (1 min; 10 s with `--quick`), the baseline with the defaults (90 and 7 days). The data file's size and the pages holding
-//!    data (`vigil_store_used_bytes`) are sampled once per retention window: with
-//!    retention, LMDB reuses the pages retention frees and the file stops growing; without,
-//!    it grows with the load.
+//!    history (1 min; 10 s with `--quick`), the baseline with the defaults (90 and 7
+//!    days). The data file's size and the pages holding data (`vigil_store_used_bytes`)
+//!    are sampled once per retention window: with retention, LMDB reuses the pages
+//!    retention frees and the file stops growing; without, it grows with the load.
 //!
 //! Every size is printed, so the README's table comes from one run.
 
