@@ -374,6 +374,7 @@ fn coordinator_records() -> Vec<Vec<u8>> {
         clock_skew_ms: Some(-42),
         status_order: Some((3, 17)),
         silent_since_ms: Some(NOW_MS - 5),
+        running_policies: None,
     };
     let http_host = HostRecord {
         source: Source::Http,
