@@ -292,6 +292,11 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // A vfork'd child resumes its parent before exec renames it: wait for the name.
+        let renamed = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while comm(child.id()).as_deref() != Some("sleep") && std::time::Instant::now() < renamed {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let sleeping = BTreeSet::from(["sleep".to_string()]);
         assert_eq!(finder.running(&sleeping), sleeping);
         assert!(!finder.last_seen.contains_key(&own), "no longer wanted");
