@@ -301,7 +301,15 @@ impl Coordinator {
         tasks.push(tokio::spawn(crate::mqtt::ingest::run(
             publisher.clone(),
             eventloop,
-            crate::mqtt::ingest::Gate::new(store.clone(), sessions, Arc::clone(&keys)),
+            (0..config.ingest_tasks)
+                .map(|_| {
+                    crate::mqtt::ingest::Gate::new(
+                        store.clone(),
+                        sessions.clone(),
+                        Arc::clone(&keys),
+                    )
+                })
+                .collect(),
             writer.clone(),
             telemetry.clone(),
             crate::mqtt::ingest::Listeners {

@@ -84,6 +84,8 @@ pub struct CoordinatorConfig {
     pub mqtt_limits: crate::mqtt::front::FrontLimits,
     /// Socket bounds of the REST API.
     pub http_limits: crate::http::server::HttpLimits,
+    /// How many tasks decode, authenticate and validate agent messages at once.
+    pub ingest_tasks: usize,
     /// Whether plaintext listeners beyond loopback were explicitly allowed.
     pub allow_plaintext_remote: bool,
     /// The certificate both listeners serve; `None`: plain HTTP and MQTT.
@@ -163,6 +165,8 @@ pub struct CoordinatorFile {
     pub mqtt_max_pending_per_address: Option<usize>,
     /// See `--http-max-connections`.
     pub http_max_connections: Option<usize>,
+    /// See `--ingest-tasks`.
+    pub ingest_tasks: Option<usize>,
     /// See `--http-max-connections-per-address`.
     pub http_max_connections_per_address: Option<usize>,
     /// See `--allow-plaintext-remote`.
@@ -449,6 +453,13 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             .unwrap_or(crate::http::auth::DEFAULT_MAX_FAILURES),
         mqtt_limits,
         http_limits,
+        ingest_tasks: match over.ingest_tasks.or(file.ingest_tasks) {
+            Some(n) if !(1..=64).contains(&n) => {
+                return Err(invalid("ingest_tasks", format!("{n} is not within 1–64")))
+            }
+            Some(n) => n,
+            None => crate::mqtt::ingest::default_tasks(),
+        },
         allow_plaintext_remote,
         tls,
         tls_ca,

@@ -23,6 +23,14 @@
 //! refuse: the message is stored, the skew counted (`vigil_agent_clock_skewed_total`),
 //! logged, and kept in the host record.
 //!
+//! Checking runs on several tasks at once (`--ingest-tasks`, by default
+//! [`default_tasks`]: one per core): the
+//! connection's task hands each delivery to the shard that owns its host (by a hash of
+//! the host in the topic), so one host's messages are checked and queued for the store
+//! in the order they came, while different hosts' are decoded, authenticated and
+//! validated in parallel. Each shard owns the replay windows and logging state of its
+//! hosts; the enrolled-key cache is per shard too, the session keys are shared.
+//!
 //! Deliveries are acknowledged to the broker (manual acks, in the order received) once
 //! the store has committed what they carry, or at once when they carry nothing to
 //! store. When the store cannot take them (a full disk), they stay unacknowledged and,
@@ -44,7 +52,7 @@ use vigil_shared::agent_auth::{
     self, Authenticator, Refusal, ReplayGuard, Seal, SealedMessage, MAX_CLOCK_SKEW_MS,
 };
 use vigil_shared::bundle::BundleKeys;
-use vigil_shared::delivery::Stream;
+use vigil_shared::delivery::{Delivery, Stream};
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
@@ -79,11 +87,55 @@ pub const REDELIVER_AFTER: Duration = Duration::from_secs(3);
 /// How often the clock skew of one host is logged at most.
 const SKEW_LOG_EVERY_MS: i64 = 60_000;
 
+/// How many deliveries may wait for one shard before the connection's task waits.
+const SHARD_QUEUE: usize = 1024;
+
+/// How many checking tasks ingest runs unless configured: one per core the process may
+/// use, 1 to 8.
+pub fn default_tasks() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8))
+}
+
 /// A delivery waiting for its acknowledgement to the broker.
 struct Pending {
     publish: Publish,
-    /// The store's answer; `None`: nothing to wait for.
+    /// Its outcome: stored (or nothing to store), or not.
     answer: Option<oneshot::Receiver<Result<u64, Arc<StoreError>>>>,
+}
+
+/// One delivery for a shard to check, and where its outcome goes: `Ok` once the store
+/// has it or when there is nothing to store (refused, duplicate, a status); dropped
+/// unanswered when the store could not queue it.
+struct Job {
+    publish: Publish,
+    reply: WriteReply,
+}
+
+/// The shard that checks `topic`'s messages: all of one host's go to one shard.
+fn shard_of(topic: &str, shards: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let host = topics::parse_agent(topic).map_or("", |(host, _)| host);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    host.hash(&mut hasher);
+    usize::try_from(hasher.finish() % shards.max(1) as u64).unwrap_or(0)
+}
+
+/// Checks the deliveries of the hosts one shard owns, in order, until the connection's
+/// task goes away.
+async fn check_shard(
+    mut jobs: tokio::sync::mpsc::Receiver<Job>,
+    client: AsyncClient,
+    mut gate: Gate,
+    writer: StoreWriter,
+    telemetry: Arc<Telemetry>,
+    listeners: Arc<Listeners>,
+) {
+    while let Some(Job { publish, reply }) = jobs.recv().await {
+        handle(
+            &publish, &client, &mut gate, &writer, &telemetry, &listeners, reply,
+        )
+        .await;
+    }
 }
 
 /// Who else hears of what ingest accepts, as it is accepted.
@@ -99,7 +151,7 @@ pub(crate) struct Listeners {
 pub async fn run(
     publisher: Publisher,
     mut eventloop: EventLoop,
-    mut gate: Gate,
+    gates: Vec<Gate>,
     writer: StoreWriter,
     telemetry: Arc<Telemetry>,
     listeners: Listeners,
@@ -108,6 +160,20 @@ pub async fn run(
     let Publisher {
         client, connects, ..
     } = publisher;
+    let listeners = Arc::new(listeners);
+    let mut shards = Vec::with_capacity(gates.len());
+    for gate in gates {
+        let (jobs, queue) = tokio::sync::mpsc::channel(SHARD_QUEUE);
+        tokio::spawn(check_shard(
+            queue,
+            client.clone(),
+            gate,
+            writer.clone(),
+            Arc::clone(&telemetry),
+            Arc::clone(&listeners),
+        ));
+        shards.push(jobs);
+    }
     let mut reconnect = crate::reconnect::Reconnect::new("ingest");
     let mut pending: VecDeque<Pending> = VecDeque::new();
     // Acknowledgements the client's queue had no room for, in order: sent first.
@@ -188,11 +254,23 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let answer = handle(
-                    &publish, &client, &mut gate, &writer, &telemetry, &listeners,
-                )
-                .await;
-                pending.push_back(Pending { publish, answer });
+                let (reply, answer) = oneshot::channel();
+                let job = Job {
+                    publish: publish.clone(),
+                    reply,
+                };
+                let shard = shard_of(&publish.topic, shards.len());
+                let Some(jobs) = shards.get(shard) else {
+                    tracing::error!("ingest runs no checking task: the delivery waits for the broker to send it again");
+                    continue;
+                };
+                if jobs.send(job).await.is_err() {
+                    tracing::error!("an ingest checking task has stopped");
+                }
+                pending.push_back(Pending {
+                    publish,
+                    answer: Some(answer),
+                });
             }
             Ok(_) => {}
             Err(e) => {
@@ -297,8 +375,9 @@ fn settle(
     }
 }
 
-/// Checks one message and queues what it carries for the store; returns where the
-/// store's answer will come, if the delivery must wait for it.
+/// Checks one message and queues what it carries for the store; `reply` hears when the
+/// delivery may be acknowledged: at once when there is nothing to wait for, else when
+/// the store has committed it.
 async fn handle(
     publish: &Publish,
     client: &AsyncClient,
@@ -306,7 +385,62 @@ async fn handle(
     writer: &StoreWriter,
     telemetry: &Telemetry,
     listeners: &Listeners,
-) -> Option<oneshot::Receiver<Result<u64, Arc<StoreError>>>> {
+    reply: WriteReply,
+) {
+    let (write, reply) = match check(publish, client, gate, telemetry, listeners) {
+        // Refused or a duplicate: nothing to keep, the delivery is done.
+        None => {
+            let _ = reply.send(Ok(0));
+            return;
+        }
+        Some(Wait::Nothing(write)) => (write, Some(reply)),
+        Some(Wait::Queued {
+            host,
+            delivery,
+            write,
+        }) => (
+            Write::Queued {
+                host,
+                delivery,
+                write: Box::new(write),
+                reply: Some(reply),
+            },
+            None,
+        ),
+    };
+    if let Err(e) = writer.send(write).await {
+        telemetry
+            .store_errors
+            .with_label_values(&[e.reason()])
+            .inc();
+        tracing::error!(topic = %publish.topic, "cannot queue message for the store: {e}");
+    }
+    if let Some(reply) = reply {
+        let _ = reply.send(Ok(0));
+    }
+}
+
+/// What a checked message asks of the store.
+enum Wait {
+    /// A write from one of the agent's durable queues: acknowledged once committed.
+    Queued {
+        host: String,
+        delivery: Delivery,
+        write: Write,
+    },
+    /// A write the delivery need not wait for.
+    Nothing(Write),
+}
+
+/// Checks one message; `None` when it is refused or a duplicate (counted and logged
+/// here), else what to write.
+fn check(
+    publish: &Publish,
+    client: &AsyncClient,
+    gate: &mut Gate,
+    telemetry: &Telemetry,
+    listeners: &Listeners,
+) -> Option<Wait> {
     let Listeners {
         metrics_tap,
         deadman,
@@ -420,20 +554,13 @@ async fn handle(
         AgentChannel::Actions | AgentChannel::Events => Some(Stream::Outbox),
         _ => None,
     };
-    let (write, answer) = match (expected, seal.delivery) {
-        (None, _) => (write, None),
-        (Some(stream), Some(delivery)) if delivery.stream == stream => {
-            let (reply, answer): (WriteReply, _) = oneshot::channel();
-            (
-                Write::Queued {
-                    host: host.to_string(),
-                    delivery,
-                    write: Box::new(write),
-                    reply: Some(reply),
-                },
-                Some(answer),
-            )
-        }
+    let wait = match (expected, seal.delivery) {
+        (None, _) => Wait::Nothing(write),
+        (Some(stream), Some(delivery)) if delivery.stream == stream => Wait::Queued {
+            host: host.to_string(),
+            delivery,
+            write,
+        },
         (Some(stream), _) => {
             reject(
                 telemetry,
@@ -455,14 +582,7 @@ async fn handle(
         .mqtt_messages
         .with_label_values(&[channel.as_str()])
         .inc();
-    if let Err(e) = writer.send(write).await {
-        telemetry
-            .store_errors
-            .with_label_values(&[e.reason()])
-            .inc();
-        tracing::error!(topic = %publish.topic, "cannot queue message for the store: {e}");
-    }
-    answer
+    Some(wait)
 }
 
 /// Checks seals: the enrolled agents' keys, their session keys, and what each has

@@ -75,10 +75,29 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     let mut figures = Vec::new();
     for agents in [100usize, 1000] {
         let load = Load::Burst { samples: burst };
-        let embedded = measure(env, agents, load, false, false).await?;
-        let mosquitto = measure(env, agents, load, true, false).await?;
+        let embedded = measure(env, agents, load, EMBEDDED).await?;
+        let mosquitto = measure(env, agents, load, MOSQUITTO).await?;
+        if agents == 1000 {
+            let one_task = measure(env, agents, load, ONE_TASK).await?;
+            figures.push(Figure {
+                name: format!("ingest burst, {agents} agents, checks on every core"),
+                value: embedded.rate,
+                unit: "samples/s",
+                baseline: Some(Baseline {
+                    name: "checks on one task (--ingest-tasks 1), same load".into(),
+                    value: one_task.rate,
+                }),
+                note: format!(
+                    "embedded broker, {burst} samples in batches of {BATCH}; decode, MAC \
+                     check and validation on {} tasks (one per core, each host on one), \
+                     against one task; ratio {:.2}",
+                    std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+                    embedded.rate / one_task.rate.max(1.0)
+                ),
+            });
+        }
         if agents == 100 {
-            let signed = measure(env, agents, load, false, true).await?;
+            let signed = measure(env, agents, load, SIGNED).await?;
             figures.push(Figure {
                 name: format!("ingest burst, {agents} agents, session-key MACs"),
                 value: embedded.rate,
@@ -117,8 +136,8 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     // acknowledgements, as real agents do) connecting while traffic flows, the embedded
     // broker (rumqttd 0.20) stops routing — see README, Performance.
     let fleet = if env.quick { 300 } else { 1000 };
-    let embedded = measure(env, fleet, load, false, false).await?;
-    let mosquitto = measure(env, fleet, load, true, false).await?;
+    let embedded = measure(env, fleet, load, EMBEDDED).await?;
+    let mosquitto = measure(env, fleet, load, MOSQUITTO).await?;
     figures.push(Figure {
         name: format!(
             "ingest sustained, {fleet} agents, {} samples/s offered",
@@ -141,13 +160,47 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     Ok(figures)
 }
 
+/// How one run's coordinator and agents are set up.
+#[derive(Debug, Clone, Copy, Default)]
+struct Setup {
+    /// Through Mosquitto as an external broker instead of the embedded one.
+    via_mosquitto: bool,
+    /// Every batch signed with ed25519 instead of MAC'd under a session key.
+    signatures_only: bool,
+    /// The coordinator checks messages on one task (`--ingest-tasks 1`) instead of one
+    /// per core.
+    one_task: bool,
+}
+
+const EMBEDDED: Setup = Setup {
+    via_mosquitto: false,
+    signatures_only: false,
+    one_task: false,
+};
+const MOSQUITTO: Setup = Setup {
+    via_mosquitto: true,
+    ..EMBEDDED
+};
+const SIGNED: Setup = Setup {
+    signatures_only: true,
+    ..EMBEDDED
+};
+const ONE_TASK: Setup = Setup {
+    one_task: true,
+    ..EMBEDDED
+};
+
 async fn measure(
     env: &BenchEnv,
     agents: usize,
     load: Load,
-    via_mosquitto: bool,
-    signatures_only: bool,
+    setup: Setup,
 ) -> Result<Run, BenchError> {
+    let Setup {
+        via_mosquitto,
+        signatures_only,
+        one_task,
+    } = setup;
     let label = format!(
         "ingest-{}-{agents}-{}{}",
         match load {
@@ -160,8 +213,13 @@ async fn measure(
             "embedded"
         },
         if signatures_only { "-signed" } else { "" }
-    );
-    let stack = Stack::start(&env.work_dir.join(&label), via_mosquitto).await?;
+    ) + if one_task { "-one-task" } else { "" };
+    let extra: &[&str] = if one_task {
+        &["--ingest-tasks", "1"]
+    } else {
+        &[]
+    };
+    let stack = Stack::start(&env.work_dir.join(&label), via_mosquitto, extra).await?;
     let coordinator = &stack.coordinator;
     // Give an external broker's subscription a moment to be in place.
     tokio::time::sleep(Duration::from_millis(500)).await;

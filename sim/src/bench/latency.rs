@@ -85,7 +85,7 @@ async fn measure(
     } else {
         "latency-embedded"
     };
-    let stack = Stack::start(&env.work_dir.join(label), via_mosquitto).await?;
+    let stack = Stack::start(&env.work_dir.join(label), via_mosquitto, &[]).await?;
     let coordinator = &stack.coordinator;
     let broker = stack.broker.clone();
     let mut config = FleetConfig {

@@ -58,8 +58,9 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Creates `dir` and starts Mosquitto (if `via_mosquitto`) and a coordinator in it.
-    pub async fn start(dir: &Path, via_mosquitto: bool) -> Result<Stack, KitError> {
+    /// Creates `dir` and starts Mosquitto (if `via_mosquitto`) and a coordinator in it,
+    /// with `extra` `serve` flags.
+    pub async fn start(dir: &Path, via_mosquitto: bool, extra: &[&str]) -> Result<Stack, KitError> {
         std::fs::create_dir_all(dir).map_err(|source| KitError::Write {
             path: dir.to_path_buf(),
             source,
@@ -72,6 +73,7 @@ impl Stack {
         };
         let options = CoordinatorOptions {
             external_broker: mosquitto.as_ref().map(|m| m.url.as_str()),
+            extra,
             ..CoordinatorOptions::default()
         };
         let coordinator = launcher.start_coordinator(dir, &options).await?;
