@@ -587,6 +587,23 @@ mod tests {
     }
 
     #[test]
+    fn ingest_tasks_default_to_the_cores_and_stay_within_bounds() {
+        let config = resolve(CoordinatorFile::default(), Overrides::default()).unwrap();
+        assert_eq!(config.ingest_tasks, crate::mqtt::ingest::default_tasks());
+        assert!((1..=8).contains(&config.ingest_tasks));
+        let file: CoordinatorFile = toml::from_str("ingest_tasks = 3\n").unwrap();
+        assert_eq!(resolve(file, Overrides::default()).unwrap().ingest_tasks, 3);
+        for bad in [0, 65] {
+            let over = Overrides {
+                ingest_tasks: Some(bad),
+                ..Overrides::default()
+            };
+            let e = resolve(CoordinatorFile::default(), over).unwrap_err();
+            assert!(e.to_string().contains("ingest_tasks"), "{e}");
+        }
+    }
+
+    #[test]
     fn the_policy_directory_comes_from_the_file_or_a_flag() {
         let file: CoordinatorFile = toml::from_str("policies = \"/etc/vigil/policies\"\n").unwrap();
         let config = resolve(file, Overrides::default()).unwrap();
