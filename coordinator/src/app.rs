@@ -301,7 +301,7 @@ impl Coordinator {
         tasks.push(tokio::spawn(crate::mqtt::ingest::run(
             publisher.clone(),
             eventloop,
-            (0..config.ingest_tasks)
+            (0..config.ingest_threads)
                 .map(|_| {
                     crate::mqtt::ingest::Gate::new(
                         store.clone(),

@@ -84,8 +84,8 @@ pub struct CoordinatorConfig {
     pub mqtt_limits: crate::mqtt::front::FrontLimits,
     /// Socket bounds of the REST API.
     pub http_limits: crate::http::server::HttpLimits,
-    /// How many tasks decode, authenticate and validate agent messages at once.
-    pub ingest_tasks: usize,
+    /// How many threads decode, authenticate and validate agent messages at once.
+    pub ingest_threads: usize,
     /// Whether plaintext listeners beyond loopback were explicitly allowed.
     pub allow_plaintext_remote: bool,
     /// The certificate both listeners serve; `None`: plain HTTP and MQTT.
@@ -165,8 +165,8 @@ pub struct CoordinatorFile {
     pub mqtt_max_pending_per_address: Option<usize>,
     /// See `--http-max-connections`.
     pub http_max_connections: Option<usize>,
-    /// See `--ingest-tasks`.
-    pub ingest_tasks: Option<usize>,
+    /// See `--ingest-threads`.
+    pub ingest_threads: Option<usize>,
     /// See `--http-max-connections-per-address`.
     pub http_max_connections_per_address: Option<usize>,
     /// See `--allow-plaintext-remote`.
@@ -453,12 +453,12 @@ pub fn resolve(file: CoordinatorFile, over: Overrides) -> Result<CoordinatorConf
             .unwrap_or(crate::http::auth::DEFAULT_MAX_FAILURES),
         mqtt_limits,
         http_limits,
-        ingest_tasks: match over.ingest_tasks.or(file.ingest_tasks) {
+        ingest_threads: match over.ingest_threads.or(file.ingest_threads) {
             Some(n) if !(1..=64).contains(&n) => {
-                return Err(invalid("ingest_tasks", format!("{n} is not within 1–64")))
+                return Err(invalid("ingest_threads", format!("{n} is not within 1–64")))
             }
             Some(n) => n,
-            None => crate::mqtt::ingest::default_tasks(),
+            None => crate::mqtt::ingest::default_threads(),
         },
         allow_plaintext_remote,
         tls,
@@ -587,19 +587,25 @@ mod tests {
     }
 
     #[test]
-    fn ingest_tasks_default_to_the_cores_and_stay_within_bounds() {
+    fn ingest_threads_default_to_the_cores_and_stay_within_bounds() {
         let config = resolve(CoordinatorFile::default(), Overrides::default()).unwrap();
-        assert_eq!(config.ingest_tasks, crate::mqtt::ingest::default_tasks());
-        assert!((1..=8).contains(&config.ingest_tasks));
-        let file: CoordinatorFile = toml::from_str("ingest_tasks = 3\n").unwrap();
-        assert_eq!(resolve(file, Overrides::default()).unwrap().ingest_tasks, 3);
+        assert_eq!(
+            config.ingest_threads,
+            crate::mqtt::ingest::default_threads()
+        );
+        assert!((1..=8).contains(&config.ingest_threads));
+        let file: CoordinatorFile = toml::from_str("ingest_threads = 3\n").unwrap();
+        assert_eq!(
+            resolve(file, Overrides::default()).unwrap().ingest_threads,
+            3
+        );
         for bad in [0, 65] {
             let over = Overrides {
-                ingest_tasks: Some(bad),
+                ingest_threads: Some(bad),
                 ..Overrides::default()
             };
             let e = resolve(CoordinatorFile::default(), over).unwrap_err();
-            assert!(e.to_string().contains("ingest_tasks"), "{e}");
+            assert!(e.to_string().contains("ingest_threads"), "{e}");
         }
     }
 

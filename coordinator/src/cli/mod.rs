@@ -134,10 +134,10 @@ pub struct ServeArgs {
     #[arg(long, env = "VIGIL_MQTT_MAX_CONNECTIONS")]
     pub mqtt_max_connections: Option<usize>,
 
-    /// Tasks that decode, authenticate and validate agent messages at once (each host's
+    /// Threads that decode, authenticate and validate agent messages at once (each host's
     /// messages stay in order on one of them), 1–64 [default: the cores available, at most 8]
-    #[arg(long, env = "VIGIL_INGEST_TASKS")]
-    pub ingest_tasks: Option<usize>,
+    #[arg(long, env = "VIGIL_INGEST_THREADS")]
+    pub ingest_threads: Option<usize>,
 
     /// Connections from one client address that have not logged in to the embedded broker
     /// yet (more are closed at once; each has 10 s to log in) [default: 512]
@@ -239,7 +239,7 @@ impl ServeArgs {
                 mqtt_max_connections: self.mqtt_max_connections,
                 mqtt_max_pending_per_address: self.mqtt_max_pending_per_address,
                 http_max_connections: self.http_max_connections,
-                ingest_tasks: self.ingest_tasks,
+                ingest_threads: self.ingest_threads,
                 http_max_connections_per_address: self.http_max_connections_per_address,
                 allow_plaintext_remote: self.allow_plaintext_remote,
                 tls: self.tls,

@@ -23,8 +23,8 @@
 //! refuse: the message is stored, the skew counted (`vigil_agent_clock_skewed_total`),
 //! logged, and kept in the host record.
 //!
-//! Checking runs on several tasks at once (`--ingest-tasks`, by default
-//! [`default_tasks`]: one per core): the
+//! Checking runs on several threads at once (`--ingest-threads`, by default
+//! [`default_threads`]: one per core): the
 //! connection's task hands each delivery to the shard that owns its host (by a hash of
 //! the host in the topic), so one host's messages are checked and queued for the store
 //! in the order they came, while different hosts' are decoded, authenticated and
@@ -90,9 +90,9 @@ const SKEW_LOG_EVERY_MS: i64 = 60_000;
 /// How many deliveries may wait for one shard before the connection's task waits.
 const SHARD_QUEUE: usize = 1024;
 
-/// How many checking tasks ingest runs unless configured: one per core the process may
+/// How many checking threads ingest runs unless configured: one per core the process may
 /// use, 1 to 8.
-pub fn default_tasks() -> usize {
+pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8))
 }
 
@@ -121,8 +121,9 @@ fn shard_of(topic: &str, shards: usize) -> usize {
 }
 
 /// Checks the deliveries of the hosts one shard owns, in order, until the connection's
-/// task goes away.
-async fn check_shard(
+/// task goes away. Runs on a thread of its own: the checks are CPU work, and on the
+/// runtime's workers they would hold up the broker front's and the API's tasks.
+fn check_shard(
     mut jobs: tokio::sync::mpsc::Receiver<Job>,
     client: AsyncClient,
     mut gate: Gate,
@@ -130,11 +131,10 @@ async fn check_shard(
     telemetry: Arc<Telemetry>,
     listeners: Arc<Listeners>,
 ) {
-    while let Some(Job { publish, reply }) = jobs.recv().await {
+    while let Some(Job { publish, reply }) = jobs.blocking_recv() {
         handle(
             &publish, &client, &mut gate, &writer, &telemetry, &listeners, reply,
-        )
-        .await;
+        );
     }
 }
 
@@ -162,17 +162,20 @@ pub async fn run(
     } = publisher;
     let listeners = Arc::new(listeners);
     let mut shards = Vec::with_capacity(gates.len());
-    for gate in gates {
+    for (i, gate) in gates.into_iter().enumerate() {
         let (jobs, queue) = tokio::sync::mpsc::channel(SHARD_QUEUE);
-        tokio::spawn(check_shard(
-            queue,
-            client.clone(),
-            gate,
-            writer.clone(),
-            Arc::clone(&telemetry),
-            Arc::clone(&listeners),
-        ));
-        shards.push(jobs);
+        let (client, writer) = (client.clone(), writer.clone());
+        let (telemetry, listeners) = (Arc::clone(&telemetry), Arc::clone(&listeners));
+        let started = std::thread::Builder::new()
+            .name(format!("vigil-ingest-{i}"))
+            .spawn(move || check_shard(queue, client, gate, writer, telemetry, listeners));
+        match started {
+            Ok(_) => shards.push(jobs),
+            Err(e) => tracing::error!("cannot start ingest checking thread {i}: {e}"),
+        }
+    }
+    if shards.is_empty() {
+        tracing::error!("no ingest checking thread runs: agent messages are not stored");
     }
     let mut reconnect = crate::reconnect::Reconnect::new("ingest");
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -261,11 +264,11 @@ pub async fn run(
                 };
                 let shard = shard_of(&publish.topic, shards.len());
                 let Some(jobs) = shards.get(shard) else {
-                    tracing::error!("ingest runs no checking task: the delivery waits for the broker to send it again");
+                    tracing::error!("ingest runs no checking thread: the delivery waits for the broker to send it again");
                     continue;
                 };
                 if jobs.send(job).await.is_err() {
-                    tracing::error!("an ingest checking task has stopped");
+                    tracing::error!("an ingest checking thread has stopped");
                 }
                 pending.push_back(Pending {
                     publish,
@@ -378,7 +381,7 @@ fn settle(
 /// Checks one message and queues what it carries for the store; `reply` hears when the
 /// delivery may be acknowledged: at once when there is nothing to wait for, else when
 /// the store has committed it.
-async fn handle(
+fn handle(
     publish: &Publish,
     client: &AsyncClient,
     gate: &mut Gate,
@@ -408,7 +411,7 @@ async fn handle(
             None,
         ),
     };
-    if let Err(e) = writer.send(write).await {
+    if let Err(e) = writer.send_blocking(write) {
         telemetry
             .store_errors
             .with_label_values(&[e.reason()])

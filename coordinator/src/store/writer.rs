@@ -222,6 +222,14 @@ impl StoreWriter {
             .map_err(|_| StoreError::WriterGone)
     }
 
+    /// Queues a write from a thread outside the async runtime, blocking while the queue is
+    /// full.
+    pub fn send_blocking(&self, write: Write) -> Result<(), StoreError> {
+        self.tx
+            .blocking_send(write)
+            .map_err(|_| StoreError::WriterGone)
+    }
+
     /// Queues a write and waits for its outcome.
     pub async fn send_and_wait(
         &self,

@@ -78,21 +78,21 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         let embedded = measure(env, agents, load, EMBEDDED).await?;
         let mosquitto = measure(env, agents, load, MOSQUITTO).await?;
         if agents == 1000 {
-            let one_task = measure(env, agents, load, ONE_TASK).await?;
+            let one_thread = measure(env, agents, load, ONE_THREAD).await?;
             figures.push(Figure {
                 name: format!("ingest burst, {agents} agents, checks on every core"),
                 value: embedded.rate,
                 unit: "samples/s",
                 baseline: Some(Baseline {
-                    name: "checks on one task (--ingest-tasks 1), same load".into(),
-                    value: one_task.rate,
+                    name: "checks on one thread (--ingest-threads 1), same load".into(),
+                    value: one_thread.rate,
                 }),
                 note: format!(
                     "embedded broker, {burst} samples in batches of {BATCH}; decode, MAC \
-                     check and validation on {} tasks (one per core, each host on one), \
-                     against one task; ratio {:.2}",
+                     check and validation on {} threads (one per core, each host on one), \
+                     against one thread; ratio {:.2}",
                     std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
-                    embedded.rate / one_task.rate.max(1.0)
+                    embedded.rate / one_thread.rate.max(1.0)
                 ),
             });
         }
@@ -167,15 +167,15 @@ struct Setup {
     via_mosquitto: bool,
     /// Every batch signed with ed25519 instead of MAC'd under a session key.
     signatures_only: bool,
-    /// The coordinator checks messages on one task (`--ingest-tasks 1`) instead of one
+    /// The coordinator checks messages on one thread (`--ingest-threads 1`) instead of one
     /// per core.
-    one_task: bool,
+    one_thread: bool,
 }
 
 const EMBEDDED: Setup = Setup {
     via_mosquitto: false,
     signatures_only: false,
-    one_task: false,
+    one_thread: false,
 };
 const MOSQUITTO: Setup = Setup {
     via_mosquitto: true,
@@ -185,8 +185,8 @@ const SIGNED: Setup = Setup {
     signatures_only: true,
     ..EMBEDDED
 };
-const ONE_TASK: Setup = Setup {
-    one_task: true,
+const ONE_THREAD: Setup = Setup {
+    one_thread: true,
     ..EMBEDDED
 };
 
@@ -199,7 +199,7 @@ async fn measure(
     let Setup {
         via_mosquitto,
         signatures_only,
-        one_task,
+        one_thread,
     } = setup;
     let label = format!(
         "ingest-{}-{agents}-{}{}",
@@ -213,9 +213,9 @@ async fn measure(
             "embedded"
         },
         if signatures_only { "-signed" } else { "" }
-    ) + if one_task { "-one-task" } else { "" };
-    let extra: &[&str] = if one_task {
-        &["--ingest-tasks", "1"]
+    ) + if one_thread { "-one-thread" } else { "" };
+    let extra: &[&str] = if one_thread {
+        &["--ingest-threads", "1"]
     } else {
         &[]
     };
