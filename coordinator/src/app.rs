@@ -366,10 +366,10 @@ impl Coordinator {
             lease_options,
             lease_keys,
             store.clone(),
-            crate::budgets::authority::Sources {
+            Arc::new(BudgetCatalog {
                 bundles: bundles.clone(),
                 policies: Arc::clone(&policies),
-            },
+            }),
             telemetry.clone(),
             stop_rx.clone(),
         )));
@@ -606,5 +606,33 @@ async fn audit_retention(
                 }
             }
         }
+    }
+}
+
+/// The coordinator's copies of budgets, for the lease service: the published bundles,
+/// then its own policies.
+struct BudgetCatalog {
+    bundles: Arc<crate::bundles::Bundles>,
+    policies: Arc<PolicyRegistry>,
+}
+
+impl crate::budgets::authority::Catalog for BudgetCatalog {
+    fn groups(
+        &self,
+    ) -> Vec<(
+        String,
+        Vec<vigil_shared::wire::Tag>,
+        Arc<crate::budgets::authority::GroupBudgets>,
+    )> {
+        self.bundles.group_budgets()
+    }
+
+    fn coordinator_budget(
+        &self,
+        name: &str,
+    ) -> Option<Option<vigil_shared::policy::budget::Budget>> {
+        self.policies
+            .get(name)
+            .map(|registered| registered.policy.budget.clone())
     }
 }

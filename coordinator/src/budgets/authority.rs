@@ -21,7 +21,7 @@
 //! request is still decided by the coordinator's copy (or, with no budget there, under the
 //! agent-declared key) and counted as a mismatch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,27 @@ use vigil_shared::policy::budget::{Budget, BudgetMax};
 use vigil_shared::wire::Tag;
 
 use super::table::{BudgetSource, Terms};
-use crate::bundles::layout::{GroupBudgets, PolicyBudget};
+
+/// Which budget a policy of a group takes its leases from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyBudget {
+    /// Its own `budget:`.
+    Own(Budget),
+    /// The group's budget (one pool for the group).
+    Group(Budget),
+    /// None: its actions take no lease.
+    Unbudgeted,
+}
+
+/// The budgets of a group's policies as the coordinator enforces them for the group's
+/// hosts (the same rule agents apply to the signed bundle).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupBudgets {
+    /// The group's budget from `group.yaml`.
+    pub group: Option<Budget>,
+    /// Every policy of the group (policy files and manifest) by name.
+    pub policies: BTreeMap<String, PolicyBudget>,
+}
 
 /// What the coordinator's own copies say about a policy's budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,44 +247,38 @@ impl MismatchLog {
 }
 
 /// Where the coordinator's copies of budgets are: the published bundles and its own
-/// policies.
-#[derive(Clone)]
-pub struct Sources {
-    /// The bundle publisher.
-    pub bundles: Arc<crate::bundles::Bundles>,
-    /// The coordinator's policy registry.
-    pub policies: Arc<crate::policies::PolicyRegistry>,
+/// policies (both above this layer; the application wires them in).
+pub trait Catalog: Send + Sync {
+    /// Every published group's name, selector and policy budgets, sorted by name.
+    fn groups(&self) -> Vec<(String, Vec<Tag>, Arc<GroupBudgets>)>;
+
+    /// The budget of the coordinator's own policy `name`: `None` when it has no such
+    /// policy, `Some(None)` when it has one without a budget.
+    fn coordinator_budget(&self, name: &str) -> Option<Option<Budget>>;
 }
 
-impl Sources {
-    /// What the coordinator knows of `policy` for a host with `labels`.
-    pub fn lookup(&self, labels: &[Tag], policy: &str) -> Known {
-        let groups = self.bundles.group_budgets();
-        let views: Vec<GroupView<'_>> = groups
-            .iter()
-            .map(|(group, selector, budgets)| GroupView {
-                group,
-                selector,
-                budgets,
-            })
-            .collect();
-        lookup(
-            &views,
-            |name| {
-                self.policies
-                    .get(name)
-                    .map(|registered| registered.policy.budget.clone())
-            },
-            labels,
-            policy,
-        )
-    }
+/// What `catalog` knows of `policy` for a host with `labels`.
+pub fn lookup_in(catalog: &dyn Catalog, labels: &[Tag], policy: &str) -> Known {
+    let groups = catalog.groups();
+    let views: Vec<GroupView<'_>> = groups
+        .iter()
+        .map(|(group, selector, budgets)| GroupView {
+            group,
+            selector,
+            budgets,
+        })
+        .collect();
+    lookup(
+        &views,
+        |name| catalog.coordinator_budget(name),
+        labels,
+        policy,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use vigil_shared::lease::LeaseOp;
     use vigil_shared::policy::budget::OfflineMode;
 

@@ -34,7 +34,7 @@ use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::Tag;
 use vigil_shared::wire::{self, WireMessage};
 
-use super::authority::{self, MismatchLog, Sources};
+use super::authority::{self, Catalog, MismatchLog};
 use super::table::{BudgetView, LeaseTable};
 use crate::security::agent_keys::AgentKeys;
 use crate::store::{HostRecord, Store};
@@ -117,14 +117,14 @@ fn mismatches_counter(telemetry: &Telemetry) -> IntCounterVec {
 }
 
 /// Answers lease requests on a connection made with `options` until `stop` turns true;
-/// budgets the coordinator knows are taken from `sources`.
+/// budgets the coordinator knows are taken from `catalog`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     budgets: Budgets,
     options: MqttOptions,
     keys: Arc<BundleKeys>,
     store: Store,
-    sources: Sources,
+    catalog: Arc<dyn Catalog>,
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -141,7 +141,7 @@ pub async fn run(
         answers,
         mismatches,
         mismatch_log: MismatchLog::default(),
-        sources,
+        catalog,
         groups: None,
     };
     let mut reconnect = crate::reconnect::Reconnect::new("lease service");
@@ -204,7 +204,7 @@ struct Service {
     answers: IntCounterVec,
     mismatches: IntCounterVec,
     mismatch_log: MismatchLog,
-    sources: Sources,
+    catalog: Arc<dyn Catalog>,
     /// Hosts per (label, value), and in all (`None`), with when they were counted.
     groups: Option<(Instant, GroupSizes)>,
 }
@@ -228,7 +228,7 @@ impl Service {
                 return None;
             }
         };
-        let known = self.sources.lookup(&labels, &request.policy);
+        let known = authority::lookup_in(self.catalog.as_ref(), &labels, &request.policy);
         let mut decision = authority::decide(known, &request, &labels);
         if let Some(source) = &decision.mismatch {
             self.mismatches.with_label_values(&[source.as_str()]).inc();

@@ -27,6 +27,7 @@ use vigil_shared::policy::{LoadError, PolicySpec};
 use vigil_shared::wire::{Tag, MAX_PAYLOAD_BYTES};
 
 use super::gate::{Gate, GateSpec};
+pub use crate::budgets::authority::{GroupBudgets, PolicyBudget};
 
 /// The group settings file.
 pub const GROUP_FILE: &str = "group.yaml";
@@ -113,27 +114,6 @@ pub struct Settings {
     pub gate: Option<Gate>,
     /// The group budget, if any.
     pub budget: Option<Budget>,
-}
-
-/// Which budget a policy of a group takes its leases from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyBudget {
-    /// Its own `budget:`.
-    Own(Budget),
-    /// The group's budget (one pool for the group).
-    Group(Budget),
-    /// None: its actions take no lease.
-    Unbudgeted,
-}
-
-/// The budgets of a group's policies as the coordinator enforces them for the group's
-/// hosts (the same rule agents apply to the signed bundle).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GroupBudgets {
-    /// The group's budget from `group.yaml`.
-    pub group: Option<Budget>,
-    /// Every policy of the group (policy files and manifest) by name.
-    pub policies: BTreeMap<String, PolicyBudget>,
 }
 
 /// One group, read and validated.
