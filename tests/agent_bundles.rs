@@ -36,6 +36,7 @@ fn bundle(group: &str, version: u64, policy: &str) -> Bundle {
             name: format!("{group}.yaml"),
             text: missing_process_policy(policy),
         }],
+        budget: None,
     }
 }
 

@@ -3,7 +3,9 @@
 //! and allowlisted commands as the remediation: a policy that fires on every host at once
 //! acts on at most `max_concurrent` of them at a time (read from the audit trail's
 //! timestamps); a SIGKILLed agent's lease frees itself after its TTL; with the
-//! coordinator gone, `offline: wait` holds and `offline: act` acts.
+//! coordinator gone, `offline: wait` holds and `offline: act` acts; the coordinator's
+//! copy of a bundled budget decides whatever an agent's local copy claims; a bundle
+//! group's `group.yaml` budget is one pool for all the group's policies.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -61,8 +63,13 @@ fn setup(yaml: &str, commands: &str, targets: &[&str]) -> Setup {
 
 impl Setup {
     fn agent(&self, host: &str, broker: &str) -> Proc {
+        self.agent_with(host, broker, &self.policies)
+    }
+
+    /// An agent whose local policy directory is `policies`.
+    fn agent_with(&self, host: &str, broker: &str, policies: &Path) -> Proc {
         let (policies, config, textfiles) = (
-            self.policies.display().to_string(),
+            policies.display().to_string(),
             self.config.display().to_string(),
             self.textfiles.display().to_string(),
         );
@@ -222,8 +229,9 @@ async fn ten_agents_fire_at_once_and_never_more_than_two_act() {
     let budget = budgets(&http)
         .await
         .into_iter()
-        .find(|b| b["key"] == "hot/role=web")
-        .expect("budget hot/role=web");
+        .find(|b| b["key"] == "hot#2/role=web")
+        .expect("budget hot#2/role=web");
+    assert_eq!(budget["source"], "agent", "{budget}");
     assert_eq!(budget["max"], 2, "{budget}");
     assert_eq!(budget["max_concurrent"], "2", "{budget}");
     assert_eq!(budget["granted_last_hour"], AGENTS, "{budget}");
@@ -271,7 +279,7 @@ async fn a_sigkilled_agents_lease_frees_itself_after_its_ttl() {
     // One holds the lease (its action runs), the other waits.
     let holder = wait_for("one lease held and one action deferred", WAIT, || async {
         let b = budgets(&http).await;
-        let budget = b.iter().find(|b| b["key"] == "long")?;
+        let budget = b.iter().find(|b| b["key"] == "long#1")?;
         let holder = budget["leases"][0]["host"].as_str()?.to_string();
         (budget["held"] == 1 && budget["deferred"] == 1).then_some(holder)
     })
@@ -530,6 +538,7 @@ async fn manual_actions_naming_a_policy_take_its_budget() {
         .find(|b| b["key"] == "maintenance")
         .expect("budget maintenance");
     assert_eq!(budget["granted_last_hour"], AGENTS, "{budget}");
+    assert_eq!(budget["source"], "coordinator", "{budget}");
     coordinator.proc.stop();
 }
 
@@ -624,7 +633,10 @@ async fn lease_requests_are_checked_and_answers_are_signed() {
     let answer =
         signed::open::<LeaseAnswer>(&payload, Some(&key), "budget-raw").expect("signed answer");
     assert_eq!(answer.request_id, "r4", "only the good request is answered");
-    assert_eq!(answer.key, "p");
+    assert_eq!(
+        answer.key, "p#1",
+        "an unknown policy: the declared limits are in the key"
+    );
     let other = vigil_shared::bundle::BundleKeys::generate();
     let other_key = vigil_shared::bundle::PublicKey::from_hex(&other.public_hex()).expect("key");
     assert!(signed::open::<LeaseAnswer>(&payload, Some(&other_key), "budget-raw").is_err());
@@ -639,5 +651,293 @@ async fn lease_requests_are_checked_and_answers_are_signed() {
         .await;
         assert!(count >= 1.0);
     }
+    coordinator.proc.stop();
+}
+
+/// Writes `<dir>/bundles/web/` (selector `role=web`) with `group` as its `group.yaml`
+/// and `policies` as its `p.yaml`; returns the bundle directory.
+fn web_bundle(dir: &Path, group: &str, policies: &str) -> PathBuf {
+    let web = dir.join("bundles").join("web");
+    std::fs::create_dir_all(&web).expect("mkdir");
+    std::fs::write(web.join("group.yaml"), group).expect("write group.yaml");
+    std::fs::write(web.join("p.yaml"), policies).expect("write policies");
+    dir.join("bundles")
+}
+
+/// A policy on `target` that runs `slow` when its CPU is above 90 %, with `budget` (a
+/// YAML line, or empty).
+fn slow_policy(name: &str, target: &str, budget: &str) -> String {
+    format!(
+        "  - name: {name}\n    target: {target}\n    condition: cpu_percent > 90\n    \
+         auto_remediate: true\n    verify: 5m\n    action: exec\n    params: {{command: slow}}\n{budget}"
+    )
+}
+
+/// Waits until `host` reports the bundle of group `web` applied.
+async fn wait_web_bundle(http: &str, host: &str) {
+    wait_for(&format!("{host} applied bundle web"), WAIT, || async {
+        vigil_tests::host_entry(http, host).await.filter(|h| {
+            h["bundles"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|b| b["group"] == "web"))
+        })
+    })
+    .await;
+}
+
+/// Every action of `policies` completed, once `count` have.
+async fn completed(http: &str, count: usize) -> Vec<Value> {
+    wait_for(
+        &format!("{count} actions completed"),
+        Duration::from_secs(120),
+        || async {
+            let all: Vec<Value> = actions(http, "target=app")
+                .await
+                .into_iter()
+                .chain(actions(http, "target=app-b").await)
+                .filter(|a| at(a, "completed").is_some())
+                .collect();
+            (all.len() >= count).then_some(all)
+        },
+    )
+    .await
+}
+
+fn intervals(done: &[Value]) -> Vec<(i64, i64)> {
+    done.iter()
+        .map(|a| {
+            (
+                at(a, "running").expect("running"),
+                at(a, "completed").expect("completed"),
+            )
+        })
+        .collect()
+}
+
+/// Agents whose local copy of a bundled policy claims `max_concurrent: 100` (their local
+/// file wins on the agent) still get at most the bundle's one lease at a time: the
+/// coordinator decides by its copy, and counts each request that declared otherwise.
+#[tokio::test]
+async fn a_local_copy_claiming_more_than_the_bundle_never_gets_more() {
+    let hostile = format!(
+        "policies:\n{}",
+        slow_policy("hot", "app", "    budget: {max_concurrent: 100}\n")
+    );
+    let s = setup(&hostile, "slow = [\"/bin/sleep\", \"1.5\"]\n", &["app"]);
+    let bundles = web_bundle(
+        s.dir.path(),
+        "selector: {role: web}\n",
+        &format!(
+            "policies:\n{}",
+            slow_policy("hot", "app", "    budget: {max_concurrent: 1}\n")
+        ),
+    );
+    let bundles_arg = bundles.display().to_string();
+    let coordinator = start_coordinator(
+        s.dir.path(),
+        None,
+        &["--lease-ttl", "3s", "--bundles", &bundles_arg],
+    )
+    .await;
+    let http = coordinator.http.clone();
+    let honest_policies = s.dir.path().join("honest-policies");
+    std::fs::create_dir_all(&honest_policies).expect("mkdir");
+    std::fs::write(honest_policies.join("p.yaml"), "policies: []\n").expect("write");
+    let hostile_hosts: Vec<String> = (1..=3).map(|i| format!("budget-claim-{i}")).collect();
+    let honest = "budget-honest".to_string();
+    let mut agents: Vec<Proc> = hostile_hosts
+        .iter()
+        .map(|h| s.agent(h, &coordinator.broker))
+        .collect();
+    agents.push(s.agent_with(&honest, &coordinator.broker, &honest_policies));
+    let all_hosts: Vec<String> = hostile_hosts
+        .iter()
+        .cloned()
+        .chain([honest.clone()])
+        .collect();
+    wait_online(&http, &all_hosts).await;
+    for host in &all_hosts {
+        wait_web_bundle(&http, host).await;
+    }
+
+    set_cpu(&s.textfiles, &[("app", 99.0)]);
+    let done = completed(&http, all_hosts.len()).await;
+    let spans = intervals(&done);
+    let most = most_at_once(&spans);
+    let mismatches = vigil_tests::metric(
+        &http,
+        "vigil_budget_declaration_mismatches_total{source=\"bundle\"}",
+    )
+    .await;
+    println!(
+        "3 agents claiming max_concurrent 100 + 1 honest, bundle says 1: at most {most} at once; \
+         {mismatches} mismatched requests counted"
+    );
+    assert_eq!(most, 1, "the bundle's limit holds: {spans:?}");
+    assert!(
+        mismatches >= 3.0,
+        "each claiming host's acquire is counted: {mismatches}"
+    );
+    let budget = budgets(&http)
+        .await
+        .into_iter()
+        .find(|b| b["key"] == "hot")
+        .expect("budget hot");
+    assert_eq!(budget["source"], "bundle", "{budget}");
+    assert_eq!(budget["group"], "web", "{budget}");
+    assert_eq!(budget["max"], 1, "{budget}");
+    assert_eq!(budget["max_concurrent"], "1", "{budget}");
+    assert_eq!(budget["granted_last_hour"], all_hosts.len(), "{budget}");
+    // No budget under the claimed limits exists.
+    assert!(
+        budgets(&http).await.iter().all(|b| b["source"] != "agent"),
+        "no agent-declared budget"
+    );
+    drop(agents);
+    coordinator.proc.stop();
+}
+
+/// A `group.yaml` budget reaches the agents in the signed bundle and is one pool for the
+/// group: two policies firing on three hosts act on at most two hosts at a time.
+#[tokio::test]
+async fn a_group_budget_limits_remediation_across_the_groups_policies() {
+    const AGENTS: usize = 3;
+    let s = setup(
+        "policies: []\n",
+        "slow = [\"/bin/sleep\", \"1.5\"]\n",
+        &["app", "app-b"],
+    );
+    let bundles = web_bundle(
+        s.dir.path(),
+        "selector: {role: web}\nbudget: {max_concurrent: 2, per: role}\n",
+        &format!(
+            "policies:\n{}{}",
+            slow_policy("hot-a", "app", ""),
+            slow_policy("hot-b", "app-b", "")
+        ),
+    );
+    let bundles_arg = bundles.display().to_string();
+    let coordinator = start_coordinator(
+        s.dir.path(),
+        None,
+        &["--lease-ttl", "3s", "--bundles", &bundles_arg],
+    )
+    .await;
+    let http = coordinator.http.clone();
+    let hosts: Vec<String> = (1..=AGENTS).map(|i| format!("budget-pool-{i}")).collect();
+    let _agents: Vec<Proc> = hosts
+        .iter()
+        .map(|h| s.agent(h, &coordinator.broker))
+        .collect();
+    wait_online(&http, &hosts).await;
+    for host in &hosts {
+        wait_web_bundle(&http, host).await;
+    }
+
+    set_cpu(&s.textfiles, &[("app", 99.0), ("app-b", 99.0)]);
+    let done = completed(&http, 2 * AGENTS).await;
+    let spans = intervals(&done);
+    let most = most_at_once(&spans);
+    let mut policies: Vec<&str> = done.iter().filter_map(|a| a["policy"].as_str()).collect();
+    policies.sort();
+    policies.dedup();
+    println!(
+        "{AGENTS} hosts × 2 policies under one group budget of 2: at most {most} actions at once"
+    );
+    assert_eq!(policies, vec!["hot-a", "hot-b"], "both policies acted");
+    assert!(most <= 2, "at most 2 at once across the group: {spans:?}");
+    assert_eq!(most, 2, "the pool is used: two at once");
+    // Per host, the pool holds one lease: its two actions never overlap.
+    for host in &hosts {
+        let own: Vec<(i64, i64)> = done
+            .iter()
+            .filter(|a| a["host"] == host.as_str())
+            .map(|a| {
+                (
+                    at(a, "running").unwrap_or(0),
+                    at(a, "completed").unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(most_at_once(&own), 1, "{host}: {own:?}");
+    }
+    let all = budgets(&http).await;
+    assert_eq!(all.len(), 1, "one pool, not one budget per policy: {all:?}");
+    let pool = &all[0];
+    assert_eq!(pool["key"], "@web/role=web", "{pool}");
+    assert_eq!(pool["source"], "bundle_group", "{pool}");
+    assert_eq!(pool["group"], "web", "{pool}");
+    assert_eq!(pool["granted_last_hour"], 2 * AGENTS, "{pool}");
+    let mismatches = vigil_tests::metric(
+        &http,
+        "vigil_budget_declaration_mismatches_total{source=\"bundle_group\"}",
+    )
+    .await;
+    assert_eq!(mismatches, 0.0, "the agents declared the group's budget");
+    coordinator.proc.stop();
+}
+
+/// A hostile `group.yaml` budget is refused at entry, naming the field; the group is not
+/// published until it is fixed.
+#[tokio::test]
+async fn hostile_group_budgets_are_refused_naming_the_field() {
+    let dir = TestDir::new();
+    let bundles = web_bundle(
+        dir.path(),
+        "selector: {role: web}\nbudget: {max_concurrent: 0}\n",
+        &format!("policies:\n{}", slow_policy("hot", "app", "")),
+    );
+    let bundles_arg = bundles.display().to_string();
+    let coordinator = start_coordinator(dir.path(), None, &["--bundles", &bundles_arg]).await;
+    let http = coordinator.http.clone();
+    let group_file = bundles.join("web").join("group.yaml");
+    let mut previous = String::new();
+    for (budget, field) in [
+        ("{max_concurrent: 0}", "budget.max_concurrent"),
+        ("{max_concurrent: \"250%\"}", "budget.max_concurrent"),
+        ("{max_concurrent: 18446744073709551617}", "budget"),
+        (
+            "{max_concurrent: 2, max_per_hour: -1}",
+            "budget.max_per_hour",
+        ),
+        ("{max_concurrent: 2, per: \"role=web\"}", "budget.per"),
+        ("{max_concurrent: 2, offline: sometimes}", "budget.offline"),
+        ("{max_concurrent: 2, max_parallel: 9}", "max_parallel"),
+    ] {
+        std::fs::write(
+            &group_file,
+            format!("selector: {{role: web}}\nbudget: {budget}\n"),
+        )
+        .expect("write group.yaml");
+        let error = wait_for(&format!("the error for {budget}"), WAIT, || async {
+            let (_, body) = get_json(&format!("{http}/api/v1/bundles")).await;
+            body["error"]
+                .as_str()
+                .filter(|e| *e != previous)
+                .map(str::to_string)
+        })
+        .await;
+        println!("{budget}: {error}");
+        assert!(
+            error.contains("group `web`: group.yaml") && error.contains(field),
+            "{budget}: {error}"
+        );
+        previous = error;
+        let (_, body) = get_json(&format!("{http}/api/v1/bundles")).await;
+        assert!(
+            body["bundles"].as_array().is_some_and(|b| b.is_empty()),
+            "nothing published: {body}"
+        );
+    }
+    std::fs::write(
+        &group_file,
+        "selector: {role: web}\nbudget: {max_concurrent: \"50%\", per: role}\n",
+    )
+    .expect("write group.yaml");
+    wait_for("the fixed group published", WAIT, || async {
+        let (_, body) = get_json(&format!("{http}/api/v1/bundles")).await;
+        (body["error"].is_null() && body["bundles"][0]["group"] == "web").then_some(())
+    })
+    .await;
     coordinator.proc.stop();
 }

@@ -536,18 +536,18 @@ async fn the_status_page_shows_hosts_and_a_live_action_without_a_reload() {
     let budget_rows = parse(&page.wait_until("the budget row", BUDGET_ROWS, |v| {
         parse(v).as_array().is_some_and(|rows| {
             rows.iter()
-                .any(|r| r["key"] == "hold" && r["held"] == 1 && r["max"] == 1)
+                .any(|r| r["key"] == "hold#1" && r["held"] == 1 && r["max"] == 1)
         })
     }));
     let (_, served) = get_json(&format!("{}/api/v1/budgets", c.http)).await;
     let budget = served["budgets"]
         .as_array()
-        .and_then(|b| b.iter().find(|b| b["key"] == "hold"))
+        .and_then(|b| b.iter().find(|b| b["key"] == "hold#1"))
         .cloned()
         .unwrap_or_default();
     let row = budget_rows
         .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["key"] == "hold"))
+        .and_then(|rows| rows.iter().find(|r| r["key"] == "hold#1"))
         .cloned()
         .unwrap_or_default();
     assert_eq!(
@@ -558,6 +558,14 @@ async fn the_status_page_shows_hosts_and_a_live_action_without_a_reload() {
     assert_eq!(budget["leases"][0]["host"], BUDGET_HOST, "{budget}");
     assert!(
         row["text"].as_str().is_some_and(|t| t.contains("1 / 1")),
+        "{row}"
+    );
+    // A local policy the coordinator does not know: its limits are the agent's.
+    assert_eq!(budget["source"], "agent", "{budget}");
+    assert!(
+        row["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("agent-declared")),
         "{row}"
     );
 

@@ -463,11 +463,19 @@
       waiting += deferred;
       const leases = Array.isArray(b.leases) ? b.leases : [];
       const key = str(b.key);
-      const split = key.startsWith(str(b.policy) + '/') ? key.slice(str(b.policy).length + 1) : '';
-      tbody.append(el('tr', { data: { key, policy: str(b.policy), held, max, deferred } },
+      // Policy and group names hold no '/': what follows the first one is the label group.
+      const slash = key.indexOf('/');
+      const split = slash >= 0 ? key.slice(slash + 1) : '';
+      const source = str(b.source);
+      const from = source === 'bundle' ? 'bundle group ' + str(b.group)
+        : source === 'bundle_group' ? 'group.yaml of ' + str(b.group) + ' (one pool)'
+          : source === 'coordinator' ? 'coordinator policies'
+            : 'agent-declared';
+      tbody.append(el('tr', { data: { key, policy: str(b.policy), held, max, deferred, source } },
         el('td', null, el('strong', { text: str(b.policy) })),
         el('td', { cls: 'mono', text: split || 'whole fleet' }),
-        el('td', { title: leases.map((l) => str(l.host) + ' (' + str(l.action_id) + ')').join(', ') },
+        el('td', { text: from }),
+        el('td', { title: leases.map((l) => str(l.host) + ' (' + str(l.policy) + ', ' + str(l.action_id) + ')').join(', ') },
           badge(held + ' / ' + max, held >= max ? 'warn' : 'ok'),
           el('span', { cls: 'sub', text: 'max_concurrent ' + str(b.max_concurrent) })),
         el('td', null, deferred ? badge(String(deferred), 'warn') : el('span', { text: '0' }),

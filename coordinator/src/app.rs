@@ -340,14 +340,8 @@ impl Coordinator {
             stop_rx.clone(),
         )));
         let budgets = crate::budgets::Budgets::new(config.lease_ttl);
-        tasks.push(tokio::spawn(crate::budgets::service::run(
-            budgets.clone(),
-            client_options("-leases")?,
-            Arc::clone(&keys),
-            store.clone(),
-            telemetry.clone(),
-            stop_rx.clone(),
-        )));
+        let lease_options = client_options("-leases")?;
+        let lease_keys = Arc::clone(&keys);
         if !fronts.is_empty() {
             let ready = tokio::time::timeout(Duration::from_secs(10), async {
                 let ingest = subscribed.wait_for(|connects| *connects > 0).await.is_ok();
@@ -372,6 +366,21 @@ impl Coordinator {
             publisher.clone(),
         )
         .await?;
+        let policies = Arc::new(policies);
+        // Lease requests are answered once the bundles are built: the budgets they hold
+        // are the coordinator's to enforce (agents ask again until answered).
+        tasks.push(tokio::spawn(crate::budgets::service::run(
+            budgets.clone(),
+            lease_options,
+            lease_keys,
+            store.clone(),
+            Arc::new(BudgetCatalog {
+                bundles: bundles.clone(),
+                policies: Arc::clone(&policies),
+            }),
+            telemetry.clone(),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(crate::bundles::watch::run(
             bundles.clone(),
             stop_rx.clone(),
@@ -425,7 +434,7 @@ impl Coordinator {
             store: store.clone(),
             writer: writer.clone(),
             telemetry: telemetry.clone(),
-            policies: Arc::new(policies),
+            policies,
             publisher,
             bundles,
             auth,
@@ -605,5 +614,33 @@ async fn audit_retention(
                 }
             }
         }
+    }
+}
+
+/// The coordinator's copies of budgets, for the lease service: the published bundles,
+/// then its own policies.
+struct BudgetCatalog {
+    bundles: Arc<crate::bundles::Bundles>,
+    policies: Arc<PolicyRegistry>,
+}
+
+impl crate::budgets::authority::Catalog for BudgetCatalog {
+    fn groups(
+        &self,
+    ) -> Vec<(
+        String,
+        Vec<vigil_shared::wire::Tag>,
+        Arc<crate::budgets::authority::GroupBudgets>,
+    )> {
+        self.bundles.group_budgets()
+    }
+
+    fn coordinator_budget(
+        &self,
+        name: &str,
+    ) -> Option<Option<vigil_shared::policy::budget::Budget>> {
+        self.policies
+            .get(name)
+            .map(|registered| registered.policy.budget.clone())
     }
 }

@@ -179,6 +179,7 @@ fn bundle(version: u64) -> Bundle {
                 text: POLICY_FILES[0].into(),
             },
         ],
+        budget: None,
     }
 }
 

@@ -55,6 +55,26 @@ pub struct Bundle {
     pub created_at_ms: i64,
     /// Policy files (`*.yaml`) and the optional [`MANIFEST_FILE`], sorted by name.
     pub files: Vec<BundleFile>,
+    /// The group's disruption budget (`budget:` in its `group.yaml`): it applies to every
+    /// policy of the bundle that remediates and has no budget of its own
+    /// ([`crate::policy::budget::group_budget_applies`]), all of them counted against one
+    /// pool. Last, and optional: a bundle from an older coordinator ends before it and
+    /// reads as `None` ([`decode_bundle`]); an older agent reading a newer bundle ignores
+    /// it.
+    pub budget: Option<crate::policy::budget::Budget>,
+}
+
+/// Decodes a bundle's signed content; content that ends just before the optional
+/// `budget` (an older coordinator's) reads with no group budget.
+pub fn decode_bundle(content: &[u8]) -> Result<Bundle, postcard::Error> {
+    match postcard::from_bytes(content) {
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            let mut padded = content.to_vec();
+            padded.push(0);
+            postcard::from_bytes(&padded)
+        }
+        other => other,
+    }
 }
 
 impl Bundle {
@@ -439,9 +459,7 @@ pub fn open(
         reason: format!("content does not decode: {e}"),
     };
     let release = match signed.kind {
-        BundleKind::Bundle => {
-            Release::Bundle(postcard::from_bytes(&signed.content).map_err(malformed)?)
-        }
+        BundleKind::Bundle => Release::Bundle(decode_bundle(&signed.content).map_err(malformed)?),
         BundleKind::Tombstone => {
             Release::Removed(postcard::from_bytes(&signed.content).map_err(malformed)?)
         }
@@ -495,6 +513,7 @@ mod tests {
                 name: "p.yaml".into(),
                 text: "policies: []\n".into(),
             }],
+            budget: None,
         }
     }
 

@@ -312,6 +312,7 @@ mod tests {
             version: 1,
             created_at_ms: NOW,
             files: vec![],
+            budget: None,
         });
         let as_command = SignedCommand {
             host: "web-1".into(),

@@ -231,6 +231,7 @@ mod tests {
             version,
             created_at_ms: 1,
             files: vec![],
+            budget: None,
         })
     }
 

@@ -19,8 +19,10 @@
 //!    if the host had the group in force, it has *left* the group and the group's bundle is
 //!    dropped (a forged or replayed message cannot make a host drop its policies).
 //! 5. A verified bundle for this host: parse every policy file (`*.yaml` / `*.yml`) and
-//!    the desired-state manifest (names unique across the bundle), persist it and its
-//!    floor ([`BundleStore`], atomically), then put it in force.
+//!    the desired-state manifest (names unique across the bundle), give the group's budget
+//!    (if the bundle carries one) to every policy that remediates and has none of its own
+//!    ([`vigil_shared::policy::budget::apply_group_budget`]), persist it and its floor
+//!    ([`BundleStore`], atomically), then put it in force.
 //!
 //! All or nothing: any failure refuses the whole bundle with a [`Refusal`] naming the
 //! reason (the [`BundleError`], or the file, policy and field), and the group's last good
@@ -85,6 +87,18 @@ pub enum Refusal {
         /// The version offered.
         version: u64,
         /// What is wrong (names `manifest.yaml`, the entry and the field).
+        reason: String,
+    },
+    /// The group budget is out of range.
+    #[error("bundle for group `{group}` version {version}: group.yaml: {field}: {reason}")]
+    Budget {
+        /// The group.
+        group: String,
+        /// The version offered.
+        version: u64,
+        /// The field (`budget.max_concurrent`).
+        field: String,
+        /// What is wrong.
         reason: String,
     },
     /// Two files of the bundle define the same policy name.
@@ -321,7 +335,7 @@ impl Bundles {
     /// matches its labels (a tombstone only concerns a group in force).
     fn might_select_me(&self, signed: &SignedBundle) -> bool {
         signed.kind == BundleKind::Bundle
-            && postcard::from_bytes::<Bundle>(&signed.content)
+            && vigil_shared::bundle::decode_bundle(&signed.content)
                 .map_or(true, |b| b.selects(&self.labels))
     }
 
@@ -426,6 +440,17 @@ fn parse(bundle: &Bundle) -> Result<Vec<Policy>, Refusal> {
             all.push(policy);
         }
     }
+    if let Some(budget) = &bundle.budget {
+        budget
+            .check_ranges()
+            .map_err(|(field, reason)| Refusal::Budget {
+                group: bundle.group.clone(),
+                version: bundle.version,
+                field,
+                reason,
+            })?;
+        vigil_shared::policy::budget::apply_group_budget(&mut all, budget);
+    }
     Ok(all)
 }
 
@@ -471,6 +496,7 @@ mod tests {
                     text: text.to_string(),
                 })
                 .collect(),
+            budget: None,
         }
     }
 
@@ -509,6 +535,61 @@ mod tests {
             .group_policies()
             .flat_map(|(_, ps)| ps.iter().map(|p| p.name.clone()))
             .collect()
+    }
+
+    #[test]
+    fn the_group_budget_goes_to_remediating_policies_without_their_own() {
+        use vigil_shared::policy::budget::{Budget, BudgetMax, OfflineMode};
+        let fx = Fixture::new();
+        let (mut bundles, _) = fx.open("web");
+        let act = |name: &str, extra: &str| {
+            format!(
+                "  - name: {name}\n    condition: cpu_percent > 90\n    auto_remediate: true\n    \
+                 action: exec\n    params: {{command: x}}\n{extra}"
+            )
+        };
+        let file = format!(
+            "policies:\n{}{}{}  - name: watch-only\n    condition: cpu_percent > 90\n",
+            act("pooled", ""),
+            act("own", "    budget: {max_concurrent: 5}\n"),
+            act("rehearsal", "    dry_run: true\n"),
+        );
+        let group = Budget {
+            max: BudgetMax::Count(2),
+            per: Some("role".into()),
+            max_per_hour: None,
+            offline: OfflineMode::Wait,
+        };
+        let mut web = bundle("web", "web", 1, &[("a.yaml", &file)]);
+        web.budget = Some(group.clone());
+        bundles.offer("web", &fx.payload(&web)).unwrap();
+        let budgets: BTreeMap<String, Option<BudgetMax>> = bundles
+            .group_policies()
+            .flat_map(|(_, ps)| ps.iter())
+            .map(|p| (p.name.clone(), p.budget.as_ref().map(|b| b.max)))
+            .collect();
+        assert_eq!(budgets["pooled"], Some(BudgetMax::Count(2)));
+        assert_eq!(budgets["own"], Some(BudgetMax::Count(5)), "its own wins");
+        assert_eq!(budgets["rehearsal"], None, "dry_run does not remediate");
+        assert_eq!(budgets["watch-only"], None);
+
+        // A budget out of range (signed, but hostile all the same) refuses the bundle.
+        let mut bad = web.clone();
+        bad.version = 2;
+        bad.budget = Some(Budget {
+            max: BudgetMax::Count(0),
+            ..group
+        });
+        let refusal = bundles.offer("web", &fx.payload(&bad)).unwrap_err();
+        assert!(
+            refusal.to_string().contains("budget.max_concurrent"),
+            "{refusal}"
+        );
+        assert_eq!(
+            bundles.applied()[0].version,
+            1,
+            "the last good bundle stays"
+        );
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! [`LeaseTable`], and answers on `vigil/v1/agents/{host}/grants`, signed with the
 //! coordinator's key.
 //!
+//! The budget a request counts against, and its limits, are the coordinator's whenever it
+//! has a copy of the policy ([`super::authority`]); a request declaring other limits is
+//! decided by the coordinator's, counted in `vigil_budget_declaration_mismatches_total
+//! {source}` and logged (once per host and policy every ten minutes at most).
+//!
 //! Nothing here is stored: the table lives in memory. After a restart it starts empty
 //! and grants nothing new for one lease TTL, while agents whose actions still run renew
 //! (and so re-record) their leases. A request that does not decode, is not sealed by
@@ -26,8 +31,10 @@ use vigil_shared::policy::budget::BudgetMax;
 use vigil_shared::signed;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
+use vigil_shared::wire::Tag;
 use vigil_shared::wire::{self, WireMessage};
 
+use super::authority::{self, Catalog, MismatchLog};
 use super::table::{BudgetView, LeaseTable};
 use crate::security::agent_keys::AgentKeys;
 use crate::store::{HostRecord, Store};
@@ -87,16 +94,42 @@ fn answers_counter(telemetry: &Telemetry) -> IntCounterVec {
     counter
 }
 
-/// Answers lease requests on a connection made with `options` until `stop` turns true.
+/// `vigil_budget_declaration_mismatches_total{source}`: lease requests whose declared
+/// limits differ from the coordinator's copy (decided by the coordinator's).
+fn mismatches_counter(telemetry: &Telemetry) -> IntCounterVec {
+    let counter = IntCounterVec::new(
+        Opts::new(
+            "vigil_budget_declaration_mismatches_total",
+            "Lease requests whose declared budget differs from the coordinator's copy \
+             (decided by the coordinator's), by where that copy comes from \
+             (bundle, bundle_group, coordinator)",
+        ),
+        &["source"],
+    )
+    .unwrap_or_else(|e| unreachable!("the metric is well-formed: {e}"));
+    if let Err(e) = telemetry.registry().register(Box::new(counter.clone())) {
+        tracing::warn!("cannot register vigil_budget_declaration_mismatches_total: {e}");
+    }
+    for source in ["bundle", "bundle_group", "coordinator"] {
+        counter.with_label_values(&[source]);
+    }
+    counter
+}
+
+/// Answers lease requests on a connection made with `options` until `stop` turns true;
+/// budgets the coordinator knows are taken from `catalog`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     budgets: Budgets,
     options: MqttOptions,
     keys: Arc<BundleKeys>,
     store: Store,
+    catalog: Arc<dyn Catalog>,
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<bool>,
 ) {
     let answers = answers_counter(&telemetry);
+    let mismatches = mismatches_counter(&telemetry);
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     let mut service = Service {
         budgets,
@@ -106,6 +139,9 @@ pub async fn run(
         store,
         telemetry,
         answers,
+        mismatches,
+        mismatch_log: MismatchLog::default(),
+        catalog,
         groups: None,
     };
     let mut reconnect = crate::reconnect::Reconnect::new("lease service");
@@ -166,6 +202,9 @@ struct Service {
     store: Store,
     telemetry: Arc<Telemetry>,
     answers: IntCounterVec,
+    mismatches: IntCounterVec,
+    mismatch_log: MismatchLog,
+    catalog: Arc<dyn Catalog>,
     /// Hosts per (label, value), and in all (`None`), with when they were counted.
     groups: Option<(Instant, GroupSizes)>,
 }
@@ -176,8 +215,8 @@ impl Service {
         let Some((host, AgentChannel::Leases)) = topics::parse_agent(&publish.topic) else {
             return None;
         };
-        let request = match self.open(host, publish) {
-            Ok(request) => request,
+        let (request, labels) = match self.open(host, publish) {
+            Ok(opened) => opened,
             Err((reason, message)) => {
                 if !matches!(reason, "duplicate") {
                     self.telemetry
@@ -189,11 +228,36 @@ impl Service {
                 return None;
             }
         };
-        let max = match request.max {
+        let known = authority::lookup_in(self.catalog.as_ref(), &labels, &request.policy);
+        let mut decision = authority::decide(known, &request, &labels);
+        if let Some(source) = &decision.mismatch {
+            self.mismatches.with_label_values(&[source.as_str()]).inc();
+            if self
+                .mismatch_log
+                .should_log(host, &request.policy, Instant::now())
+            {
+                tracing::warn!(
+                    host,
+                    policy = %request.policy,
+                    declared_max = %request.max,
+                    declared_per = ?request.per.as_ref().map(|(label, _)| label),
+                    declared_max_per_hour = ?request.max_per_hour,
+                    source = source.as_str(),
+                    group = source.group().unwrap_or(""),
+                    key = %decision.terms.key,
+                    "lease request declares other budget limits than the coordinator's copy; \
+                     decided by the coordinator's"
+                );
+            }
+        }
+        decision.terms.max = match decision.max {
             BudgetMax::Count(n) => n,
-            share @ BudgetMax::Percent(_) => share.resolve(self.group_size(request.per.as_ref())),
+            share @ BudgetMax::Percent(_) => share.resolve(self.group_size(decision.per.as_ref())),
         };
-        let answer = self.budgets.lock().decide(&request, max, now_ms());
+        let answer = self
+            .budgets
+            .lock()
+            .decide(&request, &decision.terms, now_ms());
         let outcome = match answer.outcome {
             LeaseOutcome::Granted => "granted",
             LeaseOutcome::Deferred => "deferred",
@@ -213,12 +277,13 @@ impl Service {
         Some(answer)
     }
 
-    /// The request inside a sealed payload from `host`, or (reason, message).
+    /// The request inside a sealed payload from `host` and the host's labels (its last
+    /// status), or (reason, message).
     fn open(
         &mut self,
         host: &str,
         publish: &Publish,
-    ) -> Result<LeaseRequest, (&'static str, String)> {
+    ) -> Result<(LeaseRequest, Vec<Tag>), (&'static str, String)> {
         let sealed = wire::decode::<SealedMessage>(&publish.payload)
             .map_err(|e| (e.reason(), e.to_string()))?;
         let seal = self
@@ -238,43 +303,15 @@ impl Service {
                 format!("payload speaks for host `{}`", request.host),
             ));
         }
-        if let Some((label, value)) = &request.per {
-            self.check_label(host, label, value)?;
-        }
-        Ok(request)
-    }
-
-    /// An agent speaks only for its own host: a lease under `per: label` counts against
-    /// the budget of the host's own value of that label, as its last status gave it.
-    fn check_label(
-        &self,
-        host: &str,
-        label: &str,
-        value: &str,
-    ) -> Result<(), (&'static str, String)> {
         let labels = match self.store.host(host) {
             Ok(Some((record, _))) => record.status.map(|s| s.labels).unwrap_or_default(),
             Ok(None) => Vec::new(),
             Err(e) => return Err(("store", format!("cannot read host `{host}`: {e}"))),
         };
-        // A host without the label is in the group `label=` (empty value).
-        let carries = match labels.iter().find(|(l, _)| l == label) {
-            Some((_, v)) => v == value,
-            None => value.is_empty(),
-        };
-        if carries {
-            return Ok(());
+        if let Some((label, value)) = &request.per {
+            check_label(host, &labels, label, value)?;
         }
-        let carried = labels
-            .iter()
-            .find(|(l, _)| l == label)
-            .map_or("no such label".to_string(), |(_, v)| {
-                format!("`{label}={v}`")
-            });
-        Err((
-            "label_mismatch",
-            format!("asks under `{label}={value}`, but host `{host}` carries {carried}"),
-        ))
+        Ok((request, labels))
     }
 
     /// How many hosts carry the label `per` (all hosts for `None`).
@@ -298,4 +335,32 @@ impl Service {
             .and_then(|(_, groups)| groups.get(&per.cloned()).copied())
             .unwrap_or(0)
     }
+}
+
+/// An agent speaks only for its own host: a lease under `per: label` counts against the
+/// budget of the host's own value of that label, as its last status (`labels`) gave it.
+fn check_label(
+    host: &str,
+    labels: &[Tag],
+    label: &str,
+    value: &str,
+) -> Result<(), (&'static str, String)> {
+    // A host without the label is in the group `label=` (empty value).
+    let carries = match labels.iter().find(|(l, _)| l == label) {
+        Some((_, v)) => v == value,
+        None => value.is_empty(),
+    };
+    if carries {
+        return Ok(());
+    }
+    let carried = labels
+        .iter()
+        .find(|(l, _)| l == label)
+        .map_or("no such label".to_string(), |(_, v)| {
+            format!("`{label}={v}`")
+        });
+    Err((
+        "label_mismatch",
+        format!("asks under `{label}={value}`, but host `{host}` carries {carried}"),
+    ))
 }

@@ -1,6 +1,7 @@
-//! The lease table: for every disruption budget (policy name plus the value of its `per`
-//! label), the leases held now, the grants of the last hour, and the actions waiting.
-//! Pure: time comes in as `now_ms`.
+//! The lease table: for every disruption budget (its key, see [`Terms`]), the leases held
+//! now, the grants of the last hour, and the actions waiting. Pure: time comes in as
+//! `now_ms`, and the budget's terms (key, limits, where they come from) come decided
+//! with each request ([`super::authority`]).
 //!
 //! Rules:
 //! - a host holds at most one lease per budget (the budget counts disrupted hosts); a
@@ -31,11 +32,87 @@ pub const MAX_WAITING: usize = 10_000;
 pub const WAITING_FORGET_MS: i64 = 30_000;
 const HOUR_MS: i64 = 3_600_000;
 
+/// Where a budget's limits come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BudgetSource {
+    /// The policy's own `budget:` in the signed bundle of this group.
+    Bundle {
+        /// The bundle group.
+        group: String,
+    },
+    /// The `budget:` of this group's `group.yaml`: one pool for the group's policies.
+    BundleGroup {
+        /// The bundle group.
+        group: String,
+    },
+    /// The coordinator's policies (`--policies` directory or REST).
+    Coordinator,
+    /// The requesting agent's own declaration (a policy the coordinator does not know);
+    /// the key holds the declared limits, so each declaration is a budget of its own.
+    #[default]
+    Agent,
+}
+
+impl BudgetSource {
+    /// `bundle`, `bundle_group`, `coordinator` or `agent`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BudgetSource::Bundle { .. } => "bundle",
+            BudgetSource::BundleGroup { .. } => "bundle_group",
+            BudgetSource::Coordinator => "coordinator",
+            BudgetSource::Agent => "agent",
+        }
+    }
+
+    /// The bundle group, if the limits come from one.
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            BudgetSource::Bundle { group } | BudgetSource::BundleGroup { group } => Some(group),
+            BudgetSource::Coordinator | BudgetSource::Agent => None,
+        }
+    }
+}
+
+/// The budget a request counts against, as the coordinator decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// The budget key.
+    pub key: String,
+    /// The policy (for a group pool, `@group`).
+    pub policy: String,
+    /// `max_concurrent` as written (`2`, `10%`).
+    pub written: String,
+    /// Leases allowed at once now (a share resolved over the label group).
+    pub max: u32,
+    /// Grants allowed per rolling hour.
+    pub max_per_hour: Option<u32>,
+    /// Where the limits come from.
+    pub source: BudgetSource,
+}
+
+impl Terms {
+    /// The terms `request` declares, under its own key (`policy[/label=value]`), allowing
+    /// `max` at once.
+    pub fn declared(request: &LeaseRequest, max: u32, source: BudgetSource) -> Terms {
+        Terms {
+            key: request.key(),
+            policy: request.policy.clone(),
+            written: request.max.to_string(),
+            max,
+            max_per_hour: request.max_per_hour,
+            source,
+        }
+    }
+}
+
 /// One lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lease {
     /// The host holding it.
     pub host: String,
+    /// The policy whose action holds it (in a group pool, one of the group's).
+    pub policy: String,
     /// The action it is for.
     pub action_id: String,
     /// When it was granted, epoch ms.
@@ -51,6 +128,10 @@ struct Budget {
     written: String,
     /// The places it allowed at the last request.
     max: u32,
+    /// Grants allowed per rolling hour.
+    max_per_hour: Option<u32>,
+    /// Where its limits come from.
+    source: BudgetSource,
     /// Host → its lease.
     leases: BTreeMap<String, Lease>,
     /// Grant times within the last hour, oldest first.
@@ -74,6 +155,10 @@ pub struct BudgetView {
     pub max_concurrent: String,
     /// Leases allowed at once now.
     pub max: u32,
+    /// Grants allowed per rolling hour.
+    pub max_per_hour: Option<u32>,
+    /// Where the limits come from.
+    pub source: BudgetSource,
     /// The leases held.
     pub leases: Vec<Lease>,
     /// Actions waiting for a lease now.
@@ -115,10 +200,11 @@ impl LeaseTable {
         self.ttl_ms
     }
 
-    /// Decides `request` (already checked), whose budget allows `max` leases at once
-    /// (its `max_concurrent` resolved for the label group's size).
-    pub fn decide(&mut self, request: &LeaseRequest, max: u32, now_ms: i64) -> LeaseAnswer {
-        let key = request.key();
+    /// Decides `request` (already checked) under `terms`: its budget's key and limits,
+    /// `max_concurrent` resolved for the label group's size.
+    pub fn decide(&mut self, request: &LeaseRequest, terms: &Terms, now_ms: i64) -> LeaseAnswer {
+        let key = terms.key.clone();
+        let max = terms.max;
         if let Some(budget) = self.budgets.get_mut(&key) {
             expire(budget, now_ms);
         }
@@ -154,9 +240,11 @@ impl LeaseTable {
             }
         }
         let budget = self.budgets.entry(key.clone()).or_default();
-        budget.policy = request.policy.clone();
-        budget.written = request.max.to_string();
+        budget.policy = terms.policy.clone();
+        budget.written = terms.written.clone();
         budget.max = max;
+        budget.max_per_hour = terms.max_per_hour;
+        budget.source = terms.source.clone();
         budget.used_ms = now_ms;
         let host = &request.host;
         let waiting_key = (host.clone(), request.action_id.clone());
@@ -210,7 +298,7 @@ impl LeaseTable {
                         ttl_ms
                     ))
                 } else {
-                    match request.max_per_hour {
+                    match terms.max_per_hour {
                         Some(per_hour) if budget.granted.len() >= per_hour as usize => {
                             Some(format!(
                                 "budget `{key}`: {} leases granted in the last hour (max_per_hour {per_hour})",
@@ -229,6 +317,7 @@ impl LeaseTable {
                     host.clone(),
                     Lease {
                         host: host.clone(),
+                        policy: request.policy.clone(),
                         action_id: request.action_id.clone(),
                         granted_at_ms: now_ms,
                         expires_at_ms,
@@ -275,6 +364,8 @@ impl LeaseTable {
                 policy: b.policy.clone(),
                 max_concurrent: b.written.clone(),
                 max: b.max,
+                max_per_hour: b.max_per_hour,
+                source: b.source.clone(),
                 leases: b.leases.values().cloned().collect(),
                 deferred: b.waiting.len(),
                 deferred_total: b.deferred_total,
@@ -314,6 +405,12 @@ mod tests {
     use super::*;
     use vigil_shared::policy::budget::BudgetMax;
 
+    impl BudgetView {
+        fn written_or_source(&self) -> (&str, &str) {
+            (self.max_concurrent.as_str(), self.source.as_str())
+        }
+    }
+
     const T: i64 = 1_700_000_000_000;
     const TTL: i64 = 10_000;
 
@@ -335,19 +432,56 @@ mod tests {
         LeaseTable::new(TTL, T).without_grace()
     }
 
+    impl LeaseTable {
+        /// Decides `r` under the terms it declares, allowing `max`.
+        fn ask(&mut self, r: &LeaseRequest, max: u32, now_ms: i64) -> LeaseAnswer {
+            self.decide(r, &Terms::declared(r, max, BudgetSource::Agent), now_ms)
+        }
+    }
+
+    #[test]
+    fn the_terms_decide_not_the_request_and_one_key_pools_several_policies() {
+        let mut t = table();
+        let pool = Terms {
+            key: "@web/role=web".into(),
+            policy: "@web".into(),
+            written: "1".into(),
+            max: 1,
+            max_per_hour: None,
+            source: BudgetSource::BundleGroup {
+                group: "web".into(),
+            },
+        };
+        let mut loose = request("h1", "a1", LeaseOp::Acquire);
+        loose.max = BudgetMax::Count(100);
+        let first = t.decide(&loose, &pool, T);
+        assert_eq!(first.outcome, LeaseOutcome::Granted);
+        assert_eq!((first.key.as_str(), first.max), ("@web/role=web", 1));
+        // Another policy of the group on another host, also claiming 100: same pool.
+        let mut other = request("h2", "a2", LeaseOp::Acquire);
+        other.policy = "restart-db".into();
+        other.max = BudgetMax::Count(100);
+        let second = t.decide(&other, &pool, T + 1);
+        assert_eq!(second.outcome, LeaseOutcome::Deferred);
+        assert!(second.reason.unwrap().contains("1 of 1"));
+        let view = t.view(T + 2);
+        assert_eq!(view.len(), 1);
+        assert_eq!(view[0].written_or_source(), ("1", "bundle_group"));
+        assert_eq!(view[0].leases[0].policy, "restart-web");
+    }
+
     #[test]
     fn grants_up_to_max_then_defers_until_a_lease_is_released() {
         let mut t = table();
-        let a = t.decide(&request("h1", "a1", LeaseOp::Acquire), 2, T);
+        let a = t.ask(&request("h1", "a1", LeaseOp::Acquire), 2, T);
         assert_eq!(a.outcome, LeaseOutcome::Granted);
         assert_eq!(a.key, "restart-web/role=web");
         assert_eq!((a.held, a.max, a.ttl_ms), (1, 2, TTL as u64));
         assert_eq!(
-            t.decide(&request("h2", "a2", LeaseOp::Acquire), 2, T)
-                .outcome,
+            t.ask(&request("h2", "a2", LeaseOp::Acquire), 2, T).outcome,
             LeaseOutcome::Granted
         );
-        let third = t.decide(&request("h3", "a3", LeaseOp::Acquire), 2, T + 1);
+        let third = t.ask(&request("h3", "a3", LeaseOp::Acquire), 2, T + 1);
         assert_eq!(third.outcome, LeaseOutcome::Deferred);
         let reason = third.reason.unwrap();
         assert!(
@@ -355,7 +489,7 @@ mod tests {
             "{reason}"
         );
         // Asking again is the same wait, counted once.
-        t.decide(&request("h3", "a3", LeaseOp::Acquire), 2, T + 2);
+        t.ask(&request("h3", "a3", LeaseOp::Acquire), 2, T + 2);
         let view = t.view(T + 3);
         assert_eq!(view.len(), 1);
         assert_eq!(view[0].deferred, 1);
@@ -363,17 +497,17 @@ mod tests {
         assert_eq!(view[0].granted_last_hour, 2);
         assert_eq!(view[0].leases.len(), 2);
         // A release by someone else's action id frees nothing.
-        t.decide(&request("h1", "other", LeaseOp::Release), 2, T + 4);
+        t.ask(&request("h1", "other", LeaseOp::Release), 2, T + 4);
         assert_eq!(
-            t.decide(&request("h3", "a3", LeaseOp::Acquire), 2, T + 5)
+            t.ask(&request("h3", "a3", LeaseOp::Acquire), 2, T + 5)
                 .outcome,
             LeaseOutcome::Deferred
         );
-        let freed = t.decide(&request("h1", "a1", LeaseOp::Release), 2, T + 6);
+        let freed = t.ask(&request("h1", "a1", LeaseOp::Release), 2, T + 6);
         assert_eq!(freed.outcome, LeaseOutcome::Released);
         assert_eq!(freed.held, 1);
         assert_eq!(
-            t.decide(&request("h3", "a3", LeaseOp::Acquire), 2, T + 7)
+            t.ask(&request("h3", "a3", LeaseOp::Acquire), 2, T + 7)
                 .outcome,
             LeaseOutcome::Granted
         );
@@ -383,19 +517,19 @@ mod tests {
     #[test]
     fn a_lease_not_renewed_frees_itself_after_its_ttl_and_renewals_keep_it() {
         let mut t = table();
-        t.decide(&request("h1", "a1", LeaseOp::Acquire), 1, T);
-        t.decide(&request("h2", "a2", LeaseOp::Acquire), 1, T);
+        t.ask(&request("h1", "a1", LeaseOp::Acquire), 1, T);
+        t.ask(&request("h2", "a2", LeaseOp::Acquire), 1, T);
         // h1 renews before its TTL: still held, h2 still waits.
-        let renewed = t.decide(&request("h1", "a1", LeaseOp::Renew), 1, T + TTL - 1);
+        let renewed = t.ask(&request("h1", "a1", LeaseOp::Renew), 1, T + TTL - 1);
         assert_eq!(renewed.outcome, LeaseOutcome::Granted);
         assert_eq!(
-            t.decide(&request("h2", "a2", LeaseOp::Acquire), 1, T + TTL + 1)
+            t.ask(&request("h2", "a2", LeaseOp::Acquire), 1, T + TTL + 1)
                 .outcome,
             LeaseOutcome::Deferred
         );
         // h1 dies: one TTL after its last renewal the place is free.
         assert_eq!(
-            t.decide(&request("h2", "a2", LeaseOp::Acquire), 1, T + 2 * TTL - 1)
+            t.ask(&request("h2", "a2", LeaseOp::Acquire), 1, T + 2 * TTL - 1)
                 .outcome,
             LeaseOutcome::Granted
         );
@@ -405,14 +539,14 @@ mod tests {
     #[test]
     fn one_lease_per_host_and_budget() {
         let mut t = table();
-        t.decide(&request("h1", "a1", LeaseOp::Acquire), 5, T);
-        let second = t.decide(&request("h1", "a2", LeaseOp::Acquire), 5, T);
+        t.ask(&request("h1", "a1", LeaseOp::Acquire), 5, T);
+        let second = t.ask(&request("h1", "a2", LeaseOp::Acquire), 5, T);
         assert_eq!(second.outcome, LeaseOutcome::Deferred);
         assert!(second.reason.unwrap().contains("already holds"));
         // Another label group is another budget.
         let mut db = request("h1", "a3", LeaseOp::Acquire);
         db.per = Some(("role".into(), "db".into()));
-        assert_eq!(t.decide(&db, 5, T).outcome, LeaseOutcome::Granted);
+        assert_eq!(t.ask(&db, 5, T).outcome, LeaseOutcome::Granted);
         assert_eq!(t.view(T).len(), 2);
     }
 
@@ -426,14 +560,14 @@ mod tests {
         };
         for (i, action) in ["a1", "a2"].iter().enumerate() {
             let at = T + i as i64 * 1000;
-            assert_eq!(t.decide(&ask(action), 5, at).outcome, LeaseOutcome::Granted);
-            t.decide(&request("h1", action, LeaseOp::Release), 5, at + 1);
+            assert_eq!(t.ask(&ask(action), 5, at).outcome, LeaseOutcome::Granted);
+            t.ask(&request("h1", action, LeaseOp::Release), 5, at + 1);
         }
-        let third = t.decide(&ask("a3"), 5, T + 5000);
+        let third = t.ask(&ask("a3"), 5, T + 5000);
         assert_eq!(third.outcome, LeaseOutcome::Deferred);
         assert!(third.reason.unwrap().contains("max_per_hour 2"));
         assert_eq!(
-            t.decide(&ask("a3"), 5, T + HOUR_MS).outcome,
+            t.ask(&ask("a3"), 5, T + HOUR_MS).outcome,
             LeaseOutcome::Granted
         );
     }
@@ -441,18 +575,18 @@ mod tests {
     #[test]
     fn a_restarted_table_waits_one_ttl_but_takes_renewals() {
         let mut t = LeaseTable::new(TTL, T);
-        let fresh = t.decide(&request("h2", "a2", LeaseOp::Acquire), 1, T + 1);
+        let fresh = t.ask(&request("h2", "a2", LeaseOp::Acquire), 1, T + 1);
         assert_eq!(fresh.outcome, LeaseOutcome::Deferred);
         assert!(fresh.reason.unwrap().contains("started less than"));
         // A running action renews the lease it held before the restart.
         assert_eq!(
-            t.decide(&request("h1", "a1", LeaseOp::Renew), 1, T + 2)
+            t.ask(&request("h1", "a1", LeaseOp::Renew), 1, T + 2)
                 .outcome,
             LeaseOutcome::Granted
         );
         // After the grace, the budget is what the renewals left.
         assert_eq!(
-            t.decide(&request("h2", "a2", LeaseOp::Acquire), 1, T + TTL + 1)
+            t.ask(&request("h2", "a2", LeaseOp::Acquire), 1, T + TTL + 1)
                 .outcome,
             LeaseOutcome::Deferred
         );
@@ -464,16 +598,16 @@ mod tests {
         for i in 0..MAX_BUDGETS + 5 {
             let mut r = request("h1", "a1", LeaseOp::Acquire);
             r.policy = format!("p{i}");
-            let a = t.decide(&r, 1, T);
+            let a = t.ask(&r, 1, T);
             if i >= MAX_BUDGETS {
                 assert_eq!(a.outcome, LeaseOutcome::Deferred);
             }
         }
         assert_eq!(t.budgets.len(), MAX_BUDGETS);
         let mut t = table();
-        t.decide(&request("h0", "a0", LeaseOp::Acquire), 1, T);
+        t.ask(&request("h0", "a0", LeaseOp::Acquire), 1, T);
         for i in 0..MAX_WAITING + 5 {
-            t.decide(
+            t.ask(
                 &request(&format!("h{}", i + 1), "a", LeaseOp::Acquire),
                 1,
                 T,

@@ -1,8 +1,12 @@
 //! The bundle directory: one folder per host group, `DIR/<group>/`, holding
 //!
 //! - `group.yaml`: `selector: {role: web}`, the labels a host must all have (`{}` or no
-//!   file: every host), and optionally `backtest: {since: 7d, max_actions: N}`, the gate
-//!   a new version must pass before it is published (see [`super::gate`]);
+//!   file: every host); optionally `backtest: {since: 7d, max_actions: N}`, the gate
+//!   a new version must pass before it is published (see [`super::gate`]); and optionally
+//!   `budget: {max_concurrent: 2, per: role, max_per_hour: N, offline: wait}`, one
+//!   disruption budget for every policy of the group that remediates and has no budget of
+//!   its own (one lease pool for the group; it travels in the signed bundle, see
+//!   [`GroupBudgets`]);
 //! - policy files `*.yaml` / `*.yml`, the same format agents read; names unique in the group;
 //! - an optional `manifest.yaml`, the desired state (see [`vigil_shared::bundle_manifest`]).
 //!
@@ -17,11 +21,13 @@ use serde::Deserialize;
 use thiserror::Error;
 use vigil_shared::bundle::{content_hash, BundleFile, MANIFEST_FILE};
 use vigil_shared::bundle_manifest::{manifest_policies, parse_manifest, Manifest};
+use vigil_shared::policy::budget::{group_budget_applies, Budget, BudgetSpec};
 use vigil_shared::policy::load::{check_specs, parse_specs};
 use vigil_shared::policy::{LoadError, PolicySpec};
 use vigil_shared::wire::{Tag, MAX_PAYLOAD_BYTES};
 
 use super::gate::{Gate, GateSpec};
+pub use crate::budgets::authority::{GroupBudgets, PolicyBudget};
 
 /// The group settings file.
 pub const GROUP_FILE: &str = "group.yaml";
@@ -95,6 +101,19 @@ struct GroupSettings {
     selector: BTreeMap<String, String>,
     #[serde(default)]
     backtest: Option<GateSpec>,
+    #[serde(default)]
+    budget: Option<BudgetSpec>,
+}
+
+/// `group.yaml`, checked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    /// Labels a host must all have, sorted by label name.
+    pub selector: Vec<Tag>,
+    /// The backtest gate, if any.
+    pub gate: Option<Gate>,
+    /// The group budget, if any.
+    pub budget: Option<Budget>,
 }
 
 /// One group, read and validated.
@@ -114,6 +133,10 @@ pub struct GroupSource {
     pub hash: String,
     /// The backtest a new version must pass (from `group.yaml`; not part of the bundle).
     pub gate: Option<Gate>,
+    /// The group budget (from `group.yaml`; part of the bundle and of its hash).
+    pub budget: Option<Budget>,
+    /// Which budget each policy takes its leases from.
+    pub budgets: GroupBudgets,
 }
 
 /// Each group folder's name and what reading it gave.
@@ -140,8 +163,7 @@ pub fn read_group(path: &Path, group: &str) -> Result<GroupSource, LayoutError> 
         group: group.to_string(),
         problem: e.problem.to_string(),
     })?;
-    let mut selector = Vec::new();
-    let mut gate = None;
+    let mut settings = Settings::default();
     let mut files = Vec::new();
     for file in list(path)? {
         let name = file_name(&file);
@@ -154,21 +176,21 @@ pub fn read_group(path: &Path, group: &str) -> Result<GroupSource, LayoutError> 
             message: e.to_string(),
         })?;
         if name == GROUP_FILE {
-            (selector, gate) = parse_settings(group, &text)?;
+            settings = parse_settings(group, &text)?;
         } else {
             files.push(BundleFile { name, text });
         }
     }
-    let mut source = validate(group, selector, files)?;
-    source.gate = gate;
+    let mut source = validate(group, settings.selector, settings.budget, files)?;
+    source.gate = settings.gate;
     Ok(source)
 }
 
-/// Parses `group.yaml` into a selector (sorted by label name) and the gate, if any; an
-/// error names the field (`backtest.max_actions`).
-pub fn parse_settings(group: &str, text: &str) -> Result<(Vec<Tag>, Option<Gate>), LayoutError> {
+/// Parses `group.yaml` into a selector (sorted by label name), the gate and the group
+/// budget; an error names the field (`backtest.max_actions`, `budget.max_concurrent`).
+pub fn parse_settings(group: &str, text: &str) -> Result<Settings, LayoutError> {
     if text.trim().is_empty() {
-        return Ok((Vec::new(), None));
+        return Ok(Settings::default());
     }
     let settings: Option<GroupSettings> =
         serde_yaml_ng::from_str(text).map_err(|e| LayoutError::GroupFile {
@@ -186,17 +208,37 @@ pub fn parse_settings(group: &str, text: &str) -> Result<(Vec<Tag>, Option<Gate>
                 })?,
         ),
     };
-    Ok((settings.selector.into_iter().collect(), gate))
+    let budget = match &settings.budget {
+        None => None,
+        Some(spec) => Some(
+            spec.check()
+                .map_err(|(field, message)| LayoutError::GroupFile {
+                    group: group.to_string(),
+                    message: format!("{field}: {message}"),
+                })?,
+        ),
+    };
+    Ok(Settings {
+        selector: settings.selector.into_iter().collect(),
+        gate,
+        budget,
+    })
 }
 
-/// Validates a group's files (policy files and manifest) and computes its hash.
+/// Validates a group's files (policy files and manifest) and computes its hash (of
+/// selector and files, and of the group budget when there is one).
 pub fn validate(
     group: &str,
     selector: Vec<Tag>,
+    budget: Option<Budget>,
     mut files: Vec<BundleFile>,
 ) -> Result<GroupSource, LayoutError> {
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let mut policies: Vec<PolicySpec> = Vec::new();
+    let mut budgets = GroupBudgets {
+        group: budget.clone(),
+        policies: BTreeMap::new(),
+    };
     let mut origin: BTreeMap<String, String> = BTreeMap::new();
     let mut manifest = None;
     for file in &files {
@@ -208,20 +250,28 @@ pub fn validate(
                         message,
                     })?,
                 );
-            manifest_policies(group, &file.text).map_err(|message| LayoutError::Manifest {
+            let specs =
+                manifest_policies(group, &file.text).map_err(|message| LayoutError::Manifest {
+                    group: group.to_string(),
+                    message,
+                })?;
+            let checked = check_specs(&specs, &file.name).map_err(|error| LayoutError::Policy {
                 group: group.to_string(),
-                message,
-            })?
+                error,
+            })?;
+            note_budgets(&mut budgets, &checked);
+            specs
         } else {
             let specs =
                 parse_specs(&file.text, &file.name).map_err(|error| LayoutError::Policy {
                     group: group.to_string(),
                     error,
                 })?;
-            check_specs(&specs, &file.name).map_err(|error| LayoutError::Policy {
+            let checked = check_specs(&specs, &file.name).map_err(|error| LayoutError::Policy {
                 group: group.to_string(),
                 error,
             })?;
+            note_budgets(&mut budgets, &checked);
             specs
         };
         for spec in specs {
@@ -238,7 +288,12 @@ pub fn validate(
             policies.push(spec);
         }
     }
-    let hash = content_hash(&postcard_bytes(&(&selector, &files)));
+    // Without a group budget the hash is what it was before group budgets existed, so
+    // an upgraded coordinator does not republish unchanged groups.
+    let hash = match &budget {
+        None => content_hash(&postcard_bytes(&(&selector, &files))),
+        Some(budget) => content_hash(&postcard_bytes(&(&selector, &files, budget))),
+    };
     let bytes: usize = files.iter().map(|f| f.name.len() + f.text.len()).sum();
     if bytes + 4096 > MAX_PAYLOAD_BYTES {
         return Err(LayoutError::TooLarge {
@@ -254,7 +309,23 @@ pub fn validate(
         manifest,
         hash,
         gate: None,
+        budget,
+        budgets,
     })
+}
+
+/// Records which budget each of `policies` takes its leases from.
+fn note_budgets(budgets: &mut GroupBudgets, policies: &[vigil_shared::policy::Policy]) {
+    for policy in policies {
+        let which = match (&policy.budget, &budgets.group) {
+            (Some(own), _) => PolicyBudget::Own(own.clone()),
+            (None, Some(group)) if group_budget_applies(policy) => {
+                PolicyBudget::Group(group.clone())
+            }
+            _ => PolicyBudget::Unbudgeted,
+        };
+        budgets.policies.insert(policy.name.clone(), which);
+    }
 }
 
 fn postcard_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -365,13 +436,13 @@ mod tests {
 
     #[test]
     fn the_backtest_gate_is_read_and_its_fields_checked_by_name() {
-        let (selector, gate) = parse_settings(
+        let settings = parse_settings(
             "web",
             "selector: {role: web}\nbacktest: {since: 2h, max_actions: 3}\n",
         )
         .unwrap();
-        assert_eq!(selector, vec![("role".into(), "web".into())]);
-        let gate = gate.unwrap();
+        assert_eq!(settings.selector, vec![("role".into(), "web".into())]);
+        let gate = settings.gate.unwrap();
         assert_eq!((gate.since.as_secs(), gate.max_actions), (7200, 3));
         for (yaml, field) in [
             (
@@ -385,7 +456,90 @@ mod tests {
             let e = parse_settings("web", yaml).unwrap_err().to_string();
             assert!(e.contains("group.yaml") && e.contains(field), "{yaml}: {e}");
         }
-        assert_eq!(parse_settings("web", "").unwrap(), (vec![], None));
+        assert_eq!(parse_settings("web", "").unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn a_group_budget_is_read_checked_by_field_and_given_to_remediating_policies() {
+        use vigil_shared::policy::budget::BudgetMax;
+        let settings = parse_settings(
+            "web",
+            "selector: {role: web}\nbudget: {max_concurrent: \"10%\", per: role, max_per_hour: 6}\n",
+        )
+        .unwrap();
+        let budget = settings.budget.unwrap();
+        assert_eq!(budget.max, BudgetMax::Percent(10));
+        assert_eq!(budget.max_per_hour, Some(6));
+        for (yaml, field) in [
+            ("budget: {max_concurrent: 0}", "budget.max_concurrent"),
+            ("budget: {max_concurrent: -5}", "budget.max_concurrent"),
+            (
+                "budget: {max_concurrent: 99999999999}",
+                "budget.max_concurrent",
+            ),
+            (
+                "budget: {max_concurrent: \"250%\"}",
+                "budget.max_concurrent",
+            ),
+            ("budget: {max_concurrent: \"1e9\"}", "budget.max_concurrent"),
+            (
+                "budget: {max_concurrent: 1, max_per_hour: 0}",
+                "budget.max_per_hour",
+            ),
+            ("budget: {max_concurrent: 1, per: \"a/b\"}", "budget.per"),
+            (
+                "budget: {max_concurrent: 1, offline: sometimes}",
+                "budget.offline",
+            ),
+            ("budget: {max_concurrent: 1, extra: 1}", "extra"),
+            ("budget: {per: role}", "max_concurrent"),
+            ("budget: 3", "budget"),
+        ] {
+            let e = parse_settings("web", yaml).unwrap_err().to_string();
+            assert!(e.contains("group.yaml") && e.contains(field), "{yaml}: {e}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "web/group.yaml",
+            "selector: {role: web}\nbudget: {max_concurrent: 2}\n",
+        );
+        let act = |name: &str, extra: &str| {
+            format!(
+                "  - name: {name}\n    condition: cpu_percent > 90\n    auto_remediate: true\n    \
+                 action: exec\n    params: {{command: x}}\n{extra}"
+            )
+        };
+        write(
+            dir.path(),
+            "web/p.yaml",
+            &format!(
+                "policies:\n{}{}{}",
+                act("pooled", ""),
+                act("own", "    budget: {max_concurrent: 5}\n"),
+                "  - name: watch\n    condition: cpu_percent > 90\n"
+            ),
+        );
+        let source = read_group(&dir.path().join("web"), "web").unwrap();
+        let b = &source.budgets.policies;
+        assert!(matches!(&b["pooled"], PolicyBudget::Group(g) if g.max == BudgetMax::Count(2)));
+        assert!(matches!(&b["own"], PolicyBudget::Own(o) if o.max == BudgetMax::Count(5)));
+        assert_eq!(b["watch"], PolicyBudget::Unbudgeted);
+        // The budget is part of the content: changing it makes a new version.
+        write(
+            dir.path(),
+            "web/group.yaml",
+            "selector: {role: web}\nbudget: {max_concurrent: 3}\n",
+        );
+        let changed = read_group(&dir.path().join("web"), "web").unwrap();
+        assert_ne!(source.hash, changed.hash);
+        // Without a budget, the hash is the one of selector and files alone.
+        write(dir.path(), "web/group.yaml", "selector: {role: web}\n");
+        let none = read_group(&dir.path().join("web"), "web").unwrap();
+        let plain = validate("web", none.selector.clone(), None, none.files.clone()).unwrap();
+        assert_eq!(none.hash, plain.hash);
+        assert_ne!(none.hash, changed.hash);
     }
 
     #[test]
@@ -393,6 +547,7 @@ mod tests {
         let a = validate(
             "g",
             vec![],
+            None,
             vec![BundleFile {
                 name: "a.yaml".into(),
                 text: POLICY.into(),
@@ -402,6 +557,7 @@ mod tests {
         let again = validate(
             "g",
             vec![],
+            None,
             vec![BundleFile {
                 name: "a.yaml".into(),
                 text: POLICY.into(),
@@ -412,6 +568,7 @@ mod tests {
         let changed = validate(
             "g",
             vec![("role".into(), "web".into())],
+            None,
             vec![BundleFile {
                 name: "a.yaml".into(),
                 text: POLICY.into(),

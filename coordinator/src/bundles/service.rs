@@ -26,7 +26,7 @@ use vigil_shared::topics;
 use prometheus::IntCounter;
 
 use super::gate::GateResult;
-use super::layout::{read_groups, GroupResults, GroupSource, LayoutError};
+use super::layout::{read_groups, GroupBudgets, GroupResults, GroupSource, LayoutError};
 use super::store::BundleRecord;
 use crate::mqtt::publisher::Publisher;
 use crate::store::{Store, StoreError};
@@ -60,6 +60,9 @@ pub struct Published {
     pub policies: usize,
     /// The manifest, if any.
     pub manifest: Option<Manifest>,
+    /// Which budget each policy takes its leases from (the coordinator enforces these
+    /// for the group's hosts).
+    pub budgets: Arc<GroupBudgets>,
 }
 
 /// What a reload did.
@@ -174,6 +177,21 @@ impl Bundles {
         self.lock().published.values().cloned().collect()
     }
 
+    /// Every published group's selector and policy budgets, by group name.
+    pub fn group_budgets(&self) -> Vec<(String, Vec<vigil_shared::wire::Tag>, Arc<GroupBudgets>)> {
+        self.lock()
+            .published
+            .values()
+            .map(|p| {
+                (
+                    p.record.group.clone(),
+                    p.record.selector.clone(),
+                    Arc::clone(&p.budgets),
+                )
+            })
+            .collect()
+    }
+
     /// One group's published bundle.
     pub fn get(&self, group: &str) -> Option<Published> {
         self.lock().published.get(group).cloned()
@@ -251,6 +269,7 @@ impl Bundles {
                                 signed,
                                 policies: source.policies.len(),
                                 manifest: source.manifest,
+                                budgets: Arc::new(source.budgets),
                             },
                         );
                     }
@@ -387,6 +406,7 @@ impl Bundles {
                             signed,
                             policies: source.policies.len(),
                             manifest: source.manifest,
+                            budgets: Arc::new(source.budgets),
                         });
                     }
                 }
@@ -399,6 +419,7 @@ impl Bundles {
                         selector: source.selector.clone(),
                         files: source.files.clone(),
                         removed: false,
+                        budget: source.budget.clone(),
                     };
                     changed.push((record, Some(source)));
                 }
@@ -461,6 +482,7 @@ fn removed_record(last: &BundleRecord, at_ms: i64) -> BundleRecord {
         selector: last.selector.clone(),
         files: Vec::new(),
         removed: true,
+        budget: None,
     }
 }
 
@@ -577,6 +599,7 @@ mod tests {
                     selector: vec![],
                     files: vec![],
                     removed: true,
+                    budget: None,
                 }])
                 .unwrap();
         }

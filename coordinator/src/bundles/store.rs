@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use vigil_shared::bundle::{Bundle, BundleFile};
+use vigil_shared::policy::budget::Budget;
 use vigil_shared::wire::Tag;
 
 use crate::store::{codec, Store, StoreError};
@@ -31,6 +32,9 @@ pub struct BundleRecord {
     pub files: Vec<BundleFile>,
     /// The group's folder is gone (a signed tombstone replaced its retained bundle).
     pub removed: bool,
+    /// The group budget (`group.yaml`). Last: a record stored before group budgets
+    /// existed ends before it and reads as `None`.
+    pub budget: Option<Budget>,
 }
 
 impl BundleRecord {
@@ -42,8 +46,18 @@ impl BundleRecord {
             version: self.version,
             created_at_ms: self.created_at_ms,
             files: self.files.clone(),
+            budget: self.budget.clone(),
         }
     }
+}
+
+/// Decodes a stored record, one from before group budgets included.
+fn decode_record(bytes: &[u8]) -> Result<BundleRecord, StoreError> {
+    codec::decode::<BundleRecord>("bundles", bytes).or_else(|error| {
+        let mut padded = bytes.to_vec();
+        padded.push(0);
+        codec::decode::<BundleRecord>("bundles", &padded).map_err(|_| error)
+    })
 }
 
 impl Store {
@@ -57,7 +71,7 @@ impl Store {
         let mut out = Vec::new();
         for entry in self.dbs.bundles.iter(&txn)? {
             let (_, bytes) = entry?;
-            out.push(codec::decode::<BundleRecord>("bundles", bytes)?);
+            out.push(decode_record(bytes)?);
         }
         Ok(out)
     }
@@ -102,6 +116,7 @@ mod tests {
                 text: "policies: []".into(),
             }],
             removed: false,
+            budget: None,
         };
         {
             let store = Store::open(dir.path(), size).unwrap();
@@ -110,6 +125,10 @@ mod tests {
                 .unwrap();
         }
         let store = Store::open(dir.path(), size).unwrap();
-        assert_eq!(store.bundle_records().unwrap(), vec![record]);
+        assert_eq!(store.bundle_records().unwrap(), vec![record.clone()]);
+        // A record written before group budgets (no `budget` at its end) still reads.
+        let mut old = codec::encode(&record);
+        assert_eq!(old.pop(), Some(0), "an absent Option is one zero byte");
+        assert_eq!(decode_record(&old).unwrap(), record);
     }
 }

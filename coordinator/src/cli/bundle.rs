@@ -190,6 +190,7 @@ fn build(
             version,
             created_at_ms,
             files: source.files.clone(),
+            budget: source.budget.clone(),
         };
         let signed = keys.sign(&bundle);
         let path = out.join(format!("{}.bundle", source.group));
@@ -217,8 +218,13 @@ fn verify_file(file: &Path, public_key: &str) -> Result<(), String> {
     let key = PublicKey::load(public_key).map_err(|e| e.to_string())?;
     let bundle =
         verify(&signed, &key, None).map_err(|e| format!("refused: {}: {e}", file.display()))?;
-    let source = layout::validate(&bundle.group, bundle.selector.clone(), bundle.files.clone())
-        .map_err(|e| format!("refused: {}: {e}", file.display()))?;
+    let source = layout::validate(
+        &bundle.group,
+        bundle.selector.clone(),
+        bundle.budget.clone(),
+        bundle.files.clone(),
+    )
+    .map_err(|e| format!("refused: {}: {e}", file.display()))?;
     println!(
         "ok: {}: group `{}` version {}, {} policies, hash {}",
         file.display(),
@@ -256,9 +262,9 @@ fn side_of_bundle(file: &Path) -> Result<(String, BTreeMap<String, serde_json::V
             signed.group
         ));
     }
-    let bundle: Bundle = postcard::from_bytes(&signed.content)
+    let bundle: Bundle = vigil_shared::bundle::decode_bundle(&signed.content)
         .map_err(|e| format!("{}: content does not decode: {e}", file.display()))?;
-    let source = layout::validate(&bundle.group, bundle.selector, bundle.files)
+    let source = layout::validate(&bundle.group, bundle.selector, bundle.budget, bundle.files)
         .map_err(|e| format!("{}: {e}", file.display()))?;
     Ok((bundle.group, policies_of(&source)))
 }

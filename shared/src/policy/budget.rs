@@ -12,6 +12,12 @@
 //! An agent takes a lease from the coordinator before each budgeted action
 //! ([`crate::lease`]); the budget's key is the policy's name and the value of the `per`
 //! label on the host ([`Budget::key`]).
+//!
+//! A bundle group may declare one budget for all its policies (`budget:` in its
+//! `group.yaml`): it travels in the signed [`crate::bundle::Bundle`] and applies to every
+//! policy of the group that remediates and has no budget of its own
+//! ([`group_budget_applies`]). The coordinator counts all of them against one pool per
+//! group.
 
 use std::fmt;
 
@@ -104,6 +110,66 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// Checks the ranges of a budget that arrived already parsed (in a signed bundle or
+    /// a command); an error names the field (under `budget.`).
+    pub fn check_ranges(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, message: String| Err((format!("budget.{field}"), message));
+        match self.max {
+            BudgetMax::Count(n) if !(1..=MAX_BUDGET).contains(&n) => {
+                return err(
+                    "max_concurrent",
+                    format!("must be 1–{MAX_BUDGET} hosts, got {n}"),
+                )
+            }
+            BudgetMax::Percent(p) if !(1..=100).contains(&p) => {
+                return err(
+                    "max_concurrent",
+                    format!("a share must be 1%–100%, got {p}%"),
+                )
+            }
+            _ => {}
+        }
+        if let Some(per) = &self.per {
+            if !is_label_name(per) {
+                return err("per", format!("`{per}` is not a label name"));
+            }
+        }
+        if let Some(n) = self.max_per_hour {
+            if !(1..=MAX_BUDGET).contains(&n) {
+                return err("max_per_hour", format!("must be 1–{MAX_BUDGET}, got {n}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a bundle group's budget applies to `policy`: it remediates (`auto_remediate`,
+/// at least one action, not `dry_run`) and has no budget of its own (its own wins).
+pub fn group_budget_applies(policy: &crate::policy::Policy) -> bool {
+    policy.budget.is_none()
+        && policy.auto_remediate
+        && !policy.dry_run
+        && !policy.actions.is_empty()
+}
+
+/// Gives every policy of a bundle group that [`group_budget_applies`] to the group's
+/// budget.
+pub fn apply_group_budget(policies: &mut [crate::policy::Policy], group: &Budget) {
+    for policy in policies {
+        if group_budget_applies(policy) {
+            policy.budget = Some(group.clone());
+        }
+    }
+}
+
+fn is_label_name(per: &str) -> bool {
+    (1..=64).contains(&per.len())
+        && per
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// `max_concurrent` as written: a number, or a share such as `"10%"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -168,11 +234,7 @@ impl BudgetSpec {
             }
         };
         if let Some(per) = &self.per {
-            let fine = (1..=64).contains(&per.len())
-                && per
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            if !fine {
+            if !is_label_name(per) {
                 return Err(err(
                     "per",
                     format!("`{per}` is not a label name (1–64 letters, digits, `_`, `-`, `.`)"),

@@ -13,7 +13,7 @@ use vigil_shared::policy::budget::BudgetMax;
 use vigil_shared::policy::Policy;
 
 use crate::budgets::service::GroupSizes;
-use crate::budgets::table::LeaseTable;
+use crate::budgets::table::{BudgetSource, LeaseTable, Terms};
 use crate::store::HostRecord;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -121,7 +121,8 @@ pub fn simulate(
                 op: LeaseOp::Acquire,
                 sent_at_ms: now,
             };
-            let answer = table.decide(&request, max, now);
+            let terms = Terms::declared(&request, max, BudgetSource::Coordinator);
+            let answer = table.decide(&request, &terms, now);
             if answer.outcome == LeaseOutcome::Granted {
                 outcome.granted_ms = Some(now);
                 retries.insert(now.saturating_add(hold_ms));
