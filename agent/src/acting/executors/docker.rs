@@ -35,6 +35,7 @@ use vigil_shared::policy::ActionKind;
 
 use super::attempt::{duration_param, settle, ExecError, ExecOutcome, ExecRequest, POLL};
 use crate::system::docker::{connect, reading_of};
+use crate::system::timeline;
 
 mod scale;
 
@@ -105,8 +106,8 @@ impl DockerExecutor {
             // cut short by the client's default.
             .with_timeout(request.timeout.saturating_add(Duration::from_secs(1)));
         let detail = match request.kind {
-            ActionKind::Restart => restart(&docker, target, &options).await?,
-            ActionKind::Start => start(&docker, target, &options).await?,
+            ActionKind::Restart => restart(&docker, target, &request.action_id, &options).await?,
+            ActionKind::Start => start(&docker, target, &request.action_id, &options).await?,
             ActionKind::Stop => stop(&docker, target, &options).await?,
             ActionKind::Scale => scale::scale(&docker, target, request, &options).await?,
             other => {
@@ -124,9 +125,15 @@ impl DockerExecutor {
 }
 
 /// Restarts a container: starts it if it is down, else restarts it; then waits until it
-/// is up.
-async fn restart(docker: &Docker, name: &str, options: &Options) -> Result<String, ExecError> {
+/// is up. `action` names the action in the timeline's events.
+async fn restart(
+    docker: &Docker,
+    name: &str,
+    action: &str,
+    options: &Options,
+) -> Result<String, ExecError> {
     let info = inspect_named(docker, name).await?;
+    timeline::mark("inspected", name, Some(action));
     let id = info.id.as_deref().unwrap_or(name);
     let before = describe(&info);
     let how = if is_down(&info) {
@@ -136,6 +143,7 @@ async fn restart(docker: &Docker, name: &str, options: &Options) -> Result<Strin
             .start_container(id, None)
             .await
             .map_err(|e| api_error(e, name, "starting"))?;
+        timeline::mark("start_returned", name, Some(action));
         format!("was {before}; started it")
     } else {
         let restart = RestartContainerOptions {
@@ -146,21 +154,30 @@ async fn restart(docker: &Docker, name: &str, options: &Options) -> Result<Strin
             .restart_container(id, Some(restart))
             .await
             .map_err(|e| api_error(e, name, "restarting"))?;
+        timeline::mark("start_returned", name, Some(action));
         format!("was {before}; restarted it")
     };
     let up = wait_up(docker, name, id, options.settle).await?;
     Ok(format!("container {name} {} ({how})", describe(&up)))
 }
 
-/// Starts a container unless it is running; then waits until it is up.
-async fn start(docker: &Docker, name: &str, options: &Options) -> Result<String, ExecError> {
+/// Starts a container unless it is running; then waits until it is up. `action` names
+/// the action in the timeline's events.
+async fn start(
+    docker: &Docker,
+    name: &str,
+    action: &str,
+    options: &Options,
+) -> Result<String, ExecError> {
     let info = inspect_named(docker, name).await?;
+    timeline::mark("inspected", name, Some(action));
     let id = info.id.as_deref().unwrap_or(name);
     let how = if is_down(&info) {
         docker
             .start_container(id, None)
             .await
             .map_err(|e| api_error(e, name, "starting"))?;
+        timeline::mark("start_returned", name, Some(action));
         format!("was {}; started it", describe(&info))
     } else {
         "already running".to_string()
