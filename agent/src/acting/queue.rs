@@ -486,6 +486,10 @@ impl ActionQueue {
             target: job.target.clone(),
             params: job.params.clone(),
             timeout,
+            decided_at_ms: match job.origin {
+                Origin::Policy { .. } if job.attempt == 1 => Some(job.created_at_ms),
+                _ => None,
+            },
         };
         self.busy_targets.insert(job.target.clone());
         self.running += 1;

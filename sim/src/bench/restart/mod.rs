@@ -115,12 +115,12 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         "--allow-container".into(),
         vigil_name.clone(),
     ];
-    let mut agent =
-        Launcher::Simulator.start_logging(HOST, &agent_program, &args, &dir, Some(AGENT_LOG))?;
-
+    // The containers exist before the agent watches them, as on a host in steady state.
     let events = Events::follow(&[&vigil_name, &docker_name]).map_err(fail)?;
     let ours = Container::run(&vigil_name, &[]).map_err(fail)?;
     let theirs = Container::run(&docker_name, &["--restart=always"]).map_err(fail)?;
+    let mut agent =
+        Launcher::Simulator.start_logging(HOST, &agent_program, &args, &dir, Some(AGENT_LOG))?;
 
     let client = reqwest::Client::new();
     let api = Api {
@@ -163,12 +163,35 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     }
     let took = started.elapsed();
     check_alive(&mut agent)?;
+    // Every action the policy took: one per kill of A, or the agent acted on its own doing.
+    let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+    let actions = Mark::all(&log)
+        .iter()
+        .filter(|m| m.step == "policy_fired" && m.subject == vigil_name)
+        .count();
     stack::stop(agent);
     drop(events);
     drop((ours, theirs));
     stack::stop(coordinator.proc);
 
-    figures(&measured, uptime, took, &engine_version, &agent_program)
+    let run = Run {
+        uptime,
+        took,
+        engine_version,
+        agent_program,
+        actions,
+    };
+    run.figures(&measured)
+}
+
+/// What the figures' notes say about the run besides its rounds.
+struct Run {
+    uptime: Duration,
+    took: Duration,
+    engine_version: String,
+    agent_program: PathBuf,
+    /// Actions the policy took on A over the run.
+    actions: usize,
 }
 
 /// Kills `container`, waits until it runs again, and reads the round's timeline.
@@ -350,95 +373,106 @@ fn completed_at(action: &Value) -> Option<i64> {
         .and_then(engine::rfc3339_us)
 }
 
-/// The figures and the printed timelines.
-fn figures(
-    rounds: &[Round],
-    uptime: Duration,
-    took: Duration,
-    engine_version: &str,
-    agent_program: &Path,
-) -> Result<Vec<Figure>, BenchError> {
-    let of = |who| -> Vec<&Round> {
-        let mut r: Vec<&Round> = rounds.iter().filter(|r| r.who == who).collect();
-        r.sort_by(|a, b| a.running_ms.total_cmp(&b.running_ms));
-        r
-    };
-    let (vigil, docker) = (of(Who::Vigil), of(Who::Docker));
-    let (Some(v_med), Some(v_max), Some(d_med), Some(d_max)) =
-        (median(&vigil), vigil.last(), median(&docker), docker.last())
-    else {
-        return Err(BenchError::Failed("restart: no rounds measured".into()));
-    };
-    let values = |r: &[&Round]| {
-        r.iter()
-            .map(|r| format!("{:.0}", r.running_ms))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let note = format!(
-        "{} alternating rounds in {:.0} s ({} each), each container up {} s before its \
+impl Run {
+    /// The figures and the printed timelines.
+    fn figures(&self, rounds: &[Round]) -> Result<Vec<Figure>, BenchError> {
+        let Run {
+            uptime,
+            took,
+            engine_version,
+            agent_program,
+            actions,
+        } = self;
+        let of = |who| -> Vec<&Round> {
+            let mut r: Vec<&Round> = rounds.iter().filter(|r| r.who == who).collect();
+            r.sort_by(|a, b| a.running_ms.total_cmp(&b.running_ms));
+            r
+        };
+        let (vigil, docker) = (of(Who::Vigil), of(Who::Docker));
+        let (Some(v_med), Some(v_max), Some(d_med), Some(d_max)) =
+            (median(&vigil), vigil.last(), median(&docker), docker.last())
+        else {
+            return Err(BenchError::Failed("restart: no rounds measured".into()));
+        };
+        let values = |r: &[&Round]| {
+            r.iter()
+                .map(|r| format!("{:.0}", r.running_ms))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let note = format!(
+            "{} alternating rounds in {:.0} s ({} each), each container up {} s before its \
          SIGKILL (kill(2) on its main process from the host); ms from the kill to the new \
          State.StartedAt; Docker {engine_version}; agent {}. Sorted, Vigil: {}; Docker: {}.",
-        rounds.len(),
-        took.as_secs_f64(),
-        vigil.len(),
-        uptime.as_secs(),
-        agent_program.display(),
-        values(&vigil),
-        values(&docker),
-    );
-    let figures = vec![
-        Figure {
-            name: "killed container → running, Vigil agent, median".into(),
-            value: v_med.running_ms,
-            unit: "ms",
-            baseline: Some(Baseline {
-                name: "Docker --restart=always, median".into(),
-                value: d_med.running_ms,
-            }),
-            note: note.clone(),
-        },
-        Figure {
-            name: "killed container → running, Vigil agent, max".into(),
-            value: v_max.running_ms,
-            unit: "ms",
-            baseline: Some(Baseline {
-                name: "Docker --restart=always, max".into(),
-                value: d_max.running_ms,
-            }),
-            note: String::new(),
-        },
-    ];
-    let mut out = String::new();
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    let (med_ratio, max_ratio) = (
-        ratio(v_med.running_ms, d_med.running_ms),
-        ratio(v_max.running_ms, d_max.running_ms),
-    );
-    let verdict = |r: f64, goal: f64| if r <= goal { "met" } else { "NOT met" };
-    let _ = writeln!(
-        out,
-        "restart goal: median {med_ratio:.2}x of Docker's (goal ≤ 0.9x: {}), max \
-         {max_ratio:.2}x (goal ≤ 1.0x: {})",
-        verdict(med_ratio, 0.9),
-        verdict(max_ratio, 1.0)
-    );
-    for (label, round) in [
-        ("Vigil's median round", v_med),
-        ("Vigil's worst round", v_max),
-        ("Docker's median round", d_med),
-        ("Docker's worst round", d_max),
-    ] {
+            rounds.len(),
+            took.as_secs_f64(),
+            vigil.len(),
+            uptime.as_secs(),
+            agent_program.display(),
+            values(&vigil),
+            values(&docker),
+        );
+        let mut note = note;
+        if *actions != vigil.len() {
+            let _ = write!(
+                note,
+                " WARNING: the policy took {actions} actions for {} kills of its container.",
+                vigil.len()
+            );
+        }
+        let figures = vec![
+            Figure {
+                name: "killed container → running, Vigil agent, median".into(),
+                value: v_med.running_ms,
+                unit: "ms",
+                baseline: Some(Baseline {
+                    name: "Docker --restart=always, median".into(),
+                    value: d_med.running_ms,
+                }),
+                note: note.clone(),
+            },
+            Figure {
+                name: "killed container → running, Vigil agent, max".into(),
+                value: v_max.running_ms,
+                unit: "ms",
+                baseline: Some(Baseline {
+                    name: "Docker --restart=always, max".into(),
+                    value: d_max.running_ms,
+                }),
+                note: String::new(),
+            },
+        ];
+        let mut out = String::new();
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let (med_ratio, max_ratio) = (
+            ratio(v_med.running_ms, d_med.running_ms),
+            ratio(v_max.running_ms, d_max.running_ms),
+        );
+        let verdict = |r: f64, goal: f64| if r <= goal { "met" } else { "NOT met" };
         let _ = writeln!(
             out,
-            "restart timeline, {label} ({:.1} ms), ms after the kill (+ms since the line \
-             before):",
-            round.running_ms
+            "restart goal: median {med_ratio:.2}x of Docker's (goal ≤ 0.9x: {}), max \
+         {max_ratio:.2}x (goal ≤ 1.0x: {})",
+            verdict(med_ratio, 0.9),
+            verdict(max_ratio, 1.0)
         );
-        out.push_str(&round.timeline.render("    "));
+        for (label, round) in [
+            ("Vigil's median round", v_med),
+            ("Vigil's worst round", v_max),
+            ("Docker's median round", d_med),
+            ("Docker's worst round", d_max),
+        ] {
+            let _ = writeln!(
+                out,
+                "restart timeline, {label} ({:.1} ms), ms after the kill (+ms since the line \
+             before):",
+                round.running_ms
+            );
+            out.push_str(&round.timeline.render("    "));
+        }
+        print!("{out}");
+        Ok(figures)
     }
-    print!("{out}");
-    Ok(figures)
 }
 
 /// The middle round (the upper one of an even count).
