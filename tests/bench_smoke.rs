@@ -3,7 +3,8 @@
 //! each figure with its same-run baseline. The figures themselves are not asserted
 //! (machines here are noisy); the README's come from a release build. The footprint part
 //! measures the agent next to Debian's Monit when `monit` is installed (CI installs it),
-//! and says it skipped that comparison otherwise.
+//! and says it skipped that comparison otherwise; the restart part needs a Docker engine
+//! (CI has one) and says it skipped otherwise.
 
 use std::process::Command;
 
@@ -67,6 +68,45 @@ fn every_benchmark_part_runs_and_prints_its_figures() {
         assert!(
             stdout.contains("agent vs monit: skipped"),
             "no monit, and no word of skipping it:\n{stdout}"
+        );
+    }
+    let docker_answers = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if docker_answers {
+        for figure in [
+            "killed container → running, Vigil agent, median",
+            "killed container → running, Vigil agent, max",
+        ] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(figure))
+                .unwrap_or_else(|| panic!("no `{figure}` figure in:\n{stdout}"));
+            assert!(line.contains("baseline Docker --restart=always"), "{line}");
+            let value: f64 = line[figure.len()..]
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no value in `{line}`"));
+            assert!(value > 0.0 && value < 30_000.0, "{line}");
+        }
+        for timeline in [
+            "restart timeline, Vigil's median round",
+            "restart timeline, Vigil's worst round",
+        ] {
+            assert!(stdout.contains(timeline), "no `{timeline}` in:\n{stdout}");
+        }
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("Docker's start API call returned") && !l.contains("not seen")),
+            "the timeline lacks the agent's own steps:\n{stdout}"
+        );
+    } else {
+        assert!(
+            stdout.contains("restart vs docker: skipped"),
+            "no Docker, and no word of skipping the restart part:\n{stdout}"
         );
     }
 }

@@ -31,6 +31,7 @@ fn executors(containers: &[&str]) -> Executors {
 /// A request for `kind` on `target` with `params` (a JSON object), 10 s to run.
 fn request(kind: ActionKind, target: &str, params: Value) -> ExecRequest {
     ExecRequest {
+        decided_at_ms: None,
         action_id: unique_name("action"),
         kind,
         target: target.to_string(),

@@ -77,6 +77,7 @@ fn parse(args: &[String]) -> Result<(ExecutorConfig, ExecRequest), String> {
         None => DEFAULT_TIMEOUT,
     };
     let request = ExecRequest {
+        decided_at_ms: None,
         action_id: format!("manual-{}", std::process::id()),
         kind,
         target: target.clone(),

@@ -50,6 +50,7 @@ use crate::reporting::status_file;
 use crate::sampling::probes::{self, ProbeSet};
 use crate::sampling::sampler::HostSampler;
 use crate::sampling::watch::{docker, systemd, StateUpdate};
+use crate::system::timeline;
 
 /// How often the action queue's counters are compared with the published status.
 const QUEUE_STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -296,7 +297,11 @@ pub async fn run(
             }
             Some(update) = state_rx.recv() => {
                 let now = now_ms();
+                timeline::mark("state_received", &update.name, None);
                 let output = evaluator.on_state(update, now);
+                for action in &output.actions {
+                    timeline::mark("policy_fired", &action.target, Some(&action.id));
+                }
                 handle(output, &mut queue, &events_topic, &config.actions, evaluator.policies(), now)?;
             }
             Some(result) = results_rx.recv() => {

@@ -142,7 +142,7 @@ struct BenchArgs {
     /// Scratch directory for data and logs [default: a temporary directory]
     #[arg(long)]
     work_dir: Option<std::path::PathBuf>,
-    /// The agent binary the footprint part measures, e.g. the static build of
+    /// The agent binary the footprint and restart parts run, e.g. the static build of
     /// `scripts/dist` [default: the vigil-agent beside this program]
     #[arg(long, value_name = "PATH")]
     agent: Option<std::path::PathBuf>,
@@ -179,6 +179,7 @@ async fn bench_main(args: BenchArgs) -> ExitCode {
             Part::Footprint,
             Part::Audit,
             Part::Retention,
+            Part::Restart,
         ]
     } else {
         args.parts

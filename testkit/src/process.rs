@@ -45,6 +45,19 @@ impl Launcher {
         args: &[String],
         log_dir: &Path,
     ) -> Result<Proc, KitError> {
+        self.start_logging(name, program, args, log_dir, None)
+    }
+
+    /// [`Launcher::start`], logging at `level` (a `VIGIL_LOG` filter such as
+    /// `warn,vigil_agent::timeline=debug`) instead of the launcher's own level when given.
+    pub fn start_logging(
+        self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log_dir: &Path,
+        level: Option<&str>,
+    ) -> Result<Proc, KitError> {
         let log_path = match self {
             Launcher::Tests => {
                 static STARTED: AtomicUsize = AtomicUsize::new(0);
@@ -61,7 +74,7 @@ impl Launcher {
         let err = log.try_clone().map_err(write_error)?;
         let mut command = Command::new(program);
         let mut args = args.to_vec();
-        let level = match self {
+        let level_default = match self {
             Launcher::Tests => {
                 if program.ends_with("vigil-agent") {
                     crate::agent::prepare(&mut command, &mut args, log_dir)?;
@@ -70,6 +83,7 @@ impl Launcher {
             }
             Launcher::Simulator => std::env::var("VIGIL_LOG").unwrap_or("warn".into()),
         };
+        let level = level.map_or(level_default, str::to_string);
         let child = command
             .args(&args)
             .env("VIGIL_LOG", level)

@@ -32,6 +32,7 @@ use super::job::{Job, Origin};
 use super::leases::{LeaseBook, Permit};
 use super::store::{AgentStore, AgentStoreError, Counters, OutboxSignal, StorageAlarm};
 use crate::acting::executors::{ExecError, ExecOutcome, ExecRequest};
+use crate::system::timeline;
 use crate::system::units::has_unit_type;
 
 /// Runs one attempt (the executors, behind a function so the queue does not care which).
@@ -351,7 +352,10 @@ impl ActionQueue {
             job.detail = Some("remediation is paused on this host (kill switch)".into());
             events.push(job.event(ActionState::Cancelled, now_ms, job.detail.clone()));
         }
-        self.persist(job, events, now_ms)
+        let (id, target) = (job.id.clone(), job.target.clone());
+        self.persist(job, events, now_ms)?;
+        timeline::mark("queued", &target, Some(&id));
+        Ok(())
     }
 
     /// Starts every attempt that may start now (and, while the store refuses writes,
@@ -482,16 +486,23 @@ impl ActionQueue {
             target: job.target.clone(),
             params: job.params.clone(),
             timeout,
+            decided_at_ms: match job.origin {
+                Origin::Policy { .. } if job.attempt == 1 => Some(job.created_at_ms),
+                _ => None,
+            },
         };
         self.busy_targets.insert(job.target.clone());
         self.running += 1;
         self.persist(job, vec![event], now_ms)?;
+        timeline::mark("dispatched", &request.target, Some(id));
         let run = self.run.clone();
         let results = self.results.clone();
         let id = id.to_string();
         tokio::spawn(async move {
             // The executor enforces the timeout; this is the backstop if it does not.
             let grace = timeout + Duration::from_secs(5);
+            let target = request.target.clone();
+            timeline::mark("executor_called", &target, Some(&id));
             let result = match tokio::time::timeout(grace, run(request)).await {
                 Ok(result) => result,
                 Err(_) => Err(ExecError::Timeout {
@@ -499,6 +510,7 @@ impl ActionQueue {
                     after: timeout,
                 }),
             };
+            timeline::mark("executor_returned", &target, Some(&id));
             let _ = results
                 .send(AttemptResult {
                     id,

@@ -9,9 +9,11 @@
 //! - [`docker`]: the connection to Docker's Engine API, and what an inspected container
 //!   reads as.
 //! - [`retry`]: pacing and logging while a backend (Docker, the system bus) is away.
+//! - [`timeline`]: debug timestamps of the steps from a state change to its action.
 
 pub(crate) mod docker;
 pub(crate) mod names;
 pub(crate) mod retry;
 pub(crate) mod systemd;
+pub(crate) mod timeline;
 pub(crate) mod units;

@@ -849,7 +849,7 @@ fn check_alive(proc: &mut Proc) -> Result<(), BenchError> {
     }
 }
 
-async fn get_json(
+pub(super) async fn get_json(
     client: &reqwest::Client,
     token: Option<&str>,
     url: &str,
@@ -869,14 +869,14 @@ async fn get_json(
     serde_json::from_str(&body).map_err(|e| format!("GET {url}: not JSON ({e}): {body}"))
 }
 
-fn host_entry<'a>(hosts: &'a Value, host: &str) -> Option<&'a Value> {
+pub(super) fn host_entry<'a>(hosts: &'a Value, host: &str) -> Option<&'a Value> {
     hosts["hosts"]
         .as_array()?
         .iter()
         .find(|h| h["host"] == host)
 }
 
-fn create_dir(path: &Path) -> Result<(), BenchError> {
+pub(super) fn create_dir(path: &Path) -> Result<(), BenchError> {
     std::fs::create_dir_all(path).map_err(|source| {
         BenchError::Proc(KitError::Write {
             path: path.to_path_buf(),

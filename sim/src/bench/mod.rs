@@ -6,12 +6,15 @@
 //! Parts: [`ingest`] (samples/s stored and queryable, embedded broker vs Mosquitto),
 //! [`latency`] (sample leaves an agent → queryable over REST), [`footprint`] (one real
 //! agent's memory and CPU, next to Monit's), [`audit`] (REST audit query over a large audit trail),
-//! [`retention`] (audit retention on a large store, and the store's size under steady load).
+//! [`retention`] (audit retention on a large store, and the store's size under steady load),
+//! [`restart`] (a killed container running again through a real agent, vs Docker's own
+//! `--restart=always`).
 
 pub mod audit;
 pub mod footprint;
 pub mod ingest;
 pub mod latency;
+pub mod restart;
 pub mod retention;
 pub mod stack;
 
@@ -40,7 +43,7 @@ pub struct BenchEnv {
     pub work_dir: PathBuf,
     /// Smaller sizes and shorter runs (for a smoke test), not the README's figures.
     pub quick: bool,
-    /// The agent binary the footprint part measures (e.g. the shipped static build);
+    /// The agent binary the footprint and restart parts run (e.g. the shipped static build);
     /// `None`: the `vigil-agent` beside this program.
     pub agent: Option<PathBuf>,
 }
@@ -100,6 +103,8 @@ pub enum Part {
     Audit,
     /// Audit retention and the store's size.
     Retention,
+    /// A killed container running again: the agent vs Docker's restart policy.
+    Restart,
 }
 
 /// Runs `parts` in order, printing each figure as it is measured; returns them all.
@@ -112,6 +117,7 @@ pub async fn run(env: &BenchEnv, parts: &[Part]) -> Result<Vec<Figure>, BenchErr
             Part::Footprint => footprint::run(env).await?,
             Part::Audit => audit::run(env).await?,
             Part::Retention => retention::run(env).await?,
+            Part::Restart => restart::run(env).await?,
         };
         for figure in &figures {
             println!("{figure}");

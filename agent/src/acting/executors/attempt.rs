@@ -26,6 +26,10 @@ pub struct ExecRequest {
     pub params: BTreeMap<String, serde_json::Value>,
     /// How long the attempt may take, including waiting for the result (running, healthy).
     pub timeout: Duration,
+    /// When a policy decided this action, epoch ms, on its first attempt (`None` for
+    /// retries and manual actions): a container that has started since is already running
+    /// again, and a `restart` leaves it alone rather than kill it again.
+    pub decided_at_ms: Option<i64>,
 }
 
 /// What a successful attempt did.

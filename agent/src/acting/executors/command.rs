@@ -203,6 +203,7 @@ mod tests {
 
     fn exec(command: &str, timeout: Duration) -> ExecRequest {
         ExecRequest {
+            decided_at_ms: None,
             action_id: "01EXEC".into(),
             kind: ActionKind::Exec,
             target: "web-1".into(),

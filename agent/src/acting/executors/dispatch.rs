@@ -366,6 +366,7 @@ mod tests {
             _ => BTreeMap::new(),
         };
         ExecRequest {
+            decided_at_ms: None,
             action_id: "01TEST".into(),
             kind,
             target: target.into(),

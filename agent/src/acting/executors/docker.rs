@@ -35,6 +35,7 @@ use vigil_shared::policy::ActionKind;
 
 use super::attempt::{duration_param, settle, ExecError, ExecOutcome, ExecRequest, POLL};
 use crate::system::docker::{connect, reading_of};
+use crate::system::timeline;
 
 mod scale;
 
@@ -105,8 +106,8 @@ impl DockerExecutor {
             // cut short by the client's default.
             .with_timeout(request.timeout.saturating_add(Duration::from_secs(1)));
         let detail = match request.kind {
-            ActionKind::Restart => restart(&docker, target, &options).await?,
-            ActionKind::Start => start(&docker, target, &options).await?,
+            ActionKind::Restart => restart(&docker, target, request, &options).await?,
+            ActionKind::Start => start(&docker, target, &request.action_id, &options).await?,
             ActionKind::Stop => stop(&docker, target, &options).await?,
             ActionKind::Scale => scale::scale(&docker, target, request, &options).await?,
             other => {
@@ -123,10 +124,19 @@ impl DockerExecutor {
     }
 }
 
-/// Restarts a container: starts it if it is down, else restarts it; then waits until it
-/// is up.
-async fn restart(docker: &Docker, name: &str, options: &Options) -> Result<String, ExecError> {
+/// Restarts a container: starts it if it is down, leaves it alone if it has started
+/// since a policy decided the action ([`ExecRequest::decided_at_ms`]: it runs again
+/// already, and restarting it would kill it again — and its death would fire the policy
+/// once more), else restarts it; then waits until it is up.
+async fn restart(
+    docker: &Docker,
+    name: &str,
+    request: &ExecRequest,
+    options: &Options,
+) -> Result<String, ExecError> {
+    let action = request.action_id.as_str();
     let info = inspect_named(docker, name).await?;
+    timeline::mark("inspected", name, Some(action));
     let id = info.id.as_deref().unwrap_or(name);
     let before = describe(&info);
     let how = if is_down(&info) {
@@ -136,7 +146,12 @@ async fn restart(docker: &Docker, name: &str, options: &Options) -> Result<Strin
             .start_container(id, None)
             .await
             .map_err(|e| api_error(e, name, "starting"))?;
+        timeline::mark("start_returned", name, Some(action));
         format!("was {before}; started it")
+    } else if let Some(started) = started_since(&info, request.decided_at_ms) {
+        format!(
+            "already running again, started {started}, after the action was decided; not restarted"
+        )
     } else {
         let restart = RestartContainerOptions {
             t: Some(options.stop_timeout.unwrap_or(RESTART_STOP_TIMEOUT)),
@@ -146,21 +161,30 @@ async fn restart(docker: &Docker, name: &str, options: &Options) -> Result<Strin
             .restart_container(id, Some(restart))
             .await
             .map_err(|e| api_error(e, name, "restarting"))?;
+        timeline::mark("start_returned", name, Some(action));
         format!("was {before}; restarted it")
     };
     let up = wait_up(docker, name, id, options.settle).await?;
     Ok(format!("container {name} {} ({how})", describe(&up)))
 }
 
-/// Starts a container unless it is running; then waits until it is up.
-async fn start(docker: &Docker, name: &str, options: &Options) -> Result<String, ExecError> {
+/// Starts a container unless it is running; then waits until it is up. `action` names
+/// the action in the timeline's events.
+async fn start(
+    docker: &Docker,
+    name: &str,
+    action: &str,
+    options: &Options,
+) -> Result<String, ExecError> {
     let info = inspect_named(docker, name).await?;
+    timeline::mark("inspected", name, Some(action));
     let id = info.id.as_deref().unwrap_or(name);
     let how = if is_down(&info) {
         docker
             .start_container(id, None)
             .await
             .map_err(|e| api_error(e, name, "starting"))?;
+        timeline::mark("start_returned", name, Some(action));
         format!("was {}; started it", describe(&info))
     } else {
         "already running".to_string()
@@ -274,6 +298,14 @@ async fn inspect(
         .map_err(|e| api_error(e, name, "inspecting"))
 }
 
+/// The container's last start (Docker's `State.StartedAt`) if it is after `decided_ms`.
+fn started_since(info: &ContainerInspectResponse, decided_ms: Option<i64>) -> Option<String> {
+    let decided_ms = decided_ms?;
+    let text = info.state.as_ref()?.started_at.as_deref()?;
+    let started_ms = vigil_shared::time::parse_time(text).ok()?;
+    (started_ms > decided_ms).then(|| text.to_string())
+}
+
 /// Whether a container is down and can be started as it is.
 fn is_down(info: &ContainerInspectResponse) -> bool {
     matches!(
@@ -362,6 +394,7 @@ mod tests {
 
     fn request(params: serde_json::Value) -> ExecRequest {
         ExecRequest {
+            decided_at_ms: None,
             action_id: "01DOCKER".into(),
             kind: ActionKind::Restart,
             target: "web-1".into(),
@@ -402,6 +435,29 @@ mod tests {
                 Err(ExecError::Invalid(_))
             ));
         }
+    }
+
+    #[test]
+    fn a_container_started_after_the_decision_is_left_alone() {
+        let info = |started: Option<&str>| ContainerInspectResponse {
+            state: Some(ContainerState {
+                status: Some(ContainerStateStatusEnum::RUNNING),
+                started_at: started.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let decided = vigil_shared::time::parse_time("2026-12-03T22:48:10.000Z").unwrap();
+        let later = info(Some("2026-12-03T22:48:10.500000000Z"));
+        assert_eq!(
+            started_since(&later, Some(decided)).as_deref(),
+            Some("2026-12-03T22:48:10.500000000Z")
+        );
+        assert_eq!(started_since(&later, None), None);
+        let earlier = info(Some("2026-12-03T22:48:09.999999999Z"));
+        assert_eq!(started_since(&earlier, Some(decided)), None);
+        assert_eq!(started_since(&info(None), Some(decided)), None);
+        assert_eq!(started_since(&info(Some("soon")), Some(decided)), None);
     }
 
     #[test]

@@ -235,6 +235,7 @@ mod tests {
             params.extend(extra);
         }
         ExecRequest {
+            decided_at_ms: None,
             action_id: "01HOOK".into(),
             kind: ActionKind::Webhook,
             target: "web-1".into(),

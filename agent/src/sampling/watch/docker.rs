@@ -33,6 +33,7 @@ use super::{StateUpdate, UpdateSender};
 use crate::system::docker::{connect, primary_name, reading_of, ConnectError};
 use crate::system::names::NameSet;
 use crate::system::retry::Retry;
+use crate::system::timeline;
 
 /// How often every watched container is read again, in case an event was missed.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
@@ -283,6 +284,7 @@ impl Tracker {
         tracing::debug!(container = %name, %action, "Docker event");
         let id = actor.id.unwrap_or_else(|| name.clone());
         if action == "die" {
+            timeline::mark("die_seen", name, None);
             // Docker keeps the container locked for its clean-up (≈150 ms) after `die`,
             // and an inspection would wait for it: report the exit from the event at once,
             // and whatever the inspection adds (restarting, OOM) when it comes.

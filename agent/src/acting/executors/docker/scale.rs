@@ -476,6 +476,7 @@ mod tests {
 
     fn request(params: Value) -> ExecRequest {
         ExecRequest {
+            decided_at_ms: None,
             action_id: "01SCALE".into(),
             kind: ActionKind::Scale,
             target: "web".into(),
