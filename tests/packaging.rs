@@ -12,7 +12,10 @@
 //! - the same with `dpkg -i` of the `.deb` packages, then `apt-get remove` and `purge`;
 //!   the packages carry the man pages and bash, zsh and fish completions (`man
 //!   vigil-agent`'s page is installed and readable, the bash completion loads), and the
-//!   coordinator's package the static `vigilctl`, which lists the agent's host.
+//!   coordinator's package the static `vigilctl`, which lists the agent's host;
+//! - under systemd both log to the journal with structured fields, not as text: the
+//!   agent's start with `VIGIL_HOST`, a policy firing and its action's transitions with
+//!   `VIGIL_POLICY` and `VIGIL_ACTION_ID` (`journalctl -o json`), levels as priorities.
 //!
 //! Run with `cargo test -p vigil-tests --test packaging -- --nocapture` to see progress.
 
@@ -23,9 +26,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_tests::docker::{docker, try_docker, unique_name, Container};
+use vigil_tests::journal::{unit_entries, Entry};
 use vigil_tests::packaging::{
-    assert_static, diagnostics, dist, host_online_inside, sh, wait_in, Image, Network, Run,
-    STATIC_TARGET, VERSION,
+    assert_static, diagnostics, dist, host_online_inside, rest_get_inside, sh, wait_in, Image,
+    Network, Run, STATIC_TARGET, VERSION,
 };
 use vigil_tests::systemd::SystemdContainer;
 use vigil_tests::TestDir;
@@ -754,6 +758,281 @@ fn static_binaries_install_as_systemd_units_restart_and_uninstall() {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// The journal: structured entries, and no text.
+// ---------------------------------------------------------------------------------------
+
+/// The unit the journal check's policy restarts (inactive until then).
+const PROBE_UNIT: &str = "vigil-journal-probe.service";
+/// The policy that restarts it.
+const PROBE_POLICY: &str = "journal-probe";
+/// The drop-in that gives the packaged agent the policy directory and allows the unit.
+const PROBE_DROP_IN: &str = "/etc/systemd/system/vigil-agent.service.d/journal-probe.conf";
+
+/// Gives the running agent something to do: [`PROBE_UNIT`], stopped, and a policy that
+/// wants it active and restarts it, in `/etc/vigil/policies`, which a drop-in adds to the
+/// agent's command line with the unit's allowlist; then restarts the agent.
+fn start_probe_policy(c: &SystemdContainer) {
+    c.install_unit(
+        PROBE_UNIT,
+        "[Unit]\nDescription=Vigil journal probe\n\n[Service]\nExecStart=/bin/sleep infinity\n",
+    );
+    let policy = format!(
+        "policies:\n  - name: {PROBE_POLICY}\n    severity: critical\n    target: {PROBE_UNIT}\n    \
+         condition: {{type: unit_state, expect: [active]}}\n    auto_remediate: true\n    \
+         verify: 5s\n    action: restart\n"
+    );
+    must(
+        c,
+        &format!(
+            "mkdir -p /etc/vigil/policies && cat > /etc/vigil/policies/journal.yaml <<'EOF'\n{policy}EOF\n\
+             vigil-agent policy check /etc/vigil/policies"
+        ),
+    );
+    must(
+        c,
+        &format!(
+            "mkdir -p {dir} && cat > {PROBE_DROP_IN} <<'EOF'\n[Service]\nExecStart=\n\
+             ExecStart=/usr/bin/vigil-agent --config /etc/vigil/agent.toml \
+             --policies /etc/vigil/policies --allow-unit {PROBE_UNIT}\nEOF\n\
+             systemctl daemon-reload && systemctl restart vigil-agent",
+            dir = Path::new(PROBE_DROP_IN)
+                .parent()
+                .expect("a directory")
+                .display()
+        ),
+    );
+}
+
+/// Removes what [`start_probe_policy`] added and restarts the agent as packaged.
+fn stop_probe_policy(c: &SystemdContainer) {
+    must(
+        c,
+        &format!(
+            "rm -rf {PROBE_DROP_IN} /etc/vigil/policies && systemctl daemon-reload && \
+             systemctl restart vigil-agent && systemctl stop {PROBE_UNIT}"
+        ),
+    );
+}
+
+/// The entries the program sent over journald's socket with their fields
+/// (`SYSLOG_IDENTIFIER` the program, `_TRANSPORT=journal`): not systemd's about the
+/// unit, nor lines of its stdout and stderr.
+fn written_by<'a>(entries: &'a [Entry], program: &str) -> Vec<&'a Entry> {
+    entries
+        .iter()
+        .filter(|e| e.is("SYSLOG_IDENTIFIER", program) && e.is("_TRANSPORT", "journal"))
+        .collect()
+}
+
+/// The program's log entries have priorities its levels map to, and none came as text
+/// through its stdout or stderr (`_TRANSPORT=stdout`; what is there, such as the message
+/// of an agent that exits for want of an identity, is not a log line): neither a text
+/// log line nor the message of a structured entry.
+fn assert_structured_only(entries: &[Entry], program: &str) {
+    let own = written_by(entries, program);
+    assert!(!own.is_empty(), "no journal entry of {program}");
+    for entry in &own {
+        assert!(
+            matches!(entry.get("PRIORITY"), Some("3" | "4" | "6" | "7")),
+            "an entry of {program} with a priority no level maps to: {entry}"
+        );
+    }
+    let text: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.is("_TRANSPORT", "stdout"))
+        .collect();
+    for line in &text {
+        let message = line.message();
+        assert!(
+            !["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .iter()
+                .any(|level| message.contains(&format!(" {level} "))),
+            "a text log line of {program} reached the journal through stderr: {line}"
+        );
+        assert!(
+            !own.iter()
+                .any(|e| !e.message().is_empty() && message.contains(e.message())),
+            "a message of {program} reached the journal twice, structured and as text: {line}"
+        );
+    }
+    println!(
+        "{program}: {} structured journal entries, {} lines through stdout/stderr{}",
+        own.len(),
+        text.len(),
+        text.iter()
+            .map(|l| format!("\n  {}", l.brief()))
+            .collect::<String>()
+    );
+}
+
+/// Under systemd the agent and the coordinator log to the journal with their fields: the
+/// agent's start with its host, the probe policy firing, and its action's transitions
+/// with host, policy and action id (the action the coordinator records); the
+/// coordinator's enrollment of the host. Levels map to syslog priorities, and nothing
+/// is logged twice as text.
+fn check_structured_journal(c: &SystemdContainer, admin: &str, host: &str) {
+    start_probe_policy(c);
+    let (action_id, agent) = wait_in(
+        c,
+        UNITS,
+        &format!("a journal entry of the agent: `{PROBE_POLICY}`'s action completed"),
+        Duration::from_secs(60),
+        || {
+            let entries = unit_entries(c, AGENT)?;
+            let completed = entries
+                .iter()
+                .filter(|e| e.is("SYSLOG_IDENTIFIER", "vigil-agent"))
+                .find(|e| e.is("VIGIL_POLICY", PROBE_POLICY) && e.is("VIGIL_STATE", "completed"))
+                .and_then(|e| e.get("VIGIL_ACTION_ID"))
+                .map(str::to_string);
+            match completed {
+                Some(id) => Ok((id, entries)),
+                None => Err(format!(
+                    "{} entries of {AGENT}, none of a completed `{PROBE_POLICY}` action",
+                    entries.len()
+                )),
+            }
+        },
+    );
+    let own = written_by(&agent, "vigil-agent");
+
+    // The start of the agent the drop-in configured: its host, at INFO (priority 6).
+    let starting = format!("vigil-agent {VERSION} starting");
+    let start = own
+        .iter()
+        .rev()
+        .find(|e| e.message().starts_with(&starting))
+        .unwrap_or_else(|| panic!("no `{starting}` entry of the agent in the journal"));
+    assert_eq!(start.get("VIGIL_HOST"), Some(host), "{start}");
+    assert_eq!(
+        start.get("PRIORITY"),
+        Some("6"),
+        "INFO is informational: {start}"
+    );
+    assert!(
+        start
+            .get("VIGIL_POLICIES")
+            .is_some_and(|p| p.contains("/etc/vigil/policies")),
+        "{start}"
+    );
+    println!(
+        "[{}] the agent's start in the journal: {}",
+        c.name(),
+        start.brief()
+    );
+
+    // The policy fired (a warning, 4), and asked for the action.
+    let fired = own
+        .iter()
+        .find(|e| e.is("VIGIL_POLICY", PROBE_POLICY) && e.is("VIGIL_KIND", "fired"))
+        .unwrap_or_else(|| panic!("no entry of `{PROBE_POLICY}` firing"));
+    for (field, value) in [
+        ("VIGIL_HOST", host),
+        ("VIGIL_TARGET", PROBE_UNIT),
+        ("VIGIL_SEVERITY", "critical"),
+        ("PRIORITY", "4"),
+    ] {
+        assert_eq!(fired.get(field), Some(value), "{field} of {fired}");
+    }
+    let act = own
+        .iter()
+        .find(|e| e.is("VIGIL_KIND", "act") && e.is("VIGIL_ACTION_ID", &action_id))
+        .unwrap_or_else(|| panic!("no `act` entry naming action {action_id}"));
+    assert_eq!(act.get("VIGIL_POLICY"), Some(PROBE_POLICY), "{act}");
+    assert_eq!(act.get("VIGIL_ACTION"), Some("restart"), "{act}");
+    println!(
+        "[{}] the policy fired: {}\n  {}",
+        c.name(),
+        fired.brief(),
+        act.brief()
+    );
+
+    // The action's transitions, each with host, policy and action id.
+    let transitions: Vec<&&Entry> = own
+        .iter()
+        .filter(|e| e.is("VIGIL_ACTION_ID", &action_id) && e.get("VIGIL_STATE").is_some())
+        .collect();
+    let states: Vec<&str> = transitions
+        .iter()
+        .filter_map(|e| e.get("VIGIL_STATE"))
+        .collect();
+    assert!(
+        states.starts_with(&["pending", "running", "completed"]),
+        "the action's transitions in the journal: {states:?}"
+    );
+    for entry in &transitions {
+        for (field, value) in [
+            ("VIGIL_HOST", host),
+            ("VIGIL_POLICY", PROBE_POLICY),
+            ("VIGIL_TARGET", PROBE_UNIT),
+            ("VIGIL_ACTION", "restart"),
+            ("PRIORITY", "6"),
+        ] {
+            assert_eq!(entry.get(field), Some(value), "{field} of {entry}");
+        }
+    }
+    let completed = transitions
+        .iter()
+        .find(|e| e.is("VIGIL_STATE", "completed"))
+        .expect("checked above");
+    assert_eq!(
+        completed.get("VIGIL_EXECUTOR"),
+        Some("systemd"),
+        "{completed}"
+    );
+    println!(
+        "[{}] the action's transitions:{}",
+        c.name(),
+        transitions
+            .iter()
+            .map(|e| format!("\n  {}", e.brief()))
+            .collect::<String>()
+    );
+
+    // It really ran, and it is the action the coordinator records.
+    assert_eq!(
+        sh(c, &format!("systemctl is-active {PROBE_UNIT}"))
+            .stdout
+            .trim(),
+        "active",
+        "the journal says the action completed, but {PROBE_UNIT} is not active"
+    );
+    wait_in(
+        c,
+        UNITS,
+        &format!("action {action_id} in /api/v1/actions"),
+        Duration::from_secs(30),
+        || {
+            let (status, action) =
+                rest_get_inside(c, REST_PORT, &format!("/api/v1/actions/{action_id}"), admin)?;
+            if status == 200 && action["policy"] == PROBE_POLICY && action["host"] == host {
+                Ok(())
+            } else {
+                Err(format!("{status}: {action}"))
+            }
+        },
+    );
+    assert_structured_only(&agent, "vigil-agent");
+
+    // The coordinator: the host's enrollment, with the host as a field.
+    let coordinator = unit_entries(c, COORDINATOR).unwrap_or_else(|e| panic!("{e}"));
+    let enrolled = written_by(&coordinator, "vigil-coordinator")
+        .into_iter()
+        .find(|e| e.message() == "agent enrolled")
+        .unwrap_or_else(|| panic!("no `agent enrolled` entry of the coordinator"));
+    assert_eq!(enrolled.get("VIGIL_HOST"), Some(host), "{enrolled}");
+    assert_eq!(enrolled.get("PRIORITY"), Some("6"), "{enrolled}");
+    println!(
+        "[{}] the coordinator enrolled the host: {}",
+        c.name(),
+        enrolled.brief()
+    );
+    assert_structured_only(&coordinator, "vigil-coordinator");
+
+    stop_probe_policy(c);
+}
+
 /// `dpkg-query`'s status abbreviation of a package (`ii `, `rc `), or `None` when dpkg
 /// knows nothing of it.
 fn package_status(c: &SystemdContainer, package: &str) -> Option<String> {
@@ -954,6 +1233,9 @@ fn debian_packages_install_restart_remove_and_purge() {
     // Killed: systemd brings it back, and it reports again.
     kill_and_expect_restart(&c);
     wait_online(&c, &admin, &host, Some(&entry));
+
+    // Its logs, and the coordinator's, are structured journal entries.
+    check_structured_journal(&c, &admin, &host);
 
     // apt-get remove: stopped, binary gone, config and data kept.
     let run = must(&c, "apt-get remove -y vigil-agent");

@@ -28,6 +28,7 @@ use vigil_shared::wire::{
     PolicyRunnerStatus, RunningPolicies, RunningPolicy, Sample,
 };
 
+use crate::acting::audit_log;
 use crate::acting::executors::Executors;
 use crate::acting::leases::LeaseBook;
 use crate::acting::mapping::ActionMappings;
@@ -592,6 +593,19 @@ fn handle(
     now_ms: i64,
 ) -> Result<(), AgentStoreError> {
     if !output.events.is_empty() {
+        for event in &output.events {
+            // An `act` event's action: the one this evaluation queues for its policy and target.
+            let action_id = (event.kind == "act")
+                .then(|| {
+                    output
+                        .actions
+                        .iter()
+                        .find(|a| a.policy == event.policy && a.target == event.target)
+                })
+                .flatten()
+                .map(|a| a.id.as_str());
+            audit_log::policy_event(event, action_id);
+        }
         let messages: Vec<(String, Vec<u8>)> = output
             .events
             .iter()

@@ -8,8 +8,10 @@
 //! or a stderr redirected elsewhere, inherits the variable but not the stream). Then every
 //! event goes to journald with its fields, and those of its spans, as journal fields
 //! prefixed `VIGIL_` (`host` → `VIGIL_HOST`, `policy` → `VIGIL_POLICY`, `action_id` →
-//! `VIGIL_ACTION_ID`), and its level as the journal priority: `journalctl -o json` or
-//! `journalctl VIGIL_HOST=web-01` reads them back.
+//! `VIGIL_ACTION_ID`), and its level as the syslog priority of the same name (`ERROR` 3,
+//! `WARN` 4, `INFO` 6, `DEBUG` and `TRACE` 7; [`PRIORITIES`]): `journalctl -o json`,
+//! `journalctl -p warning` or `journalctl VIGIL_HOST=web-01` reads them back. Nothing
+//! is written to stderr then, so no line reaches the journal twice.
 
 use std::os::fd::AsFd;
 
@@ -21,6 +23,28 @@ use tracing_subscriber::Layer;
 
 /// The prefix of every field Vigil writes to the journal.
 pub const JOURNAL_FIELD_PREFIX: &str = "VIGIL";
+
+/// The journal priority of each level: syslog's of the same name (`tracing-journald`'s
+/// default would make every `INFO` line a `notice`, 5, above informational).
+pub const PRIORITIES: [(tracing::Level, u8); 5] = [
+    (tracing::Level::ERROR, 3),
+    (tracing::Level::WARN, 4),
+    (tracing::Level::INFO, 6),
+    (tracing::Level::DEBUG, 7),
+    (tracing::Level::TRACE, 7),
+];
+
+/// [`PRIORITIES`] as `tracing-journald` takes them.
+fn priority_mappings() -> tracing_journald::PriorityMappings {
+    use tracing_journald::Priority;
+    tracing_journald::PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
+}
 
 /// Whether `journal_stream` (the value of `JOURNAL_STREAM`) names the stream whose
 /// device and inode are `device` and `inode`.
@@ -54,6 +78,7 @@ fn journal_layer(identifier: &str) -> Option<tracing_journald::Layer> {
         Ok(layer) => Some(
             layer
                 .with_field_prefix(Some(JOURNAL_FIELD_PREFIX.to_string()))
+                .with_priority_mappings(priority_mappings())
                 .with_syslog_identifier(identifier.to_string()),
         ),
         Err(e) => {
@@ -100,6 +125,21 @@ mod tests {
         assert!(names_stream("8:1234\n", 8, 1234));
         for other in ["8:1235", "9:1234", "8", "", "a:b", "8:1234:5", ":1234"] {
             assert!(!names_stream(other, 8, 1234), "{other}");
+        }
+    }
+
+    #[test]
+    fn levels_map_to_the_syslog_priorities_of_their_names() {
+        let mappings = priority_mappings();
+        for (level, priority) in PRIORITIES {
+            let mapped = match level {
+                tracing::Level::ERROR => mappings.error,
+                tracing::Level::WARN => mappings.warn,
+                tracing::Level::INFO => mappings.info,
+                tracing::Level::DEBUG => mappings.debug,
+                _ => mappings.trace,
+            };
+            assert_eq!(mapped as u8, b'0' + priority, "{level}");
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`faults`]: the fault suite's delivery check (spool on disk against stored points);
 //! - [`monitoring`]: Debian's real Prometheus and Alertmanager, and `promtool`.
 //! - [`json_schema`]: the JSON topics' schemas and a validator.
+//! - [`journal`]: a systemd container's journal, entry by entry (`journalctl -o json`).
 
 use std::path::Path;
 
@@ -20,6 +21,7 @@ pub use vigil_testkit::*;
 
 pub mod docker;
 pub mod faults;
+pub mod journal;
 pub mod json_schema;
 pub mod monitoring;
 pub mod packaging;

@@ -12,7 +12,10 @@
 //!   switch, verification; it hands each attempt to
 //! - [`executors`]: the parts that change things on the host (systemd units, Docker
 //!   containers, allowlisted commands, webhooks), behind their allowlists.
+//! - [`audit_log`]: a log line per policy event and action transition, with the host,
+//!   policy and action id as fields.
 
+pub(crate) mod audit_log;
 pub(crate) mod breaker;
 pub mod executors;
 pub mod job;

@@ -402,7 +402,6 @@ impl ActionQueue {
             // Still an action that needs a mapping: this host has none for it.
             if job.kind.needs_mapping() {
                 let detail = super::mapping::not_runnable(job.kind);
-                tracing::warn!(action = %id, target = %job.target, "{detail}");
                 self.counters.failed_total += 1;
                 self.finish(&id, ActionState::DeadLetter, Some(detail), now_ms)?;
                 continue;
@@ -441,7 +440,6 @@ impl ActionQueue {
         if job.deferred_attempt == Some(job.attempt) {
             return Ok(());
         }
-        tracing::info!(action = %id, target = %job.target, "{detail}");
         job.deferred_attempt = Some(job.attempt);
         job.detail = Some(detail.clone());
         let event = job.event(ActionState::Deferred, now_ms, Some(detail));
@@ -814,6 +812,7 @@ impl ActionQueue {
         let topic = topics::agent(&self.host, AgentChannel::Actions);
         let messages: Vec<(String, Vec<u8>)> = events
             .iter()
+            .inspect(|e| super::audit_log::action_event(e))
             .map(|e| (topic.clone(), wire::encode(e)))
             .collect();
         let forget = match job.state {
