@@ -440,6 +440,7 @@ fn coordinator_records() -> Vec<Vec<u8>> {
         selector: b.selector.clone(),
         files: b.files.clone(),
         removed: false,
+        budget: None,
     };
     let labels: BTreeMap<String, String> = [("role".to_string(), "web".to_string())].into();
     let json = |v: &dyn erased::Json| v.json();
