@@ -82,14 +82,7 @@ impl LeaseBook {
     }
 
     fn request(&self, action_id: &str, entry: &Entry, op: LeaseOp, now_ms: i64) -> LeaseRequest {
-        let per = entry.budget.per.as_ref().map(|label| {
-            let value = self
-                .labels
-                .iter()
-                .find(|(k, _)| k == label)
-                .map_or(String::new(), |(_, v)| v.clone());
-            (label.clone(), value)
-        });
+        let per = entry.budget.per_value(&self.labels);
         LeaseRequest {
             host: self.host.clone(),
             request_id: format!("{:016x}", rand::random::<u64>()),

@@ -153,13 +153,7 @@ pub fn decide(known: Known, request: &LeaseRequest, labels: &[Tag]) -> Decision 
         }
         Known::Unknown => return declared(request),
     };
-    let per = budget.per.as_ref().map(|label| {
-        let value = labels
-            .iter()
-            .find(|(k, _)| k == label)
-            .map_or(String::new(), |(_, v)| v.clone());
-        (label.clone(), value)
-    });
+    let per = budget.per_value(labels);
     let differs = request.max != budget.max
         || request.max_per_hour != budget.max_per_hour
         || request.per.as_ref().map(|(label, _)| label) != budget.per.as_ref();

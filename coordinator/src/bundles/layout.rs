@@ -198,26 +198,20 @@ pub fn parse_settings(group: &str, text: &str) -> Result<Settings, LayoutError> 
             message: e.to_string(),
         })?;
     let settings = settings.unwrap_or_default();
-    let gate = match &settings.backtest {
-        None => None,
-        Some(spec) => Some(
-            spec.check()
-                .map_err(|(field, message)| LayoutError::GroupFile {
-                    group: group.to_string(),
-                    message: format!("{field}: {message}"),
-                })?,
-        ),
+    let refused = |(field, message): (String, String)| LayoutError::GroupFile {
+        group: group.to_string(),
+        message: format!("{field}: {message}"),
     };
-    let budget = match &settings.budget {
-        None => None,
-        Some(spec) => Some(
-            spec.check()
-                .map_err(|(field, message)| LayoutError::GroupFile {
-                    group: group.to_string(),
-                    message: format!("{field}: {message}"),
-                })?,
-        ),
-    };
+    let gate = settings
+        .backtest
+        .as_ref()
+        .map(|spec| spec.check().map_err(refused))
+        .transpose()?;
+    let budget = settings
+        .budget
+        .as_ref()
+        .map(|spec| spec.check().map_err(refused))
+        .transpose()?;
     Ok(Settings {
         selector: settings.selector.into_iter().collect(),
         gate,

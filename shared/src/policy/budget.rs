@@ -97,16 +97,21 @@ impl Budget {
     /// The budget key for `policy` on a host with `labels`: the policy's name, and the
     /// value of the `per` label (empty when the host has no such label).
     pub fn key(&self, policy: &str, labels: &[(String, String)]) -> String {
-        match &self.per {
+        match self.per_value(labels) {
             None => policy.to_string(),
-            Some(per) => {
-                let value = labels
-                    .iter()
-                    .find(|(k, _)| k == per)
-                    .map_or("", |(_, v)| v.as_str());
-                format!("{policy}/{per}={value}")
-            }
+            Some((per, value)) => format!("{policy}/{per}={value}"),
         }
+    }
+
+    /// The `per` label and its value on a host with `labels` (empty when the host has no
+    /// such label); `None` for a budget without `per`.
+    pub fn per_value(&self, labels: &[(String, String)]) -> Option<(String, String)> {
+        let per = self.per.as_ref()?;
+        let value = labels
+            .iter()
+            .find(|(k, _)| k == per)
+            .map_or(String::new(), |(_, v)| v.clone());
+        Some((per.clone(), value))
     }
 }
 

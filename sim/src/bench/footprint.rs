@@ -110,8 +110,8 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     // Start-up: both agents connected and their samples stored.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        check_alive(&mut measured)?;
-        check_alive(&mut baseline)?;
+        stack::check_alive("footprint", &mut measured)?;
+        stack::check_alive("footprint", &mut baseline)?;
         let hosts = get_json(
             &client,
             coordinator.token.as_deref(),
@@ -139,7 +139,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     let online_after = agents_started.elapsed();
     tokio::time::sleep(warm_up).await;
     if let Some(m) = monit.as_mut() {
-        check_alive(&mut m.proc)?;
+        stack::check_alive("footprint", &mut m.proc)?;
     }
 
     // The measurement window: one reading of each process a second.
@@ -167,10 +167,10 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
             break;
         }
     }
-    check_alive(&mut measured)?;
-    check_alive(&mut baseline)?;
+    stack::check_alive("footprint", &mut measured)?;
+    stack::check_alive("footprint", &mut baseline)?;
     if let Some(m) = monit.as_mut() {
-        check_alive(&mut m.proc)?;
+        stack::check_alive("footprint", &mut m.proc)?;
     }
     // Where the resident pages are, at the end of the window.
     let agent_pages = Breakdown::of(measured.pid()).map_err(|e| {
@@ -832,21 +832,6 @@ fn clock_ticks_per_second() -> Result<f64, BenchError> {
         ));
     }
     Ok(ticks as f64)
-}
-
-fn check_alive(proc: &mut Proc) -> Result<(), BenchError> {
-    match proc.child.try_wait() {
-        Ok(None) => Ok(()),
-        Ok(Some(status)) => Err(BenchError::Failed(format!(
-            "footprint: {} exited ({status}); see {}",
-            proc.name,
-            proc.log.display()
-        ))),
-        Err(e) => Err(BenchError::Failed(format!(
-            "footprint: cannot check on {}: {e}",
-            proc.name
-        ))),
-    }
 }
 
 pub(super) async fn get_json(

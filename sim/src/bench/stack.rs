@@ -100,6 +100,22 @@ impl Stack {
     }
 }
 
+/// Fails benchmark `part` if `proc` has exited (its log named), or cannot be checked on.
+pub fn check_alive(part: &str, proc: &mut vigil_testkit::Proc) -> Result<(), super::BenchError> {
+    match proc.child.try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(status)) => Err(super::BenchError::Failed(format!(
+            "{part}: {} exited ({status}); see {}",
+            proc.name,
+            proc.log.display()
+        ))),
+        Err(e) => Err(super::BenchError::Failed(format!(
+            "{part}: cannot check on {}: {e}",
+            proc.name
+        ))),
+    }
+}
+
 /// Stops `proc`, warning if it had to be killed.
 pub fn stop(proc: vigil_testkit::Proc) {
     if let Err(e) = proc.try_stop() {

@@ -97,13 +97,7 @@ pub fn simulate(
                 .entry(outcome.act.policy)
                 .or_insert_with(|| LeaseTable::new(hold_ms, i64::MIN / 2));
             let labels = hosts[outcome.act.host].labels();
-            let per = budget.per.as_ref().map(|label| {
-                let value = labels
-                    .iter()
-                    .find(|(k, _)| k == label)
-                    .map_or(String::new(), |(_, v)| v.clone());
-                (label.clone(), value)
-            });
+            let per = budget.per_value(labels);
             let max = match budget.max {
                 BudgetMax::Count(n) => n,
                 share @ BudgetMax::Percent(_) => {

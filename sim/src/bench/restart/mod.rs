@@ -146,7 +146,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         if wait > 0 {
             tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;
         }
-        check_alive(&mut agent)?;
+        stack::check_alive("restart", &mut agent)?;
         let result = kill_and_wait(container, &events, who, &agent.log, &api).await;
         let measured_round = result.map_err(|e| fail(format!("round {}: {e}", round + 1)))?;
         back_at_us = engine::now_us();
@@ -162,7 +162,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         measured.push(measured_round);
     }
     let took = started.elapsed();
-    check_alive(&mut agent)?;
+    stack::check_alive("restart", &mut agent)?;
     // Every action the policy took: one per kill of A, or the agent acted on its own doing.
     let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
     let actions = Mark::all(&log)
@@ -303,7 +303,7 @@ impl Api<'_> {
     async fn wait_ready(&self, agent: &mut Proc, dir: &Path) -> Result<(), BenchError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            check_alive(agent)?;
+            stack::check_alive("restart", agent)?;
             let hosts = get_json(
                 self.client,
                 self.token,
@@ -507,21 +507,6 @@ fn write_file(path: &PathBuf, text: &str) -> Result<(), BenchError> {
             source,
         })
     })
-}
-
-fn check_alive(proc: &mut Proc) -> Result<(), BenchError> {
-    match proc.child.try_wait() {
-        Ok(None) => Ok(()),
-        Ok(Some(status)) => Err(BenchError::Failed(format!(
-            "restart: {} exited ({status}); see {}",
-            proc.name,
-            proc.log.display()
-        ))),
-        Err(e) => Err(BenchError::Failed(format!(
-            "restart: cannot check on {}: {e}",
-            proc.name
-        ))),
-    }
 }
 
 #[cfg(test)]
