@@ -17,6 +17,17 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
+/// Encodes a record into `buf` (cleared first), so that a loop writing many records
+/// reuses one allocation.
+pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.push(FORMAT);
+    match postcard::to_extend(value, std::mem::take(buf)) {
+        Ok(bytes) => *buf = bytes,
+        Err(e) => unreachable!("postcard cannot fail to encode a store record: {e}"),
+    }
+}
+
 /// Decodes a record read from database `db`.
 pub fn decode<T: DeserializeOwned>(db: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {

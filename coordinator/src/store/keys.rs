@@ -82,6 +82,11 @@ pub fn event(at_ms: i64, id: &str) -> Vec<u8> {
 
 /// A stable 64-bit FNV-1a hash of sorted tags, telling tagged variants of a series apart.
 pub fn tag_hash(tags: &[Tag]) -> u64 {
+    tag_hash_of(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+/// [`tag_hash`] of tags given as borrowed pairs, in order.
+pub fn tag_hash_of<'a>(tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut hash = OFFSET;

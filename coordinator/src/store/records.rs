@@ -121,6 +121,23 @@ pub struct LatestPoint {
     pub tags: Vec<Tag>,
 }
 
+/// [`StoredPoint`] as the store writer encodes it, from the batch it stores without
+/// copying: postcard lays out a slice of `(&str, &str)` exactly as a `Vec<Tag>`.
+#[derive(Serialize)]
+pub(crate) struct StoredPointRef<'a> {
+    pub value: f64,
+    pub tags: &'a [(&'a str, &'a str)],
+}
+
+/// [`LatestPoint`] as the store writer encodes it (see [`StoredPointRef`]).
+#[derive(Serialize)]
+pub(crate) struct LatestPointRef<'a> {
+    pub name: &'a str,
+    pub value: f64,
+    pub ts_ms: i64,
+    pub tags: &'a [(&'a str, &'a str)],
+}
+
 /// A point of history as queries return it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
@@ -139,6 +156,50 @@ pub struct Point {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::codec;
+
+    #[test]
+    fn borrowed_points_encode_exactly_as_the_records_they_stand_for() {
+        let tags = vec![
+            ("core".to_string(), "1".to_string()),
+            ("role".into(), "web".into()),
+        ];
+        let pairs: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut buf = vec![9, 9, 9];
+        codec::encode_into(
+            &StoredPointRef {
+                value: 1.5,
+                tags: &pairs,
+            },
+            &mut buf,
+        );
+        assert_eq!(
+            buf,
+            codec::encode(&StoredPoint {
+                value: 1.5,
+                tags: tags.clone()
+            })
+        );
+        codec::encode_into(
+            &LatestPointRef {
+                name: "cpu",
+                value: 2.5,
+                ts_ms: -7,
+                tags: &pairs,
+            },
+            &mut buf,
+        );
+        let latest: LatestPoint = codec::decode("latest", &buf).unwrap();
+        assert_eq!(
+            latest,
+            LatestPoint {
+                name: "cpu".into(),
+                value: 2.5,
+                ts_ms: -7,
+                tags
+            }
+        );
+    }
 
     #[test]
     fn a_last_seen_time_at_the_end_of_i64_is_offline_not_a_panic() {

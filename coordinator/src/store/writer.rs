@@ -26,7 +26,7 @@ use vigil_shared::wire::{
 };
 
 use super::audit::{AuditChunk, AuditCursor, AuditReply};
-use super::records::{HostRecord, LatestPoint, Source, StoredPoint};
+use super::records::{HostRecord, LatestPoint, LatestPointRef, Source, StoredPointRef};
 use super::{actions, audit, codec, feed, keys, Store, StoreError};
 use crate::store::feed::{FeedEntry, FeedEvent};
 use crate::telemetry::Telemetry;
@@ -256,6 +256,10 @@ struct WriterState {
     samples_total: u64,
     /// Delivery windows read so far, by host and stream.
     windows: HashMap<(String, Stream), Window>,
+    /// The time of the stored latest point, by `latest` key, for keys written or read
+    /// so far: a sample is checked against it without reading and decoding the record.
+    /// Only this thread writes `latest`, and nothing removes its records.
+    latest_ts: HashMap<[u8; 16], i64>,
 }
 
 const META_NEXT_SERIES: &[u8] = b"next_series_id";
@@ -428,6 +432,7 @@ fn load_state(store: &Store) -> Result<WriterState, StoreError> {
         next_series_id,
         samples_total,
         windows: HashMap::new(),
+        latest_ts: HashMap::new(),
     })
 }
 
@@ -515,6 +520,11 @@ fn apply(
     let mut missing = 0u64;
     let mut redelivered: Vec<(Stream, &'static str)> = Vec::new();
     let mut audits = Vec::new();
+    // Per sample: buffers reused across the batch, and the latest times it wrote or read.
+    let mut series_key: Vec<u8> = Vec::new();
+    let mut tags: Vec<(&str, &str)> = Vec::new();
+    let mut value: Vec<u8> = Vec::new();
+    let mut latest_seen: HashMap<[u8; 16], i64> = HashMap::new();
     for write in batch {
         let write = match write {
             Write::Queued {
@@ -579,49 +589,62 @@ fn apply(
                     add_to_feed(&mut txn, *received_ms, change)?;
                 }
                 for sample in samples {
-                    let key = keys::series(host, &sample.name);
-                    let id = match state.series.get(&key) {
+                    series_key.clear();
+                    series_key.extend_from_slice(host.as_bytes());
+                    series_key.push(0);
+                    series_key.extend_from_slice(sample.name.as_bytes());
+                    let known = state.series.get(series_key.as_slice());
+                    let id = match known.or_else(|| new_series.get(series_key.as_slice())) {
                         Some(&id) => id,
-                        None => match new_series.get(&key) {
-                            Some(&id) => id,
-                            None => {
-                                let id = next_series_id;
-                                next_series_id += 1;
-                                store.dbs.series.put(&mut txn, &key, &id.to_be_bytes())?;
-                                new_series.insert(key, id);
-                                id
+                        None => {
+                            let id = next_series_id;
+                            next_series_id += 1;
+                            store
+                                .dbs
+                                .series
+                                .put(&mut txn, &series_key, &id.to_be_bytes())?;
+                            new_series.insert(series_key.clone(), id);
+                            id
+                        }
+                    };
+                    merge_tags(labels, &sample.tags, &mut tags);
+                    let hash = keys::tag_hash_of(tags.iter().copied());
+                    let latest_key = keys::latest(id, hash);
+                    let cached = latest_seen.get(&latest_key);
+                    let latest_ts = match cached.or_else(|| state.latest_ts.get(&latest_key)) {
+                        Some(&ts) => Some(ts),
+                        None => match store.dbs.latest.get(&txn, &latest_key)? {
+                            Some(bytes) => {
+                                Some(codec::decode::<LatestPoint>("latest", bytes)?.ts_ms)
                             }
+                            None => None,
                         },
                     };
-                    let tags = merge_tags(labels, &sample.tags);
-                    let hash = keys::tag_hash(&tags);
-                    let latest_key = keys::latest(id, hash);
-                    let newer = match store.dbs.latest.get(&txn, &latest_key)? {
-                        Some(bytes) => {
-                            codec::decode::<LatestPoint>("latest", bytes)?.ts_ms <= sample.ts_ms
+                    match latest_ts {
+                        Some(ts) if ts > sample.ts_ms => {
+                            latest_seen.insert(latest_key, ts);
                         }
-                        None => true,
-                    };
-                    if newer {
-                        let latest = LatestPoint {
-                            name: sample.name.clone(),
-                            value: sample.value,
-                            ts_ms: sample.ts_ms,
-                            tags: tags.clone(),
-                        };
-                        store
-                            .dbs
-                            .latest
-                            .put(&mut txn, &latest_key, &codec::encode(&latest))?;
+                        _ => {
+                            let latest = LatestPointRef {
+                                name: &sample.name,
+                                value: sample.value,
+                                ts_ms: sample.ts_ms,
+                                tags: &tags,
+                            };
+                            codec::encode_into(&latest, &mut value);
+                            store.dbs.latest.put(&mut txn, &latest_key, &value)?;
+                            latest_seen.insert(latest_key, sample.ts_ms);
+                        }
                     }
-                    let point = StoredPoint {
+                    let point = StoredPointRef {
                         value: sample.value,
-                        tags,
+                        tags: &tags,
                     };
+                    codec::encode_into(&point, &mut value);
                     store.dbs.history.put(
                         &mut txn,
                         &keys::history(id, sample.ts_ms, hash),
-                        &codec::encode(&point),
+                        &value,
                     )?;
                     samples_total += 1;
                 }
@@ -742,6 +765,7 @@ fn apply(
         .put(&mut txn, META_SAMPLES, &samples_total.to_be_bytes())?;
     txn.commit()?;
     state.series.extend(new_series);
+    state.latest_ts.extend(latest_seen);
     state.next_series_id = next_series_id;
     state.samples_total = samples_total;
     telemetry.batches_missing.inc_by(missing);
@@ -992,17 +1016,22 @@ fn prune(store: &Store, txn: &mut RwTxn, before_ms: i64) -> Result<u64, StoreErr
 }
 
 /// The tags a point is stored with: the sample's own, plus the agent's labels where the
-/// sample has no tag of that name; sorted by key; never `host` (that is the key).
-fn merge_tags(labels: &[Tag], tags: &[Tag]) -> Vec<Tag> {
-    let mut merged: Vec<Tag> = tags.iter().filter(|(k, _)| k != "host").cloned().collect();
+/// sample has no tag of that name; sorted by key; never `host` (that is the key). Written
+/// into `merged`, borrowing from both.
+fn merge_tags<'a>(labels: &'a [Tag], tags: &'a [Tag], merged: &mut Vec<(&'a str, &'a str)>) {
+    merged.clear();
+    merged.extend(
+        tags.iter()
+            .filter(|(k, _)| k != "host")
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     for (k, v) in labels {
         if k != "host" && !merged.iter().any(|(key, _)| key == k) {
-            merged.push((k.clone(), v.clone()));
+            merged.push((k, v));
         }
     }
-    merged.sort();
+    merged.sort_unstable();
     merged.dedup_by(|a, b| a.0 == b.0);
-    merged
 }
 
 #[cfg(test)]
@@ -1130,6 +1159,90 @@ mod tests {
         assert_eq!(points(&store, "h").len(), 5);
     }
 
+    fn samples(points: &[(i64, f64, &str)]) -> Write {
+        Write::Samples {
+            host: "h".into(),
+            labels: vec![("role".into(), "web".into())],
+            samples: points
+                .iter()
+                .map(|&(ts_ms, value, core)| Sample {
+                    name: "cpu_percent".into(),
+                    value,
+                    ts_ms,
+                    tags: vec![("core".into(), core.into())],
+                })
+                .collect(),
+            source: Source::Mqtt,
+            received_ms: 1_000,
+            reply: None,
+        }
+    }
+
+    /// `host`'s latest `cpu_percent` by its `core` tag: (core, time, value).
+    fn latest(store: &Store) -> Vec<(String, i64, f64)> {
+        let (_, latest) = store.host("h").unwrap().unwrap();
+        latest
+            .into_iter()
+            .map(|p| {
+                assert_eq!(p.tags[1], ("role".to_string(), "web".to_string()));
+                (p.tags[0].1.clone(), p.ts_ms, p.value)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_latest_value_is_the_newest_in_any_order_and_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            Store::open(
+                dir.path(),
+                super::super::MapSize {
+                    initial: 1 << 22,
+                    max: 1 << 24,
+                },
+            )
+            .unwrap()
+        };
+        let telemetry = Arc::new(Telemetry::new());
+        {
+            let store = open();
+            let (writer, thread) = StoreWriter::start(store.clone(), telemetry.clone());
+            // Within one batch, an older point after a newer one.
+            writer
+                .send(samples(&[
+                    (2_000, 2.0, "0"),
+                    (1_000, 1.0, "0"),
+                    (1_000, 7.0, "1"),
+                ]))
+                .await
+                .unwrap();
+            writer.flush().await.unwrap();
+            // In later batches: an older point, then a newer one of core 1.
+            writer.send(samples(&[(1_500, 1.5, "0")])).await.unwrap();
+            writer.send(samples(&[(3_000, 8.0, "1")])).await.unwrap();
+            writer.flush().await.unwrap();
+            assert_eq!(
+                latest(&store),
+                [("0".into(), 2_000, 2.0), ("1".into(), 3_000, 8.0)]
+            );
+            drop(writer);
+            thread.join().unwrap();
+        }
+        // A new writer knows the stored times without having written them.
+        let store = open();
+        let (writer, _thread) = StoreWriter::start(store.clone(), telemetry);
+        writer
+            .send(samples(&[(2_500, 9.0, "1"), (2_500, 3.0, "0")]))
+            .await
+            .unwrap();
+        writer.flush().await.unwrap();
+        assert_eq!(
+            latest(&store),
+            [("0".into(), 2_500, 3.0), ("1".into(), 3_000, 8.0)]
+        );
+        assert_eq!(points(&store, "h").len(), 7, "every point is history");
+    }
+
     #[test]
     fn sample_tags_win_over_labels_and_host_is_dropped() {
         let labels = vec![
@@ -1140,9 +1253,8 @@ mod tests {
             ("role".to_string(), "db".to_string()),
             ("host".into(), "x".into()),
         ];
-        assert_eq!(
-            merge_tags(&labels, &tags),
-            vec![("env".into(), "prod".into()), ("role".into(), "db".into())]
-        );
+        let mut merged = vec![("stale", "entry")];
+        merge_tags(&labels, &tags, &mut merged);
+        assert_eq!(merged, [("env", "prod"), ("role", "db")]);
     }
 }
