@@ -28,36 +28,21 @@ use crate::wire::WireMessage;
 /// sends far fewer than this without an acknowledgement).
 pub const WINDOW: u64 = 1024;
 
-/// How long sent messages wait for an acknowledgement before they are sent again, at
-/// least: longer when acknowledgements are seen to take longer ([`ResendTimer`]).
+/// How long sent messages wait for an acknowledgement before they are sent again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(10);
 /// The longest wait before sending again: the wait doubles while resends bring nothing,
 /// so that a coordinator that is behind is not flooded with copies.
 pub const RESEND_MAX: Duration = Duration::from_secs(80);
 
-/// When a queue sends its unacknowledged messages again.
-///
-/// The wait adapts to how long acknowledgements take, the way TCP's retransmission
-/// timer does (RFC 6298): one message at a time is timed from its first send to the
-/// acknowledgement that covers it, and the wait is the smoothed time plus four times its
-/// variation, never below [`RESEND_AFTER`] nor above [`RESEND_MAX`]. A coordinator that
-/// is behind by more than `RESEND_AFTER` (a backlog in the broker or its store) is then
-/// waited for instead of being sent every unacknowledged message again, which would
-/// only deepen the backlog. While resends bring nothing the wait doubles, up to
-/// `RESEND_MAX`; progress brings back the measured wait. A message that was sent again
-/// is not timed (its acknowledgement may answer either copy).
+/// When a queue sends its unacknowledged messages again: once [`RESEND_AFTER`] passed
+/// without an acknowledgement moving its floor, then after twice as long, up to
+/// [`RESEND_MAX`], while resends bring nothing; back to [`RESEND_AFTER`] on progress.
 #[derive(Debug, Clone)]
 pub struct ResendTimer {
     /// When an acknowledgement last moved the floor, or sending last (re)started.
     since: Instant,
     /// How long to wait from `since`.
     wait: Duration,
-    /// The smoothed time to an acknowledgement and its mean deviation, once measured.
-    rtt: Option<(Duration, Duration)>,
-    /// The message being timed: its sequence number and when it was sent.
-    timing: Option<(u64, Instant)>,
-    /// The highest sequence number sent so far (what is sent at or below it is a resend).
-    sent_high: u64,
 }
 
 impl Default for ResendTimer {
@@ -65,75 +50,21 @@ impl Default for ResendTimer {
         ResendTimer {
             since: Instant::now(),
             wait: RESEND_AFTER,
-            rtt: None,
-            timing: None,
-            sent_high: 0,
         }
     }
 }
 
 impl ResendTimer {
-    /// Message `seq` went out: if it is sent for the first time and no other message is
-    /// being timed, it is timed until an acknowledgement covers it.
-    pub fn sent(&mut self, seq: u64) {
-        self.sent_at(seq, Instant::now());
-    }
-
-    fn sent_at(&mut self, seq: u64, now: Instant) {
-        if seq > self.sent_high {
-            self.sent_high = seq;
-            if self.timing.is_none() {
-                self.timing = Some((seq, now));
-            }
-        }
-    }
-
-    /// An acknowledgement moved the floor to above `upto`: the wait (the measured one,
-    /// see [`ResendTimer`]) counts from now.
-    pub fn progressed(&mut self, upto: u64) {
-        self.progressed_at(upto, Instant::now());
-    }
-
-    fn progressed_at(&mut self, upto: u64, now: Instant) {
-        if let Some((seq, sent)) = self.timing {
-            if seq <= upto {
-                self.timing = None;
-                self.measured(now.saturating_duration_since(sent));
-            }
-        }
-        self.since = now;
-        self.wait = self.measured_wait();
-    }
-
-    /// Folds one measured time to an acknowledgement into the estimate (RFC 6298, 2.2
-    /// and 2.3).
-    fn measured(&mut self, sample: Duration) {
-        self.rtt = Some(match self.rtt {
-            None => (sample, sample / 2),
-            Some((smoothed, deviation)) => {
-                let gap = smoothed.abs_diff(sample);
-                (smoothed * 7 / 8 + sample / 8, deviation * 3 / 4 + gap / 4)
-            }
-        });
-    }
-
-    /// The wait after progress: the smoothed time to an acknowledgement plus four times
-    /// its deviation, within [`RESEND_AFTER`]..=[`RESEND_MAX`].
-    pub fn measured_wait(&self) -> Duration {
-        match self.rtt {
-            None => RESEND_AFTER,
-            Some((smoothed, deviation)) => {
-                (smoothed + deviation * 4).clamp(RESEND_AFTER, RESEND_MAX)
-            }
-        }
+    /// An acknowledgement moved the floor: wait [`RESEND_AFTER`] from now.
+    pub fn progressed(&mut self) {
+        self.since = Instant::now();
+        self.wait = RESEND_AFTER;
     }
 
     /// Sending (re)started (a new connection, or the first message after a quiet
-    /// spell): the wait counts from now, and stays as long as it was. A message being
-    /// timed is forgotten: it may be sent again.
+    /// spell): the wait counts from now, and stays as long as it was.
     pub fn restarted(&mut self) {
         self.since = Instant::now();
-        self.timing = None;
     }
 
     /// Whether the wait is over; if so, returns how long it was and starts the next,
@@ -150,8 +81,6 @@ impl ResendTimer {
         let waited = self.wait;
         self.since = now;
         self.wait = (self.wait * 2).min(RESEND_MAX);
-        // Everything unacknowledged goes again: no acknowledgement tells copies apart.
-        self.timing = None;
         Some(waited)
     }
 }
@@ -353,7 +282,7 @@ mod tests {
             waits.push(timer.expired_at(at).map(|d| d.as_secs()));
         }
         assert_eq!(waits, [Some(10), Some(20), Some(40), Some(80), Some(80)]);
-        timer.progressed(0);
+        timer.progressed();
         let since = timer.since;
         assert_eq!(timer.expired_at(since + Duration::from_secs(5)), None);
         assert_eq!(
@@ -361,59 +290,6 @@ mod tests {
             Some(RESEND_AFTER),
             "progress brings the first wait back"
         );
-    }
-
-    #[test]
-    fn the_wait_follows_how_long_acknowledgements_take() {
-        let mut timer = ResendTimer::default();
-        let mut now = timer.since;
-        // Quick acknowledgements: the wait stays at its floor.
-        for seq in 1..=20 {
-            timer.sent_at(seq, now);
-            now += Duration::from_millis(5);
-            timer.progressed_at(seq, now);
-        }
-        assert_eq!(timer.measured_wait(), RESEND_AFTER);
-        // A coordinator falling behind: each acknowledgement takes a second longer.
-        for (i, seq) in (21..=40).enumerate() {
-            timer.sent_at(seq, now);
-            now += Duration::from_secs(1 + i as u64);
-            timer.progressed_at(seq, now);
-            assert!(
-                timer.measured_wait() > Duration::from_secs(1 + i as u64),
-                "the wait ({:?}) outgrows the last delay ({} s)",
-                timer.measured_wait(),
-                1 + i
-            );
-        }
-        let since = timer.since;
-        assert_eq!(timer.expired_at(since + Duration::from_secs(21)), None);
-        for seq in 41..=45 {
-            timer.sent_at(seq, now);
-            now += Duration::from_secs(200);
-            timer.progressed_at(seq, now);
-        }
-        assert_eq!(timer.measured_wait(), RESEND_MAX, "and stops at the cap");
-    }
-
-    #[test]
-    fn resent_messages_and_messages_sent_while_one_is_timed_are_not_timed() {
-        let mut timer = ResendTimer::default();
-        let start = timer.since;
-        timer.sent_at(1, start);
-        timer.sent_at(2, start + Duration::from_secs(1));
-        assert_eq!(timer.timing, Some((1, start)));
-        // No acknowledgement: everything goes again, and the timing is dropped.
-        assert!(timer.expired_at(start + RESEND_AFTER).is_some());
-        assert_eq!(timer.timing, None);
-        timer.sent_at(1, start + RESEND_AFTER);
-        timer.sent_at(2, start + RESEND_AFTER);
-        assert_eq!(timer.timing, None, "resends are not timed");
-        // The late acknowledgement of a resent message does not count as a measure.
-        timer.progressed_at(2, start + Duration::from_secs(60));
-        assert_eq!(timer.rtt, None);
-        timer.sent_at(3, start + Duration::from_secs(60));
-        assert_eq!(timer.timing, Some((3, start + Duration::from_secs(60))));
     }
 
     fn at(seq: u64, floor: u64) -> Delivery {

@@ -271,7 +271,7 @@ impl Queue {
         self.held = self.held.split_off(&upto.saturating_add(1));
         let forgotten = (before - self.held.len()) as u64;
         if forgotten > 0 {
-            self.resend.progressed(upto);
+            self.resend.progressed();
         }
         forgotten
     }
@@ -320,7 +320,6 @@ impl Queue {
                 body: entry.body.clone(),
                 resend: seq <= self.sent_high,
             });
-            self.resend.sent(seq);
             self.next_send = seq + 1;
             self.sent_high = self.sent_high.max(seq);
         }

@@ -9,8 +9,7 @@
 //! acknowledgement on `vigil/v1/agents/{host}/acks` after each commit; this task deletes
 //! what it covers. At most [`IN_FLIGHT`] messages per queue go out unacknowledged. After
 //! a reconnection, or when nothing has been acknowledged for a while although messages
-//! wait ([`ResendTimer`]: 10 s or the measured time acknowledgements take, whichever is
-//! longer, doubling up to 80 s while resends bring nothing),
+//! wait ([`ResendTimer`]: 10 s, doubling up to 80 s while resends bring nothing),
 //! everything not acknowledged is sent again from the floor: the coordinator stores each
 //! message once, however often it comes.
 //!
@@ -336,7 +335,6 @@ impl DeliveryTask {
                     // from now on.
                     cursor.resend.restarted();
                 }
-                cursor.resend.sent(seq);
                 cursor.next = seq + 1;
             }
         }
@@ -432,7 +430,7 @@ impl DeliveryTask {
                 }
             }
             if self.floor(stream_ack.stream) > floor_before {
-                cursor.resend.progressed(stream_ack.upto);
+                cursor.resend.progressed();
             }
         }
     }
