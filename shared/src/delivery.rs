@@ -34,15 +34,27 @@ pub const RESEND_AFTER: Duration = Duration::from_secs(10);
 /// so that a coordinator that is behind is not flooded with copies.
 pub const RESEND_MAX: Duration = Duration::from_secs(80);
 
-/// When a queue sends its unacknowledged messages again: once [`RESEND_AFTER`] passed
-/// without an acknowledgement moving its floor, then after twice as long, up to
-/// [`RESEND_MAX`], while resends bring nothing; back to [`RESEND_AFTER`] on progress.
+/// How many messages a queue may have out right after it timed out and sends again
+/// from its floor; each message acknowledged then allows one more, so the allowance
+/// doubles every round trip (TCP's slow start) until it is the queue's full bound again.
+/// A fleet that timed out together (its copies, or the coordinator's backlog, overflowed
+/// a broker's queue) thus sends again a sixteenth of what it had out, not all of it at
+/// once into the same queue.
+pub const RESEND_WINDOW: u64 = 16;
+
+/// When a queue sends its unacknowledged messages again, and how many it may have out:
+/// once [`RESEND_AFTER`] passed without an acknowledgement moving its floor, then after
+/// twice as long, up to [`RESEND_MAX`], while resends bring nothing; back to
+/// [`RESEND_AFTER`] on progress. After such a timeout the queue starts again with
+/// [`RESEND_WINDOW`] messages out ([`ResendTimer::allowance`]).
 #[derive(Debug, Clone)]
 pub struct ResendTimer {
     /// When an acknowledgement last moved the floor, or sending last (re)started.
     since: Instant,
     /// How long to wait from `since`.
     wait: Duration,
+    /// How many messages may be out since the last timeout; `None`: the full bound.
+    window: Option<u64>,
 }
 
 impl Default for ResendTimer {
@@ -50,15 +62,26 @@ impl Default for ResendTimer {
         ResendTimer {
             since: Instant::now(),
             wait: RESEND_AFTER,
+            window: None,
         }
     }
 }
 
 impl ResendTimer {
-    /// An acknowledgement moved the floor: wait [`RESEND_AFTER`] from now.
-    pub fn progressed(&mut self) {
+    /// An acknowledgement moved the floor over `acked` messages: wait [`RESEND_AFTER`]
+    /// from now, and allow as many more messages out.
+    pub fn progressed(&mut self, acked: u64) {
         self.since = Instant::now();
         self.wait = RESEND_AFTER;
+        self.window = self
+            .window
+            .map(|window| window.saturating_add(acked))
+            .filter(|&window| window < WINDOW);
+    }
+
+    /// How many messages may be out unacknowledged now, for a queue whose bound is `full`.
+    pub fn allowance(&self, full: u64) -> u64 {
+        self.window.map_or(full, |window| window.min(full))
     }
 
     /// Sending (re)started (a new connection, or the first message after a quiet
@@ -81,6 +104,7 @@ impl ResendTimer {
         let waited = self.wait;
         self.since = now;
         self.wait = (self.wait * 2).min(RESEND_MAX);
+        self.window = Some(RESEND_WINDOW);
         Some(waited)
     }
 }
@@ -282,7 +306,7 @@ mod tests {
             waits.push(timer.expired_at(at).map(|d| d.as_secs()));
         }
         assert_eq!(waits, [Some(10), Some(20), Some(40), Some(80), Some(80)]);
-        timer.progressed();
+        timer.progressed(1);
         let since = timer.since;
         assert_eq!(timer.expired_at(since + Duration::from_secs(5)), None);
         assert_eq!(
@@ -290,6 +314,31 @@ mod tests {
             Some(RESEND_AFTER),
             "progress brings the first wait back"
         );
+    }
+
+    #[test]
+    fn after_a_timeout_the_allowance_starts_small_and_grows_with_acknowledgements() {
+        let mut timer = ResendTimer::default();
+        assert_eq!(timer.allowance(256), 256);
+        let start = timer.since;
+        assert!(timer.expired_at(start + RESEND_AFTER).is_some());
+        assert_eq!(timer.allowance(256), RESEND_WINDOW);
+        assert_eq!(timer.allowance(4), 4, "never above the queue's bound");
+        let mut rounds = 0;
+        while timer.allowance(256) < 256 {
+            let out = timer.allowance(256);
+            timer.progressed(out);
+            rounds += 1;
+        }
+        assert_eq!(rounds, 4, "16, 32, 64, 128, then the full 256");
+        // Another timeout starts small again; progress past the coordinator's window
+        // brings back the full bound for good.
+        let since = timer.since;
+        assert!(timer.expired_at(since + RESEND_AFTER).is_some());
+        assert_eq!(timer.allowance(256), RESEND_WINDOW);
+        timer.progressed(WINDOW);
+        assert_eq!(timer.window, None);
+        assert_eq!(timer.allowance(256), 256);
     }
 
     fn at(seq: u64, floor: u64) -> Delivery {

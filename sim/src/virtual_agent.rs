@@ -271,7 +271,7 @@ impl Queue {
         self.held = self.held.split_off(&upto.saturating_add(1));
         let forgotten = (before - self.held.len()) as u64;
         if forgotten > 0 {
-            self.resend.progressed();
+            self.resend.progressed(forgotten);
         }
         forgotten
     }
@@ -303,7 +303,7 @@ impl Queue {
                 stalled = true;
             }
         }
-        let limit = floor.saturating_add(IN_FLIGHT);
+        let limit = floor.saturating_add(self.resend.allowance(IN_FLIGHT));
         for (&seq, entry) in self.held.range(self.next_send..limit) {
             if self.next_send <= floor {
                 // The first message of a new run of sends: acknowledgements are due.

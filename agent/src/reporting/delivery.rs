@@ -10,7 +10,8 @@
 //! what it covers. At most [`IN_FLIGHT`] messages per queue go out unacknowledged. After
 //! a reconnection, or when nothing has been acknowledged for a while although messages
 //! wait ([`ResendTimer`]: 10 s, doubling up to 80 s while resends bring nothing),
-//! everything not acknowledged is sent again from the floor: the coordinator stores each
+//! everything not acknowledged is sent again from the floor (after such a timeout, 16
+//! at first, then as many more as are acknowledged): the coordinator stores each
 //! message once, however often it comes.
 //!
 //! The acknowledgements also carry the coordinator's clock: the difference to the
@@ -301,8 +302,9 @@ impl DeliveryTask {
             }
         }
         let epoch = self.epoch(cursor.stream);
-        while cursor.next < floor.saturating_add(IN_FLIGHT) {
-            let room = (floor + IN_FLIGHT - cursor.next).min(READ_BATCH as u64) as usize;
+        let limit = floor.saturating_add(cursor.resend.allowance(IN_FLIGHT));
+        while cursor.next < limit {
+            let room = (limit - cursor.next).min(READ_BATCH as u64) as usize;
             let entries = match self.read(cursor.stream, cursor.next, room) {
                 Ok(entries) => entries,
                 Err(e) => {
@@ -429,8 +431,9 @@ impl DeliveryTask {
                     self.report.note_spool(&spool, self.quarantined_at_open);
                 }
             }
-            if self.floor(stream_ack.stream) > floor_before {
-                cursor.resend.progressed();
+            let floor_after = self.floor(stream_ack.stream);
+            if floor_after > floor_before {
+                cursor.resend.progressed(floor_after - floor_before);
             }
         }
     }
