@@ -1065,6 +1065,18 @@ mod tests {
         }
     }
 
+    /// A store in `dir` with a small map (4 MiB, growing to 16 MiB).
+    fn open_small(dir: &std::path::Path) -> Store {
+        Store::open(
+            dir,
+            super::super::MapSize {
+                initial: 1 << 22,
+                max: 1 << 24,
+            },
+        )
+        .unwrap()
+    }
+
     /// The points of `host`'s `cpu_percent`, by time.
     fn points(store: &Store, host: &str) -> Vec<(i64, f64)> {
         store
@@ -1084,16 +1096,7 @@ mod tests {
     #[tokio::test]
     async fn a_queued_message_is_stored_once_and_acknowledged_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            Store::open(
-                dir.path(),
-                super::super::MapSize {
-                    initial: 1 << 22,
-                    max: 1 << 24,
-                },
-            )
-            .unwrap()
-        };
+        let open = || open_small(dir.path());
         let telemetry = Arc::new(Telemetry::new());
         {
             let store = open();
@@ -1193,16 +1196,7 @@ mod tests {
     #[tokio::test]
     async fn the_latest_value_is_the_newest_in_any_order_and_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            Store::open(
-                dir.path(),
-                super::super::MapSize {
-                    initial: 1 << 22,
-                    max: 1 << 24,
-                },
-            )
-            .unwrap()
-        };
+        let open = || open_small(dir.path());
         let telemetry = Arc::new(Telemetry::new());
         {
             let store = open();
