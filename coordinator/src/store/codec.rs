@@ -11,10 +11,9 @@ const FORMAT: u8 = 1;
 
 /// Encodes a record.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    match postcard::to_extend(value, vec![FORMAT]) {
-        Ok(bytes) => bytes,
-        Err(e) => unreachable!("postcard cannot fail to encode a store record: {e}"),
-    }
+    let mut bytes = Vec::new();
+    encode_into(value, &mut bytes);
+    bytes
 }
 
 /// Encodes a record into `buf` (cleared first), so that a loop writing many records

@@ -18,10 +18,16 @@ pub fn delivery(host: &str, stream: Stream) -> Vec<u8> {
 /// `host \0 name`: the key of a series in the `series` database.
 pub fn series(host: &str, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(host.len() + name.len() + 1);
+    series_into(host, name, &mut key);
+    key
+}
+
+/// [`series`] written into `key` (cleared first), for a loop that reuses one buffer.
+pub fn series_into(host: &str, name: &str, key: &mut Vec<u8>) {
+    key.clear();
     key.extend_from_slice(host.as_bytes());
     key.push(0);
     key.extend_from_slice(name.as_bytes());
-    key
 }
 
 /// `host \0`: the prefix of every series of one host.

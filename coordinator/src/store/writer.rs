@@ -589,10 +589,7 @@ fn apply(
                     add_to_feed(&mut txn, *received_ms, change)?;
                 }
                 for sample in samples {
-                    series_key.clear();
-                    series_key.extend_from_slice(host.as_bytes());
-                    series_key.push(0);
-                    series_key.extend_from_slice(sample.name.as_bytes());
+                    keys::series_into(host, &sample.name, &mut series_key);
                     let known = state.series.get(series_key.as_slice());
                     let id = match known.or_else(|| new_series.get(series_key.as_slice())) {
                         Some(&id) => id,
