@@ -857,6 +857,74 @@ async fn coordinator_restarts_mosquitto() {
     drop(mosquitto);
 }
 
+/// A restarted coordinator holds no session keys: what an agent sent under its old key
+/// is refused (`rekeyed` once the agent's new Hello is in, `unknown_session` before) until
+/// the agent has a new one. The agent sends it
+/// again as soon as the new key is in, not after its resend timeout (which logs "sending
+/// again"). SIGTERM, so that nothing is lost for another reason.
+async fn rekey_after_restart(broker_label: &str, external: Option<&str>, dir: &TestDir) {
+    let since_ms = now_ms() - 60_000;
+    let mut coordinator = Coordinator::start(dir.path(), external).await;
+    let mut agents = start_agents(
+        dir,
+        &coordinator,
+        &format!("rekey-{broker_label}"),
+        1,
+        since_ms,
+    )
+    .await;
+    for round in 1..=3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        coordinator.terminate();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        coordinator.launch().await;
+        let all: Vec<&dyn FaultAgent> = agents.iter().map(|a| a as &dyn FaultAgent).collect();
+        wait_caught_up(&all, &format!("after restart {round}")).await;
+        let refused = |reason: &'static str| {
+            format!(r#"vigil_mqtt_messages_rejected_total{{channel="metrics",reason="{reason}"}}"#)
+        };
+        eprintln!(
+            "restart {round}: metric batches refused under the key before the restart: {} \
+             (rekeyed), {} (unknown_session)",
+            coordinator.metric(&refused("rekeyed")).await,
+            coordinator.metric(&refused("unknown_session")).await
+        );
+    }
+    let log = agents[0].proc.as_ref().expect("the agent runs").log.clone();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let timeouts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("sending again"))
+        .collect();
+    assert!(
+        timeouts.is_empty(),
+        "the agent waited for its resend timeout after a restart ({broker_label}): {timeouts:?}"
+    );
+    let tally = tally(
+        &mut agents[0],
+        &coordinator.http,
+        coordinator.token.as_deref(),
+        since_ms,
+        0,
+    )
+    .await;
+    assert_delivered(&format!("rekey after restarts ({broker_label})"), &[tally]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_refused_after_a_coordinator_restart_go_again_under_the_new_key_embedded() {
+    let dir = TestDir::new();
+    rekey_after_restart("embedded", None, &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_refused_after_a_coordinator_restart_go_again_under_the_new_key_mosquitto() {
+    let dir = TestDir::new();
+    let mosquitto = start_mosquitto(dir.path());
+    rekey_after_restart("mosquitto", Some(&mosquitto.url), &dir).await;
+    drop(mosquitto);
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Coordinator disk full.
 // ---------------------------------------------------------------------------------------

@@ -446,6 +446,8 @@ pub struct Sealer {
     current: RwLock<Option<SessionKey>>,
     /// The handshake in progress.
     handshake: Mutex<KeyState>,
+    /// Session keys taken so far.
+    keys_taken: AtomicU64,
 }
 
 impl Sealer {
@@ -461,6 +463,7 @@ impl Sealer {
             armed_will: AtomicU64::new(0),
             current: RwLock::new(None),
             handshake: Mutex::new(KeyState::default()),
+            keys_taken: AtomicU64::new(0),
         }
     }
 
@@ -501,6 +504,12 @@ impl Sealer {
     /// The session key messages are sealed with now (`None`: they are signed).
     pub fn session_key(&self) -> Option<KeyId> {
         self.read_current().as_ref().map(SessionKey::id)
+    }
+
+    /// How many session keys it has taken ([`Taken::Key`]): a sender that sealed messages
+    /// under a key the coordinator may not hold sends them again once this moves on.
+    pub fn keys_taken(&self) -> u64 {
+        self.keys_taken.load(Ordering::Relaxed)
     }
 
     fn read_current(&self) -> std::sync::RwLockReadGuard<'_, Option<SessionKey>> {
@@ -583,6 +592,7 @@ impl Sealer {
         }
         let key = SessionKey::derive(id, shared.as_bytes(), &pending.signed, &content);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+        self.keys_taken.fetch_add(1, Ordering::Relaxed);
         Ok(Taken::Key(id))
     }
 

@@ -135,6 +135,37 @@ struct Cursor {
     resend: ResendTimer,
 }
 
+/// When to send everything unacknowledged again because the session key changed. A
+/// restarted coordinator holds none of the keys before its restart: what was sealed under
+/// the old key is refused (after a reconnection the link makes a new key, but this
+/// connection may have sent under the old one before it came; with an external broker the
+/// connections even stay up while the coordinator restarts, and its refusal asks the link
+/// for a new key). Whatever was in flight when a new key arrives is therefore sent again
+/// under it, at once rather than after the resend timeout. After a regular rekey that
+/// resends what the coordinator would still have taken (it keeps the key before a rekey
+/// for a while): a few duplicates every [`vigil_shared::agent_auth::REKEY_EVERY`], which
+/// it stores once.
+struct AfterRekey {
+    /// The keys taken when last looked.
+    keys_seen: u64,
+}
+
+impl AfterRekey {
+    fn new(sealer: &Sealer) -> AfterRekey {
+        AfterRekey {
+            keys_seen: sealer.keys_taken(),
+        }
+    }
+
+    /// Whether everything unacknowledged should go again now (once per new key).
+    fn due(&mut self, sealer: &Sealer) -> bool {
+        let taken = sealer.keys_taken();
+        let changed = taken != self.keys_seen;
+        self.keys_seen = taken;
+        changed
+    }
+}
+
 /// Everything the task needs.
 pub struct DeliveryTask {
     /// The agent store (the outbox).
@@ -174,6 +205,7 @@ impl DeliveryTask {
             resend: ResendTimer::default(),
         });
         let mut last_sync = Instant::now();
+        let mut rekeyed = AfterRekey::new(&self.sealer);
         loop {
             if *stop.borrow() {
                 return;
@@ -229,6 +261,17 @@ impl DeliveryTask {
                     }
                 }
                 if connected {
+                    if rekeyed.due(&self.sealer) {
+                        // Sent under a key the coordinator may not hold: send it again
+                        // under the new one now, not after the resend timeout.
+                        tracing::debug!(
+                            key = ?self.sealer.session_key(),
+                            "new session key: sending what is unacknowledged again"
+                        );
+                        for cursor in &mut cursors {
+                            cursor.next = 0;
+                        }
+                    }
                     for cursor in &mut cursors {
                         self.fill(&client, cursor);
                     }
