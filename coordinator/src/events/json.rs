@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 use vigil_shared::time::to_rfc3339;
-use vigil_shared::wire::{PolicyEvent, Tag};
+use vigil_shared::wire::{MetricBatch, PolicyEvent, Sample, Tag};
 
 use crate::store::feed::{FeedEntry, FeedEvent};
 
@@ -157,6 +157,71 @@ pub struct DriftEventJson<'a> {
     pub group: &'a str,
     /// Whether they agree.
     pub in_sync: bool,
+}
+
+/// A metric batch as integrations see it (the `metrics` JSON topic): like a feed entry,
+/// without `seq`.
+#[derive(Serialize)]
+pub struct MetricsJson<'a> {
+    /// The batch.
+    pub data: MetricBatchJson<'a>,
+    /// The host that sent it.
+    pub host: &'a str,
+    /// `metrics`.
+    pub kind: &'static str,
+    /// When the coordinator received it, RFC 3339.
+    pub timestamp: String,
+    /// The version of these shapes.
+    pub version: u32,
+}
+
+/// A metric batch's contents.
+#[derive(Serialize)]
+pub struct MetricBatchJson<'a> {
+    /// The agent's labels.
+    pub labels: TagsJson<'a>,
+    /// The samples.
+    pub samples: Vec<SampleJson<'a>>,
+    /// The batch's sequence number.
+    pub seq: u64,
+}
+
+/// One sample.
+#[derive(Serialize)]
+pub struct SampleJson<'a> {
+    /// The metric's name.
+    pub name: &'a str,
+    /// Its tags.
+    pub tags: TagsJson<'a>,
+    /// When it was taken, RFC 3339.
+    pub timestamp: String,
+    /// The value; `null` if not finite.
+    pub value: Option<f64>,
+}
+
+/// A metric batch, typed.
+pub fn metrics(batch: &MetricBatch, received_ms: i64) -> MetricsJson<'_> {
+    MetricsJson {
+        data: MetricBatchJson {
+            labels: tags(&batch.labels),
+            samples: batch.samples.iter().map(sample).collect(),
+            seq: batch.seq,
+        },
+        host: &batch.host,
+        kind: "metrics",
+        timestamp: to_rfc3339(received_ms),
+        version: JSON_VERSION,
+    }
+}
+
+/// One sample, typed.
+fn sample(s: &Sample) -> SampleJson<'_> {
+    SampleJson {
+        name: &s.name,
+        tags: tags(&s.tags),
+        timestamp: to_rfc3339(s.ts_ms),
+        value: s.value.is_finite().then_some(s.value),
+    }
 }
 
 /// A feed entry, typed.

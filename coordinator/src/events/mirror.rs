@@ -24,15 +24,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
-use serde_json::{json, Map, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
-use vigil_shared::time::to_rfc3339;
 use vigil_shared::topics;
 use vigil_shared::wire::MetricBatch;
 
-use crate::events::json::tags_json;
-use crate::events::json::{entry_json, JSON_VERSION};
+use crate::events::json;
 use crate::store::feed::{Feed, FeedEntry, FeedEvent};
 use crate::telemetry::Telemetry;
 
@@ -212,24 +209,15 @@ impl MetricsTap {
     }
 }
 
-/// A metric batch as JSON.
-pub fn metrics_json(batch: &MetricBatch, received_ms: i64) -> Value {
-    json!({
-        "version": JSON_VERSION,
-        "kind": "metrics",
-        "host": batch.host,
-        "timestamp": to_rfc3339(received_ms),
-        "data": {
-            "seq": batch.seq,
-            "labels": tags_json(&batch.labels),
-            "samples": batch.samples.iter().map(|s| json!({
-                "name": s.name,
-                "value": if s.value.is_finite() { json!(s.value) } else { Value::Null },
-                "timestamp": to_rfc3339(s.ts_ms),
-                "tags": Value::Object(s.tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<_, _>>()),
-            })).collect::<Vec<_>>(),
-        },
-    })
+/// A metric batch as JSON (see [`crate::events::json::metrics`]).
+pub fn metrics_json(batch: &MetricBatch, received_ms: i64) -> Vec<u8> {
+    to_bytes(&json::metrics(batch, received_ms))
+}
+
+/// The JSON text of a typed shape (the shapes hold only strings, numbers and maps: they
+/// always serialize).
+fn to_bytes<T: serde::Serialize>(shape: &T) -> Vec<u8> {
+    serde_json::to_vec(shape).unwrap_or_default()
 }
 
 /// Starts the mirror on its own connection (`options`) if any stream is on; returns the
@@ -298,15 +286,12 @@ async fn publish(
     stream: Stream,
     key: &str,
     qos: QoS,
-    body: &Value,
+    body: Vec<u8>,
 ) {
     // Retained streams say a current state: a host's online state, a drift state.
     let topic = topics::json(stream.as_str(), key);
     let retain = matches!(stream, Stream::Hosts | Stream::Drift);
-    match client
-        .publish(topic, qos, retain, body.to_string().into_bytes())
-        .await
-    {
+    match client.publish(topic, qos, retain, body).await {
         Ok(()) => telemetry
             .json_mirror_messages
             .with_label_values(&[stream.as_str()])
@@ -337,15 +322,7 @@ async fn mirror_metrics(
             _ = stop.changed() => return,
         };
         let body = metrics_json(&batch, received_ms);
-        publish(
-            &client,
-            &telemetry,
-            Stream::Metrics,
-            &batch.host,
-            qos,
-            &body,
-        )
-        .await;
+        publish(&client, &telemetry, Stream::Metrics, &batch.host, qos, body).await;
     }
 }
 
@@ -381,7 +358,7 @@ async fn mirror_feed(
                 stream,
                 &Stream::topic_key(&entry),
                 *qos,
-                &entry_json(&entry),
+                to_bytes(&json::entry(&entry)),
             )
             .await;
         }
@@ -468,11 +445,49 @@ mod tests {
                 tags: vec![("core".into(), "0".into())],
             }],
         };
-        let json = metrics_json(&batch, 1_700_000_000_100);
+        let json: serde_json::Value =
+            serde_json::from_slice(&metrics_json(&batch, 1_700_000_000_100)).unwrap();
         assert_eq!(json["version"], 1);
         assert_eq!(json["kind"], "metrics");
         assert_eq!(json["data"]["labels"]["role"], "web");
         assert_eq!(json["data"]["samples"][0]["value"], 12.5);
         assert_eq!(json["data"]["samples"][0]["tags"]["core"], "0");
+    }
+
+    #[test]
+    fn metric_batches_keep_their_key_order_and_null_for_non_finite_values() {
+        let sample = |value: f64, tags: Vec<(String, String)>| vigil_shared::wire::Sample {
+            name: "load1".into(),
+            value,
+            ts_ms: 1_700_000_000_000,
+            tags,
+        };
+        let batch = MetricBatch {
+            host: "db-1".into(),
+            seq: 9,
+            sent_at_ms: 0,
+            labels: vec![("zone".into(), "b".into()), ("role".into(), "db".into())],
+            samples: vec![
+                sample(f64::NAN, vec![]),
+                sample(
+                    0.25,
+                    vec![
+                        ("b".into(), "1".into()),
+                        ("a".into(), "2".into()),
+                        ("b".into(), "3".into()),
+                    ],
+                ),
+            ],
+        };
+        let text = String::from_utf8(metrics_json(&batch, 1_700_000_000_100)).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"data":{"labels":{"role":"db","zone":"b"},"samples":["#,
+                r#"{"name":"load1","tags":{},"timestamp":"2023-11-14T22:13:20.000Z","value":null},"#,
+                r#"{"name":"load1","tags":{"a":"2","b":"3"},"timestamp":"2023-11-14T22:13:20.000Z","value":0.25}"#,
+                r#"],"seq":9},"host":"db-1","kind":"metrics","timestamp":"2023-11-14T22:13:20.100Z","version":1}"#
+            )
+        );
     }
 }
