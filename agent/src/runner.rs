@@ -18,6 +18,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
+use vigil_service::dir_watch;
 use vigil_shared::agent_auth::Sealer;
 use vigil_shared::policy::{ActionKind, Policy};
 use vigil_shared::time::now_ms;
@@ -250,9 +251,13 @@ pub async fn run(
         samples_tx,
     ));
     // The directory is read again when its watch says it may have changed.
-    let mut policy_changes = policy_dir
-        .as_ref()
-        .map(|dir| crate::policy::dir_watch::spawn(dir.path().to_path_buf()));
+    let mut policy_changes = policy_dir.as_ref().map(|dir| {
+        dir_watch::spawn(
+            dir.path().to_path_buf(),
+            dir_watch::Depth::Flat,
+            "the policy directory",
+        )
+    });
     let mut queue_status_every = tokio::time::interval(QUEUE_STATUS_EVERY);
     queue_status_every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // First refresh soon after start, so the runner status shows evaluations at once.

@@ -11,7 +11,10 @@
 //!   directories with the right owner and mode, a system user, and `systemctl`;
 //!   [`systemd_service`]: a program's binary, unit file and state in systemd, whether it
 //!   came from the Debian package or from a static binary.
+//! - [`dir_watch`]: when to look at a directory of configuration files again (inotify,
+//!   with a slow poll where it cannot watch).
 
+pub mod dir_watch;
 pub mod install;
 pub mod limits;
 pub mod logging;
@@ -19,5 +22,5 @@ pub mod notify;
 pub mod process;
 pub mod systemd_service;
 
-pub use notify::ServiceManager;
+pub use self::notify::ServiceManager;
 pub use systemd_service::SystemdService;

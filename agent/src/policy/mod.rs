@@ -1,7 +1,8 @@
 //! What the agent should do about what it observes: which policies are in force, and
 //! their verdicts.
 //!
-//! - [`source`]: the local policy directory; [`dir_watch`]: when to look at it again.
+//! - [`source`]: the local policy directory (looked at again when
+//!   [`vigil_service::dir_watch`] says it may have changed).
 //! - [`bundle_store`]: the agent's copy of its groups' signed policy bundles;
 //!   [`bundles`]: how an offered bundle is verified and put in force.
 //! - [`set`]: how the directory's policies and the bundles' combine.
@@ -10,7 +11,6 @@
 
 pub(crate) mod bundle_store;
 pub(crate) mod bundles;
-pub(crate) mod dir_watch;
 pub(crate) mod evaluator;
 pub(crate) mod set;
 pub(crate) mod source;

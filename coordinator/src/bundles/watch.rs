@@ -1,17 +1,17 @@
-//! Watching the bundle directory: every 500 ms, a fingerprint of every file (path, size,
-//! modification time) two levels deep; any difference triggers a reload. Also republishes
-//! every bundle whenever the coordinator's MQTT connection (re)connects.
+//! Watching the bundle directory: whenever inotify says something in it or in its group
+//! folders changed ([`vigil_service::dir_watch`], which polls every few seconds where it
+//! cannot watch), a fingerprint of every file (path, size, modification time) two levels
+//! deep; any difference triggers a reload. Also republishes every bundle whenever the
+//! coordinator's MQTT connection (re)connects.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
+use vigil_service::dir_watch;
 
 use super::service::Bundles;
-
-/// How often the directory is looked at.
-pub const POLL: Duration = Duration::from_millis(500);
 
 /// One entry of a fingerprint.
 pub type Entry = (PathBuf, u64, Option<SystemTime>);
@@ -53,8 +53,9 @@ pub async fn run(bundles: Arc<Bundles>, mut stop: watch::Receiver<bool>) {
         }
         None => Vec::new(),
     };
-    let mut ticker = tokio::time::interval(POLL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = dir
+        .clone()
+        .map(|d| dir_watch::spawn(d, dir_watch::Depth::Recursive, "the bundle directory"));
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -64,7 +65,12 @@ pub async fn run(bundles: Arc<Bundles>, mut stop: watch::Receiver<bool>) {
                 }
                 bundles.republish().await;
             }
-            _ = ticker.tick(), if dir.is_some() => {
+            Some(()) = async {
+                match changes.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 let Some(dir) = dir.clone() else { continue };
                 let now = tokio::task::spawn_blocking(move || fingerprint(&dir))
                     .await

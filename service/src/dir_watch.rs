@@ -1,36 +1,55 @@
-//! Tells the runner when the policy directory may have changed, so that an unchanged
-//! directory costs nothing: an inotify watch on the directory (the `notify` crate), whose
-//! events are coalesced for [`SETTLE`] (an editor's save or a copy is several events)
-//! before the runner is woken. Where the directory cannot be watched (it does not exist
-//! yet, the host's inotify limits are reached) the runner is woken every
-//! [`FALLBACK_POLL`] instead, and watching is tried again each time; a watch that is lost
-//! (the directory was removed or renamed) is set up again the same way.
+//! Tells a reader when a directory may have changed, so that an unchanged directory
+//! costs nothing: an inotify watch on the directory (the `notify` crate), on its folders
+//! too when asked ([`Depth::Recursive`]), whose events are coalesced for [`SETTLE`] (an
+//! editor's save or a copy is several events) before the reader is woken. Where the
+//! directory cannot be watched (it does not exist yet, the host's inotify limits are
+//! reached) the reader is woken every [`FALLBACK_POLL`] instead, and watching is tried
+//! again each time; a watch that is lost (the directory was removed or renamed) is set
+//! up again the same way.
 //!
-//! A wake-up only means "look again": the runner compares the files' names, sizes and
-//! modification times ([`crate::policy::source::PolicyDir::poll`]) and reads them only
-//! when those changed. Edits to files outside the directory that policy files link to are
-//! not seen until something in the directory changes.
+//! A wake-up only means "look again": the reader compares what it read last (names,
+//! sizes, modification times) and reads the files only when those changed. Edits to
+//! files outside the directory that its files link to are not seen until something in
+//! the directory changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
-use notify::{EventKind, RecursiveMode, Watcher as _};
+use ::notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use ::notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-/// How long events are gathered before the runner is woken.
-pub(crate) const SETTLE: Duration = Duration::from_millis(100);
+/// How long events are gathered before the reader is woken.
+pub const SETTLE: Duration = Duration::from_millis(100);
 /// How often the directory is checked while it cannot be watched.
-pub(crate) const FALLBACK_POLL: Duration = Duration::from_secs(10);
+pub const FALLBACK_POLL: Duration = Duration::from_secs(10);
 
-/// Starts watching `dir`: the receiver gets one message per "look again" (the first
-/// right after the watch is set up, for anything that changed before it). The task ends
-/// when the receiver is dropped.
-pub(crate) fn spawn(dir: PathBuf) -> mpsc::Receiver<()> {
+/// How deep a watch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The directory's own entries.
+    Flat,
+    /// The directory's entries and everything in its folders, new folders included.
+    Recursive,
+}
+
+/// What is watched, for the log.
+#[derive(Debug, Clone)]
+struct Watched {
+    dir: PathBuf,
+    depth: Depth,
+    /// What the directory is, e.g. "the policy directory".
+    what: &'static str,
+}
+
+/// Starts watching `dir` (`what` names it in the log): the receiver gets one message per
+/// "look again" (the first right after the watch is set up, for anything that changed
+/// before it). The task ends when the receiver is dropped.
+pub fn spawn(dir: PathBuf, depth: Depth, what: &'static str) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(run(dir, tx, FALLBACK_POLL));
+    tokio::spawn(run(Watched { dir, depth, what }, tx, FALLBACK_POLL));
     rx
 }
 
@@ -43,7 +62,8 @@ struct Signals {
     lost: AtomicBool,
 }
 
-async fn run(dir: PathBuf, wake: mpsc::Sender<()>, fallback_poll: Duration) {
+async fn run(watched: Watched, wake: mpsc::Sender<()>, fallback_poll: Duration) {
+    let Watched { dir, depth, what } = &watched;
     let mut warned = false;
     loop {
         let (changed, mut events) = mpsc::channel(1);
@@ -51,10 +71,10 @@ async fn run(dir: PathBuf, wake: mpsc::Sender<()>, fallback_poll: Duration) {
             changed,
             lost: AtomicBool::new(false),
         });
-        match watch(&dir, signals.clone()) {
+        match watch(dir, *depth, signals.clone()) {
             Ok(watcher) => {
                 if warned {
-                    tracing::info!(dir = %dir.display(), "watching the policy directory again");
+                    tracing::info!(dir = %dir.display(), "watching {what} again");
                     warned = false;
                 }
                 // Anything that changed before the watch was set up.
@@ -72,7 +92,7 @@ async fn run(dir: PathBuf, wake: mpsc::Sender<()>, fallback_poll: Duration) {
                     }
                 }
                 drop(watcher);
-                tracing::debug!(dir = %dir.display(), "lost the watch on the policy directory");
+                tracing::debug!(dir = %dir.display(), "lost the watch on {what}");
                 // Watch again at once (a directory replaced by a new one).
                 tokio::time::sleep(SETTLE).await;
                 continue;
@@ -80,8 +100,7 @@ async fn run(dir: PathBuf, wake: mpsc::Sender<()>, fallback_poll: Duration) {
             Err(e) if !warned => {
                 tracing::warn!(
                     dir = %dir.display(),
-                    "cannot watch the policy directory, checking it every {fallback_poll:?} \
-                     instead: {e}"
+                    "cannot watch {what}, checking it every {fallback_poll:?} instead: {e}"
                 );
                 warned = true;
             }
@@ -94,32 +113,41 @@ async fn run(dir: PathBuf, wake: mpsc::Sender<()>, fallback_poll: Duration) {
     }
 }
 
-/// Watches `dir` (not its subdirectories), passing relevant events on to `signals`.
-fn watch(dir: &Path, signals: Arc<Signals>) -> notify::Result<notify::RecommendedWatcher> {
+/// Watches `dir` to `depth`, passing relevant events on to `signals`.
+fn watch(
+    dir: &Path,
+    depth: Depth,
+    signals: Arc<Signals>,
+) -> ::notify::Result<::notify::RecommendedWatcher> {
     let own = dir.to_path_buf();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match &event {
-            Ok(event) => {
-                if lost_itself(event, &own) {
-                    signals.lost.store(true, Ordering::Release);
+    let mut watcher =
+        ::notify::recommended_watcher(move |event: ::notify::Result<::notify::Event>| {
+            let relevant = match &event {
+                Ok(event) => {
+                    if lost_itself(event, &own) {
+                        signals.lost.store(true, Ordering::Release);
+                    }
+                    !read_only(&event.kind)
                 }
-                !read_only(&event.kind)
+                Err(_) => {
+                    signals.lost.store(true, Ordering::Release);
+                    true
+                }
+            };
+            if relevant {
+                // Full: a wake-up is already pending.
+                let _ = signals.changed.try_send(());
             }
-            Err(_) => {
-                signals.lost.store(true, Ordering::Release);
-                true
-            }
-        };
-        if relevant {
-            // Full: a wake-up is already pending.
-            let _ = signals.changed.try_send(());
-        }
-    })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        })?;
+    let mode = match depth {
+        Depth::Flat => RecursiveMode::NonRecursive,
+        Depth::Recursive => RecursiveMode::Recursive,
+    };
+    watcher.watch(dir, mode)?;
     Ok(watcher)
 }
 
-/// Events of reading alone (the runner's own reads of the files among them).
+/// Events of reading alone (the reader's own reads of the files among them).
 fn read_only(kind: &EventKind) -> bool {
     matches!(
         kind,
@@ -130,7 +158,7 @@ fn read_only(kind: &EventKind) -> bool {
 }
 
 /// Whether `event` says the watched directory itself was removed or moved away.
-fn lost_itself(event: &notify::Event, dir: &Path) -> bool {
+fn lost_itself(event: &::notify::Event, dir: &Path) -> bool {
     let about_dir = event.paths.iter().any(|p| p == dir);
     about_dir
         && matches!(
@@ -164,7 +192,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("policies");
         std::fs::create_dir(&dir).unwrap();
-        let mut rx = spawn(dir.clone());
+        let mut rx = spawn(dir.clone(), Depth::Flat, "the test directory");
         woken(&mut rx, Duration::from_secs(5)).await; // the first look
         quiet(&mut rx, Duration::from_millis(500)).await;
 
@@ -190,11 +218,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_recursive_watch_sees_changes_in_folders_new_and_old() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("bundles");
+        std::fs::create_dir_all(dir.join("web")).unwrap();
+        let mut rx = spawn(dir.clone(), Depth::Recursive, "the test directory");
+        woken(&mut rx, Duration::from_secs(5)).await; // the first look
+        quiet(&mut rx, Duration::from_millis(500)).await;
+        std::fs::write(dir.join("web/cpu.yaml"), "policies: []\n").unwrap();
+        woken(&mut rx, Duration::from_secs(5)).await;
+        quiet(&mut rx, Duration::from_millis(300)).await;
+        // A folder made after the watch began is watched too.
+        std::fs::create_dir(dir.join("db")).unwrap();
+        woken(&mut rx, Duration::from_secs(5)).await;
+        quiet(&mut rx, Duration::from_millis(300)).await;
+        std::fs::write(dir.join("db/group.yaml"), "selector: {role: db}\n").unwrap();
+        woken(&mut rx, Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
     async fn a_directory_that_cannot_be_watched_is_polled_until_it_can() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("later");
         let (tx, mut rx) = mpsc::channel(1);
-        tokio::spawn(run(dir.clone(), tx, Duration::from_millis(200)));
+        let watched = Watched {
+            dir: dir.clone(),
+            depth: Depth::Flat,
+            what: "the test directory",
+        };
+        tokio::spawn(run(watched, tx, Duration::from_millis(200)));
         // Missing: polled.
         woken(&mut rx, Duration::from_secs(5)).await;
         woken(&mut rx, Duration::from_secs(5)).await;
