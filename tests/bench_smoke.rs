@@ -33,6 +33,7 @@ fn every_benchmark_part_runs_and_prints_its_figures() {
         "audit query p99",
         "audit retention shortened to",
         "store growth under steady action load",
+        "bundle fan-out to 300 agents",
     ] {
         let line = stdout
             .lines()

@@ -12,7 +12,7 @@ use vigil_shared::wire::Tag;
 
 use crate::enroll::AgentLogin;
 use crate::report::Snapshot;
-use crate::virtual_agent::{self, ActionLedger, HostBatches, Identity, Plan, Shared};
+use crate::virtual_agent::{self, ActionLedger, BundleTally, HostBatches, Identity, Plan, Shared};
 
 /// Roles handed out round-robin as the `role` label, so fleets have groups to target.
 const ROLES: [&str; 3] = ["web", "db", "cache"];
@@ -162,6 +162,17 @@ impl Fleet {
         self.shared
             .counters
             .snapshot(self.started.elapsed(), self.agents)
+    }
+
+    /// How many agents applied `group`'s bundle `version`, and when the last did (agents
+    /// following bundles, [`Plan::follow_bundles`]).
+    pub fn bundle_applied(&self, group: &str, version: u64) -> Option<BundleTally> {
+        self.shared
+            .bundles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(group.to_string(), version))
+            .copied()
     }
 
     /// Asks every agent to finish (they wait for their queues to be acknowledged first).

@@ -113,6 +113,11 @@ struct SimulateArgs {
     /// Sign every message with the agent's ed25519 key (no session key handshake).
     #[arg(long)]
     signatures_only: bool,
+    /// Follow the coordinator's policy bundles as real agents do (subscribe, check each
+    /// signature, report the versions applied in the status: `/api/v1/drift`). Needs
+    /// enrolled agents (the enrollment names the coordinator's key).
+    #[arg(long)]
+    follow_bundles: bool,
     /// Print a progress line this often.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     progress: Duration,
@@ -180,6 +185,7 @@ async fn bench_main(args: BenchArgs) -> ExitCode {
             Part::Audit,
             Part::Retention,
             Part::Restart,
+            Part::Fanout,
         ]
     } else {
         args.parts
@@ -248,6 +254,7 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
             seed: args.seed,
             signatures_only: args.signatures_only,
             pattern: None,
+            follow_bundles: args.follow_bundles,
         },
         logins: Default::default(),
     };

@@ -29,6 +29,12 @@
 //! message once. A finished agent drains:
 //! it waits (up to [`DRAIN_TIMEOUT`]) until both queues are acknowledged.
 //!
+//! With [`Plan::follow_bundles`] it also follows the coordinator's policy bundles as a
+//! real agent does: it subscribes to `vigil/v1/bundles/+`, checks each bundle's signature
+//! with the coordinator's key (once per distinct message in the process: every agent gets
+//! the same one), keeps the newest version of each group its labels put it in, and
+//! reports those in a new online status, which is what `/api/v1/drift` compares.
+//!
 //! What the fleet generated is written down in [`Shared`]'s ledgers (each action's
 //! transitions, each host's batch timestamps), for [`crate::verify`] to look up one by
 //! one.
@@ -46,15 +52,15 @@ use tokio::task::JoinHandle;
 use vigil_shared::agent_auth::{AgentKey, Sealer, Taken, REKEY_EVERY};
 
 use vigil_shared::broker_url::BrokerUrl;
-use vigil_shared::bundle::PublicKey;
+use vigil_shared::bundle::{self, PublicKey, Release, SignedBundle};
 use vigil_shared::delivery::{Delivery, DeliveryAck, ResendTimer, Stream};
 use vigil_shared::mqtt::client_options;
 use vigil_shared::signed;
 use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{
-    self, ActionEvent, ActionState, AgentState, AgentStatus, MetricBatch, PolicyRunnerStatus,
-    QueueStatus, Sample, Tag,
+    self, ActionEvent, ActionState, AgentState, AgentStatus, AppliedBundle, MetricBatch,
+    PolicyRunnerStatus, QueueStatus, Sample, Tag,
 };
 
 use crate::chaos::{Chaos, Ingredient, Malformed};
@@ -121,6 +127,10 @@ pub struct Plan {
     /// A known pattern for one metric, and policies each agent evaluates on what it
     /// publishes ([`Pattern`]); `None`: random values, no evaluation.
     pub pattern: Option<Pattern>,
+    /// Follow the coordinator's policy bundles as a real agent does: subscribe to them,
+    /// check each, and report the versions of the groups it is in in its status (what
+    /// `/api/v1/drift` compares).
+    pub follow_bundles: bool,
 }
 
 /// Who one virtual agent is.
@@ -178,9 +188,76 @@ pub struct Shared {
     /// Policy → what the agents' engines decided on the published batches (with a
     /// [`Plan::pattern`]).
     pub decided: Mutex<BTreeMap<String, Decided>>,
+    /// (group, version) → how many agents applied that bundle, and when the last did
+    /// (with [`Plan::follow_bundles`]).
+    pub bundles: Mutex<BTreeMap<(String, u64), BundleTally>>,
+    /// Every bundle message checked so far, by its bytes: the bundle if it verified.
+    /// Agents in one process receive the same signed message; it is checked once.
+    checked_bundles: Mutex<HashMap<Vec<u8>, Option<Arc<Checked>>>>,
+}
+
+/// A bundle message that verified: what it releases, and its content hash.
+#[derive(Debug)]
+struct Checked {
+    release: Release,
+    hash: String,
+}
+
+/// How many virtual agents applied one bundle version.
+#[derive(Debug, Clone, Copy)]
+pub struct BundleTally {
+    /// Agents that applied it.
+    pub agents: u64,
+    /// When the last of them did.
+    pub last: Instant,
 }
 
 impl Shared {
+    /// The bundle a message carries if it verifies with `key` (checked once per distinct
+    /// message).
+    fn checked_bundle(&self, payload: &[u8], key: &PublicKey) -> Option<Arc<Checked>> {
+        let mut checked = self
+            .checked_bundles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = checked.get(payload) {
+            return known.clone();
+        }
+        let opened = wire::decode::<SignedBundle>(payload)
+            .map_err(|e| e.to_string())
+            .and_then(|signed| {
+                let release = bundle::open(&signed, key, None).map_err(|e| e.to_string())?;
+                Ok(Arc::new(Checked {
+                    release,
+                    hash: signed.hash,
+                }))
+            });
+        let opened = match opened {
+            Ok(checked) => Some(checked),
+            Err(e) => {
+                tracing::warn!("a bundle message does not verify: {e}");
+                None
+            }
+        };
+        if checked.len() >= 1024 {
+            checked.clear();
+        }
+        checked.insert(payload.to_vec(), opened.clone());
+        opened
+    }
+
+    fn record_bundle(&self, group: &str, version: u64) {
+        let mut bundles = self.bundles.lock().unwrap_or_else(PoisonError::into_inner);
+        let tally = bundles
+            .entry((group.to_string(), version))
+            .or_insert(BundleTally {
+                agents: 0,
+                last: Instant::now(),
+            });
+        tally.agents += 1;
+        tally.last = Instant::now();
+    }
+
     fn record_transition(&self, event: &ActionEvent) {
         let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
         ledger
@@ -199,6 +276,65 @@ impl Shared {
         entry.samples_per_batch = samples_per_batch;
         entry.timestamps.insert(ts_ms);
         entry.batches += 1;
+    }
+}
+
+/// An agent following the coordinator's bundles ([`Plan::follow_bundles`]): the version
+/// of each group it is in that it applied, as a real agent reports them in its status.
+struct Follower {
+    /// Who the agent is (its labels pick its groups; its status names them).
+    me: Identity,
+    /// The coordinator's key, bundles are checked with.
+    key: PublicKey,
+    /// `vigil/v1/bundles/`: where bundles arrive.
+    prefix: String,
+    /// The interval its statuses announce.
+    interval_ms: u64,
+    /// Group → the version applied.
+    applied: Mutex<BTreeMap<String, AppliedBundle>>,
+}
+
+impl Follower {
+    /// The bundles applied, for a status.
+    fn applied(&self) -> Vec<AppliedBundle> {
+        self.applied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Takes a bundle message: true if it changed what is applied (a newer version of a
+    /// group the agent is in, or a group it left or that was removed).
+    fn take(&self, payload: &[u8], shared: &Shared) -> bool {
+        let Some(checked) = shared.checked_bundle(payload, &self.key) else {
+            return false;
+        };
+        let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        match &checked.release {
+            Release::Bundle(b) if b.selects(&self.me.labels) => {
+                if applied
+                    .get(&b.group)
+                    .is_some_and(|a| a.version >= b.version)
+                {
+                    return false;
+                }
+                applied.insert(
+                    b.group.clone(),
+                    AppliedBundle {
+                        group: b.group.clone(),
+                        version: b.version,
+                        hash: checked.hash.clone(),
+                    },
+                );
+                drop(applied);
+                shared.record_bundle(&b.group, b.version);
+                true
+            }
+            Release::Bundle(b) => applied.remove(&b.group).is_some(),
+            Release::Removed(t) => applied.remove(&t.group).is_some(),
+        }
     }
 }
 
@@ -417,6 +553,7 @@ impl Session {
         shared: &Arc<Shared>,
         inbox: &Arc<AckInbox>,
         sealer: &Arc<Sealer>,
+        follower: Option<&Arc<Follower>>,
     ) -> Session {
         let (user, pass) = match (&plan.credentials, &me.login) {
             (Some((u, p)), _) => (Some(u.as_str()), Some(p.as_str())),
@@ -432,7 +569,12 @@ impl Session {
             None,
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
-        let offline = status(me, AgentState::Offline);
+        let offline = status(
+            me,
+            AgentState::Offline,
+            announced_interval_ms(plan),
+            follower.map(|f| f.applied()).unwrap_or_default(),
+        );
         options.set_last_will(LastWill::new(
             topics::agent(&me.host, AgentChannel::Status),
             sealer.seal_will(wire::encode(&offline)),
@@ -451,6 +593,12 @@ impl Session {
                 tracing::warn!(host = %me.host, "cannot subscribe to session key answers: {e}");
             }
         }
+        if follower.is_some() {
+            let filter = topics::bundle("+");
+            if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                tracing::warn!(host = %me.host, "cannot subscribe to policy bundles: {e}");
+            }
+        }
         let (dead_tx, dead) = watch::channel(false);
         let connected = Arc::new(AtomicBool::new(false));
         let closing = Arc::new(AtomicBool::new(false));
@@ -461,6 +609,7 @@ impl Session {
             let closing = Arc::clone(&closing);
             let hello_sealer = Arc::clone(sealer);
             let client = client.clone();
+            let status_client = client.clone();
             let hello = move || {
                 if let Some(payload) = hello_sealer.hello() {
                     let _ =
@@ -468,6 +617,8 @@ impl Session {
                 }
             };
             let sealer = Arc::clone(sealer);
+            let follower = follower.cloned();
+            let status_topic = topics::agent(&me.host, AgentChannel::Status);
             tokio::spawn(async move {
                 // A Hello is due at `due`: every REKEY_EVERY, and again after an
                 // unanswered one (HELLO_RETRY, doubling up to REKEY_EVERY), as a real
@@ -524,6 +675,34 @@ impl Session {
                         Ok(Event::Incoming(Packet::Publish(p))) if p.topic == inbox.topic => {
                             inbox.take(&p.payload, &shared);
                         }
+                        Ok(Event::Incoming(Packet::Publish(p)))
+                            if follower
+                                .as_ref()
+                                .is_some_and(|f| p.topic.starts_with(&f.prefix)) =>
+                        {
+                            let Some(follower) = &follower else { continue };
+                            if follower.take(&p.payload, &shared) {
+                                let online = status(
+                                    &follower.me,
+                                    AgentState::Online,
+                                    follower.interval_ms,
+                                    follower.applied(),
+                                );
+                                let payload =
+                                    sealer.seal(AgentChannel::Status, wire::encode(&online));
+                                if status_client
+                                    .try_publish(
+                                        status_topic.clone(),
+                                        QoS::AtLeastOnce,
+                                        true,
+                                        payload,
+                                    )
+                                    .is_ok()
+                                {
+                                    Counters::inc(&shared.counters.statuses);
+                                }
+                            }
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             if !closing.load(Ordering::Relaxed) {
@@ -575,16 +754,33 @@ impl Session {
     }
 }
 
-fn status(me: &Identity, state: AgentState) -> AgentStatus {
+/// The interval a status announces: the plan's (the coordinator takes a host that says
+/// nothing for three intervals as silent), within what the coordinator accepts; 1 s for
+/// an agent generating as fast as it can.
+fn announced_interval_ms(plan: &Plan) -> u64 {
+    if plan.interval.is_zero() {
+        return 1000;
+    }
+    u64::try_from(plan.interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(100, 86_400_000)
+}
+
+fn status(
+    me: &Identity,
+    state: AgentState,
+    interval_ms: u64,
+    bundles: Vec<AppliedBundle>,
+) -> AgentStatus {
     AgentStatus {
         host: me.host.clone(),
         state,
         agent_version: concat!("vigil-sim ", env!("CARGO_PKG_VERSION")).into(),
         started_at_ms: now_ms(),
         sent_at_ms: now_ms(),
-        interval_ms: 1000,
+        interval_ms,
         labels: me.labels.clone(),
-        bundles: Vec::new(),
+        bundles,
         bundle_error: None,
         remediation_paused: false,
         detail: Some("simulated".into()),
@@ -788,6 +984,24 @@ pub async fn run(
         actions: topics::agent(&me.host, AgentChannel::Actions),
         status: topics::agent(&me.host, AgentChannel::Status),
     };
+    let follower = if plan.follow_bundles {
+        match coordinator_key(&me) {
+            Some(key) => Some(Arc::new(Follower {
+                me: me.clone(),
+                key,
+                prefix: topics::bundle(""),
+                interval_ms: announced_interval_ms(&plan),
+                applied: Mutex::new(BTreeMap::new()),
+            })),
+            None => {
+                tracing::warn!(host = %me.host, "no coordinator key from enrollment: bundles are not followed");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let applied = || follower.as_ref().map(|f| f.applied()).unwrap_or_default();
     let started = Instant::now();
     // As a real agent's evaluator: the engine on every batch published.
     let mut live = plan
@@ -815,10 +1029,15 @@ pub async fn run(
     };
 
     'sessions: loop {
-        let session = Session::open(&me, &plan, &shared, &inbox, &sealer);
+        let session = Session::open(&me, &plan, &shared, &inbox, &sealer, follower.as_ref());
         let online = sealer.seal(
             AgentChannel::Status,
-            wire::encode(&status(&me, AgentState::Online)),
+            wire::encode(&status(
+                &me,
+                AgentState::Online,
+                announced_interval_ms(&plan),
+                applied(),
+            )),
         );
         if session.publish(&agent_topics.status, true, online).await {
             Counters::inc(&shared.counters.statuses);
@@ -867,7 +1086,12 @@ pub async fn run(
                     }
                     let offline = sealer.seal(
                         AgentChannel::Status,
-                        wire::encode(&status(&me, AgentState::Offline)),
+                        wire::encode(&status(
+                            &me,
+                            AgentState::Offline,
+                            announced_interval_ms(&plan),
+                            applied(),
+                        )),
                     );
                     if session.publish(&agent_topics.status, true, offline).await {
                         Counters::inc(&shared.counters.statuses);

@@ -805,7 +805,7 @@ fn parse_status(text: &str) -> Option<(u64, u64)> {
 }
 
 /// One `Name:   123 kB` field of `/proc/<pid>/status`, in KiB.
-fn status_kib(text: &str, name: &str) -> Option<u64> {
+pub(crate) fn status_kib(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().strip_suffix("kB"))

@@ -257,6 +257,7 @@ async fn measure(
             seed: 7,
             signatures_only,
             pattern: None,
+            follow_bundles: false,
         },
         logins: Default::default(),
     };

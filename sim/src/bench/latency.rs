@@ -105,6 +105,7 @@ async fn measure(
             batches_per_agent: None,
             seed: 3,
             signatures_only: false,
+            follow_bundles: false,
             pattern: None,
         },
         logins: Default::default(),

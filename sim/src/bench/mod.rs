@@ -8,9 +8,10 @@
 //! agent's memory and CPU, next to Monit's), [`audit`] (REST audit query over a large audit trail),
 //! [`retention`] (audit retention on a large store, and the store's size under steady load),
 //! [`restart`] (a killed container running again through a real agent, vs Docker's own
-//! `--restart=always`).
+//! `--restart=always`), [`fanout`] (a changed bundle group until 10,000 agents are in sync).
 
 pub mod audit;
+pub mod fanout;
 pub mod footprint;
 pub mod ingest;
 pub mod latency;
@@ -105,6 +106,8 @@ pub enum Part {
     Retention,
     /// A killed container running again: the agent vs Docker's restart policy.
     Restart,
+    /// A changed bundle group until every agent is in sync.
+    Fanout,
 }
 
 /// Runs `parts` in order, printing each figure as it is measured; returns them all.
@@ -118,6 +121,7 @@ pub async fn run(env: &BenchEnv, parts: &[Part]) -> Result<Vec<Figure>, BenchErr
             Part::Audit => audit::run(env).await?,
             Part::Retention => retention::run(env).await?,
             Part::Restart => restart::run(env).await?,
+            Part::Fanout => fanout::run(env).await?,
         };
         for figure in &figures {
             println!("{figure}");

@@ -311,6 +311,7 @@ async fn load(
             batches_per_agent: None,
             seed: 11,
             signatures_only: false,
+            follow_bundles: false,
             pattern: None,
         },
         logins: Default::default(),
