@@ -322,7 +322,14 @@ async fn an_agent_enrolls_with_a_one_time_join_token() {
         ],
         dir.path(),
     );
-    let entry = wait_reporting(&c.http, "idt-joined").await;
+    wait_reporting(&c.http, "idt-joined").await;
+    // Metrics can be stored before the agent's status (which carries its labels) is in.
+    let entry = wait_for("idt-joined with the join token's labels", WAIT, || async {
+        host_detail(&c.http, "idt-joined")
+            .await
+            .filter(|h| h["agent_version"].is_string())
+    })
+    .await;
     assert_eq!(entry["labels"]["role"], "web", "{entry}");
     let identity = agent_data.join("identity.json");
     let mode = std::fs::metadata(&identity)

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use vigil_tests::slow_link::SlowLink;
 use vigil_tests::{
     get_json, post_raw, start_agent_with, start_coordinator, wait_for, Proc, TestDir,
 };
@@ -198,4 +199,52 @@ async fn a_damaged_metric_buffer_segment_is_set_aside_and_the_agent_starts_and_s
     .await;
     drop(agent);
     coordinator.proc.stop();
+}
+
+/// An agent 300 ms from its broker each way (a CONNECT takes 600 ms to be answered, more
+/// than the agent's timers between polls): each of its two connections (link and outbox)
+/// is made once, and its status and metrics come through.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_on_a_slow_link_connects_once_per_connection_and_reports() {
+    let dir = TestDir::new();
+    let c = start_coordinator(&dir, None, &[]).await;
+    let broker: std::net::SocketAddr = format!("127.0.0.1:{}", vigil_tests::broker_port(&c.broker))
+        .parse()
+        .expect("broker address");
+    let link = SlowLink::start(broker, Duration::from_millis(300)).await;
+    let host = "slow-link";
+    let agent = start_agent(
+        &dir,
+        host,
+        &format!("mqtt://127.0.0.1:{}", link.port),
+        "200ms",
+        &[],
+    );
+    let detail = wait_for("the slow agent's status and metrics", WAIT, || async {
+        let (status, body) = get_json(&format!("{}/api/v1/hosts/{host}", c.http)).await;
+        (status == 200
+            && body["agent_version"].is_string()
+            && body["metric_count"].as_u64() > Some(0))
+        .then_some(body)
+    })
+    .await;
+    assert_eq!(detail["state"], "online", "{detail}");
+    // A few more round trips: nothing reconnects.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+    let lost: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("broker connection failed") || l.contains("delivery lost the broker")
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "connections lost on the slow link: {lost:#?}"
+    );
+    assert_eq!(
+        link.connections(),
+        2,
+        "the agent's link and outbox should each connect once"
+    );
 }

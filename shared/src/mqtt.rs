@@ -1,5 +1,13 @@
 //! MQTT client settings both agents and the coordinator use, so that keep-alive, packet
 //! size limits, credentials and TLS are handled one way.
+//!
+//! # Polling
+//! A rumqttc `EventLoop::poll` that is connecting (TCP, TLS, CONNECT, CONNACK) is not
+//! cancel safe: dropped before it returns, it drops the half-made connection, and the
+//! next poll starts another. A loop that selects over the poll and a timer therefore
+//! enables its other arms only while connected: else a timer shorter than a connection
+//! takes (a slow link, a TLS handshake) cancels every attempt, and the broker sees the
+//! client id log in twice (and drops one of the two sessions).
 
 use std::time::Duration;
 

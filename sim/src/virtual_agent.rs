@@ -639,7 +639,8 @@ impl Session {
                                 Some(at) => tokio::time::sleep_until(at).await,
                                 None => std::future::pending().await,
                             }
-                        }, if handshakes => {
+                        }, if handshakes && connected.load(Ordering::Relaxed) => {
+                            // (Only while connected: a connecting poll is not cancelled.)
                             due = send_hello(&mut retry);
                             continue;
                         }

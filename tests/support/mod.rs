@@ -12,6 +12,7 @@
 //! - [`monitoring`]: Debian's real Prometheus and Alertmanager, and `promtool`.
 //! - [`json_schema`]: the JSON topics' schemas and a validator.
 //! - [`journal`]: a systemd container's journal, entry by entry (`journalctl -o json`).
+//! - [`slow_link`]: a TCP link with latency, for clients on slow networks.
 
 use std::path::Path;
 
@@ -25,6 +26,7 @@ pub mod journal;
 pub mod json_schema;
 pub mod monitoring;
 pub mod packaging;
+pub mod slow_link;
 pub mod systemd;
 
 /// A test's stand-in for an agent: an enrolled identity, its MQTT login and its sealer,

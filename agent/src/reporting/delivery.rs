@@ -252,8 +252,10 @@ impl DeliveryTask {
                         Ok(_) => {}
                         Err(e) => break Err(e.to_string()),
                     },
-                    _ = self.signal.notified() => {}
-                    _ = tick.tick() => {
+                    // Only while connected: a poll that is connecting must not be
+                    // cancelled (vigil_shared::mqtt, "Polling").
+                    _ = self.signal.notified(), if connected => {}
+                    _ = tick.tick(), if connected => {
                         if last_sync.elapsed() >= SYNC_EVERY {
                             last_sync = Instant::now();
                             self.sync_spool();

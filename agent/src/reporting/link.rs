@@ -290,7 +290,8 @@ async fn drive(
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
-            _ = check.tick(), if handshakes => {
+            // Only while connected: a poll that is connecting must not be cancelled.
+            _ = check.tick(), if handshakes && connected.load(Ordering::Relaxed) => {
                 let since = last_hello.elapsed();
                 let due = since >= REKEY_EVERY || (!answered && since >= retry);
                 if due && connected.load(Ordering::Relaxed) {

@@ -183,6 +183,9 @@ pub async fn run(
     let mut unsent: VecDeque<Publish> = VecDeque::new();
     let mut suback_wanted = 0usize;
     let mut redeliver_at: Option<tokio::time::Instant> = None;
+    // The arms other than the poll wait while it connects: a connecting poll must not be
+    // cancelled (vigil_shared::mqtt, "Polling").
+    let mut connected = false;
     loop {
         while let Some(publish) = unsent.front() {
             if client.try_ack(publish).is_err() {
@@ -205,7 +208,7 @@ pub async fn run(
                     Some(answer) => answer.await,
                     None => std::future::pending().await,
                 }
-            } => {
+            }, if connected => {
                 if let Some(done) = pending.pop_front() {
                     let stored = matches!(answer, Ok(Ok(_)));
                     settle(&client, done.publish, stored, &mut unsent, &telemetry, &mut redeliver_at);
@@ -217,7 +220,7 @@ pub async fn run(
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
-            } => {
+            }, if connected => {
                 redeliver_at = None;
                 tracing::warn!(
                     unacknowledged = pending.len(),
@@ -232,6 +235,7 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                connected = true;
                 reconnect.connected();
                 // What was waiting belongs to the old connection: the broker sends it again.
                 pending.clear();
@@ -277,6 +281,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                connected = false;
                 pending.clear();
                 unsent.clear();
                 reconnect.failed(&e).await;

@@ -220,6 +220,7 @@ impl SystemdExecutor {
                     .await
                     .map_err(|e| self.call_error(&e, unit, verb))?;
                 if now.active != "active" || now.main_pid != state.main_pid {
+                    let now = landed(&bus, unit, now).await;
                     return Err(failed(format!(
                         "{unit} did not stay up after {}: it is {}",
                         verb.name,
@@ -334,6 +335,29 @@ async fn read_state(bus: &Systemd, unit: &str) -> zbus::Result<UnitState> {
     }
     Ok(state)
 }
+
+/// Where a unit that did not stay up lands. The unit's and the service's properties are
+/// two reads, so a process that exits between them can read as
+/// "active (running)" with no main PID; read again (for up to [`LANDING`]) until systemd
+/// has moved the unit on.
+async fn landed(bus: &Systemd, unit: &str, mut state: UnitState) -> UnitState {
+    let until = Instant::now() + LANDING;
+    while state.active == "active"
+        && state.sub == "running"
+        && state.main_pid == 0
+        && Instant::now() < until
+    {
+        tokio::time::sleep(POLL).await;
+        match read_state(bus, unit).await {
+            Ok(now) => state = now,
+            Err(_) => break,
+        }
+    }
+    state
+}
+
+/// How long [`landed`] waits for a unit that lost its process to leave "active".
+const LANDING: Duration = Duration::from_secs(1);
 
 /// `Unavailable` for a lost connection, else `Failed`.
 fn lost_or_failed(error: &zbus::Error) -> ExecError {
