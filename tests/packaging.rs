@@ -300,7 +300,8 @@ async fn static_agent_runs_alone_in_a_scratch_container() {
             .as_array()
             .and_then(|hosts| hosts.iter().find(|h| h["host"] == agent_host.as_str()))
             .cloned();
-        if let Some(entry) = entry.filter(|e| e["online"] == true) {
+        if let Some(entry) = entry.filter(|e| e["online"] == true && e["agent_version"].is_string())
+        {
             break entry;
         }
         assert!(

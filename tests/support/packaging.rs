@@ -417,7 +417,12 @@ pub fn host_online_inside(
         .and_then(|hosts| hosts.iter().find(|h| h["host"] == host))
         .cloned();
     match entry {
-        Some(entry) if status == 200 && entry["online"] == true => Ok(entry),
+        // Online with its status in (metrics stored first make a host online without it).
+        Some(entry)
+            if status == 200 && entry["online"] == true && entry["agent_version"].is_string() =>
+        {
+            Ok(entry)
+        }
         _ => Err(format!(
             "GET /api/v1/hosts answered {status}, host `{host}` not online: {body}"
         )),
