@@ -228,7 +228,9 @@ pub async fn run(
                 );
                 pending.clear();
                 unsent.clear();
+                // Dropped the connection: the next poll makes a new one.
                 eventloop.clean();
+                connected = false;
                 continue;
             }
             event = eventloop.poll() => event,
