@@ -87,12 +87,15 @@ async fn host_detail(http: &str, host: &str) -> Option<Value> {
     (status == 200).then_some(body)
 }
 
-/// Waits until `host` is online with at least one metric stored.
+/// Waits until `host` is online with its status in (metrics stored first do not bring
+/// it) and at least one metric stored.
 async fn wait_reporting(http: &str, host: &str) -> Value {
     wait_for(&format!("{host} online and reporting"), WAIT, || async {
-        host_detail(http, host)
-            .await
-            .filter(|h| h["online"] == true && h["metric_count"].as_u64() > Some(0))
+        host_detail(http, host).await.filter(|h| {
+            h["online"] == true
+                && h["agent_version"].is_string()
+                && h["metric_count"].as_u64() > Some(0)
+        })
     })
     .await
 }
@@ -322,14 +325,7 @@ async fn an_agent_enrolls_with_a_one_time_join_token() {
         ],
         dir.path(),
     );
-    wait_reporting(&c.http, "idt-joined").await;
-    // Metrics can be stored before the agent's status (which carries its labels) is in.
-    let entry = wait_for("idt-joined with the join token's labels", WAIT, || async {
-        host_detail(&c.http, "idt-joined")
-            .await
-            .filter(|h| h["agent_version"].is_string())
-    })
-    .await;
+    let entry = wait_reporting(&c.http, "idt-joined").await;
     assert_eq!(entry["labels"]["role"], "web", "{entry}");
     let identity = agent_data.join("identity.json");
     let mode = std::fs::metadata(&identity)
