@@ -1,14 +1,15 @@
 //! Delivery from a real agent to a real coordinator through the faults that happen to an
-//! agent itself: SIGKILLs while actions are queued, a damaged metric buffer, and what the
-//! agent says about them. (Coordinator, broker and network faults: `tests/faults.rs`.)
+//! agent itself: SIGKILLs while actions are queued and while metric batches flow, a
+//! damaged metric buffer, a slow link, and what the agent says about them. (Coordinator, broker and network faults: `tests/faults.rs`.)
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use vigil_tests::faults::{not_increasing, stored_timestamps, SpoolOnDisk};
 use vigil_tests::slow_link::SlowLink;
 use vigil_tests::{
-    get_json, post_raw, start_agent_with, start_coordinator, wait_for, Proc, TestDir,
+    get_json, metric, post_raw, start_agent_with, start_coordinator, wait_for, Proc, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -138,6 +139,76 @@ async fn actions_queued_through_twenty_agent_sigkills_each_end_exactly_once() {
     })
     .await;
     drop(agent);
+    coordinator.proc.stop();
+}
+
+/// The agent writes its metric buffer's acknowledged position with the buffer's sync (every
+/// 2 s), not at each acknowledgement: an agent SIGKILLed in between sends the batches
+/// acknowledged since then again when it starts. The coordinator knows them by their place
+/// in its window and stores each batch once; none is lost.
+#[tokio::test]
+async fn metric_batches_acknowledged_before_an_agent_sigkill_go_again_and_are_stored_once() {
+    let dir = TestDir::new();
+    let coordinator = start_coordinator(&dir, None, &[]).await;
+    let http = coordinator.http.clone();
+    let host = "dl-ack-kill";
+    let data = data_dir(&dir, host);
+    let since_ms = vigil_shared::time::now_ms() - 1_000;
+    let duplicates = r#"vigil_delivery_redelivered_total{outcome="duplicate",stream="metrics"}"#;
+    for round in 0..3u64 {
+        let agent = start_agent(&dir, host, &coordinator.broker, "100ms", &[]);
+        wait_for("agent reporting", WAIT, || async {
+            vigil_tests::host_entry(&http, host)
+                .await
+                .filter(|h| h["online"] == true && h["agent_version"].is_string())
+        })
+        .await;
+        // Somewhere between two syncs of the buffer.
+        tokio::time::sleep(Duration::from_millis(1_500 + round * 450)).await;
+        agent.kill();
+        eprintln!(
+            "round {round}: killed; the buffer on disk: {:?}",
+            SpoolOnDisk::read(&data)
+        );
+    }
+    // One more start that takes one sample and sends what is held, then a stop in order.
+    let agent = start_agent(&dir, host, &coordinator.broker, "1h", &[]);
+    wait_for("the buffer delivered", WAIT, || async {
+        let disk = SpoolOnDisk::read(&data);
+        (disk.held == 0 && disk.acked > 0).then_some(())
+    })
+    .await;
+    agent.stop();
+    let disk = SpoolOnDisk::read(&data);
+    let token = vigil_tests::token_for(&http);
+    let stored = stored_timestamps(
+        &http,
+        token.as_deref(),
+        host,
+        "cpu_percent",
+        since_ms,
+        vigil_shared::time::now_ms() + 60_000,
+    )
+    .await
+    .expect("stored points");
+    let sent_again = metric(&http, duplicates).await;
+    eprintln!(
+        "{} batches made, {} stored, {sent_again} acknowledged batches sent again and not \
+         stored twice",
+        disk.generated(),
+        stored.len()
+    );
+    assert_eq!(
+        stored.len() as u64,
+        disk.generated(),
+        "every batch stored once, none lost: {disk:?}"
+    );
+    assert_eq!(not_increasing(&stored), 0, "no batch stored twice");
+    assert!(
+        sent_again > 0.0,
+        "batches acknowledged before a kill were sent again (the acknowledged position on \
+         disk lags by up to one sync)"
+    );
     coordinator.proc.stop();
 }
 

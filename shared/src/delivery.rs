@@ -90,6 +90,11 @@ impl ResendTimer {
         self.since = Instant::now();
     }
 
+    /// When the wait is over (see [`ResendTimer::expired`]).
+    pub fn deadline(&self) -> Instant {
+        self.since + self.wait
+    }
+
     /// Whether the wait is over; if so, returns how long it was and starts the next,
     /// twice as long (up to [`RESEND_MAX`]). Call it only while messages wait for an
     /// acknowledgement.

@@ -37,7 +37,8 @@ use crate::acting::store::{AgentStore, OutboxSignal, StorageAlarm};
 /// window, [`vigil_shared::delivery::WINDOW`]).
 pub const IN_FLIGHT: u64 = 256;
 
-/// How often the spool's newest segment is synced to disk.
+/// How often the spool's newest segment is synced to disk, and its acknowledged position
+/// written, when they changed.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
 
 /// Most messages read from a queue at once.
@@ -133,6 +134,8 @@ struct Cursor {
     next: u64,
     /// When to send the unacknowledged messages again.
     resend: ResendTimer,
+    /// Whether messages sent wait for an acknowledgement (as of the last fill).
+    waiting: bool,
 }
 
 /// When to send everything unacknowledged again because the session key changed. A
@@ -203,6 +206,7 @@ impl DeliveryTask {
             stream,
             next: 0,
             resend: ResendTimer::default(),
+            waiting: false,
         });
         let mut last_sync = Instant::now();
         let mut rekeyed = AfterRekey::new(&self.sealer);
@@ -212,7 +216,9 @@ impl DeliveryTask {
             }
             let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 512);
             let mut connected = false;
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            // No timer runs while nothing is due: the task wakes for a new message (the
+            // signal), an acknowledgement, or the next sync or resend deadline.
+            let mut due: Option<Instant> = None;
             let result: Result<(), String> = loop {
                 tokio::select! {
                     _ = stop.changed() => {
@@ -255,12 +261,8 @@ impl DeliveryTask {
                     // Only while connected: a poll that is connecting must not be
                     // cancelled (vigil_shared::mqtt, "Polling").
                     _ = self.signal.notified(), if connected => {}
-                    _ = tick.tick(), if connected => {
-                        if last_sync.elapsed() >= SYNC_EVERY {
-                            last_sync = Instant::now();
-                            self.sync_spool();
-                        }
-                    }
+                    _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()),
+                        if connected && due.is_some() => {}
                 }
                 if connected {
                     if rekeyed.due(&self.sealer) {
@@ -274,9 +276,14 @@ impl DeliveryTask {
                             cursor.next = 0;
                         }
                     }
+                    if last_sync.elapsed() >= SYNC_EVERY && self.lock_spool().needs_sync() {
+                        last_sync = Instant::now();
+                        self.sync_spool();
+                    }
                     for cursor in &mut cursors {
                         self.fill(&client, cursor);
                     }
+                    due = self.next_due(&cursors, last_sync);
                 }
             };
             if let Err(e) = result {
@@ -294,6 +301,22 @@ impl DeliveryTask {
             ))
             .await;
         }
+    }
+
+    /// When the loop must wake up with nothing else happening: the spool's next sync, if
+    /// it has something to sync, and the resend deadline of each queue with messages
+    /// waiting for an acknowledgement.
+    fn next_due(&self, cursors: &[Cursor; 2], last_sync: Instant) -> Option<Instant> {
+        let sync = self
+            .lock_spool()
+            .needs_sync()
+            .then_some(last_sync + SYNC_EVERY);
+        cursors
+            .iter()
+            .filter(|c| c.waiting)
+            .map(|c| c.resend.deadline())
+            .chain(sync)
+            .min()
     }
 
     /// The lowest sequence number `stream`'s queue holds.
@@ -329,6 +352,9 @@ impl DeliveryTask {
     fn fill(&self, client: &AsyncClient, cursor: &mut Cursor) {
         let floor = self.floor(cursor.stream);
         if floor == u64::MAX {
+            // The queue cannot be read (logged): no resend deadline to wait for; the next
+            // message or acknowledgement tries again.
+            cursor.waiting = false;
             return;
         }
         if cursor.next < floor {
@@ -348,6 +374,8 @@ impl DeliveryTask {
         }
         let epoch = self.epoch(cursor.stream);
         let limit = floor.saturating_add(cursor.resend.allowance(IN_FLIGHT));
+        // Set again below if a message is sent: waiting means sent and not acknowledged.
+        cursor.waiting = cursor.next > floor;
         while cursor.next < limit {
             let room = (limit - cursor.next).min(READ_BATCH as u64) as usize;
             let entries = match self.read(cursor.stream, cursor.next, room) {
@@ -383,6 +411,7 @@ impl DeliveryTask {
                     cursor.resend.restarted();
                 }
                 cursor.next = seq + 1;
+                cursor.waiting = true;
             }
         }
     }

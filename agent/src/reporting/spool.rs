@@ -13,7 +13,12 @@
 //! On disk, the spool's directory holds:
 //! - `epoch`: a random number chosen when the directory was created, so that the receiver
 //!   can tell a new stream (the directory was wiped) from the old one;
-//! - `acked`: the acknowledged position, replaced atomically (temporary file + rename);
+//! - `acked`: the acknowledged position, replaced atomically (temporary file + rename).
+//!   It is written with [`Spool::sync`], not at every acknowledgement, except when a
+//!   segment may go (deleting one needs the position that covers it on the disk) or the
+//!   receiver holds records this spool lost. After a crash it may lag what the receiver
+//!   acknowledged by one sync: those records are sent again, and the receiver, which
+//!   keeps its position per epoch, stores them once;
 //! - segments `<first seq, 20 digits>.seg`: a header (`VGLSPOOL` and a version byte), then
 //!   records `u32 LE payload length | u32 LE CRC-32 of (seq LE bytes + payload) | u64 LE
 //!   seq | payload`. A segment is closed at `segment_bytes` (`max_bytes / 16`, within
@@ -27,8 +32,9 @@
 //! (a bad header, a bad checksum, a sequence number that does not increase, a length over
 //! 16 MiB) sets the whole segment aside and counts it.
 //!
-//! Appends are not synced one by one: [`Spool::sync`] syncs the segment being written, and
-//! a segment is synced when the next one is started. An acknowledged segment is deleted
+//! Appends are not synced one by one: [`Spool::sync`] syncs the segment being written (if
+//! anything was appended since) and writes `acked` (if it moved), and a segment is synced
+//! when the next one is started. An acknowledged segment is deleted
 //! once a newer one exists: the segment being written takes the next records even when
 //! all of it is acknowledged, so a receiver that keeps up costs no file per record.
 
@@ -151,6 +157,8 @@ pub struct Spool {
     acked: u64,
     /// The acknowledged position as written in the `acked` file.
     acked_on_disk: u64,
+    /// Whether records were appended to the segment being written since its last sync.
+    unsynced: bool,
     degraded: Option<String>,
     dir: PathBuf,
     disk_bytes: u64,
@@ -287,6 +295,7 @@ impl Spool {
         let spool = Spool {
             acked,
             acked_on_disk: acked,
+            unsynced: false,
             degraded: None,
             dir: dir.to_path_buf(),
             disk_bytes,
@@ -393,14 +402,17 @@ impl Spool {
 
     /// The receiver stored everything up to and including `upto`: forgets those records.
     ///
-    /// The position is written to the `acked` file first (atomically); only segments it
-    /// covers are deleted, so that after a restart the sequence goes on past them. A
-    /// position beyond the last seq given out means the receiver stored records this
-    /// spool lost (an unsynced tail, after a power loss): the sequence goes on after it,
-    /// so that new records are not taken for those.
+    /// The position reaches the `acked` file with the next [`Spool::sync`], or at once when
+    /// a segment it covers may be deleted (only segments the file covers are deleted, so
+    /// that after a restart the sequence goes on past them). A position beyond the last
+    /// seq given out means the receiver stored records this spool lost (an unsynced tail,
+    /// after a power loss): the sequence goes on after it, so that new records are not
+    /// taken for those, and the file is written at once so that a restart goes on after
+    /// it too.
     pub fn ack(&mut self, upto: u64) {
         let last = self.next_seq - 1;
-        if upto > last {
+        let beyond = upto > last;
+        if beyond {
             tracing::warn!(
                 upto,
                 last,
@@ -417,25 +429,41 @@ impl Spool {
                 self.memory_bytes -= record.len() as u64;
             }
         }
-        if self.acked_on_disk < self.acked {
-            let path = self.dir.join(ACK_FILE);
-            match write_atomically(&path, format!("{}\n", self.acked).as_bytes()) {
-                Ok(()) => self.acked_on_disk = self.acked,
-                Err(e) if self.degraded.is_some() => {
-                    tracing::debug!(path = %path.display(), "spool: cannot write the acknowledged position: {e}")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "spool: cannot write the acknowledged position: {e}")
-                }
+        if beyond || self.deletable(self.acked) {
+            self.write_ack();
+            self.forget_acknowledged();
+        }
+    }
+
+    /// Whether the oldest segment is covered by `position` and may be deleted: any but
+    /// the one still being written, which takes the next records (deleting it would
+    /// create, sync and delete a file per record when the receiver keeps up).
+    fn deletable(&self, position: u64) -> bool {
+        self.segments.front().is_some_and(|s| {
+            s.last <= position && !(self.segments.len() == 1 && self.writer.is_some() && !s.sealed)
+        })
+    }
+
+    /// Writes the acknowledged position to the `acked` file, if it moved.
+    fn write_ack(&mut self) {
+        if self.acked_on_disk >= self.acked {
+            return;
+        }
+        let path = self.dir.join(ACK_FILE);
+        match write_atomically(&path, format!("{}\n", self.acked).as_bytes()) {
+            Ok(()) => self.acked_on_disk = self.acked,
+            Err(e) if self.degraded.is_some() => {
+                tracing::debug!(path = %path.display(), "spool: cannot write the acknowledged position: {e}")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "spool: cannot write the acknowledged position: {e}")
             }
         }
-        // Acknowledged segments go, except the one still being written: it takes the next
-        // records (deleting it would create, sync and delete a file per record when the
-        // receiver keeps up).
-        while self.segments.front().is_some_and(|s| {
-            s.last <= self.acked_on_disk
-                && !(self.segments.len() == 1 && self.writer.is_some() && !s.sealed)
-        }) {
+    }
+
+    /// Deletes the segments the `acked` file covers (see [`Spool::deletable`]).
+    fn forget_acknowledged(&mut self) {
+        while self.deletable(self.acked_on_disk) {
             let front = self.segments.front().expect("checked above");
             if let Err(e) = fs::remove_file(&front.path) {
                 if e.kind() != io::ErrorKind::NotFound {
@@ -483,15 +511,27 @@ impl Spool {
         self.degraded.clone()
     }
 
-    /// Syncs the segment being written to the disk (its data, `fdatasync`).
+    /// Syncs the segment being written to the disk (its data, `fdatasync`) if records were
+    /// appended since the last sync, and writes the acknowledged position if it moved.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        self.write_ack();
+        self.forget_acknowledged();
+        if !self.unsynced {
+            return Ok(());
+        }
         if let (Some(writer), Some(segment)) = (self.writer.as_mut(), self.segments.back()) {
             writer.sync_data().map_err(|source| SpoolError::Sync {
                 path: segment.path.clone(),
                 source,
             })?;
         }
+        self.unsynced = false;
         Ok(())
+    }
+
+    /// Whether [`Spool::sync`] has something to do.
+    pub fn needs_sync(&self) -> bool {
+        self.unsynced || self.acked_on_disk < self.acked
     }
 
     /// Writes one record to the disk: appended to the last segment if it has room (and
@@ -579,6 +619,7 @@ impl Spool {
             });
             self.writer = Some(file);
         }
+        self.unsynced = true;
         self.disk_bytes += frame_len + header_len;
         Ok(())
     }
@@ -747,6 +788,13 @@ enum Loaded {
 /// Checks one segment file record by record. `named`: the first seq its name says;
 /// `newest`: it is the last segment, whose tail may be an append cut short; `previous`:
 /// the last seq of the segments before.
+/// A spool closed in order (the agent stopping) leaves its acknowledged position on the disk.
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.write_ack();
+    }
+}
+
 fn load_segment(path: &Path, named: u64, newest: bool, previous: u64) -> Loaded {
     let data = match fs::read(path) {
         Ok(data) => data,
@@ -1154,6 +1202,38 @@ mod tests {
         // An old or repeated acknowledgement changes nothing.
         spool.ack(5);
         assert_eq!((spool.floor(), spool.stats().records), (202, 1));
+    }
+
+    #[test]
+    fn the_acknowledged_position_reaches_the_disk_with_sync_and_a_crash_sends_the_rest_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let acked_file = || fs::read_to_string(dir.join(ACK_FILE)).ok();
+        let mut spool = open(dir, 1 << 20);
+        for seq in 1..=10 {
+            spool.push(&record(seq, 100));
+            spool.ack(seq);
+        }
+        assert_eq!(spool.floor(), 11);
+        assert!(spool.needs_sync());
+        assert_eq!(acked_file(), None, "no file written per acknowledgement");
+        spool.sync().unwrap();
+        assert!(!spool.needs_sync());
+        assert_eq!(acked_file().as_deref(), Some("10\n"));
+        for seq in 11..=15 {
+            spool.push(&record(seq, 100));
+        }
+        spool.ack(15);
+        // A crash: the position after the last sync is all the disk has, so 11..=15 go
+        // again (the receiver stores them once).
+        std::mem::forget(spool);
+        let mut spool = open(dir, 1 << 20);
+        assert_eq!((spool.floor(), spool.next_seq()), (11, 16));
+        assert_eq!(read_all(&spool, 100), (11..=15).collect::<Vec<_>>());
+        spool.ack(15);
+        // Closed in order: the position is written.
+        drop(spool);
+        assert_eq!(acked_file().as_deref(), Some("15\n"));
     }
 
     #[test]
