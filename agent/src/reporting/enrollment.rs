@@ -10,8 +10,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use serde::Deserialize;
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use vigil_shared::agent_auth::AgentKey;
 use vigil_shared::enrollment::ENROLL_PATH;
 use vigil_shared::enrollment::{EnrollRequest, Enrollment};
@@ -22,6 +29,9 @@ use crate::config::AgentConfig;
 
 /// How long one enrollment request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most bytes of the coordinator's answer read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How long [`load_or_enroll`] keeps retrying an enrollment that failed for a passing
 /// reason (coordinator unreachable or failing with 5xx).
@@ -125,37 +135,30 @@ async fn enroll_with_key(
     tls: Option<&ClientTls>,
 ) -> Result<Identity, IdentityError> {
     let url = format!("{}{ENROLL_PATH}", coordinator.trim_end_matches('/'));
-    let unreachable = |e: reqwest::Error| match tls_refusal(&e) {
-        Some(problem) => IdentityError::Untrusted {
-            url: url.clone(),
-            problem,
-        },
-        None => IdentityError::Unreachable {
-            url: url.clone(),
-            problem: error_chain(&e),
-        },
-    };
-    let mut client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
-    if let Some(tls) = tls {
-        client = client.use_preconfigured_tls((*tls.config()).clone());
-    }
-    let client = client.build().map_err(unreachable)?;
-    let response = client
-        .post(&url)
-        .json(&EnrollRequest {
-            join_token: join_token.to_string(),
-            host: host.to_string(),
-            public_key: key.public_hex(),
-        })
-        .send()
+    let request = serde_json::to_vec(&EnrollRequest {
+        join_token: join_token.to_string(),
+        host: host.to_string(),
+        public_key: key.public_hex(),
+    })
+    .expect("an enrollment request serializes");
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, post_json(&url, request, tls))
         .await
-        .map_err(unreachable)?;
-    let status = response.status();
-    let body = response.text().await.map_err(unreachable)?;
-    if status != reqwest::StatusCode::CREATED {
+        .unwrap_or_else(|_| {
+            Err(NoAnswer::Unreachable(format!(
+                "no answer within {REQUEST_TIMEOUT:?}"
+            )))
+        });
+    let (status, body) = match answer {
+        Ok(answer) => answer,
+        Err(NoAnswer::Untrusted(problem)) => return Err(IdentityError::Untrusted { url, problem }),
+        Err(NoAnswer::Unreachable(problem)) => {
+            return Err(IdentityError::Unreachable { url, problem })
+        }
+    };
+    if status != 201 {
         return Err(IdentityError::Refused {
             url,
-            status: status.as_u16(),
+            status,
             message: error_field(&body),
         });
     }
@@ -185,6 +188,116 @@ async fn enroll_with_key(
     })
 }
 
+/// Why a request got no answer.
+enum NoAnswer {
+    /// The coordinator's TLS certificate is not trusted: what rustls said.
+    Untrusted(String),
+    /// Anything else (the URL, the connection, HTTP): what went wrong.
+    Unreachable(String),
+}
+
+impl NoAnswer {
+    /// A refusal by rustls somewhere in `e`'s causes is [`NoAnswer::Untrusted`].
+    fn from_error(e: &(dyn std::error::Error + 'static)) -> NoAnswer {
+        match tls_refusal(e) {
+            Some(problem) => NoAnswer::Untrusted(problem),
+            None => NoAnswer::Unreachable(error_chain(e)),
+        }
+    }
+}
+
+/// POSTs `json` to `url` (`http://` or `https://`, trusting what `tls` trusts, else the
+/// public roots) on one HTTP/1.1 connection, with hyper's client connection (linked for
+/// the Docker API already, so enrollment adds no HTTP client stack to the agent): the
+/// answer's status and body (at most [`MAX_ANSWER_BYTES`]).
+async fn post_json(
+    url: &str,
+    json: Vec<u8>,
+    tls: Option<&ClientTls>,
+) -> Result<(u16, String), NoAnswer> {
+    let unreachable = |problem: String| NoAnswer::Unreachable(problem);
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| unreachable(format!("not a URL: {e}")))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(unreachable(
+                "the URL must start with http:// or https://".into(),
+            ))
+        }
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| unreachable("the URL has no host".into()))?
+        .clone();
+    // `host()` keeps an IPv6 address's brackets.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = http::Request::post(path)
+        .header(http::header::HOST, authority.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "vigil-agent")
+        .body(Full::new(Bytes::from(json)))
+        .map_err(|e| unreachable(e.to_string()))?;
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| NoAnswer::from_error(&e))?;
+    if !https {
+        return exchange(tcp, request).await;
+    }
+    let config = match tls {
+        Some(tls) => tls.config(),
+        None => ClientTls::public_roots()
+            .map_err(|e| unreachable(e.to_string()))?
+            .config(),
+    };
+    let name = ServerName::try_from(host)
+        .map_err(|e| unreachable(format!("not a host name for TLS: {e}")))?;
+    let stream = TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| NoAnswer::from_error(&e))?;
+    exchange(stream, request).await
+}
+
+/// Sends `request` on `stream` and reads the answer; the connection closes after it.
+async fn exchange<S>(
+    stream: S,
+    request: http::Request<Full<Bytes>>,
+) -> Result<(u16, String), NoAnswer>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| NoAnswer::from_error(&e))?;
+    let answer = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| NoAnswer::from_error(&e))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| NoAnswer::from_error(e.as_ref()))?
+            .to_bytes();
+        // Dropping the sender lets the connection close.
+        drop(sender);
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    // The connection runs beside the request; its own error also fails the request.
+    let (answer, _) = tokio::join!(answer, connection);
+    answer
+}
+
 /// The `error` field of a JSON error body, else the body itself (shortened), else "no
 /// reason given".
 fn error_field(body: &str) -> String {
@@ -203,7 +316,7 @@ fn error_field(body: &str) -> String {
 }
 
 /// The TLS refusal (rustls' own error) somewhere in `e`'s causes, if that is what failed.
-/// I/O errors hide the error they wrap from `source()` (and reqwest nests them), so each
+/// I/O errors hide the error they wrap from `source()` (and hyper nests them), so each
 /// is opened with `get_ref()`.
 fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -221,7 +334,7 @@ fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-/// An error and its causes, joined (reqwest's own message is terse).
+/// An error and its causes, joined (hyper's own message is terse).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
