@@ -142,12 +142,12 @@ async fn actions_queued_through_twenty_agent_sigkills_each_end_exactly_once() {
     coordinator.proc.stop();
 }
 
-/// The agent writes its metric buffer's acknowledged position with the buffer's sync (every
-/// 2 s), not at each acknowledgement: an agent SIGKILLed in between sends the batches
-/// acknowledged since then again when it starts. The coordinator knows them by their place
-/// in its window and stores each batch once; none is lost.
+/// Metric batches through three agent SIGKILLs at 10 batches a second: whatever a kill cut
+/// short (a batch stored whose acknowledgement had not reached the disk, a batch not yet
+/// sent) goes again when the agent starts; the coordinator knows a batch sent again by its
+/// place in its window and stores each once; none is lost.
 #[tokio::test]
-async fn metric_batches_acknowledged_before_an_agent_sigkill_go_again_and_are_stored_once() {
+async fn metric_batches_through_agent_sigkills_are_each_stored_once() {
     let dir = TestDir::new();
     let coordinator = start_coordinator(&dir, None, &[]).await;
     let http = coordinator.http.clone();
@@ -163,7 +163,7 @@ async fn metric_batches_acknowledged_before_an_agent_sigkill_go_again_and_are_st
                 .filter(|h| h["online"] == true && h["agent_version"].is_string())
         })
         .await;
-        // Somewhere between two syncs of the buffer.
+        // Somewhere in the stream of batches.
         tokio::time::sleep(Duration::from_millis(1_500 + round * 450)).await;
         agent.kill();
         eprintln!(
@@ -193,8 +193,7 @@ async fn metric_batches_acknowledged_before_an_agent_sigkill_go_again_and_are_st
     .expect("stored points");
     let sent_again = metric(&http, duplicates).await;
     eprintln!(
-        "{} batches made, {} stored, {sent_again} acknowledged batches sent again and not \
-         stored twice",
+        "{} batches made, {} stored, {sent_again} batches sent again and not stored twice",
         disk.generated(),
         stored.len()
     );
@@ -204,11 +203,6 @@ async fn metric_batches_acknowledged_before_an_agent_sigkill_go_again_and_are_st
         "every batch stored once, none lost: {disk:?}"
     );
     assert_eq!(not_increasing(&stored), 0, "no batch stored twice");
-    assert!(
-        sent_again > 0.0,
-        "batches acknowledged before a kill were sent again (the acknowledged position on \
-         disk lags by up to one sync)"
-    );
     coordinator.proc.stop();
 }
 

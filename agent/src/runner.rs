@@ -207,7 +207,14 @@ pub async fn run(
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(64);
     status.remediation_paused = queue.paused();
     status.queue = queue.status(started_at_ms);
-    let link = Link::connect(&config, tls.as_ref(), status, inbound_tx, sealer)?;
+    let link = Link::connect(
+        &config,
+        tls.as_ref(),
+        status,
+        inbound_tx,
+        sealer,
+        outbox_signal.clone(),
+    )?;
     queue.set_leases(LeaseBook::new(
         &config.host,
         config.labels.clone(),

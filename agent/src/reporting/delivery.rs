@@ -181,7 +181,7 @@ pub struct DeliveryTask {
     pub options: MqttOptions,
     /// Seals every message as it is sent.
     pub sealer: Arc<Sealer>,
-    /// Woken when either queue has news.
+    /// Woken when either queue has news, or the link took a new session key.
     pub signal: OutboxSignal,
     /// The coordinator's key, to check acknowledgements with (`None`: trusted as the
     /// broker delivers them).
@@ -216,8 +216,9 @@ impl DeliveryTask {
             }
             let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 512);
             let mut connected = false;
-            // No timer runs while nothing is due: the task wakes for a new message (the
-            // signal), an acknowledgement, or the next sync or resend deadline.
+            // No timer runs while nothing is due: the task wakes for news (the signal: a
+            // new message, or a new session key), an acknowledgement, or the next sync or
+            // resend deadline.
             let mut due: Option<Instant> = None;
             let result: Result<(), String> = loop {
                 tokio::select! {

@@ -39,6 +39,7 @@ use vigil_shared::tls::ClientTls;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{self, AgentState, AgentStatus, RunningPolicies, StatusReport};
 
+use crate::acting::store::OutboxSignal;
 use crate::config::AgentConfig;
 
 /// How many publish requests may wait for the connection before new ones are dropped.
@@ -78,6 +79,9 @@ pub enum Inbound {
 struct Publisher {
     client: AsyncClient,
     sealer: Arc<Sealer>,
+    /// Woken when a new session key is taken: the delivery task then sends what is
+    /// unacknowledged again under it, without waiting for other news.
+    new_key: OutboxSignal,
 }
 
 impl Publisher {
@@ -130,6 +134,7 @@ impl Link {
         status: AgentStatus,
         inbound: mpsc::Sender<Inbound>,
         sealer: Arc<Sealer>,
+        new_key: OutboxSignal,
     ) -> Result<Link, MissingTls> {
         let mut options = vigil_shared::mqtt::client_options(
             &vigil_shared::mqtt::agent_client_id(&config.host),
@@ -159,7 +164,11 @@ impl Link {
             running: None,
         });
         let connected = Arc::new(AtomicBool::new(false));
-        let publisher = Publisher { client, sealer };
+        let publisher = Publisher {
+            client,
+            sealer,
+            new_key,
+        };
         let task = tokio::spawn(drive(
             eventloop,
             publisher.clone(),
@@ -338,6 +347,7 @@ async fn drive(
                 match publisher.sealer.accept_welcome(&publish.payload) {
                     Ok(Taken::Key(id)) => {
                         tracing::debug!(key = %id, "new session key");
+                        publisher.new_key.wake();
                         answered = true;
                         retry = HANDSHAKE_RETRY;
                     }

@@ -13,12 +13,7 @@
 //! On disk, the spool's directory holds:
 //! - `epoch`: a random number chosen when the directory was created, so that the receiver
 //!   can tell a new stream (the directory was wiped) from the old one;
-//! - `acked`: the acknowledged position, replaced atomically (temporary file + rename).
-//!   It is written with [`Spool::sync`], not at every acknowledgement, except when a
-//!   segment may go (deleting one needs the position that covers it on the disk) or the
-//!   receiver holds records this spool lost. After a crash it may lag what the receiver
-//!   acknowledged by one sync: those records are sent again, and the receiver, which
-//!   keeps its position per epoch, stores them once;
+//! - `acked`: the acknowledged position, replaced atomically (temporary file + rename);
 //! - segments `<first seq, 20 digits>.seg`: a header (`VGLSPOOL` and a version byte), then
 //!   records `u32 LE payload length | u32 LE CRC-32 of (seq LE bytes + payload) | u64 LE
 //!   seq | payload`. A segment is closed at `segment_bytes` (`max_bytes / 16`, within
@@ -33,8 +28,7 @@
 //! 16 MiB) sets the whole segment aside and counts it.
 //!
 //! Appends are not synced one by one: [`Spool::sync`] syncs the segment being written (if
-//! anything was appended since) and writes `acked` (if it moved), and a segment is synced
-//! when the next one is started. An acknowledged segment is deleted
+//! anything was appended since), and a segment is synced when the next one is started. An acknowledged segment is deleted
 //! once a newer one exists: the segment being written takes the next records even when
 //! all of it is acknowledged, so a receiver that keeps up costs no file per record.
 
@@ -402,17 +396,14 @@ impl Spool {
 
     /// The receiver stored everything up to and including `upto`: forgets those records.
     ///
-    /// The position reaches the `acked` file with the next [`Spool::sync`], or at once when
-    /// a segment it covers may be deleted (only segments the file covers are deleted, so
-    /// that after a restart the sequence goes on past them). A position beyond the last
-    /// seq given out means the receiver stored records this spool lost (an unsynced tail,
-    /// after a power loss): the sequence goes on after it, so that new records are not
-    /// taken for those, and the file is written at once so that a restart goes on after
-    /// it too.
+    /// The position is written to the `acked` file first (atomically); only segments it
+    /// covers are deleted, so that after a restart the sequence goes on past them. A
+    /// position beyond the last seq given out means the receiver stored records this
+    /// spool lost (an unsynced tail, after a power loss): the sequence goes on after it,
+    /// so that new records are not taken for those.
     pub fn ack(&mut self, upto: u64) {
         let last = self.next_seq - 1;
-        let beyond = upto > last;
-        if beyond {
+        if upto > last {
             tracing::warn!(
                 upto,
                 last,
@@ -429,10 +420,8 @@ impl Spool {
                 self.memory_bytes -= record.len() as u64;
             }
         }
-        if beyond || self.deletable(self.acked) {
-            self.write_ack();
-            self.forget_acknowledged();
-        }
+        self.write_ack();
+        self.forget_acknowledged();
     }
 
     /// Whether the oldest segment is covered by `position` and may be deleted: any but
@@ -512,7 +501,8 @@ impl Spool {
     }
 
     /// Syncs the segment being written to the disk (its data, `fdatasync`) if records were
-    /// appended since the last sync, and writes the acknowledged position if it moved.
+    /// appended since the last sync, and writes the acknowledged position if an earlier
+    /// write of it failed.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
         self.write_ack();
         self.forget_acknowledged();
@@ -788,13 +778,6 @@ enum Loaded {
 /// Checks one segment file record by record. `named`: the first seq its name says;
 /// `newest`: it is the last segment, whose tail may be an append cut short; `previous`:
 /// the last seq of the segments before.
-/// A spool closed in order (the agent stopping) leaves its acknowledged position on the disk.
-impl Drop for Spool {
-    fn drop(&mut self) {
-        self.write_ack();
-    }
-}
-
 fn load_segment(path: &Path, named: u64, newest: bool, previous: u64) -> Loaded {
     let data = match fs::read(path) {
         Ok(data) => data,
@@ -1205,35 +1188,25 @@ mod tests {
     }
 
     #[test]
-    fn the_acknowledged_position_reaches_the_disk_with_sync_and_a_crash_sends_the_rest_again() {
+    fn a_sync_with_nothing_appended_has_nothing_to_do() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path();
-        let acked_file = || fs::read_to_string(dir.join(ACK_FILE)).ok();
         let mut spool = open(dir, 1 << 20);
-        for seq in 1..=10 {
-            spool.push(&record(seq, 100));
-            spool.ack(seq);
-        }
-        assert_eq!(spool.floor(), 11);
+        assert!(!spool.needs_sync());
+        spool.push(&record(1, 100));
         assert!(spool.needs_sync());
-        assert_eq!(acked_file(), None, "no file written per acknowledgement");
         spool.sync().unwrap();
         assert!(!spool.needs_sync());
-        assert_eq!(acked_file().as_deref(), Some("10\n"));
-        for seq in 11..=15 {
-            spool.push(&record(seq, 100));
-        }
-        spool.ack(15);
-        // A crash: the position after the last sync is all the disk has, so 11..=15 go
-        // again (the receiver stores them once).
-        std::mem::forget(spool);
-        let mut spool = open(dir, 1 << 20);
-        assert_eq!((spool.floor(), spool.next_seq()), (11, 16));
-        assert_eq!(read_all(&spool, 100), (11..=15).collect::<Vec<_>>());
-        spool.ack(15);
-        // Closed in order: the position is written.
-        drop(spool);
-        assert_eq!(acked_file().as_deref(), Some("15\n"));
+        spool.ack(1);
+        assert!(
+            !spool.needs_sync(),
+            "the acknowledged position is written at once"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join(ACK_FILE)).unwrap(),
+            "1\n",
+            "on the disk"
+        );
     }
 
     #[test]
