@@ -28,9 +28,10 @@
 //! 16 MiB) sets the whole segment aside and counts it.
 //!
 //! Appends are not synced one by one: [`Spool::sync`] syncs the segment being written (if
-//! anything was appended since), and a segment is synced when the next one is started. An acknowledged segment is deleted
-//! once a newer one exists: the segment being written takes the next records even when
-//! all of it is acknowledged, so a receiver that keeps up costs no file per record.
+//! anything was appended since), and a segment is synced when the next one is started.
+//! An acknowledged segment is deleted once a newer one exists: the segment being written
+//! takes the next records even when all of it is acknowledged, so a receiver that keeps
+//! up costs no file per record.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
