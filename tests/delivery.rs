@@ -1,6 +1,7 @@
 //! Delivery from a real agent to a real coordinator through the faults that happen to an
 //! agent itself: SIGKILLs while actions are queued and while metric batches flow, a
-//! damaged metric buffer, a slow link, and what the agent says about them. (Coordinator, broker and network faults: `tests/faults.rs`.)
+//! damaged metric buffer, a slow link, and what the agent says about them. (Coordinator,
+//! broker and network faults: `tests/faults.rs`.)
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -127,7 +127,8 @@ pub struct Link {
 impl Link {
     /// Starts connecting to the configured broker (as `config.mqtt_username`); returns at
     /// once. Commands for this host (and bundles, if a bundle key is configured) arrive on
-    /// `inbound`; everything published is sealed by `sealer`.
+    /// `inbound`; everything published is sealed by `sealer`. `new_key` is woken whenever
+    /// a new session key is taken.
     pub fn connect(
         config: &AgentConfig,
         tls: Option<&ClientTls>,
