@@ -69,12 +69,7 @@ async fn actions_queued_through_twenty_agent_sigkills_each_end_exactly_once() {
         "1s",
         &["--config", &config_arg],
     );
-    wait_for("agent online", WAIT, || async {
-        vigil_tests::host_entry(&http, host)
-            .await
-            .filter(|h| h["online"] == true && h["agent_version"].is_string())
-    })
-    .await;
+    vigil_tests::wait_reporting(&http, host, WAIT).await;
     let post = || async {
         let (status, reply) = post_raw(
             &format!("{http}/api/v1/actions"),
@@ -158,12 +153,7 @@ async fn metric_batches_through_agent_sigkills_are_each_stored_once() {
     let duplicates = r#"vigil_delivery_redelivered_total{outcome="duplicate",stream="metrics"}"#;
     for round in 0..3u64 {
         let agent = start_agent(&dir, host, &coordinator.broker, "100ms", &[]);
-        wait_for("agent reporting", WAIT, || async {
-            vigil_tests::host_entry(&http, host)
-                .await
-                .filter(|h| h["online"] == true && h["agent_version"].is_string())
-        })
-        .await;
+        vigil_tests::wait_reporting(&http, host, WAIT).await;
         // Somewhere in the stream of batches.
         tokio::time::sleep(Duration::from_millis(1_500 + round * 450)).await;
         agent.kill();
@@ -242,12 +232,7 @@ async fn a_damaged_metric_buffer_segment_is_set_aside_and_the_agent_starts_and_s
     std::fs::write(oldest, &bytes).expect("write segment");
 
     let agent = start_agent(&dir, host, &coordinator.broker, "1s", &[]);
-    wait_for("agent online", WAIT, || async {
-        vigil_tests::host_entry(&http, host)
-            .await
-            .filter(|h| h["online"] == true && h["agent_version"].is_string())
-    })
-    .await;
+    vigil_tests::wait_reporting(&http, host, WAIT).await;
     let status = wait_for("quarantine reported", WAIT, || async {
         let status = agent_status(&data_dir(&dir, host));
         (status["delivery"]["quarantined_segments_total"].as_u64() >= Some(1)).then_some(status)

@@ -45,8 +45,8 @@ pub use process::{bin, free_port, Launcher, Proc};
 pub use prometheus::prometheus_value;
 pub use rest::{
     adopt_admin_token, authorized, create_token, delete, get_json, host_entry, metric, post_raw,
-    put_raw, read_admin_token, register_token, send_raw, token_cli, token_for, with_token,
-    ADMIN_TOKEN_WAIT,
+    put_raw, read_admin_token, register_token, send_raw, token_cli, token_for, wait_reporting,
+    with_token, ADMIN_TOKEN_WAIT,
 };
 pub use wait::{try_wait_for, wait_for};
 

@@ -190,3 +190,14 @@ pub async fn host_entry(http: &str, host: &str) -> Option<Value> {
         .find(|h| h["host"] == host)
         .cloned()
 }
+
+/// Waits up to `timeout` until `host` is online in `/api/v1/hosts` with its status in
+/// (`agent_version` set: metrics stored first make a host online without it); its entry.
+pub async fn wait_reporting(http: &str, host: &str, timeout: Duration) -> Value {
+    crate::wait::wait_for(&format!("{host} online and reporting"), timeout, || async {
+        host_entry(http, host)
+            .await
+            .filter(|h| h["online"] == true && h["agent_version"].is_string())
+    })
+    .await
+}

@@ -37,8 +37,7 @@ use crate::acting::store::{AgentStore, OutboxSignal, StorageAlarm};
 /// window, [`vigil_shared::delivery::WINDOW`]).
 pub const IN_FLIGHT: u64 = 256;
 
-/// How often the spool's newest segment is synced to disk, and its acknowledged position
-/// written, when they changed.
+/// How often the spool's newest segment is synced to disk, when records were appended.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
 
 /// Most messages read from a queue at once.
