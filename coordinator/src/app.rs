@@ -178,18 +178,18 @@ impl Coordinator {
                         })?;
                 let broker_listen = broker::free_loopback_address()?;
                 let internal = password.clone();
-                tokio::task::spawn_blocking(move || broker::start(broker_listen, internal))
-                    .await
-                    .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+                let embedded =
+                    tokio::task::spawn_blocking(move || broker::start(broker_listen, internal))
+                        .await
+                        .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
                 let front = crate::mqtt::front::Front::new(
-                    broker_listen,
+                    embedded,
                     broker::BrokerAuth::new(store.clone(), telemetry.clone()),
-                    password.clone(),
                     config.mqtt_limits,
                     telemetry.clone(),
                 );
                 let public = front_listener.local_addr().unwrap_or(listen);
-                tracing::info!(%public, broker = %broker_listen, "MQTT front relaying to the embedded broker");
+                tracing::info!(%public, broker = %broker_listen, "MQTT front before the embedded broker");
                 // Clients on this machine (`vigil up`'s agent) get a plaintext front on loopback
                 // when the public one speaks TLS.
                 let local_front = match &server_tls {
@@ -507,11 +507,11 @@ pub(crate) const INGEST_CLIENT_ID: &str = "vigil-coordinator";
 /// fixed for the same reason.
 pub(crate) const HANDSHAKE_CLIENT_ID: &str = "vigil-coordinator-handshakes";
 
-/// Lifts the soft file-descriptor limit to what the connection bounds need: three per
-/// MQTT connection (the client's socket, the front's socket to rumqttd and rumqttd's end
-/// of it), one per REST connection, and room for LMDB, logs and the rest.
+/// Lifts the soft file-descriptor limit to what the connection bounds need: one per
+/// MQTT connection (the front hands it to the broker in-process), one per REST
+/// connection, and room for LMDB, logs, the coordinator's own MQTT clients and the rest.
 fn raise_open_files(config: &CoordinatorConfig, telemetry: &Telemetry) {
-    let needed = 3 * config.mqtt_limits.max_connections as u64
+    let needed = config.mqtt_limits.max_connections as u64
         + config.http_limits.max_connections as u64
         + 1024;
     match vigil_service::limits::raise_open_files(needed) {
@@ -521,7 +521,7 @@ fn raise_open_files(config: &CoordinatorConfig, telemetry: &Telemetry) {
                 .set(i64::try_from(limit).unwrap_or(i64::MAX));
             if limit < needed {
                 let agents =
-                    limit.saturating_sub(1024 + config.http_limits.max_connections as u64) / 6;
+                    limit.saturating_sub(1024 + config.http_limits.max_connections as u64) / 2;
                 tracing::warn!(
                     limit,
                     needed,

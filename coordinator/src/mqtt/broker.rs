@@ -1,12 +1,13 @@
 //! The embedded MQTT broker (rumqttd), started by default so that one process gives a
-//! working Vigil. It runs on its own threads for the life of the process, on a loopback
-//! port: clients from outside reach it through the front ([`crate::mqtt::front`]), which
-//! bounds sockets, checks logins with [`BrokerAuth`] and enforces what each may send.
+//! working Vigil. Its router runs on its own thread for the life of the process.
+//! Clients from outside reach it through the front ([`crate::mqtt::front`]), which
+//! bounds sockets, checks logins with [`BrokerAuth`], enforces what each may send and
+//! hands each checked connection's packets to the router in-process, through a link of
+//! its own ([`EmbeddedBroker::open`]): no socket between the front and the router.
 //!
-//! rumqttd itself admits only logins with the coordinator's internal password (made at
-//! start-up and never written down): the coordinator's own clients, and the front on
-//! behalf of a client it has checked. A local user who finds the loopback port gets
-//! nothing from it.
+//! The coordinator's own MQTT clients use a loopback port of rumqttd's, which admits
+//! only logins with the coordinator's internal password (made at start-up and never
+//! written down). A local user who finds the loopback port gets nothing from it.
 //!
 //! [`BrokerAuth`] admits two kinds of login at the front:
 //! - an enrolled, unrevoked agent: user name = its host, its MQTT password
@@ -15,12 +16,15 @@
 //!   another's session off the broker or inherit it;
 //! - integrations: user `api`, any unrevoked REST API token as the password; read only.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::{
+    ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
+};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 use vigil_shared::broker_url::BrokerUrl;
@@ -34,7 +38,7 @@ use crate::telemetry::Telemetry;
 /// Largest MQTT packet a client may send: a full payload plus topic and header room.
 pub const MAX_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES + 1024;
 
-/// The user name the front logs in to rumqttd with, on behalf of a checked client.
+/// A user name no outside login may take: it once named the front's logins to rumqttd.
 pub const FRONT_MQTT_USER: &str = "vigil-front";
 
 /// Who a login at the front is.
@@ -119,16 +123,49 @@ impl BrokerAuth {
     }
 }
 
-/// rumqttd's own check: only the coordinator's internal password gets in.
+/// rumqttd's own check on its loopback port: only the coordinator's clients, with the
+/// internal password, get in.
 fn internal_login_ok(internal_password: &str, client_id: &str, user: &str, password: &str) -> bool {
     let ok: bool = password
         .as_bytes()
         .ct_eq(internal_password.as_bytes())
         .into();
-    ok && match user {
-        COORDINATOR_MQTT_USER => client_id.starts_with("vigil-coordinator"),
-        FRONT_MQTT_USER => true,
-        _ => false,
+    ok && user == COORDINATOR_MQTT_USER && client_id.starts_with("vigil-coordinator")
+}
+
+/// Opens a session on the router: the client id and whether the session is clean.
+type OpenLink =
+    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkRefused> + Send + Sync;
+
+/// The router did not open a session.
+#[derive(Debug, Error)]
+#[error("the embedded broker did not open the session: {0}")]
+pub struct LinkRefused(String);
+
+/// The running embedded broker, as the front sees it.
+#[derive(Clone)]
+pub struct EmbeddedBroker {
+    open: Arc<OpenLink>,
+    busy: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl EmbeddedBroker {
+    /// Opens the session of a client the front has checked, as rumqttd's own network
+    /// links do (dynamic filters on; no will: the front publishes it). Blocks until the
+    /// router answers with its CONNACK (or refuses: too many connections, a client id
+    /// with `+`, `#`, `/` or `$`).
+    pub(crate) fn open(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Result<(LinkTx, LinkRx, Notification), LinkRefused> {
+        (self.open)(client_id, clean_session)
+    }
+
+    /// Whether the router's event queue is nearly full, so that handing it more may
+    /// block for a while.
+    pub(crate) fn busy(&self) -> bool {
+        (self.busy)()
     }
 }
 
@@ -151,9 +188,21 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
-/// The rumqttd configuration Vigil uses: one MQTT 3.1.1 listener, payloads up to the
-/// protocol's limit, room for 10,000 agents (two connections each), internal logins only.
-fn config(listen: SocketAddr, internal_password: Arc<String>) -> Config {
+/// The rumqttd router configuration Vigil uses: room for 10,000 agents (two connections
+/// each).
+fn router_config() -> RouterConfig {
+    RouterConfig {
+        max_connections: 21_000,
+        max_outgoing_packet_count: 1000,
+        max_segment_size: 16 * 1024 * 1024,
+        max_segment_count: 4,
+        ..RouterConfig::default()
+    }
+}
+
+/// rumqttd's loopback listener for the coordinator's own clients: MQTT 3.1.1, payloads
+/// up to the protocol's limit, internal logins only.
+fn loopback_server(listen: SocketAddr, internal_password: Arc<String>) -> ServerSettings {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PACKET_BYTES,
@@ -172,24 +221,12 @@ fn config(listen: SocketAddr, internal_password: Arc<String>) -> Config {
             ok
         }
     });
-    let server = ServerSettings {
-        name: "vigil-v4".into(),
+    ServerSettings {
+        name: "vigil-broker".into(),
         listen,
         tls: None,
         next_connection_delay_ms: 0,
         connections,
-    };
-    Config {
-        id: 0,
-        router: RouterConfig {
-            max_connections: 21_000,
-            max_outgoing_packet_count: 1000,
-            max_segment_size: 16 * 1024 * 1024,
-            max_segment_count: 4,
-            ..RouterConfig::default()
-        },
-        v4: Some(HashMap::from([("vigil".to_string(), server)])),
-        ..Config::default()
     }
 }
 
@@ -214,9 +251,10 @@ pub fn loopback_url(listen: SocketAddr) -> BrokerUrl {
     }
 }
 
-/// Starts the broker on `listen` (a loopback address) and waits until it accepts TCP
-/// connections; it admits only `internal_password`.
-pub fn start(listen: SocketAddr, internal_password: String) -> Result<(), BrokerError> {
+/// Starts the broker's router, and its listener for the coordinator's clients on
+/// `listen` (a loopback address, admitting only `internal_password`), and waits until
+/// that listener takes logins.
+pub fn start(listen: SocketAddr, internal_password: String) -> Result<EmbeddedBroker, BrokerError> {
     // rumqttd reports a failed bind only in its log; find out first, with a clear error.
     drop(
         TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -225,16 +263,42 @@ pub fn start(listen: SocketAddr, internal_password: String) -> Result<(), Broker
         })?,
     );
     let probe_password = Arc::new(internal_password);
-    let config = config(listen, Arc::clone(&probe_password));
+    let settings = loopback_server(listen, Arc::clone(&probe_password));
+    let router_tx = Router::new(0, router_config()).spawn();
+    let mut server = Server::new(settings, router_tx.clone(), V4);
     std::thread::Builder::new()
         .name("vigil-broker".into())
         .spawn(move || {
-            let mut broker = Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!("embedded MQTT broker stopped: {e}");
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!("embedded MQTT broker cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = runtime.block_on(server.start(LinkType::Remote)) {
+                tracing::error!("embedded MQTT broker's loopback listener stopped: {e}");
             }
         })
         .map_err(BrokerError::Thread)?;
+    let busy_tx = router_tx.clone();
+    let broker = EmbeddedBroker {
+        open: Arc::new(move |client_id: &str, clean_session: bool| {
+            LinkBuilder::new(client_id, router_tx.clone())
+                .clean_session(clean_session)
+                .dynamic_filters(true)
+                .build()
+                .map_err(|e: LinkError| LinkRefused(e.to_string()))
+        }),
+        busy: Arc::new(move || {
+            busy_tx
+                .capacity()
+                .is_some_and(|capacity| busy_tx.len() * 10 >= capacity * 9)
+        }),
+    };
     let probe = if listen.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], listen.port()))
     } else {
@@ -244,7 +308,7 @@ pub fn start(listen: SocketAddr, internal_password: String) -> Result<(), Broker
     while Instant::now() < deadline {
         if mqtt_handshake(probe, &probe_password).is_ok() {
             tracing::info!(%listen, "embedded MQTT broker listening");
-            return Ok(());
+            return Ok(broker);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

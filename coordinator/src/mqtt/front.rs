@@ -1,7 +1,6 @@
 //! The embedded broker's front door. Every MQTT client from outside the coordinator
-//! connects here; rumqttd itself listens only on a loopback port and admits only logins
-//! that carry the coordinator's internal password (the coordinator's own clients, and
-//! connections this front has already checked).
+//! connects here; what passes goes to rumqttd's router in-process, one link per
+//! connection ([`EmbeddedBroker::open`]), so a client costs the coordinator one socket.
 //!
 //! rumqttd has no topic ACLs and accepts sockets without bounds, so the front is where
 //! the embedded broker gets the rules the shipped Mosquitto ACL gives an external one:
@@ -12,8 +11,8 @@
 //!   within [`FrontLimits::connect_timeout`]. Accept errors back off.
 //! - **Logins.** [`BrokerAuth`] decides who the login is ([`Role`]): an agent with
 //!   exactly its own client ids, or a read-only integration.
-//! - **What each login may send**, checked packet by packet with rumqttc's MQTT 3.1.1
-//!   codec: an agent publishes only on its own `metrics`, `events`, `actions`,
+//! - **What each login may send**, checked packet by packet, decoded with rumqttd's MQTT
+//!   3.1.1 codec: an agent publishes only on its own `metrics`, `events`, `actions`,
 //!   `status` and `session` (handshake) topics, retains only its status (at most
 //!   [`MAX_RETAINED_BYTES`]), and subscribes only to its own commands, acknowledgements
 //!   and Welcomes (`welcome`) and to the bundles; an integration publishes
@@ -21,23 +20,33 @@
 //!   these rules closes the connection (MQTT 3.1.1 cannot refuse a single PUBLISH), is
 //!   logged and counted in `vigil_mqtt_acl_refusals_total{role,reason}`.
 //!
-//! Packets that pass are relayed unchanged, but for the CONNECT, whose login is replaced
-//! by the internal one. The broker's replies are copied back byte for byte.
+//! - **Keep-alive.** A client silent for one and a half keep-alive periods is dropped (a
+//!   keep-alive of 0 is refused), as is one that leaves written packets unread for
+//!   [`WRITE_TIMEOUT`].
+//!
+//! Packets that pass go to the router as decoded; what the router sends back is encoded
+//! for the client. The front publishes a client's will when its connection ends
+//! without a DISCONNECT.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Login, Packet, Publish, Subscribe};
-use rumqttc::mqttbytes::{self, PacketType};
+use futures_util::FutureExt;
+use rumqttd::local::LinkTx;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{
+    self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol,
+};
+use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use vigil_shared::topics::{self, AgentChannel};
 
-use crate::mqtt::broker::{BrokerAuth, Role, FRONT_MQTT_USER, MAX_PACKET_BYTES};
+use crate::mqtt::broker::{BrokerAuth, EmbeddedBroker, Role, MAX_PACKET_BYTES};
 use crate::per_address::{AddressSlot, PerAddress};
 use crate::telemetry::Telemetry;
 
@@ -72,12 +81,10 @@ impl Default for FrontLimits {
 /// Everything one listener of the front needs.
 #[derive(Clone)]
 pub struct Front {
-    /// rumqttd's loopback address.
-    pub upstream: SocketAddr,
+    /// The broker the checked connections are handed to.
+    pub broker: EmbeddedBroker,
     /// Who may log in.
     pub auth: BrokerAuth,
-    /// The internal password the front logs in to rumqttd with.
-    pub internal_password: Arc<String>,
     /// Socket bounds.
     pub limits: FrontLimits,
     /// Counters.
@@ -87,19 +94,16 @@ pub struct Front {
 }
 
 impl Front {
-    /// A front for rumqttd at `upstream`. Listeners started from clones of it share its
-    /// bounds.
+    /// A front for `broker`. Listeners started from clones of it share its bounds.
     pub fn new(
-        upstream: SocketAddr,
+        broker: EmbeddedBroker,
         auth: BrokerAuth,
-        internal_password: String,
         limits: FrontLimits,
         telemetry: Arc<Telemetry>,
     ) -> Front {
         Front {
-            upstream,
+            broker,
             auth,
-            internal_password: Arc::new(internal_password),
             limits,
             telemetry,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
@@ -199,13 +203,13 @@ impl Front {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buffer = BytesMut::with_capacity(4096);
         let first = tokio::time::timeout_at(deadline, read_packet(&mut reader, &mut buffer)).await;
-        let mut connect = match first {
-            Ok(Ok(Packet::Connect(connect))) => connect,
+        let (connect, will, login) = match first {
+            Ok(Ok(Packet::Connect(connect, _, will, _, login))) => (connect, will, login),
             Ok(Ok(_)) => return self.close(client, None, "not_connect"),
             Ok(Err(_)) => return self.close(client, None, "malformed"),
             Err(_) => return self.close(client, None, "connect_timeout"),
         };
-        let (user, password) = match &connect.login {
+        let (user, password) = match &login {
             Some(login) => (login.username.as_str(), login.password.as_str()),
             None => ("", ""),
         };
@@ -217,49 +221,114 @@ impl Front {
                     "bad_password" | "unknown_user" => ConnectReturnCode::BadUserNamePassword,
                     _ => ConnectReturnCode::NotAuthorized,
                 };
-                let mut reply = BytesMut::new();
-                if ConnAck::new(code, false).write(&mut reply).is_ok() {
-                    let _ = writer.write_all(&reply).await;
-                    let _ = writer.flush().await;
-                }
+                let _ = write_packets(&mut writer, [connack(code)]).await;
                 return;
             }
         };
-        if let Some(will) = &connect.last_will {
-            if let Err(reason) = role.may_publish(&will.topic, will.retain, will.message.len()) {
+        if connect.client_id.is_empty() && !connect.clean_session {
+            // An integration without a client id gets one made up below, which cannot
+            // name a session kept from before.
+            let refusal = connack(ConnectReturnCode::ClientIdentifierNotValid);
+            let _ = write_packets(&mut writer, [refusal]).await;
+            return self.close(client, Some(&role), "client_id");
+        }
+        if connect.keep_alive == 0 {
+            // Without a keep-alive a silent, half-open connection would be held for ever.
+            return self.close(client, Some(&role), "no_keep_alive");
+        }
+        if let Some(will) = &will {
+            let Ok(topic) = std::str::from_utf8(&will.topic) else {
+                return self.close(client, Some(&role), "malformed");
+            };
+            if let Err(reason) = role.may_publish(topic, will.retain, will.message.len()) {
                 return self.close(client, Some(&role), reason);
             }
         }
         drop(slot);
-        let mut upstream = match TcpStream::connect(self.upstream).await {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                tracing::error!(%client, upstream = %self.upstream, "cannot reach the embedded broker: {e}");
+        let client_id = if connect.client_id.is_empty() {
+            format!("vigil-integration-{:016x}", rand::random::<u64>())
+        } else {
+            connect.client_id.clone()
+        };
+        let broker = self.broker.clone();
+        let clean_session = connect.clean_session;
+        let opened =
+            tokio::task::spawn_blocking(move || broker.open(&client_id, clean_session)).await;
+        let (mut link_tx, mut link_rx, accepted) = match opened {
+            Ok(Ok(link)) => link,
+            Ok(Err(e)) => {
+                tracing::warn!(%client, client_id = %connect.client_id, "the embedded broker did not take the connection: {e}");
+                let _ = write_packets(
+                    &mut writer,
+                    [connack(ConnectReturnCode::ServiceUnavailable)],
+                )
+                .await;
                 return;
             }
+            Err(_) => return,
         };
-        let _ = upstream.set_nodelay(true);
-        connect.login = Some(Login::new(FRONT_MQTT_USER, self.internal_password.as_str()));
         let mut out = BytesMut::new();
-        if Packet::Connect(connect)
-            .write(&mut out, usize::MAX)
-            .is_err()
-            || upstream.write_all(&out).await.is_err()
-        {
-            return;
+        if encode(accepted, &mut out).is_none() || write_out(&mut writer, &mut out).await.is_err() {
+            return hang_up(&self.broker, &mut link_tx, will, Vec::new());
         }
-        let (mut up_reader, up_writer) = upstream.into_split();
-        let mut up_writer = tokio::io::BufWriter::new(up_writer);
-        let inbound = relay_checked(&mut reader, &mut up_writer, buffer, &role);
-        let outbound = tokio::io::copy(&mut up_reader, &mut writer);
-        tokio::select! {
-            refused = inbound => {
-                if let Some(reason) = refused {
+
+        // MQTT 3.1.1: a client silent for one and a half keep-alive periods is gone.
+        let silence = Duration::from_millis(u64::from(connect.keep_alive) * 1500);
+        let mut heard = tokio::time::Instant::now();
+        let mut packets = Vec::new();
+        let end = loop {
+            // Every whole packet in the buffer is checked, then they go to the router
+            // together.
+            let checked = take_checked(&mut buffer, &role, &mut packets);
+            if hand_over(&self.broker, &mut link_tx, &mut packets).is_err() {
+                break End::RouterGone;
+            }
+            match checked {
+                Ok(false) => {}
+                Ok(true) => break End::Disconnected,
+                Err(reason) => {
                     self.close(client, Some(&role), reason);
+                    break End::Lost;
                 }
             }
-            _ = outbound => {}
-            _ = stop.changed() => {}
+            buffer.reserve(4096);
+            tokio::select! {
+                read = reader.read_buf(&mut buffer) => match read {
+                    Ok(0) | Err(_) => break End::Lost,
+                    Ok(_) => heard = tokio::time::Instant::now(),
+                },
+                notified = link_rx.next() => match notified {
+                    Ok(Some(first)) => {
+                        let mut wake = encode(first, &mut out).is_none();
+                        // What else the router has queued goes out in the same write.
+                        for _ in 0..MAX_BATCH {
+                            match link_rx.next().now_or_never() {
+                                Some(Ok(Some(next))) => wake |= encode(next, &mut out).is_none(),
+                                Some(Err(_)) => break,
+                                Some(Ok(None)) | None => break,
+                            }
+                        }
+                        let written = tokio::time::timeout(WRITE_TIMEOUT, write_out(&mut writer, &mut out)).await;
+                        if !matches!(written, Ok(Ok(()))) {
+                            break End::Lost;
+                        }
+                        if wake && link_rx.wake().await.is_err() {
+                            break End::RouterGone;
+                        }
+                    }
+                    Ok(None) => {}
+                    // The router ended the session: the same client id logged in again.
+                    Err(_) => break End::RouterGone,
+                },
+                _ = tokio::time::sleep_until(heard + silence) => {
+                    tracing::debug!(%client, role = ?role, "MQTT client silent past its keep-alive");
+                    break End::Lost;
+                }
+                _ = stop.changed() => break End::Lost,
+            }
+        };
+        if matches!(end, End::Lost) {
+            hang_up(&self.broker, &mut link_tx, will, packets);
         }
     }
 
@@ -273,17 +342,159 @@ impl Front {
     }
 }
 
+/// How a checked connection ended.
+enum End {
+    /// The client sent DISCONNECT, which went to the router: no will.
+    Disconnected,
+    /// The router dropped the session (a new login with the same client id took it
+    /// over, or the router refused a packet).
+    RouterGone,
+    /// The connection broke, fell silent, was refused a packet or the coordinator is
+    /// stopping: the will is published and the session ends.
+    Lost,
+}
+
+/// Most notifications written to a client in one go.
+const MAX_BATCH: usize = 500;
+
+/// How long a client may leave written packets unread before it is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn connack(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        None,
+    )
+}
+
+/// Ends a session that did not end with a DISCONNECT: publishes the client's will (as
+/// MQTT 3.1.1 asks of a broker), then ends the session in the router, which keeps it if
+/// it is not clean.
+fn hang_up(
+    broker: &EmbeddedBroker,
+    link_tx: &mut LinkTx,
+    will: Option<LastWill>,
+    mut packets: Vec<Packet>,
+) {
+    packets.clear();
+    if let Some(publish) = will.as_ref().and_then(will_publish) {
+        packets.push(publish);
+    }
+    packets.push(Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    ));
+    let _ = hand_over(broker, link_tx, &mut packets);
+}
+
+/// The PUBLISH a will stands for, with the will's QoS. rumqttd only lets a PUBLISH with
+/// a QoS above 0 be made by decoding one, so the will is encoded with rumqttc's codec and
+/// read back with rumqttd's.
+fn will_publish(will: &LastWill) -> Option<Packet> {
+    let qos = match will.qos {
+        rumqttd::protocol::QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        rumqttd::protocol::QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        rumqttd::protocol::QoS::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+    };
+    let topic = std::str::from_utf8(&will.topic).ok()?;
+    let mut publish = rumqttc::mqttbytes::v4::Publish::from_bytes(topic, qos, will.message.clone());
+    publish.retain = will.retain;
+    publish.pkid = u16::from(qos != rumqttc::QoS::AtMostOnce);
+    let mut bytes = BytesMut::new();
+    publish.write(&mut bytes).ok()?;
+    V4.read_mut(&mut bytes, usize::MAX).ok()
+}
+
+/// Gives `packets` to the router: all but the last go into the link's buffer, the last
+/// with the notification. That notification waits when the router's queue is full;
+/// when it nearly is, the wait happens off the runtime's worker.
+fn hand_over(
+    broker: &EmbeddedBroker,
+    link_tx: &mut LinkTx,
+    packets: &mut Vec<Packet>,
+) -> Result<(), RouterGone> {
+    let Some(last) = packets.pop() else {
+        return Ok(());
+    };
+    link_tx.buffer().extend(packets.drain(..));
+    let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    // `send` blocks in place (it does not yield), so one poll completes it.
+    let send = || match link_tx.send(last).now_or_never() {
+        Some(Err(_)) => Err(RouterGone),
+        Some(Ok(_)) | None => Ok(()),
+    };
+    if multi_thread && broker.busy() {
+        tokio::task::block_in_place(send)
+    } else {
+        send()
+    }
+}
+
+/// The router has dropped the session (its end of the link is gone).
+struct RouterGone;
+
+/// Appends what the router sent to `out`, as MQTT 3.1.1 bytes; `None` when it is not a
+/// packet for the client (the router's "unscheduled": it waits for a wake-up).
+fn encode(notification: Notification, out: &mut BytesMut) -> Option<()> {
+    let packet = match Option::<Packet>::from(notification)? {
+        Packet::ConnAck(ack, _) => Packet::ConnAck(ack, None),
+        Packet::Publish(publish, _) => Packet::Publish(publish, None),
+        Packet::PubAck(ack, _) => Packet::PubAck(ack, None),
+        Packet::SubAck(ack, _) => Packet::SubAck(ack, None),
+        Packet::UnsubAck(ack, _) => Packet::UnsubAck(ack, None),
+        Packet::PubRec(rec, _) => Packet::PubRec(rec, None),
+        Packet::PubRel(rel, _) => Packet::PubRel(rel, None),
+        Packet::PubComp(comp, _) => Packet::PubComp(comp, None),
+        Packet::PingResp(resp) => Packet::PingResp(resp),
+        // A 3.1.1 server never sends DISCONNECT (the router only does for MQTT 5), nor
+        // a client's packets.
+        _ => return Some(()),
+    };
+    if let Err(e) = V4.write(packet, out) {
+        tracing::warn!("cannot encode a packet for an MQTT client: {e}");
+    }
+    Some(())
+}
+
+async fn write_out<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
+    writer.write_all(out).await?;
+    out.clear();
+    writer.flush().await
+}
+
+async fn write_packets<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    packets: impl IntoIterator<Item = Packet>,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    for packet in packets {
+        V4.write(packet, &mut out).map_err(std::io::Error::other)?;
+    }
+    write_out(writer, &mut out).await
+}
+
 /// Reads one whole packet (at most [`MAX_PACKET_BYTES`]), reading more as needed.
 async fn read_packet<R: AsyncRead + Unpin>(
     reader: &mut R,
     buffer: &mut BytesMut,
-) -> Result<Packet, mqttbytes::Error> {
+) -> Result<Packet, protocol::Error> {
     loop {
-        match Packet::read(buffer, MAX_PACKET_BYTES) {
+        match V4.read_mut(buffer, MAX_PACKET_BYTES) {
             Ok(packet) => return Ok(packet),
-            Err(mqttbytes::Error::InsufficientBytes(_)) => {
+            Err(protocol::Error::InsufficientBytes(_)) => {
+                buffer.reserve(4096);
                 if reader.read_buf(buffer).await.unwrap_or(0) == 0 {
-                    return Err(mqttbytes::Error::InsufficientBytes(1));
+                    return Err(protocol::Error::InsufficientBytes(1));
                 }
             }
             Err(e) => return Err(e),
@@ -291,80 +502,54 @@ async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
-/// Copies whole packets from the client to the broker while `role` allows them; returns
-/// why it stopped when a packet was refused (`None`: either side closed).
-async fn relay_checked<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    mut buffer: BytesMut,
+/// Decodes every whole packet in `buffer` into `packets` while `role` allows them.
+/// `Ok(true)` when the last one is a DISCONNECT (nothing after it is read); `Err` with
+/// the reason when a packet is refused (the ones before it are kept).
+pub(crate) fn take_checked(
+    buffer: &mut BytesMut,
     role: &Role,
-) -> Option<&'static str>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+    packets: &mut Vec<Packet>,
+) -> Result<bool, &'static str> {
     loop {
-        // Every whole packet in the buffer is checked, then they go out together.
-        let mut any = false;
-        loop {
-            let header = match mqttbytes::check(buffer.iter(), MAX_PACKET_BYTES) {
-                Ok(header) => header,
-                Err(mqttbytes::Error::InsufficientBytes(_)) => break,
-                Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => return Some("too_large"),
-                Err(_) => return Some("malformed"),
-            };
-            let frame = buffer.split_to(header.frame_length()).freeze();
-            if let Err(reason) = role.may_send(header, frame.clone()) {
-                // What passed before the refused packet still reaches the broker.
-                let _ = writer.flush().await;
-                return Some(reason);
-            }
-            if writer.write_all(&frame).await.is_err() {
-                return None;
-            }
-            any = true;
-        }
-        if any && writer.flush().await.is_err() {
-            return None;
-        }
-        match reader.read_buf(&mut buffer).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
+        let packet = match V4.read_mut(buffer, MAX_PACKET_BYTES) {
+            Ok(packet) => packet,
+            Err(protocol::Error::InsufficientBytes(_)) => return Ok(false),
+            Err(protocol::Error::PayloadSizeLimitExceeded(_)) => return Err("too_large"),
+            Err(_) => return Err("malformed"),
+        };
+        role.may_send(&packet)?;
+        let disconnect = matches!(packet, Packet::Disconnect(..));
+        packets.push(packet);
+        if disconnect {
+            return Ok(true);
         }
     }
 }
 
 impl Role {
-    /// Whether this login may send the packet `frame` (whole, fixed header included).
-    fn may_send(
-        &self,
-        header: mqttbytes::FixedHeader,
-        frame: bytes::Bytes,
-    ) -> Result<(), &'static str> {
-        match header.packet_type().map_err(|_| "malformed")? {
-            PacketType::Publish => {
-                let publish = Publish::read(header, frame).map_err(|_| "malformed")?;
-                self.may_publish(&publish.topic, publish.retain, publish.payload.len())
+    /// Whether this login may send `packet`.
+    fn may_send(&self, packet: &Packet) -> Result<(), &'static str> {
+        match packet {
+            Packet::Publish(publish, _) => {
+                let topic = std::str::from_utf8(&publish.topic).map_err(|_| "malformed")?;
+                self.may_publish(topic, publish.retain, publish.payload.len())
             }
-            PacketType::Subscribe => {
-                let subscribe = Subscribe::read(header, frame).map_err(|_| "malformed")?;
-                subscribe
-                    .filters
-                    .iter()
-                    .try_for_each(|filter| self.may_subscribe(&filter.path))
-            }
-            PacketType::PubAck
-            | PacketType::PubRec
-            | PacketType::PubRel
-            | PacketType::PubComp
-            | PacketType::Unsubscribe
-            | PacketType::PingReq
-            | PacketType::Disconnect => Ok(()),
-            PacketType::Connect => Err("second_connect"),
-            PacketType::ConnAck
-            | PacketType::SubAck
-            | PacketType::UnsubAck
-            | PacketType::PingResp => Err("server_packet"),
+            Packet::Subscribe(subscribe, _) => subscribe
+                .filters
+                .iter()
+                .try_for_each(|filter| self.may_subscribe(&filter.path)),
+            Packet::PubAck(..)
+            | Packet::PubRec(..)
+            | Packet::PubRel(..)
+            | Packet::PubComp(..)
+            | Packet::Unsubscribe(..)
+            | Packet::PingReq(..)
+            | Packet::Disconnect(..) => Ok(()),
+            Packet::Connect(..) => Err("second_connect"),
+            Packet::ConnAck(..)
+            | Packet::SubAck(..)
+            | Packet::UnsubAck(..)
+            | Packet::PingResp(..) => Err("server_packet"),
         }
     }
 
