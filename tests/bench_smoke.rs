@@ -34,6 +34,7 @@ fn every_benchmark_part_runs_and_prints_its_figures() {
         "audit retention shortened to",
         "store growth under steady action load",
         "bundle fan-out to 300 agents",
+        "300 agents on the embedded broker",
     ] {
         let line = stdout
             .lines()

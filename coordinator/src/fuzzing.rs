@@ -34,6 +34,45 @@ pub fn alertmanager(body: &[u8]) -> Result<usize, String> {
         .map_err(|e| e.to_string())
 }
 
+/// What the front let through of some bytes, for one login.
+#[derive(Debug, Default)]
+pub struct FrontPass {
+    /// Packets that passed.
+    pub passed: usize,
+    /// Of those, publishes.
+    pub publishes: usize,
+    /// Of those, publishes outside the agent `web-01`'s own topics.
+    pub foreign: usize,
+    /// Why the first refused packet was refused.
+    pub refused: Option<&'static str>,
+}
+
+/// The embedded broker's front: decodes and checks every whole MQTT packet in `bytes`,
+/// as the agent `web-01` and as an integration would send them.
+pub fn mqtt_front(bytes: &[u8]) -> [FrontPass; 2] {
+    use crate::mqtt::broker::Role;
+    use rumqttd::protocol::Packet;
+    [Role::Agent("web-01".into()), Role::Integration].map(|role| {
+        let mut buffer = bytes::BytesMut::from(bytes);
+        let mut packets = Vec::new();
+        let refused = crate::mqtt::front::take_checked(&mut buffer, &role, &mut packets).err();
+        let mut pass = FrontPass {
+            passed: packets.len(),
+            refused,
+            ..FrontPass::default()
+        };
+        for packet in &packets {
+            if let Packet::Publish(publish, _) = packet {
+                pass.publishes += 1;
+                if !publish.topic.starts_with(b"vigil/v1/agents/web-01/") {
+                    pass.foreign += 1;
+                }
+            }
+        }
+        pass
+    })
+}
+
 /// What the fuzz targets decode and render, from the coordinator's private modules.
 pub use crate::bundles::store::BundleRecord;
 pub use crate::events::json::{entry_json, event_json, tags_json};

@@ -604,6 +604,73 @@ mod erased {
 }
 
 /// Every seed of every target.
+/// An MQTT packet: the fixed header's first byte, the remaining length, the body.
+fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// An MQTT string: its length (2 bytes, big-endian), then its bytes.
+fn mqtt_string(s: &[u8]) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s);
+    out
+}
+
+/// What an agent and an integration send the front: an agent's CONNECT (with a retained
+/// will on its status), its publishes and subscriptions, an integration's subscription,
+/// acknowledgements, pings, DISCONNECT, a publish on another host's topic, and all the
+/// agent's packets in one buffer.
+fn mqtt_front() -> Vec<Vec<u8>> {
+    let mut connect = b"\0\x04MQTT\x04\xEC\0\x1E".to_vec();
+    for field in [
+        b"vigil-agent-web-01".as_slice(),
+        b"vigil/v1/agents/web-01/status",
+        b"offline",
+        b"web-01",
+        b"password",
+    ] {
+        connect.extend(mqtt_string(field));
+    }
+    let publish = |topic: &[u8]| {
+        let mut body = mqtt_string(topic);
+        body.extend_from_slice(&[0, 7]);
+        body.extend(encode(&batch()));
+        mqtt_packet(0x32, &body)
+    };
+    let subscribe = |filters: &[&[u8]]| {
+        let mut body = vec![0, 8];
+        for filter in filters {
+            body.extend(mqtt_string(filter));
+            body.push(1);
+        }
+        mqtt_packet(0x82, &body)
+    };
+    let agent = vec![
+        mqtt_packet(0x10, &connect),
+        publish(b"vigil/v1/agents/web-01/metrics"),
+        subscribe(&[b"vigil/v1/agents/web-01/commands", b"vigil/v1/bundles/+"]),
+        mqtt_packet(0x40, &[0, 9]),
+        mqtt_packet(0xC0, &[]),
+        mqtt_packet(0xE0, &[]),
+    ];
+    let mut out = agent.clone();
+    out.push(subscribe(&[b"vigil/v1/json/#"]));
+    out.push(publish(b"vigil/v1/agents/db-02/metrics"));
+    out.push(agent[1..].concat());
+    out
+}
+
 pub fn all() -> Vec<Seed> {
     let mut out = Vec::new();
     for (target, seeds) in [
@@ -617,6 +684,7 @@ pub fn all() -> Vec<Seed> {
         ("rest_bodies", rest_bodies()),
         ("coordinator_records", coordinator_records()),
         ("agent_records", agent_records()),
+        ("mqtt_front", mqtt_front()),
     ] {
         out.extend(seeds.into_iter().map(|s| (target, s)));
     }

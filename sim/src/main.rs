@@ -186,6 +186,7 @@ async fn bench_main(args: BenchArgs) -> ExitCode {
             Part::Retention,
             Part::Restart,
             Part::Fanout,
+            Part::Fleet,
         ]
     } else {
         args.parts

@@ -8,10 +8,12 @@
 //! agent's memory and CPU, next to Monit's), [`audit`] (REST audit query over a large audit trail),
 //! [`retention`] (audit retention on a large store, and the store's size under steady load),
 //! [`restart`] (a killed container running again through a real agent, vs Docker's own
-//! `--restart=always`), [`fanout`] (a changed bundle group until 10,000 agents are in sync).
+//! `--restart=always`), [`fanout`] (a changed bundle group until 10,000 agents are in sync),
+//! [`fleet`] (10,000 agents on the embedded broker: the coordinator's memory).
 
 pub mod audit;
 pub mod fanout;
+pub mod fleet;
 pub mod footprint;
 pub mod ingest;
 pub mod latency;
@@ -108,6 +110,8 @@ pub enum Part {
     Restart,
     /// A changed bundle group until every agent is in sync.
     Fanout,
+    /// A large fleet on the embedded broker: the coordinator's memory.
+    Fleet,
 }
 
 /// Runs `parts` in order, printing each figure as it is measured; returns them all.
@@ -122,6 +126,7 @@ pub async fn run(env: &BenchEnv, parts: &[Part]) -> Result<Vec<Figure>, BenchErr
             Part::Retention => retention::run(env).await?,
             Part::Restart => restart::run(env).await?,
             Part::Fanout => fanout::run(env).await?,
+            Part::Fleet => fleet::run(env).await?,
         };
         for figure in &figures {
             println!("{figure}");
