@@ -20,6 +20,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::{
@@ -133,33 +134,62 @@ fn internal_login_ok(internal_password: &str, client_id: &str, user: &str, passw
     ok && user == COORDINATOR_MQTT_USER && client_id.starts_with("vigil-coordinator")
 }
 
-/// Opens a session on the router: the client id and whether the session is clean.
-type OpenLink =
-    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkRefused> + Send + Sync;
+/// A session opened on the router: the link's two halves and the router's CONNACK.
+pub(crate) type Session = (LinkTx, LinkRx, Notification);
 
-/// The router did not open a session.
+/// Why the router did not open a session.
 #[derive(Debug, Error)]
-#[error("the embedded broker did not open the session: {0}")]
-pub struct LinkRefused(String);
+pub enum LinkRefused {
+    /// The router answered with an error (too many connections, a client id with `+`,
+    /// `#`, `/` or `$`, or it is gone).
+    #[error("the embedded broker did not open the session: {0}")]
+    Router(String),
+    /// [`OPEN_QUEUE`] sessions are already waiting to be opened.
+    #[error("the embedded broker has {OPEN_QUEUE} sessions waiting to be opened")]
+    Busy,
+}
+
+/// Sessions that may wait to be opened; a login beyond them is refused at once.
+pub(crate) const OPEN_QUEUE: usize = 1024;
+
+/// One session to open, and where its answer goes.
+struct OpenRequest {
+    client_id: String,
+    clean_session: bool,
+    answer: tokio::sync::oneshot::Sender<Result<Session, LinkRefused>>,
+}
 
 /// The running embedded broker, as the front sees it.
 #[derive(Clone)]
 pub struct EmbeddedBroker {
-    open: Arc<OpenLink>,
+    opener: std::sync::mpsc::SyncSender<OpenRequest>,
     busy: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl EmbeddedBroker {
     /// Opens the session of a client the front has checked, as rumqttd's own network
-    /// links do (dynamic filters on; no will: the front publishes it). Blocks until the
-    /// router answers with its CONNACK (or refuses: too many connections, a client id
-    /// with `+`, `#`, `/` or `$`).
-    pub(crate) fn open(
+    /// links do (dynamic filters on; no will: the front publishes it), and waits for
+    /// the router's CONNACK. Sessions are opened one at a time on a thread of their own
+    /// (opening blocks until the router answers), so a slow router holds at most
+    /// [`OPEN_QUEUE`] logins, never the runtime's threads; a caller that stops waiting
+    /// (its client gave up) is skipped, or its session ended if it was already open.
+    pub(crate) async fn open(
         &self,
-        client_id: &str,
+        client_id: String,
         clean_session: bool,
-    ) -> Result<(LinkTx, LinkRx, Notification), LinkRefused> {
-        (self.open)(client_id, clean_session)
+    ) -> Result<Session, LinkRefused> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let request = OpenRequest {
+            client_id,
+            clean_session,
+            answer,
+        };
+        self.opener
+            .try_send(request)
+            .map_err(|_| LinkRefused::Busy)?;
+        answered
+            .await
+            .unwrap_or_else(|_| Err(LinkRefused::Router("the opening thread is gone".into())))
     }
 
     /// Whether the router's event queue is nearly full, so that handing it more may
@@ -285,14 +315,34 @@ pub fn start(listen: SocketAddr, internal_password: String) -> Result<EmbeddedBr
         })
         .map_err(BrokerError::Thread)?;
     let busy_tx = router_tx.clone();
+    let (opener, requests) = std::sync::mpsc::sync_channel::<OpenRequest>(OPEN_QUEUE);
+    std::thread::Builder::new()
+        .name("vigil-broker-open".into())
+        .spawn(move || {
+            for request in requests {
+                if request.answer.is_closed() {
+                    continue;
+                }
+                let opened = LinkBuilder::new(&request.client_id, router_tx.clone())
+                    .clean_session(request.clean_session)
+                    .dynamic_filters(true)
+                    .build()
+                    .map_err(|e: LinkError| LinkRefused::Router(e.to_string()));
+                if let Err(Ok((mut link_tx, _, _))) = request.answer.send(opened) {
+                    // Nobody waits for it any more: end it, or it would stay in the
+                    // router until its client id logs in again.
+                    let disconnect = rumqttd::protocol::Disconnect {
+                        reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+                    };
+                    let _ = link_tx
+                        .send(rumqttd::protocol::Packet::Disconnect(disconnect, None))
+                        .now_or_never();
+                }
+            }
+        })
+        .map_err(BrokerError::Thread)?;
     let broker = EmbeddedBroker {
-        open: Arc::new(move |client_id: &str, clean_session: bool| {
-            LinkBuilder::new(client_id, router_tx.clone())
-                .clean_session(clean_session)
-                .dynamic_filters(true)
-                .build()
-                .map_err(|e: LinkError| LinkRefused(e.to_string()))
-        }),
+        opener,
         busy: Arc::new(move || {
             busy_tx
                 .capacity()

@@ -46,7 +46,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use vigil_shared::topics::{self, AgentChannel};
 
-use crate::mqtt::broker::{BrokerAuth, EmbeddedBroker, Role, MAX_PACKET_BYTES};
+use crate::mqtt::broker::{BrokerAuth, EmbeddedBroker, LinkRefused, Role, MAX_PACKET_BYTES};
 use crate::per_address::{AddressSlot, PerAddress};
 use crate::telemetry::Telemetry;
 
@@ -250,22 +250,25 @@ impl Front {
         } else {
             connect.client_id.clone()
         };
-        let broker = self.broker.clone();
-        let clean_session = connect.clean_session;
-        let opened =
-            tokio::task::spawn_blocking(move || broker.open(&client_id, clean_session)).await;
+        // The router answers within the rest of the login's time, or the login fails.
+        let opened = tokio::time::timeout(
+            self.limits.connect_timeout,
+            self.broker.open(client_id, connect.clean_session),
+        )
+        .await;
         let (mut link_tx, mut link_rx, accepted) = match opened {
             Ok(Ok(link)) => link,
-            Ok(Err(e)) => {
-                tracing::warn!(%client, client_id = %connect.client_id, "the embedded broker did not take the connection: {e}");
-                let _ = write_packets(
-                    &mut writer,
-                    [connack(ConnectReturnCode::ServiceUnavailable)],
-                )
-                .await;
+            failed => {
+                let reason = match failed {
+                    Ok(Err(LinkRefused::Busy)) => "broker_busy",
+                    Err(_) => "broker_timeout",
+                    _ => "broker_refused",
+                };
+                self.close(client, Some(&role), reason);
+                let refusal = connack(ConnectReturnCode::ServiceUnavailable);
+                let _ = write_packets(&mut writer, [refusal]).await;
                 return;
             }
-            Err(_) => return,
         };
         let mut out = BytesMut::new();
         if encode(accepted, &mut out).is_none() || write_out(&mut writer, &mut out).await.is_err() {
