@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use rumqttd::local::LinkTx;
 use rumqttd::protocol::v4::V4;
@@ -521,6 +521,17 @@ pub(crate) fn take_checked(
             Err(_) => return Err("malformed"),
         };
         role.may_send(&packet)?;
+        let packet = match packet {
+            // The decoded topic and payload are slices of the read buffer, and the broker
+            // keeps what it routes in its log for a while: each message kept would hold
+            // the whole buffer it was read into. A copy of its own holds only itself.
+            Packet::Publish(mut publish, properties) => {
+                publish.topic = Bytes::copy_from_slice(&publish.topic);
+                publish.payload = Bytes::copy_from_slice(&publish.payload);
+                Packet::Publish(publish, properties)
+            }
+            packet => packet,
+        };
         let disconnect = matches!(packet, Packet::Disconnect(..));
         packets.push(packet);
         if disconnect {

@@ -51,6 +51,12 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions};
 use thiserror::Error;
 
+/// LMDB reader slots. A thread that reads keeps its slot for as long as it lives, and
+/// the runtime's blocking pool alone may grow to 512 threads; LMDB's default, 126, ran
+/// out with 10,000 agents logging in at once (`MDB_READERS_FULL`, logins refused as a
+/// store error).
+const MAX_READERS: u32 = 1024;
+
 pub use records::{HostRecord, LatestPoint, Point, Source};
 pub use writer::{StoreWriter, Write};
 
@@ -248,6 +254,7 @@ impl Store {
             EnvOpenOptions::new()
                 .map_size(map_size.initial)
                 .max_dbs(32)
+                .max_readers(MAX_READERS)
                 .open(dir)
         }
         .map_err(open_err)?;
