@@ -167,8 +167,9 @@ impl Coordinator {
         let (client_url, mqtt_username, mqtt_password) = match config.broker {
             BrokerMode::Embedded { listen } => {
                 let password = crate::security::agents::generate_password();
-                // rumqttd listens on loopback; every client from outside goes through
-                // the front on the public address (over TLS when it is on).
+                // rumqttd listens on loopback for the coordinator's own clients; every
+                // client from outside goes through the front on the public address (over
+                // TLS when it is on), which hands it to rumqttd's router in-process.
                 let front_listener =
                     tokio::net::TcpListener::bind(listen)
                         .await

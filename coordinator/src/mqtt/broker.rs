@@ -39,7 +39,7 @@ use crate::telemetry::Telemetry;
 /// Largest MQTT packet a client may send: a full payload plus topic and header room.
 pub const MAX_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES + 1024;
 
-/// A user name no outside login may take: it once named the front's logins to rumqttd.
+/// A user name reserved inside the coordinator: no login at the front may take it.
 pub const FRONT_MQTT_USER: &str = "vigil-front";
 
 /// Who a login at the front is.

@@ -156,7 +156,7 @@ impl Front {
         tracing::debug!(%client, reason, "MQTT connection refused");
     }
 
-    /// One connection: handshake, CONNECT, login, then the relay.
+    /// One connection: handshake, CONNECT, login, then its session on the router.
     async fn serve(
         self,
         stream: TcpStream,
