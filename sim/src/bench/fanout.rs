@@ -45,14 +45,6 @@ struct Run {
     broker_anon_mib: f64,
 }
 
-/// A process's anonymous resident memory (`RssAnon`), MiB; 0 if unreadable.
-fn anon_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|text| super::footprint::status_kib(&text, "RssAnon"))
-        .map_or(0.0, |kib| kib as f64 / 1024.0)
-}
-
 /// Measures this part's figure.
 pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     let (big, small) = if env.quick {
@@ -203,11 +195,11 @@ async fn measure(env: &BenchEnv, agents: usize, via_mosquitto: bool) -> Result<R
     let asked = Instant::now();
     in_sync(coordinator, &client, 2).await;
     let drift_request = asked.elapsed();
-    let coordinator_anon_mib = anon_mib(coordinator.proc.pid());
+    let coordinator_anon_mib = stack::anon_mib(coordinator.proc.pid());
     let broker_anon_mib = stack
         .mosquitto
         .as_ref()
-        .map_or(0.0, |m| anon_mib(m.proc.pid()));
+        .map_or(0.0, |m| stack::anon_mib(m.proc.pid()));
     fleet.stop();
     let _ = fleet.wait(None).await;
     stack.stop();

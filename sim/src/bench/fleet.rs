@@ -138,7 +138,7 @@ async fn measure(env: &BenchEnv, agents: usize, run_for: Duration) -> Result<Run
     config.logins = stack::enroll(&stack.coordinator, &config.hosts())
         .await
         .map_err(|e| BenchError::Failed(format!("{label}: {e}")))?;
-    let idle_mib = anon_mib(pid);
+    let idle_mib = stack::anon_mib(pid);
     let fleet = Fleet::start(config).map_err(BenchError::Failed)?;
     let started = Instant::now();
     while fleet.snapshot().connected < agents as u64 {
@@ -163,13 +163,10 @@ async fn measure(env: &BenchEnv, agents: usize, run_for: Duration) -> Result<Run
     let mut peak_mib: f64 = 0.0;
     let mut end_mib = 0.0;
     while Instant::now() < until {
-        end_mib = anon_mib(pid);
+        end_mib = stack::anon_mib(pid);
         peak_mib = peak_mib.max(end_mib);
         stack::check_alive(&label, &mut stack.coordinator.proc)?;
         tokio::time::sleep(Duration::from_secs(5).min(until - Instant::now())).await;
-    }
-    if end_mib == 0.0 {
-        end_mib = anon_mib(pid);
     }
     let sent = fleet.snapshot();
     eprintln!(
@@ -216,12 +213,4 @@ async fn measure(env: &BenchEnv, agents: usize, run_for: Duration) -> Result<Run
         samples,
         open_files,
     })
-}
-
-/// A process's anonymous resident memory (`RssAnon`), MiB; 0 if unreadable.
-fn anon_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|text| super::footprint::status_kib(&text, "RssAnon"))
-        .map_or(0.0, |kib| kib as f64 / 1024.0)
 }

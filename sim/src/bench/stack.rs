@@ -122,3 +122,11 @@ pub fn stop(proc: vigil_testkit::Proc) {
         tracing::warn!("{e}; killed it");
     }
 }
+
+/// A process's anonymous resident memory (`RssAnon`), MiB; 0 if unreadable.
+pub fn anon_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|text| super::footprint::status_kib(&text, "RssAnon"))
+        .map_or(0.0, |kib| kib as f64 / 1024.0)
+}
