@@ -179,10 +179,12 @@ impl Coordinator {
                         })?;
                 let broker_listen = broker::free_loopback_address()?;
                 let internal = password.clone();
-                let embedded =
-                    tokio::task::spawn_blocking(move || broker::start(broker_listen, internal))
-                        .await
-                        .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+                let broker_telemetry = telemetry.clone();
+                let embedded = tokio::task::spawn_blocking(move || {
+                    broker::start(broker_listen, internal, broker_telemetry)
+                })
+                .await
+                .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
                 let front = crate::mqtt::front::Front::new(
                     embedded,
                     broker::BrokerAuth::new(store.clone(), telemetry.clone()),

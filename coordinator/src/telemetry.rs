@@ -80,6 +80,9 @@ pub struct Telemetry {
     /// `vigil_json_mirror_dropped_total{stream}`: JSON messages dropped because the mirror
     /// fell behind.
     pub json_mirror_dropped: IntCounterVec,
+    /// `vigil_mqtt_mail_dropped_total{reason}`: messages for agents the embedded broker
+    /// dropped (a session's queue full, a session away forgotten).
+    pub mqtt_mail_dropped: IntCounterVec,
     /// `vigil_http_requests_rejected_total{field,route}`: REST requests refused because a
     /// parameter or body field was out of range or unreadable (a time, a TTL, a limit);
     /// `route` is the route template, `field` one of a fixed set of names (`other` for
@@ -305,6 +308,13 @@ impl Telemetry {
             "JSON mirror messages dropped because the mirror fell behind",
             &["stream"],
         );
+        let mqtt_mail_dropped = counter(
+            "vigil_mqtt_mail_dropped_total",
+            "Messages for agents the embedded broker dropped: queue_full (a session held its \
+             most while its agent was away or did not acknowledge), session_evicted (the \
+             session away longest was forgotten to keep the sessions bounded)",
+            &["reason"],
+        );
         let http_rejected = counter(
             "vigil_http_requests_rejected_total",
             "REST requests refused for an out-of-range or unreadable parameter or field \
@@ -459,6 +469,7 @@ impl Telemetry {
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
+            mqtt_mail_dropped,
             mqtt_duplicates,
             mqtt_auth_failures,
             agent_handshakes,
@@ -549,6 +560,7 @@ mod tests {
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
+            mqtt_mail_dropped,
             connections_refused,
             mqtt_acl_refusals,
             open_files_limit,
@@ -579,6 +591,7 @@ mod tests {
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
+            mqtt_mail_dropped,
             connections_refused,
             mqtt_acl_refusals,
             http_rejected,

@@ -32,6 +32,7 @@ use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::mqtt::{agent_client_id, outbox_client_id};
 use vigil_shared::wire::MAX_PAYLOAD_BYTES;
 
+use crate::mqtt::mailroom::{self, Mailroom};
 use crate::security::agents::{self, API_MQTT_USER, COORDINATOR_MQTT_USER};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -164,6 +165,8 @@ struct OpenRequest {
 pub struct EmbeddedBroker {
     opener: std::sync::mpsc::SyncSender<OpenRequest>,
     busy: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The agents' sessions: what the coordinator sends them.
+    pub(crate) mailroom: Mailroom,
 }
 
 impl EmbeddedBroker {
@@ -281,10 +284,14 @@ pub fn loopback_url(listen: SocketAddr) -> BrokerUrl {
     }
 }
 
-/// Starts the broker's router, and its listener for the coordinator's clients on
-/// `listen` (a loopback address, admitting only `internal_password`), and waits until
-/// that listener takes logins.
-pub fn start(listen: SocketAddr, internal_password: String) -> Result<EmbeddedBroker, BrokerError> {
+/// Starts the broker's router, its mailroom (agents' sessions), and its listener for the
+/// coordinator's clients on `listen` (a loopback address, admitting only
+/// `internal_password`), and waits until that listener takes logins.
+pub fn start(
+    listen: SocketAddr,
+    internal_password: String,
+    telemetry: Arc<Telemetry>,
+) -> Result<EmbeddedBroker, BrokerError> {
     // rumqttd reports a failed bind only in its log; find out first, with a clear error.
     drop(
         TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -313,6 +320,19 @@ pub fn start(listen: SocketAddr, internal_password: String) -> Result<EmbeddedBr
                 tracing::error!("embedded MQTT broker's loopback listener stopped: {e}");
             }
         })
+        .map_err(BrokerError::Thread)?;
+    let mailroom = Mailroom::new(telemetry);
+    let link_failed = |e: LinkError| BrokerError::Thread(std::io::Error::other(e.to_string()));
+    let (mut mail_tx, mail_rx, _) = LinkBuilder::new(mailroom::CLIENT_ID, router_tx.clone())
+        .clean_session(true)
+        .dynamic_filters(true)
+        .build()
+        .map_err(link_failed)?;
+    Mailroom::subscribe(&mut mail_tx).map_err(|e| BrokerError::Thread(std::io::Error::other(e)))?;
+    let posting = mailroom.clone();
+    std::thread::Builder::new()
+        .name("vigil-broker-mail".into())
+        .spawn(move || posting.run(mail_tx, mail_rx))
         .map_err(BrokerError::Thread)?;
     let busy_tx = router_tx.clone();
     let (opener, requests) = std::sync::mpsc::sync_channel::<OpenRequest>(OPEN_QUEUE);
@@ -348,6 +368,7 @@ pub fn start(listen: SocketAddr, internal_password: String) -> Result<EmbeddedBr
                 .capacity()
                 .is_some_and(|capacity| busy_tx.len() * 10 >= capacity * 9)
         }),
+        mailroom,
     };
     let probe = if listen.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], listen.port()))

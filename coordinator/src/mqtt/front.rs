@@ -25,8 +25,10 @@
 //!   [`WRITE_TIMEOUT`].
 //!
 //! Packets that pass go to the router as decoded; what the router sends back is encoded
-//! for the client. The front publishes a client's will when its connection ends
-//! without a DISCONNECT.
+//! for the client. An agent's subscriptions and what it is sent are its session's in
+//! the [`mailroom`](crate::mqtt::mailroom), not the router's: the front answers its
+//! SUBSCRIBE, UNSUBSCRIBE and PUBACK there and writes out what the session holds. The
+//! front publishes a client's will when its connection ends without a DISCONNECT.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +49,7 @@ use tokio_rustls::TlsAcceptor;
 use vigil_shared::topics::{self, AgentChannel};
 
 use crate::mqtt::broker::{BrokerAuth, EmbeddedBroker, LinkRefused, Role, MAX_PACKET_BYTES};
+use crate::mqtt::mailroom::Attachment;
 use crate::per_address::{AddressSlot, PerAddress};
 use crate::telemetry::Telemetry;
 
@@ -250,10 +253,13 @@ impl Front {
         } else {
             connect.client_id.clone()
         };
-        // The router answers within the rest of the login's time, or the login fails.
+        // The router answers within the rest of the login's time, or the login fails. An
+        // agent's session is the mailroom's: the router keeps none for it.
+        let agent = matches!(role, Role::Agent(_));
         let opened = tokio::time::timeout(
             self.limits.connect_timeout,
-            self.broker.open(client_id, connect.clean_session),
+            self.broker
+                .open(client_id.clone(), connect.clean_session || agent),
         )
         .await;
         let (mut link_tx, mut link_rx, accepted) = match opened {
@@ -271,7 +277,22 @@ impl Front {
             }
         };
         let mut out = BytesMut::new();
-        if encode(accepted, &mut out).is_none() || write_out(&mut writer, &mut out).await.is_err() {
+        let (mail, accepted) = match &role {
+            Role::Agent(host) => {
+                let (mail, present) =
+                    self.broker
+                        .mailroom
+                        .attach(host, &client_id, connect.clean_session);
+                let ack = ConnAck {
+                    session_present: present,
+                    code: ConnectReturnCode::Success,
+                };
+                let written = V4.write(Packet::ConnAck(ack, None), &mut out);
+                (Some(mail), written.ok().map(drop))
+            }
+            Role::Integration => (None, encode(accepted, &mut out)),
+        };
+        if accepted.is_none() || write_out(&mut writer, &mut out).await.is_err() {
             return hang_up(&self.broker, &mut link_tx, will, Vec::new());
         }
 
@@ -283,6 +304,9 @@ impl Front {
             // Every whole packet in the buffer is checked, then they go to the router
             // together.
             let checked = take_checked(&mut buffer, &role, &mut packets);
+            if let Some(mail) = &mail {
+                answer_mail(mail, &mut packets, &mut out);
+            }
             if hand_over(&self.broker, &mut link_tx, &mut packets).is_err() {
                 break End::RouterGone;
             }
@@ -291,6 +315,16 @@ impl Front {
                 Ok(true) => break End::Disconnected,
                 Err(reason) => {
                     self.close(client, Some(&role), reason);
+                    break End::Lost;
+                }
+            }
+            if let Some(mail) = &mail {
+                mail.take(&mut out);
+            }
+            if !out.is_empty() {
+                let written =
+                    tokio::time::timeout(WRITE_TIMEOUT, write_out(&mut writer, &mut out)).await;
+                if !matches!(written, Ok(Ok(()))) {
                     break End::Lost;
                 }
             }
@@ -323,6 +357,7 @@ impl Front {
                     // The router ended the session: the same client id logged in again.
                     Err(_) => break End::RouterGone,
                 },
+                () = mail_waiting(mail.as_ref()) => {}
                 _ = tokio::time::sleep_until(heard + silence) => {
                     tracing::debug!(%client, role = ?role, "MQTT client silent past its keep-alive");
                     break End::Lost;
@@ -442,6 +477,35 @@ fn hand_over(
 
 /// The router has dropped the session (its end of the link is gone).
 struct RouterGone;
+
+/// Answers an agent's SUBSCRIBE and UNSUBSCRIBE into `out` and takes its PUBACKs: its
+/// session is the mailroom's. What else it sent stays in `packets` for the router.
+fn answer_mail(mail: &Attachment, packets: &mut Vec<Packet>, out: &mut BytesMut) {
+    packets.retain(|packet| {
+        let answer = match packet {
+            Packet::Subscribe(subscribe, _) => mail.subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe, _) => mail.unsubscribe(unsubscribe),
+            Packet::PubAck(ack, _) => {
+                mail.acked(ack.pkid);
+                return false;
+            }
+            _ => return true,
+        };
+        if let Err(e) = V4.write(answer, out) {
+            tracing::warn!("cannot encode a packet for an MQTT client: {e}");
+        }
+        false
+    });
+}
+
+/// Resolves when an agent's session may have something to write; never for a
+/// connection without one.
+async fn mail_waiting(mail: Option<&Attachment>) {
+    match mail {
+        Some(mail) => mail.notified().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Appends what the router sent to `out`, as MQTT 3.1.1 bytes; `None` when it is not a
 /// packet for the client (the router's "unscheduled": it waits for a wake-up).

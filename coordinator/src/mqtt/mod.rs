@@ -1,6 +1,7 @@
 //! MQTT, in the order a message travels: the [`front`] every outside client connects to
 //! (TLS, connection bounds, who may publish or subscribe to what), the embedded
-//! [`broker`] behind it (rumqttd on loopback, or none with an external broker), then
+//! [`broker`] behind it (rumqttd on loopback, or none with an external broker; its
+//! [`mailroom`] keeps the agents' sessions and what is sent to them), then
 //! [`ingest`], which checks every agent message, hands it to the store writer and
 //! acknowledges it to the broker once stored (with the session keys [`handshake`] makes
 //! on a connection of its own), and the [`publisher`] that sends signed
@@ -12,4 +13,5 @@ pub mod broker;
 pub mod front;
 pub mod handshake;
 pub mod ingest;
+pub(crate) mod mailroom;
 pub mod publisher;
