@@ -241,6 +241,7 @@ impl Mailroom {
         if let Some(session) = rooms.sessions.get_mut(client_id) {
             // A connection taken over leaves what it was not acknowledged to this one.
             session.requeue_inflight();
+            session.clean = clean;
             session.attached = Some((id, Arc::clone(&notify)));
             if !session.queue.is_empty() {
                 notify.notify_one();
