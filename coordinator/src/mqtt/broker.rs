@@ -24,7 +24,8 @@ use futures_util::FutureExt;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::{
-    ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
+    ConnectionSettings, LinkType, Notification, Router, RouterConfig, SegmentConfig, Server,
+    ServerSettings,
 };
 use subtle::ConstantTimeEq;
 use thiserror::Error;
@@ -224,11 +225,23 @@ pub enum BrokerError {
 /// The rumqttd router configuration Vigil uses: room for 10,000 agents (two connections
 /// each).
 fn router_config() -> RouterConfig {
+    // The mailroom reads what it subscribed to at once into bounded queues of its own: a
+    // short log is enough for its filters. Every other filter's log is where messages
+    // wait for a subscriber that fell behind (the coordinator's ingest under a burst).
+    let mail_log = SegmentConfig {
+        max_segment_size: 1024 * 1024,
+        max_segment_count: 4,
+    };
     RouterConfig {
         max_connections: 21_000,
         max_outgoing_packet_count: 1000,
         max_segment_size: 16 * 1024 * 1024,
         max_segment_count: 4,
+        custom_segment: Some(
+            mailroom::filters()
+                .map(|filter| (filter, mail_log.clone()))
+                .collect(),
+        ),
         ..RouterConfig::default()
     }
 }

@@ -130,11 +130,7 @@ impl Mailroom {
     /// Subscribes the mailroom's link to what agents are sent: every agent's
     /// agent-bound channels, and the bundles.
     pub(crate) fn subscribe(link_tx: &mut LinkTx) -> Result<(), String> {
-        let filters = AGENT_BOUND
-            .iter()
-            .map(|channel| topics::all_agents(*channel))
-            .chain([topics::bundle("#")]);
-        for filter in filters {
+        for filter in filters() {
             link_tx.subscribe(filter).map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -261,6 +257,15 @@ impl Mailroom {
     fn sessions(&self) -> usize {
         self.lock().sessions.len()
     }
+}
+
+/// What the mailroom's link subscribes to: every agent's agent-bound channels, and the
+/// bundles.
+pub(crate) fn filters() -> impl Iterator<Item = String> {
+    AGENT_BOUND
+        .iter()
+        .map(|channel| topics::all_agents(*channel))
+        .chain([topics::bundle("#")])
 }
 
 impl Rooms {
