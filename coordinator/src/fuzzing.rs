@@ -55,7 +55,9 @@ pub fn mqtt_front(bytes: &[u8]) -> [FrontPass; 2] {
     [Role::Agent("web-01".into()), Role::Integration].map(|role| {
         let mut buffer = bytes::BytesMut::from(bytes);
         let mut packets = Vec::new();
-        let refused = crate::mqtt::front::take_checked(&mut buffer, &role, &mut packets).err();
+        let refused =
+            crate::mqtt::front::take_checked(&mut buffer, &role, &mut packets, &mut Vec::new())
+                .err();
         let mut pass = FrontPass {
             passed: packets.len(),
             refused,

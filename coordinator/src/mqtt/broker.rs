@@ -2,8 +2,10 @@
 //! working Vigil. Its router runs on its own thread for the life of the process.
 //! Clients from outside reach it through the front ([`crate::mqtt::front`]), which
 //! bounds sockets, checks logins with [`BrokerAuth`], enforces what each may send and
-//! hands each checked connection's packets to the router in-process, through a link of
-//! its own ([`EmbeddedBroker::open`]): no socket between the front and the router.
+//! hands each checked connection's packets to the router in-process: an integration's
+//! through a link of its own ([`EmbeddedBroker::open`]), agents' through a few links they
+//! share ([`EmbeddedBroker::agent_link`]; their subscriptions are the mailroom's). No
+//! socket between the front and the router.
 //!
 //! The coordinator's own MQTT clients use a loopback port of rumqttd's, which admits
 //! only logins with the coordinator's internal password (made at start-up and never
@@ -168,7 +170,15 @@ pub struct EmbeddedBroker {
     busy: Arc<dyn Fn() -> bool + Send + Sync>,
     /// The agents' sessions: what the coordinator sends them.
     pub(crate) mailroom: Mailroom,
+    /// The links agents' publishes reach the router by ([`AGENT_LINKS`]).
+    agent_links: Arc<[std::sync::Mutex<LinkTx>]>,
 }
+
+/// Links to the router shared by all agents' connections. An agent only publishes into
+/// the router (its subscriptions are the mailroom's), so it needs no link of its own,
+/// and a link costs rumqttd ≈ 128 KB of queues. Each client id always uses the same
+/// link, so its messages keep their order.
+pub(crate) const AGENT_LINKS: usize = 2;
 
 impl EmbeddedBroker {
     /// Opens the session of a client the front has checked, as rumqttd's own network
@@ -194,6 +204,14 @@ impl EmbeddedBroker {
         answered
             .await
             .unwrap_or_else(|_| Err(LinkRefused::Router("the opening thread is gone".into())))
+    }
+
+    /// The link `client_id`'s publishes go to the router by.
+    pub(crate) fn agent_link(&self, client_id: &str) -> &std::sync::Mutex<LinkTx> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(client_id);
+        &self.agent_links[(hash % self.agent_links.len() as u64) as usize]
     }
 
     /// Whether the router's event queue is nearly full, so that handing it more may
@@ -347,6 +365,32 @@ pub fn start(
         .name("vigil-broker-mail".into())
         .spawn(move || posting.run(mail_tx, mail_rx))
         .map_err(BrokerError::Thread)?;
+    let mut agent_links = Vec::with_capacity(AGENT_LINKS);
+    for n in 0..AGENT_LINKS {
+        let client_id = format!("vigil-coordinator-agents-{n}");
+        let (link_tx, mut link_rx, _) = LinkBuilder::new(&client_id, router_tx.clone())
+            .clean_session(true)
+            .dynamic_filters(true)
+            .build()
+            .map_err(link_failed)?;
+        // What the router sends back (its PUBACKs: the front has acknowledged each
+        // publish to its agent already) is read and let go.
+        std::thread::Builder::new()
+            .name(format!("vigil-broker-agents-{n}"))
+            .spawn(move || loop {
+                match link_rx.recv() {
+                    Ok(Some(Notification::Unschedule)) => {
+                        if link_rx.ready().is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            })
+            .map_err(BrokerError::Thread)?;
+        agent_links.push(std::sync::Mutex::new(link_tx));
+    }
     let busy_tx = router_tx.clone();
     let (opener, requests) = std::sync::mpsc::sync_channel::<OpenRequest>(OPEN_QUEUE);
     std::thread::Builder::new()
@@ -382,6 +426,7 @@ pub fn start(
                 .is_some_and(|capacity| busy_tx.len() * 10 >= capacity * 9)
         }),
         mailroom,
+        agent_links: agent_links.into(),
     };
     let probe = if listen.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], listen.port()))

@@ -1,6 +1,7 @@
 //! The embedded broker's front door. Every MQTT client from outside the coordinator
-//! connects here; what passes goes to rumqttd's router in-process, one link per
-//! connection ([`EmbeddedBroker::open`]), so a client costs the coordinator one socket.
+//! connects here; what passes goes to rumqttd's router in-process (a link per
+//! integration, [`EmbeddedBroker::open`]; a few links shared by all agents,
+//! [`EmbeddedBroker::agent_link`]), so a client costs the coordinator one socket.
 //!
 //! rumqttd has no topic ACLs and accepts sockets without bounds, so the front is where
 //! the embedded broker gets the rules the shipped Mosquitto ACL gives an external one:
@@ -24,14 +25,16 @@
 //!   keep-alive of 0 is refused), as is one that leaves written packets unread for
 //!   [`WRITE_TIMEOUT`].
 //!
-//! Packets that pass go to the router as decoded; what the router sends back is encoded
-//! for the client. An agent's subscriptions and what it is sent are its session's in
-//! the [`mailroom`](crate::mqtt::mailroom), not the router's: the front answers its
-//! SUBSCRIBE, UNSUBSCRIBE and PUBACK there and writes out what the session holds. The
-//! front publishes a client's will when its connection ends without a DISCONNECT.
+//! Packets that pass go to the router as decoded. For an integration, what the router
+//! sends back is encoded for it. An agent only publishes into the router: the front
+//! acknowledges each QoS 1 PUBLISH once handed over, answers its pings, and its
+//! subscriptions and what it is sent are its session's in the
+//! [`mailroom`](crate::mqtt::mailroom) (the front answers its SUBSCRIBE, UNSUBSCRIBE
+//! and PUBACK there and writes out what the session holds). The front publishes a
+//! client's will when its connection ends without a DISCONNECT.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -39,7 +42,8 @@ use futures_util::FutureExt;
 use rumqttd::local::LinkTx;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{
-    self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol,
+    self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, PingResp,
+    Protocol, PubAck, PubAckReason,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -199,7 +203,7 @@ impl Front {
         client: SocketAddr,
         deadline: tokio::time::Instant,
         slot: AddressSlot,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -248,18 +252,62 @@ impl Front {
             }
         }
         drop(slot);
-        let client_id = if connect.client_id.is_empty() {
+        let mut session = Session {
+            reader,
+            writer,
+            buffer,
+            client,
+            silence: Duration::from_millis(u64::from(connect.keep_alive) * 1500),
+            will,
+            stop,
+        };
+        match &role {
+            Role::Agent(host) => {
+                self.serve_agent(
+                    &mut session,
+                    &role,
+                    host,
+                    &connect.client_id,
+                    connect.clean_session,
+                )
+                .await
+            }
+            Role::Integration => {
+                self.serve_integration(
+                    &mut session,
+                    &role,
+                    connect.client_id,
+                    connect.clean_session,
+                )
+                .await
+            }
+        }
+    }
+
+    /// An integration's session: a link of its own to the router, which holds its
+    /// subscriptions; what the router sends it is encoded for it.
+    async fn serve_integration<R, W>(
+        &self,
+        session: &mut Session<R, W>,
+        role: &Role,
+        client_id: String,
+        clean_session: bool,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let client = session.client;
+        // An integration without a client id gets one made up, which cannot name a
+        // session kept from before (refused above).
+        let client_id = if client_id.is_empty() {
             format!("vigil-integration-{:016x}", rand::random::<u64>())
         } else {
-            connect.client_id.clone()
+            client_id
         };
-        // The router answers within the rest of the login's time, or the login fails. An
-        // agent's session is the mailroom's: the router keeps none for it.
-        let agent = matches!(role, Role::Agent(_));
+        // The router answers within the rest of the login's time, or the login fails.
         let opened = tokio::time::timeout(
             self.limits.connect_timeout,
-            self.broker
-                .open(client_id.clone(), connect.clean_session || agent),
+            self.broker.open(client_id, clean_session),
         )
         .await;
         let (mut link_tx, mut link_rx, accepted) = match opened {
@@ -270,43 +318,25 @@ impl Front {
                     Err(_) => "broker_timeout",
                     _ => "broker_refused",
                 };
-                self.close(client, Some(&role), reason);
+                self.close(client, Some(role), reason);
                 let refusal = connack(ConnectReturnCode::ServiceUnavailable);
-                let _ = write_packets(&mut writer, [refusal]).await;
+                let _ = write_packets(&mut session.writer, [refusal]).await;
                 return;
             }
         };
         let mut out = BytesMut::new();
-        let (mail, accepted) = match &role {
-            Role::Agent(host) => {
-                let (mail, present) =
-                    self.broker
-                        .mailroom
-                        .attach(host, &client_id, connect.clean_session);
-                let ack = ConnAck {
-                    session_present: present,
-                    code: ConnectReturnCode::Success,
-                };
-                let written = V4.write(Packet::ConnAck(ack, None), &mut out);
-                (Some(mail), written.ok().map(drop))
-            }
-            Role::Integration => (None, encode(accepted, &mut out)),
-        };
-        if accepted.is_none() || write_out(&mut writer, &mut out).await.is_err() {
-            return hang_up(&self.broker, &mut link_tx, will, Vec::new());
+        if encode(accepted, &mut out).is_none()
+            || write_out(&mut session.writer, &mut out).await.is_err()
+        {
+            return hang_up(&self.broker, &mut link_tx, None);
         }
-
-        // MQTT 3.1.1: a client silent for one and a half keep-alive periods is gone.
-        let silence = Duration::from_millis(u64::from(connect.keep_alive) * 1500);
         let mut heard = tokio::time::Instant::now();
         let mut packets = Vec::new();
+        let mut acks = Vec::new();
         let end = loop {
             // Every whole packet in the buffer is checked, then they go to the router
             // together.
-            let checked = take_checked(&mut buffer, &role, &mut packets);
-            if let Some(mail) = &mail {
-                answer_mail(mail, &mut packets, &mut out);
-            }
+            let checked = take_checked(&mut session.buffer, role, &mut packets, &mut acks);
             if hand_over(&self.broker, &mut link_tx, &mut packets).is_err() {
                 break End::RouterGone;
             }
@@ -314,23 +344,13 @@ impl Front {
                 Ok(false) => {}
                 Ok(true) => break End::Disconnected,
                 Err(reason) => {
-                    self.close(client, Some(&role), reason);
+                    self.close(client, Some(role), reason);
                     break End::Lost;
                 }
             }
-            if let Some(mail) = &mail {
-                mail.take(&mut out);
-            }
-            if !out.is_empty() {
-                let written =
-                    tokio::time::timeout(WRITE_TIMEOUT, write_out(&mut writer, &mut out)).await;
-                if !matches!(written, Ok(Ok(()))) {
-                    break End::Lost;
-                }
-            }
-            buffer.reserve(4096);
+            session.buffer.reserve(4096);
             tokio::select! {
-                read = reader.read_buf(&mut buffer) => match read {
+                read = session.reader.read_buf(&mut session.buffer) => match read {
                     Ok(0) | Err(_) => break End::Lost,
                     Ok(_) => heard = tokio::time::Instant::now(),
                 },
@@ -345,7 +365,7 @@ impl Front {
                                 Some(Ok(None)) | None => break,
                             }
                         }
-                        let written = tokio::time::timeout(WRITE_TIMEOUT, write_out(&mut writer, &mut out)).await;
+                        let written = tokio::time::timeout(WRITE_TIMEOUT, write_out(&mut session.writer, &mut out)).await;
                         if !matches!(written, Ok(Ok(()))) {
                             break End::Lost;
                         }
@@ -357,16 +377,107 @@ impl Front {
                     // The router ended the session: the same client id logged in again.
                     Err(_) => break End::RouterGone,
                 },
-                () = mail_waiting(mail.as_ref()) => {}
-                _ = tokio::time::sleep_until(heard + silence) => {
+                _ = tokio::time::sleep_until(heard + session.silence) => {
                     tracing::debug!(%client, role = ?role, "MQTT client silent past its keep-alive");
                     break End::Lost;
                 }
-                _ = stop.changed() => break End::Lost,
+                _ = session.stop.changed() => break End::Lost,
             }
         };
         if matches!(end, End::Lost) {
-            hang_up(&self.broker, &mut link_tx, will, packets);
+            hang_up(&self.broker, &mut link_tx, None);
+        }
+    }
+
+    /// An agent's session. Its publishes go to the router by a link shared with other
+    /// agents ([`EmbeddedBroker::agent_link`]) and are acknowledged to it once handed
+    /// over; its subscriptions, and what it is sent, are its session's in the mailroom;
+    /// its pings are answered here.
+    async fn serve_agent<R, W>(
+        &self,
+        session: &mut Session<R, W>,
+        role: &Role,
+        host: &str,
+        client_id: &str,
+        clean_session: bool,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let client = session.client;
+        let link = self.broker.agent_link(client_id);
+        let (mail, present) = self.broker.mailroom.attach(host, client_id, clean_session);
+        let mut out = BytesMut::new();
+        let ack = ConnAck {
+            session_present: present,
+            code: ConnectReturnCode::Success,
+        };
+        if V4.write(Packet::ConnAck(ack, None), &mut out).is_err()
+            || write_out(&mut session.writer, &mut out).await.is_err()
+        {
+            return publish_will(&self.broker, link, session.will.take());
+        }
+        let mut heard = tokio::time::Instant::now();
+        let mut packets = Vec::new();
+        let mut acks = Vec::new();
+        let end = loop {
+            let checked = take_checked(&mut session.buffer, role, &mut packets, &mut acks);
+            answer_mail(&mail, &mut packets, &mut out);
+            packets.retain(|packet| match packet {
+                Packet::Publish(..) => true,
+                Packet::PingReq(_) => {
+                    let _ = V4.write(Packet::PingResp(PingResp), &mut out);
+                    false
+                }
+                // DISCONNECT ends the loop below; an agent has no QoS 2 exchanges.
+                _ => false,
+            });
+            if hand_over_shared(&self.broker, link, &mut packets).is_err() {
+                break End::RouterGone;
+            }
+            for pkid in acks.drain(..) {
+                let ack = PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                };
+                let _ = V4.write(Packet::PubAck(ack, None), &mut out);
+            }
+            match checked {
+                Ok(false) => {}
+                Ok(true) => break End::Disconnected,
+                Err(reason) => {
+                    self.close(client, Some(role), reason);
+                    break End::Lost;
+                }
+            }
+            mail.take(&mut out);
+            if !out.is_empty() {
+                let written =
+                    tokio::time::timeout(WRITE_TIMEOUT, write_out(&mut session.writer, &mut out))
+                        .await;
+                if !matches!(written, Ok(Ok(()))) {
+                    break End::Lost;
+                }
+            }
+            session.buffer.reserve(4096);
+            tokio::select! {
+                read = session.reader.read_buf(&mut session.buffer) => match read {
+                    Ok(0) | Err(_) => break End::Lost,
+                    Ok(_) => heard = tokio::time::Instant::now(),
+                },
+                () = mail.notified() => {}
+                // The same client id logged in again: this connection ends, without its
+                // will (as rumqttd's router ends a connection taken over).
+                () = mail.taken_over() => break End::RouterGone,
+                _ = tokio::time::sleep_until(heard + session.silence) => {
+                    tracing::debug!(%client, role = ?role, "MQTT client silent past its keep-alive");
+                    break End::Lost;
+                }
+                _ = session.stop.changed() => break End::Lost,
+            }
+        };
+        if matches!(end, End::Lost) {
+            publish_will(&self.broker, link, session.will.take());
         }
     }
 
@@ -380,12 +491,25 @@ impl Front {
     }
 }
 
+/// A logged-in connection: its socket, what is read and not yet handled, and what the
+/// login said.
+struct Session<R, W> {
+    reader: R,
+    writer: W,
+    buffer: BytesMut,
+    client: SocketAddr,
+    /// One and a half keep-alive periods: a client silent this long is gone.
+    silence: Duration,
+    will: Option<LastWill>,
+    stop: watch::Receiver<bool>,
+}
+
 /// How a checked connection ended.
 enum End {
     /// The client sent DISCONNECT, which went to the router: no will.
     Disconnected,
-    /// The router dropped the session (a new login with the same client id took it
-    /// over, or the router refused a packet).
+    /// The session was ended for the connection: a new login with the same client id
+    /// took it over, or the router dropped it (it refused a packet).
     RouterGone,
     /// The connection broke, fell silent, was refused a packet or the coordinator is
     /// stopping: the will is published and the session ends.
@@ -411,16 +535,8 @@ fn connack(code: ConnectReturnCode) -> Packet {
 /// Ends a session that did not end with a DISCONNECT: publishes the client's will (as
 /// MQTT 3.1.1 asks of a broker), then ends the session in the router, which keeps it if
 /// it is not clean.
-fn hang_up(
-    broker: &EmbeddedBroker,
-    link_tx: &mut LinkTx,
-    will: Option<LastWill>,
-    mut packets: Vec<Packet>,
-) {
-    packets.clear();
-    if let Some(publish) = will.as_ref().and_then(will_publish) {
-        packets.push(publish);
-    }
+fn hang_up(broker: &EmbeddedBroker, link_tx: &mut LinkTx, will: Option<LastWill>) {
+    let mut packets: Vec<Packet> = will.as_ref().and_then(will_publish).into_iter().collect();
     packets.push(Packet::Disconnect(
         Disconnect {
             reason_code: DisconnectReasonCode::NormalDisconnection,
@@ -428,6 +544,12 @@ fn hang_up(
         None,
     ));
     let _ = hand_over(broker, link_tx, &mut packets);
+}
+
+/// Publishes the will of an agent whose connection ended without a DISCONNECT.
+fn publish_will(broker: &EmbeddedBroker, link: &Mutex<LinkTx>, will: Option<LastWill>) {
+    let mut packets: Vec<Packet> = will.as_ref().and_then(will_publish).into_iter().collect();
+    let _ = hand_over_shared(broker, link, &mut packets);
 }
 
 /// The PUBLISH a will stands for, with the will's QoS. rumqttd only lets a PUBLISH with
@@ -456,22 +578,49 @@ fn hand_over(
     link_tx: &mut LinkTx,
     packets: &mut Vec<Packet>,
 ) -> Result<(), RouterGone> {
-    let Some(last) = packets.pop() else {
+    if packets.is_empty() {
         return Ok(());
-    };
-    link_tx.buffer().extend(packets.drain(..));
+    }
+    off_the_worker_if_busy(broker, || send_packets(link_tx, packets))
+}
+
+/// [`hand_over`] on a link shared by agents' connections.
+fn hand_over_shared(
+    broker: &EmbeddedBroker,
+    link: &Mutex<LinkTx>,
+    packets: &mut Vec<Packet>,
+) -> Result<(), RouterGone> {
+    if packets.is_empty() {
+        return Ok(());
+    }
+    off_the_worker_if_busy(broker, || {
+        let mut link_tx = link.lock().unwrap_or_else(PoisonError::into_inner);
+        send_packets(&mut link_tx, packets)
+    })
+}
+
+/// Runs `send` in place, or, when the router's queue is nearly full (so that it may
+/// wait), off the runtime's worker.
+fn off_the_worker_if_busy<T>(broker: &EmbeddedBroker, send: impl FnOnce() -> T) -> T {
     let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
         runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
     });
-    // `send` blocks in place (it does not yield), so one poll completes it.
-    let send = || match link_tx.send(last).now_or_never() {
-        Some(Err(_)) => Err(RouterGone),
-        Some(Ok(_)) | None => Ok(()),
-    };
     if multi_thread && broker.busy() {
         tokio::task::block_in_place(send)
     } else {
         send()
+    }
+}
+
+fn send_packets(link_tx: &mut LinkTx, packets: &mut Vec<Packet>) -> Result<(), RouterGone> {
+    let Some(last) = packets.pop() else {
+        return Ok(());
+    };
+    link_tx.buffer().extend(packets.drain(..));
+    // `send` blocks in place (it does not yield), so one poll completes it.
+    match link_tx.send(last).now_or_never() {
+        Some(Err(_)) => Err(RouterGone),
+        Some(Ok(_)) | None => Ok(()),
     }
 }
 
@@ -496,15 +645,6 @@ fn answer_mail(mail: &Attachment, packets: &mut Vec<Packet>, out: &mut BytesMut)
         }
         false
     });
-}
-
-/// Resolves when an agent's session may have something to write; never for a
-/// connection without one.
-async fn mail_waiting(mail: Option<&Attachment>) {
-    match mail {
-        Some(mail) => mail.notified().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Appends what the router sent to `out`, as MQTT 3.1.1 bytes; `None` when it is not a
@@ -569,15 +709,18 @@ async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
-/// Decodes every whole packet in `buffer` into `packets` while `role` allows them.
-/// `Ok(true)` when the last one is a DISCONNECT (nothing after it is read); `Err` with
-/// the reason when a packet is refused (the ones before it are kept).
+/// Decodes every whole packet in `buffer` into `packets` while `role` allows them, and
+/// the packet id of each QoS 1 PUBLISH among them into `acks`. `Ok(true)` when the last
+/// one is a DISCONNECT (nothing after it is read); `Err` with the reason when a packet
+/// is refused (the ones before it are kept).
 pub(crate) fn take_checked(
     buffer: &mut BytesMut,
     role: &Role,
     packets: &mut Vec<Packet>,
+    acks: &mut Vec<u16>,
 ) -> Result<bool, &'static str> {
     loop {
+        let qos_and_id = publish_qos_and_id(buffer);
         let packet = match V4.read_mut(buffer, MAX_PACKET_BYTES) {
             Ok(packet) => packet,
             Err(protocol::Error::InsufficientBytes(_)) => return Ok(false),
@@ -585,6 +728,12 @@ pub(crate) fn take_checked(
             Err(_) => return Err("malformed"),
         };
         role.may_send(&packet)?;
+        match qos_and_id {
+            Some((1, pkid)) => acks.push(pkid),
+            // Nothing Vigil sends is QoS 2, and an agent's exchanges are not kept.
+            Some((2, _)) => return Err("qos2"),
+            _ => {}
+        }
         let packet = match packet {
             // The decoded topic and payload are slices of the read buffer, and the broker
             // keeps what it routes in its log for a while: each message kept would hold
@@ -602,6 +751,32 @@ pub(crate) fn take_checked(
             return Ok(true);
         }
     }
+}
+
+/// The QoS and packet id of the PUBLISH at the start of `bytes`, read off its header
+/// (rumqttd's decoded `Publish` keeps them to itself); `None` for another packet, a QoS
+/// 0 PUBLISH or too few bytes. Used only for a packet the codec then reads whole.
+fn publish_qos_and_id(bytes: &[u8]) -> Option<(u8, u16)> {
+    let first = *bytes.first()?;
+    let qos = (first >> 1) & 0b11;
+    if first >> 4 != 3 || qos == 0 {
+        return None;
+    }
+    // The remaining length: one to four bytes, seven bits each, the high bit "more".
+    let mut at = 1;
+    while bytes.get(at)? & 0x80 != 0 {
+        at += 1;
+        if at > 4 {
+            return None;
+        }
+    }
+    at += 1;
+    let topic_len = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
+    let id = at + 2 + topic_len;
+    Some((
+        qos,
+        u16::from_be_bytes([*bytes.get(id)?, *bytes.get(id + 1)?]),
+    ))
 }
 
 impl Role {
@@ -787,6 +962,46 @@ mod tests {
             Err("foreign_filter")
         );
         assert_eq!(web.may_subscribe("vigil/v1/#"), Err("foreign_filter"));
+    }
+
+    #[test]
+    fn the_qos_and_packet_id_of_a_publish_are_read_off_its_header() {
+        let mut bytes = BytesMut::new();
+        let topic = "vigil/v1/agents/web/metrics";
+        for (qos, id, len) in [
+            (rumqttc::QoS::AtLeastOnce, 7, 10),
+            (rumqttc::QoS::AtLeastOnce, 65_535, 300),
+            (rumqttc::QoS::ExactlyOnce, 2, 20_000),
+            (rumqttc::QoS::AtMostOnce, 0, 5),
+        ] {
+            let mut publish = rumqttc::mqttbytes::v4::Publish::new(topic, qos, vec![0u8; len]);
+            publish.pkid = id;
+            bytes.clear();
+            publish.write(&mut bytes).expect("encoded");
+            let expected = (qos != rumqttc::QoS::AtMostOnce).then_some((qos as u8, id));
+            assert_eq!(publish_qos_and_id(&bytes), expected, "{qos:?} {len}");
+            assert_eq!(publish_qos_and_id(&bytes[..3]), None, "too few bytes");
+        }
+        assert_eq!(publish_qos_and_id(&[0xC0, 0]), None, "PINGREQ");
+
+        let web = Role::Agent("web".into());
+        let (mut packets, mut acks) = (Vec::new(), Vec::new());
+        let mut publish =
+            rumqttc::mqttbytes::v4::Publish::new(topic, rumqttc::QoS::AtLeastOnce, "x");
+        publish.pkid = 9;
+        let mut buffer = BytesMut::new();
+        publish.write(&mut buffer).expect("encoded");
+        assert_eq!(
+            take_checked(&mut buffer, &web, &mut packets, &mut acks),
+            Ok(false)
+        );
+        assert_eq!(acks, vec![9]);
+        publish.qos = rumqttc::QoS::ExactlyOnce;
+        publish.write(&mut buffer).expect("encoded");
+        assert_eq!(
+            take_checked(&mut buffer, &web, &mut packets, &mut acks),
+            Err("qos2")
+        );
     }
 
     #[test]

@@ -101,8 +101,17 @@ struct Session {
     /// Written, not acknowledged, by packet id.
     inflight: BTreeMap<u16, Mail>,
     last_pkid: u16,
-    attached: Option<(u64, Arc<Notify>)>,
+    attached: Option<Attached>,
     away_since: Instant,
+}
+
+/// The connection a session is attached to.
+struct Attached {
+    id: u64,
+    /// Woken when there may be something to write.
+    notify: Arc<Notify>,
+    /// Woken when another login with the same client id takes the session over.
+    taken_over: Arc<Notify>,
 }
 
 #[derive(Clone)]
@@ -201,9 +210,15 @@ impl Mailroom {
     /// present").
     pub(crate) fn attach(&self, host: &str, client_id: &str, clean: bool) -> (Attachment, bool) {
         let notify = Arc::new(Notify::new());
+        let taken_over = Arc::new(Notify::new());
         let mut rooms = self.lock();
         rooms.attachments += 1;
         let id = rooms.attachments;
+        let before = rooms.sessions.get_mut(client_id);
+        if let Some(previous) = before.and_then(|session| session.attached.take()) {
+            // The connection this login replaces ends (MQTT: one connection per client id).
+            previous.taken_over.notify_one();
+        }
         if clean {
             rooms.remove(client_id);
         }
@@ -238,7 +253,11 @@ impl Mailroom {
             // A connection taken over leaves what it was not acknowledged to this one.
             session.requeue_inflight();
             session.clean = clean;
-            session.attached = Some((id, Arc::clone(&notify)));
+            session.attached = Some(Attached {
+                id,
+                notify: Arc::clone(&notify),
+                taken_over: Arc::clone(&taken_over),
+            });
             if !session.queue.is_empty() {
                 notify.notify_one();
             }
@@ -248,6 +267,7 @@ impl Mailroom {
             client_id: client_id.to_string(),
             id,
             notify,
+            taken_over,
         };
         (attachment, present)
     }
@@ -358,8 +378,8 @@ impl Session {
             self.queued_bytes -= oldest.payload.len();
             dropped.with_label_values(&["queue_full"]).inc();
         }
-        if let Some((_, notify)) = &self.attached {
-            notify.notify_one();
+        if let Some(attached) = &self.attached {
+            attached.notify.notify_one();
         }
     }
 
@@ -390,6 +410,7 @@ pub(crate) struct Attachment {
     client_id: String,
     id: u64,
     notify: Arc<Notify>,
+    taken_over: Arc<Notify>,
 }
 
 impl Attachment {
@@ -405,13 +426,19 @@ impl Attachment {
         let ours = session
             .attached
             .as_ref()
-            .is_some_and(|(id, _)| *id == self.id);
+            .is_some_and(|attached| attached.id == self.id);
         ours.then(|| f(session, bundles))
     }
 
     /// Resolves when the session may have something to write.
     pub(crate) async fn notified(&self) {
         self.notify.notified().await;
+    }
+
+    /// Resolves when another login with the same client id took the session over: this
+    /// connection must end.
+    pub(crate) async fn taken_over(&self) {
+        self.taken_over.notified().await;
     }
 
     /// Takes the subscription (at QoS 1 at most), queues the bundles it matches, and
@@ -505,7 +532,7 @@ impl Drop for Attachment {
         if session
             .attached
             .as_ref()
-            .is_none_or(|(id, _)| *id != self.id)
+            .is_none_or(|attached| attached.id != self.id)
         {
             return;
         }
@@ -522,6 +549,7 @@ impl Drop for Attachment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use rumqttd::protocol::{Filter, RetainForwardRule};
 
     fn subscribe(filter: &str) -> Subscribe {
@@ -693,6 +721,11 @@ mod tests {
         assert_eq!(taken(&first).len(), 1);
         let (second, present) = room.attach("web", "vigil-agent-web", false);
         assert!(present);
+        assert!(
+            first.taken_over().now_or_never().is_some(),
+            "the first connection is told to end"
+        );
+        assert!(second.taken_over().now_or_never().is_none());
         drop(first);
         let written = taken(&second);
         assert_eq!(written.len(), 1, "the first's unacknowledged message");
