@@ -240,8 +240,8 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
-/// The rumqttd router configuration Vigil uses: room for 10,000 agents (two connections
-/// each).
+/// The rumqttd router configuration Vigil uses: room for every connection the front
+/// admits (agents share a few links, integrations have one each).
 fn router_config() -> RouterConfig {
     // The mailroom reads what it subscribed to at once into bounded queues of its own: a
     // short log is enough for its filters. Every other filter's log is where messages

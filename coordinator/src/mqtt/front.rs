@@ -252,7 +252,7 @@ impl Front {
             }
         }
         drop(slot);
-        let mut session = Session {
+        let mut session = Connection {
             reader,
             writer,
             buffer,
@@ -288,7 +288,7 @@ impl Front {
     /// subscriptions; what the router sends it is encoded for it.
     async fn serve_integration<R, W>(
         &self,
-        session: &mut Session<R, W>,
+        session: &mut Connection<R, W>,
         role: &Role,
         client_id: String,
         clean_session: bool,
@@ -395,7 +395,7 @@ impl Front {
     /// its pings are answered here.
     async fn serve_agent<R, W>(
         &self,
-        session: &mut Session<R, W>,
+        session: &mut Connection<R, W>,
         role: &Role,
         host: &str,
         client_id: &str,
@@ -493,7 +493,7 @@ impl Front {
 
 /// A logged-in connection: its socket, what is read and not yet handled, and what the
 /// login said.
-struct Session<R, W> {
+struct Connection<R, W> {
     reader: R,
     writer: W,
     buffer: BytesMut,
