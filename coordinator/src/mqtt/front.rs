@@ -340,13 +340,8 @@ impl Front {
             if hand_over(&self.broker, &mut link_tx, &mut packets).is_err() {
                 break End::RouterGone;
             }
-            match checked {
-                Ok(false) => {}
-                Ok(true) => break End::Disconnected,
-                Err(reason) => {
-                    self.close(client, Some(role), reason);
-                    break End::Lost;
-                }
+            if let Some(end) = self.ended_by(checked, client, role) {
+                break end;
             }
             session.buffer.reserve(4096);
             tokio::select! {
@@ -442,13 +437,8 @@ impl Front {
                 };
                 let _ = V4.write(Packet::PubAck(ack, None), &mut out);
             }
-            match checked {
-                Ok(false) => {}
-                Ok(true) => break End::Disconnected,
-                Err(reason) => {
-                    self.close(client, Some(role), reason);
-                    break End::Lost;
-                }
+            if let Some(end) = self.ended_by(checked, client, role) {
+                break end;
             }
             mail.take(&mut out);
             if !out.is_empty() {
@@ -478,6 +468,24 @@ impl Front {
         };
         if matches!(end, End::Lost) {
             publish_will(&self.broker, link, session.will.take());
+        }
+    }
+
+    /// How the connection ends after [`take_checked`] said `checked`: on a DISCONNECT,
+    /// or on a refused packet (closed and counted); `None` to go on.
+    fn ended_by(
+        &self,
+        checked: Result<bool, &'static str>,
+        client: SocketAddr,
+        role: &Role,
+    ) -> Option<End> {
+        match checked {
+            Ok(false) => None,
+            Ok(true) => Some(End::Disconnected),
+            Err(reason) => {
+                self.close(client, Some(role), reason);
+                Some(End::Lost)
+            }
         }
     }
 
