@@ -155,13 +155,14 @@ pub async fn run(
     );
     let outbox_signal = OutboxSignal::default();
     let (stop_outbox, stop_outbox_rx) = watch::channel(false);
-    let outbox_options = vigil_shared::mqtt::client_options(
+    let mut outbox_options = vigil_shared::mqtt::client_options(
         &vigil_shared::mqtt::outbox_client_id(&config.host),
         &config.broker,
         config.mqtt_username.as_deref(),
         config.mqtt_password.as_deref(),
         tls.as_ref(),
     )?;
+    outbox_options.set_inflight(vigil_shared::mqtt::AGENT_INFLIGHT);
     let opened = Spool::open(
         &config.data_dir.join("metrics-spool"),
         config.metrics_buffer_bytes,

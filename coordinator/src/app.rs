@@ -164,6 +164,7 @@ impl Coordinator {
         // (over TLS for an mqtts:// broker).
         let broker_url = config.broker_url();
         let mut local_front_url = None;
+        let mut ingest_backlog = None;
         let (client_url, mqtt_username, mqtt_password) = match config.broker {
             BrokerMode::Embedded { listen } => {
                 let password = crate::security::agents::generate_password();
@@ -185,6 +186,7 @@ impl Coordinator {
                 })
                 .await
                 .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
+                ingest_backlog = Some(Arc::clone(&embedded.backlog));
                 let front = crate::mqtt::front::Front::new(
                     embedded,
                     broker::BrokerAuth::new(store.clone(), telemetry.clone()),
@@ -318,6 +320,7 @@ impl Coordinator {
             crate::mqtt::ingest::Listeners {
                 metrics_tap,
                 deadman: deadman.clone(),
+                backlog: ingest_backlog,
             },
             stop_rx.clone(),
         )));

@@ -83,6 +83,9 @@ pub struct Telemetry {
     /// `vigil_mqtt_mail_dropped_total{reason}`: messages for agents the embedded broker
     /// dropped (a session's queue full, a session away forgotten).
     pub mqtt_mail_dropped: IntCounterVec,
+    /// `vigil_mqtt_front_waits_total{outcome}`: times an agent's connection on the
+    /// embedded broker stopped reading because ingest was far behind.
+    pub mqtt_front_waits: IntCounterVec,
     /// `vigil_http_requests_rejected_total{field,route}`: REST requests refused because a
     /// parameter or body field was out of range or unreadable (a time, a TTL, a limit);
     /// `route` is the route template, `field` one of a fixed set of names (`other` for
@@ -315,6 +318,14 @@ impl Telemetry {
              session away longest was forgotten to keep the sessions bounded)",
             &["reason"],
         );
+        let mqtt_front_waits = counter(
+            "vigil_mqtt_front_waits_total",
+            "Times an agent's connection on the embedded broker stopped reading because \
+             ingest was far behind what agents had published, by how the wait ended: room \
+             (ingest caught up) or forgotten (ingest took nothing for a while; the count \
+             was reset)",
+            &["outcome"],
+        );
         let http_rejected = counter(
             "vigil_http_requests_rejected_total",
             "REST requests refused for an out-of-range or unreadable parameter or field \
@@ -470,6 +481,7 @@ impl Telemetry {
             json_mirror_messages,
             json_mirror_dropped,
             mqtt_mail_dropped,
+            mqtt_front_waits,
             mqtt_duplicates,
             mqtt_auth_failures,
             agent_handshakes,
@@ -561,6 +573,7 @@ mod tests {
             json_mirror_messages,
             json_mirror_dropped,
             mqtt_mail_dropped,
+            mqtt_front_waits,
             connections_refused,
             mqtt_acl_refusals,
             open_files_limit,
@@ -592,6 +605,7 @@ mod tests {
             json_mirror_messages,
             json_mirror_dropped,
             mqtt_mail_dropped,
+            mqtt_front_waits,
             connections_refused,
             mqtt_acl_refusals,
             http_rejected,

@@ -21,6 +21,12 @@ use crate::wire::MAX_PAYLOAD_BYTES;
 /// Keep-alive interval: a dead client is noticed (and its last will sent) within 1.5× this.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
+/// Most QoS 1 messages an agent's connection has sent and not had acknowledged by the
+/// broker. An agent sends a batch an interval, so this is room to spare; it also bounds
+/// what the coordinator's front holds for a connection while ingest catches up (it reads
+/// on, for the agent's pings, but acknowledges nothing until then).
+pub const AGENT_INFLIGHT: u16 = 16;
+
 /// The client id of `host`'s agent link (reports, commands, bundles). The embedded broker
 /// admits an agent only under this id or [`outbox_client_id`], so no login can take
 /// over another host's session.

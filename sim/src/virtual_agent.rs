@@ -569,6 +569,7 @@ impl Session {
             None,
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
+        options.set_inflight(vigil_shared::mqtt::AGENT_INFLIGHT);
         let offline = status(
             me,
             AgentState::Offline,

@@ -146,7 +146,9 @@ impl Link {
         )?;
         // A persistent session: commands (QoS 1) published while the agent is down or
         // restarting wait at the broker and arrive when it reconnects.
-        options.set_clean_session(false);
+        options
+            .set_clean_session(false)
+            .set_inflight(vigil_shared::mqtt::AGENT_INFLIGHT);
         let will = AgentStatus {
             state: AgentState::Offline,
             ..status.clone()

@@ -35,6 +35,7 @@ use vigil_shared::broker_url::BrokerUrl;
 use vigil_shared::mqtt::{agent_client_id, outbox_client_id};
 use vigil_shared::wire::MAX_PAYLOAD_BYTES;
 
+use crate::mqtt::backlog::Backlog;
 use crate::mqtt::mailroom::{self, Mailroom};
 use crate::security::agents::{self, API_MQTT_USER, COORDINATOR_MQTT_USER};
 use crate::store::Store;
@@ -172,6 +173,8 @@ pub struct EmbeddedBroker {
     pub(crate) mailroom: Mailroom,
     /// The links agents' publishes reach the router by ([`AGENT_LINKS`]).
     agent_links: Arc<[std::sync::Mutex<LinkTx>]>,
+    /// How far ingest is behind what agents published (the front waits on it).
+    pub(crate) backlog: Arc<Backlog>,
 }
 
 /// Links to the router shared by all agents' connections. An agent only publishes into
@@ -427,6 +430,7 @@ pub fn start(
         }),
         mailroom,
         agent_links: agent_links.into(),
+        backlog: Arc::default(),
     };
     let probe = if listen.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], listen.port()))

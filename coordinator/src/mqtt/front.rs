@@ -52,6 +52,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use vigil_shared::topics::{self, AgentChannel};
 
+use crate::mqtt::backlog::{Backlog, Held};
 use crate::mqtt::broker::{BrokerAuth, EmbeddedBroker, LinkRefused, Role, MAX_PACKET_BYTES};
 use crate::mqtt::mailroom::Attachment;
 use crate::per_address::{AddressSlot, PerAddress};
@@ -415,6 +416,8 @@ impl Front {
         let mut heard = tokio::time::Instant::now();
         let mut packets = Vec::new();
         let mut acks = Vec::new();
+        // Publishes read while ingest is far behind, held unacknowledged (see `backlog`).
+        let mut held = Held::new(&self.broker.backlog);
         let end = loop {
             let checked = take_checked(&mut session.buffer, role, &mut packets, &mut acks);
             answer_mail(&mail, &mut packets, &mut out);
@@ -427,15 +430,21 @@ impl Front {
                 // DISCONNECT ends the loop below; an agent has no QoS 2 exchanges.
                 _ => false,
             });
-            if hand_over_shared(&self.broker, link, &mut packets).is_err() {
-                break End::RouterGone;
-            }
-            for pkid in acks.drain(..) {
-                let ack = PubAck {
-                    pkid,
-                    reason: PubAckReason::Success,
-                };
-                let _ = V4.write(Packet::PubAck(ack, None), &mut out);
+            let wait = self.broker.backlog.full();
+            if wait && checked == Ok(false) {
+                held.set(packets.iter().map(publish_bytes).sum());
+            } else {
+                if hand_over_shared(&self.broker, link, &mut packets).is_err() {
+                    break End::RouterGone;
+                }
+                held.set(0);
+                for pkid in acks.drain(..) {
+                    let ack = PubAck {
+                        pkid,
+                        reason: PubAckReason::Success,
+                    };
+                    let _ = V4.write(Packet::PubAck(ack, None), &mut out);
+                }
             }
             if let Some(end) = self.ended_by(checked, client, role) {
                 break end;
@@ -450,16 +459,26 @@ impl Front {
                 }
             }
             session.buffer.reserve(4096);
+            // While ingest is far behind, what the agent publishes is held without its
+            // PUBACK (its client's in-flight window then stops it) and the socket is read
+            // on, for its pings, until the connection holds its share; then the socket
+            // waits too, and the keep-alive counts from when reading resumes.
+            let read = !wait || held.may_grow();
             tokio::select! {
-                read = session.reader.read_buf(&mut session.buffer) => match read {
+                got = session.reader.read_buf(&mut session.buffer), if read => match got {
                     Ok(0) | Err(_) => break End::Lost,
                     Ok(_) => heard = tokio::time::Instant::now(),
                 },
+                forgot = self.broker.backlog.room(), if wait => {
+                    heard = tokio::time::Instant::now();
+                    let outcome = if forgot { "forgotten" } else { "room" };
+                    self.telemetry.mqtt_front_waits.with_label_values(&[outcome]).inc();
+                }
                 () = mail.notified() => {}
                 // The same client id logged in again: this connection ends, without its
                 // will (as rumqttd's router ends a connection taken over).
                 () = mail.taken_over() => break End::RouterGone,
-                _ = tokio::time::sleep_until(heard + session.silence) => {
+                _ = tokio::time::sleep_until(heard + session.silence), if read => {
                     tracing::debug!(%client, role = ?role, "MQTT client silent past its keep-alive");
                     break End::Lost;
                 }
@@ -555,6 +574,14 @@ fn hang_up(broker: &EmbeddedBroker, link_tx: &mut LinkTx, will: Option<LastWill>
 }
 
 /// Publishes the will of an agent whose connection ended without a DISCONNECT.
+/// The bytes of a PUBLISH's topic and payload (0 for any other packet).
+fn publish_bytes(packet: &Packet) -> u64 {
+    match packet {
+        Packet::Publish(publish, _) => (publish.topic.len() + publish.payload.len()) as u64,
+        _ => 0,
+    }
+}
+
 fn publish_will(broker: &EmbeddedBroker, link: &Mutex<LinkTx>, will: Option<LastWill>) {
     let mut packets: Vec<Packet> = will.as_ref().and_then(will_publish).into_iter().collect();
     let _ = hand_over_shared(broker, link, &mut packets);
@@ -601,6 +628,14 @@ fn hand_over_shared(
     if packets.is_empty() {
         return Ok(());
     }
+    let bytes: u64 = packets
+        .iter()
+        .filter_map(|packet| match packet {
+            Packet::Publish(publish, _) => Backlog::counted(&publish.topic, publish.payload.len()),
+            _ => None,
+        })
+        .sum();
+    broker.backlog.handed(bytes);
     off_the_worker_if_busy(broker, || {
         let mut link_tx = link.lock().unwrap_or_else(PoisonError::into_inner);
         send_packets(&mut link_tx, packets)

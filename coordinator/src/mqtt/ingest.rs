@@ -59,6 +59,7 @@ use vigil_shared::wire::{
     self, ActionEvent, DecodeError, MetricBatch, PolicyEvent, StatusReport, WireMessage,
 };
 
+use super::backlog::Backlog;
 use super::handshake::SharedSessionKeys;
 use super::publisher::Publisher;
 use crate::deadman::Deadman;
@@ -69,7 +70,7 @@ use crate::store::{Source, Store, StoreError, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
 /// The channels the coordinator listens to.
-const CHANNELS: [AgentChannel; 4] = [
+pub(crate) const CHANNELS: [AgentChannel; 4] = [
     AgentChannel::Metrics,
     AgentChannel::Status,
     AgentChannel::Actions,
@@ -138,8 +139,11 @@ fn check_shard(
     }
 }
 
-/// Who else hears of what ingest accepts, as it is accepted.
+/// Who else hears of what ingest takes and accepts, as it is taken or accepted.
 pub(crate) struct Listeners {
+    /// On the embedded broker, the count of what agents published that ingest has yet to
+    /// take: told of every delivery as it arrives.
+    pub backlog: Option<Arc<Backlog>>,
     /// The JSON mirror's tap for metric batches, when that stream is mirrored.
     pub metrics_tap: Option<MetricsTap>,
     /// The deadman, told of every status and metric batch.
@@ -263,6 +267,13 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if let Some(backlog) = &listeners.backlog {
+                    if let Some(bytes) =
+                        Backlog::counted(publish.topic.as_bytes(), publish.payload.len())
+                    {
+                        backlog.taken(bytes);
+                    }
+                }
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
                     publish: publish.clone(),
@@ -454,6 +465,7 @@ fn check(
     let Listeners {
         metrics_tap,
         deadman,
+        ..
     } = listeners;
     let Some((host, channel)) = topics::parse_agent(&publish.topic) else {
         reject(

@@ -1,7 +1,8 @@
 //! MQTT, in the order a message travels: the [`front`] every outside client connects to
 //! (TLS, connection bounds, who may publish or subscribe to what), the embedded
 //! [`broker`] behind it (rumqttd on loopback, or none with an external broker; its
-//! [`mailroom`] keeps the agents' sessions and what is sent to them), then
+//! [`mailroom`] keeps the agents' sessions and what is sent to them; the front holds
+//! agents back while ingest is far behind, by the count in [`backlog`]), then
 //! [`ingest`], which checks every agent message, hands it to the store writer and
 //! acknowledges it to the broker once stored (with the session keys [`handshake`] makes
 //! on a connection of its own), and the [`publisher`] that sends signed
@@ -9,6 +10,7 @@
 //! agents.
 
 pub mod acks;
+pub(crate) mod backlog;
 pub mod broker;
 pub mod front;
 pub mod handshake;
