@@ -67,6 +67,9 @@ struct Run {
     overall: f64,
     /// Most samples sent but not yet stored at one moment.
     backlog: f64,
+    /// From the last batch made (queued to send) to the last sample stored, seconds (to
+    /// the 100 ms poll).
+    tail: f64,
 }
 
 /// Measures this part's figures.
@@ -132,9 +135,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     }
     let duration = Duration::from_secs(if env.quick { 5 } else { 20 });
     let load = Load::Sustained { duration };
-    // The quick run keeps the fleet at 300: with 1,000 agents that subscribe (to their
-    // acknowledgements, as real agents do) connecting while traffic flows, the embedded
-    // broker (rumqttd 0.20) stops routing — see README, Performance.
+    // The quick run (a smoke test, often of a debug build) keeps the fleet at 300.
     let fleet = if env.quick { 300 } else { 1000 };
     let embedded = measure(env, fleet, load, EMBEDDED).await?;
     let mosquitto = measure(env, fleet, load, MOSQUITTO).await?;
@@ -151,10 +152,13 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
         }),
         note: format!(
             "{:.0} s at a fixed offered rate, every sample stored; largest backlog \
-             (sent, not yet stored) {:.0} samples embedded, {:.0} via Mosquitto",
+             (sent, not yet stored) {:.0} samples embedded, {:.0} via Mosquitto; all \
+             stored {:.1} s after the last batch was made embedded, {:.1} s via Mosquitto",
             duration.as_secs_f64(),
             embedded.backlog,
-            mosquitto.backlog
+            mosquitto.backlog,
+            embedded.tail,
+            mosquitto.tail
         ),
     });
     Ok(figures)
@@ -272,6 +276,7 @@ async fn measure(
     let mut low: Option<(Instant, f64)> = None;
     let mut high: Option<(Instant, f64)> = None;
     let mut backlog: f64 = 0.0;
+    let mut sent_all: Option<Instant> = None;
     let deadline = started + Duration::from_secs(300);
     let mut page: String;
     let (stored, missing) = loop {
@@ -282,7 +287,11 @@ async fn measure(
         let stored = prometheus_value(&page, "vigil_samples_stored_total");
         let missing = prometheus_value(&page, "vigil_metric_batches_missing_total");
         let now = Instant::now();
-        backlog = backlog.max(fleet.snapshot().samples as f64 - stored);
+        let sent = fleet.snapshot().samples;
+        backlog = backlog.max(sent as f64 - stored);
+        if sent_all.is_none() && sent >= expected {
+            sent_all = Some(now);
+        }
         if low.is_none() && stored >= expected as f64 * 0.1 {
             low = Some((now, stored));
         }
@@ -305,6 +314,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let finished = Instant::now();
+    let tail = (finished - sent_all.unwrap_or(finished)).as_secs_f64();
     let _ = fleet.wait(None).await;
     if missing > 0.0 {
         return Err(BenchError::Failed(format!(
@@ -348,7 +358,8 @@ async fn measure(
     };
     eprintln!(
         "  {label}: {rate:.0} samples/s, {overall:.0} overall, {stored} samples in \
-         {elapsed:.1} s, largest backlog {backlog:.0}; coordinator: {}",
+         {elapsed:.1} s, largest backlog {backlog:.0}, all stored {tail:.1} s after the last \
+         batch was made; coordinator: {}",
         refusals(&page)
     );
     stack.stop();
@@ -356,18 +367,21 @@ async fn measure(
         rate,
         overall,
         backlog,
+        tail,
     })
 }
 
-/// What the coordinator refused, took twice or asked for again during a run, from its
+/// What the coordinator refused, took twice or asked for again, and how often agents
+/// waited for ingest during a run, from its
 /// last `/metrics` page: every non-zero series of those counters, one `name{labels} value`
 /// each (what to read first when a run is slow or fails).
 fn refusals(page: &str) -> String {
-    const COUNTERS: [&str; 4] = [
+    const COUNTERS: [&str; 5] = [
         "vigil_mqtt_messages_rejected_total",
         "vigil_agent_handshakes_total",
         "vigil_mqtt_messages_duplicate_total",
         "vigil_delivery_redelivered_total",
+        "vigil_mqtt_front_waits_total",
     ];
     let found: Vec<&str> = page
         .lines()
