@@ -31,7 +31,9 @@
 //! subscriptions and what it is sent are its session's in the
 //! [`mailroom`](crate::mqtt::mailroom) (the front answers its SUBSCRIBE, UNSUBSCRIBE
 //! and PUBACK there and writes out what the session holds). The front publishes a
-//! client's will when its connection ends without a DISCONNECT.
+//! client's will when its connection ends without a DISCONNECT. While ingest is far
+//! behind what agents published, an agent's publishes are held, unacknowledged, until it
+//! catches up ([`backlog`](crate::mqtt::backlog)).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -573,7 +575,6 @@ fn hang_up(broker: &EmbeddedBroker, link_tx: &mut LinkTx, will: Option<LastWill>
     let _ = hand_over(broker, link_tx, &mut packets);
 }
 
-/// Publishes the will of an agent whose connection ended without a DISCONNECT.
 /// The bytes of a PUBLISH's topic and payload (0 for any other packet).
 fn publish_bytes(packet: &Packet) -> u64 {
     match packet {
@@ -582,6 +583,7 @@ fn publish_bytes(packet: &Packet) -> u64 {
     }
 }
 
+/// Publishes the will of an agent whose connection ended without a DISCONNECT.
 fn publish_will(broker: &EmbeddedBroker, link: &Mutex<LinkTx>, will: Option<LastWill>) {
     let mut packets: Vec<Packet> = will.as_ref().and_then(will_publish).into_iter().collect();
     let _ = hand_over_shared(broker, link, &mut packets);
