@@ -28,7 +28,7 @@ use crate::wire::WireMessage;
 /// sends far fewer than this without an acknowledgement).
 pub const WINDOW: u64 = 1024;
 
-/// How long sent messages wait for an acknowledgement before they are sent again.
+/// The shortest wait for an acknowledgement before sent messages are sent again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(10);
 /// The longest wait before sending again: the wait doubles while resends bring nothing,
 /// so that a coordinator that is behind is not flooded with copies.
@@ -42,17 +42,31 @@ pub const RESEND_MAX: Duration = Duration::from_secs(80);
 /// once into the same queue.
 pub const RESEND_WINDOW: u64 = 16;
 
-/// When a queue sends its unacknowledged messages again, and how many it may have out:
-/// once [`RESEND_AFTER`] passed without an acknowledgement moving its floor, then after
-/// twice as long, up to [`RESEND_MAX`], while resends bring nothing; back to
-/// [`RESEND_AFTER`] on progress. After such a timeout the queue starts again with
-/// [`RESEND_WINDOW`] messages out ([`ResendTimer::allowance`]).
+/// When a queue sends its unacknowledged messages again, and how many it may have out.
+///
+/// The wait is measured as TCP measures its retransmission timeout (RFC 6298): each
+/// acknowledgement that moves the floor is a sample of how long the queue waits for one
+/// (from the previous such acknowledgement, or from when sending began), and the wait is
+/// the smoothed sample plus four times its smoothed deviation, at least [`RESEND_AFTER`]
+/// and at most [`RESEND_MAX`]. So a coordinator that answers in milliseconds gets copies
+/// after 10 s of silence, and one that is behind (its acknowledgements seconds apart) is
+/// not sent copies of what it is still working through. While resends bring nothing the
+/// wait doubles, up to [`RESEND_MAX`]; the acknowledgement that ends such a spell is not
+/// a sample (it may answer the first sending or the copy), and the doubled wait stays
+/// until one that is (Karn's rule). After a timeout
+/// the queue starts again with [`RESEND_WINDOW`] messages out
+/// ([`ResendTimer::allowance`]).
 #[derive(Debug, Clone)]
 pub struct ResendTimer {
     /// When an acknowledgement last moved the floor, or sending last (re)started.
     since: Instant,
     /// How long to wait from `since`.
     wait: Duration,
+    /// The smoothed wait for an acknowledgement and its smoothed deviation, once sampled.
+    smoothed: Option<(Duration, Duration)>,
+    /// Whether messages were sent again since the last acknowledgement (its wait is then
+    /// not a sample).
+    resent: bool,
     /// How many messages may be out since the last timeout; `None`: the full bound.
     window: Option<u64>,
 }
@@ -62,17 +76,37 @@ impl Default for ResendTimer {
         ResendTimer {
             since: Instant::now(),
             wait: RESEND_AFTER,
+            smoothed: None,
+            resent: false,
             window: None,
         }
     }
 }
 
 impl ResendTimer {
-    /// An acknowledgement moved the floor over `acked` messages: wait [`RESEND_AFTER`]
-    /// from now, and allow as many more messages out.
+    /// An acknowledgement moved the floor over `acked` messages: the wait from now is
+    /// the measured one, and as many more messages may be out.
     pub fn progressed(&mut self, acked: u64) {
-        self.since = Instant::now();
-        self.wait = RESEND_AFTER;
+        self.progressed_at(Instant::now(), acked);
+    }
+
+    fn progressed_at(&mut self, now: Instant, acked: u64) {
+        // After a resend the wait stays as long as it grew until an acknowledgement that
+        // is a sample comes (Karn's rule): measured from the resend, the next gap would
+        // look short, and the wait would shrink back below what the queue needs.
+        if !std::mem::take(&mut self.resent) {
+            let sample = now.saturating_duration_since(self.since);
+            let (smooth, deviation) = match self.smoothed {
+                None => (sample, sample / 2),
+                Some((smooth, deviation)) => {
+                    let off = smooth.abs_diff(sample);
+                    (smooth * 7 / 8 + sample / 8, deviation * 3 / 4 + off / 4)
+                }
+            };
+            self.smoothed = Some((smooth, deviation));
+            self.wait = (smooth + deviation * 4).clamp(RESEND_AFTER, RESEND_MAX);
+        }
+        self.since = now;
         self.window = self
             .window
             .map(|window| window.saturating_add(acked))
@@ -109,6 +143,7 @@ impl ResendTimer {
         let waited = self.wait;
         self.since = now;
         self.wait = (self.wait * 2).min(RESEND_MAX);
+        self.resent = true;
         self.window = Some(RESEND_WINDOW);
         Some(waited)
     }
@@ -311,7 +346,12 @@ mod tests {
             waits.push(timer.expired_at(at).map(|d| d.as_secs()));
         }
         assert_eq!(waits, [Some(10), Some(20), Some(40), Some(80), Some(80)]);
-        timer.progressed(1);
+        // The acknowledgement after resends is not a sample: the wait stays long.
+        timer.progressed_at(at, 1);
+        assert_eq!(timer.wait, RESEND_MAX);
+        // The next is (one second on), and brings the shortest wait back.
+        at += Duration::from_secs(1);
+        timer.progressed_at(at, 1);
         let since = timer.since;
         assert_eq!(timer.expired_at(since + Duration::from_secs(5)), None);
         assert_eq!(
@@ -319,6 +359,60 @@ mod tests {
             Some(RESEND_AFTER),
             "progress brings the first wait back"
         );
+    }
+
+    #[test]
+    fn the_wait_stretches_with_slow_acknowledgements_and_shrinks_back() {
+        let mut timer = ResendTimer::default();
+        let mut at = timer.since;
+        let secs = |timer: &ResendTimer| timer.wait.as_secs_f64();
+        // A coordinator that answers in milliseconds: the shortest wait.
+        for _ in 0..20 {
+            at += Duration::from_millis(5);
+            timer.progressed_at(at, 1);
+        }
+        assert_eq!(timer.wait, RESEND_AFTER);
+        // One falling behind, its acknowledgements further and further apart, then 9 to
+        // 13 s apart: copies only after longer than any of those gaps, so none while it
+        // works through the queue.
+        let falling_behind = (1..=8).chain([9, 13, 9, 12, 10, 13, 9, 11].repeat(5));
+        for gap in falling_behind {
+            at += Duration::from_secs(gap);
+            assert_eq!(timer.expired_at(at), None, "no copies after a {gap} s gap");
+            timer.progressed_at(at, 1);
+        }
+        assert!(
+            secs(&timer) > 13.0 && secs(&timer) < 30.0,
+            "{}",
+            secs(&timer)
+        );
+        // Never past the longest wait.
+        for _ in 0..10 {
+            at += Duration::from_secs(75);
+            timer.progressed_at(at, 1);
+        }
+        assert_eq!(timer.wait, RESEND_MAX);
+        // Prompt again: back to the shortest wait.
+        for _ in 0..60 {
+            at += Duration::from_millis(5);
+            timer.progressed_at(at, 1);
+        }
+        assert_eq!(timer.wait, RESEND_AFTER);
+    }
+
+    #[test]
+    fn the_acknowledgement_after_a_resend_is_not_a_sample() {
+        let mut timer = ResendTimer::default();
+        let start = timer.since;
+        assert!(timer.expired_at(start + RESEND_AFTER).is_some());
+        // 70 s on: it may answer the first sending, 80 s ago; not measured, and the
+        // doubled wait stays.
+        timer.progressed_at(start + Duration::from_secs(80), 1);
+        assert_eq!(timer.smoothed, None);
+        assert_eq!(timer.wait, RESEND_AFTER * 2);
+        timer.progressed_at(start + Duration::from_secs(81), 1);
+        assert_eq!(timer.smoothed.map(|(s, _)| s), Some(Duration::from_secs(1)));
+        assert_eq!(timer.wait, RESEND_AFTER);
     }
 
     #[test]

@@ -151,6 +151,10 @@ struct BenchArgs {
     /// `scripts/dist` [default: the vigil-agent beside this program]
     #[arg(long, value_name = "PATH")]
     agent: Option<std::path::PathBuf>,
+    /// Samples per second offered in the ingest part's sustained run [default: 300000,
+    /// 30000 with --quick]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1000..=10_000_000))]
+    sustained_rate: Option<u64>,
 }
 
 #[tokio::main]
@@ -195,6 +199,7 @@ async fn bench_main(args: BenchArgs) -> ExitCode {
         work_dir,
         quick: args.quick,
         agent: args.agent,
+        sustained_rate: args.sustained_rate,
     };
     match bench::run(&env, &parts).await {
         Ok(_) => ExitCode::SUCCESS,

@@ -47,8 +47,8 @@ pub struct Counters {
     pub unacknowledged: AtomicU64,
     /// Acknowledgements an agent refused (bad signature, malformed, another host's).
     pub acks_refused: AtomicU64,
-    /// Times a queue had messages out and no acknowledgement for
-    /// [`vigil_shared::delivery::RESEND_AFTER`], and sent them again.
+    /// Times a queue had messages out and no acknowledgement for its resend wait
+    /// ([`vigil_shared::delivery::ResendTimer`]), and sent them again.
     pub stalls: AtomicU64,
     /// Malformed payloads published, by [`Malformed`] kind (in [`Malformed::ALL`] order).
     pub malformed: [AtomicU64; Malformed::ALL.len()],
@@ -235,7 +235,7 @@ impl fmt::Display for Snapshot {
         )?;
         writeln!(
             f,
-            "  stored               {} of {} queued messages acknowledged by the coordinator; {} unacknowledged at the end; {} acknowledgements refused; {} waits of {:?} without one",
+            "  stored               {} of {} queued messages acknowledged by the coordinator; {} unacknowledged at the end; {} acknowledgements refused; {} resend waits ({:?} or more) without one",
             self.stored,
             self.queued(),
             self.unacknowledged,

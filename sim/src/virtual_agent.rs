@@ -27,7 +27,8 @@
 //! when the shared [`ResendTimer`] says so (as a real agent's), everything
 //! unacknowledged is sent again from the queue's floor: the coordinator stores each
 //! message once. A finished agent drains:
-//! it waits (up to [`DRAIN_TIMEOUT`]) until both queues are acknowledged.
+//! it waits until both queues are acknowledged, giving up after [`DRAIN_TIMEOUT`]
+//! without an acknowledgement.
 //!
 //! With [`Plan::follow_bundles`] it also follows the coordinator's policy bundles as a
 //! real agent does: it subscribes to `vigil/v1/bundles/+`, checks each bundle's signature
@@ -87,8 +88,8 @@ pub const METRICS: [&str; 10] = [
 /// Most messages per queue sent and not yet acknowledged (as a real agent; well inside
 /// the coordinator's window, [`vigil_shared::delivery::WINDOW`]).
 pub const IN_FLIGHT: u64 = 256;
-/// How long a finished agent waits for its queues to be acknowledged before it
-/// disconnects.
+/// How long a finished agent waits for an acknowledgement of its queues before it
+/// gives up on them and disconnects (it waits on while acknowledgements come).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause before reconnecting after a lost connection.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
@@ -942,8 +943,8 @@ fn coordinator_key(me: &Identity) -> Option<PublicKey> {
 }
 
 /// Runs one virtual agent until the plan's duration has passed, its batches are
-/// generated, or `stop` turns true; then waits for its queues to be acknowledged (up to
-/// [`DRAIN_TIMEOUT`]) and disconnects cleanly.
+/// generated, or `stop` turns true; then waits for its queues to be acknowledged (giving
+/// up after [`DRAIN_TIMEOUT`] without an acknowledgement) and disconnects cleanly.
 pub async fn run(
     me: Identity,
     plan: Arc<Plan>,
@@ -1014,7 +1015,8 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u64 = 0;
     let mut generated_batches: u64 = 0;
-    let mut drain_deadline: Option<Instant> = None;
+    // While draining: when it gives up, and how many messages were held when that was set.
+    let mut drain: Option<(Instant, u64)> = None;
     let mut last_ts_ms: i64 = 0;
     // Connections in a row that ended before they came up.
     let mut failures: u32 = 0;
@@ -1070,17 +1072,22 @@ pub async fn run(
                 || *stop.borrow();
             if finished {
                 // Wait for both queues to be acknowledged (a lost connection meanwhile
-                // sends them again), then leave cleanly.
-                let deadline =
-                    *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+                // sends them again), then leave cleanly; give up after DRAIN_TIMEOUT
+                // without an acknowledgement.
                 let held = if acknowledged {
                     lock(&queues).held()
                 } else {
                     0
                 };
+                let deadline = match drain {
+                    Some((deadline, before)) if held >= before => deadline,
+                    // The first look, or some were acknowledged since the last.
+                    _ => Instant::now() + DRAIN_TIMEOUT,
+                };
+                drain = Some((deadline, held));
                 if held == 0 || Instant::now() > deadline {
                     if held > 0 {
-                        tracing::warn!(host = %me.host, held, "queued messages still unacknowledged after {DRAIN_TIMEOUT:?}");
+                        tracing::warn!(host = %me.host, held, "queued messages still unacknowledged, none acknowledged for {DRAIN_TIMEOUT:?}");
                         shared
                             .counters
                             .unacknowledged

@@ -9,7 +9,8 @@
 //! acknowledgement on `vigil/v1/agents/{host}/acks` after each commit; this task deletes
 //! what it covers. At most [`IN_FLIGHT`] messages per queue go out unacknowledged. After
 //! a reconnection, or when nothing has been acknowledged for a while although messages
-//! wait ([`ResendTimer`]: 10 s, doubling up to 80 s while resends bring nothing),
+//! wait ([`ResendTimer`]: 10 s, or longer when acknowledgements have come slowly, up to
+//! 80 s; doubling while resends bring nothing),
 //! everything not acknowledged is sent again from the floor (after such a timeout, 16
 //! at first, then as many more as are acknowledged): the coordinator stores each
 //! message once, however often it comes.

@@ -8,7 +8,8 @@
 //!   connection takes; the rate is read off the coordinator's own
 //!   `vigil_samples_stored_total` between 10% and 90% stored (so connection set-up and
 //!   the last stragglers do not count). This is the coordinator's capacity.
-//! - **sustained**: 1,000 agents offer a fixed 300,000 samples/s for 20 s, as a fleet
+//! - **sustained**: 1,000 agents offer a fixed 300,000 samples/s (`--sustained-rate`)
+//!   for 20 s, as a fleet
 //!   on a timer does; the figure is what was stored per second over the run, with the
 //!   largest backlog seen (sent but not yet stored).
 //!
@@ -35,18 +36,18 @@ use vigil_testkit::prometheus_value;
 /// Samples per batch, as the issue asks.
 const BATCH: usize = 100;
 
-/// Samples offered per second in the sustained run.
+/// Samples offered per second in the sustained run, unless `--sustained-rate` says.
 const SUSTAINED_RATE: u64 = 300_000;
 /// The same for `--quick` (a smoke test, often of debug builds, which ingest far less).
 const QUICK_SUSTAINED_RATE: u64 = 30_000;
 
 /// The sustained run's offered rate.
-fn sustained_rate(quick: bool) -> u64 {
-    if quick {
+fn sustained_rate(env: &BenchEnv) -> u64 {
+    env.sustained_rate.unwrap_or(if env.quick {
         QUICK_SUSTAINED_RATE
     } else {
         SUSTAINED_RATE
-    }
+    })
 }
 
 /// What one run sends.
@@ -133,6 +134,13 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
             ),
         });
     }
+    figures.extend(sustained(env).await?);
+    Ok(figures)
+}
+
+/// Measures the sustained run's figure alone (also the last of [`run`]'s).
+pub async fn sustained(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
+    let mut figures = Vec::new();
     let duration = Duration::from_secs(if env.quick { 5 } else { 20 });
     let load = Load::Sustained { duration };
     // The quick run (a smoke test, often of a debug build) keeps the fleet at 300.
@@ -142,7 +150,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     figures.push(Figure {
         name: format!(
             "ingest sustained, {fleet} agents, {} samples/s offered",
-            sustained_rate(env.quick)
+            sustained_rate(env)
         ),
         value: embedded.rate,
         unit: "samples/s",
@@ -234,8 +242,7 @@ async fn measure(
             (samples / BATCH as u64).div_ceil(agents as u64),
         ),
         Load::Sustained { duration } => {
-            let batches_per_second =
-                sustained_rate(env.quick) as f64 / BATCH as f64 / agents as f64;
+            let batches_per_second = sustained_rate(env) as f64 / BATCH as f64 / agents as f64;
             (
                 Duration::from_secs_f64(1.0 / batches_per_second),
                 (duration.as_secs_f64() * batches_per_second).round() as u64,
@@ -315,7 +322,7 @@ async fn measure(
     };
     let finished = Instant::now();
     let tail = (finished - sent_all.unwrap_or(finished)).as_secs_f64();
-    let _ = fleet.wait(None).await;
+    let agents_saw = fleet.wait(None).await.report;
     if missing > 0.0 {
         return Err(BenchError::Failed(format!(
             "{label}: {missing} metric batches were lost on the way"
@@ -359,7 +366,9 @@ async fn measure(
     eprintln!(
         "  {label}: {rate:.0} samples/s, {overall:.0} overall, {stored} samples in \
          {elapsed:.1} s, largest backlog {backlog:.0}, all stored {tail:.1} s after the last \
-         batch was made; coordinator: {}",
+         batch was made; agents: {} batches sent again, {} resend timeouts; coordinator: {}",
+        agents_saw.batch_resends,
+        agents_saw.stalls,
         refusals(&page)
     );
     stack.stop();

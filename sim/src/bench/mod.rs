@@ -49,6 +49,8 @@ pub struct BenchEnv {
     /// The agent binary the footprint and restart parts run (e.g. the shipped static build);
     /// `None`: the `vigil-agent` beside this program.
     pub agent: Option<PathBuf>,
+    /// Samples per second offered in ingest's sustained run; `None`: its default.
+    pub sustained_rate: Option<u64>,
 }
 
 /// One measured figure, with the same-run baseline it is compared to.
@@ -98,6 +100,8 @@ impl fmt::Display for Figure {
 pub enum Part {
     /// Ingest throughput.
     Ingest,
+    /// Ingest's sustained run alone (the last run of `ingest`).
+    Sustained,
     /// End-to-end latency.
     Latency,
     /// Agent footprint.
@@ -120,6 +124,7 @@ pub async fn run(env: &BenchEnv, parts: &[Part]) -> Result<Vec<Figure>, BenchErr
     for part in parts {
         let figures = match part {
             Part::Ingest => ingest::run(env).await?,
+            Part::Sustained => ingest::sustained(env).await?,
             Part::Latency => latency::run(env).await?,
             Part::Footprint => footprint::run(env).await?,
             Part::Audit => audit::run(env).await?,
