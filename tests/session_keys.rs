@@ -4,7 +4,7 @@
 //! replayed or reordered-too-far message (`replayed`), one moved to another channel
 //! (`host_mismatch`), one under a key it never made (`unknown_session`), one under the
 //! key before a rekey once the grace is over (`rekeyed`), a revoked agent's next
-//! message (`revoked`), and a Hello replayed from an earlier session or repeated
+//! message (`revoked`; the embedded broker then ends its connection), and a Hello replayed from an earlier session or repeated
 //! (`replayed_handshake`, also in `vigil_agent_handshakes_total`). No timing is
 //! asserted: every check waits for a counter.
 
@@ -16,8 +16,8 @@ use vigil_shared::time::now_ms;
 use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{self, AgentState, AgentStatus, MetricBatch, PolicyRunnerStatus, Sample};
 use vigil_tests::{
-    bin, get_json, metric, start_agent, start_coordinator, start_mosquitto, wait_for, KeyedAgent,
-    RawAgent, TestDir,
+    bin, get_json, login, metric, start_agent, start_coordinator, start_mosquitto, wait_for,
+    KeyedAgent, RawAgent, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -317,10 +317,23 @@ async fn a_revoked_agents_session_dies(via_mosquitto: bool) {
         .expect("agent revoke");
     assert!(output.status.success(), "{output:?}");
     counter_reaches(&c.http, &rejected("metrics", "revoked"), 1.0).await;
-    // Its keys are gone: a new handshake is refused too.
-    agent.publish_hello(agent.hello()).await;
-    counter_reaches(&c.http, &handshakes("revoked"), 1.0).await;
-    publisher.abort();
+    if via_mosquitto {
+        // Its keys are gone: a new handshake is refused too.
+        agent.publish_hello(agent.hello()).await;
+        counter_reaches(&c.http, &handshakes("revoked"), 1.0).await;
+        publisher.abort();
+    } else {
+        // The embedded broker ends its connection (so its publishing stops), and it
+        // may not log in again.
+        tokio::time::timeout(WAIT, publisher)
+            .await
+            .expect("the revoked agent's connection ends")
+            .expect("publisher");
+        match login(agent.agent.options.clone()).await {
+            Ok(_) => panic!("a revoked agent logged in again"),
+            Err(e) => assert!(e.to_string().contains("NotAuthorized"), "{e}"),
+        }
+    }
     c.proc.stop();
 }
 

@@ -165,6 +165,7 @@ impl Coordinator {
         let broker_url = config.broker_url();
         let mut local_front_url = None;
         let mut ingest_backlog = None;
+        let mut ingest_mailroom = None;
         let (client_url, mqtt_username, mqtt_password) = match config.broker {
             BrokerMode::Embedded { listen } => {
                 let password = crate::security::agents::generate_password();
@@ -187,6 +188,7 @@ impl Coordinator {
                 .await
                 .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
                 ingest_backlog = Some(Arc::clone(&embedded.backlog));
+                ingest_mailroom = Some(embedded.mailroom.clone());
                 let front = crate::mqtt::front::Front::new(
                     embedded,
                     broker::BrokerAuth::new(store.clone(), telemetry.clone()),
@@ -321,6 +323,7 @@ impl Coordinator {
                 metrics_tap,
                 deadman: deadman.clone(),
                 backlog: ingest_backlog,
+                mailroom: ingest_mailroom,
             },
             stop_rx.clone(),
         )));

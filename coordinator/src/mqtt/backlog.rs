@@ -20,12 +20,20 @@
 //! stops at its in-flight window. A connection holds at most [`HOLD_EACH`], and all of
 //! them at most [`HOLD_ALL`] ([`Held`]); past that, its socket is not read either.
 //!
+//! Waiting connections take turns in the order they began to wait: while there is room,
+//! ingest taking a message, or a connection handing over, wakes the one that has waited
+//! longest, which then hands over all it holds. Woken all at once, they would race, and
+//! some would lose for longer than their agents wait before sending again. (A connection
+//! that finds room when it has something to hand over goes at once, ahead of those in
+//! line: making it wait behind them, measured under a load far above what ingest stores,
+//! cost more throughput than the order gained.)
+//!
 //! What the front counts may never reach ingest (a message published while ingest is
 //! not subscribed, one the router refuses). So a wait that sees ingest take nothing for
 //! [`STALL`] forgets the difference and lets the connections go on: the count heals
 //! itself, and a stalled ingest (a full disk) falls back to the broker's own bounds.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -58,8 +66,8 @@ pub(crate) struct Backlog {
     handed: AtomicU64,
     /// Bytes ingest took, plus what was forgotten.
     taken: AtomicU64,
-    /// Whether a connection waits for room (so that [`Backlog::taken`] wakes it).
-    waiting: AtomicBool,
+    /// How many connections wait for their turn ([`Backlog::room`]).
+    waiting: AtomicUsize,
     room: Notify,
     /// Bytes of publishes waiting connections hold ([`Held`]).
     held: AtomicU64,
@@ -104,6 +112,13 @@ impl Drop for Held<'_> {
 }
 
 impl Backlog {
+    /// The bytes a message with a `topic_len`-byte topic and a `payload_len`-byte payload
+    /// counts for: what the front holds and hands over, and what ingest takes (every
+    /// message ingest is sent is on one of its channels, so it counts them all).
+    pub(crate) fn size(topic_len: usize, payload_len: usize) -> u64 {
+        (topic_len + payload_len) as u64
+    }
+
     /// The bytes a message on `topic` with `payload_len` bytes counts for, if it goes to
     /// ingest (an agent's metrics, status, actions or events).
     pub(crate) fn counted(topic: &[u8], payload_len: usize) -> Option<u64> {
@@ -111,20 +126,26 @@ impl Backlog {
         let (_, channel) = topics::parse_agent(topic)?;
         CHANNELS
             .contains(&channel)
-            .then(|| (topic.len() + payload_len) as u64)
+            .then(|| Backlog::size(topic.len(), payload_len))
     }
 
-    /// The front handed `bytes` to the router.
+    /// The front handed `bytes` to the router. While there is room, the connection that
+    /// has waited longest goes next: each one that hands over passes the turn on.
     pub(crate) fn handed(&self, bytes: u64) {
         self.handed.fetch_add(bytes, Ordering::Relaxed);
+        self.next_turn();
     }
 
     /// Ingest took `bytes` from the broker.
     pub(crate) fn taken(&self, bytes: u64) {
         self.taken.fetch_add(bytes, Ordering::Relaxed);
-        if self.waiting.load(Ordering::Relaxed) && !self.full() {
-            self.waiting.store(false, Ordering::Relaxed);
-            self.room.notify_waiters();
+        self.next_turn();
+    }
+
+    /// Wakes the connection that has waited longest, if any waits and there is room.
+    fn next_turn(&self) {
+        if self.waiting.load(Ordering::Relaxed) > 0 && !self.full() {
+            self.room.notify_one();
         }
     }
 
@@ -139,28 +160,53 @@ impl Backlog {
         self.behind() > LIMIT
     }
 
-    /// Waits until the backlog is at most [`LIMIT`], or until ingest took nothing for
-    /// [`STALL`] (then what is counted is forgotten). Returns whether it forgot.
+    /// Waits for this connection's turn to hand over what it holds: connections go in
+    /// the order they began to wait, one at a time while there is room ([`LIMIT`]). A
+    /// connection whose turn came hands over what it holds even if the backlog filled up
+    /// meanwhile (at most [`HOLD_EACH`]), so that it does not lose its place. If ingest
+    /// takes nothing for [`STALL`] while the backlog is full, what is counted is
+    /// forgotten and every waiting connection goes on; with room again and no turn
+    /// given, it goes on. Returns whether it forgot.
     pub(crate) async fn room(&self) -> bool {
+        let _waiting = Waiting::new(self);
+        let notified = self.room.notified();
+        tokio::pin!(notified);
+        // In line from here on (a turn given to a dropped wait passes to the next).
+        notified.as_mut().enable();
+        if !self.full() {
+            return false;
+        }
         loop {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            self.waiting.store(true, Ordering::Relaxed);
-            if !self.full() {
+            let before = self.taken.load(Ordering::Relaxed);
+            if tokio::time::timeout(STALL, notified.as_mut()).await.is_ok() {
                 return false;
             }
-            let before = self.taken.load(Ordering::Relaxed);
-            if tokio::time::timeout(STALL, notified).await.is_err()
-                && self.taken.load(Ordering::Relaxed) == before
-                && self.full()
-            {
+            if self.taken.load(Ordering::Relaxed) == before && self.full() {
                 let handed = self.handed.load(Ordering::Relaxed);
                 self.taken.fetch_max(handed, Ordering::Relaxed);
                 self.room.notify_waiters();
                 return true;
             }
+            if !self.full() {
+                return false;
+            }
         }
+    }
+}
+
+/// Counts a connection in [`Backlog::room`] while it is there.
+struct Waiting<'a>(&'a Backlog);
+
+impl<'a> Waiting<'a> {
+    fn new(backlog: &'a Backlog) -> Waiting<'a> {
+        backlog.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(backlog)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -230,6 +276,45 @@ mod tests {
             .unwrap();
         assert!(!forgot);
         assert_eq!(backlog.behind(), LIMIT - 100);
+    }
+
+    #[tokio::test]
+    async fn waiting_connections_take_turns_in_the_order_they_began_to_wait() {
+        let backlog = std::sync::Arc::new(Backlog::default());
+        backlog.handed(LIMIT + 1000);
+        let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        for n in 0..3 {
+            let backlog = backlog.clone();
+            let order_tx = order_tx.clone();
+            tokio::spawn(async move {
+                assert!(!backlog.room().await, "a turn, not a forgotten count");
+                order_tx.send(n).unwrap();
+            });
+            // Each in line before the next begins to wait.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let next = |order: &mut tokio::sync::mpsc::UnboundedReceiver<i32>| {
+            let got = order.try_recv();
+            got.ok()
+        };
+        // Room for one: the first in line goes; the turn it hands over with fills the
+        // backlog again, so the others keep waiting.
+        backlog.taken(2000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(next(&mut order), Some(0));
+        assert_eq!(next(&mut order), None);
+        backlog.handed(5000);
+        backlog.taken(1000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(next(&mut order), None, "still full");
+        // Room again: the second, then (its hand-over leaving room) the third.
+        backlog.taken(10_000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(next(&mut order), Some(1));
+        backlog.handed(100);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(next(&mut order), Some(2));
+        assert_eq!(backlog.waiting.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rumqttd::local::LinkTx;
 use rumqttd::protocol::v4::V4;
@@ -420,6 +421,11 @@ impl Front {
         let mut acks = Vec::new();
         // Publishes read while ingest is far behind, held unacknowledged (see `backlog`).
         let mut held = Held::new(&self.broker.backlog);
+        // Its place in line while it holds publishes and ingest is far behind: kept across
+        // the loop's turns (reading a ping must not send it to the back).
+        let mut in_line: Option<BoxFuture<'_, bool>> = None;
+        // Its turn came after a wait: what it holds goes over even if the backlog filled.
+        let mut turn = false;
         let end = loop {
             let checked = take_checked(&mut session.buffer, role, &mut packets, &mut acks);
             answer_mail(&mail, &mut packets, &mut out);
@@ -432,7 +438,7 @@ impl Front {
                 // DISCONNECT ends the loop below; an agent has no QoS 2 exchanges.
                 _ => false,
             });
-            let wait = self.broker.backlog.full();
+            let wait = !turn && self.broker.backlog.full();
             if wait && checked == Ok(false) {
                 held.set(packets.iter().map(publish_bytes).sum());
             } else {
@@ -440,6 +446,7 @@ impl Front {
                     break End::RouterGone;
                 }
                 held.set(0);
+                turn = false;
                 for pkid in acks.drain(..) {
                     let ack = PubAck {
                         pkid,
@@ -466,19 +473,32 @@ impl Front {
             // on, for its pings, until the connection holds its share; then the socket
             // waits too, and the keep-alive counts from when reading resumes.
             let read = !wait || held.may_grow();
+            if !wait || packets.is_empty() {
+                in_line = None;
+            } else if in_line.is_none() {
+                in_line = Some(self.broker.backlog.room().boxed());
+            }
             tokio::select! {
                 got = session.reader.read_buf(&mut session.buffer), if read => match got {
                     Ok(0) | Err(_) => break End::Lost,
                     Ok(_) => heard = tokio::time::Instant::now(),
                 },
-                forgot = self.broker.backlog.room(), if wait => {
+                forgot = async {
+                    match in_line.as_mut() {
+                        Some(place) => place.await,
+                        None => std::future::pending().await,
+                    }
+                }, if in_line.is_some() => {
                     heard = tokio::time::Instant::now();
+                    in_line = None;
+                    turn = true;
                     let outcome = if forgot { "forgotten" } else { "room" };
                     self.telemetry.mqtt_front_waits.with_label_values(&[outcome]).inc();
                 }
                 () = mail.notified() => {}
-                // The same client id logged in again: this connection ends, without its
-                // will (as rumqttd's router ends a connection taken over).
+                // The same client id logged in again (this connection ends without its
+                // will, as rumqttd's router ends a connection taken over), or the host
+                // was revoked.
                 () = mail.taken_over() => break End::RouterGone,
                 _ = tokio::time::sleep_until(heard + session.silence), if read => {
                     tracing::debug!(%client, role = ?role, "MQTT client silent past its keep-alive");
@@ -578,7 +598,7 @@ fn hang_up(broker: &EmbeddedBroker, link_tx: &mut LinkTx, will: Option<LastWill>
 /// The bytes of a PUBLISH's topic and payload (0 for any other packet).
 fn publish_bytes(packet: &Packet) -> u64 {
     match packet {
-        Packet::Publish(publish, _) => (publish.topic.len() + publish.payload.len()) as u64,
+        Packet::Publish(publish, _) => Backlog::size(publish.topic.len(), publish.payload.len()),
         _ => 0,
     }
 }

@@ -61,6 +61,7 @@ use vigil_shared::wire::{
 
 use super::backlog::Backlog;
 use super::handshake::SharedSessionKeys;
+use super::mailroom::Mailroom;
 use super::publisher::Publisher;
 use crate::deadman::Deadman;
 use crate::events::mirror::MetricsTap;
@@ -148,6 +149,10 @@ pub(crate) struct Listeners {
     pub metrics_tap: Option<MetricsTap>,
     /// The deadman, told of every status and metric batch.
     pub deadman: Deadman,
+    /// On the embedded broker, the agents' sessions: a host found revoked (or no longer
+    /// enrolled) when its message is checked has its connections ended and its kept
+    /// sessions forgotten.
+    pub mailroom: Option<Mailroom>,
 }
 
 /// Runs the subscriber until `stop` turns true. Reconnects on its own. `subscribed`
@@ -268,11 +273,8 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if let Some(backlog) = &listeners.backlog {
-                    if let Some(bytes) =
-                        Backlog::counted(publish.topic.as_bytes(), publish.payload.len())
-                    {
-                        backlog.taken(bytes);
-                    }
+                    // Only agents' messages on `CHANNELS` come here, all counted.
+                    backlog.taken(Backlog::size(publish.topic.len(), publish.payload.len()));
                 }
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
@@ -499,8 +501,19 @@ fn check(
             return None;
         }
         Err(rejection) => {
-            if let Rejection::Seal(Refusal::UnknownSession(id)) = &rejection {
-                gate.nudge(host, id.session, client);
+            match &rejection {
+                Rejection::Seal(Refusal::UnknownSession(id)) => {
+                    gate.nudge(host, id.session, client);
+                }
+                Rejection::Seal(Refusal::Revoked(_) | Refusal::UnknownAgent(_)) => {
+                    if let Some(mailroom) = &listeners.mailroom {
+                        let ended = mailroom.end_host(host);
+                        if ended > 0 {
+                            tracing::warn!(%host, sessions = ended, "connections of a revoked agent ended");
+                        }
+                    }
+                }
+                _ => {}
             }
             rejection.report(telemetry, channel, &publish.topic);
             return None;

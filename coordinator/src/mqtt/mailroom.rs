@@ -110,7 +110,8 @@ struct Attached {
     id: u64,
     /// Woken when there may be something to write.
     notify: Arc<Notify>,
-    /// Woken when another login with the same client id takes the session over.
+    /// Woken when another login with the same client id takes the session over, or the
+    /// host is revoked ([`Mailroom::end_host`]).
     taken_over: Arc<Notify>,
 }
 
@@ -270,6 +271,23 @@ impl Mailroom {
             taken_over,
         };
         (attachment, present)
+    }
+
+    /// Ends every connection of `host` and forgets its sessions, with what they hold:
+    /// the host is revoked (or no longer enrolled), so it may not log in again and
+    /// nothing kept for it is ever delivered. Returns how many sessions were forgotten.
+    pub(crate) fn end_host(&self, host: &str) -> usize {
+        let mut rooms = self.lock();
+        let client_ids = rooms.hosts.remove(host).unwrap_or_default();
+        for client_id in &client_ids {
+            let Some(session) = rooms.sessions.remove(client_id) else {
+                continue;
+            };
+            if let Some(attached) = session.attached {
+                attached.taken_over.notify_one();
+            }
+        }
+        client_ids.len()
     }
 
     /// How many sessions are kept (attached or not).
@@ -435,8 +453,8 @@ impl Attachment {
         self.notify.notified().await;
     }
 
-    /// Resolves when another login with the same client id took the session over: this
-    /// connection must end.
+    /// Resolves when another login with the same client id took the session over, or
+    /// the host was revoked: this connection must end.
     pub(crate) async fn taken_over(&self) {
         self.taken_over.notified().await;
     }
@@ -731,5 +749,35 @@ mod tests {
         assert_eq!(written.len(), 1, "the first's unacknowledged message");
         room.post(commands.as_bytes(), Bytes::from_static(b"two"));
         assert_eq!(taken(&second).len(), 1, "still attached");
+    }
+
+    #[test]
+    fn a_revoked_host_has_its_connections_ended_and_its_sessions_forgotten() {
+        let room = room();
+        let commands = topics::agent("web", AgentChannel::Commands);
+        let (link, _) = room.attach("web", "vigil-agent-web", false);
+        link.subscribe(&subscribe(&commands));
+        let (outbox, _) = room.attach("web", "vigil-outbox-web", false);
+        drop(outbox);
+        let (db, _) = room.attach("db", "vigil-agent-db", false);
+        room.post(commands.as_bytes(), Bytes::from_static(b"restart"));
+        assert_eq!(room.end_host("web"), 2, "the attached and the away session");
+        assert!(
+            link.taken_over().now_or_never().is_some(),
+            "the attached connection is told to end"
+        );
+        assert!(db.taken_over().now_or_never().is_none(), "other hosts stay");
+        assert_eq!(room.sessions(), 1);
+        drop(link);
+        assert_eq!(
+            room.sessions(),
+            1,
+            "the ended connection leaves nothing behind"
+        );
+        let (again, present) = room.attach("web", "vigil-agent-web", false);
+        assert!(!present, "nothing kept for the host");
+        again.subscribe(&subscribe(&commands));
+        assert!(taken(&again).is_empty(), "what was queued is gone");
+        assert_eq!(room.end_host("nobody"), 0);
     }
 }
