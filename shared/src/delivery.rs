@@ -53,9 +53,8 @@ pub const RESEND_WINDOW: u64 = 16;
 /// not sent copies of what it is still working through. While resends bring nothing the
 /// wait doubles, up to [`RESEND_MAX`]; the acknowledgement that ends such a spell is not
 /// a sample (it may answer the first sending or the copy), and the doubled wait stays
-/// until one that is (Karn's rule). After a timeout
-/// the queue starts again with [`RESEND_WINDOW`] messages out
-/// ([`ResendTimer::allowance`]).
+/// until one that is (Karn's rule). After a timeout the queue starts again with
+/// [`RESEND_WINDOW`] messages out ([`ResendTimer::allowance`]).
 #[derive(Debug, Clone)]
 pub struct ResendTimer {
     /// When an acknowledgement last moved the floor, or sending last (re)started.

@@ -9,9 +9,8 @@
 //!   `vigil_samples_stored_total` between 10% and 90% stored (so connection set-up and
 //!   the last stragglers do not count). This is the coordinator's capacity.
 //! - **sustained**: 1,000 agents offer a fixed 300,000 samples/s (`--sustained-rate`)
-//!   for 20 s, as a fleet
-//!   on a timer does; the figure is what was stored per second over the run, with the
-//!   largest backlog seen (sent but not yet stored).
+//!   for 20 s, as a fleet on a timer does; the figure is what was stored per second over
+//!   the run, with the largest backlog seen (sent but not yet stored).
 //!
 //! Every virtual agent is enrolled (before the clock starts) and makes a session key
 //! handshake when it connects (and every 100 s), so the coordinator checks one BLAKE3 MAC
