@@ -69,6 +69,7 @@ async fn the_backtest_counts_what_live_agents_decided_and_a_gate_holds_a_bundle_
             seed: 7,
             signatures_only: false,
             follow_bundles: false,
+            start_together: false,
             pattern: Some(Pattern {
                 metric: "cpu_percent".into(),
                 low: 10.0,

@@ -26,6 +26,14 @@ pub struct Telemetry {
     pub http_requests: IntCounterVec,
     /// `vigil_http_request_duration_seconds{method,route}`.
     pub http_duration: HistogramVec,
+    /// `vigil_store_commits_total`: write transactions the store writer committed.
+    pub store_commits: prometheus::IntCounter,
+    /// `vigil_store_commit_writes_total`: writes in those transactions (per commit: this
+    /// over `vigil_store_commits_total`).
+    pub store_commit_writes: prometheus::IntCounter,
+    /// `vigil_store_commit_duration_seconds`: applying and committing one transaction,
+    /// the flush to disk included.
+    pub store_commit_duration: prometheus::Histogram,
     /// `vigil_hosts_online`: hosts currently online.
     pub hosts_online: IntGauge,
     /// `vigil_hosts_known`: hosts ever seen.
@@ -218,6 +226,29 @@ impl Telemetry {
         .unwrap_or_else(|e| unreachable!("histogram is well-formed: {e}"));
         registry
             .register(Box::new(http_duration.clone()))
+            .unwrap_or_else(|e| unreachable!("histogram is registered once: {e}"));
+        let store_commits = plain_counter(
+            "vigil_store_commits_total",
+            "Write transactions the store writer committed to LMDB",
+        );
+        let store_commit_writes = plain_counter(
+            "vigil_store_commit_writes_total",
+            "Writes (agent messages, API writes, retention passes) in the committed \
+             transactions; per commit, divide by vigil_store_commits_total",
+        );
+        let store_commit_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "vigil_store_commit_duration_seconds",
+                "Time to apply and commit one LMDB write transaction, its flush to disk \
+                 included",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .unwrap_or_else(|e| unreachable!("histogram is well-formed: {e}"));
+        registry
+            .register(Box::new(store_commit_duration.clone()))
             .unwrap_or_else(|e| unreachable!("histogram is registered once: {e}"));
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help)
@@ -494,6 +525,9 @@ impl Telemetry {
             store_errors,
             http_requests,
             http_duration,
+            store_commits,
+            store_commit_writes,
+            store_commit_duration,
             hosts_online,
             hosts_known,
             store_map_size_bytes,
@@ -555,6 +589,9 @@ mod tests {
             store_errors,
             http_requests,
             http_duration,
+            store_commits,
+            store_commit_writes,
+            store_commit_duration,
             hosts_online,
             hosts_known,
             store_map_size_bytes,
@@ -620,6 +657,9 @@ mod tests {
         touch(agent_policy_load_errors);
         let mut collectors: Vec<&dyn Collector> = vec![
             http_duration,
+            store_commits,
+            store_commit_writes,
+            store_commit_duration,
             hosts_online,
             hosts_known,
             store_map_size_bytes,

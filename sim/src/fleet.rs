@@ -117,6 +117,7 @@ impl Fleet {
         let mut logins = std::mem::take(&mut config.logins);
         raise_open_files_limit(config.agents);
         let shared = Arc::new(Shared::default());
+        shared.start_line.expect(config.agents);
         let (stop, stop_rx) = watch::channel(false);
         let plan = Arc::new(config.plan);
         let pause = Duration::from_secs_f64(1.0 / f64::from(config.connect_rate.max(1)));

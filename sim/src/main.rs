@@ -261,6 +261,7 @@ async fn simulate_main(args: SimulateArgs) -> ExitCode {
             signatures_only: args.signatures_only,
             pattern: None,
             follow_bundles: args.follow_bundles,
+            start_together: false,
         },
         logins: Default::default(),
     };

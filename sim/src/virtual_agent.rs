@@ -41,7 +41,7 @@
 //! one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,64 @@ pub struct Plan {
     /// check each, and report the versions of the groups it is in in its status (what
     /// `/api/v1/drift` compares).
     pub follow_bundles: bool,
+    /// Hold every agent's first batch until the whole fleet is connected, each with its
+    /// session key when it makes handshakes, then start at once ([`StartLine`]): a load
+    /// that measures what the coordinator stores, not how it takes connections.
+    pub start_together: bool,
+}
+
+/// Where a fleet's agents wait for each other before their first batch
+/// ([`Plan::start_together`]).
+#[derive(Debug, Default)]
+pub struct StartLine {
+    /// Agents in the fleet.
+    expected: AtomicUsize,
+    /// Agents that are ready.
+    ready: AtomicUsize,
+    /// Set when the last one is ready (or one gave up waiting).
+    go: AtomicBool,
+    notify: Notify,
+}
+
+/// How long an agent waits at the start line for the rest of the fleet (or for its own
+/// session key) before it starts anyway.
+const START_LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl StartLine {
+    /// Sets how many agents the line waits for.
+    pub(crate) fn expect(&self, agents: usize) {
+        self.expected.store(agents, Ordering::SeqCst);
+    }
+
+    /// Counts this agent ready and waits for the rest, at most [`START_LINE_TIMEOUT`].
+    async fn ready_and_wait(&self, host: &str) {
+        let ready = self.ready.fetch_add(1, Ordering::SeqCst) + 1;
+        if ready >= self.expected.load(Ordering::SeqCst) {
+            self.open();
+            return;
+        }
+        let waited = tokio::time::timeout(START_LINE_TIMEOUT, async {
+            loop {
+                let notified = self.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.go.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(%host, ready = self.ready.load(Ordering::SeqCst), "the fleet is not all ready: starting anyway");
+            self.open();
+        }
+    }
+
+    fn open(&self) {
+        self.go.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
 }
 
 /// Who one virtual agent is.
@@ -195,6 +253,8 @@ pub struct Shared {
     /// Every bundle message checked so far, by its bytes: the bundle if it verified.
     /// Agents in one process receive the same signed message; it is checked once.
     checked_bundles: Mutex<HashMap<Vec<u8>, Option<Arc<Checked>>>>,
+    /// Where the agents wait for each other with [`Plan::start_together`].
+    pub start_line: StartLine,
 }
 
 /// A bundle message that verified: what it releases, and its content hash.
@@ -1015,6 +1075,8 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u64 = 0;
     let mut generated_batches: u64 = 0;
+    // Whether it has been past the start line ([`Plan::start_together`]).
+    let mut past_start_line = false;
     // While draining: when it gives up, and how many messages were held when that was set.
     let mut drain: Option<(Instant, u64)> = None;
     let mut last_ts_ms: i64 = 0;
@@ -1146,6 +1208,19 @@ pub async fn run(
                     _ = stop.changed() => continue,
                 }
             };
+            if tick && plan.start_together && !past_start_line {
+                past_start_line = true;
+                let keyed_by = Instant::now() + START_LINE_TIMEOUT;
+                while !session.connected.load(Ordering::Relaxed)
+                    || (sealer.can_handshake() && sealer.session_key().is_none())
+                {
+                    if Instant::now() > keyed_by || *stop.borrow() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                shared.start_line.ready_and_wait(&me.host).await;
+            }
             if tick {
                 if plan.chaos.disconnect_rate > 0.0 && rng.random_bool(plan.chaos.disconnect_rate) {
                     Counters::inc(&shared.counters.abrupt_disconnects);

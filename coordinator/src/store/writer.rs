@@ -294,7 +294,16 @@ fn run(
         let prunes = batch
             .iter()
             .any(|w| matches!(w, Write::Prune { .. } | Write::PruneAudit { .. }));
-        match apply_growing(&store, &mut state, &telemetry, &batch) {
+        let began = std::time::Instant::now();
+        let applied = apply_growing(&store, &mut state, &telemetry, &batch);
+        if applied.is_ok() {
+            telemetry.store_commits.inc();
+            telemetry.store_commit_writes.inc_by(batch.len() as u64);
+            telemetry
+                .store_commit_duration
+                .observe(began.elapsed().as_secs_f64());
+        }
+        match applied {
             Ok(Applied {
                 outcomes,
                 admitted,

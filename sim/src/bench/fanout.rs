@@ -140,6 +140,7 @@ async fn measure(env: &BenchEnv, agents: usize, via_mosquitto: bool) -> Result<R
             signatures_only: false,
             pattern: None,
             follow_bundles: true,
+            start_together: false,
         },
         logins: Default::default(),
     };

@@ -132,6 +132,7 @@ async fn measure(env: &BenchEnv, agents: usize, run_for: Duration) -> Result<Run
             signatures_only: false,
             pattern: None,
             follow_bundles: true,
+            start_together: false,
         },
         logins: Default::default(),
     };

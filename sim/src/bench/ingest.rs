@@ -268,6 +268,9 @@ async fn measure(
             signatures_only,
             pattern: None,
             follow_bundles: false,
+            // Connected and keyed before the clock starts: the figure is ingest, not
+            // connection set-up (1,000 handshakes, and batches signed until each is done).
+            start_together: true,
         },
         logins: Default::default(),
     };
@@ -365,10 +368,12 @@ async fn measure(
     eprintln!(
         "  {label}: {rate:.0} samples/s, {overall:.0} overall, {stored} samples in \
          {elapsed:.1} s, largest backlog {backlog:.0}, all stored {tail:.1} s after the last \
-         batch was made; agents: {} batches sent again, {} resend timeouts; coordinator: {}",
+         batch was made; agents: {} batches sent again, {} resend timeouts; coordinator: {}; \
+         store: {}",
         agents_saw.batch_resends,
         agents_saw.stalls,
-        refusals(&page)
+        refusals(&page),
+        commits(&page)
     );
     stack.stop();
     Ok(Run {
@@ -377,6 +382,19 @@ async fn measure(
         backlog,
         tail,
     })
+}
+
+/// How the store writer's transactions went, from the coordinator's last `/metrics` page:
+/// how many, their mean size, and their mean time (flush to disk included).
+fn commits(page: &str) -> String {
+    let commits = prometheus_value(page, "vigil_store_commits_total");
+    let writes = prometheus_value(page, "vigil_store_commit_writes_total");
+    let seconds = prometheus_value(page, "vigil_store_commit_duration_seconds_sum");
+    format!(
+        "{commits:.0} commits, {:.0} writes and {:.1} ms each on average",
+        writes / commits.max(1.0),
+        seconds * 1000.0 / commits.max(1.0)
+    )
 }
 
 /// What the coordinator refused, took twice or asked for again, and how often agents

@@ -106,6 +106,7 @@ async fn measure(
             seed: 3,
             signatures_only: false,
             follow_bundles: false,
+            start_together: false,
             pattern: None,
         },
         logins: Default::default(),

@@ -312,6 +312,7 @@ async fn load(
             seed: 11,
             signatures_only: false,
             follow_bundles: false,
+            start_together: false,
             pattern: None,
         },
         logins: Default::default(),
