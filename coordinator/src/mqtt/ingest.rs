@@ -67,7 +67,7 @@ use crate::deadman::Deadman;
 use crate::events::mirror::MetricsTap;
 use crate::security::agent_keys::AgentKeys;
 use crate::store::writer::{StatusOrder, WriteReply};
-use crate::store::{Source, Store, StoreError, StoreWriter, Write};
+use crate::store::{Points, Source, Store, StoreError, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
 /// The channels the coordinator listens to.
@@ -528,9 +528,8 @@ fn check(
                     tap.offer(&batch, received_ms);
                 }
                 Write::Samples {
+                    points: Points::new(&batch.host, &batch.labels, &batch.samples),
                     host: batch.host,
-                    labels: batch.labels,
-                    samples: batch.samples,
                     source: Source::Mqtt,
                     received_ms,
                     reply: None,

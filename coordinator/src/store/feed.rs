@@ -491,8 +491,7 @@ mod tests {
         writer
             .send(Write::Samples {
                 host: "web-01".into(),
-                labels: vec![],
-                samples: vec![],
+                points: crate::store::points::Points::default(),
                 source: crate::store::Source::Mqtt,
                 received_ms: 20,
                 reply: None,

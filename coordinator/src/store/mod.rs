@@ -37,6 +37,7 @@ pub mod audit;
 pub mod codec;
 pub mod feed;
 pub mod keys;
+pub mod points;
 pub mod policies;
 pub mod reader;
 pub mod records;
@@ -57,6 +58,7 @@ use thiserror::Error;
 /// store error).
 const MAX_READERS: u32 = 1024;
 
+pub use points::Points;
 pub use records::{HostRecord, LatestPoint, Point, Source};
 pub use writer::{StoreWriter, Write};
 

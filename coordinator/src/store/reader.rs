@@ -198,7 +198,7 @@ mod tests {
     use vigil_shared::wire::{AgentState, AgentStatus, Sample};
 
     use super::*;
-    use crate::store::{MapSize, Source, StoreWriter, Write};
+    use crate::store::{MapSize, Points, Source, StoreWriter, Write};
     use crate::telemetry::Telemetry;
 
     fn sample(name: &str, value: f64, ts_ms: i64, tags: &[(&str, &str)]) -> Sample {
@@ -231,9 +231,8 @@ mod tests {
     ) -> Result<u64, Arc<StoreError>> {
         writer
             .send_and_wait(|reply| Write::Samples {
+                points: Points::new(host, &[("role".into(), "web".into())], &samples),
                 host: host.into(),
-                labels: vec![("role".into(), "web".into())],
-                samples,
                 source: Source::Mqtt,
                 received_ms: 1_000,
                 reply: Some(reply),

@@ -150,7 +150,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::{Source, StoreWriter, Write};
+    use crate::store::{Points, Source, StoreWriter, Write};
     use crate::telemetry::Telemetry;
 
     fn sample(name: &str, value: f64, ts_ms: i64) -> Sample {
@@ -178,8 +178,7 @@ mod tests {
         writer
             .send_and_wait(|reply| Write::Samples {
                 host: "h".into(),
-                labels: vec![("role".into(), "web".into())],
-                samples,
+                points: Points::new("h", &[("role".into(), "web".into())], &samples),
                 source: Source::Mqtt,
                 received_ms: 1,
                 reply: Some(reply),

@@ -21,12 +21,11 @@ use heed::RwTxn;
 use tokio::sync::{mpsc, oneshot};
 use vigil_shared::delivery::{Admit, Delivery, Stream, Window};
 use vigil_shared::validate;
-use vigil_shared::wire::{
-    ActionEvent, AgentState, AgentStatus, PolicyEvent, RunningPolicies, Sample, Tag,
-};
+use vigil_shared::wire::{ActionEvent, AgentState, AgentStatus, PolicyEvent, RunningPolicies};
 
 use super::audit::{AuditChunk, AuditCursor, AuditReply};
-use super::records::{HostRecord, LatestPoint, LatestPointRef, Source, StoredPointRef};
+use super::points::Points;
+use super::records::{HostRecord, LatestPoint, Source};
 use super::{actions, audit, codec, feed, keys, Store, StoreError};
 use crate::store::feed::{FeedEntry, FeedEvent};
 use crate::telemetry::Telemetry;
@@ -86,10 +85,9 @@ pub enum Write {
     Samples {
         /// The host.
         host: String,
-        /// Labels to merge into every sample's tags.
-        labels: Vec<Tag>,
-        /// The samples.
-        samples: Vec<Sample>,
+        /// The samples, with the host's labels merged into their tags, made ready by
+        /// the sender ([`Points::new`]).
+        points: Points,
         /// How they arrived.
         source: Source,
         /// When the coordinator received them, epoch ms (the host's "last seen").
@@ -251,7 +249,7 @@ impl StoreWriter {
 /// The writer's memory between transactions.
 struct WriterState {
     /// Series key → id, for series already in the store.
-    series: HashMap<Vec<u8>, u64>,
+    series: FastMap<Vec<u8>, u64>,
     next_series_id: u64,
     samples_total: u64,
     /// Delivery windows read so far, by host and stream.
@@ -259,8 +257,12 @@ struct WriterState {
     /// The time of the stored latest point, by `latest` key, for keys written or read
     /// so far: a sample is checked against it without reading and decoding the record.
     /// Only this thread writes `latest`, and nothing removes its records.
-    latest_ts: HashMap<[u8; 16], i64>,
+    latest_ts: FastMap<[u8; 16], i64>,
 }
+
+/// The writer's per-sample maps: keyed by what agents send (series names, tags), so
+/// randomly seeded against crafted collisions, and quicker than the standard hasher.
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
 const META_NEXT_SERIES: &[u8] = b"next_series_id";
 const META_SAMPLES: &[u8] = b"samples_total";
@@ -322,14 +324,11 @@ fn run(
                         Write::Queued { .. } => None,
                         other => Some(other),
                     };
-                    if let Some(Write::Samples {
-                        source, samples, ..
-                    }) = inner
-                    {
+                    if let Some(Write::Samples { source, points, .. }) = inner {
                         telemetry
                             .samples_stored
                             .with_label_values(&[source.as_str()])
-                            .inc_by(samples.len() as u64);
+                            .inc_by(points.len() as u64);
                     }
                     if let Some(inner) = inner {
                         super::actions::count_stored(&telemetry, inner, outcome);
@@ -427,7 +426,7 @@ fn load_state(store: &Store) -> Result<WriterState, StoreError> {
     };
     let next_series_id = read_u64(META_NEXT_SERIES)?;
     let samples_total = read_u64(META_SAMPLES)?;
-    let mut series = HashMap::new();
+    let mut series = FastMap::default();
     for entry in store.dbs.series.iter(&rtxn)? {
         let (key, id) = entry?;
         let id: [u8; 8] = id.try_into().map_err(|_| StoreError::Corrupt {
@@ -441,7 +440,7 @@ fn load_state(store: &Store) -> Result<WriterState, StoreError> {
         next_series_id,
         samples_total,
         windows: HashMap::new(),
-        latest_ts: HashMap::new(),
+        latest_ts: FastMap::default(),
     })
 }
 
@@ -520,7 +519,7 @@ fn apply(
         feed_entries.push(entry);
         Ok::<(), StoreError>(())
     };
-    let mut new_series: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut new_series: FastMap<Vec<u8>, u64> = FastMap::default();
     let mut next_series_id = state.next_series_id;
     let mut samples_total = state.samples_total;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -529,11 +528,8 @@ fn apply(
     let mut missing = 0u64;
     let mut redelivered: Vec<(Stream, &'static str)> = Vec::new();
     let mut audits = Vec::new();
-    // Per sample: buffers reused across the batch, and the latest times it wrote or read.
-    let mut series_key: Vec<u8> = Vec::new();
-    let mut tags: Vec<(&str, &str)> = Vec::new();
-    let mut value: Vec<u8> = Vec::new();
-    let mut latest_seen: HashMap<[u8; 16], i64> = HashMap::new();
+    // The latest times this transaction wrote or read.
+    let mut latest_seen: FastMap<[u8; 16], i64> = FastMap::default();
     for write in batch {
         let write = match write {
             Write::Queued {
@@ -587,8 +583,7 @@ fn apply(
         let outcome = match write {
             Write::Samples {
                 host,
-                labels,
-                samples,
+                points,
                 source,
                 received_ms,
                 ..
@@ -597,10 +592,9 @@ fn apply(
                 {
                     add_to_feed(&mut txn, *received_ms, change)?;
                 }
-                for sample in samples {
-                    keys::series_into(host, &sample.name, &mut series_key);
-                    let known = state.series.get(series_key.as_slice());
-                    let id = match known.or_else(|| new_series.get(series_key.as_slice())) {
+                for point in points.iter() {
+                    let known = state.series.get(point.series);
+                    let id = match known.or_else(|| new_series.get(point.series)) {
                         Some(&id) => id,
                         None => {
                             let id = next_series_id;
@@ -608,14 +602,12 @@ fn apply(
                             store
                                 .dbs
                                 .series
-                                .put(&mut txn, &series_key, &id.to_be_bytes())?;
-                            new_series.insert(series_key.clone(), id);
+                                .put(&mut txn, point.series, &id.to_be_bytes())?;
+                            new_series.insert(point.series.to_vec(), id);
                             id
                         }
                     };
-                    merge_tags(labels, &sample.tags, &mut tags);
-                    let hash = keys::tag_hash_of(tags.iter().copied());
-                    let latest_key = keys::latest(id, hash);
+                    let latest_key = keys::latest(id, point.tag_hash);
                     let cached = latest_seen.get(&latest_key);
                     let latest_ts = match cached.or_else(|| state.latest_ts.get(&latest_key)) {
                         Some(&ts) => Some(ts),
@@ -627,30 +619,18 @@ fn apply(
                         },
                     };
                     match latest_ts {
-                        Some(ts) if ts > sample.ts_ms => {
+                        Some(ts) if ts > point.ts_ms => {
                             latest_seen.insert(latest_key, ts);
                         }
                         _ => {
-                            let latest = LatestPointRef {
-                                name: &sample.name,
-                                value: sample.value,
-                                ts_ms: sample.ts_ms,
-                                tags: &tags,
-                            };
-                            codec::encode_into(&latest, &mut value);
-                            store.dbs.latest.put(&mut txn, &latest_key, &value)?;
-                            latest_seen.insert(latest_key, sample.ts_ms);
+                            store.dbs.latest.put(&mut txn, &latest_key, point.latest)?;
+                            latest_seen.insert(latest_key, point.ts_ms);
                         }
                     }
-                    let point = StoredPointRef {
-                        value: sample.value,
-                        tags: &tags,
-                    };
-                    codec::encode_into(&point, &mut value);
                     store.dbs.history.put(
                         &mut txn,
-                        &keys::history(id, sample.ts_ms, hash),
-                        &value,
+                        &keys::history(id, point.ts_ms, point.tag_hash),
+                        point.history,
                     )?;
                     samples_total += 1;
                 }
@@ -1021,25 +1001,6 @@ fn prune(store: &Store, txn: &mut RwTxn, before_ms: i64) -> Result<u64, StoreErr
     Ok(deleted)
 }
 
-/// The tags a point is stored with: the sample's own, plus the agent's labels where the
-/// sample has no tag of that name; sorted by key; never `host` (that is the key). Written
-/// into `merged`, borrowing from both.
-fn merge_tags<'a>(labels: &'a [Tag], tags: &'a [Tag], merged: &mut Vec<(&'a str, &'a str)>) {
-    merged.clear();
-    merged.extend(
-        tags.iter()
-            .filter(|(k, _)| k != "host")
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    for (k, v) in labels {
-        if k != "host" && !merged.iter().any(|(key, _)| key == k) {
-            merged.push((k, v));
-        }
-    }
-    merged.sort_unstable();
-    merged.dedup_by(|a, b| a.0 == b.0);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1055,14 +1016,17 @@ mod tests {
                 floor,
             },
             write: Box::new(Write::Samples {
+                points: Points::new(
+                    host,
+                    &[],
+                    &[Sample {
+                        name: "cpu_percent".into(),
+                        value: seq as f64,
+                        ts_ms,
+                        tags: Vec::new(),
+                    }],
+                ),
                 host: host.into(),
-                labels: Vec::new(),
-                samples: vec![Sample {
-                    name: "cpu_percent".into(),
-                    value: seq as f64,
-                    ts_ms,
-                    tags: Vec::new(),
-                }],
                 source: Source::Mqtt,
                 received_ms: ts_ms,
                 reply: None,
@@ -1169,18 +1133,18 @@ mod tests {
     }
 
     fn samples(points: &[(i64, f64, &str)]) -> Write {
+        let samples: Vec<Sample> = points
+            .iter()
+            .map(|&(ts_ms, value, core)| Sample {
+                name: "cpu_percent".into(),
+                value,
+                ts_ms,
+                tags: vec![("core".into(), core.into())],
+            })
+            .collect();
         Write::Samples {
             host: "h".into(),
-            labels: vec![("role".into(), "web".into())],
-            samples: points
-                .iter()
-                .map(|&(ts_ms, value, core)| Sample {
-                    name: "cpu_percent".into(),
-                    value,
-                    ts_ms,
-                    tags: vec![("core".into(), core.into())],
-                })
-                .collect(),
+            points: Points::new("h", &[("role".into(), "web".into())], &samples),
             source: Source::Mqtt,
             received_ms: 1_000,
             reply: None,
@@ -1241,20 +1205,5 @@ mod tests {
             [("0".into(), 2_500, 3.0), ("1".into(), 3_000, 8.0)]
         );
         assert_eq!(points(&store, "h").len(), 7, "every point is history");
-    }
-
-    #[test]
-    fn sample_tags_win_over_labels_and_host_is_dropped() {
-        let labels = vec![
-            ("role".to_string(), "web".to_string()),
-            ("env".into(), "prod".into()),
-        ];
-        let tags = vec![
-            ("role".to_string(), "db".to_string()),
-            ("host".into(), "x".into()),
-        ];
-        let mut merged = vec![("stale", "entry")];
-        merge_tags(&labels, &tags, &mut merged);
-        assert_eq!(merged, [("env", "prod"), ("role", "db")]);
     }
 }

@@ -249,7 +249,7 @@ mod tests {
     use crate::events::json::event_json;
     use crate::http::handlers::actions::action_json;
     use crate::store::reader::{EventQuery, HistoryQuery};
-    use crate::store::{MapSize, Source, Store, StoreWriter, Write};
+    use crate::store::{MapSize, Points, Source, Store, StoreWriter, Write};
     use crate::telemetry::Telemetry;
 
     /// Year 10000, the first time RFC 3339 cannot write.
@@ -328,21 +328,24 @@ mod tests {
         writer
             .send_and_wait(|reply| Write::Samples {
                 host: "poisoned".into(),
-                labels: vec![],
-                samples: vec![
-                    Sample {
-                        name: "cpu_percent".into(),
-                        value: 1.0,
-                        ts_ms: YEAR_10000,
-                        tags: vec![],
-                    },
-                    Sample {
-                        name: "load1".into(),
-                        value: 2.0,
-                        ts_ms: i64::MIN,
-                        tags: vec![],
-                    },
-                ],
+                points: Points::new(
+                    "poisoned",
+                    &[],
+                    &[
+                        Sample {
+                            name: "cpu_percent".into(),
+                            value: 1.0,
+                            ts_ms: YEAR_10000,
+                            tags: vec![],
+                        },
+                        Sample {
+                            name: "load1".into(),
+                            value: 2.0,
+                            ts_ms: i64::MIN,
+                            tags: vec![],
+                        },
+                    ],
+                ),
                 source: Source::Mqtt,
                 received_ms: i64::MIN,
                 reply: Some(reply),

@@ -23,7 +23,7 @@ use warp::reply::Response;
 use crate::http::error::{respond, ApiError};
 use crate::http::Api;
 use crate::policies::json::kind;
-use crate::store::{Source, Write};
+use crate::store::{Points, Source, Write};
 
 /// Host name used for samples that carry no `host` tag.
 pub const DEFAULT_HOST: &str = "unknown";
@@ -53,9 +53,8 @@ pub async fn ingest(api: Arc<Api>, route: &'static str, body: bytes::Bytes) -> R
         let metric_id = api
             .writer
             .send_and_wait(|reply| Write::Samples {
+                points: Points::new(&parsed.host, &[], &[parsed.sample]),
                 host: parsed.host,
-                labels: Vec::new(),
-                samples: vec![parsed.sample],
                 source: Source::Http,
                 received_ms: vigil_shared::time::now_ms(),
                 reply: Some(reply),

@@ -4,7 +4,7 @@ use vigil_shared::policy::load::load_text;
 use vigil_shared::wire::{AgentState, AgentStatus, Sample};
 
 use super::*;
-use crate::store::{MapSize, Source, StoreWriter, Write};
+use crate::store::{MapSize, Points, Source, StoreWriter, Write};
 use crate::telemetry::Telemetry;
 
 const T0: i64 = 1_768_912_496_000;
@@ -85,8 +85,7 @@ async fn fleet(roles: &[(&str, &str, i64)]) -> Fleet {
         writer
             .send_and_wait(|reply| Write::Samples {
                 host: host.to_string(),
-                labels: vec![("role".into(), role.to_string())],
-                samples: samples.clone(),
+                points: Points::new(host, &[("role".into(), role.to_string())], &samples),
                 source: Source::Mqtt,
                 received_ms: T0,
                 reply: Some(reply),
