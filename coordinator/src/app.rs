@@ -258,7 +258,8 @@ impl Coordinator {
         };
         // Ingest: one fixed client id and, on an external broker, a persistent session, so
         // that the broker keeps (and sends again) what arrived while the coordinator was
-        // down; deliveries are acknowledged only once stored (see `mqtt::ingest`).
+        // down; deliveries are acknowledged only once stored (on the embedded broker they
+        // come at QoS 0: see `mqtt::ingest::Hop`).
         let mut options = vigil_shared::mqtt::client_options(
             INGEST_CLIENT_ID,
             &client_url,
@@ -308,6 +309,10 @@ impl Coordinator {
         tasks.push(tokio::spawn(crate::mqtt::ingest::run(
             publisher.clone(),
             eventloop,
+            match config.broker {
+                BrokerMode::Embedded { .. } => crate::mqtt::ingest::Hop::Embedded,
+                BrokerMode::External(_) => crate::mqtt::ingest::Hop::External,
+            },
             (0..config.ingest_threads)
                 .map(|_| {
                     crate::mqtt::ingest::Gate::new(

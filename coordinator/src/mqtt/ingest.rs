@@ -31,12 +31,13 @@
 //! validated in parallel. Each shard owns the replay windows and logging state of its
 //! hosts; the enrolled-key cache is per shard too, the session keys are shared.
 //!
-//! Deliveries are acknowledged to the broker (manual acks, in the order received) once
-//! the store has committed what they carry, or at once when they carry nothing to
-//! store. When the store cannot take them (a full disk), they stay unacknowledged and,
-//! after [`REDELIVER_AFTER`], the connection is dropped and resumed, so that the broker
-//! sends them again; the agents keep them too until the store acknowledges them
-//! ([`super::acks`]).
+//! On an external broker, deliveries come at QoS 1 and are acknowledged to the broker
+//! (manual acks, in the order received) once the store has committed what they carry,
+//! or at once when they carry nothing to store. When the store cannot take them (a full
+//! disk), they stay unacknowledged and, after [`REDELIVER_AFTER`], the connection is
+//! dropped and resumed, so that the broker sends them again. On the embedded broker
+//! they come at QoS 0 ([`Hop`]). Either way the agents keep everything until the store
+//! acknowledges it to them ([`super::acks`]) and send it again if it does not.
 //!
 //! The same MQTT connection carries the coordinator's commands to agents: see
 //! [`super::publisher`], whose [`connect`](super::publisher::connect) makes the
@@ -155,11 +156,40 @@ pub(crate) struct Listeners {
     pub mailroom: Option<Mailroom>,
 }
 
+/// How the broker's deliveries reach ingest, and what acknowledging them is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// An external broker keeps a persistent session for ingest: deliveries come at
+    /// QoS 1 and are acknowledged once stored, so that what arrives while the
+    /// coordinator is down, or while the store cannot take it, is sent again.
+    External,
+    /// The embedded broker lives and dies with this process, so a QoS 1 acknowledgement
+    /// to it promises nothing an agent could rely on, while rumqttd lets at most 100
+    /// deliveries per connection wait for one: that caps ingest at 100 messages per
+    /// round trip through the store. Deliveries come at QoS 0. What is stored is
+    /// promised to each agent by its delivery acknowledgements ([`super::acks`]): until
+    /// then it keeps and sends again. The flow is bounded by the front's backlog
+    /// ([`super::backlog`]), the checking threads' queues and the connection.
+    Embedded,
+}
+
+impl Hop {
+    /// The QoS ingest subscribes with.
+    fn qos(self) -> QoS {
+        match self {
+            Hop::External => QoS::AtLeastOnce,
+            Hop::Embedded => QoS::AtMostOnce,
+        }
+    }
+}
+
 /// Runs the subscriber until `stop` turns true. Reconnects on its own. `subscribed`
 /// turns true once the first connection has subscribed to every agent channel.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     publisher: Publisher,
     mut eventloop: EventLoop,
+    hop: Hop,
     gates: Vec<Gate>,
     writer: StoreWriter,
     telemetry: Arc<Telemetry>,
@@ -231,6 +261,10 @@ pub async fn run(
                 }
             }, if connected => {
                 redeliver_at = None;
+                if hop == Hop::Embedded {
+                    // Nothing the broker would send again: the agents do.
+                    continue;
+                }
                 tracing::warn!(
                     unacknowledged = pending.len(),
                     "resuming the broker session to have it send again what the store could not take"
@@ -258,7 +292,7 @@ pub async fn run(
                 suback_wanted = CHANNELS.len();
                 for channel in CHANNELS {
                     if let Err(e) = client
-                        .subscribe(topics::all_agents(channel), QoS::AtLeastOnce)
+                        .subscribe(topics::all_agents(channel), hop.qos())
                         .await
                     {
                         tracing::error!("cannot subscribe to {channel:?}: {e}");
