@@ -272,6 +272,7 @@ impl Coordinator {
         options
             .set_clean_session(!matches!(config.broker, BrokerMode::Embedded { .. }))
             .set_manual_acks(true)
+            .set_keep_alive(crate::mqtt::ingest::KEEP_ALIVE)
             .set_inflight(1000);
         let (metrics_tap, mirror_tasks) = crate::events::mirror::start(
             client_options("-json")?,

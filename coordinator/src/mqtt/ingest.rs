@@ -83,6 +83,14 @@ pub(crate) const CHANNELS: [AgentChannel; 4] = [
 /// key this coordinator does not hold).
 pub const NUDGE_EVERY: Duration = Duration::from_secs(2);
 
+/// The ingest connection's MQTT keep-alive. rumqttc reads the broker's answer to its
+/// ping only while ingest polls the connection, and ingest stops polling while its
+/// checking threads' queues and the store writer's are full: a few seconds of work under
+/// a burst. With the agents' 5 s ([`vigil_shared::mqtt::KEEP_ALIVE`]), a 1,000-agent burst
+/// through Mosquitto cost the connection (`Last pingreq isn't acked`), a resumed session
+/// and a wave of resends.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
 /// How long deliveries the store could not take stay unacknowledged before the
 /// connection is resumed to have the broker send them again.
 pub const REDELIVER_AFTER: Duration = Duration::from_secs(3);
