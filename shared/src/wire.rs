@@ -33,6 +33,13 @@ pub const OLDEST_READABLE_VERSION: u8 = 2;
 /// Largest payload [`decode`] accepts (1 MiB); anything longer is refused unread.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
+/// Most bytes a metric batch's samples may take once the agent's labels are merged into
+/// each one's tags, as the coordinator stores them (name, tags and labels, plus 16 per
+/// sample for its value and time). The labels repeat in every sample, so a payload within
+/// [`MAX_PAYLOAD_BYTES`] could otherwise expand a thousandfold in the coordinator's memory
+/// and store: 64 labels of 510 bytes each on 80,000 one-byte samples is 2.6 GB.
+pub const MAX_BATCH_STORED_BYTES: usize = 16 * 1024 * 1024;
+
 /// A key/value pair attached to a sample or an agent (`mount=/`, `role=web`).
 pub type Tag = (String, String);
 
@@ -677,6 +684,21 @@ impl WireMessage for MetricBatch {
             validate::metric_value(sample.value).map_err(at)?;
             validate_tags(&sample.tags).map_err(at)?;
         }
+        let tag_bytes = |tags: &[Tag]| tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let labels = tag_bytes(&self.labels);
+        let stored = self.samples.iter().fold(0usize, |sum, sample| {
+            sum.saturating_add(sample.name.len() + tag_bytes(&sample.tags) + labels + 16)
+        });
+        if stored > MAX_BATCH_STORED_BYTES {
+            return Err(FieldError::new(
+                "samples",
+                format!(
+                    "{} samples with the labels merged into each take {stored} bytes; at most \
+                     {MAX_BATCH_STORED_BYTES}",
+                    self.samples.len()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -848,6 +870,36 @@ mod tests {
     fn a_batch_round_trips() {
         let b = batch();
         assert_eq!(decode::<MetricBatch>(&encode(&b)), Ok(b));
+    }
+
+    #[test]
+    fn a_small_payload_whose_labels_would_repeat_into_gigabytes_is_refused() {
+        // 64 labels of 510 bytes on 20,000 one-letter samples: a 340 KB payload, 650 MB
+        // once each sample carries the labels.
+        let mut b = batch();
+        b.labels = (0..64)
+            .map(|i| (format!("{i:0>255}"), "v".repeat(255)))
+            .collect();
+        b.samples = (0..20_000)
+            .map(|_| Sample {
+                name: "c".into(),
+                value: 1.0,
+                ts_ms: T,
+                tags: vec![],
+            })
+            .collect();
+        let payload = encode(&b);
+        assert!(payload.len() < MAX_PAYLOAD_BYTES, "{}", payload.len());
+        match decode::<MetricBatch>(&payload) {
+            Err(DecodeError::Invalid { error, .. }) => {
+                assert_eq!(error.field, "samples");
+                assert!(error.problem.contains("at most"), "{}", error.problem);
+            }
+            other => panic!("expected refused as invalid, got {other:?}"),
+        }
+        // The same labels on the samples a real agent sends stay well within the bound.
+        b.samples.truncate(500);
+        assert!(decode::<MetricBatch>(&encode(&b)).is_ok());
     }
 
     #[test]

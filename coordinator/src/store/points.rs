@@ -125,9 +125,10 @@ impl Points {
     }
 }
 
-/// Where the next part starts. A message is at most a few MiB
-/// ([`vigil_shared::wire::MAX_PAYLOAD_BYTES`]), so its points fit in `u32` offsets many
-/// times over; an HTTP body is bounded the same way.
+/// Where the next part starts. An agent's batch takes at most
+/// [`vigil_shared::wire::MAX_BATCH_STORED_BYTES`] with its labels merged in (refused when
+/// decoded otherwise), its points about twice that, and an HTTP write is one sample: the
+/// offsets fit in `u32` many times over.
 fn offset(bytes: &[u8]) -> u32 {
     u32::try_from(bytes.len()).unwrap_or(u32::MAX)
 }
