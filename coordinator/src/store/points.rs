@@ -105,6 +105,11 @@ impl Points {
         self.points.len()
     }
 
+    /// The memory its points take, bytes (what the writer's queue counts).
+    pub fn size_bytes(&self) -> usize {
+        self.bytes.len() + self.points.len() * std::mem::size_of::<Point>()
+    }
+
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()

@@ -188,6 +188,76 @@ pub enum Write {
 #[derive(Clone)]
 pub struct StoreWriter {
     tx: mpsc::Sender<Write>,
+    queued: Arc<QueuedBytes>,
+}
+
+/// Bytes of samples (their prepared [`Points`]) queued for the writer at most; past this,
+/// a sender on an ingest thread waits for the writer to commit some. [`QUEUE`] bounds the
+/// queue's writes, not their size: 8,192 agent batches of up to twice
+/// [`vigil_shared::wire::MAX_BATCH_STORED_BYTES`] each.
+const QUEUED_SAMPLE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The bytes of samples in the writer's queue, and a way to wait for room.
+struct QueuedBytes {
+    bytes: std::sync::Mutex<usize>,
+    room: std::sync::Condvar,
+    limit: usize,
+}
+
+impl QueuedBytes {
+    fn new(limit: usize) -> QueuedBytes {
+        QueuedBytes {
+            bytes: std::sync::Mutex::new(0),
+            room: std::sync::Condvar::new(),
+            limit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `n` more bytes queued, first waiting while that would pass the limit (one
+    /// write larger than the limit passes alone) or until `gone` says the writer is gone.
+    fn wait_for_room(&self, n: usize, gone: impl Fn() -> bool) {
+        let mut bytes = self.lock();
+        while *bytes > 0 && bytes.saturating_add(n) > self.limit && !gone() {
+            bytes = self
+                .room
+                .wait_timeout(bytes, std::time::Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        *bytes = bytes.saturating_add(n);
+    }
+
+    /// Counts `n` more bytes queued, without waiting.
+    fn count(&self, n: usize) {
+        let mut bytes = self.lock();
+        *bytes = bytes.saturating_add(n);
+    }
+
+    /// Counts `n` bytes no longer queued.
+    fn release(&self, n: usize) {
+        if n > 0 {
+            let mut bytes = self.lock();
+            *bytes = bytes.saturating_sub(n);
+            self.room.notify_all();
+        }
+    }
+}
+
+impl Write {
+    /// The bytes of samples this write holds (its points), for [`QueuedBytes`].
+    fn sample_bytes(&self) -> usize {
+        match self {
+            Write::Samples { points, .. } => points.size_bytes(),
+            Write::Queued { write, .. } => write.sample_bytes(),
+            _ => 0,
+        }
+    }
 }
 
 impl StoreWriter {
@@ -205,27 +275,38 @@ impl StoreWriter {
         acks: Option<mpsc::Sender<Vec<Stored>>>,
     ) -> (StoreWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("vigil-store-writer".into())
-            .spawn(move || run(store, telemetry, rx, acks))
-            .unwrap_or_else(|e| panic!("cannot start the store writer thread: {e}"));
-        (StoreWriter { tx }, thread)
+        let queued = Arc::new(QueuedBytes::new(QUEUED_SAMPLE_BYTES));
+        let thread = {
+            let queued = Arc::clone(&queued);
+            std::thread::Builder::new()
+                .name("vigil-store-writer".into())
+                .spawn(move || run(store, telemetry, rx, acks, &queued))
+                .unwrap_or_else(|e| panic!("cannot start the store writer thread: {e}"))
+        };
+        (StoreWriter { tx, queued }, thread)
     }
 
-    /// Queues a write, waiting while the queue is full.
+    /// Queues a write, waiting while the queue is full. (Its samples count towards
+    /// [`QUEUED_SAMPLE_BYTES`] without waiting for room: the runtime's senders write a
+    /// sample or a few, the ingest threads' batches wait in [`Self::send_blocking`].)
     pub async fn send(&self, write: Write) -> Result<(), StoreError> {
-        self.tx
-            .send(write)
-            .await
-            .map_err(|_| StoreError::WriterGone)
+        let bytes = write.sample_bytes();
+        self.queued.count(bytes);
+        self.tx.send(write).await.map_err(|_| {
+            self.queued.release(bytes);
+            StoreError::WriterGone
+        })
     }
 
     /// Queues a write from a thread outside the async runtime, blocking while the queue is
-    /// full.
+    /// full, in writes ([`QUEUE`]) or in bytes of samples ([`QUEUED_SAMPLE_BYTES`]).
     pub fn send_blocking(&self, write: Write) -> Result<(), StoreError> {
-        self.tx
-            .blocking_send(write)
-            .map_err(|_| StoreError::WriterGone)
+        let bytes = write.sample_bytes();
+        self.queued.wait_for_room(bytes, || self.tx.is_closed());
+        self.tx.blocking_send(write).map_err(|_| {
+            self.queued.release(bytes);
+            StoreError::WriterGone
+        })
     }
 
     /// Queues a write and waits for its outcome.
@@ -272,6 +353,7 @@ fn run(
     telemetry: Arc<Telemetry>,
     mut rx: mpsc::Receiver<Write>,
     acks: Option<mpsc::Sender<Vec<Stored>>>,
+    queued: &QueuedBytes,
 ) {
     let mut state = match load_state(&store) {
         Ok(state) => state,
@@ -298,6 +380,7 @@ fn run(
             .any(|w| matches!(w, Write::Prune { .. } | Write::PruneAudit { .. }));
         let began = std::time::Instant::now();
         let applied = apply_growing(&store, &mut state, &telemetry, &batch);
+        queued.release(batch.iter().map(Write::sample_bytes).sum());
         if applied.is_ok() {
             telemetry.store_commits.inc();
             telemetry.store_commit_writes.inc_by(batch.len() as u64);
@@ -1004,6 +1087,28 @@ fn prune(store: &Store, txn: &mut RwTxn, before_ms: i64) -> Result<u64, StoreErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sender_waits_for_room_in_bytes_until_the_writer_commits_some() {
+        let queued = Arc::new(QueuedBytes::new(100));
+        queued.wait_for_room(80, || false);
+        let waiter = {
+            let queued = Arc::clone(&queued);
+            std::thread::spawn(move || queued.wait_for_room(50, || false))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "80 + 50 bytes passed a limit of 100");
+        queued.release(80);
+        waiter.join().unwrap();
+        assert_eq!(*queued.lock(), 50);
+        // One write larger than the limit passes alone, once the queue is empty.
+        queued.release(50);
+        queued.wait_for_room(500, || false);
+        assert_eq!(*queued.lock(), 500);
+        // A writer that is gone holds no sender.
+        queued.wait_for_room(10, || true);
+        assert_eq!(*queued.lock(), 510);
+    }
     use vigil_shared::wire::Sample;
 
     fn queued(host: &str, seq: u64, floor: u64, ts_ms: i64) -> Write {
