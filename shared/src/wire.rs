@@ -84,6 +84,21 @@ pub struct Sample {
     pub tags: Vec<Tag>,
 }
 
+impl Sample {
+    /// A sample of `name` at `ts_ms` with `tags` (`[("mount", "/")]`).
+    pub fn new(name: &str, value: f64, ts_ms: i64, tags: &[(&str, &str)]) -> Sample {
+        Sample {
+            name: name.into(),
+            value,
+            ts_ms,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
 /// A batch of samples from one host, published on `vigil/v1/agents/{host}/metrics`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricBatch {

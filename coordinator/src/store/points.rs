@@ -163,15 +163,7 @@ mod tests {
     use crate::store::records::{LatestPoint, StoredPoint};
 
     fn sample(name: &str, value: f64, ts_ms: i64, tags: &[(&str, &str)]) -> Sample {
-        Sample {
-            name: name.into(),
-            value,
-            ts_ms,
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        Sample::new(name, value, ts_ms, tags)
     }
 
     #[test]

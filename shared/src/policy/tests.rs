@@ -16,15 +16,7 @@ const H: &str = "web-01";
 type Points<'a> = &'a [(&'a str, f64, i64)];
 
 fn sample(name: &str, value: f64, ts_ms: i64, tags: &[(&str, &str)]) -> Sample {
-    Sample {
-        name: name.into(),
-        value,
-        ts_ms,
-        tags: tags
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    Sample::new(name, value, ts_ms, tags)
 }
 
 fn obs_with(points: &[(&str, f64, i64)]) -> Observations {
