@@ -1087,28 +1087,6 @@ fn prune(store: &Store, txn: &mut RwTxn, before_ms: i64) -> Result<u64, StoreErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_sender_waits_for_room_in_bytes_until_the_writer_commits_some() {
-        let queued = Arc::new(QueuedBytes::new(100));
-        queued.wait_for_room(80, || false);
-        let waiter = {
-            let queued = Arc::clone(&queued);
-            std::thread::spawn(move || queued.wait_for_room(50, || false))
-        };
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "80 + 50 bytes passed a limit of 100");
-        queued.release(80);
-        waiter.join().unwrap();
-        assert_eq!(*queued.lock(), 50);
-        // One write larger than the limit passes alone, once the queue is empty.
-        queued.release(50);
-        queued.wait_for_room(500, || false);
-        assert_eq!(*queued.lock(), 500);
-        // A writer that is gone holds no sender.
-        queued.wait_for_room(10, || true);
-        assert_eq!(*queued.lock(), 510);
-    }
     use vigil_shared::wire::Sample;
 
     fn queued(host: &str, seq: u64, floor: u64, ts_ms: i64) -> Write {
@@ -1310,5 +1288,27 @@ mod tests {
             [("0".into(), 2_500, 3.0), ("1".into(), 3_000, 8.0)]
         );
         assert_eq!(points(&store, "h").len(), 7, "every point is history");
+    }
+
+    #[test]
+    fn a_sender_waits_for_room_in_bytes_until_the_writer_commits_some() {
+        let queued = Arc::new(QueuedBytes::new(100));
+        queued.wait_for_room(80, || false);
+        let waiter = {
+            let queued = Arc::clone(&queued);
+            std::thread::spawn(move || queued.wait_for_room(50, || false))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "80 + 50 bytes passed a limit of 100");
+        queued.release(80);
+        waiter.join().unwrap();
+        assert_eq!(*queued.lock(), 50);
+        // One write larger than the limit passes alone, once the queue is empty.
+        queued.release(50);
+        queued.wait_for_room(500, || false);
+        assert_eq!(*queued.lock(), 500);
+        // A writer that is gone holds no sender.
+        queued.wait_for_room(10, || true);
+        assert_eq!(*queued.lock(), 510);
     }
 }
