@@ -172,3 +172,98 @@ async fn mosquitto_sub_sees_metrics_violations_and_action_transitions_that_match
         );
     }
 }
+
+/// Spawns `mosquitto_sub` on the coordinator's embedded broker (as the integration `api`)
+/// subscribed to `filter`; every line it prints (`topic payload`) lands in the list.
+fn subscribe(
+    broker: &str,
+    token: &str,
+    filter: &str,
+    client_id: &str,
+) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
+    let port = vigil_tests::broker_port(broker).to_string();
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-u", "api", "-P", token])
+        .args(["-t", filter, "-v", "-i", client_id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto_sub (Debian mosquitto-clients)");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stdout = sub.stdout.take().expect("stdout");
+    let seen = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            seen.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    (sub, lines)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metric_batches_are_mirrored_on_the_embedded_broker_only_while_someone_listens() {
+    const QUIET: &str = "json-quiet";
+    let dir = TestDir::new();
+    let c = start_coordinator(&dir, None, &[]).await;
+    let token = broker_token(&c.broker).expect("the coordinator's admin token");
+    let metric = |series: &'static str| vigil_tests::metric(&c.http, series);
+    let published = r#"vigil_json_mirror_messages_total{stream="metrics"}"#;
+    let listeners = "vigil_json_mirror_metrics_listeners";
+    let stored = r#"vigil_samples_stored_total{source="mqtt"}"#;
+    let _agent = start_agent_with(QUIET, &c.broker, "200ms", &[], dir.path());
+
+    // Nobody listens: the agent's samples are stored, no JSON is made of them. (A
+    // subscriber to other streams does not count.)
+    let (mut others, _) = subscribe(&c.broker, &token, "vigil/v1/json/hosts/+", "json-others");
+    wait_for("samples stored", WAIT, || async {
+        (metric(stored).await >= 200.0).then_some(())
+    })
+    .await;
+    let before = metric(stored).await;
+    wait_for("more batches stored", WAIT, || async {
+        (metric(stored).await >= before + 50.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(listeners).await, 0.0);
+    assert_eq!(metric(published).await, 0.0, "JSON made for nobody");
+
+    // A subscriber to one host's metrics: it is counted and sees them.
+    let (mut sub, lines) = subscribe(
+        &c.broker,
+        &token,
+        &format!("vigil/v1/json/metrics/{QUIET}"),
+        "json-metrics",
+    );
+    wait_for("the subscriber counted and sent metrics", WAIT, || async {
+        let got = lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| l.starts_with(&format!("vigil/v1/json/metrics/{QUIET} ")));
+        (got && metric(listeners).await == 1.0).then_some(())
+    })
+    .await;
+    assert!(metric(published).await >= 1.0);
+
+    // It leaves: no longer counted, and no more JSON made.
+    let _ = sub.kill();
+    let _ = sub.wait();
+    wait_for("the subscriber no longer counted", WAIT, || async {
+        (metric(listeners).await == 0.0).then_some(())
+    })
+    .await;
+    // (A batch already on its way to the mirror when it left may still go out.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (made, before) = (metric(published).await, metric(stored).await);
+    wait_for("more batches stored", WAIT, || async {
+        (metric(stored).await >= before + 50.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(published).await,
+        made,
+        "JSON made after the last listener left"
+    );
+    let _ = others.kill();
+    let _ = others.wait();
+}

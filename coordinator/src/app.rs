@@ -166,6 +166,8 @@ impl Coordinator {
         let mut local_front_url = None;
         let mut ingest_backlog = None;
         let mut ingest_mailroom = None;
+        // On the embedded broker the front sees who subscribes to the JSON metrics.
+        let mut metrics_audience = None;
         let (client_url, mqtt_username, mqtt_password) = match config.broker {
             BrokerMode::Embedded { listen } => {
                 let password = crate::security::agents::generate_password();
@@ -189,11 +191,16 @@ impl Coordinator {
                 .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
                 ingest_backlog = Some(Arc::clone(&embedded.backlog));
                 ingest_mailroom = Some(embedded.mailroom.clone());
+                let audience = crate::events::audience::Audience::new(
+                    telemetry.json_mirror_metrics_listeners.clone(),
+                );
+                metrics_audience = Some(audience.clone());
                 let front = crate::mqtt::front::Front::new(
                     embedded,
                     broker::BrokerAuth::new(store.clone(), telemetry.clone()),
                     config.mqtt_limits,
                     telemetry.clone(),
+                    audience,
                 );
                 let public = front_listener.local_addr().unwrap_or(listen);
                 tracing::info!(%public, broker = %broker_listen, "MQTT front before the embedded broker");
@@ -279,6 +286,7 @@ impl Coordinator {
             config.json_mirror.clone(),
             store.feed().clone(),
             telemetry.clone(),
+            metrics_audience,
             stop_rx.clone(),
         );
         tasks.extend(mirror_tasks);

@@ -88,6 +88,9 @@ pub struct Telemetry {
     /// `vigil_json_mirror_dropped_total{stream}`: JSON messages dropped because the mirror
     /// fell behind.
     pub json_mirror_dropped: IntCounterVec,
+    /// `vigil_json_mirror_metrics_listeners`: connections on the embedded broker
+    /// subscribed to the `metrics` JSON stream.
+    pub json_mirror_metrics_listeners: IntGauge,
     /// `vigil_mqtt_mail_dropped_total{reason}`: messages for agents the embedded broker
     /// dropped (a session's queue full, a session away forgotten).
     pub mqtt_mail_dropped: IntCounterVec,
@@ -262,6 +265,11 @@ impl Telemetry {
         let hosts_known = gauge(
             "vigil_hosts_known",
             "Hosts the coordinator has ever heard from",
+        );
+        let json_mirror_metrics_listeners = gauge(
+            "vigil_json_mirror_metrics_listeners",
+            "Connections on the embedded broker subscribed to the metrics JSON stream (at \
+             QoS 0 it is made only while there is one)",
         );
         let store_map_size_bytes = gauge(
             "vigil_store_map_size_bytes",
@@ -511,6 +519,7 @@ impl Telemetry {
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
+            json_mirror_metrics_listeners,
             mqtt_mail_dropped,
             mqtt_front_waits,
             mqtt_duplicates,
@@ -609,6 +618,7 @@ mod tests {
             tls_handshake_failures,
             json_mirror_messages,
             json_mirror_dropped,
+            json_mirror_metrics_listeners,
             mqtt_mail_dropped,
             mqtt_front_waits,
             connections_refused,
@@ -666,6 +676,7 @@ mod tests {
             store_file_bytes,
             store_used_bytes,
             open_files_limit,
+            json_mirror_metrics_listeners,
             agent_policy_load_errors,
             batches_missing,
             mqtt_unacknowledged,

@@ -16,7 +16,9 @@
 //! same event on `GET /api/v1/events`. JSON Schemas: `schemas/json/` in the repository.
 //! The mirror has its own MQTT connection, so a slow subscriber never slows ingest:
 //! when it falls behind, messages are dropped and counted in
-//! `vigil_json_mirror_dropped_total{stream}`.
+//! `vigil_json_mirror_dropped_total{stream}`. On the embedded broker, the `metrics`
+//! stream at QoS 0 is made only while a connection subscribes to it
+//! ([`crate::events::audience`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use vigil_shared::topics;
 use vigil_shared::wire::MetricBatch;
 
+use crate::events::audience::Audience;
 use crate::events::json;
 use crate::store::feed::{Feed, FeedEntry, FeedEvent};
 use crate::telemetry::Telemetry;
@@ -194,13 +197,18 @@ impl fmt::Display for MirrorSettings {
 pub struct MetricsTap {
     tx: mpsc::Sender<(MetricBatch, i64)>,
     telemetry: Arc<Telemetry>,
+    /// Who listens, when the stream is made only for listeners.
+    audience: Option<Audience>,
 }
 
 impl MetricsTap {
     /// Offers a validated batch received at `received_ms`; dropped (and counted) when
-    /// the mirror is behind.
-    pub fn offer(&self, batch: &MetricBatch, received_ms: i64) {
-        if self.tx.try_send((batch.clone(), received_ms)).is_err() {
+    /// the mirror is behind, let go when nobody listens.
+    pub fn offer(&self, batch: MetricBatch, received_ms: i64) {
+        if self.audience.as_ref().is_some_and(|a| !a.listening()) {
+            return;
+        }
+        if self.tx.try_send((batch, received_ms)).is_err() {
             self.telemetry
                 .json_mirror_dropped
                 .with_label_values(&[Stream::Metrics.as_str()])
@@ -221,12 +229,14 @@ fn to_bytes<T: serde::Serialize>(shape: &T) -> Vec<u8> {
 }
 
 /// Starts the mirror on its own connection (`options`) if any stream is on; returns the
-/// tap ingest feeds metric batches into (when `metrics` is mirrored).
+/// tap ingest feeds metric batches into (when `metrics` is mirrored). With an
+/// `audience` (the embedded broker's), `metrics` at QoS 0 is made only while it listens.
 pub fn start(
     options: MqttOptions,
     settings: MirrorSettings,
     feed: Feed,
     telemetry: Arc<Telemetry>,
+    audience: Option<Audience>,
     stop: watch::Receiver<bool>,
 ) -> (Option<MetricsTap>, Vec<tokio::task::JoinHandle<()>>) {
     if settings.streams.is_empty() {
@@ -246,6 +256,7 @@ pub fn start(
         MetricsTap {
             tx,
             telemetry: telemetry.clone(),
+            audience: audience.filter(|_| *qos == QoS::AtMostOnce),
         }
     });
     let feed_streams: BTreeMap<Stream, QoS> = settings

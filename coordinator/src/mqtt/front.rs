@@ -55,6 +55,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use vigil_shared::topics::{self, AgentChannel};
 
+use crate::events::audience::{Audience, Seat};
 use crate::mqtt::backlog::{Backlog, Held};
 use crate::mqtt::broker::{BrokerAuth, EmbeddedBroker, LinkRefused, Role, MAX_PACKET_BYTES};
 use crate::mqtt::mailroom::Attachment;
@@ -100,6 +101,8 @@ pub struct Front {
     pub limits: FrontLimits,
     /// Counters.
     pub telemetry: Arc<Telemetry>,
+    /// The integrations subscribed to the `metrics` JSON stream.
+    pub audience: Audience,
     connections: Arc<Semaphore>,
     pending: Arc<PerAddress>,
 }
@@ -111,12 +114,14 @@ impl Front {
         auth: BrokerAuth,
         limits: FrontLimits,
         telemetry: Arc<Telemetry>,
+        audience: Audience,
     ) -> Front {
         Front {
             broker,
             auth,
             limits,
             telemetry,
+            audience,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             pending: Arc::new(PerAddress::default()),
         }
@@ -337,10 +342,12 @@ impl Front {
         let mut heard = tokio::time::Instant::now();
         let mut packets = Vec::new();
         let mut acks = Vec::new();
+        let mut seat = self.audience.seat();
         let end = loop {
             // Every whole packet in the buffer is checked, then they go to the router
             // together.
             let checked = take_checked(&mut session.buffer, role, &mut packets, &mut acks);
+            take_seat(&mut seat, &packets);
             if hand_over(&self.broker, &mut link_tx, &mut packets).is_err() {
                 break End::RouterGone;
             }
@@ -691,6 +698,23 @@ fn send_packets(link_tx: &mut LinkTx, packets: &mut Vec<Packet>) -> Result<(), R
 
 /// The router has dropped the session (its end of the link is gone).
 struct RouterGone;
+
+/// Follows an integration's subscriptions to the `metrics` JSON stream in `packets`.
+fn take_seat(seat: &mut Seat, packets: &[Packet]) {
+    for packet in packets {
+        match packet {
+            Packet::Subscribe(subscribe, _) => subscribe
+                .filters
+                .iter()
+                .for_each(|filter| seat.subscribed(&filter.path)),
+            Packet::Unsubscribe(unsubscribe, _) => unsubscribe
+                .filters
+                .iter()
+                .for_each(|filter| seat.unsubscribed(filter)),
+            _ => {}
+        }
+    }
+}
 
 /// Answers an agent's SUBSCRIBE and UNSUBSCRIBE into `out` and takes its PUBACKs: its
 /// session is the mailroom's. What else it sent stays in `packets` for the router.

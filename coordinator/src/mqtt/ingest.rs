@@ -566,12 +566,14 @@ fn check(
     let write = match channel {
         AgentChannel::Metrics => match checked::<MetricBatch>(host, body) {
             Ok(batch) => {
+                let points = Points::new(&batch.host, &batch.labels, &batch.samples);
+                let host = batch.host.clone();
                 if let Some(tap) = metrics_tap {
-                    tap.offer(&batch, received_ms);
+                    tap.offer(batch, received_ms);
                 }
                 Write::Samples {
-                    points: Points::new(&batch.host, &batch.labels, &batch.samples),
-                    host: batch.host,
+                    points,
+                    host,
                     source: Source::Mqtt,
                     received_ms,
                     reply: None,
