@@ -110,7 +110,9 @@ impl Store {
         })
     }
 
-    /// One host and the latest value of each of its series (and tagged variants).
+    /// One host and the latest value of each of its series (and tagged variants). While
+    /// the writer is behind, these may lag its stored history by up to a second (see
+    /// the writer's `LatestPuts`).
     pub fn host(&self, host: &str) -> Result<Option<(HostRecord, Vec<LatestPoint>)>, StoreError> {
         self.read(|txn| {
             let Some(bytes) = self.dbs.hosts.get(txn, host.as_bytes())? else {
