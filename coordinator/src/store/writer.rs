@@ -637,6 +637,8 @@ fn apply(
         Ok::<(), StoreError>(())
     };
     let mut new_series: FastMap<Vec<u8>, u64> = FastMap::default();
+    // The ids of one write's series, by their place in its points.
+    let mut series_ids: Vec<u64> = Vec::new();
     let mut next_series_id = state.next_series_id;
     let mut samples_total = state.samples_total;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -645,10 +647,9 @@ fn apply(
     let mut missing = 0u64;
     let mut redelivered: Vec<(Stream, &'static str)> = Vec::new();
     let mut audits = Vec::new();
-    // The latest times this transaction wrote or read.
-    let mut latest_seen: FastMap<[u8; 16], i64> = FastMap::default();
-    // The newer `latest` records of this transaction's samples (see `LatestPuts`).
-    let mut latest_new: FastMap<[u8; 16], &[u8]> = FastMap::default();
+    // The latest times this transaction wrote (with the record: see `LatestPuts`) or
+    // read from `latest`.
+    let mut latest_seen: FastMap<[u8; 16], (i64, Option<&[u8]>)> = FastMap::default();
     for write in batch {
         let write = match write {
             Write::Queued {
@@ -711,40 +712,40 @@ fn apply(
                 {
                     add_to_feed(&mut txn, *received_ms, change)?;
                 }
-                for point in points.iter() {
-                    let known = state.series.get(point.series);
-                    let id = match known.or_else(|| new_series.get(point.series)) {
+                series_ids.clear();
+                for series in points.series() {
+                    let known = state.series.get(series);
+                    series_ids.push(match known.or_else(|| new_series.get(series)) {
                         Some(&id) => id,
                         None => {
                             let id = next_series_id;
                             next_series_id += 1;
-                            store
-                                .dbs
-                                .series
-                                .put(&mut txn, point.series, &id.to_be_bytes())?;
-                            new_series.insert(point.series.to_vec(), id);
+                            store.dbs.series.put(&mut txn, series, &id.to_be_bytes())?;
+                            new_series.insert(series.to_vec(), id);
                             id
                         }
+                    });
+                }
+                for point in points.iter() {
+                    let Some(&id) = series_ids.get(point.series_slot) else {
+                        continue;
                     };
                     let latest_key = keys::latest(id, point.tag_hash);
-                    let cached = latest_seen.get(&latest_key);
-                    let latest_ts = match cached.or_else(|| state.latest_ts.get(&latest_key)) {
-                        Some(&ts) => Some(ts),
-                        None => match store.dbs.latest.get(&txn, &latest_key)? {
-                            Some(bytes) => {
-                                Some(codec::decode::<LatestPoint>("latest", bytes)?.ts_ms)
-                            }
-                            None => None,
-                        },
-                    };
-                    match latest_ts {
-                        Some(ts) if ts > point.ts_ms => {
-                            latest_seen.insert(latest_key, ts);
-                        }
-                        _ => {
-                            latest_new.insert(latest_key, point.latest);
-                            latest_seen.insert(latest_key, point.ts_ms);
-                        }
+                    let cached = latest_seen.get(&latest_key).map(|&(ts, _)| ts);
+                    let latest_ts =
+                        match cached.or_else(|| state.latest_ts.get(&latest_key).copied()) {
+                            Some(ts) => Some(ts),
+                            None => match store.dbs.latest.get(&txn, &latest_key)? {
+                                Some(bytes) => {
+                                    let ts = codec::decode::<LatestPoint>("latest", bytes)?.ts_ms;
+                                    latest_seen.insert(latest_key, (ts, None));
+                                    Some(ts)
+                                }
+                                None => None,
+                            },
+                        };
+                    if latest_ts.is_none_or(|ts| ts <= point.ts_ms) {
+                        latest_seen.insert(latest_key, (point.ts_ms, Some(point.latest)));
                     }
                     store.dbs.history.put(
                         &mut txn,
@@ -855,7 +856,7 @@ fn apply(
     }
     let latest_puts = if batch.iter().any(|w| matches!(w, Write::Flush { .. }))
         || state.latest_put_at.elapsed() >= LATEST_EVERY
-        || state.latest_due.len() + latest_new.len() >= LATEST_DUE_MAX
+        || state.latest_due.len() + latest_seen.len() >= LATEST_DUE_MAX
         || caught_up()
     {
         LatestPuts::Now
@@ -864,12 +865,14 @@ fn apply(
     };
     if latest_puts == LatestPuts::Now {
         for (key, record) in &state.latest_due {
-            if !latest_new.contains_key(key) {
+            if !latest_seen.get(key).is_some_and(|(_, new)| new.is_some()) {
                 store.dbs.latest.put(&mut txn, key, record)?;
             }
         }
-        for (key, record) in &latest_new {
-            store.dbs.latest.put(&mut txn, key, record)?;
+        for (key, (_, record)) in &latest_seen {
+            if let Some(record) = record {
+                store.dbs.latest.put(&mut txn, key, record)?;
+            }
         }
     }
     for ((host, stream), window) in &windows {
@@ -889,14 +892,17 @@ fn apply(
         .put(&mut txn, META_SAMPLES, &samples_total.to_be_bytes())?;
     txn.commit()?;
     state.series.extend(new_series);
-    state.latest_ts.extend(latest_seen);
+    state
+        .latest_ts
+        .extend(latest_seen.iter().map(|(key, &(ts, _))| (*key, ts)));
     match latest_puts {
         LatestPuts::Now => {
             state.latest_due.clear();
             state.latest_put_at = std::time::Instant::now();
         }
         LatestPuts::Later => {
-            for (key, record) in latest_new {
+            for (key, (_, record)) in latest_seen {
+                let Some(record) = record else { continue };
                 let due = state.latest_due.entry(key).or_default();
                 due.clear();
                 due.extend_from_slice(record);
