@@ -48,10 +48,8 @@ struct Point {
 /// One point as the writer stores it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PointRef<'a> {
-    /// Its series key's place among [`Points::series`].
+    /// Its series key's place among [`Points::series`] (`host \0 metric-name`).
     pub series_slot: usize,
-    /// Its `series` key: `host \0 metric-name`.
-    pub series: &'a [u8],
     /// The hash of its merged tags.
     pub tag_hash: u64,
     /// Its time, epoch ms.
@@ -150,10 +148,8 @@ impl Points {
     pub(crate) fn iter(&self) -> impl Iterator<Item = PointRef<'_>> {
         self.points.iter().map(|p| {
             let part = |from: u32, to: u32| &self.bytes[from as usize..to as usize];
-            let (from, to) = self.series[p.series as usize];
             PointRef {
                 series_slot: p.series as usize,
-                series: part(from, to),
                 tag_hash: p.tag_hash,
                 ts_ms: p.ts_ms,
                 latest: part(p.latest, p.history),
@@ -214,7 +210,8 @@ mod tests {
         assert_eq!(points.len(), 2);
         let all: Vec<PointRef<'_>> = points.iter().collect();
 
-        assert_eq!(all[0].series, b"web-1\0cpu_percent");
+        let series: Vec<&[u8]> = points.series().collect();
+        assert_eq!(series[all[0].series_slot], b"web-1\0cpu_percent");
         assert_eq!(all[0].ts_ms, 1_000);
         let merged = [("core", "0"), ("role", "web")];
         assert_eq!(all[0].tag_hash, keys::tag_hash_of(merged));
@@ -231,7 +228,7 @@ mod tests {
         assert_eq!(history.value, 12.5);
         assert_eq!(history.tags, owned);
 
-        assert_eq!(all[1].series, b"web-1\0mem_percent");
+        assert_eq!(series[all[1].series_slot], b"web-1\0mem_percent");
         assert_eq!((all[0].series_slot, all[1].series_slot), (0, 1));
         let merged = [("core", "label-loses"), ("role", "web")];
         assert_eq!(all[1].tag_hash, keys::tag_hash_of(merged));
@@ -251,7 +248,6 @@ mod tests {
         assert_eq!(series, [&b"db\0cpu_percent"[..], &b"db\0load1"[..]]);
         let slots: Vec<usize> = points.iter().map(|p| p.series_slot).collect();
         assert_eq!(slots, [0, 1, 0]);
-        assert!(points.iter().all(|p| p.series == series[p.series_slot]));
     }
 
     #[test]
