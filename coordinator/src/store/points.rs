@@ -6,7 +6,7 @@
 //! ingest checking threads run one per core): merging the host's labels into the tags,
 //! the tag hash, the series key, and both encoded records (the history point and the
 //! latest value). The writer is left with the series id, the latest time check and the
-//! two puts. The samples' own strings are freed on the sender's thread too.
+//! puts. The samples' own strings are freed on the sender's thread too.
 //!
 //! One [`Points`] holds one host's samples in a single buffer, whatever their number,
 //! with each distinct series key once: a batch has many samples of few series (an
