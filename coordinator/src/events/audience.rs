@@ -38,39 +38,57 @@ impl Audience {
         Seat {
             audience: self.clone(),
             filters: BTreeSet::new(),
+            for_good: false,
         }
     }
 }
+
+/// How many of its matching filters a connection's seat remembers; past that it counts
+/// as listening until it disconnects (its unsubscribes are no longer followed), so that a
+/// client subscribing to ever more filters costs no more memory here.
+const MAX_FILTERS: usize = 256;
 
 /// One connection's subscriptions that match the `metrics` stream. The connection counts
 /// once in its [`Audience`] while it holds any, and no more once the seat is dropped.
 pub(crate) struct Seat {
     audience: Audience,
     filters: BTreeSet<String>,
+    /// Listening until the connection ends ([`MAX_FILTERS`] were exceeded).
+    for_good: bool,
 }
 
 impl Seat {
     /// The connection subscribed to `filter`.
     pub(crate) fn subscribed(&mut self, filter: &str) {
-        if hears_metrics(filter)
-            && self.filters.insert(filter.to_string())
-            && self.filters.len() == 1
-        {
+        if self.for_good || !hears_metrics(filter) || self.filters.contains(filter) {
+            return;
+        }
+        if self.filters.len() == MAX_FILTERS {
+            self.filters.clear();
+            self.for_good = true;
+            return;
+        }
+        self.filters.insert(filter.to_string());
+        if self.filters.len() == 1 {
             self.audience.listeners.inc();
         }
     }
 
     /// The connection unsubscribed from `filter`.
     pub(crate) fn unsubscribed(&mut self, filter: &str) {
-        if self.filters.remove(filter) && self.filters.is_empty() {
+        if !self.for_good && self.filters.remove(filter) && self.filters.is_empty() {
             self.audience.listeners.dec();
         }
+    }
+
+    fn listening(&self) -> bool {
+        self.for_good || !self.filters.is_empty()
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        if !self.filters.is_empty() {
+        if self.listening() {
             self.audience.listeners.dec();
         }
     }
@@ -156,6 +174,28 @@ mod tests {
         assert!(audience.listening());
         drop(three);
         drop(one);
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_connection_with_too_many_filters_listens_until_it_leaves() {
+        let gauge = IntGauge::new("listeners", "test").unwrap();
+        let audience = Audience::new(gauge.clone());
+        let mut seat = audience.seat();
+        for n in 0..=MAX_FILTERS * 4 {
+            seat.subscribed(&format!("vigil/v1/json/metrics/host-{n}"));
+        }
+        assert_eq!(gauge.get(), 1);
+        assert!(seat.filters.is_empty(), "nothing more remembered");
+        for n in 0..=MAX_FILTERS * 4 {
+            seat.unsubscribed(&format!("vigil/v1/json/metrics/host-{n}"));
+        }
+        assert_eq!(
+            gauge.get(),
+            1,
+            "still counted: its filters are no longer followed"
+        );
+        drop(seat);
         assert_eq!(gauge.get(), 0);
     }
 }
