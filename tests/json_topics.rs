@@ -39,37 +39,15 @@ async fn mosquitto_sub_sees_metrics_violations_and_action_transitions_that_match
 
     let c = start_coordinator(&dir, None, &[]).await;
     let token = broker_token(&c.broker).expect("the coordinator's admin token");
-    let port = vigil_tests::broker_port(&c.broker).to_string();
 
     // A real mosquitto_sub, logged in as an integration (user `api`, a REST token).
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-u", "api", "-P", &token])
-        .args([
-            "-t",
-            "vigil/v1/json/#",
-            "-v",
-            "-q",
-            "1",
-            "-i",
-            "json-topics-test",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto_sub (Debian mosquitto-clients)");
-    let lines = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
-    {
-        let lines = Arc::clone(&lines);
-        let stdout = sub.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some((topic, payload)) = line.split_once(' ') {
-                    let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
-                    lines.push((topic.to_string(), payload.to_string()));
-                }
-            }
-        });
-    }
+    let (mut sub, lines) = subscribe(
+        &c.broker,
+        &token,
+        "vigil/v1/json/#",
+        "1",
+        "json-topics-test",
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let _agent = start_agent_with(
@@ -173,18 +151,22 @@ async fn mosquitto_sub_sees_metrics_violations_and_action_transitions_that_match
     }
 }
 
+/// What a `mosquitto_sub -v` printed: (topic, payload) per message.
+type Heard = Arc<Mutex<Vec<(String, String)>>>;
+
 /// Spawns `mosquitto_sub` on the coordinator's embedded broker (as the integration `api`)
-/// subscribed to `filter`; every line it prints (`topic payload`) lands in the list.
+/// subscribed to `filter` at `qos`; every message it prints lands in the list.
 fn subscribe(
     broker: &str,
     token: &str,
     filter: &str,
+    qos: &str,
     client_id: &str,
-) -> (std::process::Child, Arc<Mutex<Vec<String>>>) {
+) -> (std::process::Child, Heard) {
     let port = vigil_tests::broker_port(broker).to_string();
     let mut sub = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port, "-u", "api", "-P", token])
-        .args(["-t", filter, "-v", "-i", client_id])
+        .args(["-t", filter, "-v", "-q", qos, "-i", client_id])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -194,7 +176,10 @@ fn subscribe(
     let seen = Arc::clone(&lines);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            seen.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            if let Some((topic, payload)) = line.split_once(' ') {
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                seen.push((topic.to_string(), payload.to_string()));
+            }
         }
     });
     (sub, lines)
@@ -214,7 +199,13 @@ async fn metric_batches_are_mirrored_on_the_embedded_broker_only_while_someone_l
 
     // Nobody listens: the agent's samples are stored, no JSON is made of them. (A
     // subscriber to other streams does not count.)
-    let (mut others, _) = subscribe(&c.broker, &token, "vigil/v1/json/hosts/+", "json-others");
+    let (mut others, _) = subscribe(
+        &c.broker,
+        &token,
+        "vigil/v1/json/hosts/+",
+        "0",
+        "json-others",
+    );
     wait_for("samples stored", WAIT, || async {
         (metric(stored).await >= 200.0).then_some(())
     })
@@ -232,6 +223,7 @@ async fn metric_batches_are_mirrored_on_the_embedded_broker_only_while_someone_l
         &c.broker,
         &token,
         &format!("vigil/v1/json/metrics/{QUIET}"),
+        "0",
         "json-metrics",
     );
     wait_for("the subscriber counted and sent metrics", WAIT, || async {
@@ -239,7 +231,7 @@ async fn metric_batches_are_mirrored_on_the_embedded_broker_only_while_someone_l
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|l| l.starts_with(&format!("vigil/v1/json/metrics/{QUIET} ")));
+            .any(|(topic, _)| *topic == format!("vigil/v1/json/metrics/{QUIET}"));
         (got && metric(listeners).await == 1.0).then_some(())
     })
     .await;
