@@ -567,10 +567,14 @@ fn check(
         AgentChannel::Metrics => match checked::<MetricBatch>(host, body) {
             Ok(batch) => {
                 let points = Points::new(&batch.host, &batch.labels, &batch.samples);
-                let host = batch.host.clone();
-                if let Some(tap) = metrics_tap {
-                    tap.offer(batch, received_ms);
-                }
+                let host = match metrics_tap {
+                    Some(tap) => {
+                        let host = batch.host.clone();
+                        tap.offer(batch, received_ms);
+                        host
+                    }
+                    None => batch.host,
+                };
                 Write::Samples {
                     points,
                     host,
