@@ -9,7 +9,7 @@ use vigil_shared::topics::{self, AgentChannel};
 use vigil_shared::wire::{self, MetricBatch, Sample};
 use vigil_tests::{
     free_port, get_json, host_entry, metric, post_raw, start_agent, start_coordinator,
-    start_mosquitto, wait_for, RawAgent, TestDir,
+    start_mosquitto, wait_for, CoordinatorOptions, KitError, Launcher, RawAgent, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -361,6 +361,35 @@ async fn garbage_is_rejected_counted_and_good_samples_around_it_are_kept() {
     let _ = client.disconnect().await;
     let _ = pump.await;
     coordinator.proc.stop();
+}
+
+/// A coordinator that exits before it answers `/health` is not waited for: the kit starts it
+/// again on new ports (a port taken between picking and binding is the usual cause), and
+/// after the last try reports that it exited, naming its log, which says why.
+#[tokio::test]
+async fn a_coordinator_that_exits_before_it_is_ready_is_tried_again_then_reported() {
+    let dir = TestDir::new();
+    let options = CoordinatorOptions {
+        extra: &["--no-such-flag"],
+        ..CoordinatorOptions::default()
+    };
+    let err = Launcher::Tests
+        .start_coordinator(dir.path(), &options)
+        .await
+        .err()
+        .expect("a coordinator with a flag it does not know never becomes ready");
+    let KitError::Exited { status, log, .. } = err else {
+        panic!("expected the coordinator to be reported as exited, got: {err}");
+    };
+    assert!(!status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).expect("its log is there");
+    assert!(text.contains("--no-such-flag"), "{}: {text}", log.display());
+    let logs = std::fs::read_dir(dir.path())
+        .expect("the test directory lists")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("coordinator-"))
+        .count();
+    assert_eq!(logs, 3, "one log per try");
 }
 
 #[tokio::test]

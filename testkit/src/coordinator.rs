@@ -2,15 +2,17 @@
 //! on its first start.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::process::{free_port, Launcher, Proc};
 use crate::rest::{adopt_admin_token, with_token};
-use crate::wait::try_wait_for;
 use crate::{or_panic, KitError};
 
 /// How long a coordinator may take to answer `/health` after it is started.
 const HEALTH_WAIT: Duration = Duration::from_secs(30);
+
+/// How many times a coordinator that exits before it is ready is started (on new ports).
+const START_ATTEMPTS: u32 = 3;
 
 /// How to start a coordinator; the default is on its embedded broker, with no more flags.
 #[derive(Debug, Default, Clone, Copy)]
@@ -47,8 +49,34 @@ impl CoordinatorProc {
 impl Launcher {
     /// Starts `vigil-coordinator serve` with its data in `<dir>/data` and its log in `dir`,
     /// waits for `/health`, and then adopts the admin token it writes to
-    /// `<dir>/data/admin.token` (see [`adopt_admin_token`]).
+    /// `<dir>/data/admin.token` (see [`adopt_admin_token`]). Its ports are picked free
+    /// just before it starts, so another process can take one first: a coordinator that
+    /// exits before it answers is started again on new ports, [`START_ATTEMPTS`] times in
+    /// all ([`KitError::Exited`] after the last).
     pub async fn start_coordinator(
+        self,
+        dir: &Path,
+        options: &CoordinatorOptions<'_>,
+    ) -> Result<CoordinatorProc, KitError> {
+        let mut attempt = 1;
+        loop {
+            match self.start_coordinator_once(dir, options).await {
+                Err(KitError::Exited { what, status, log }) if attempt < START_ATTEMPTS => {
+                    // Most likely a port taken between `free_port` and the bind: try again
+                    // on new ones, and say so.
+                    eprintln!(
+                        "vigil-testkit: {what} exited ({status}) before it was ready; starting it again on new ports (see {})",
+                        log.display()
+                    );
+                    attempt += 1;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// One try of [`Launcher::start_coordinator`], on ports free a moment ago.
+    async fn start_coordinator_once(
         self,
         dir: &Path,
         options: &CoordinatorOptions<'_>,
@@ -75,7 +103,7 @@ impl Launcher {
             }
         };
         args.extend(options.extra.iter().map(|s| s.to_string()));
-        let proc = match options.open_files {
+        let mut proc = match options.open_files {
             None => self.start("coordinator", &program, &args, dir)?,
             Some(limit) => {
                 let mut shell = vec![
@@ -90,20 +118,32 @@ impl Launcher {
         let http = format!("http://127.0.0.1:{http_port}");
         let url = format!("{http}/health");
         let client = reqwest::Client::new();
-        try_wait_for(&url, HEALTH_WAIT, || async {
-            client
+        let deadline = Instant::now() + HEALTH_WAIT;
+        loop {
+            let healthy = client
                 .get(&url)
                 .send()
                 .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        })
-        .await
-        .map_err(|_| KitError::NotReady {
-            what: format!("the coordinator's {url}"),
-            timeout: HEALTH_WAIT,
-            log_dir: dir.to_path_buf(),
-        })?;
+                .is_ok_and(|r| r.status().is_success());
+            if healthy {
+                break;
+            }
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                return Err(KitError::Exited {
+                    what: format!("the coordinator for {url}"),
+                    status,
+                    log: proc.log.clone(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(KitError::NotReady {
+                    what: format!("the coordinator's {url}"),
+                    timeout: HEALTH_WAIT,
+                    log_dir: dir.to_path_buf(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let token = adopt_admin_token(&data_dir, &http).await;
         if let (None, Some(token)) = (options.external_broker, &token) {
             crate::mqtt::register_broker_token(&broker, token);

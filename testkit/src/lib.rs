@@ -97,6 +97,16 @@ pub enum KitError {
         /// Where its log is.
         log_dir: PathBuf,
     },
+    /// A started process exited before it was ready.
+    #[error("{what} exited ({status}) before it was ready (see its log {})", log.display())]
+    Exited {
+        /// What was started.
+        what: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// Its log file.
+        log: PathBuf,
+    },
     /// A process did not exit after SIGTERM (it is killed).
     #[error("{name} did not exit within 10 s of SIGTERM")]
     NotStopped {
