@@ -89,12 +89,7 @@ async fn a_prometheus_alert_through_alertmanager_runs_one_action_on_the_agent_an
         &["--policies", &policies_arg, "--config", &config_arg],
         root,
     );
-    wait_for("agent online", WAIT, || async {
-        vigil_tests::host_entry(&http, "am-agent")
-            .await
-            .filter(|h| h["online"] == true && h["agent_version"].is_string())
-    })
-    .await;
+    vigil_tests::wait_reporting(&http, "am-agent", WAIT).await;
 
     // Alertmanager: one receiver, the coordinator's webhook with the operator token;
     // quick grouping, and repeats every 2 s while the alert fires.

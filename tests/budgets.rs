@@ -94,12 +94,7 @@ impl Setup {
 
 async fn wait_online(http: &str, hosts: &[String]) {
     for host in hosts {
-        wait_for(&format!("{host} online"), WAIT, || async {
-            vigil_tests::host_entry(http, host)
-                .await
-                .filter(|h| h["online"] == true && h["agent_version"].is_string())
-        })
-        .await;
+        vigil_tests::wait_reporting(http, host, WAIT).await;
     }
 }
 

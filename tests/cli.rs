@@ -185,15 +185,7 @@ async fn vigilctl_lists_follows_and_acts_against_a_real_coordinator_and_agent() 
         .clone()
         .expect("the coordinator wrote an admin token");
     let _agent = start_agent(HOST, &c.broker, &["env=cli-test"], dir.path());
-    wait_for("the agent online with its status", WAIT, || async {
-        let (_, hosts) = get_json(&format!("{}/api/v1/hosts", c.http)).await;
-        hosts["hosts"]
-            .as_array()?
-            .iter()
-            .find(|h| h["host"] == HOST && h["online"] == true && h["agent_version"].is_string())
-            .cloned()
-    })
-    .await;
+    vigil_tests::wait_reporting(&c.http, HOST, WAIT).await;
 
     // Every route the client calls is one the coordinator documents, with that method.
     let (code, openapi) = get_json(&format!("{}/api/v1/openapi.json", c.http)).await;

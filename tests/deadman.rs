@@ -10,8 +10,6 @@
 //! the same way is never silent; a clean stop (SIGTERM) is `offline`, and so is a lost
 //! connection (SIGKILL: the broker sends the last will) — neither is ever silent.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ use vigil_shared::wire::{AgentState, AgentStatus};
 use vigil_tests::json_schema::validate_all;
 use vigil_tests::{
     authorized, broker_token, connected, get_json, metric, start_agent_with, start_coordinator,
-    wait_for, RawAgent, TestDir,
+    wait_for, MosquittoSub, RawAgent, TestDir,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -123,34 +121,6 @@ async fn webhook_receiver() -> (String, Seen<Value>) {
     (url, seen)
 }
 
-/// `mosquitto_sub` on `vigil/v1/json/hosts/#`, logged in as an integration: every
-/// `(topic, payload)` it prints.
-fn json_topic_reader(broker: &str) -> (std::process::Child, Seen<(String, String)>) {
-    let token = broker_token(broker).expect("the coordinator's admin token");
-    let port = vigil_tests::broker_port(broker).to_string();
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-u", "api", "-P", &token])
-        .args(["-t", "vigil/v1/json/hosts/#", "-v", "-q", "1"])
-        .args(["-i", "deadman-test"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto_sub (Debian mosquitto-clients)");
-    let seen: Seen<(String, String)> = Arc::default();
-    let out = Arc::clone(&seen);
-    let stdout = sub.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some((topic, payload)) = line.split_once(' ') {
-                out.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((topic.to_string(), payload.to_string()));
-            }
-        }
-    });
-    (sub, seen)
-}
-
 /// The states of `host`'s host events, in feed order.
 fn states(events: &[Value], host: &str) -> Vec<String> {
     events
@@ -194,7 +164,15 @@ async fn a_stopped_agent_is_silent_within_three_intervals_and_a_clean_stop_is_of
     )
     .await;
     let events = event_stream(&c.http).await;
-    let (mut sub, topics) = json_topic_reader(&c.broker);
+    // Debian's `mosquitto_sub` on the host topics, logged in as an integration.
+    let token = broker_token(&c.broker).expect("the coordinator's admin token");
+    let sub = MosquittoSub::start(
+        &c.broker,
+        ("api", &token),
+        "vigil/v1/json/hosts/#",
+        1,
+        "deadman-test",
+    );
 
     let web = start_agent_with(WEB, &c.broker, "1s", &[], dir.path());
     let ci = start_agent_with(
@@ -232,7 +210,7 @@ async fn a_stopped_agent_is_silent_within_three_intervals_and_a_clean_stop_is_of
     assert_eq!(body["online"], false, "{body}");
     assert!(metric(&c.http, "vigil_hosts_silent_total").await >= 1.0);
     wait_for("the silence on the JSON topic", WAIT, || async {
-        snapshot(&topics)
+        sub.snapshot()
             .iter()
             .any(|(t, p)| {
                 t == &format!("vigil/v1/json/hosts/{WEB}")
@@ -308,9 +286,8 @@ async fn a_stopped_agent_is_silent_within_three_intervals_and_a_clean_stop_is_of
 
     ci.signal(SIGCONT);
     drop(ci);
-    let _ = sub.kill();
-    let _ = sub.wait();
-    let messages = snapshot(&topics);
+    let messages = sub.snapshot();
+    drop(sub);
     assert!(messages
         .iter()
         .any(|(_, p)| p.contains("\"silent\"") && p.contains("last_seen")));

@@ -3,14 +3,13 @@
 //! `mosquitto_sub` subscribed to `vigil/v1/json/#`. Every message it sees must validate
 //! against its schema in `schemas/json/` (checked with Debian's python3-jsonschema).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 use vigil_tests::json_schema::validate_all;
-use vigil_tests::{broker_token, start_agent_with, start_coordinator, wait_for, TestDir};
+use vigil_tests::{
+    broker_token, start_agent_with, start_coordinator, wait_for, MosquittoSub, TestDir,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 const HOST: &str = "json-web";
@@ -41,11 +40,11 @@ async fn mosquitto_sub_sees_metrics_violations_and_action_transitions_that_match
     let token = broker_token(&c.broker).expect("the coordinator's admin token");
 
     // A real mosquitto_sub, logged in as an integration (user `api`, a REST token).
-    let (mut sub, lines) = subscribe(
+    let sub = MosquittoSub::start(
         &c.broker,
-        &token,
+        ("api", &token),
         "vigil/v1/json/#",
-        "1",
+        1,
         "json-topics-test",
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -65,8 +64,7 @@ async fn mosquitto_sub_sees_metrics_violations_and_action_transitions_that_match
         dir.path(),
     );
     let seen = |pred: &dyn Fn(&str, &Value) -> bool| {
-        let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines.iter().any(|(topic, payload)| {
+        sub.snapshot().iter().any(|(topic, payload)| {
             serde_json::from_str::<Value>(payload).is_ok_and(|v| pred(topic, &v))
         })
     };
@@ -111,10 +109,8 @@ async fn mosquitto_sub_sees_metrics_violations_and_action_transitions_that_match
         },
     )
     .await;
-    let _ = sub.kill();
-    let _ = sub.wait();
-
-    let messages = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let messages = sub.snapshot();
+    drop(sub);
     // Feed messages carry the id of the same event on GET /api/v1/events.
     let seqs: Vec<u64> = messages
         .iter()
@@ -151,40 +147,6 @@ async fn mosquitto_sub_sees_metrics_violations_and_action_transitions_that_match
     }
 }
 
-/// What a `mosquitto_sub -v` printed: (topic, payload) per message.
-type Heard = Arc<Mutex<Vec<(String, String)>>>;
-
-/// Spawns `mosquitto_sub` on the coordinator's embedded broker (as the integration `api`)
-/// subscribed to `filter` at `qos`; every message it prints lands in the list.
-fn subscribe(
-    broker: &str,
-    token: &str,
-    filter: &str,
-    qos: &str,
-    client_id: &str,
-) -> (std::process::Child, Heard) {
-    let port = vigil_tests::broker_port(broker).to_string();
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-u", "api", "-P", token])
-        .args(["-t", filter, "-v", "-q", qos, "-i", client_id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto_sub (Debian mosquitto-clients)");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stdout = sub.stdout.take().expect("stdout");
-    let seen = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some((topic, payload)) = line.split_once(' ') {
-                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                seen.push((topic.to_string(), payload.to_string()));
-            }
-        }
-    });
-    (sub, lines)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metric_batches_are_mirrored_on_the_embedded_broker_only_while_someone_listens() {
     const QUIET: &str = "json-quiet";
@@ -199,11 +161,11 @@ async fn metric_batches_are_mirrored_on_the_embedded_broker_only_while_someone_l
 
     // Nobody listens: the agent's samples are stored, no JSON is made of them. (A
     // subscriber to other streams does not count.)
-    let (mut others, _) = subscribe(
+    let others = MosquittoSub::start(
         &c.broker,
-        &token,
+        ("api", &token),
         "vigil/v1/json/hosts/+",
-        "0",
+        0,
         "json-others",
     );
     wait_for("samples stored", WAIT, || async {
@@ -219,17 +181,16 @@ async fn metric_batches_are_mirrored_on_the_embedded_broker_only_while_someone_l
     assert_eq!(metric(published).await, 0.0, "JSON made for nobody");
 
     // A subscriber to one host's metrics: it is counted and sees them.
-    let (mut sub, lines) = subscribe(
+    let sub = MosquittoSub::start(
         &c.broker,
-        &token,
+        ("api", &token),
         &format!("vigil/v1/json/metrics/{QUIET}"),
-        "0",
+        0,
         "json-metrics",
     );
     wait_for("the subscriber counted and sent metrics", WAIT, || async {
-        let got = lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let got = sub
+            .snapshot()
             .iter()
             .any(|(topic, _)| *topic == format!("vigil/v1/json/metrics/{QUIET}"));
         (got && metric(listeners).await == 1.0).then_some(())
@@ -238,8 +199,7 @@ async fn metric_batches_are_mirrored_on_the_embedded_broker_only_while_someone_l
     assert!(metric(published).await >= 1.0);
 
     // It leaves: no longer counted, and no more JSON made.
-    let _ = sub.kill();
-    let _ = sub.wait();
+    drop(sub);
     wait_for("the subscriber no longer counted", WAIT, || async {
         (metric(listeners).await == 0.0).then_some(())
     })
@@ -256,6 +216,5 @@ async fn metric_batches_are_mirrored_on_the_embedded_broker_only_while_someone_l
         made,
         "JSON made after the last listener left"
     );
-    let _ = others.kill();
-    let _ = others.wait();
+    drop(others);
 }

@@ -50,12 +50,7 @@ async fn prometheus_scrapes_the_coordinator_and_promql_sees_what_the_test_did() 
     let coordinator = start_coordinator(&dir, None, &[]).await;
     let http = coordinator.http.clone();
     let _agent = start_agent("prom-agent", &coordinator.broker, &[], dir.path());
-    wait_for("agent online", WAIT, || async {
-        vigil_tests::host_entry(&http, "prom-agent")
-            .await
-            .filter(|h| h["online"] == true && h["agent_version"].is_string())
-    })
-    .await;
+    vigil_tests::wait_reporting(&http, "prom-agent", WAIT).await;
     // Three refused requests: a limit out of range.
     for _ in 0..3 {
         let (status, body) = vigil_tests::get_json(&format!("{http}/api/v1/actions?limit=0")).await;

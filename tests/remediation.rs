@@ -80,12 +80,7 @@ async fn a_killed_container_is_restarted_and_the_audit_shows_the_lifecycle() {
         &policies,
         &["--allow-container", &name],
     );
-    wait_for("agent online", WAIT, || async {
-        vigil_tests::host_entry(&http, "e2e-docker")
-            .await
-            .filter(|h| h["online"] == true && h["agent_version"].is_string())
-    })
-    .await;
+    vigil_tests::wait_reporting(&http, "e2e-docker", WAIT).await;
     // Let the watcher report the container as running first.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let old_started = web.inspect("{{.State.StartedAt}}");
@@ -243,12 +238,7 @@ async fn manual_actions_survive_an_agent_sigkill_and_each_ends_exactly_once() {
         &policies,
         &["--config", &config_arg],
     );
-    wait_for("agent online", WAIT, || async {
-        vigil_tests::host_entry(&http, "e2e-crash")
-            .await
-            .filter(|h| h["online"] == true && h["agent_version"].is_string())
-    })
-    .await;
+    vigil_tests::wait_reporting(&http, "e2e-crash", WAIT).await;
     let post = || async {
         let (status, reply) = post_raw(
             &format!("{http}/api/v1/actions"),
@@ -324,12 +314,7 @@ async fn from_threshold_crossing_to_executor_start_and_a_manual_action_result() 
         &policies,
         &["--config", &config_arg, "--textfile-dir", &textfile_arg],
     );
-    wait_for("agent online", WAIT, || async {
-        vigil_tests::host_entry(&http, "e2e-latency")
-            .await
-            .filter(|h| h["online"] == true && h["agent_version"].is_string())
-    })
-    .await;
+    vigil_tests::wait_reporting(&http, "e2e-latency", WAIT).await;
     let tmp = textfiles.join(".app.tmp");
     std::fs::write(&tmp, "cpu_percent{target=\"app-x\"} 99\n").expect("write");
     std::fs::rename(&tmp, textfiles.join("app.prom")).expect("rename");

@@ -11,7 +11,9 @@
 //! - [`wait`]: polling a condition until a deadline;
 //! - [`rest`]: the coordinators' admin tokens, REST tokens and JSON requests;
 //! - [`mqtt`]: client logins and subscriptions;
-//! - [`prometheus`]: reading a `/metrics` page.
+//! - [`prometheus`]: reading a `/metrics` page;
+//! - [`docker`]: the `docker` command, a local busybox image, containers removed when
+//!   their guard drops.
 //!
 //! One error style: each fallible step returns [`KitError`], which the simulator prints:
 //! the [`Launcher`]'s methods, [`try_wait_for`], [`Proc::try_stop`]. The test suite calls
@@ -22,6 +24,7 @@
 pub mod agent;
 pub mod coordinator;
 pub mod dir;
+pub mod docker;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod process;
@@ -37,7 +40,9 @@ pub use coordinator::{
     start_coordinator, start_coordinator_limited, CoordinatorOptions, CoordinatorProc,
 };
 pub use dir::TestDir;
-pub use mosquitto::{start_mosquitto, start_mosquitto_on, start_mosquitto_with, Mosquitto};
+pub use mosquitto::{
+    start_mosquitto, start_mosquitto_on, start_mosquitto_with, Heard, Mosquitto, MosquittoSub,
+};
 pub use mqtt::{
     broker_port, broker_token, bundle_subscriber, client_options, connected, login, subscriber,
 };
@@ -121,6 +126,6 @@ pub enum KitError {
 
 /// The value of `result`, or a panic with its error's message: the test suite's form of
 /// every `try_` step.
-pub(crate) fn or_panic<T>(result: Result<T, KitError>) -> T {
+pub fn or_panic<T>(result: Result<T, KitError>) -> T {
     result.unwrap_or_else(|e| panic!("{e}"))
 }

@@ -37,9 +37,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use vigil_shared::topics;
+use vigil_shared::topics::{self, AgentChannel};
 
-use super::ingest::CHANNELS;
+/// The channels of agents' messages that ingest subscribes to and stores, and that
+/// count here.
+pub(crate) const CHANNELS: [AgentChannel; 4] = [
+    AgentChannel::Metrics,
+    AgentChannel::Status,
+    AgentChannel::Actions,
+    AgentChannel::Events,
+];
 
 /// Most bytes handed to the router and not yet taken by ingest before agents wait: a
 /// quarter of the log rumqttd keeps per filter (`broker::router_config`), so that no

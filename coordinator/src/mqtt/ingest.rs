@@ -60,7 +60,7 @@ use vigil_shared::wire::{
     self, ActionEvent, DecodeError, MetricBatch, PolicyEvent, StatusReport, WireMessage,
 };
 
-use super::backlog::Backlog;
+use super::backlog::{Backlog, CHANNELS};
 use super::handshake::SharedSessionKeys;
 use super::mailroom::Mailroom;
 use super::publisher::Publisher;
@@ -70,14 +70,6 @@ use crate::security::agent_keys::AgentKeys;
 use crate::store::writer::{StatusOrder, WriteReply};
 use crate::store::{Points, Source, Store, StoreError, StoreWriter, Write};
 use crate::telemetry::Telemetry;
-
-/// The channels the coordinator listens to.
-pub(crate) const CHANNELS: [AgentChannel; 4] = [
-    AgentChannel::Metrics,
-    AgentChannel::Status,
-    AgentChannel::Actions,
-    AgentChannel::Events,
-];
 
 /// How often one host is asked to handshake again at most (its messages name a session
 /// key this coordinator does not hold).

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::stack::{self, join_token};
+use super::stack::{self, join_token, status_kib};
 use super::{Baseline, BenchEnv, BenchError, Figure};
 use vigil_testkit::{KitError, Launcher, Proc};
 
@@ -802,14 +802,6 @@ fn read_proc(pid: u32) -> Result<Reading, String> {
 /// `(VmRSS, VmHWM)` in KiB from the text of `/proc/<pid>/status`.
 fn parse_status(text: &str) -> Option<(u64, u64)> {
     Some((status_kib(text, "VmRSS")?, status_kib(text, "VmHWM")?))
-}
-
-/// One `Name:   123 kB` field of `/proc/<pid>/status`, in KiB.
-pub(crate) fn status_kib(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// utime + stime, in clock ticks, from the text of `/proc/<pid>/stat`. The command name

@@ -127,6 +127,14 @@ pub fn stop(proc: vigil_testkit::Proc) {
 pub fn anon_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|text| super::footprint::status_kib(&text, "RssAnon"))
+        .and_then(|text| status_kib(&text, "RssAnon"))
         .map_or(0.0, |kib| kib as f64 / 1024.0)
+}
+
+/// One `Name:   123 kB` field of `/proc/<pid>/status`, in KiB.
+pub(crate) fn status_kib(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }

@@ -1,193 +1,76 @@
-//! The Docker engine as the restart benchmark uses it, through the `docker` command: the
-//! tiny local image (no image can be pulled here: it is built from Debian's static
-//! busybox with `docker import`, as the end-to-end tests build theirs), containers removed
-//! when their guard drops, a crash (SIGKILL to the container's process), `docker
-//! inspect`, and the engine's event stream
-//! (`docker events`), read on a thread of its own so that no polling loads the engine
-//! while a container restarts.
+//! The Docker engine as the restart benchmark uses it: the test kit's busybox image and
+//! container guards ([`vigil_testkit::docker`]), a crash (SIGKILL to the container's
+//! process), `docker inspect`, and the engine's event stream (`docker events`), read on a
+//! thread of its own so that no polling loads the engine while a container restarts.
 
 use std::io::BufRead as _;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-/// The image both containers run.
-pub(crate) const IMAGE: &str = "vigil-bench-busybox:latest";
+pub(crate) use vigil_testkit::docker::Container;
+use vigil_testkit::docker::{self as kit, Owner};
 
-/// The label holding the pid of the `vigil-sim` that started a container.
-const OWNER_LABEL: &str = "vigil.bench.owner";
-
-/// Runs `docker ARGS`: its trimmed stdout, or what went wrong.
-pub(crate) fn docker(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run `docker`: {e} (is the Docker CLI installed?)"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "`docker {}` failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
+/// The benchmark's containers: `vigil-bench-…`, labelled with the `vigil-sim` pid.
+const BENCH: Owner = Owner {
+    label: "vigil.bench.owner",
+    name_prefix: "vigil-bench-",
+};
 
 /// The engine's version, if an engine answers.
 pub(crate) fn version() -> Result<String, String> {
-    docker(&["version", "--format", "{{.Server.Version}}"])
+    kit::engine_version().map_err(|e| e.to_string())
 }
 
-/// Builds [`IMAGE`] from `/bin/busybox` (static) unless it exists.
-pub(crate) fn ensure_image() -> Result<(), String> {
-    if docker(&["image", "inspect", "--format", "{{.Id}}", IMAGE]).is_ok() {
-        return Ok(());
-    }
-    let busybox = Path::new("/bin/busybox");
-    if !busybox.is_file() {
-        return Err(
-            "building the benchmark's image needs a static busybox at /bin/busybox \
-                    (Debian: apt-get install busybox-static)"
-                .into(),
-        );
-    }
-    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let root = dir.path().join("root");
-    let io = |what: &str, e: std::io::Error| format!("building the image: {what}: {e}");
-    for sub in ["bin", "tmp", "etc"] {
-        std::fs::create_dir_all(root.join(sub)).map_err(|e| io("mkdir", e))?;
-    }
-    std::fs::copy(busybox, root.join("bin/busybox")).map_err(|e| io("copy busybox", e))?;
-    let list = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .map_err(|e| io("busybox --list", e))?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
-            continue;
-        }
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
-            .map_err(|e| io("link an applet", e))?;
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
-        .map_err(|e| io("/etc/passwd", e))?;
-    let mut tar = Command::new("tar")
-        .args(["--numeric-owner", "-C"])
-        .arg(&root)
-        .args(["-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| io("run tar", e))?;
-    let tar_out = tar.stdout.take().ok_or("tar has no stdout")?;
-    let import = Command::new("docker")
-        .args([
-            "import",
-            "--change",
-            r#"CMD ["/bin/sleep","3600"]"#,
-            "-",
-            IMAGE,
-        ])
-        .stdin(tar_out)
-        .output()
-        .map_err(|e| io("run docker import", e))?;
-    let tar_status = tar.wait().map_err(|e| io("wait for tar", e))?;
-    if !tar_status.success() || !import.status.success() {
-        return Err(format!(
-            "importing the image failed (tar: {tar_status}, docker import: {}): {}",
-            import.status,
-            String::from_utf8_lossy(&import.stderr).trim()
-        ));
-    }
+/// Builds the busybox image unless it exists, and removes benchmark containers whose
+/// `vigil-sim` is gone (killed before it could clean up).
+pub(crate) fn prepare() -> Result<(), String> {
+    kit::busybox_image().map_err(|e| e.to_string())?;
+    BENCH.sweep_stale();
     Ok(())
 }
 
-/// Removes benchmark containers whose `vigil-sim` is gone (killed before it could clean
-/// up).
-pub(crate) fn sweep_stale() {
-    let template = format!("{{{{.Names}}}} {{{{.Label \"{OWNER_LABEL}\"}}}}");
-    let filter = format!("label={OWNER_LABEL}");
-    let Ok(listing) = docker(&["ps", "-a", "--filter", &filter, "--format", &template]) else {
-        return;
-    };
-    for line in listing.lines() {
-        let Some((name, owner)) = line.split_once(' ') else {
-            continue;
-        };
-        let alive = owner
-            .parse::<u32>()
-            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            let _ = docker(&["rm", "-f", "-v", name]);
-        }
-    }
+/// `docker run -d --name NAME --label OWNER ARGS… IMAGE` (the busybox image, sleeping).
+pub(crate) fn run(name: &str, args: &[&str]) -> Result<Container, String> {
+    let mut all = args.to_vec();
+    all.push(kit::BUSYBOX_IMAGE);
+    BENCH.start("run", name, &all).map_err(|e| e.to_string())
 }
 
-/// A container, removed (with its volumes) when this guard drops.
-pub(crate) struct Container {
-    /// Its name.
-    pub(crate) name: String,
+/// One field of `docker inspect` (a Go template such as `{{.State.Status}}`).
+fn inspect(container: &Container, template: &str) -> Result<String, String> {
+    container.try_inspect(template).map_err(|e| e.to_string())
 }
 
-impl Container {
-    /// `docker run -d --name NAME --label OWNER ARGS… IMAGE`.
-    pub(crate) fn run(name: &str, args: &[&str]) -> Result<Container, String> {
-        let container = Container {
-            name: name.to_string(),
-        };
-        let owner = format!("{OWNER_LABEL}={}", std::process::id());
-        let mut all = vec!["run", "-d", "--name", name, "--label", &owner];
-        all.extend_from_slice(args);
-        all.push(IMAGE);
-        docker(&all)?;
-        Ok(container)
-    }
-
-    /// One field of `docker inspect` (a Go template such as `{{.State.Status}}`).
-    pub(crate) fn inspect(&self, template: &str) -> Result<String, String> {
-        docker(&["inspect", "--format", template, &self.name])
-    }
-
-    /// When its process last started (Docker's `State.StartedAt`), µs since the epoch.
-    pub(crate) fn started_at_us(&self) -> Result<i64, String> {
-        let text = self.inspect("{{.State.StartedAt}}")?;
-        rfc3339_us(&text).ok_or_else(|| format!("{}: StartedAt `{text}`", self.name))
-    }
-
-    /// SIGKILLs its main process from the host, as a crash would (`docker kill` would not
-    /// do: the engine counts it as a manual stop and skips the restart policy); returns
-    /// when, µs since the epoch.
-    pub(crate) fn crash(&self) -> Result<i64, String> {
-        let pid: i32 = self
-            .inspect("{{.State.Pid}}")?
-            .parse()
-            .map_err(|e| format!("{}: State.Pid: {e}", self.name))?;
-        if pid <= 0 {
-            return Err(format!("{} is not running", self.name));
-        }
-        let at = now_us();
-        // SAFETY: kill(2) on the pid the engine reports for the container's main process.
-        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-            return Err(format!(
-                "kill -KILL {pid} ({}): {}",
-                self.name,
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(at)
-    }
+/// When `container`'s process last started (Docker's `State.StartedAt`), µs since the
+/// epoch.
+pub(crate) fn started_at_us(container: &Container) -> Result<i64, String> {
+    let text = inspect(container, "{{.State.StartedAt}}")?;
+    rfc3339_us(&text).ok_or_else(|| format!("{}: StartedAt `{text}`", container.name))
 }
 
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", "-v", &self.name]);
+/// SIGKILLs `container`'s main process from the host, as a crash would (`docker kill`
+/// would not do: the engine counts it as a manual stop and skips the restart policy);
+/// returns when, µs since the epoch.
+pub(crate) fn crash(container: &Container) -> Result<i64, String> {
+    let name = &container.name;
+    let pid: i32 = inspect(container, "{{.State.Pid}}")?
+        .parse()
+        .map_err(|e| format!("{name}: State.Pid: {e}"))?;
+    if pid <= 0 {
+        return Err(format!("{name} is not running"));
     }
+    let at = now_us();
+    // SAFETY: kill(2) on the pid the engine reports for the container's main process.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        return Err(format!(
+            "kill -KILL {pid} ({name}): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(at)
 }
 
 /// An RFC 3339 time (as Docker writes it, with nanoseconds) in µs since the epoch.

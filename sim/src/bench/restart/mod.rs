@@ -75,8 +75,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     };
     let (rounds, uptime) = if env.quick { QUICK } else { (ROUNDS, UPTIME) };
     let fail = |e: String| BenchError::Failed(format!("restart: {e}"));
-    engine::ensure_image().map_err(fail)?;
-    engine::sweep_stale();
+    engine::prepare().map_err(fail)?;
     let dir = env
         .work_dir
         .join(format!("restart-{}", ulid::Ulid::generate()));
@@ -117,8 +116,8 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
     ];
     // The containers exist before the agent watches them, as on a host in steady state.
     let events = Events::follow(&[&vigil_name, &docker_name]).map_err(fail)?;
-    let ours = Container::run(&vigil_name, &[]).map_err(fail)?;
-    let theirs = Container::run(&docker_name, &["--restart=always"]).map_err(fail)?;
+    let ours = engine::run(&vigil_name, &[]).map_err(fail)?;
+    let theirs = engine::run(&docker_name, &["--restart=always"]).map_err(fail)?;
     let mut agent =
         Launcher::Simulator.start_logging(HOST, &agent_program, &args, &dir, Some(AGENT_LOG))?;
 
@@ -140,7 +139,7 @@ pub async fn run(env: &BenchEnv) -> Result<Vec<Figure>, BenchError> {
             (Who::Docker, &theirs)
         };
         // Up for `uptime`, and the engine left alone for half of it since the last round.
-        let up_since = container.started_at_us().map_err(fail)?;
+        let up_since = engine::started_at_us(container).map_err(fail)?;
         let due = (up_since + micros(uptime)).max(back_at_us + micros(uptime) / 2);
         let wait = due - engine::now_us();
         if wait > 0 {
@@ -203,12 +202,12 @@ async fn kill_and_wait(
     api: &Api<'_>,
 ) -> Result<Round, String> {
     let name = container.name.as_str();
-    let kill_us = container.crash()?;
+    let kill_us = engine::crash(container)?;
     let start_event = events
         .wait_for(name, "start", kill_us, ROUND_TIMEOUT)
         .await
         .ok_or_else(|| format!("{name} was not started again within {ROUND_TIMEOUT:?}"))?;
-    let started_us = container.started_at_us()?;
+    let started_us = engine::started_at_us(container)?;
     if started_us < kill_us {
         return Err(format!("{name}'s StartedAt is before its kill"));
     }
