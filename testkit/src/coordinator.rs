@@ -63,9 +63,13 @@ impl Launcher {
             match self.start_coordinator_once(dir, options).await {
                 Err(KitError::Exited { what, status, log }) if attempt < START_ATTEMPTS => {
                     // Most likely a port taken between `free_port` and the bind: try again
-                    // on new ones, and say so.
+                    // on new ones, and say so with the end of its log (the simulator's
+                    // next try writes the same file).
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(5)..].join("\n");
                     eprintln!(
-                        "vigil-testkit: {what} exited ({status}) before it was ready; starting it again on new ports (see {})",
+                        "vigil-testkit: {what} exited ({status}) before it was ready; starting it again on new ports. The end of {}:\n{tail}",
                         log.display()
                     );
                     attempt += 1;
