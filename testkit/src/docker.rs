@@ -2,7 +2,7 @@
 //! benchmark use it: a tiny local image, containers labelled with the process that started
 //! them and removed when their guard drops, and a sweep of those whose process died.
 //!
-//! No image can be pulled here, so [`busybox_image`] builds one from Debian's static
+//! No image can be pulled here, so [`ensure_busybox_image`] builds one from Debian's static
 //! busybox (`apt-get install busybox-static`): `/bin/busybox` and a link for each of its
 //! applets, `CMD ["/bin/sleep","3600"]`, imported with `docker import`. It is built once per
 //! machine and reused.
@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use crate::KitError;
 
-/// The busybox image [`busybox_image`] builds.
+/// The busybox image [`ensure_busybox_image`] builds.
 pub const BUSYBOX_IMAGE: &str = "vigil-busybox:latest";
 
 /// Runs `docker ARGS`: its trimmed stdout, or what went wrong (with its stderr).
@@ -48,10 +48,10 @@ pub fn image_exists(image: &str) -> bool {
     docker(&["image", "inspect", "--format", "{{.Id}}", image]).is_ok()
 }
 
-/// Builds [`BUSYBOX_IMAGE`] unless it exists, and returns its name.
-pub fn busybox_image() -> Result<&'static str, KitError> {
+/// Builds [`BUSYBOX_IMAGE`] unless it exists; whether it built it.
+pub fn ensure_busybox_image() -> Result<bool, KitError> {
     if image_exists(BUSYBOX_IMAGE) {
-        return Ok(BUSYBOX_IMAGE);
+        return Ok(false);
     }
     let busybox = Path::new("/bin/busybox");
     if !busybox.is_file() {
@@ -91,7 +91,7 @@ pub fn busybox_image() -> Result<&'static str, KitError> {
         .map_err(|e| io("/etc/passwd", e))?;
     std::fs::write(root.join("etc/group"), "root:x:0:\n").map_err(|e| io("/etc/group", e))?;
     import_root(&root, BUSYBOX_IMAGE, &[r#"CMD ["/bin/sleep","3600"]"#])?;
-    Ok(BUSYBOX_IMAGE)
+    Ok(true)
 }
 
 /// `tar -C ROOT -c . | docker import --change CHANGE… - IMAGE`.

@@ -62,9 +62,8 @@ pub fn busybox_image() -> &'static str {
     }
     require_docker();
     let started = Instant::now();
-    let existed = image_exists(kit::BUSYBOX_IMAGE);
-    let image = or_panic(kit::busybox_image());
-    if !existed {
+    let image = kit::BUSYBOX_IMAGE;
+    if or_panic(kit::ensure_busybox_image()) {
         eprintln!(
             "built test image {image} in {:.1} s",
             started.elapsed().as_secs_f64()

@@ -27,7 +27,7 @@ pub(crate) fn version() -> Result<String, String> {
 /// Builds the busybox image unless it exists, and removes benchmark containers whose
 /// `vigil-sim` is gone (killed before it could clean up).
 pub(crate) fn prepare() -> Result<(), String> {
-    kit::busybox_image().map_err(|e| e.to_string())?;
+    kit::ensure_busybox_image().map_err(|e| e.to_string())?;
     BENCH.sweep_stale();
     Ok(())
 }
