@@ -166,6 +166,7 @@ impl Coordinator {
         let mut local_front_url = None;
         let mut ingest_backlog = None;
         let mut ingest_mailroom = None;
+        let mut ingest_link = None;
         // On the embedded broker the front sees who subscribes to the JSON metrics.
         let mut metrics_audience = None;
         let (client_url, mqtt_username, mqtt_password) = match config.broker {
@@ -184,13 +185,14 @@ impl Coordinator {
                 let broker_listen = broker::free_loopback_address()?;
                 let internal = password.clone();
                 let broker_telemetry = telemetry.clone();
-                let embedded = tokio::task::spawn_blocking(move || {
+                let (embedded, link) = tokio::task::spawn_blocking(move || {
                     broker::start(broker_listen, internal, broker_telemetry)
                 })
                 .await
                 .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
                 ingest_backlog = Some(Arc::clone(&embedded.backlog));
                 ingest_mailroom = Some(embedded.mailroom.clone());
+                ingest_link = Some(link);
                 let audience = crate::events::audience::Audience::new(
                     telemetry.json_mirror_metrics_listeners.clone(),
                 );
@@ -318,9 +320,9 @@ impl Coordinator {
         tasks.push(tokio::spawn(crate::mqtt::ingest::run(
             publisher.clone(),
             eventloop,
-            match config.broker {
-                BrokerMode::Embedded { .. } => crate::mqtt::ingest::Hop::Embedded,
-                BrokerMode::External(_) => crate::mqtt::ingest::Hop::External,
+            match ingest_link {
+                Some(link) => crate::mqtt::ingest::Hop::Embedded(link),
+                None => crate::mqtt::ingest::Hop::External,
             },
             (0..config.ingest_threads)
                 .map(|_| {

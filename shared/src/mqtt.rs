@@ -1,5 +1,5 @@
 //! MQTT client settings both agents and the coordinator use, so that keep-alive, packet
-//! size limits, credentials and TLS are handled one way.
+//! size limits, credentials, TLS and the socket are handled one way.
 //!
 //! # Polling
 //! A rumqttc `EventLoop::poll` that is connecting (TCP, TLS, CONNECT, CONNACK) is not
@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, NetworkOptions, TlsConfiguration, Transport};
 use thiserror::Error;
 
 use crate::broker_url::BrokerUrl;
@@ -69,4 +69,16 @@ pub fn client_options(
         )));
     }
     Ok(options)
+}
+
+/// A client for `options` with a request queue of `capacity`, and its event loop. Its
+/// socket sends each write at once (Nagle's algorithm off): MQTT packets are small and
+/// someone waits for each, while a receiver that has nothing to answer (a QoS 0 stream)
+/// acknowledges late, so a second write would wait up to 40 ms for that acknowledgement.
+pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
 }

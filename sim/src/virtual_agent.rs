@@ -643,7 +643,7 @@ impl Session {
             QoS::AtLeastOnce,
             true,
         ));
-        let (client, mut eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+        let (client, mut eventloop) = vigil_shared::mqtt::client(options, CLIENT_QUEUE);
         if let Err(e) = client.try_subscribe(inbox.topic.clone(), QoS::AtLeastOnce) {
             tracing::warn!(host = %me.host, "cannot subscribe to acknowledgements: {e}");
         }

@@ -214,7 +214,7 @@ impl DeliveryTask {
             if *stop.borrow() {
                 return;
             }
-            let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 512);
+            let (client, mut eventloop) = vigil_shared::mqtt::client(self.options.clone(), 512);
             let mut connected = false;
             // No timer runs while nothing is due: the task wakes for news (the signal: a
             // new message, or a new session key), an acknowledgement, or the next sync or

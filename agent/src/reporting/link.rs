@@ -161,7 +161,7 @@ impl Link {
             QoS::AtLeastOnce,
             true,
         ));
-        let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let (client, eventloop) = vigil_shared::mqtt::client(options, REQUEST_QUEUE);
         let (status, status_rx) = watch::channel(StatusReport {
             status,
             running: None,

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, Opts};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::watch;
 use vigil_shared::agent_auth::{self, ReplayGuard, SealedMessage};
 use vigil_shared::bundle::BundleKeys;
@@ -130,7 +130,7 @@ pub async fn run(
 ) {
     let answers = answers_counter(&telemetry);
     let mismatches = mismatches_counter(&telemetry);
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    let (client, mut eventloop) = vigil_shared::mqtt::client(options, 1024);
     let mut service = Service {
         budgets,
         keys,

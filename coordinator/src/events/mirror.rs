@@ -242,7 +242,7 @@ pub fn start(
     if settings.streams.is_empty() {
         return (None, Vec::new());
     }
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let (client, eventloop) = vigil_shared::mqtt::client(options, 1024);
     let mut tasks = vec![tokio::spawn(drive(eventloop, stop.clone()))];
     let tap = settings.streams.get(&Stream::Metrics).map(|qos| {
         let (tx, rx) = mpsc::channel(METRICS_QUEUE);

@@ -40,7 +40,7 @@ pub async fn run(
     mut notes: mpsc::Receiver<Vec<Stored>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (client, eventloop) = AsyncClient::new(options, 8192);
+    let (client, eventloop) = vigil_shared::mqtt::client(options, 8192);
     let driver = tokio::spawn(drive(eventloop, stop.clone()));
     send(&client, &keys, &mut notes, &mut stop).await;
     let _ = client.disconnect().await;

@@ -7,9 +7,15 @@
 //! share ([`EmbeddedBroker::agent_link`]; their subscriptions are the mailroom's). No
 //! socket between the front and the router.
 //!
-//! The coordinator's own MQTT clients use a loopback port of rumqttd's, which admits
+//! Ingest takes agents' messages from the router over a link of its own too
+//! ([`RouterLink`], made by [`start`]): in process, so nothing waits on a socket. The
+//! coordinator's other MQTT clients use a loopback port of rumqttd's, which admits
 //! only logins with the coordinator's internal password (made at start-up and never
 //! written down). A local user who finds the loopback port gets nothing from it.
+//! (rumqttd does not turn Nagle's algorithm off on the sockets it accepts. A client that
+//! only reads, as ingest did on that port, acknowledges late (TCP's delayed ACK), and
+//! the router's next write then waits for that acknowledgement: up to 40 ms whenever
+//! two writes come close together.)
 //!
 //! [`BrokerAuth`] admits two kinds of login at the front:
 //! - an enrolled, unrevoked agent: user name = its host, its MQTT password
@@ -224,6 +230,101 @@ impl EmbeddedBroker {
     }
 }
 
+/// The client id of ingest's link to the router (the `vigil-coordinator` prefix is
+/// reserved: no login at the front may take it).
+pub(crate) const INGEST_LINK_ID: &str = "vigil-coordinator-ingest";
+
+/// How long [`RouterLink::subscribe`] waits for the router to confirm.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
+
+/// How often [`RouterLink::forward`] looks whether it should stop, while nothing comes.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// A subscriber's link to the router, in process: what its filters match comes to it
+/// as the router forwards it (at QoS 0), with no socket and no MQTT encoding between.
+pub struct RouterLink {
+    tx: LinkTx,
+    rx: LinkRx,
+}
+
+impl RouterLink {
+    /// Subscribes to `filters` and waits until the router has confirmed each. Blocks.
+    pub(crate) fn subscribe(&mut self, filters: &[String]) -> Result<(), LinkRefused> {
+        let refused = |e: LinkError| LinkRefused::Router(e.to_string());
+        for filter in filters {
+            self.tx.subscribe(filter.as_str()).map_err(refused)?;
+        }
+        let deadline = Instant::now() + SUBSCRIBE_WAIT;
+        let mut confirmed = 0;
+        while confirmed < filters.len() {
+            let notification = match self.rx.recv_deadline(deadline) {
+                Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => {
+                    return Err(LinkRefused::Router(format!(
+                        "the router did not confirm the subscriptions within {SUBSCRIBE_WAIT:?}"
+                    )))
+                }
+                got => got.map_err(refused)?,
+            };
+            match notification.and_then(Option::<rumqttd::protocol::Packet>::from) {
+                Some(rumqttd::protocol::Packet::SubAck(ack, _)) => {
+                    use rumqttd::protocol::SubscribeReasonCode as Code;
+                    if let Some(code) = ack.return_codes.iter().find(|code| {
+                        !matches!(
+                            code,
+                            Code::QoS0 | Code::QoS1 | Code::QoS2 | Code::Success(_)
+                        )
+                    }) {
+                        return Err(LinkRefused::Router(format!(
+                            "subscription refused: {code:?}"
+                        )));
+                    }
+                    confirmed += ack.return_codes.len().max(1);
+                }
+                None => self.rx.ready().map_err(refused)?,
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands every message the router forwards (topic, payload, retain flag) to `take`,
+    /// in the order the router forwards them, until the router is gone (an error) or
+    /// `stop` says so (then the link is ended). Blocks: run it on a thread of its own.
+    pub(crate) fn forward(
+        mut self,
+        stop: impl Fn() -> bool,
+        mut take: impl FnMut(&[u8], bytes::Bytes, bool),
+    ) -> Result<(), LinkRefused> {
+        loop {
+            match self.rx.recv_deadline(Instant::now() + STOP_CHECK) {
+                Ok(Some(Notification::Forward(forward))) => {
+                    let publish = forward.publish;
+                    take(&publish.topic, publish.payload, publish.retain);
+                }
+                // The router waits for the link to take what it was given before it
+                // gives more.
+                Ok(Some(Notification::Unschedule)) => self
+                    .rx
+                    .ready()
+                    .map_err(|e| LinkRefused::Router(e.to_string()))?,
+                Ok(_) => {}
+                Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => {}
+                Err(e) => return Err(LinkRefused::Router(e.to_string())),
+            }
+            if stop() {
+                let disconnect = rumqttd::protocol::Disconnect {
+                    reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+                };
+                let _ = self
+                    .tx
+                    .send(rumqttd::protocol::Packet::Disconnect(disconnect, None))
+                    .now_or_never();
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Why the embedded broker could not start.
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -320,12 +421,18 @@ pub fn loopback_url(listen: SocketAddr) -> BrokerUrl {
 
 /// Starts the broker's router, its mailroom (agents' sessions), and its listener for the
 /// coordinator's clients on `listen` (a loopback address, admitting only
-/// `internal_password`), and waits until that listener takes logins.
+/// `internal_password`), and waits until that listener takes logins. Returns the broker
+/// and ingest's link to the router, not subscribed yet.
+///
+/// The coordinator's links are opened before anything connects over a socket: rumqttd
+/// gives a closed connection's id to the next one, and the closed connection's late
+/// disconnect event (a client that sends DISCONNECT and closes makes two) then ends
+/// the link that took its id.
 pub fn start(
     listen: SocketAddr,
     internal_password: String,
     telemetry: Arc<Telemetry>,
-) -> Result<EmbeddedBroker, BrokerError> {
+) -> Result<(EmbeddedBroker, RouterLink), BrokerError> {
     // rumqttd reports a failed bind only in its log; find out first, with a clear error.
     drop(
         TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -394,6 +501,12 @@ pub fn start(
             .map_err(BrokerError::Thread)?;
         agent_links.push(std::sync::Mutex::new(link_tx));
     }
+    let (tx, rx, _) = LinkBuilder::new(INGEST_LINK_ID, router_tx.clone())
+        .clean_session(true)
+        .dynamic_filters(true)
+        .build()
+        .map_err(link_failed)?;
+    let ingest = RouterLink { tx, rx };
     let busy_tx = router_tx.clone();
     let (opener, requests) = std::sync::mpsc::sync_channel::<OpenRequest>(OPEN_QUEUE);
     std::thread::Builder::new()
@@ -441,7 +554,7 @@ pub fn start(
     while Instant::now() < deadline {
         if mqtt_handshake(probe, &probe_password).is_ok() {
             tracing::info!(%listen, "embedded MQTT broker listening");
-            return Ok(broker);
+            return Ok((broker, ingest));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -60,7 +60,7 @@ pub async fn run(
     subscribed: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (client, mut eventloop) = AsyncClient::new(options, QUEUE);
+    let (client, mut eventloop) = vigil_shared::mqtt::client(options, QUEUE);
     let mut handshakes = Handshakes {
         keys: AgentKeys::new(store.clone()),
         store,

@@ -24,8 +24,8 @@
 //! logged, and kept in the host record.
 //!
 //! Checking runs on several threads at once (`--ingest-threads`, by default
-//! [`default_threads`]: one per core): the
-//! connection's task hands each delivery to the shard that owns its host (by a hash of
+//! [`default_threads`]: one per core): whatever takes the deliveries from the broker
+//! hands each to the shard that owns its host (by a hash of
 //! the host in the topic), so one host's messages are checked and queued for the store
 //! in the order they came, while different hosts' are decoded, authenticated and
 //! validated in parallel. Each shard owns the replay windows and logging state of its
@@ -36,12 +36,13 @@
 //! or at once when they carry nothing to store. When the store cannot take them (a full
 //! disk), they stay unacknowledged and, after [`REDELIVER_AFTER`], the connection is
 //! dropped and resumed, so that the broker sends them again. On the embedded broker
-//! they come at QoS 0 ([`Hop`]). Either way the agents keep everything until the store
+//! they come at QoS 0 over a link into its router, in process, taken by a thread of
+//! their own ([`Hop`]). Either way the agents keep everything until the store
 //! acknowledges it to them ([`super::acks`]) and send it again if it does not.
 //!
-//! The same MQTT connection carries the coordinator's commands to agents: see
-//! [`super::publisher`], whose [`connect`](super::publisher::connect) makes the
-//! connection that [`run`] drives.
+//! The ingest MQTT connection carries the coordinator's commands to agents (on the
+//! embedded broker, only those): see [`super::publisher`], whose
+//! [`connect`](super::publisher::connect) makes the connection that [`run`] drives.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -61,6 +62,7 @@ use vigil_shared::wire::{
 };
 
 use super::backlog::{Backlog, CHANNELS};
+use super::broker::{LinkRefused, RouterLink};
 use super::handshake::SharedSessionKeys;
 use super::mailroom::Mailroom;
 use super::publisher::Publisher;
@@ -106,12 +108,12 @@ struct Pending {
     answer: Option<oneshot::Receiver<Result<u64, Arc<StoreError>>>>,
 }
 
-/// One delivery for a shard to check, and where its outcome goes: `Ok` once the store
-/// has it or when there is nothing to store (refused, duplicate, a status); dropped
-/// unanswered when the store could not queue it.
+/// One delivery for a shard to check, and where its outcome goes, if anyone waits for
+/// it: `Ok` once the store has it or when there is nothing to store (refused,
+/// duplicate, a status); dropped unanswered when the store could not queue it.
 struct Job {
     publish: Publish,
-    reply: WriteReply,
+    reply: Option<WriteReply>,
 }
 
 /// The shard that checks `topic`'s messages: all of one host's go to one shard.
@@ -157,7 +159,6 @@ pub(crate) struct Listeners {
 }
 
 /// How the broker's deliveries reach ingest, and what acknowledging them is worth.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hop {
     /// An external broker keeps a persistent session for ingest: deliveries come at
     /// QoS 1 and are acknowledged once stored, so that what arrives while the
@@ -169,18 +170,12 @@ pub enum Hop {
     /// round trip through the store. Deliveries come at QoS 0. What is stored is
     /// promised to each agent by its delivery acknowledgements ([`super::acks`]): until
     /// then it keeps and sends again. The flow is bounded by the front's backlog
-    /// ([`super::backlog`]), the checking threads' queues and the connection.
-    Embedded,
-}
-
-impl Hop {
-    /// The QoS ingest subscribes with.
-    fn qos(self) -> QoS {
-        match self {
-            Hop::External => QoS::AtLeastOnce,
-            Hop::Embedded => QoS::AtMostOnce,
-        }
-    }
+    /// ([`super::backlog`]) and the checking threads' queues.
+    ///
+    /// Deliveries come over this link into the router, not over the connection (which
+    /// then only publishes): on a socket of rumqttd's they would wait for TCP's delayed
+    /// acknowledgements (see [`super::broker`]).
+    Embedded(RouterLink),
 }
 
 /// Runs the subscriber until `stop` turns true. Reconnects on its own. `subscribed`
@@ -215,6 +210,20 @@ pub async fn run(
     }
     if shards.is_empty() {
         tracing::error!("no ingest checking thread runs: agent messages are not stored");
+    }
+    let external = matches!(hop, Hop::External);
+    if let Hop::Embedded(link) = hop {
+        let taking = take_from_router(
+            link,
+            shards.clone(),
+            listeners.backlog.clone(),
+            stop.clone(),
+        );
+        if let Err(e) = taking.await {
+            tracing::error!(
+                "ingest cannot take agent messages from the embedded broker: they are not stored ({e})"
+            );
+        }
     }
     let mut reconnect = crate::reconnect::Reconnect::new("ingest");
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -261,7 +270,7 @@ pub async fn run(
                 }
             }, if connected => {
                 redeliver_at = None;
-                if hop == Hop::Embedded {
+                if !external {
                     // Nothing the broker would send again: the agents do.
                     continue;
                 }
@@ -285,6 +294,12 @@ pub async fn run(
                 // What was waiting belongs to the old connection: the broker sends it again.
                 pending.clear();
                 unsent.clear();
+                if !external {
+                    // Deliveries come over the router link, subscribed already.
+                    tracing::info!("coordinator connected to the embedded broker");
+                    connects.send_modify(|n| *n += 1);
+                    continue;
+                }
                 tracing::info!(
                     session_present = ack.session_present,
                     "ingest connected to broker; subscribing to agent topics"
@@ -292,7 +307,7 @@ pub async fn run(
                 suback_wanted = CHANNELS.len();
                 for channel in CHANNELS {
                     if let Err(e) = client
-                        .subscribe(topics::all_agents(channel), hop.qos())
+                        .subscribe(topics::all_agents(channel), QoS::AtLeastOnce)
                         .await
                     {
                         tracing::error!("cannot subscribe to {channel:?}: {e}");
@@ -313,10 +328,9 @@ pub async fn run(
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
                     publish: publish.clone(),
-                    reply,
+                    reply: Some(reply),
                 };
-                let shard = shard_of(&publish.topic, shards.len());
-                let Some(jobs) = shards.get(shard) else {
+                let Some(jobs) = shards.get(shard_of(&publish.topic, shards.len())) else {
                     tracing::error!("ingest runs no checking thread: the delivery waits for the broker to send it again");
                     continue;
                 };
@@ -376,6 +390,69 @@ pub async fn run(
     })
     .await;
     let _ = client.disconnect().await;
+}
+
+/// On the embedded broker: subscribes `link` to the agents' channels, then hands what
+/// the router forwards, in order, to the shards that own its hosts, on a thread of its
+/// own, until the router is gone or `stop` turns true. Returns once the router has
+/// confirmed the subscriptions.
+async fn take_from_router(
+    mut link: RouterLink,
+    shards: Vec<tokio::sync::mpsc::Sender<Job>>,
+    backlog: Option<Arc<Backlog>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), LinkRefused> {
+    let (subscribed, confirmed) = oneshot::channel();
+    let take = move || {
+        let filters: Vec<String> = CHANNELS.iter().map(|c| topics::all_agents(*c)).collect();
+        let outcome = link.subscribe(&filters);
+        let failed = outcome.is_err();
+        let _ = subscribed.send(outcome);
+        if failed {
+            return;
+        }
+        let forwarded = link.forward(
+            || *stop.borrow(),
+            |topic, payload, retain| {
+                // The front takes only UTF-8 topic names (MQTT's rule).
+                let Ok(topic) = std::str::from_utf8(topic) else {
+                    return;
+                };
+                if let Some(backlog) = &backlog {
+                    backlog.taken(Backlog::size(topic.len(), payload.len()));
+                }
+                let publish = Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain,
+                    topic: topic.to_string(),
+                    pkid: 0,
+                    payload,
+                };
+                let Some(jobs) = shards.get(shard_of(topic, shards.len())) else {
+                    tracing::error!("ingest runs no checking thread: the message is not stored");
+                    return;
+                };
+                let job = Job {
+                    publish,
+                    reply: None,
+                };
+                if jobs.blocking_send(job).is_err() {
+                    tracing::error!("an ingest checking thread has stopped");
+                }
+            },
+        );
+        if let Err(e) = forwarded {
+            tracing::error!("ingest takes no more agent messages from the embedded broker: {e}");
+        }
+    };
+    std::thread::Builder::new()
+        .name("vigil-ingest-link".into())
+        .spawn(take)
+        .map_err(|e| LinkRefused::Router(format!("cannot start ingest's link thread: {e}")))?;
+    confirmed
+        .await
+        .unwrap_or_else(|_| Err(LinkRefused::Router("ingest's link thread ended".into())))
 }
 
 /// Acknowledges, in order, every delivery at the front of `pending` whose outcome is
@@ -442,15 +519,17 @@ fn handle(
     writer: &StoreWriter,
     telemetry: &Telemetry,
     listeners: &Listeners,
-    reply: WriteReply,
+    reply: Option<WriteReply>,
 ) {
     let (write, reply) = match check(publish, client, gate, telemetry, listeners) {
         // Refused or a duplicate: nothing to keep, the delivery is done.
         None => {
-            let _ = reply.send(Ok(0));
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(0));
+            }
             return;
         }
-        Some(Wait::Nothing(write)) => (write, Some(reply)),
+        Some(Wait::Nothing(write)) => (write, reply),
         Some(Wait::Queued {
             host,
             delivery,
@@ -460,7 +539,7 @@ fn handle(
                 host,
                 delivery,
                 write: Box::new(write),
-                reply: Some(reply),
+                reply,
             },
             None,
         ),

@@ -116,7 +116,7 @@ impl Publisher {
 /// `keys`), and the event loop that [`super::ingest::run`] drives (nothing is sent or received until it
 /// runs).
 pub fn connect(options: MqttOptions, keys: Arc<BundleKeys>) -> (Publisher, EventLoop) {
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let (client, eventloop) = vigil_shared::mqtt::client(options, 1024);
     let connects = Arc::new(watch::channel(0).0);
     (
         Publisher {

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::QoS;
 use vigil_shared::agent_auth::Sealer;
 use vigil_shared::delivery::{Delivery, Stream};
 use vigil_shared::mqtt::client_options;
@@ -134,7 +134,7 @@ async fn measure(
         None,
     )
     .unwrap_or_else(|e| unreachable!("{e}"));
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let (client, mut eventloop) = vigil_shared::mqtt::client(options, 16);
     let driver = tokio::spawn(async move {
         loop {
             if let Err(e) = eventloop.poll().await {
