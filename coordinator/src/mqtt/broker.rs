@@ -588,3 +588,53 @@ fn mqtt_handshake(addr: SocketAddr, password: &str) -> std::io::Result<()> {
     }
     stream.write_all(&[0xE0, 0])
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    /// Ingest's link is opened before the readiness probe connects and leaves (a client
+    /// that sends DISCONNECT and closes makes two disconnect events, and the second would
+    /// end a link opened after it under the same connection id): after more such clients,
+    /// it still subscribes, gets what an agent publishes in order, and ends when told.
+    #[test]
+    fn the_ingest_link_outlives_clients_that_come_and_go_and_forwards_in_order() {
+        let listen = free_loopback_address().expect("a free port");
+        let (broker, mut link) =
+            start(listen, "internal".into(), Arc::new(Telemetry::new())).expect("started");
+        for _ in 0..3 {
+            mqtt_handshake(listen, "internal").expect("a login on the loopback port");
+        }
+        link.subscribe(&["vigil/v1/agents/+/metrics".to_string()])
+            .expect("subscribed");
+        for i in 0..5u8 {
+            broker
+                .agent_link("vigil-agent-a")
+                .lock()
+                .expect("the link")
+                .publish("vigil/v1/agents/a/metrics", vec![i])
+                .expect("handed to the router");
+        }
+        // Not subscribed: not forwarded.
+        broker
+            .agent_link("vigil-agent-a")
+            .lock()
+            .expect("the link")
+            .publish("vigil/v1/agents/a/status", vec![9])
+            .expect("handed to the router");
+        let got = RefCell::new(Vec::new());
+        let began = Instant::now();
+        link.forward(
+            || got.borrow().len() == 5 || began.elapsed() > Duration::from_secs(10),
+            |topic, payload, retain| {
+                assert_eq!(topic, b"vigil/v1/agents/a/metrics");
+                assert!(!retain);
+                got.borrow_mut().push(payload[0]);
+            },
+        )
+        .expect("forwarded until told to stop");
+        assert_eq!(got.into_inner(), vec![0, 1, 2, 3, 4]);
+    }
+}
