@@ -312,17 +312,21 @@ impl RouterLink {
                 Err(e) => return Err(LinkRefused::Router(e.to_string())),
             }
             if stop() {
-                let disconnect = rumqttd::protocol::Disconnect {
-                    reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
-                };
-                let _ = self
-                    .tx
-                    .send(rumqttd::protocol::Packet::Disconnect(disconnect, None))
-                    .now_or_never();
+                end_link(&mut self.tx);
                 return Ok(());
             }
         }
     }
+}
+
+/// Ends a link's session in the router (a DISCONNECT, handed over without waiting).
+fn end_link(link_tx: &mut LinkTx) {
+    let disconnect = rumqttd::protocol::Disconnect {
+        reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+    };
+    let _ = link_tx
+        .send(rumqttd::protocol::Packet::Disconnect(disconnect, None))
+        .now_or_never();
 }
 
 /// Why the embedded broker could not start.
@@ -524,12 +528,7 @@ pub fn start(
                 if let Err(Ok((mut link_tx, _, _))) = request.answer.send(opened) {
                     // Nobody waits for it any more: end it, or it would stay in the
                     // router until its client id logs in again.
-                    let disconnect = rumqttd::protocol::Disconnect {
-                        reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
-                    };
-                    let _ = link_tx
-                        .send(rumqttd::protocol::Packet::Disconnect(disconnect, None))
-                        .now_or_never();
+                    end_link(&mut link_tx);
                 }
             }
         })

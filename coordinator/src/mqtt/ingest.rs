@@ -270,10 +270,6 @@ pub async fn run(
                 }
             }, if connected => {
                 redeliver_at = None;
-                if !external {
-                    // Nothing the broker would send again: the agents do.
-                    continue;
-                }
                 tracing::warn!(
                     unacknowledged = pending.len(),
                     "resuming the broker session to have it send again what the store could not take"
@@ -320,11 +316,9 @@ pub async fn run(
                     connects.send_modify(|n| *n += 1);
                 }
             }
+            // Only on an external broker: on the embedded one the connection subscribes to
+            // nothing (deliveries come over the router link).
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if let Some(backlog) = &listeners.backlog {
-                    // Only agents' messages on `CHANNELS` come here, all counted.
-                    backlog.taken(Backlog::size(publish.topic.len(), publish.payload.len()));
-                }
                 let (reply, answer) = oneshot::channel();
                 let job = Job {
                     publish: publish.clone(),
